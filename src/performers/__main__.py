@@ -1,0 +1,5 @@
+import sys
+
+from performers.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reproducible measurements that print tables and write JSON."""

@@ -1,0 +1,227 @@
+r"""Causal (unidirectional) linear attention: chunked prefix sums and the recurrent step.
+
+For features ``Q' = φ(Q)``, ``K' = φ(K)`` (``(B, H, L, M)``) and values ``V`` (``(B, H, L, Dv)``)
+the causal output is ``out_i = Σ_{j≤i} (q'_iᵀk'_j) v_j / Σ_{j≤i} q'_iᵀk'_j`` (paper eq. (2)
+with FAVOR's ``Ã ≈ tril(Q'K'ᵀ)``).
+
+The sequence is cut into chunks of ``C`` positions. Inside a chunk the masked ``C×C`` block
+``tril(Q'_c K'_cᵀ)`` is formed explicitly; across chunks a running state
+``S = Σ_j k'_j [v_j, 1]ᵀ`` (``M × (Dv+1)``) carries the past. Only one state per chunk is kept,
+so forward and backward memory is ``O(L·(M + Dv + C) + (L/C)·M·Dv)`` and no tensor of
+``L·M·Dv`` elements is ever built (the plain prefix-sum formulation of the paper's App. B.1
+materializes ``G^{PS}`` of that size).
+
+Key features may come with per-position log offsets ``m_j`` (non-decreasing; see
+:func:`performers.ops.features.stabilize_keys`): the true key feature is ``k'_j·exp(m_j)``.
+Query ``i`` then reads every key scaled by ``exp(m_j - m_i) ≤ 1`` and the state in units of
+``exp(m_i)``; the common factor ``exp(-m_i)`` cancels between numerator and denominator.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "FavorState",
+    "causal_linear_attention",
+    "causal_linear_attention_step",
+    "guarded_divide",
+]
+
+DEFAULT_CHUNK_SIZE = 64
+
+
+class FavorState(NamedTuple):
+    """Recurrent state of causal linear attention after a prefix of keys.
+
+    Attributes:
+        kv: ``(B, H, M', Dv)``, ``Σ_j k'_j v_jᵀ`` in units of ``exp(log_offset)``.
+        normalizer: ``(B, H, M')``, ``Σ_j k'_j`` in the same units.
+        log_offset: ``(B, H)``, the running key maximum ``m`` the sums are expressed in.
+    """
+
+    kv: Tensor
+    normalizer: Tensor
+    log_offset: Tensor
+
+
+def guarded_divide(numerator: Tensor, denominator: Tensor, eps: float | None = None) -> Tensor:
+    """``numerator / denominator`` with ``|denominator|`` kept ``>= eps`` (sign preserved).
+
+    ``numerator``: ``(..., Dv)``, ``denominator``: ``(...)``. ``eps`` defaults to the smallest
+    normal number of the dtype: with nonnegative features the denominator is only that small
+    when every term underflowed, and then the numerator is 0 too.
+    """
+    if eps is None:
+        eps = torch.finfo(denominator.dtype).tiny
+    floor = torch.full_like(denominator, eps)
+    floor = torch.where(denominator >= 0, floor, -floor)
+    safe = torch.where(denominator.abs() < eps, floor, denominator)
+    return numerator / safe.unsqueeze(-1)
+
+
+def _empty_state_like(q_features: Tensor, k_features: Tensor, values: Tensor) -> Tensor:
+    b, h = k_features.shape[:2]
+    return k_features.new_zeros(b, h, k_features.shape[-1], values.shape[-1] + 1)
+
+
+def _chunked(
+    q_features: Tensor,
+    k_features: Tensor,
+    values_aug: Tensor,
+    offsets: Tensor | None,
+    state: Tensor,
+    state_offset: Tensor | None,
+    chunk: int,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Causal attention over ``L = N·C`` positions; returns ``(out_aug, state, state_offset)``."""
+    b, h, length, m = q_features.shape
+    e = values_aug.shape[-1]
+    n = length // chunk
+    qc = q_features.reshape(b, h, n, chunk, m)
+    kc = k_features.reshape(b, h, n, chunk, m)
+    vc = values_aug.reshape(b, h, n, chunk, e)
+
+    scores = torch.matmul(qc, kc.transpose(-2, -1))  # (B, H, N, C, C)
+    if offsets is None:
+        scores = torch.tril(scores)
+        summaries = torch.matmul(kc.transpose(-2, -1), vc)  # (B, H, N, M, E)
+        # Exclusive prefix sum over chunks, seeded with the incoming state.
+        seeded = torch.cat([state.unsqueeze(2), summaries[:, :, :-1]], dim=2)
+        prefix = torch.cumsum(seeded, dim=2)
+        final = prefix[:, :, -1] + summaries[:, :, -1]
+        inter = torch.matmul(qc, prefix)
+        return (inter + torch.matmul(scores, vc)).reshape(b, h, length, e), final, None
+
+    oc = offsets.reshape(b, h, n, chunk)
+    # Row i reads key j <= i scaled by exp(m_j - m_i) <= 1 (clamped: leading padded keys may
+    # carry a placeholder offset, and their features are zero anyway).
+    rescale = torch.exp((oc.unsqueeze(-2) - oc.unsqueeze(-1)).clamp_max(0.0))
+    scores = torch.tril(scores * rescale)
+
+    chunk_end = oc[..., -1]  # (B, H, N), offset each chunk summary is expressed in
+    before = torch.cat([state_offset.unsqueeze(-1), chunk_end[..., :-1]], dim=-1)  # state offsets
+    # Summary of chunk c in units of exp(chunk_end_c): fold exp(m_j - end_c) into the values.
+    to_end = torch.exp((oc - chunk_end.unsqueeze(-1)).clamp_max(0.0)).unsqueeze(-1)
+    summaries = torch.matmul(kc.transpose(-2, -1), vc * to_end)  # (B, H, N, M, E)
+    decay = torch.exp((before - chunk_end).clamp_max(0.0))  # (B, H, N)
+
+    prefix = []
+    running = state
+    for c in range(n):
+        prefix.append(running)
+        running = running * decay[:, :, c, None, None] + summaries[:, :, c]
+    prefix_states = torch.stack(prefix, dim=2)  # (B, H, N, M, E), offsets `before`
+
+    to_query = torch.exp((before.unsqueeze(-1) - oc).clamp_max(0.0)).unsqueeze(-1)
+    inter = torch.matmul(qc, prefix_states) * to_query
+    out = inter + torch.matmul(scores, vc)
+    return out.reshape(b, h, length, e), running, chunk_end[..., -1]
+
+
+def causal_linear_attention(
+    q_features: Tensor,
+    k_features: Tensor,
+    values: Tensor,
+    *,
+    key_log_offsets: Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    initial_state: FavorState | None = None,
+    return_state: bool = False,
+    eps: float | None = None,
+) -> Tensor | tuple[Tensor, FavorState]:
+    """Normalized causal linear attention, chunked.
+
+    Args:
+        q_features: ``(B, H, L, M)`` query features ``φ(q)``.
+        k_features: ``(B, H, L, M)`` key features (stabilized when ``key_log_offsets`` given).
+        values: ``(B, H, L, Dv)``.
+        key_log_offsets: ``(B, H, L)`` non-decreasing offsets with true key features
+            ``k_features · exp(offsets)``; None means all zero.
+        chunk_size: positions per chunk ``C``.
+        initial_state: state of a preceding prefix (from ``return_state=True`` or the step form).
+        return_state: also return the :class:`FavorState` after the last position.
+        eps: denominator guard, see :func:`guarded_divide`.
+
+    Returns:
+        ``(B, H, L, Dv)`` outputs, and the final state if ``return_state``.
+    """
+    b, h, length, _ = k_features.shape
+    values_aug = torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
+    if initial_state is None:
+        state = _empty_state_like(q_features, k_features, values)
+        state_offset = None
+        if key_log_offsets is not None:
+            state_offset = key_log_offsets[..., 0] if length > 0 else k_features.new_zeros(b, h)
+    else:
+        state = torch.cat([initial_state.kv, initial_state.normalizer.unsqueeze(-1)], dim=-1)
+        state = state.to(k_features.dtype)
+        state_offset = initial_state.log_offset.to(k_features.dtype)
+        if key_log_offsets is None:
+            # Plain features are in units of exp(0): bring the state there.
+            state = state * torch.exp(state_offset)[..., None, None]
+            state_offset = None
+
+    chunk = max(1, min(chunk_size, length))
+    main = (length // chunk) * chunk
+    outputs = []
+    pieces = [(0, main, chunk)] if main else []
+    if main < length:
+        pieces.append((main, length, length - main))
+    for start, stop, size in pieces:
+        out, state, new_offset = _chunked(
+            q_features[:, :, start:stop],
+            k_features[:, :, start:stop],
+            values_aug[:, :, start:stop],
+            None if key_log_offsets is None else key_log_offsets[..., start:stop],
+            state,
+            state_offset,
+            size,
+        )
+        state_offset = new_offset
+        outputs.append(out)
+    out_aug = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+    out = guarded_divide(out_aug[..., :-1], out_aug[..., -1], eps)
+    if not return_state:
+        return out
+    final_offset = state_offset if state_offset is not None else k_features.new_zeros(b, h)
+    return out, FavorState(state[..., :-1], state[..., -1], final_offset)
+
+
+def causal_linear_attention_step(
+    q_features: Tensor,
+    k_features: Tensor,
+    values: Tensor,
+    state: FavorState | None,
+    *,
+    key_log_offset: Tensor | None = None,
+    eps: float | None = None,
+) -> tuple[Tensor, FavorState]:
+    """One position of causal linear attention from the recurrent state, in ``O(M·Dv)``.
+
+    Args:
+        q_features: ``(B, H, M)`` features of the new query.
+        k_features: ``(B, H, M)`` features of the new key (true features ``· exp(offset)``).
+        values: ``(B, H, Dv)``.
+        state: state after the previous positions, or None at the start.
+        key_log_offset: ``(B, H)`` running offset ``m_t >= state.log_offset`` of this key, or
+            None for plain features.
+
+    Returns:
+        ``(out, new_state)`` with ``out`` of shape ``(B, H, Dv)``.
+    """
+    offset = key_log_offset if key_log_offset is not None else k_features.new_zeros(k_features.shape[:2])
+    kv_new = k_features.unsqueeze(-1) * values.unsqueeze(-2)
+    if state is None:
+        kv, normalizer = kv_new, k_features
+    else:
+        decay = torch.exp((state.log_offset - offset).clamp_max(0.0))
+        kv = state.kv * decay[..., None, None] + kv_new
+        normalizer = state.normalizer * decay[..., None] + k_features
+    numerator = torch.matmul(q_features.unsqueeze(-2), kv).squeeze(-2)
+    denominator = (q_features * normalizer).sum(-1)
+    return guarded_divide(numerator, denominator, eps), FavorState(kv, normalizer, offset)

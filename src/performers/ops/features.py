@@ -1,0 +1,287 @@
+r"""Random-feature maps ``φ`` with ``φ(x)ᵀφ(y) ≈ K(x, y)``, and their numerical stabilization.
+
+Shapes: ``x`` is ``(..., L, D)``, a projection ``W`` is ``(M, D)``; a map returns features
+``(..., L, M')`` where ``M' = M`` or ``2M`` (hyperbolic and trigonometric maps use two
+features per projection row), or ``M' = D`` for a generalized map without projection.
+
+Every map has the signature ``fn(x, projection) -> FeatureMapOutput`` and works on ``x`` as
+given: ``φ(x)ᵀφ(y)`` estimates ``exp(xᵀy)``. Attention feeds ``x·√scale`` (``scale = 1/√D``
+by default, i.e. ``x·D^{-1/4}``) so that the estimate is ``exp(qᵀk/√D)``.
+
+A map returns ``φ`` factored as ``linear · exp(log)`` so that attention can move large
+magnitudes out of the exponent before ``exp`` is taken (see :func:`stabilize_queries` and
+:func:`stabilize_keys`). :meth:`FeatureMapOutput.materialize` gives the plain ``φ(x)``.
+
+Stabilization, and why it is exact
+----------------------------------
+Normalized attention ``out_i = Σ_j φ(q_i)ᵀφ(k_j) v_j / Σ_j φ(q_i)ᵀφ(k_j)`` is unchanged when
+
+* ``φ(q_i)`` is multiplied by any ``a_i > 0`` (it factors out of numerator and denominator
+  of row ``i``), and
+* every ``φ(k_j)`` that row ``i`` sums over is multiplied by one common ``b_i > 0`` (again
+  a factor of row ``i``'s numerator and denominator).
+
+Queries use ``a_i = exp(-max_f log φ_f(q_i))``, so each query row has maximum 1. Keys use
+``b_i = exp(-m_i)`` where, bidirectionally, ``m_i = m`` is the maximum of ``log φ(k_j)`` over
+all (non-padded) keys and features, and causally ``m_i = max_{j ≤ i, f} log φ_f(k_j)`` is the
+*running* maximum up to position ``i``: it never looks at a future position, so a decoder that
+sees one token at a time computes exactly the same offsets as the parallel pass. In the causal
+algorithm key ``j`` is stored as ``exp(log φ(k_j) - m_j)`` (≤ 1) and rescaled by
+``exp(m_j - m_i) ≤ 1`` when query ``i ≥ j`` reads it, so every term row ``i`` sums carries the
+same factor ``exp(-m_i)``, which cancels exactly. A factor that differed between the keys of
+one row (a per-key maximum) would *not* cancel; that is why keys do not use one.
+
+No ``eps`` is added inside the exponential features (FAVOR+'s ``exp`` is already positive);
+adding one after stabilization would make the result depend on the stabilizer. Offsets are
+computed on detached values: the output does not depend on them, so neither does its gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "KERNELS",
+    "FeatureMapOutput",
+    "Kernel",
+    "feature_map",
+    "generalized_features",
+    "get_kernel",
+    "hyperbolic_softmax_features",
+    "positive_softmax_features",
+    "register_kernel",
+    "stabilize_keys",
+    "stabilize_queries",
+    "trigonometric_softmax_features",
+]
+
+
+class FeatureMapOutput(NamedTuple):
+    """Features factored as ``φ = linear · exp(log)``; ``None`` stands for 1 (resp. 0 in log).
+
+    ``log`` is ``(..., L, M')`` or ``(..., L, 1)`` (a per-token magnitude); ``linear`` is
+    ``(..., L, M')``.
+    """
+
+    log: Tensor | None
+    linear: Tensor | None
+
+    def materialize(self) -> Tensor:
+        """The plain, unstabilized features ``φ(x)`` of shape ``(..., L, M')``."""
+        if self.log is None:
+            assert self.linear is not None
+            return self.linear
+        magnitude = torch.exp(self.log)
+        return magnitude if self.linear is None else self.linear * magnitude
+
+
+def _project(x: Tensor, projection: Tensor) -> Tensor:
+    return torch.matmul(x, projection.transpose(-2, -1))
+
+
+def _half_sq_norm(x: Tensor) -> Tensor:
+    return 0.5 * (x * x).sum(dim=-1, keepdim=True)
+
+
+def positive_softmax_features(x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
+    """FAVOR+ positive features ``φ(x) = exp(Wx - ‖x‖²/2) / √M`` (Lemma 1, ``SM⁺``).
+
+    ``x``: ``(..., L, D)``, ``projection``: ``(M, D)`` → features ``(..., L, M)``.
+    """
+    assert projection is not None
+    log = _project(x, projection) - _half_sq_norm(x) - 0.5 * math.log(projection.shape[-2])
+    return FeatureMapOutput(log=log, linear=None)
+
+
+def hyperbolic_softmax_features(x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
+    """Antithetic features ``[exp(Wx), exp(-Wx)] · exp(-‖x‖²/2) / √(2M)`` (``SM^{hyp+}``).
+
+    ``x``: ``(..., L, D)``, ``projection``: ``(M, D)`` → features ``(..., L, 2M)``.
+    """
+    assert projection is not None
+    u = _project(x, projection)
+    log = torch.cat([u, -u], dim=-1) - _half_sq_norm(x) - 0.5 * math.log(2 * projection.shape[-2])
+    return FeatureMapOutput(log=log, linear=None)
+
+
+def trigonometric_softmax_features(x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
+    """Random Fourier features ``[cos Wx, sin Wx] · exp(‖x‖²/2) / √M`` (``SM^{trig}``).
+
+    Unbiased but not positive. ``x``: ``(..., L, D)``, ``projection``: ``(M, D)`` →
+    features ``(..., L, 2M)``.
+    """
+    assert projection is not None
+    u = _project(x, projection)
+    linear = torch.cat([torch.cos(u), torch.sin(u)], dim=-1)
+    return FeatureMapOutput(log=_half_sq_norm(x) - 0.5 * math.log(projection.shape[-2]), linear=linear)
+
+
+def generalized_features(
+    x: Tensor, projection: Tensor | None, *, f: Callable[[Tensor], Tensor], eps: float = 1e-3
+) -> FeatureMapOutput:
+    """Generalized kernel features ``f(Wx) + eps``, or ``f(x) + eps`` when ``projection`` is None.
+
+    ``x``: ``(..., L, D)``, ``projection``: ``(M, D)`` or None → ``(..., L, M)`` or ``(..., L, D)``.
+    """
+    u = x if projection is None else _project(x, projection)
+    return FeatureMapOutput(log=None, linear=f(u) + eps)
+
+
+FeatureFn = Callable[[Tensor, "Tensor | None"], FeatureMapOutput]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One entry of the estimator registry.
+
+    Attributes:
+        name: registry name used by modules, configs, the CLI and benchmarks.
+        fn: ``fn(x, projection) -> FeatureMapOutput``.
+        requires_projection: the map needs a ``(M, D)`` projection (otherwise it is optional).
+        nonnegative: every feature is ``>= 0`` (so the attention denominator is positive).
+        features_per_row: ``M'/M`` (2 for the hyperbolic and trigonometric maps).
+        estimates_softmax: ``φ(x)ᵀφ(y)`` is an unbiased estimate of ``exp(xᵀy)``.
+    """
+
+    name: str
+    fn: FeatureFn
+    requires_projection: bool
+    nonnegative: bool
+    features_per_row: int = 1
+    estimates_softmax: bool = False
+
+    def __call__(self, x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
+        return self.fn(x, projection)
+
+    def num_features(self, projection: Tensor | None, dim: int) -> int:
+        """Feature dimension ``M'`` produced for a given projection (or none) and input ``D``."""
+        if projection is None:
+            return dim
+        return self.features_per_row * projection.shape[-2]
+
+
+def _elu_plus_one(u: Tensor) -> Tensor:
+    return F.elu(u) + 1.0
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def register_kernel(kernel: Kernel, *, overwrite: bool = False) -> Kernel:
+    """Add ``kernel`` to the registry under ``kernel.name`` and return it."""
+    if kernel.name in KERNELS and not overwrite:
+        raise ValueError(f"a kernel named {kernel.name!r} is already registered")
+    KERNELS[kernel.name] = kernel
+    return kernel
+
+
+for _kernel in (
+    Kernel("softmax", positive_softmax_features, True, True, 1, True),
+    Kernel("softmax-hyperbolic", hyperbolic_softmax_features, True, True, 2, True),
+    Kernel("trig", trigonometric_softmax_features, True, False, 2, True),
+    Kernel("relu", lambda x, w: generalized_features(x, w, f=F.relu), False, True),
+    Kernel("elu", lambda x, w: generalized_features(x, w, f=_elu_plus_one), False, True),
+    Kernel("abs", lambda x, w: generalized_features(x, w, f=torch.abs), False, True),
+    Kernel("exp", lambda x, w: generalized_features(x, w, f=torch.exp), False, True),
+):
+    register_kernel(_kernel)
+
+
+def get_kernel(kernel: str | Kernel | Callable[[Tensor], Tensor]) -> Kernel:
+    """Resolve a registry name, a :class:`Kernel`, or a plain callable ``f``.
+
+    A plain callable becomes the generalized kernel ``f(Wx) + 1e-3`` (or ``f(x) + 1e-3``
+    without projection); it is treated as possibly signed.
+    """
+    if isinstance(kernel, Kernel):
+        return kernel
+    if isinstance(kernel, str):
+        try:
+            return KERNELS[kernel]
+        except KeyError:
+            known = ", ".join(repr(k) for k in KERNELS)
+            raise ValueError(f"kernel: unknown name {kernel!r}; known kernels are {known}") from None
+    if callable(kernel):
+        name = getattr(kernel, "__name__", type(kernel).__name__)
+
+        def fn(x: Tensor, w: Tensor | None) -> FeatureMapOutput:
+            return generalized_features(x, w, f=kernel)
+
+        return Kernel(f"generalized({name})", fn, requires_projection=False, nonnegative=False)
+    raise TypeError(f"kernel must be a registry name, a Kernel or a callable, got {type(kernel).__name__}")
+
+
+def feature_map(x: Tensor, projection: Tensor | None, kernel: str | Kernel | Callable = "softmax") -> Tensor:
+    """Plain features ``φ(x)``: ``(..., L, D)`` → ``(..., L, M')``, with no stabilization."""
+    return get_kernel(kernel)(x, projection).materialize()
+
+
+def stabilize_queries(features: FeatureMapOutput) -> Tensor:
+    """Query features scaled per row so that each row's largest feature is 1 (exact, see above).
+
+    Returns ``(..., L, M')``.
+    """
+    if features.log is None:
+        assert features.linear is not None
+        return features.linear
+    log = features.log
+    magnitude = torch.exp(log - log.detach().amax(dim=-1, keepdim=True))
+    return magnitude if features.linear is None else features.linear * magnitude
+
+
+def stabilize_keys(
+    features: FeatureMapOutput,
+    *,
+    causal: bool,
+    key_padding_mask: Tensor | None = None,
+    initial_offset: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Key features divided by ``exp(offset)``, with padded keys set to zero.
+
+    Args:
+        features: key features of ``(B, H, L, ·)`` inputs.
+        causal: use the running maximum over positions ``≤ j`` (see the module docstring);
+            otherwise one maximum over all non-padded positions.
+        key_padding_mask: ``(B, L)`` bool, True marks a padded key (ignored everywhere).
+        initial_offset: ``(B, H)`` offset of a causal state that precedes these keys; the
+            running maximum starts from it.
+
+    Returns:
+        ``(features, offsets)``: features ``(B, H, L, M')`` with true ``φ(k_j) =
+        features_j · exp(offsets_j)``; offsets ``(B, H, L)`` (non-decreasing when causal), or
+        None when the map has no exponential part.
+    """
+    pad = None if key_padding_mask is None else key_padding_mask[:, None, :]
+    if features.log is None:
+        assert features.linear is not None
+        linear = features.linear
+        if pad is not None:
+            linear = linear.masked_fill(pad[..., None], 0.0)
+        return linear, None
+
+    log = features.log
+    per_position = log.detach().amax(dim=-1)
+    if pad is not None:
+        per_position = per_position.masked_fill(pad, -math.inf)
+    if causal:
+        offsets = torch.cummax(per_position, dim=-1).values
+        if initial_offset is not None:
+            offsets = torch.maximum(offsets, initial_offset[..., None])
+    else:
+        offsets = per_position.amax(dim=-1, keepdim=True).expand_as(per_position)
+    # Positions with no (non-padded) key yet have no maximum; any finite value works there
+    # because those keys are zeroed below.
+    offsets = torch.where(torch.isfinite(offsets), offsets, torch.zeros_like(offsets))
+    shifted = log - offsets[..., None]
+    if pad is not None:
+        shifted = shifted.masked_fill(pad[..., None], -math.inf)
+    magnitude = torch.exp(shifted)
+    out = magnitude if features.linear is None else features.linear * magnitude
+    return out, offsets
