@@ -237,3 +237,39 @@ def test_converges_to_exact_softmax_attention():
         errors.append((favor_attention(q, k, v, w) - exact_attention(q, k, v)).pow(2).mean().sqrt())
     assert errors[1] < errors[0] / 2
     assert errors[1] < 0.05
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "softmax-hyperbolic"])
+@pytest.mark.parametrize("block", [1, 5, 64])
+def test_blockwise_bidirectional_matches_explicit(kernel, block):
+    # The fused path streams keys in blocks with a running maximum; any block size agrees.
+    q, k, v = inputs(lq=13, lk=29, norm=1.5)
+    w = projection()
+    mask = torch.zeros(2, 29, dtype=torch.bool)
+    mask[0, 20:] = True
+    mask[1, :7] = True
+    out = favor_attention(q, k, v, w, kernel=kernel, key_padding_mask=mask, block_size=block)
+    torch.testing.assert_close(out, explicit(q, k, v, w, kernel, False, mask=mask), rtol=1e-10, atol=1e-10)
+
+
+def test_blockwise_all_keys_padded_gives_zero_and_finite_gradients():
+    q, k, v = (t.requires_grad_() for t in inputs(lq=6))
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[1] = True
+    out = favor_attention(q, k, v, projection(), key_padding_mask=mask, block_size=4)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "trig", "relu"])
+@pytest.mark.parametrize("dtype", [torch.float32, DT])
+def test_queries_without_visible_keys_give_zero_and_finite_gradients(kernel, dtype):
+    # Causal left padding: the first positions of sample 1 see no key at all.
+    q, k, v = (t.requires_grad_() for t in inputs(lq=12, dtype=dtype))
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[1, :5] = True
+    out = favor_attention(q, k, v, projection(dtype=dtype), causal=True, kernel=kernel, key_padding_mask=mask)
+    assert torch.equal(out[1, :, :5], torch.zeros_like(out[1, :, :5]))
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -61,3 +61,15 @@ def test_gradcheck_step_and_linear_attention():
     assert torch.autograd.gradcheck(
         lambda a, b, c: linear_attention(a, b, c, causal=True, chunk_size=4), (qf, kf, vv)
     )
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "softmax-hyperbolic"])
+def test_gradcheck_blockwise_bidirectional_with_padding_and_projection(kernel):
+    q, k, v = leaf_inputs(5, lk=7)
+    w = W.clone().requires_grad_(True)
+    mask = torch.tensor([[False, False, True, False, False, False, True]])
+
+    def fn(q, k, v, w):
+        return favor_attention(q, k, v, w, kernel=kernel, key_padding_mask=mask, block_size=2)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, w))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from performers.ops.bidirectional import blockwise_exp_attention
 from performers.ops.causal import (
     DEFAULT_CHUNK_SIZE,
     FavorState,
@@ -20,7 +21,13 @@ from performers.ops.causal import (
     causal_linear_attention_step,
     guarded_divide,
 )
-from performers.ops.features import Kernel, get_kernel, stabilize_keys, stabilize_queries
+from performers.ops.features import (
+    Kernel,
+    get_kernel,
+    stabilize_keys,
+    stabilize_queries,
+    stabilized_exp_features,
+)
 
 __all__ = ["favor_attention", "favor_attention_step", "linear_attention"]
 
@@ -110,6 +117,43 @@ def _input_scale(scale: float | None, dim: int) -> float:
     return float(scale)
 
 
+def _features(
+    kernel: Kernel,
+    q: Tensor,
+    k: Tensor,
+    projection: Tensor | None,
+    input_scale: float,
+    *,
+    causal: bool,
+    key_padding_mask: Tensor | None,
+    initial_offset: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Stabilized query and key features and key offsets (see ``features.stabilize_keys``)."""
+    w = None if projection is None else projection.to(q.dtype)
+    if kernel.exp_rows is not None and w is not None:
+        rows, log_const = kernel.exp_rows(w)
+        q_features, _ = stabilized_exp_features(q, rows, scale=input_scale, log_const=log_const, role="query")
+        k_features, offsets = stabilized_exp_features(
+            k,
+            rows,
+            scale=input_scale,
+            log_const=log_const,
+            role="key",
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            initial_offset=initial_offset,
+        )
+        return q_features, k_features, offsets
+    q_features = stabilize_queries(kernel(q * input_scale, w))
+    k_features, offsets = stabilize_keys(
+        kernel(k * input_scale, w),
+        causal=causal,
+        key_padding_mask=key_padding_mask,
+        initial_offset=initial_offset,
+    )
+    return q_features, k_features, offsets
+
+
 def _bidirectional(q_features: Tensor, k_features: Tensor, values: Tensor, eps: float | None) -> Tensor:
     # Q'(K'ᵀ[V 1]): one (M × (Dv+1)) summary, then one matmul per query.
     values_aug = torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
@@ -180,6 +224,7 @@ def favor_attention(
     initial_state: FavorState | None = None,
     return_state: bool = False,
     eps: float | None = None,
+    block_size: int | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """FAVOR attention: softmax (or generalized-kernel) attention in ``O(L·M·D)`` time.
 
@@ -201,6 +246,8 @@ def favor_attention(
             :func:`favor_attention_step`; the keys here continue that prefix.
         return_state: causal only, also return the state after the last position.
         eps: denominator guard, default the dtype's smallest normal number.
+        block_size: bidirectional softmax kernels only: positions per block of the fused
+            path (:mod:`performers.ops.bidirectional`); default sized for the cache.
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs, and the :class:`FavorState` (float32 or
@@ -218,10 +265,25 @@ def favor_attention(
     dtype = _compute_dtype(q, k, v)
 
     with torch.autocast(device_type=q.device.type, enabled=False):
-        w = None if projection is None else projection.to(dtype)
-        q_features = stabilize_queries(kern(q.to(dtype) * input_scale, w))
-        k_features, offsets = stabilize_keys(
-            kern(k.to(dtype) * input_scale, w),
+        if not causal and kern.exp_rows is not None and projection is not None:
+            rows, _ = kern.exp_rows(projection.to(dtype))
+            out = blockwise_exp_attention(
+                q.to(dtype),
+                k.to(dtype),
+                v.to(dtype),
+                rows,
+                scale=input_scale,
+                key_padding_mask=key_padding_mask,
+                block_size=block_size,
+                eps=eps,
+            )
+            return out.to(out_dtype)
+        q_features, k_features, offsets = _features(
+            kern,
+            q.to(dtype),
+            k.to(dtype),
+            projection,
+            input_scale,
             causal=causal,
             key_padding_mask=key_padding_mask,
             initial_offset=None if initial_state is None else initial_state.log_offset.to(dtype),
@@ -277,11 +339,14 @@ def favor_attention_step(
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     dtype = _compute_dtype(q, k, v)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        w = None if projection is None else projection.to(dtype)
-        q_features = stabilize_queries(kern(q.to(dtype) * input_scale, w))
-        k_features, offsets = stabilize_keys(
-            kern(k.to(dtype) * input_scale, w),
+        q_features, k_features, offsets = _features(
+            kern,
+            q.to(dtype),
+            k.to(dtype),
+            projection,
+            input_scale,
             causal=True,
+            key_padding_mask=None,
             initial_offset=None if state is None else state.log_offset.to(dtype),
         )
         out, new_state = causal_linear_attention_step(

@@ -30,6 +30,7 @@ __all__ = [
     "causal_linear_attention",
     "causal_linear_attention_step",
     "guarded_divide",
+    "safe_reciprocal",
 ]
 
 DEFAULT_CHUNK_SIZE = 64
@@ -50,18 +51,67 @@ class FavorState(NamedTuple):
 
 
 def guarded_divide(numerator: Tensor, denominator: Tensor, eps: float | None = None) -> Tensor:
-    """``numerator / denominator`` with ``|denominator|`` kept ``>= eps`` (sign preserved).
+    """``numerator / denominator``, defined as 0 (with zero gradient) where ``|denominator| < eps``.
 
     ``numerator``: ``(..., Dv)``, ``denominator``: ``(...)``. ``eps`` defaults to the smallest
-    normal number of the dtype: with nonnegative features the denominator is only that small
-    when every term underflowed, and then the numerator is 0 too.
+    normal number of the dtype: with nonnegative features the denominator only gets that small
+    when a query sees no key at all (every key padded, or every term underflowed), and then
+    the numerator is 0 too; 0 is the natural output and keeps gradients finite.
     """
+    return numerator * safe_reciprocal(denominator, eps).unsqueeze(-1)
+
+
+def safe_reciprocal(denominator: Tensor, eps: float | None = None) -> Tensor:
+    """``1 / denominator`` where ``|denominator| >= eps``, else 0 (see :func:`guarded_divide`)."""
     if eps is None:
         eps = torch.finfo(denominator.dtype).tiny
-    floor = torch.full_like(denominator, eps)
-    floor = torch.where(denominator >= 0, floor, -floor)
-    safe = torch.where(denominator.abs() < eps, floor, denominator)
-    return numerator / safe.unsqueeze(-1)
+    small = denominator.abs() < eps
+    return torch.where(small, torch.zeros_like(denominator), 1.0 / torch.where(small, 1.0, denominator))
+
+
+class _DecayedPrefixScan(torch.autograd.Function):
+    """``P_0 = init``, ``P_{c+1} = γ_c P_c + X_c``; returns all ``P_c`` (c < N) and ``P_N``.
+
+    Written as a Function so that the per-chunk Python loop writes into one preallocated
+    buffer forward and backward; indexing a tensor in an autograd loop would make every step's
+    backward allocate (and zero) a full-size gradient, ``O(N²)`` work.
+    """
+
+    @staticmethod
+    def forward(ctx, summaries: Tensor, decay: Tensor, init: Tensor) -> tuple[Tensor, Tensor]:
+        prefix = torch.empty_like(summaries)
+        running = init
+        for c in range(summaries.shape[2]):
+            prefix[:, :, c] = running
+            running = torch.addcmul(summaries[:, :, c], running, decay[:, :, c, None, None])
+        ctx.save_for_backward(decay)
+        return prefix, running
+
+    @staticmethod
+    def backward(ctx, grad_prefix: Tensor | None, grad_final: Tensor | None):
+        (decay,) = ctx.saved_tensors
+        n = decay.shape[2]
+        if grad_prefix is None and grad_final is None:
+            return None, None, None
+        reference = grad_prefix if grad_prefix is not None else grad_final
+        shape = (*decay.shape, *reference.shape[-2:]) if grad_prefix is None else grad_prefix.shape
+        grad_summaries = reference.new_empty(shape)
+        adjoint = grad_final if grad_final is not None else reference.new_zeros(shape[:2] + shape[3:])
+        for c in range(n - 1, -1, -1):
+            grad_summaries[:, :, c] = adjoint  # ∂P_{c+1}/∂X_c = I
+            adjoint = adjoint * decay[:, :, c, None, None]
+            if grad_prefix is not None:
+                adjoint = adjoint + grad_prefix[:, :, c]
+        return grad_summaries, None, adjoint
+
+
+def decayed_prefix_scan(summaries: Tensor, decay: Tensor, init: Tensor) -> tuple[Tensor, Tensor]:
+    """Chunk states before each chunk, ``(B, H, N, M, E)``, and the state after the last one.
+
+    ``summaries``: ``(B, H, N, M, E)``, ``decay``: ``(B, H, N)`` (not differentiated: it comes
+    from detached stabilizer offsets), ``init``: ``(B, H, M, E)``.
+    """
+    return _DecayedPrefixScan.apply(summaries, decay.detach(), init)
 
 
 def _empty_state_like(q_features: Tensor, k_features: Tensor, values: Tensor) -> Tensor:
@@ -110,12 +160,7 @@ def _chunked(
     summaries = torch.matmul(kc.transpose(-2, -1), vc * to_end)  # (B, H, N, M, E)
     decay = torch.exp((before - chunk_end).clamp_max(0.0))  # (B, H, N)
 
-    prefix = []
-    running = state
-    for c in range(n):
-        prefix.append(running)
-        running = running * decay[:, :, c, None, None] + summaries[:, :, c]
-    prefix_states = torch.stack(prefix, dim=2)  # (B, H, N, M, E), offsets `before`
+    prefix_states, running = decayed_prefix_scan(summaries, decay, state)  # offsets `before`
 
     to_query = torch.exp((before.unsqueeze(-1) - oc).clamp_max(0.0)).unsqueeze(-1)
     inter = torch.matmul(qc, prefix_states) * to_query

@@ -148,6 +148,8 @@ class Kernel:
         nonnegative: every feature is ``>= 0`` (so the attention denominator is positive).
         features_per_row: ``M'/M`` (2 for the hyperbolic and trigonometric maps).
         estimates_softmax: ``φ(x)ᵀφ(y)`` is an unbiased estimate of ``exp(xᵀy)``.
+        exp_rows: for maps of the form ``φ(x) = exp(Px - ‖x‖²/2 - c)``, a function
+            ``W -> (P, c)``; attention then uses the fused :func:`stabilized_exp_features`.
     """
 
     name: str
@@ -156,6 +158,7 @@ class Kernel:
     nonnegative: bool
     features_per_row: int = 1
     estimates_softmax: bool = False
+    exp_rows: Callable[[Tensor], tuple[Tensor, float]] | None = None
 
     def __call__(self, x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
         return self.fn(x, projection)
@@ -182,9 +185,18 @@ def register_kernel(kernel: Kernel, *, overwrite: bool = False) -> Kernel:
     return kernel
 
 
+def _positive_rows(w: Tensor) -> tuple[Tensor, float]:
+    return w, 0.5 * math.log(w.shape[-2])
+
+
+def _hyperbolic_rows(w: Tensor) -> tuple[Tensor, float]:
+    # [exp(Wx), exp(-Wx)] is the positive map of the stacked projection [W; -W].
+    return torch.cat([w, -w], dim=-2), 0.5 * math.log(2 * w.shape[-2])
+
+
 for _kernel in (
-    Kernel("softmax", positive_softmax_features, True, True, 1, True),
-    Kernel("softmax-hyperbolic", hyperbolic_softmax_features, True, True, 2, True),
+    Kernel("softmax", positive_softmax_features, True, True, 1, True, _positive_rows),
+    Kernel("softmax-hyperbolic", hyperbolic_softmax_features, True, True, 2, True, _hyperbolic_rows),
     Kernel("trig", trigonometric_softmax_features, True, False, 2, True),
     Kernel("relu", lambda x, w: generalized_features(x, w, f=F.relu), False, True),
     Kernel("elu", lambda x, w: generalized_features(x, w, f=_elu_plus_one), False, True),
@@ -285,3 +297,97 @@ def stabilize_keys(
     magnitude = torch.exp(shifted)
     out = magnitude if features.linear is None else features.linear * magnitude
     return out, offsets
+
+
+class _StabilizedExpFeatures(torch.autograd.Function):
+    """``φ = exp(x·(sP)ᵀ - [s²‖x‖²/2] - shift)`` computed in place, with a hand-written backward.
+
+    Forward allocates one ``(..., L, M)`` tensor (the matmul output, exponentiated in place)
+    instead of one per elementwise step, and only ``φ`` is kept for backward:
+    ``∂x = (g ⊙ φ)(sP) - s² rowsum(g ⊙ φ) x`` (the shift is a detached stabilizer).
+    """
+
+    @staticmethod
+    def forward(ctx, x, rows, scale, with_norm, shift_fn, pad):
+        scaled_rows = rows * scale
+        log = torch.matmul(x, scaled_rows.transpose(-2, -1))
+        if with_norm:
+            log.sub_((0.5 * scale * scale) * (x * x).sum(-1, keepdim=True))
+        shift, offsets = shift_fn(log)
+        features = log.sub_(shift).exp_()
+        if pad is not None:
+            features.masked_fill_(pad, 0.0)
+        ctx.save_for_backward(features, x, scaled_rows)
+        ctx.scale, ctx.with_norm = scale, with_norm
+        ctx.mark_non_differentiable(offsets)
+        return features, offsets
+
+    @staticmethod
+    def backward(ctx, grad_features, _grad_offsets):
+        features, x, scaled_rows = ctx.saved_tensors
+        grad_log = grad_features * features
+        grad_x = grad_rows = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.matmul(grad_log, scaled_rows)
+            if ctx.with_norm:
+                grad_x.sub_(grad_log.sum(-1, keepdim=True) * x, alpha=ctx.scale * ctx.scale)
+        if ctx.needs_input_grad[1]:
+            flat_log = grad_log.reshape(-1, grad_log.shape[-1])
+            grad_rows = torch.matmul(flat_log.transpose(0, 1), x.reshape(-1, x.shape[-1])) * ctx.scale
+        return grad_x, grad_rows, None, None, None, None
+
+
+def stabilized_exp_features(
+    x: Tensor,
+    rows: Tensor,
+    *,
+    scale: float,
+    log_const: float,
+    role: str,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    initial_offset: Tensor | None = None,
+) -> tuple[Tensor, Tensor | None]:
+    """Fused, stabilized features ``exp(P(√s·x) - s‖x‖²/2 - c)`` of queries or keys.
+
+    Same result as :func:`stabilize_queries` / :func:`stabilize_keys` applied to the map, up to
+    rounding; see the module docstring for the stabilizers.
+
+    Args:
+        x: ``(B, H, L, D)``.
+        rows: ``P``, ``(M', D)``.
+        scale: ``√s``, the factor applied to ``x``.
+        log_const: ``c``.
+        role: ``"query"`` (row maximum: ``‖x‖²`` and ``c`` are per-row factors and cancel, so
+            they are not even computed) or ``"key"``.
+        causal, key_padding_mask, initial_offset: as in :func:`stabilize_keys`.
+
+    Returns:
+        ``(features (B, H, L, M'), offsets (B, H, L) or None)``, true ``φ = features·exp(offsets)``.
+    """
+    if role == "query":
+
+        def query_shift(log: Tensor) -> tuple[Tensor, Tensor]:
+            shift = log.amax(dim=-1, keepdim=True)
+            return shift, shift.new_zeros(())
+
+        features, _ = _StabilizedExpFeatures.apply(x, rows, scale, False, query_shift, None)
+        return features, None
+
+    pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
+
+    def key_shift(log: Tensor) -> tuple[Tensor, Tensor]:
+        per_position = log.amax(dim=-1)
+        if pad is not None:
+            per_position = per_position.masked_fill(pad[..., 0], -math.inf)
+        if causal:
+            offsets = torch.cummax(per_position, dim=-1).values
+            if initial_offset is not None:
+                offsets = torch.maximum(offsets, initial_offset[..., None] + log_const)
+        else:
+            offsets = per_position.amax(dim=-1, keepdim=True).expand_as(per_position)
+        offsets = torch.where(torch.isfinite(offsets), offsets, torch.zeros_like(offsets))
+        # Callers see offsets of the map including its constant c.
+        return offsets.unsqueeze(-1), offsets - log_const
+
+    return _StabilizedExpFeatures.apply(x, rows, scale, True, key_shift, pad)

@@ -1,0 +1,171 @@
+r"""Fused bidirectional FAVOR attention for exponential feature maps, in blocks of positions.
+
+For ``φ(x) = exp(P x̃ - ‖x̃‖²/2 - c)`` (positive and hyperbolic softmax features) this computes
+``out = φ(Q)(φ(K)ᵀ[V 1]) / ·`` without ever holding a full ``(B, H, L, M)`` feature tensor:
+keys are consumed block by block into the ``M × (Dv+1)`` summary, queries are read out block
+by block, and the backward pass recomputes each block's features instead of storing them.
+Forward and backward memory is ``O(L·D + L_b·M)`` per head, and each feature block is small
+enough to stay in cache while it is exponentiated, scaled and multiplied, which is where a
+plain implementation spends its time on memory traffic.
+
+Stabilization is the same as :func:`performers.ops.features.stabilize_keys`: queries by their
+row maximum, keys by the maximum over all non-padded keys. Keys are streamed, so the summary is
+rescaled by ``exp(m_old - m_new)`` whenever a block raises the maximum (exact: it multiplies
+every term already summed by the same factor).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from performers.ops.causal import safe_reciprocal
+
+__all__ = ["blockwise_exp_attention", "default_block_size"]
+
+
+def default_block_size(batch_heads: int, num_features: int) -> int:
+    """Rows per block so that one feature block holds about 2^19 elements (2 MiB in float32)."""
+    return max(16, (1 << 19) // max(1, batch_heads * num_features))
+
+
+def _blocks(length: int, block: int):
+    for start in range(0, length, block):
+        yield start, min(start + block, length)
+
+
+def _key_log_features(k: Tensor, scaled_rows: Tensor, scale_sq: float) -> Tensor:
+    log = torch.matmul(k, scaled_rows.transpose(-2, -1))
+    return log.sub_((0.5 * scale_sq) * (k * k).sum(-1, keepdim=True))
+
+
+def _query_features(q: Tensor, scaled_rows: Tensor) -> Tensor:
+    log = torch.matmul(q, scaled_rows.transpose(-2, -1))
+    return log.sub_(log.amax(dim=-1, keepdim=True)).exp_()
+
+
+def _with_ones(v: Tensor) -> Tensor:
+    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
+
+
+class _BlockwiseExpAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rows, scale, pad, block, eps):
+        scaled_rows = rows * scale
+        scale_sq = scale * scale
+        b, h, lk, _ = k.shape
+        dv = v.shape[-1]
+        summary = k.new_zeros(b, h, scaled_rows.shape[0], dv + 1)
+        key_max = k.new_full((b, h, 1, 1), -math.inf)
+        for start, stop in _blocks(lk, block):
+            log = _key_log_features(k[:, :, start:stop], scaled_rows, scale_sq)
+            if pad is not None:
+                log.masked_fill_(pad[:, :, start:stop], -math.inf)
+            new_max = torch.maximum(key_max, log.amax(dim=(-2, -1), keepdim=True))
+            # A still-empty summary (everything padded so far) needs no rescaling.
+            safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+            if start > 0:
+                rescale = torch.where(torch.isfinite(key_max), torch.exp(key_max - safe_max), 0.0)
+                summary.mul_(rescale)
+            features = log.sub_(safe_max).exp_()
+            summary.add_(torch.matmul(features.transpose(-2, -1), _with_ones(v[:, :, start:stop])))
+            key_max = new_max
+        key_max = torch.where(torch.isfinite(key_max), key_max, torch.zeros_like(key_max))
+
+        lq = q.shape[2]
+        out = q.new_empty(b, h, lq, dv)
+        inverse_denominator = q.new_empty(b, h, lq, 1)
+        for start, stop in _blocks(lq, block):
+            read = torch.matmul(_query_features(q[:, :, start:stop], scaled_rows), summary)
+            inverse = safe_reciprocal(read[..., -1], eps).unsqueeze(-1)
+            inverse_denominator[:, :, start:stop] = inverse
+            torch.mul(read[..., :-1], inverse, out=out[:, :, start:stop])
+        ctx.save_for_backward(q, k, v, rows, summary, key_max, inverse_denominator, out)
+        ctx.pad, ctx.block, ctx.scale = pad, block, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, rows, summary, key_max, inverse_denominator, out = ctx.saved_tensors
+        pad, block, scale = ctx.pad, ctx.block, ctx.scale
+        scaled_rows = rows * scale
+        scale_sq = scale * scale
+        need_q, need_k, need_v, need_rows = ctx.needs_input_grad[:4]
+        grad_summary = torch.zeros_like(summary)
+        grad_q = torch.empty_like(q) if need_q else None
+        grad_rows = torch.zeros_like(rows) if need_rows else None
+
+        for start, stop in _blocks(q.shape[2], block):
+            features = _query_features(q[:, :, start:stop], scaled_rows)
+            g = grad_out[:, :, start:stop]
+            inverse = inverse_denominator[:, :, start:stop]
+            # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (zero where the guard was active).
+            grad_read = torch.cat(
+                [g * inverse, -(g * out[:, :, start:stop]).sum(-1, keepdim=True) * inverse], -1
+            )
+            grad_summary.add_(torch.matmul(features.transpose(-2, -1), grad_read))
+            if need_q or need_rows:
+                grad_log = torch.matmul(grad_read, summary.transpose(-2, -1)).mul_(features)
+                if need_q:
+                    grad_q[:, :, start:stop] = torch.matmul(grad_log, scaled_rows)
+                if need_rows:
+                    grad_rows.add_(_outer_sum(grad_log, q[:, :, start:stop]), alpha=scale)
+
+        grad_k = torch.empty_like(k) if need_k else None
+        grad_v = torch.empty_like(v) if need_v else None
+        for start, stop in _blocks(k.shape[2], block):
+            kb = k[:, :, start:stop]
+            features = _key_log_features(kb, scaled_rows, scale_sq).sub_(key_max).exp_()
+            if pad is not None:
+                features.masked_fill_(pad[:, :, start:stop], 0.0)
+            if need_v:
+                grad_v[:, :, start:stop] = torch.matmul(features, grad_summary[..., :-1])
+            if need_k or need_rows:
+                vb = _with_ones(v[:, :, start:stop])
+                grad_log = torch.matmul(vb, grad_summary.transpose(-2, -1)).mul_(features)
+                if need_k:
+                    gk = torch.matmul(grad_log, scaled_rows)
+                    gk.sub_(grad_log.sum(-1, keepdim=True) * kb, alpha=scale_sq)
+                    grad_k[:, :, start:stop] = gk
+                if need_rows:
+                    # ∂/∂P of x̃ᵀP (the norm term does not involve P).
+                    grad_rows.add_(_outer_sum(grad_log, kb), alpha=scale)
+        return grad_q, grad_k, grad_v, grad_rows, None, None, None, None
+
+
+def _outer_sum(grad_log: Tensor, x: Tensor) -> Tensor:
+    """``Σ_{b,h,l} grad_log[..., l, :]ᵀ x[..., l, :]``: ``(M', D)``."""
+    return torch.matmul(grad_log.reshape(-1, grad_log.shape[-1]).transpose(0, 1), x.reshape(-1, x.shape[-1]))
+
+
+def blockwise_exp_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rows: Tensor,
+    *,
+    scale: float,
+    key_padding_mask: Tensor | None = None,
+    block_size: int | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """Bidirectional FAVOR attention with features ``exp(P(√s·x) - s‖x‖²/2 - c)``.
+
+    Args:
+        q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
+        rows: ``P``, ``(M', D)`` (``W`` for positive features, ``[W; -W]`` for hyperbolic).
+        scale: ``√s``, the factor applied to ``q`` and ``k``.
+        key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
+        block_size: positions per block (default :func:`default_block_size`).
+        eps: denominator guard (default: the dtype's smallest normal number).
+
+    Returns:
+        ``(B, H, Lq, Dv)``. The constant ``c`` cancels and is not needed.
+    """
+    b, h = q.shape[:2]
+    block = block_size or default_block_size(b * h, rows.shape[0])
+    pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
+    eps = torch.finfo(q.dtype).tiny if eps is None else eps
+    return _BlockwiseExpAttention.apply(q, k, v, rows, scale, pad, block, eps)
