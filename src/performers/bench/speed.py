@@ -1,0 +1,495 @@
+"""Time and peak memory of attention vs sequence length: FAVOR+ against exact attention,
+identity attention ("OPT", the paper's upper bound), a plain FAVOR+ formulation (eager and
+``torch.compile``-d) and the ``performer-pytorch`` library when it is installed.
+
+Every (method, L) point runs in fresh subprocesses — one for time, one for memory — so
+that no point inherits another's allocator state or threads. Time is the median of
+``repeats`` runs after a warm-up; memory is the growth of the process's peak resident set
+during one forward+backward, measured with ``/proc/self/clear_refs`` (peak reset) and glibc
+told to return every allocation of 64 KiB or more to the OS (``MALLOC_MMAP_THRESHOLD_``), so
+the peak is the real working set, not allocator reuse.
+
+Run: ``performers bench speed --out docs/results/speed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+METHODS = (
+    "favor",
+    "favor-causal",
+    "exact",
+    "exact-causal",
+    "identity",
+    "plain",
+    "plain-compiled",
+    "peer",
+    "peer-causal",
+)
+CAUSAL = {"favor-causal", "exact-causal", "peer-causal"}
+
+
+@dataclass
+class Spec:
+    method: str
+    length: int
+    batch: int = 1
+    heads: int = 8
+    dim: int = 64
+    num_features: int = 256
+    dtype: str = "float32"
+    threads: int = 2
+    repeats: int = 5
+    kernel: str = "softmax"
+    measure: str = "time"  # or "memory"
+
+
+@dataclass
+class Point:
+    spec: Spec
+    forward_s: float | None = None
+    forward_backward_s: float | None = None
+    peak_extra_mib: float | None = None
+    first_call_s: float | None = None
+    floor_forward_s: float | None = None
+    floor_forward_backward_s: float | None = None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def plain_favor(q, k, v, w):
+    """FAVOR+ as a skilled user writes it in a few lines (the baseline ``plain``)."""
+    s = q.shape[-1] ** -0.25
+    m = w.shape[0]
+
+    def features(x, is_query):
+        u = (x * s) @ w.T - (x * s).pow(2).sum(-1, keepdim=True) / 2
+        shift = u.amax(-1, keepdim=True) if is_query else u.amax((-2, -1), keepdim=True)
+        return torch.exp(u - shift.detach()) / math.sqrt(m)
+
+    qf, kf = features(q, True), features(k, False)
+    kv = kf.transpose(-2, -1) @ v
+    normalizer = qf @ kf.sum(-2).unsqueeze(-1)
+    return (qf @ kv) / normalizer
+
+
+def _build(spec: Spec, generator: torch.Generator) -> Callable[..., torch.Tensor]:
+    from performers.ops.attention import favor_attention
+    from performers.ops.projections import orthogonal_projection
+
+    dtype = getattr(torch, spec.dtype)
+    w = orthogonal_projection(spec.num_features, spec.dim, generator=generator, dtype=dtype)
+    method = spec.method
+    if method in ("favor", "favor-causal"):
+        causal = method == "favor-causal"
+        return lambda q, k, v: favor_attention(q, k, v, w, causal=causal, kernel=spec.kernel)
+    if method in ("exact", "exact-causal"):
+        causal = method == "exact-causal"
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if method == "identity":
+        return lambda q, k, v: v * 1.0
+    if method == "plain":
+        return lambda q, k, v: plain_favor(q, k, v, w)
+    if method == "plain-compiled":
+        compiled = torch.compile(plain_favor)
+        return lambda q, k, v: compiled(q, k, v, w)
+    if method in ("peer", "peer-causal"):
+        from performer_pytorch import FastAttention  # optional: pip install performers[bench]
+
+        module = FastAttention(
+            dim_heads=spec.dim, nb_features=spec.num_features, causal=method == "peer-causal"
+        )
+        return lambda q, k, v: module(q, k, v)
+    raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
+
+
+def _median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _inputs(spec: Spec, generator: torch.Generator, requires_grad: bool):
+    dtype = getattr(torch, spec.dtype)
+    shape = (spec.batch, spec.heads, spec.length, spec.dim)
+    return [
+        torch.randn(shape, generator=generator, dtype=dtype).requires_grad_(requires_grad) for _ in range(3)
+    ]
+
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+def _floor(spec: Spec, generator: torch.Generator) -> tuple[float, float]:
+    """Time of FAVOR+'s primitives at these shapes, run back to back.
+
+    Forward: the two projections ``(B·H·L, D)×(D, M)``, the two feature ``exp``s over
+    ``(B·H·L, M)`` and the two attention products ``K'ᵀV`` and ``Q'(K'ᵀV)``. Backward adds
+    the six matmuls of the gradients (two per product) and one multiply per feature map.
+    """
+    dtype = getattr(torch, spec.dtype)
+    rows = spec.batch * spec.heads * spec.length
+    x = torch.randn(rows, spec.dim, generator=generator, dtype=dtype)
+    w = torch.randn(spec.num_features, spec.dim, generator=generator, dtype=dtype)
+    feats = torch.rand(
+        spec.batch * spec.heads, spec.length, spec.num_features, generator=generator, dtype=dtype
+    )
+    v = torch.randn(spec.batch * spec.heads, spec.length, spec.dim, generator=generator, dtype=dtype)
+    summary = torch.randn(
+        spec.batch * spec.heads, spec.num_features, spec.dim, generator=generator, dtype=dtype
+    )
+
+    def forward():
+        for _ in range(2):
+            torch.matmul(x, w.T)
+            torch.exp(feats)
+        torch.matmul(feats.transpose(-2, -1), v)
+        torch.matmul(feats, summary)
+
+    def backward():
+        torch.matmul(feats, summary)  # ∂Q'
+        torch.matmul(feats.transpose(-2, -1), v)  # ∂(K'ᵀV)
+        torch.matmul(v, summary.transpose(-2, -1))  # ∂K'
+        torch.matmul(feats, summary)  # ∂V
+        for _ in range(2):
+            feats * feats  # ∂u = ∂φ ⊙ φ
+            torch.matmul(feats.reshape(rows, -1), w)  # ∂x
+
+    forward()
+    backward()
+    f = _median_time(forward, spec.repeats)
+    b = _median_time(backward, spec.repeats)
+    return f, f + b
+
+
+def run_point(spec: Spec) -> Point:
+    """Measure one point in this process (called in a fresh subprocess by :func:`measure`)."""
+    torch.set_num_threads(spec.threads)
+    generator = torch.Generator().manual_seed(0)
+    point = Point(spec)
+    fn = _build(spec, generator)
+    q, k, v = _inputs(spec, generator, requires_grad=True)
+
+    def forward_backward():
+        out = fn(q, k, v)
+        out.backward(torch.ones_like(out))
+        q.grad = k.grad = v.grad = None
+
+    start = time.perf_counter()
+    forward_backward()  # warm-up (and compilation for compiled methods)
+    point.first_call_s = time.perf_counter() - start
+    forward_backward()
+    if spec.measure == "memory":
+        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
+        base = _status_kib("VmRSS")
+        forward_backward()
+        point.peak_extra_mib = (_status_kib("VmHWM") - base) / 1024
+        return point
+
+    def forward():
+        with torch.no_grad():
+            fn(q, k, v)
+
+    forward()
+    point.forward_s = _median_time(forward, spec.repeats)
+    point.forward_backward_s = _median_time(forward_backward, spec.repeats)
+    if spec.method in ("favor", "plain", "plain-compiled"):
+        point.floor_forward_s, point.floor_forward_backward_s = _floor(spec, generator)
+    return point
+
+
+def _subprocess(spec: Spec, timeout: float) -> Point:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = str(spec.threads)
+    if spec.measure == "memory":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    cmd = [sys.executable, "-m", "performers.bench.speed", "--worker", json.dumps(asdict(spec))]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except subprocess.TimeoutExpired:
+        return Point(spec, error=f"timeout after {timeout:.0f}s")
+    if proc.returncode != 0:
+        return Point(spec, error=(proc.stderr.strip().splitlines() or ["failed"])[-1][:300])
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    data["spec"] = spec
+    return Point(**data)
+
+
+def measure(
+    methods: list[str],
+    lengths: list[int],
+    *,
+    base: Spec,
+    timeout: float = 600.0,
+    max_seconds: float = 20.0,
+    log: Callable[[str], None] = print,
+) -> list[Point]:
+    """All (method, L) points; a method stops growing L once one fwd+bwd exceeds ``max_seconds``."""
+    points = []
+    for method in methods:
+        for length in sorted(lengths):
+            spec = Spec(**{**asdict(base), "method": method, "length": length, "measure": "time"})
+            point = _subprocess(spec, timeout)
+            if point.error is None:
+                memory = _subprocess(Spec(**{**asdict(spec), "measure": "memory", "repeats": 1}), timeout)
+                point.peak_extra_mib = memory.peak_extra_mib
+                point.error = memory.error
+            points.append(point)
+            log(_describe(point))
+            if point.error is not None or (point.forward_backward_s or 0) > max_seconds:
+                break
+    return points
+
+
+def _describe(p: Point) -> str:
+    if p.error:
+        return f"{p.spec.method:>15} L={p.spec.length:>6}: {p.error}"
+    return (
+        f"{p.spec.method:>15} L={p.spec.length:>6}: fwd {p.forward_s:.4f}s"
+        f"  fwd+bwd {p.forward_backward_s:.4f}s"
+        f"  peak +{p.peak_extra_mib:.0f} MiB  first call {p.first_call_s:.2f}s"
+    )
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def matmul_peak_gflops(threads: int, size: int = 2048) -> float:
+    """Measured float32 GEMM throughput of this machine (square ``size`` matrices)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    return 2 * size**3 / _median_time(lambda: a @ b, 5) / 1e9
+
+
+def favor_flops(spec: Spec, backward: bool) -> float:
+    """Matmul FLOPs of bidirectional FAVOR+: 4 products forward, 6 more backward."""
+    one = 2.0 * spec.batch * spec.heads * spec.length * spec.dim * spec.num_features
+    return one * (10 if backward else 4)
+
+
+def crossover(points: list[Point], ours: str, theirs: str) -> int | None:
+    """Smallest L from which ``ours`` is faster (fwd+bwd) than ``theirs`` at every measured L."""
+    mine = {p.spec.length: p.forward_backward_s for p in points if p.spec.method == ours and not p.error}
+    other = {p.spec.length: p.forward_backward_s for p in points if p.spec.method == theirs and not p.error}
+    common = sorted(set(mine) & set(other))
+    result = None
+    for length in reversed(common):
+        if mine[length] < other[length]:
+            result = length
+        else:
+            break
+    return result
+
+
+def markdown(points: list[Point], peak: float, command: str) -> str:
+    lengths = sorted({p.spec.length for p in points})
+    methods = [m for m in METHODS if any(p.spec.method == m for p in points)]
+    by = {(p.spec.method, p.spec.length): p for p in points}
+    spec = points[0].spec
+    lines = [
+        "# Attention speed and memory vs sequence length",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"B={spec.batch}, H={spec.heads}, D={spec.dim}, M={spec.num_features}, {spec.dtype}, "
+        f"{spec.threads} threads, forward+backward w.r.t. q, k, v (median of {spec.repeats}); "
+        f"peak = growth of peak RSS in one forward+backward. Measured GEMM peak: {peak:.0f} GFLOP/s.",
+        "",
+        "## Forward+backward time (s)",
+        "",
+        "| L | " + " | ".join(methods) + " |",
+        "|---:|" + "---:|" * len(methods),
+    ]
+    for length in lengths:
+        cells = []
+        for m in methods:
+            p = by.get((m, length))
+            cells.append("—" if p is None or p.error else f"{p.forward_backward_s:.3f}")
+        lines.append(f"| {length} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Forward time (s)",
+        "",
+        "| L | " + " | ".join(methods) + " |",
+        "|---:|" + "---:|" * len(methods),
+    ]
+    for length in lengths:
+        cells = []
+        for m in methods:
+            p = by.get((m, length))
+            cells.append("—" if p is None or p.error else f"{p.forward_s:.3f}")
+        lines.append(f"| {length} | " + " | ".join(cells) + " |")
+    lines += ["", "## Peak extra memory, forward+backward (MiB)", "", "| L | " + " | ".join(methods) + " |"]
+    lines.append("|---:|" + "---:|" * len(methods))
+    for length in lengths:
+        cells = []
+        for m in methods:
+            p = by.get((m, length))
+            cells.append(
+                "—" if p is None or p.error or p.peak_extra_mib is None else f"{p.peak_extra_mib:.0f}"
+            )
+        lines.append(f"| {length} | " + " | ".join(cells) + " |")
+    favor = [p for p in points if p.spec.method == "favor" and not p.error]
+    if favor:
+        lines += [
+            "",
+            "## FAVOR+ (bidirectional) against its primitive floor",
+            "",
+            "Floor: the matmuls and exps of its shapes run back to back (see `_floor`).",
+            "",
+            "| L | fwd | floor fwd | fwd+bwd | floor fwd+bwd | GFLOP/s fwd+bwd | % of GEMM peak |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in favor:
+            gflops = favor_flops(p.spec, True) / p.forward_backward_s / 1e9
+            lines.append(
+                f"| {p.spec.length} | {p.forward_s:.3f} | {p.floor_forward_s:.3f} | "
+                f"{p.forward_backward_s:.3f} | {p.floor_forward_backward_s:.3f} | "
+                f"{gflops:.0f} | {100 * gflops / peak:.0f}% |"
+            )
+    lines += ["", "## Crossover", ""]
+    for ours, theirs in (("favor", "exact"), ("favor-causal", "exact-causal")):
+        c = crossover(points, ours, theirs)
+        if c is not None:
+            lines.append(
+                f"- `{ours}` is faster than `{theirs}` (fwd+bwd) from L = {c} on, at every measured length."
+            )
+        elif any(p.spec.method == ours for p in points) and any(p.spec.method == theirs for p in points):
+            lines.append(
+                f"- `{ours}` is not faster than `{theirs}` at the longest lengths measured for both."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(points: list[Point], out_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for key, label, name in (
+        ("forward_backward_s", "forward+backward time (s)", "speed_time.png"),
+        ("peak_extra_mib", "peak extra memory (MiB)", "speed_memory.png"),
+    ):
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for method in METHODS:
+            pts = [
+                p for p in points if p.spec.method == method and not p.error and getattr(p, key) is not None
+            ]
+            if pts:
+                style = "--" if method in CAUSAL else "-"
+                ax.plot(
+                    [p.spec.length for p in pts],
+                    [getattr(p, key) for p in pts],
+                    style,
+                    marker="o",
+                    label=method,
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="performers bench speed", description=__doc__)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--lengths", type=int, nargs="+", default=[2**i for i in range(9, 17)])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--num-features", type=int, default=256)
+    parser.add_argument("--kernel", default="softmax", help="FAVOR kernel (registry name)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--max-seconds", type=float, default=20.0, help="stop a method past this fwd+bwd time"
+    )
+    parser.add_argument("--out", default="docs/results/speed", help="output prefix directory")
+    args = parser.parse_args(argv)
+    if args.worker:
+        point = run_point(Spec(**json.loads(args.worker)))
+        data = asdict(point)
+        data.pop("spec")
+        print(json.dumps(data))
+        return 0
+
+    methods = list(args.methods)
+    if any(m.startswith("peer") for m in methods):
+        try:
+            import performer_pytorch  # noqa: F401
+        except ImportError:
+            print("performer-pytorch not installed (pip install 'performers[bench]'): skipping the peer")
+            methods = [m for m in methods if not m.startswith("peer")]
+    base = Spec(
+        method="favor",
+        length=0,
+        batch=args.batch,
+        heads=args.heads,
+        dim=args.dim,
+        num_features=args.num_features,
+        dtype=args.dtype,
+        threads=args.threads,
+        repeats=args.repeats,
+        kernel=args.kernel,
+    )
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points = measure(methods, args.lengths, base=base, max_seconds=args.max_seconds)
+    peak = matmul_peak_gflops(args.threads)
+    command = "performers bench speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    payload = {
+        "command": command,
+        "matmul_peak_gflops": peak,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "points": [{**asdict(p), "spec": asdict(p.spec)} for p in points],
+    }
+    (out_dir / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out_dir / "speed.md").write_text(markdown(points, peak, command))
+    for path in plot(points, out_dir):
+        print(f"wrote {path}")
+    print(f"wrote {out_dir / 'speed.json'} and {out_dir / 'speed.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+import json
+
+import pytest
+
+from performers.bench import speed
+
+
+@pytest.mark.parametrize("method", ["favor", "favor-causal", "exact", "identity", "plain"])
+def test_run_point_in_process(method):
+    spec = speed.Spec(method=method, length=64, heads=2, dim=8, num_features=16, repeats=1, threads=1)
+    point = speed.run_point(spec)
+    assert point.error is None
+    assert point.forward_s > 0 and point.forward_backward_s > 0
+    if method in ("favor", "plain"):
+        assert point.floor_forward_s > 0
+
+
+def test_memory_point_in_subprocess_and_report(tmp_path):
+    base = speed.Spec(method="favor", length=0, heads=2, dim=8, num_features=16, repeats=1, threads=1)
+    points = speed.measure(["favor", "exact"], [64, 128], base=base, log=lambda _: None)
+    assert [p.error for p in points] == [None] * 4
+    assert all(p.peak_extra_mib is not None and p.peak_extra_mib >= 0 for p in points)
+    text = speed.markdown(points, peak=100.0, command="performers bench speed --test")
+    assert "| 128 |" in text and "primitive floor" in text and "Crossover" in text
+
+
+def test_crossover_is_the_start_of_the_final_winning_run():
+    def point(method, length, t):
+        return speed.Point(speed.Spec(method=method, length=length), forward_backward_s=t)
+
+    points = [point("favor", 1, 2.0), point("exact", 1, 1.0), point("favor", 2, 1.0), point("exact", 2, 2.0)]
+    points += [point("favor", 4, 3.0), point("exact", 4, 2.0), point("favor", 8, 1.0), point("exact", 8, 5.0)]
+    assert speed.crossover(points, "favor", "exact") == 8
+    assert speed.crossover(points[:4], "favor", "exact") == 2
+
+
+def test_main_writes_json_markdown(tmp_path):
+    out = tmp_path / "speed"
+    rc = speed.main(
+        [
+            "--methods",
+            "favor",
+            "identity",
+            "--lengths",
+            "32",
+            "--heads",
+            "1",
+            "--dim",
+            "8",
+            "--num-features",
+            "8",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert rc == 0
+    data = json.loads((out / "speed.json").read_text())
+    assert {p["spec"]["method"] for p in data["points"]} == {"favor", "identity"}
+    assert (out / "speed.md").exists()
