@@ -73,3 +73,27 @@ def test_gradcheck_blockwise_bidirectional_with_padding_and_projection(kernel):
         return favor_attention(q, k, v, w, kernel=kernel, key_padding_mask=mask, block_size=2)
 
     assert torch.autograd.gradcheck(fn, (q, k, v, w))
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "softmax-hyperbolic"])
+@pytest.mark.parametrize("length,chunk", [(7, 3), (6, 6), (1, 4)])
+def test_gradcheck_fused_causal_with_padding_and_projection(kernel, length, chunk):
+    q, k, v = leaf_inputs(length, b=2)
+    w = W.clone().requires_grad_(True)
+    mask = torch.zeros(2, length, dtype=torch.bool)
+    mask[1, : length // 2] = True  # left padding in the second sample
+
+    def fn(q, k, v, w):
+        return favor_attention(
+            q, k, v, w, causal=True, kernel=kernel, key_padding_mask=mask, chunk_size=chunk
+        )
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, w))
+
+
+def test_state_returned_with_gradients_takes_the_autograd_path():
+    q, k, v = leaf_inputs(5)
+    _, state = favor_attention(q, k, v, W, causal=True, return_state=True)
+    state.kv.sum().backward()  # the state (a function of k and v) is differentiable
+    assert k.grad is not None and v.grad is not None
+    assert k.grad.abs().sum() > 0 and v.grad.abs().sum() > 0

@@ -21,6 +21,7 @@ from performers.ops.causal import (
     causal_linear_attention_step,
     guarded_divide,
 )
+from performers.ops.causal_fused import fused_causal_exp_attention
 from performers.ops.features import (
     Kernel,
     get_kernel,
@@ -277,6 +278,26 @@ def favor_attention(
                 block_size=block_size,
                 eps=eps,
             )
+            return out.to(out_dtype)
+        # The fused causal path starts from an empty state and returns a non-differentiable
+        # final state; a state that gradients must flow through takes the autograd path.
+        state_needs_grad = return_state and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)
+        fused = kern.exp_rows is not None and projection is not None and initial_state is None
+        if causal and fused and not state_needs_grad:
+            rows, log_const = kern.exp_rows(projection.to(dtype))
+            out, final, final_offset = fused_causal_exp_attention(
+                q.to(dtype),
+                k.to(dtype),
+                v.to(dtype),
+                rows,
+                scale=input_scale,
+                log_const=log_const,
+                key_padding_mask=key_padding_mask,
+                chunk_size=chunk_size,
+                eps=eps,
+            )
+            if return_state:
+                return out.to(out_dtype), FavorState(final[..., :-1], final[..., -1], final_offset)
             return out.to(out_dtype)
         q_features, k_features, offsets = _features(
             kern,
