@@ -1,10 +1,10 @@
 r"""Fused bidirectional FAVOR attention for exponential feature maps, in blocks of positions.
 
 For ``φ(x) = exp(P x̃ - ‖x̃‖²/2 - c)`` (positive and hyperbolic softmax features) this computes
-``out = φ(Q)(φ(K)ᵀ[V 1]) / ·`` without ever holding a full ``(B, H, L, M)`` feature tensor:
-keys are consumed block by block into the ``M × (Dv+1)`` summary, queries are read out block
-by block, and the backward pass recomputes each block's features instead of storing them.
-Forward and backward memory is ``O(L·D + L_b·M)`` per head, and each feature block is small
+``out = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1)`` without ever holding a full ``(B, H, L, M)`` feature tensor:
+keys are consumed block by block into the ``M × Dv`` summary and ``M`` normalizer, queries are read out block
+by block, and the backward pass recomputes each block of key features instead of storing them (query
+features are stored: one ``L·M`` tensor). Each feature block is small
 enough to stay in cache while it is exponentiated, scaled and multiplied, which is where a
 plain implementation spends its time on memory traffic.
 
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from performers.ops.causal import safe_reciprocal
+from performers.ops.features import exp_key_log_features, exp_query_features, outer_sum
 
 __all__ = ["blockwise_exp_attention", "default_block_size"]
 
@@ -36,108 +37,104 @@ def _blocks(length: int, block: int):
         yield start, min(start + block, length)
 
 
-def _key_log_features(k: Tensor, scaled_rows: Tensor, scale_sq: float) -> Tensor:
-    log = torch.matmul(k, scaled_rows.transpose(-2, -1))
-    return log.sub_((0.5 * scale_sq) * (k * k).sum(-1, keepdim=True))
-
-
-def _query_features(q: Tensor, scaled_rows: Tensor) -> Tensor:
-    log = torch.matmul(q, scaled_rows.transpose(-2, -1))
-    return log.sub_(log.amax(dim=-1, keepdim=True)).exp_()
-
-
-def _with_ones(v: Tensor) -> Tensor:
-    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
-
-
 class _BlockwiseExpAttention(torch.autograd.Function):
+    # The summary is kept as kv = K'ᵀV (M × Dv) and normalizer z = K'ᵀ1 (M) rather than one
+    # M × (Dv+1) matrix: with Dv = 64 the odd width costs the matmuls more than the separate
+    # row sums and dot products cost.
+
     @staticmethod
     def forward(ctx, q, k, v, rows, scale, pad, block, eps):
         scaled_rows = rows * scale
         scale_sq = scale * scale
         b, h, lk, _ = k.shape
         dv = v.shape[-1]
-        summary = k.new_zeros(b, h, scaled_rows.shape[0], dv + 1)
+        m = scaled_rows.shape[0]
+        kv = k.new_zeros(b, h, m, dv)
+        normalizer = k.new_zeros(b, h, 1, m)
         key_max = k.new_full((b, h, 1, 1), -math.inf)
         for start, stop in _blocks(lk, block):
-            log = _key_log_features(k[:, :, start:stop], scaled_rows, scale_sq)
+            log = exp_key_log_features(k[:, :, start:stop], scaled_rows, scale_sq)
             if pad is not None:
                 log.masked_fill_(pad[:, :, start:stop], -math.inf)
             new_max = torch.maximum(key_max, log.amax(dim=(-2, -1), keepdim=True))
             # A still-empty summary (everything padded so far) needs no rescaling.
             safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
             if start > 0:
-                rescale = torch.where(torch.isfinite(key_max), torch.exp(key_max - safe_max), 0.0)
-                summary.mul_(rescale)
+                rescale = torch.exp(key_max - safe_max)
+                kv.mul_(rescale)
+                normalizer.mul_(rescale)
             features = log.sub_(safe_max).exp_()
-            summary.add_(torch.matmul(features.transpose(-2, -1), _with_ones(v[:, :, start:stop])))
+            kv.add_(torch.matmul(features.transpose(-2, -1), v[:, :, start:stop]))
+            normalizer.add_(features.sum(dim=-2, keepdim=True))
             key_max = new_max
         key_max = torch.where(torch.isfinite(key_max), key_max, torch.zeros_like(key_max))
 
         lq = q.shape[2]
         out = q.new_empty(b, h, lq, dv)
         inverse_denominator = q.new_empty(b, h, lq, 1)
+        # Query features are kept for backward (one (B, H, Lq, M) tensor): writing and
+        # reading them back costs far less than recomputing them (a matmul and an exp).
+        keep = any(ctx.needs_input_grad[:4])
+        q_features = q.new_empty(b, h, lq, m) if keep else None
         for start, stop in _blocks(lq, block):
-            read = torch.matmul(_query_features(q[:, :, start:stop], scaled_rows), summary)
-            inverse = safe_reciprocal(read[..., -1], eps).unsqueeze(-1)
+            features = exp_query_features(q[:, :, start:stop], scaled_rows)
+            if keep:
+                q_features[:, :, start:stop] = features
+            den = (features * normalizer).sum(-1)
+            inverse = safe_reciprocal(den, eps).unsqueeze(-1)
             inverse_denominator[:, :, start:stop] = inverse
-            torch.mul(read[..., :-1], inverse, out=out[:, :, start:stop])
-        ctx.save_for_backward(q, k, v, rows, summary, key_max, inverse_denominator, out)
+            out[:, :, start:stop] = torch.matmul(features, kv).mul_(inverse)
+        ctx.save_for_backward(q, k, v, rows, kv, normalizer, key_max, inverse_denominator, out, q_features)
         ctx.pad, ctx.block, ctx.scale = pad, block, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, k, v, rows, summary, key_max, inverse_denominator, out = ctx.saved_tensors
+        q, k, v, rows, kv, normalizer, key_max, inverse_denominator, out, q_features = ctx.saved_tensors
         pad, block, scale = ctx.pad, ctx.block, ctx.scale
         scaled_rows = rows * scale
         scale_sq = scale * scale
         need_q, need_k, need_v, need_rows = ctx.needs_input_grad[:4]
-        grad_summary = torch.zeros_like(summary)
+        grad_kv = torch.zeros_like(kv)
+        grad_normalizer = torch.zeros_like(normalizer)
         grad_q = torch.empty_like(q) if need_q else None
         grad_rows = torch.zeros_like(rows) if need_rows else None
 
         for start, stop in _blocks(q.shape[2], block):
-            features = _query_features(q[:, :, start:stop], scaled_rows)
-            g = grad_out[:, :, start:stop]
+            features = q_features[:, :, start:stop]
             inverse = inverse_denominator[:, :, start:stop]
             # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (zero where the guard was active).
-            grad_read = torch.cat(
-                [g * inverse, -(g * out[:, :, start:stop]).sum(-1, keepdim=True) * inverse], -1
-            )
-            grad_summary.add_(torch.matmul(features.transpose(-2, -1), grad_read))
+            grad_num = grad_out[:, :, start:stop] * inverse
+            grad_den = -(grad_num * out[:, :, start:stop]).sum(-1, keepdim=True)
+            grad_kv.add_(torch.matmul(features.transpose(-2, -1), grad_num))
+            grad_normalizer.add_((features * grad_den).sum(dim=-2, keepdim=True))
             if need_q or need_rows:
-                grad_log = torch.matmul(grad_read, summary.transpose(-2, -1)).mul_(features)
+                grad_log = torch.matmul(grad_num, kv.transpose(-2, -1))
+                grad_log.addcmul_(grad_den, normalizer).mul_(features)
                 if need_q:
                     grad_q[:, :, start:stop] = torch.matmul(grad_log, scaled_rows)
                 if need_rows:
-                    grad_rows.add_(_outer_sum(grad_log, q[:, :, start:stop]), alpha=scale)
+                    grad_rows.add_(outer_sum(grad_log, q[:, :, start:stop]), alpha=scale)
 
         grad_k = torch.empty_like(k) if need_k else None
         grad_v = torch.empty_like(v) if need_v else None
         for start, stop in _blocks(k.shape[2], block):
             kb = k[:, :, start:stop]
-            features = _key_log_features(kb, scaled_rows, scale_sq).sub_(key_max).exp_()
+            features = exp_key_log_features(kb, scaled_rows, scale_sq).sub_(key_max).exp_()
             if pad is not None:
                 features.masked_fill_(pad[:, :, start:stop], 0.0)
             if need_v:
-                grad_v[:, :, start:stop] = torch.matmul(features, grad_summary[..., :-1])
+                grad_v[:, :, start:stop] = torch.matmul(features, grad_kv)
             if need_k or need_rows:
-                vb = _with_ones(v[:, :, start:stop])
-                grad_log = torch.matmul(vb, grad_summary.transpose(-2, -1)).mul_(features)
+                grad_log = torch.matmul(v[:, :, start:stop], grad_kv.transpose(-2, -1))
+                grad_log.add_(grad_normalizer).mul_(features)
                 if need_k:
                     gk = torch.matmul(grad_log, scaled_rows)
-                    gk.sub_(grad_log.sum(-1, keepdim=True) * kb, alpha=scale_sq)
-                    grad_k[:, :, start:stop] = gk
+                    grad_k[:, :, start:stop] = gk.sub_(grad_log.sum(-1, keepdim=True) * kb, alpha=scale_sq)
                 if need_rows:
                     # ∂/∂P of x̃ᵀP (the norm term does not involve P).
-                    grad_rows.add_(_outer_sum(grad_log, kb), alpha=scale)
+                    grad_rows.add_(outer_sum(grad_log, kb), alpha=scale)
         return grad_q, grad_k, grad_v, grad_rows, None, None, None, None
-
-
-def _outer_sum(grad_log: Tensor, x: Tensor) -> Tensor:
-    """``Σ_{b,h,l} grad_log[..., l, :]ᵀ x[..., l, :]``: ``(M', D)``."""
-    return torch.matmul(grad_log.reshape(-1, grad_log.shape[-1]).transpose(0, 1), x.reshape(-1, x.shape[-1]))
 
 
 def blockwise_exp_attention(

@@ -391,3 +391,23 @@ def stabilized_exp_features(
         return offsets.unsqueeze(-1), offsets - log_const
 
     return _StabilizedExpFeatures.apply(x, rows, scale, True, key_shift, pad)
+
+
+# Shared by the fused attention paths (bidirectional and causal).
+
+
+def exp_query_features(q: Tensor, scaled_rows: Tensor) -> Tensor:
+    """Row-stabilized ``exp(q Pᵀ - max)``: ``(..., L, D)`` → ``(..., L, M')`` (norm term cancels)."""
+    log = torch.matmul(q, scaled_rows.transpose(-2, -1))
+    return log.sub_(log.amax(dim=-1, keepdim=True)).exp_()
+
+
+def exp_key_log_features(k: Tensor, scaled_rows: Tensor, scale_sq: float) -> Tensor:
+    """Key log-features ``k Pᵀ - s‖k‖²/2`` (``scaled_rows = √s·P``): ``(..., L, M')``."""
+    log = torch.matmul(k, scaled_rows.transpose(-2, -1))
+    return log.sub_((0.5 * scale_sq) * (k * k).sum(-1, keepdim=True))
+
+
+def outer_sum(grad_log: Tensor, x: Tensor) -> Tensor:
+    """``Σ_{b,h,l} grad_log[..., l, :]ᵀ x[..., l, :]``: ``(M', D)``."""
+    return torch.matmul(grad_log.reshape(-1, grad_log.shape[-1]).transpose(0, 1), x.reshape(-1, x.shape[-1]))
