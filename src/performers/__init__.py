@@ -1,5 +1,22 @@
 """performers: linear-time Transformers with FAVOR+ random-feature attention."""
 
+from performers.layers import (
+    FavorAttention,
+    FeatureRedrawer,
+    MultiheadFavorAttention,
+    PerformerCrossAttention,
+    PerformerSelfAttention,
+    replace_multihead_attention,
+)
+from performers.models import (
+    PerformerConfig,
+    PerformerForCausalLM,
+    PerformerForMaskedLM,
+    PerformerModel,
+    from_pretrained,
+    generate,
+    save_pretrained,
+)
 from performers.ops import (
     KERNELS,
     FavorState,
@@ -18,14 +35,27 @@ __version__ = "0.1.0"
 
 __all__ = [
     "KERNELS",
+    "FavorAttention",
     "FavorState",
+    "FeatureRedrawer",
+    "MultiheadFavorAttention",
+    "PerformerConfig",
+    "PerformerCrossAttention",
+    "PerformerForCausalLM",
+    "PerformerForMaskedLM",
+    "PerformerModel",
+    "PerformerSelfAttention",
     "exact_attention",
     "favor_attention",
     "favor_attention_step",
     "feature_map",
+    "from_pretrained",
     "gaussian_projection",
+    "generate",
     "get_kernel",
     "linear_attention",
     "make_projection",
     "orthogonal_projection",
+    "replace_multihead_attention",
+    "save_pretrained",
 ]

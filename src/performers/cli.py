@@ -1,4 +1,4 @@
-"""Command line: ``performers demo`` and ``performers bench approximation``."""
+"""Command line: ``performers demo``, ``performers bench approximation``, ``performers bench generate``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,95 @@ def _add_approximation_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_approximation)
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from performers.bench.generate import format_table, measure, plot, write_json
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    sizes = {
+        "vocab_size": args.vocab_size,
+        "d_model": args.d_model,
+        "num_layers": args.layers,
+        "num_heads": args.heads,
+        "d_ff": args.d_ff,
+        "num_features": args.num_features,
+        "kernel": args.kernel,
+    }
+    settings = {
+        "contexts": list(args.contexts),
+        "backends": list(args.backends),
+        "new_tokens": args.new_tokens,
+        "warmup": args.warmup,
+        "batch": args.batch,
+        "cache": args.cache,
+        "seed": args.seed,
+        "device": args.device,
+        "dtype": args.dtype,
+        "threads": torch.get_num_threads(),
+        **sizes,
+    }
+    start = time.perf_counter()
+    rows = measure(
+        contexts=tuple(args.contexts),
+        backends=tuple(args.backends),
+        new_tokens=args.new_tokens,
+        warmup=args.warmup,
+        batch=args.batch,
+        cache=args.cache,
+        seed=args.seed,
+        device=args.device,
+        dtype=dtype,
+        **sizes,
+    )
+    print(
+        f"Greedy decoding, {args.layers} layers, d_model {args.d_model}, {args.heads} heads, "
+        f"M = {args.num_features}, batch {args.batch}, {args.dtype} on {args.device}, "
+        f"{torch.get_num_threads()} threads, {args.cache} cache; median of {args.new_tokens} steps "
+        f"after {args.warmup} warm-up steps"
+    )
+    print(format_table(rows))
+    out = write_json(rows, args.out, settings)
+    print(f"wrote {out}")
+    if not args.no_plot:
+        png = plot(rows, out.with_suffix(".png"))
+        print(f"wrote {png}" if png else "matplotlib not installed: no plot")
+    print(f"done in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
+def _add_generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="context lengths"
+    )
+    p.add_argument("--backends", nargs="+", default=["favor", "exact"], choices=["favor", "exact"])
+    p.add_argument("--new-tokens", type=int, default=32, help="timed decoding steps per point (default 32)")
+    p.add_argument("--warmup", type=int, default=4, help="untimed decoding steps first (default 4)")
+    p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
+    p.add_argument(
+        "--cache",
+        choices=["synthetic", "prefill"],
+        default="synthetic",
+        help="random caches of the right shape (default) or a real prompt pass",
+    )
+    p.add_argument("--vocab-size", type=int, default=1000)
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--d-ff", type=int, default=1024)
+    p.add_argument("--num-features", type=int, default=256, help="random features M per layer")
+    p.add_argument("--kernel", default="softmax", help="FAVOR kernel name (default softmax)")
+    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"], default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--out", default="docs/results/generate.json", help="JSON output (a .png is written next to it)"
+    )
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
+    p.set_defaults(func=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="performers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     _add_approximation_args(
         bench_sub.add_parser("approximation", help="attention and kernel error of each estimator vs M")
+    )
+    _add_generate_args(
+        bench_sub.add_parser("generate", help="tokens/s of FAVOR+ recurrent decoding vs exact + KV cache")
     )
     return parser
 

@@ -1,0 +1,35 @@
+"""``nn.Module`` building blocks on top of :mod:`performers.ops`: FAVOR+ attention, multi-head
+self/cross-attention with a switchable exact backend, feature redraw, rotary positions."""
+
+from performers.layers.attention import (
+    BACKENDS,
+    KVCache,
+    LayerCache,
+    MultiheadAttentionBase,
+    MultiheadFavorAttention,
+    PerformerCrossAttention,
+    PerformerSelfAttention,
+    sdpa_attention,
+)
+from performers.layers.favor import FavorAttention, projection_seed
+from performers.layers.redraw import FeatureRedrawer, favor_modules
+from performers.layers.replace import replace_multihead_attention
+from performers.layers.rotary import RotaryEmbedding, apply_rotary
+
+__all__ = [
+    "BACKENDS",
+    "FavorAttention",
+    "FeatureRedrawer",
+    "KVCache",
+    "LayerCache",
+    "MultiheadAttentionBase",
+    "MultiheadFavorAttention",
+    "PerformerCrossAttention",
+    "PerformerSelfAttention",
+    "RotaryEmbedding",
+    "apply_rotary",
+    "favor_modules",
+    "projection_seed",
+    "replace_multihead_attention",
+    "sdpa_attention",
+]

@@ -1,0 +1,660 @@
+"""Multi-head attention with q/k/v/out projections and a FAVOR+ or exact softmax backend.
+
+Three modules share one implementation (:class:`MultiheadAttentionBase`):
+
+* :class:`PerformerSelfAttention` — self-attention on ``(B, L, E)``, optional rotary positions,
+  incremental decoding from a per-layer cache;
+* :class:`PerformerCrossAttention` — queries from ``(B, Lq, E)``, keys/values from a memory
+  ``(B, Lk, kdim)``;
+* :class:`MultiheadFavorAttention` — the call signature of :class:`torch.nn.MultiheadAttention`,
+  for swapping attention inside existing models (see :mod:`performers.layers.replace`).
+
+The backend is one string attribute, ``attention = "favor" | "exact"``. Both backends use the
+same parameters and buffers (every module owns a :class:`FavorAttention` even when it runs
+exact attention), so one ``state_dict`` loads into either, and a model can be switched between
+softmax and FAVOR+ in place. The exact backend calls ``F.scaled_dot_product_attention`` and
+numerically equals ``nn.MultiheadAttention`` with the same weights.
+
+Masks follow ``nn.MultiheadAttention``: ``key_padding_mask`` ``(B, Lk)`` bool with True = padded
+key; ``is_causal`` lets query ``i`` see keys ``j ≤ i``. One deliberate difference: a query
+that sees no key at all (e.g. a left-padding position under a causal mask) gets output 0
+instead of NaN, so padding never injects NaN into the other positions or into gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from performers.layers.favor import FavorAttention
+from performers.layers.rotary import RotaryEmbedding
+from performers.ops.causal import DEFAULT_CHUNK_SIZE, FavorState
+from performers.ops.features import Kernel
+
+__all__ = [
+    "BACKENDS",
+    "KVCache",
+    "LayerCache",
+    "MultiheadAttentionBase",
+    "MultiheadFavorAttention",
+    "PerformerCrossAttention",
+    "PerformerSelfAttention",
+    "sdpa_attention",
+]
+
+BACKENDS = ("favor", "exact")
+
+
+class KVCache:
+    """Keys, values and key padding of the positions one exact-attention layer has seen.
+
+    ``key``: ``(B, H, T, D)``, ``value``: ``(B, H, T, Dv)``, ``key_padding_mask``: ``(B, T)``
+    bool or None. The tensors live in buffers with spare capacity that double when full, so
+    appending a token copies ``O(1)`` amortized instead of the whole cache (as ``torch.cat``
+    per token would). :meth:`append` updates the cache in place; it is meant for inference
+    (``torch.no_grad()``).
+    """
+
+    def __init__(
+        self,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        *,
+        capacity: int | None = None,
+    ) -> None:
+        if key.dim() != 4 or value.dim() != 4 or key.shape[:3] != value.shape[:3]:
+            raise ValueError(
+                f"KVCache needs key (B, H, T, D) and value (B, H, T, Dv), got {tuple(key.shape)} and "
+                f"{tuple(value.shape)}"
+            )
+        self._key = key
+        self._value = value
+        self._padding = key_padding_mask
+        self.length = key.shape[2]
+        if capacity is not None and capacity > self.length:
+            self._reserve(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return self._key.shape[2]
+
+    @property
+    def key(self) -> Tensor:
+        return self._key[:, :, : self.length]
+
+    @property
+    def value(self) -> Tensor:
+        return self._value[:, :, : self.length]
+
+    @property
+    def key_padding_mask(self) -> Tensor | None:
+        return None if self._padding is None else self._padding[:, : self.length]
+
+    def nbytes(self) -> int:
+        """Bytes held by the buffers (capacity, not just length)."""
+        total = (
+            self._key.numel() * self._key.element_size() + self._value.numel() * self._value.element_size()
+        )
+        return total + (0 if self._padding is None else self._padding.numel())
+
+    def _reserve(self, capacity: int) -> None:
+        b, h, _, d = self._key.shape
+        key = self._key.new_empty(b, h, capacity, d)
+        value = self._value.new_empty(b, h, capacity, self._value.shape[-1])
+        key[:, :, : self.length] = self.key
+        value[:, :, : self.length] = self.value
+        if self._padding is not None:
+            padding = self._padding.new_zeros(b, capacity)
+            padding[:, : self.length] = self.key_padding_mask
+            self._padding = padding
+        self._key, self._value = key, value
+
+    def append(self, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None) -> None:
+        """Add ``n`` positions: ``key`` ``(B, H, n, D)``, ``value`` ``(B, H, n, Dv)``, mask ``(B, n)``."""
+        n = key.shape[2]
+        end = self.length + n
+        if end > self.capacity:
+            self._reserve(max(end, 2 * self.capacity))
+        self._key[:, :, self.length : end] = key
+        self._value[:, :, self.length : end] = value
+        if key_padding_mask is not None and self._padding is None:
+            self._padding = torch.zeros(
+                self._key.shape[0], self.capacity, dtype=torch.bool, device=self._key.device
+            )
+        if self._padding is not None:
+            self._padding[:, self.length : end] = False if key_padding_mask is None else key_padding_mask
+        self.length = end
+
+
+LayerCache = FavorState | KVCache
+
+
+def sdpa_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    attn_bias: Tensor | None = None,
+    past_length: int = 0,
+    dropout_p: float = 0.0,
+    scale: float | None = None,
+) -> Tensor:
+    """Exact softmax attention through ``F.scaled_dot_product_attention``.
+
+    Args:
+        q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
+        causal: query ``i`` (absolute position ``past_length + i``) sees keys ``j ≤ past_length + i``.
+        key_padding_mask: ``(B, Lk)`` bool, True = padded key.
+        attn_bias: additive float mask broadcastable to ``(B, H, Lq, Lk)`` (``-inf`` = blocked).
+        past_length: number of cached keys that precede the queries (incremental decoding).
+        dropout_p: dropout on the attention weights.
+        scale: default ``1/√D``.
+
+    Returns:
+        ``(B, H, Lq, Dv)``; rows with no visible key are 0.
+    """
+    lq, lk = q.shape[-2], k.shape[-2]
+    if causal and lq == 1 and past_length == lk - 1:
+        causal = False  # the newest query sees every key anyway
+    if key_padding_mask is None and attn_bias is None and (not causal or (past_length == 0 and lq == lk)):
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
+
+    bias = q.new_zeros(1, 1, lq, lk)
+    if causal:
+        visible = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=past_length)
+        bias = bias.masked_fill(~visible, float("-inf"))
+    if key_padding_mask is not None:
+        bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    if attn_bias is not None:
+        bias = bias + attn_bias.to(q.dtype)
+    # A row with every key blocked would be NaN (softmax over -inf), and NaN would leak into the
+    # values of later layers and into the gradients through 0·NaN. Unblock such rows, zero them after.
+    dead = torch.isneginf(bias).all(dim=-1, keepdim=True)
+    bias = bias.masked_fill(dead, 0.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
+    return out.masked_fill(dead, 0.0)
+
+
+def _check_padding_mask(mask: Tensor | None, batch: int, length: int, name: str = "key_padding_mask") -> None:
+    if mask is None:
+        return
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+        kind = mask.dtype if isinstance(mask, Tensor) else type(mask).__name__
+        raise TypeError(f"{name} must be a bool tensor (True = padded key), got {kind}")
+    if tuple(mask.shape) != (batch, length):
+        raise ValueError(f"{name} must have shape (B, Lk) = ({batch}, {length}), got {tuple(mask.shape)}")
+
+
+class MultiheadAttentionBase(nn.Module):
+    """Projections ``q_proj, k_proj, v_proj, out_proj``, a :class:`FavorAttention` and the backend switch.
+
+    Args:
+        embed_dim: ``E``, model width; split into ``num_heads`` heads of ``E / num_heads``.
+        num_heads: number of heads ``H``.
+        kdim, vdim: input sizes of keys and values (default ``E``).
+        bias: biases in the four projections.
+        attention: ``"favor"`` (FAVOR+, linear time) or ``"exact"`` (softmax via SDPA).
+        dropout: dropout on attention weights, exact backend only (FAVOR+ never forms the
+            weights, so there is nothing to drop; it is ignored there).
+        num_features, kernel, projection_kind, row_norms, seed, layer_index, redraw_every,
+            chunk_size: passed to :class:`FavorAttention`.
+        device, dtype: of parameters and buffers.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        bias: bool = True,
+        attention: str = "favor",
+        dropout: float = 0.0,
+        num_features: int | None = 256,
+        kernel: str | Kernel | Callable[[Tensor], Tensor] = "softmax",
+        projection_kind: str = "orthogonal",
+        row_norms: str = "chi",
+        seed: int = 0,
+        layer_index: int = 0,
+        redraw_every: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        factory = {"device": device, "dtype": dtype}
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.kdim = embed_dim if kdim is None else kdim
+        self.vdim = embed_dim if vdim is None else vdim
+        self.dropout = dropout
+        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **factory)
+        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **factory)
+        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
+        self.favor = FavorAttention(
+            self.head_dim,
+            num_features,
+            kernel=kernel,
+            projection_kind=projection_kind,
+            row_norms=row_norms,
+            seed=seed,
+            layer_index=layer_index,
+            redraw_every=redraw_every,
+            chunk_size=chunk_size,
+            **factory,
+        )
+        self.attention = attention
+
+    @property
+    def attention(self) -> str:
+        """The backend, ``"favor"`` or ``"exact"``; assignable at any time."""
+        return self._attention
+
+    @attention.setter
+    def attention(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"attention must be one of {BACKENDS}, got {value!r}")
+        self._attention = value
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        """``(B, L, E)`` → ``(B, H, L, E/H)``."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+
+    def _merge_heads(self, x: Tensor) -> Tensor:
+        """``(B, H, L, E/H)`` → ``(B, L, E)``."""
+        return x.transpose(1, 2).flatten(-2)
+
+    def _attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        *,
+        causal: bool,
+        key_padding_mask: Tensor | None = None,
+        attn_bias: Tensor | None = None,
+        cache: LayerCache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, LayerCache | None]:
+        """Attention on ``(B, H, L, D)`` heads with the selected backend; returns ``(out, cache)``."""
+        if (cache is not None or use_cache) and not causal:
+            raise ValueError(
+                "incremental decoding (cache / use_cache) needs causal attention (is_causal=True)"
+            )
+        if self.attention == "favor":
+            if attn_bias is not None:
+                raise ValueError(
+                    "FAVOR+ attention cannot apply an arbitrary attention mask; only key padding and "
+                    "causal masking are supported (use attention='exact' for other masks)"
+                )
+            if cache is None and not use_cache:
+                return self.favor(q, k, v, causal=causal, key_padding_mask=key_padding_mask), None
+            if cache is not None and not isinstance(cache, FavorState):
+                raise TypeError(f"the FAVOR+ backend continues from a FavorState, got {type(cache).__name__}")
+            if cache is not None and q.shape[2] == 1 and key_padding_mask is None:
+                return self.favor.step(q, k, v, cache)
+            return self.favor(
+                q,
+                k,
+                v,
+                causal=True,
+                key_padding_mask=key_padding_mask,
+                initial_state=cache,
+                return_state=True,
+            )
+
+        past_length = 0
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"the exact backend continues from a KVCache, got {type(cache).__name__}")
+            past_length = cache.length
+            cache.append(k, v, key_padding_mask)
+            k, v, key_padding_mask = cache.key, cache.value, cache.key_padding_mask
+        elif use_cache:
+            cache = KVCache(k, v, key_padding_mask)
+        out = sdpa_attention(
+            q,
+            k,
+            v,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            attn_bias=attn_bias,
+            past_length=past_length,
+            dropout_p=self.dropout if self.training else 0.0,
+            scale=self.favor.scale,
+        )
+        return out, cache
+
+    @torch.no_grad()
+    def load_multihead_attention_weights(self, mha: nn.MultiheadAttention) -> None:
+        """Copy the projections of an ``nn.MultiheadAttention`` with the same sizes into this module."""
+        if (mha.embed_dim, mha.num_heads, mha.kdim, mha.vdim) != (
+            self.embed_dim,
+            self.num_heads,
+            self.kdim,
+            self.vdim,
+        ):
+            raise ValueError(
+                "sizes differ: nn.MultiheadAttention has (embed_dim, num_heads, kdim, vdim) = "
+                f"{(mha.embed_dim, mha.num_heads, mha.kdim, mha.vdim)}, this module "
+                f"{(self.embed_dim, self.num_heads, self.kdim, self.vdim)}"
+            )
+        if mha.bias_k is not None or mha.add_zero_attn:
+            raise NotImplementedError("add_bias_kv and add_zero_attn are not supported")
+        if (mha.in_proj_bias is None) != (self.q_proj.bias is None):
+            raise ValueError("bias differs: one module has projection biases and the other does not")
+        if mha._qkv_same_embed_dim:
+            weights = mha.in_proj_weight.chunk(3)
+        else:
+            weights = (mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight)
+        biases = (None, None, None) if mha.in_proj_bias is None else mha.in_proj_bias.chunk(3)
+        for proj, weight, bias in zip((self.q_proj, self.k_proj, self.v_proj), weights, biases, strict=True):
+            proj.weight.copy_(weight)
+            if bias is not None:
+                proj.bias.copy_(bias)
+        self.out_proj.weight.copy_(mha.out_proj.weight)
+        if self.out_proj.bias is not None:
+            self.out_proj.bias.copy_(mha.out_proj.bias)
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, attention={self.attention!r}"
+
+
+class PerformerSelfAttention(MultiheadAttentionBase):
+    """Multi-head self-attention on ``(B, L, E)`` with optional rotary positions and decoding cache.
+
+    Args:
+        embed_dim, num_heads: see :class:`MultiheadAttentionBase` (other keywords too).
+        rotary: rotate queries and keys by their positions (RoPE) before attention.
+        rotary_base: RoPE frequency base.
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        *,
+        rotary: bool = False,
+        rotary_base: float = 10000.0,
+        **kwargs,
+    ) -> None:
+        if "kdim" in kwargs or "vdim" in kwargs:
+            raise TypeError("self-attention has kdim = vdim = embed_dim; use PerformerCrossAttention")
+        super().__init__(embed_dim, num_heads, **kwargs)
+        self.rotary = RotaryEmbedding(self.head_dim, rotary_base) if rotary else None
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+        position_ids: Tensor | None = None,
+        cache: LayerCache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, LayerCache | None]:
+        """Self-attention.
+
+        Args:
+            x: ``(B, L, E)``.
+            key_padding_mask: ``(B, L)`` bool, True = padded position (ignored as a key).
+            is_causal: position ``i`` attends to positions ``≤ i`` only.
+            position_ids: ``(B, L)`` int positions for rotary embedding (default ``0..L-1``;
+                required with rotary when continuing from a cache).
+            cache: the layer's cache from an earlier call (causal only); ``x`` continues it.
+            use_cache: return the cache after these positions (a :class:`FavorState` for FAVOR+,
+                a :class:`KVCache` for exact attention).
+
+        Returns:
+            ``(out (B, L, E), cache or None)``.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"x must have shape (B, L, E) with E = {self.embed_dim}, got {tuple(x.shape)}")
+        b, length, _ = x.shape
+        _check_padding_mask(key_padding_mask, b, length)
+        q = self._split_heads(self.q_proj(x))
+        k = self._split_heads(self.k_proj(x))
+        v = self._split_heads(self.v_proj(x))
+        if self.rotary is not None:
+            if position_ids is None:
+                if cache is not None:
+                    raise ValueError(
+                        "position_ids are required with rotary positions when continuing a cache"
+                    )
+                position_ids = torch.arange(length, device=x.device).expand(b, length)
+            q, k = self.rotary(q, k, position_ids)
+        out, cache = self._attend(
+            q, k, v, causal=is_causal, key_padding_mask=key_padding_mask, cache=cache, use_cache=use_cache
+        )
+        return self.out_proj(self._merge_heads(out)), cache
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", rotary={self.rotary is not None}"
+
+
+class PerformerCrossAttention(MultiheadAttentionBase):
+    """Multi-head cross-attention.
+
+    Queries come from ``x`` ``(B, Lq, E)``, keys and values from ``memory`` ``(B, Lk, memory_dim)``
+    (an encoder's output; ``memory_dim`` defaults to ``E``).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, *, memory_dim: int | None = None, **kwargs) -> None:
+        if "kdim" in kwargs or "vdim" in kwargs:
+            raise TypeError("cross-attention reads keys and values from one memory; pass memory_dim")
+        super().__init__(embed_dim, num_heads, kdim=memory_dim, vdim=memory_dim, **kwargs)
+
+    def forward(self, x: Tensor, memory: Tensor, *, memory_key_padding_mask: Tensor | None = None) -> Tensor:
+        """Returns ``(B, Lq, E)``; ``memory_key_padding_mask`` ``(B, Lk)`` bool, True = padded."""
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"x must have shape (B, Lq, E) with E = {self.embed_dim}, got {tuple(x.shape)}")
+        if memory.dim() != 3 or memory.shape[0] != x.shape[0] or memory.shape[-1] != self.kdim:
+            raise ValueError(
+                f"memory must have shape (B, Lk, memory_dim) = ({x.shape[0]}, Lk, {self.kdim}), "
+                f"got {tuple(memory.shape)}"
+            )
+        _check_padding_mask(
+            memory_key_padding_mask, memory.shape[0], memory.shape[1], "memory_key_padding_mask"
+        )
+        q = self._split_heads(self.q_proj(x))
+        k = self._split_heads(self.k_proj(memory))
+        v = self._split_heads(self.v_proj(memory))
+        out, _ = self._attend(q, k, v, causal=False, key_padding_mask=memory_key_padding_mask)
+        return self.out_proj(self._merge_heads(out))
+
+
+def _is_causal_mask(mask: Tensor, lq: int, lk: int) -> bool:
+    """Whether an ``nn.MultiheadAttention`` ``attn_mask`` is exactly the causal mask."""
+    if mask.dim() != 2 or tuple(mask.shape) != (lq, lk) or lq != lk:
+        return False
+    future = torch.ones(lq, lk, dtype=torch.bool, device=mask.device).triu(diagonal=1)
+    if mask.dtype == torch.bool:
+        return bool(torch.equal(mask, future))
+    return bool(torch.equal(torch.isneginf(mask), future) and (mask.masked_fill(future, 0.0) == 0).all())
+
+
+def _additive_attn_mask(mask: Tensor, batch: int, heads: int, lq: int, lk: int, dtype: torch.dtype) -> Tensor:
+    """``attn_mask`` of ``nn.MultiheadAttention`` (``(Lq, Lk)`` or ``(B·H, Lq, Lk)``) as an additive bias."""
+    if mask.dim() == 2:
+        if tuple(mask.shape) != (lq, lk):
+            raise ValueError(
+                f"2-D attn_mask must have shape (Lq, Lk) = ({lq}, {lk}), got {tuple(mask.shape)}"
+            )
+        mask = mask[None, None]
+    elif mask.dim() == 3:
+        if tuple(mask.shape) != (batch * heads, lq, lk):
+            raise ValueError(
+                f"3-D attn_mask must have shape (B·H, Lq, Lk) = ({batch * heads}, {lq}, {lk}), "
+                f"got {tuple(mask.shape)}"
+            )
+        mask = mask.view(batch, heads, lq, lk)
+    else:
+        raise ValueError(f"attn_mask must be 2-D or 3-D, got {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
+    return mask.to(dtype)
+
+
+class MultiheadFavorAttention(MultiheadAttentionBase):
+    """Drop-in replacement for :class:`torch.nn.MultiheadAttention` with a FAVOR+ (or exact) backend.
+
+    Same constructor arguments and ``forward`` signature as ``nn.MultiheadAttention`` plus the
+    keywords of :class:`MultiheadAttentionBase`; build one from an existing module with
+    :meth:`from_multihead_attention`. Differences: attention weights are never returned (FAVOR+
+    never forms them; the second output is always None), ``add_bias_kv``/``add_zero_attn`` are
+    not supported, and with FAVOR+ ``attn_mask`` may only be the causal mask and a float
+    ``key_padding_mask`` only hold 0 and ``-inf``.
+    """
+
+    # nn.TransformerEncoderLayer / nn.TransformerEncoder read these attributes of their
+    # ``self_attn`` to pick a fused fast path that bypasses ``self_attn.forward``. These values
+    # rule the fast path out, so the layer calls this module.
+    _qkv_same_embed_dim = False
+    in_proj_weight = None
+    in_proj_bias = None
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        bias: bool = True,
+        add_bias_kv: bool = False,
+        add_zero_attn: bool = False,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        batch_first: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        **favor_kwargs,
+    ) -> None:
+        if add_bias_kv or add_zero_attn:
+            raise NotImplementedError("add_bias_kv and add_zero_attn are not supported")
+        super().__init__(
+            embed_dim,
+            num_heads,
+            kdim=kdim,
+            vdim=vdim,
+            bias=bias,
+            dropout=dropout,
+            device=device,
+            dtype=dtype,
+            **favor_kwargs,
+        )
+        self.batch_first = batch_first
+
+    @classmethod
+    def from_multihead_attention(cls, mha: nn.MultiheadAttention, **favor_kwargs) -> MultiheadFavorAttention:
+        """A module with the sizes, options and weights of ``mha``; keywords set FAVOR+ options."""
+        weight = mha.out_proj.weight
+        module = cls(
+            mha.embed_dim,
+            mha.num_heads,
+            dropout=mha.dropout,
+            bias=mha.in_proj_bias is not None,
+            add_bias_kv=mha.bias_k is not None,
+            add_zero_attn=mha.add_zero_attn,
+            kdim=mha.kdim,
+            vdim=mha.vdim,
+            batch_first=mha.batch_first,
+            device=weight.device,
+            dtype=weight.dtype,
+            **favor_kwargs,
+        )
+        module.load_multihead_attention_weights(mha)
+        module.train(mha.training)
+        return module
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = True,
+        attn_mask: Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[Tensor, None]:
+        """``nn.MultiheadAttention.forward``: ``(L, B, E)`` inputs, or ``(B, L, E)`` with ``batch_first``.
+
+        Args:
+            query: ``(Lq, B, E)``; key: ``(Lk, B, kdim)``; value: ``(Lk, B, vdim)`` (batch first
+                when ``batch_first``; unbatched ``(L, E)`` also accepted).
+            key_padding_mask: ``(B, Lk)``, bool True = padded, or float added to the logits.
+            need_weights, average_attn_weights: accepted for compatibility; no weights are returned.
+            attn_mask: ``(Lq, Lk)`` or ``(B·H, Lq, Lk)``, bool True = blocked or float additive.
+            is_causal: causal attention; ``attn_mask`` is then taken to be the causal mask (as
+                the ``nn.MultiheadAttention`` hint says) and need not be given.
+
+        Returns:
+            ``(attn_output, None)``, ``attn_output`` shaped like ``query``.
+        """
+        del need_weights, average_attn_weights
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif not self.batch_first:
+            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
+        b, lq, _ = query.shape
+        lk = key.shape[1]
+
+        causal = bool(is_causal)
+        attn_bias = None
+        if attn_mask is not None and not causal:
+            if self.attention == "favor":
+                if not _is_causal_mask(attn_mask, lq, lk):
+                    raise ValueError(
+                        "FAVOR+ attention supports attn_mask only when it is the causal mask; "
+                        "use attention='exact' for other masks"
+                    )
+                causal = True
+            else:
+                attn_bias = _additive_attn_mask(attn_mask, b, self.num_heads, lq, lk, query.dtype)
+
+        padding = key_padding_mask
+        if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+            if self.attention == "favor":
+                blocked = torch.isneginf(key_padding_mask)
+                if bool((key_padding_mask.masked_fill(blocked, 0.0) != 0).any()):
+                    raise ValueError(
+                        "FAVOR+ attention accepts a float key_padding_mask only with values 0 and -inf"
+                    )
+                padding = blocked
+            else:
+                extra = key_padding_mask.to(query.dtype)[:, None, None, :]
+                attn_bias = extra if attn_bias is None else attn_bias + extra
+                padding = None
+        _check_padding_mask(padding, b, lk)
+
+        q = self._split_heads(self.q_proj(query))
+        k = self._split_heads(self.k_proj(key))
+        v = self._split_heads(self.v_proj(value))
+        out, _ = self._attend(q, k, v, causal=causal, key_padding_mask=padding, attn_bias=attn_bias)
+        out = self.out_proj(self._merge_heads(out))
+        if not batched:
+            out = out.squeeze(0)
+        elif not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, None
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", batch_first={self.batch_first}"

@@ -1,0 +1,202 @@
+"""Save and load Performer models: ``config.json`` + ``model.safetensors``.
+
+* Weights go to safetensors only: loading never unpickles, so a checkpoint cannot run code.
+* Everything that defines the model's function is saved, including the random projections
+  and the redraw counters of every :class:`~performers.FavorAttention` (buffers), so a loaded
+  model reproduces the saved one bit for bit and a resumed run keeps its redraw schedule.
+* Each file is written to a temporary file in the same directory, flushed to disk, and moved
+  into place with ``os.replace`` (atomic on POSIX and Windows): a crash leaves either the old
+  file or the new one, never a partial file.
+* A checkpoint that is unreadable, truncated, missing a tensor, holding an extra one, or
+  holding one of the wrong shape/kind raises ``ValueError`` naming the file and the tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from performers.models.config import PerformerConfig
+from performers.models.performer import (
+    PerformerForCausalLM,
+    PerformerForMaskedLM,
+    PerformerModel,
+    PerformerPreTrainedModel,
+)
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "from_pretrained", "load_safetensors", "save_pretrained"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+MODEL_CLASSES: dict[str, type[PerformerPreTrainedModel]] = {
+    cls.__name__: cls for cls in (PerformerModel, PerformerForMaskedLM, PerformerForCausalLM)
+}
+
+
+def _version() -> str:
+    from performers import __version__
+
+    return __version__
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` on a temporary file next to ``path``, fsync it, ``os.replace`` it onto ``path``."""
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX only)
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def save_pretrained(model: PerformerPreTrainedModel, directory: str | Path) -> None:
+    """Write ``directory/config.json`` and ``directory/model.safetensors`` (created if needed).
+
+    ``config.json`` holds the :class:`PerformerConfig` fields plus ``"architectures"`` (the model
+    class) and ``"performers_version"``. ``model.safetensors`` holds the whole ``state_dict``
+    (parameters, projections, redraw counters) in the model's dtypes.
+    """
+    if not isinstance(model, PerformerPreTrainedModel):
+        raise TypeError(f"save_pretrained needs a Performer model, got {type(model).__name__}")
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    architecture = type(model).__name__
+    tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
+    metadata = {"format": "pt", "architecture": architecture, "performers_version": _version()}
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    config = {**model.config.to_dict(), "architectures": [architecture], "performers_version": _version()}
+    text = json.dumps(config, indent=2) + "\n"
+    _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
+
+
+def load_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """All tensors (on the CPU) and the metadata of a safetensors file; ``ValueError`` if unreadable."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as err:  # safetensors raises its own error types (and OSError for short reads)
+        raise ValueError(f"{path}: cannot read the safetensors file (corrupt or truncated?): {err}") from err
+    return tensors, metadata
+
+
+def _read_config(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such config file")
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    return raw
+
+
+def _check_tensors(path: Path, stored: dict[str, Tensor], expected: dict[str, Tensor], saved_as: str) -> None:
+    """Same names, shapes and kinds (floating / integer) as the model's ``state_dict``, or ValueError."""
+    hint = f" (the checkpoint was saved from {saved_as})" if saved_as else ""
+    missing = [name for name in expected if name not in stored]
+    if missing:
+        name = missing[0]
+        raise ValueError(
+            f"{path}: tensor {name!r} is missing (expected shape {tuple(expected[name].shape)}); "
+            f"{len(missing)} missing in all{hint}"
+        )
+    unexpected = sorted(set(stored) - set(expected))
+    if unexpected:
+        raise ValueError(f"{path}: unexpected tensor(s) {unexpected} not in the model{hint}")
+    for name, target in expected.items():
+        tensor = stored[name]
+        if tensor.shape != target.shape:
+            raise ValueError(
+                f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(target.shape)} (does config.json match the weights?)"
+            )
+        if tensor.is_floating_point() != target.is_floating_point():
+            raise ValueError(
+                f"{path}: tensor {name!r} has dtype {tensor.dtype}, the model expects {target.dtype}"
+            )
+
+
+def from_pretrained(
+    directory: str | Path,
+    *,
+    model_class: type[PerformerPreTrainedModel] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    **config_overrides,
+) -> PerformerPreTrainedModel:
+    """Load a model written by :func:`save_pretrained`, in eval mode.
+
+    Args:
+        directory: holds ``config.json`` and ``model.safetensors``.
+        model_class: the class to build; default the one recorded in ``config.json``.
+        device: where to put the model (default CPU).
+        dtype: floating dtype of the model; default the dtype the weights were saved in.
+        **config_overrides: config fields to change, e.g. ``attention="exact"`` to run the
+            same weights with softmax attention (sizes must still match the weights).
+
+    Raises:
+        FileNotFoundError: a file is missing.
+        ValueError: unreadable/truncated files, invalid config, or tensors that are missing,
+            unexpected or of the wrong shape (the message names the file and the tensor).
+    """
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    weights_path = directory / WEIGHTS_NAME
+    raw = _read_config(config_path)
+    architectures = raw.get("architectures") or [None]
+    saved_as = architectures[0] if isinstance(architectures, list) and architectures else None
+    if model_class is None:
+        if saved_as not in MODEL_CLASSES:
+            raise ValueError(
+                f"{config_path}: 'architectures' names {saved_as!r}, not one of {sorted(MODEL_CLASSES)}; "
+                "pass model_class="
+            )
+        model_class = MODEL_CLASSES[saved_as]
+    try:
+        config = PerformerConfig.from_dict(raw)
+        if config_overrides:
+            config = replace(config, **config_overrides)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{config_path}: {err}") from None
+
+    tensors, _ = load_safetensors(weights_path)
+    model = model_class(config)
+    _check_tensors(weights_path, tensors, model.state_dict(), saved_as or "")
+    if dtype is None:
+        float_dtypes = Counter(t.dtype for t in tensors.values() if t.is_floating_point())
+        dtype = float_dtypes.most_common(1)[0][0] if float_dtypes else None
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.load_state_dict(tensors, strict=True)
+    if device is not None:
+        model.to(device=device)
+    return model.eval()

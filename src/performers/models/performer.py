@@ -1,0 +1,488 @@
+"""Performer Transformers: pre-LayerNorm blocks with FAVOR+ (or exact) self-attention.
+
+* :class:`PerformerModel` — embeddings, ``num_layers`` blocks, final LayerNorm; returns hidden
+  states (bidirectional unless ``is_causal=True``).
+* :class:`PerformerForMaskedLM` — bidirectional encoder with an LM head (BERT-style MLM).
+* :class:`PerformerForCausalLM` — causal decoder with an LM head; incremental decoding from a
+  per-layer recurrent state (:class:`PerformerCache`) and :meth:`~PerformerForCausalLM.generate`.
+
+Padding: ``attention_mask`` ``(B, L)`` (1 = token, 0 = padding, the Hugging Face convention)
+or ``key_padding_mask`` ``(B, L)`` bool (True = padding, the ``nn.MultiheadAttention``
+convention). Positions count from each row's first real token, so left-padded and unpadded
+prompts see the same positions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from performers.layers.attention import LayerCache, MultiheadAttentionBase, PerformerSelfAttention
+from performers.layers.favor import FavorAttention
+from performers.layers.redraw import FeatureRedrawer
+from performers.models.config import PerformerConfig
+
+__all__ = [
+    "CausalLMOutput",
+    "MaskedLMOutput",
+    "PerformerBlock",
+    "PerformerCache",
+    "PerformerForCausalLM",
+    "PerformerForMaskedLM",
+    "PerformerModel",
+    "PerformerModelOutput",
+    "PerformerPreTrainedModel",
+    "position_ids_from_padding",
+]
+
+IGNORE_INDEX = -100
+
+
+def _token_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of ``logits`` ``(N, V)`` against ``labels`` ``(N,)``, -100 ignored.
+
+    Half-precision logits are upcast to float32 first (a softmax over a large vocabulary in
+    float16 loses most of the small probabilities); float32/float64 stay as they are.
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def position_ids_from_padding(key_padding_mask: Tensor) -> Tensor:
+    """Positions ``(B, L)`` counted from each row's first real token (padding gets 0 or the last position).
+
+    ``key_padding_mask``: ``(B, L)`` bool, True = padding. With left padding ``[p, p, a, b]``
+    gives ``[0, 0, 0, 1]``, the positions ``a, b`` have without padding; with right padding the
+    real tokens get ``0, 1, ...`` as well.
+    """
+    real = (~key_padding_mask).long()
+    return (real.cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def _padding_from_masks(
+    attention_mask: Tensor | None, key_padding_mask: Tensor | None, batch: int, length: int
+) -> Tensor | None:
+    """The ``(B, L)`` bool padding mask (True = pad) from either convention, or None."""
+    if attention_mask is not None and key_padding_mask is not None:
+        raise ValueError("pass attention_mask (1 = token) or key_padding_mask (True = pad), not both")
+    if attention_mask is not None:
+        if tuple(attention_mask.shape) != (batch, length):
+            raise ValueError(
+                f"attention_mask must have shape (B, L) = ({batch}, {length}), "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        return attention_mask == 0
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool:
+            raise TypeError(
+                f"key_padding_mask must be a bool tensor (True = pad), got {key_padding_mask.dtype}"
+            )
+        if tuple(key_padding_mask.shape) != (batch, length):
+            raise ValueError(
+                f"key_padding_mask must have shape (B, L) = ({batch}, {length}), "
+                f"got {tuple(key_padding_mask.shape)}"
+            )
+    return key_padding_mask
+
+
+@dataclass
+class PerformerCache:
+    """Everything a causal model needs to continue a sequence: one cache per layer.
+
+    Attributes:
+        layers: per layer a :class:`~performers.FavorState` (FAVOR+, ``O(M·D)`` per head,
+            independent of the length) or a :class:`~performers.layers.KVCache` (exact).
+        next_position: ``(B,)`` position id of the next token of each row.
+        length: number of positions processed so far (padding included).
+    """
+
+    layers: list[LayerCache]
+    next_position: Tensor
+    length: int
+
+
+@dataclass
+class PerformerModelOutput:
+    """``last_hidden_state``: ``(B, L, E)`` after the final LayerNorm; the cache with ``use_cache``."""
+
+    last_hidden_state: Tensor
+    past_key_values: PerformerCache | None = None
+
+
+@dataclass
+class MaskedLMOutput:
+    """``logits``: ``(B, L, V)``; ``loss``: mean cross-entropy over labels != -100 (when labels given)."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    hidden_states: Tensor | None = None
+
+
+@dataclass
+class CausalLMOutput:
+    """``logits``: ``(B, L, V)`` (or the last ``logits_to_keep``); ``loss``: next-token cross-entropy."""
+
+    logits: Tensor
+    loss: Tensor | None = None
+    past_key_values: PerformerCache | None = None
+    hidden_states: Tensor | None = None
+
+
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+class FeedForward(nn.Module):
+    """Position-wise ``Linear(E, d_ff) → activation → dropout → Linear(d_ff, E)`` on ``(B, L, E)``."""
+
+    def __init__(self, config: PerformerConfig) -> None:
+        super().__init__()
+        self.fc_in = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
+        self.activation = _ACTIVATIONS[config.activation]()
+        self.dropout = nn.Dropout(config.dropout)
+        self.fc_out = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc_out(self.dropout(self.activation(self.fc_in(x))))
+
+
+class PerformerBlock(nn.Module):
+    """Pre-LayerNorm block: ``x + Attn(LN(x))``, then ``x + FFN(LN(x))``, dropout on both branches."""
+
+    def __init__(self, config: PerformerConfig, layer_index: int) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.attn = PerformerSelfAttention(
+            config.d_model,
+            config.num_heads,
+            rotary=config.position == "rotary",
+            rotary_base=config.rotary_base,
+            bias=config.bias,
+            attention=config.attention,
+            num_features=config.num_features,
+            kernel=config.kernel,
+            projection_kind=config.projection_kind,
+            row_norms=config.row_norms,
+            seed=config.seed,
+            layer_index=layer_index,
+            redraw_every=config.redraw_every,
+            chunk_size=config.chunk_size,
+        )
+        self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        key_padding_mask: Tensor | None = None,
+        is_causal: bool = False,
+        position_ids: Tensor | None = None,
+        cache: LayerCache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, LayerCache | None]:
+        """``x``: ``(B, L, E)`` → ``((B, L, E), cache)``; arguments as in :class:`PerformerSelfAttention`."""
+        attended, cache = self.attn(
+            self.attn_norm(x),
+            key_padding_mask=key_padding_mask,
+            is_causal=is_causal,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+        )
+        x = x + self.dropout(attended)
+        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
+        return x, cache
+
+
+class LMHead(nn.Module):
+    """Hidden states ``(B, L, E)`` → logits ``(B, L, V)``.
+
+    With tied embeddings the module has no weight of its own and multiplies by the token
+    embedding matrix it is given; the checkpoint then holds that matrix once (safetensors
+    refuses tensors that share memory, and a second copy could silently drift).
+    """
+
+    def __init__(self, d_model: int, vocab_size: int, *, tied: bool, bias: bool) -> None:
+        super().__init__()
+        if tied:
+            self.register_parameter("weight", None)
+        else:
+            self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
+        self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
+
+    def forward(self, hidden: Tensor, embedding_weight: Tensor) -> Tensor:
+        weight = embedding_weight if self.weight is None else self.weight
+        return F.linear(hidden, weight, self.bias)
+
+
+class PerformerPreTrainedModel(nn.Module):
+    """Shared by all Performer models: config, initialization, backend switch, redraw, save/load."""
+
+    def __init__(self, config: PerformerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, PerformerConfig):
+            raise TypeError(f"config must be a PerformerConfig, got {type(config).__name__}")
+        self.config = config
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, LMHead):
+            if module.weight is not None:
+                nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def post_init(self) -> None:
+        """Initialize every weight (normal ``initializer_range``; LayerNorm 1/0; biases 0)."""
+        self.apply(self._init_weights)
+
+    def set_attention(self, attention: str) -> None:
+        """Switch every attention module to ``"favor"`` or ``"exact"`` in place (weights unchanged)."""
+        self.config = replace(self.config, attention=attention)  # validates the name
+        for module in self.modules():
+            if isinstance(module, MultiheadAttentionBase):
+                module.attention = attention
+
+    def favor_attention_modules(self) -> list[FavorAttention]:
+        """The :class:`FavorAttention` of every layer, in layer order."""
+        return [m for m in self.modules() if isinstance(m, FavorAttention)]
+
+    def feature_redrawer(self, every: int | None = None) -> FeatureRedrawer:
+        """A :class:`FeatureRedrawer` for this model (``every`` defaults to ``config.redraw_every``)."""
+        return FeatureRedrawer(self, every=every)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``config.json`` and ``model.safetensors`` to ``directory``.
+
+        See :func:`performers.models.io.save_pretrained`.
+        """
+        from performers.models.io import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **kwargs):
+        """Load a model saved by :meth:`save_pretrained`.
+
+        See :func:`performers.models.io.from_pretrained` for the keyword arguments.
+        """
+        from performers.models.io import from_pretrained
+
+        return from_pretrained(directory, model_class=cls, **kwargs)
+
+
+class PerformerModel(PerformerPreTrainedModel):
+    """Token (and learned position) embeddings, ``num_layers`` blocks and a final LayerNorm."""
+
+    def __init__(self, config: PerformerConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.embed_positions = (
+            nn.Embedding(config.max_position_embeddings, config.d_model)
+            if config.position == "learned"
+            else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(PerformerBlock(config, i) for i in range(config.num_layers))
+        self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        past_key_values: PerformerCache | None = None,
+        use_cache: bool = False,
+        is_causal: bool = False,
+    ) -> PerformerModelOutput:
+        """Hidden states of the last layer.
+
+        Args:
+            input_ids: ``(B, L)`` token ids.
+            attention_mask: ``(B, L)``, 1 = token, 0 = padding (or give ``key_padding_mask``).
+            key_padding_mask: ``(B, L)`` bool, True = padding.
+            position_ids: ``(B, L)``; default counts from each row's first real token, and
+                continues ``past_key_values.next_position``.
+            past_key_values: cache of the preceding positions (causal only); with it, the masks
+                describe the new tokens only.
+            use_cache: return the cache after these positions (implied by ``past_key_values``).
+            is_causal: unidirectional attention.
+
+        Returns:
+            :class:`PerformerModelOutput` with ``last_hidden_state`` ``(B, L, E)``.
+        """
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
+            shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
+            raise ValueError(f"input_ids must be an integer tensor of shape (B, L), got {shape}")
+        batch, length = input_ids.shape
+        if length == 0:
+            raise ValueError("input_ids must hold at least one position")
+        padding = _padding_from_masks(attention_mask, key_padding_mask, batch, length)
+        use_cache = use_cache or past_key_values is not None
+        if use_cache and not is_causal:
+            raise ValueError("past_key_values / use_cache need causal attention (is_causal=True)")
+        if past_key_values is not None and len(past_key_values.layers) != len(self.layers):
+            raise ValueError(
+                f"past_key_values has {len(past_key_values.layers)} layers, the model {len(self.layers)}"
+            )
+        past_length = 0 if past_key_values is None else past_key_values.length
+
+        if position_ids is None:
+            if (
+                self.embed_positions is not None
+                and past_length + length > self.config.max_position_embeddings
+            ):
+                raise ValueError(
+                    f"sequence of {past_length + length} positions exceeds max_position_embeddings "
+                    f"({self.config.max_position_embeddings}) of the learned position embedding"
+                )
+            if past_key_values is not None:
+                steps = torch.arange(length, device=input_ids.device)
+                position_ids = past_key_values.next_position[:, None] + steps
+            elif padding is not None:
+                position_ids = position_ids_from_padding(padding)
+            else:
+                position_ids = torch.arange(length, device=input_ids.device).expand(batch, length)
+
+        hidden = self.embed_tokens(input_ids)
+        if self.embed_positions is not None:
+            hidden = hidden + self.embed_positions(position_ids)
+        hidden = self.dropout(hidden)
+        rotary_positions = position_ids if self.config.position == "rotary" else None
+        layer_caches: list[LayerCache] = []
+        for index, layer in enumerate(self.layers):
+            hidden, cache = layer(
+                hidden,
+                key_padding_mask=padding,
+                is_causal=is_causal,
+                position_ids=rotary_positions,
+                cache=None if past_key_values is None else past_key_values.layers[index],
+                use_cache=use_cache,
+            )
+            if use_cache:
+                layer_caches.append(cache)
+        hidden = self.norm(hidden)
+        new_cache = None
+        if use_cache:
+            new_cache = PerformerCache(layer_caches, position_ids[:, -1] + 1, past_length + length)
+        return PerformerModelOutput(hidden, new_cache)
+
+
+class PerformerForMaskedLM(PerformerPreTrainedModel):
+    """Bidirectional Performer encoder with a masked-language-model head."""
+
+    def __init__(self, config: PerformerConfig) -> None:
+        super().__init__(config)
+        self.model = PerformerModel(config)
+        self.lm_head = LMHead(config.d_model, config.vocab_size, tied=config.tie_embeddings, bias=config.bias)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+    ) -> MaskedLMOutput:
+        """Logits ``(B, L, V)`` for every position; ``loss`` over ``labels`` ``(B, L)`` != -100."""
+        hidden = self.model(
+            input_ids, attention_mask, key_padding_mask=key_padding_mask, position_ids=position_ids
+        ).last_hidden_state
+        logits = self.lm_head(hidden, self.model.embed_tokens.weight)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
+            loss = _token_loss(logits.flatten(0, 1), labels.flatten())
+        return MaskedLMOutput(logits=logits, loss=loss, hidden_states=hidden)
+
+
+class PerformerForCausalLM(PerformerPreTrainedModel):
+    """Causal Performer decoder with a language-model head; see :meth:`generate`."""
+
+    def __init__(self, config: PerformerConfig) -> None:
+        super().__init__(config)
+        self.model = PerformerModel(config)
+        self.lm_head = LMHead(config.d_model, config.vocab_size, tied=config.tie_embeddings, bias=config.bias)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        *,
+        key_padding_mask: Tensor | None = None,
+        position_ids: Tensor | None = None,
+        labels: Tensor | None = None,
+        past_key_values: PerformerCache | None = None,
+        use_cache: bool = False,
+        logits_to_keep: int = 0,
+    ) -> CausalLMOutput:
+        """Next-token logits.
+
+        Args:
+            input_ids, attention_mask, key_padding_mask, position_ids, past_key_values,
+                use_cache: as in :meth:`PerformerModel.forward` (always causal).
+            labels: ``(B, L)``; shifted inside (position ``t`` predicts ``labels[t+1]``),
+                -100 ignored, like Hugging Face causal LMs.
+            logits_to_keep: if > 0, compute logits for the last this many positions only
+                (generation needs one).
+
+        Returns:
+            :class:`CausalLMOutput`.
+        """
+        out = self.model(
+            input_ids,
+            attention_mask,
+            key_padding_mask=key_padding_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            is_causal=True,
+        )
+        hidden = out.last_hidden_state
+        if logits_to_keep:
+            if labels is not None:
+                raise ValueError("labels need the logits of every position; use logits_to_keep=0")
+            hidden = hidden[:, -logits_to_keep:]
+        logits = self.lm_head(hidden, self.model.embed_tokens.weight)
+        loss = None
+        if labels is not None:
+            if labels.shape != input_ids.shape:
+                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
+            loss = _token_loss(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        return CausalLMOutput(
+            logits=logits, loss=loss, past_key_values=out.past_key_values, hidden_states=hidden
+        )
+
+    def generate(self, input_ids: Tensor, **kwargs) -> Tensor:
+        """Autoregressive generation; see :func:`performers.models.generation.generate`."""
+        from performers.models.generation import generate
+
+        return generate(self, input_ids, **kwargs)
