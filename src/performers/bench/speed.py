@@ -39,8 +39,14 @@ METHODS = (
     "plain-compiled",
     "peer",
     "peer-causal",
+    "model-favor",
+    "model-exact",
+    "model-identity",
 )
 CAUSAL = {"favor-causal", "exact-causal", "peer-causal"}
+# The paper's Figure 3 setting: a stack of 6 pre-LN blocks, d_model 512, 8 heads, d_ff 2048,
+# bidirectional, vocabulary 256, forward+backward of the whole model.
+MODEL_SIZE = {"num_layers": 6, "d_model": 512, "num_heads": 8, "d_ff": 2048, "vocab_size": 256}
 
 
 @dataclass
@@ -120,6 +126,34 @@ def _build(spec: Spec, generator: torch.Generator) -> Callable[..., torch.Tensor
     raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
 
 
+def _build_model_step(spec: Spec) -> Callable[[], None]:
+    """Forward+backward of the 6-layer model with the given attention backend."""
+    from performers.models.config import PerformerConfig
+    from performers.models.performer import PerformerModel
+
+    backend = spec.method.removeprefix("model-")
+    config = PerformerConfig(
+        **MODEL_SIZE,
+        max_position_embeddings=spec.length,
+        dropout=0.0,
+        attention=backend,
+        kernel=spec.kernel,
+        num_features=spec.num_features,
+    )
+    model = PerformerModel(config).to(getattr(torch, spec.dtype))
+    ids = torch.randint(
+        0, MODEL_SIZE["vocab_size"], (spec.batch, spec.length), generator=torch.Generator().manual_seed(0)
+    )
+
+    def step(backward: bool) -> None:
+        hidden = model(ids).last_hidden_state
+        if backward:
+            hidden.sum().backward()
+            model.zero_grad(set_to_none=True)
+
+    return step
+
+
 def _median_time(fn: Callable[[], object], repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -191,13 +225,28 @@ def run_point(spec: Spec) -> Point:
     torch.set_num_threads(spec.threads)
     generator = torch.Generator().manual_seed(0)
     point = Point(spec)
-    fn = _build(spec, generator)
-    q, k, v = _inputs(spec, generator, requires_grad=True)
+    if spec.method.startswith("model-"):
+        model_step = _build_model_step(spec)
 
-    def forward_backward():
-        out = fn(q, k, v)
-        out.backward(torch.ones_like(out))
-        q.grad = k.grad = v.grad = None
+        def forward_backward():
+            model_step(True)
+
+        def forward():
+            with torch.no_grad():
+                model_step(False)
+
+    else:
+        fn = _build(spec, generator)
+        q, k, v = _inputs(spec, generator, requires_grad=True)
+
+        def forward_backward():
+            out = fn(q, k, v)
+            out.backward(torch.ones_like(out))
+            q.grad = k.grad = v.grad = None
+
+        def forward():
+            with torch.no_grad():
+                fn(q, k, v)
 
     start = time.perf_counter()
     forward_backward()  # warm-up (and compilation for compiled methods)
@@ -209,10 +258,6 @@ def run_point(spec: Spec) -> Point:
         forward_backward()
         point.peak_extra_mib = (_status_kib("VmHWM") - base) / 1024
         return point
-
-    def forward():
-        with torch.no_grad():
-            fn(q, k, v)
 
     forward()
     point.forward_s = _median_time(forward, spec.repeats)
@@ -372,8 +417,27 @@ def markdown(points: list[Point], peak: float, command: str) -> str:
                 f"{p.forward_backward_s:.3f} | {p.floor_forward_backward_s:.3f} | "
                 f"{gflops:.0f} | {100 * gflops / peak:.0f}% |"
             )
+    model = {p.spec.length: p for p in points if p.spec.method == "model-favor" and not p.error}
+    opt = {p.spec.length: p for p in points if p.spec.method == "model-identity" and not p.error}
+    if model and opt:
+        lines += [
+            "",
+            '## Full model: FAVOR+ against identity attention ("OPT")',
+            "",
+            "6 blocks, d_model 512, 8 heads, d_ff 2048 (the paper's Figure 3 size), forward+backward.",
+            "",
+            "| L | FAVOR+ model (s) | OPT model (s) | ratio |",
+            "|---:|---:|---:|---:|",
+        ]
+        for length in sorted(set(model) & set(opt)):
+            a, b = model[length].forward_backward_s, opt[length].forward_backward_s
+            lines.append(f"| {length} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
     lines += ["", "## Crossover", ""]
-    for ours, theirs in (("favor", "exact"), ("favor-causal", "exact-causal")):
+    for ours, theirs in (
+        ("favor", "exact"),
+        ("favor-causal", "exact-causal"),
+        ("model-favor", "model-exact"),
+    ):
         c = crossover(points, ours, theirs)
         if c is not None:
             lines.append(
@@ -428,7 +492,11 @@ def plot(points: list[Point], out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="performers bench speed", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="performers bench speed",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--lengths", type=int, nargs="+", default=[2**i for i in range(9, 17)])

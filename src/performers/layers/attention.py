@@ -45,7 +45,9 @@ __all__ = [
     "sdpa_attention",
 ]
 
-BACKENDS = ("favor", "exact")
+# "identity" returns V unchanged: the paper's "OPT" model, an upper bound on the speed any
+# attention can reach inside a model (used by the benchmarks).
+BACKENDS = ("favor", "exact", "identity")
 
 
 class KVCache:
@@ -263,7 +265,7 @@ class MultiheadAttentionBase(nn.Module):
 
     @property
     def attention(self) -> str:
-        """The backend, ``"favor"`` or ``"exact"``; assignable at any time."""
+        """The backend, ``"favor"``, ``"exact"`` or ``"identity"``; assignable at any time."""
         return self._attention
 
     @attention.setter
@@ -297,6 +299,10 @@ class MultiheadAttentionBase(nn.Module):
             raise ValueError(
                 "incremental decoding (cache / use_cache) needs causal attention (is_causal=True)"
             )
+        if self.attention == "identity":
+            if cache is not None or use_cache:
+                raise ValueError("the identity backend (a benchmark baseline) has no decoding cache")
+            return v, None
         if self.attention == "favor":
             if attn_bias is not None:
                 raise ValueError(

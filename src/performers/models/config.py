@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from performers.layers.attention import BACKENDS
 from performers.ops.features import KERNELS
 
 __all__ = ["PerformerConfig"]
@@ -122,7 +123,7 @@ class PerformerConfig:
         self.layer_norm_eps = _require_float("layer_norm_eps", self.layer_norm_eps, 0.0, 1.0)
         self.initializer_range = _require_float("initializer_range", self.initializer_range, 0.0, math.inf)
         _require_choice("activation", self.activation, ("gelu", "relu", "silu"))
-        _require_choice("attention", self.attention, ("favor", "exact"))
+        _require_choice("attention", self.attention, BACKENDS)
         if not isinstance(self.kernel, str):
             raise TypeError(
                 f"PerformerConfig.kernel must be a registry name (str), got {type(self.kernel).__name__}"
