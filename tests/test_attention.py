@@ -273,3 +273,14 @@ def test_queries_without_visible_keys_give_zero_and_finite_gradients(kernel, dty
     assert torch.equal(out[1, :, :5], torch.zeros_like(out[1, :, :5]))
     out.sum().backward()
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("segment_chunks", [1, 3])
+def test_fused_causal_segments_match_explicit(monkeypatch, segment_chunks):
+    import performers.ops.causal_fused as fused
+
+    monkeypatch.setattr(fused, "SEGMENT_CHUNKS", segment_chunks)
+    q, k, v = inputs(lq=45, norm=1.5)
+    w = projection()
+    out = favor_attention(q, k, v, w, causal=True, chunk_size=4)
+    torch.testing.assert_close(out, explicit(q, k, v, w, "softmax", True), rtol=1e-10, atol=1e-10)

@@ -97,3 +97,20 @@ def test_state_returned_with_gradients_takes_the_autograd_path():
     state.kv.sum().backward()  # the state (a function of k and v) is differentiable
     assert k.grad is not None and v.grad is not None
     assert k.grad.abs().sum() > 0 and v.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("segment_chunks", [1, 2])
+def test_gradcheck_fused_causal_across_segments(monkeypatch, segment_chunks):
+    # Several segments (the state carried between them, forward and backward).
+    import performers.ops.causal_fused as fused
+
+    monkeypatch.setattr(fused, "SEGMENT_CHUNKS", segment_chunks)
+    q, k, v = leaf_inputs(11, b=2)
+    w = W.clone().requires_grad_(True)
+    mask = torch.zeros(2, 11, dtype=torch.bool)
+    mask[1, :3] = True
+
+    def fn(q, k, v, w):
+        return favor_attention(q, k, v, w, causal=True, key_padding_mask=mask, chunk_size=2)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, w))
