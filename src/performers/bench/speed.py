@@ -39,6 +39,7 @@ METHODS = (
     "plain-compiled",
     "peer",
     "peer-causal",
+    "favor-compiled",
     "model-favor",
     "model-exact",
     "model-identity",
@@ -109,6 +110,9 @@ def _build(spec: Spec, generator: torch.Generator) -> Callable[..., torch.Tensor
     if method in ("exact", "exact-causal"):
         causal = method == "exact-causal"
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    if method == "favor-compiled":
+        compiled_favor = torch.compile(favor_attention)
+        return lambda q, k, v: compiled_favor(q, k, v, w, kernel=spec.kernel)
     if method == "identity":
         return lambda q, k, v: v * 1.0
     if method == "plain":
@@ -511,7 +515,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-seconds", type=float, default=20.0, help="stop a method past this fwd+bwd time"
     )
-    parser.add_argument("--out", default="docs/results/speed", help="output prefix directory")
+    parser.add_argument("--out", default="docs/results/speed", help="output directory")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add these points to the existing OUT/speed.json (replacing the same method and L)",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         point = run_point(Spec(**json.loads(args.worker)))
@@ -544,15 +553,27 @@ def main(argv: list[str] | None = None) -> int:
     points = measure(methods, args.lengths, base=base, max_seconds=args.max_seconds)
     peak = matmul_peak_gflops(args.threads)
     command = "performers bench speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    commands = [command]
+    previous = out_dir / "speed.json"
+    if args.merge and previous.exists():
+        old = json.loads(previous.read_text())
+        fresh = {(p.spec.method, p.spec.length) for p in points}
+        kept = [
+            Point(**{**p, "spec": Spec(**p["spec"])})
+            for p in old["points"]
+            if (p["spec"]["method"], p["spec"]["length"]) not in fresh
+        ]
+        points = kept + points
+        commands = old.get("commands", [old.get("command", "")]) + commands
     payload = {
-        "command": command,
+        "commands": commands,
         "matmul_peak_gflops": peak,
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "points": [{**asdict(p), "spec": asdict(p.spec)} for p in points],
     }
     (out_dir / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out_dir / "speed.md").write_text(markdown(points, peak, command))
+    (out_dir / "speed.md").write_text(markdown(points, peak, " && ".join(commands)))
     for path in plot(points, out_dir):
         print(f"wrote {path}")
     print(f"wrote {out_dir / 'speed.json'} and {out_dir / 'speed.md'}")
