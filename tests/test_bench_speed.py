@@ -5,9 +5,15 @@ import pytest
 from performers.bench import speed
 
 
-@pytest.mark.parametrize("method", ["favor", "favor-causal", "exact", "identity", "plain"])
+@pytest.mark.parametrize(
+    "method", ["favor", "favor-causal", "exact", "identity", "plain", "peer", "peer-causal", "model-favor"]
+)
 def test_run_point_in_process(method):
+    if method.startswith("peer"):
+        pytest.importorskip("performer_pytorch", reason="the peer is an optional [bench] dependency")
     spec = speed.Spec(method=method, length=64, heads=2, dim=8, num_features=16, repeats=1, threads=1)
+    if method.startswith("model-"):
+        spec.heads, spec.dim = 8, 64  # the model's own size; L stays tiny
     point = speed.run_point(spec)
     assert point.error is None
     assert point.forward_s > 0 and point.forward_backward_s > 0

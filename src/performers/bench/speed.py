@@ -357,7 +357,7 @@ def crossover(points: list[Point], ours: str, theirs: str) -> int | None:
 
 def markdown(points: list[Point], peak: float, command: str) -> str:
     lengths = sorted({p.spec.length for p in points})
-    methods = [m for m in METHODS if any(p.spec.method == m for p in points)]
+    methods = [m for m in METHODS if any(p.spec.method == m for p in points) and not m.startswith("model-")]
     by = {(p.spec.method, p.spec.length): p for p in points}
     spec = points[0].spec
     lines = [
@@ -421,21 +421,37 @@ def markdown(points: list[Point], peak: float, command: str) -> str:
                 f"{p.forward_backward_s:.3f} | {p.floor_forward_backward_s:.3f} | "
                 f"{gflops:.0f} | {100 * gflops / peak:.0f}% |"
             )
-    model = {p.spec.length: p for p in points if p.spec.method == "model-favor" and not p.error}
-    opt = {p.spec.length: p for p in points if p.spec.method == "model-identity" and not p.error}
-    if model and opt:
+    models = {
+        name: {p.spec.length: p for p in points if p.spec.method == f"model-{name}" and not p.error}
+        for name in ("favor", "exact", "identity")
+    }
+    if models["favor"] and models["identity"]:
         lines += [
             "",
-            '## Full model: FAVOR+ against identity attention ("OPT")',
+            '## Full model: FAVOR+ against exact attention and identity attention ("OPT")',
             "",
-            "6 blocks, d_model 512, 8 heads, d_ff 2048 (the paper's Figure 3 size), forward+backward.",
+            "6 blocks, d_model 512, 8 heads, d_ff 2048 (the paper's Figure 3 size), vocabulary 256,",
+            "forward+backward of the whole model, B = 1.",
             "",
-            "| L | FAVOR+ model (s) | OPT model (s) | ratio |",
-            "|---:|---:|---:|---:|",
+            "| L | FAVOR+ (s) | exact (s) | OPT (s) | FAVOR+ / OPT | FAVOR+ MiB | exact MiB | OPT MiB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for length in sorted(set(model) & set(opt)):
-            a, b = model[length].forward_backward_s, opt[length].forward_backward_s
-            lines.append(f"| {length} | {a:.3f} | {b:.3f} | {a / b:.2f} |")
+
+        def cell(name: str, length: int, key: str, fmt: str) -> str:
+            p = models[name].get(length)
+            value = None if p is None else getattr(p, key)
+            return "—" if value is None else format(value, fmt)
+
+        for length in sorted(set(models["favor"]) & set(models["identity"])):
+            ratio = models["favor"][length].forward_backward_s / models["identity"][length].forward_backward_s
+            lines.append(
+                f"| {length} | {cell('favor', length, 'forward_backward_s', '.2f')} | "
+                f"{cell('exact', length, 'forward_backward_s', '.2f')} | "
+                f"{cell('identity', length, 'forward_backward_s', '.2f')} | {ratio:.2f} | "
+                f"{cell('favor', length, 'peak_extra_mib', '.0f')} | "
+                f"{cell('exact', length, 'peak_extra_mib', '.0f')} | "
+                f"{cell('identity', length, 'peak_extra_mib', '.0f')} |"
+            )
     lines += ["", "## Crossover", ""]
     for ours, theirs in (
         ("favor", "exact"),
@@ -469,8 +485,10 @@ def plot(points: list[Point], out_dir: Path) -> list[Path]:
     ):
         fig, ax = plt.subplots(figsize=(7, 5))
         for method in METHODS:
+            if method.startswith("model-"):  # whole-model times: see the markdown table
+                continue
             pts = [
-                p for p in points if p.spec.method == method and not p.error and getattr(p, key) is not None
+                p for p in points if p.spec.method == method and not p.error and (getattr(p, key) or 0) > 0
             ]
             if pts:
                 style = "--" if method in CAUSAL else "-"
@@ -521,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="add these points to the existing OUT/speed.json (replacing the same method and L)",
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rewrite OUT/speed.md and the plots from OUT/speed.json"
+    )
     args = parser.parse_args(argv)
     if args.worker:
         point = run_point(Spec(**json.loads(args.worker)))
@@ -529,6 +550,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(data))
         return 0
 
+    out_dir = Path(args.out)
+    if args.report_only:
+        data = json.loads((out_dir / "speed.json").read_text())
+        points = [Point(**{**p, "spec": Spec(**p["spec"])}) for p in data["points"]]
+        commands = data.get("commands", [data.get("command", "")])
+        (out_dir / "speed.md").write_text(markdown(points, data["matmul_peak_gflops"], " && ".join(commands)))
+        for path in plot(points, out_dir):
+            print(f"wrote {path}")
+        return 0
     methods = list(args.methods)
     if any(m.startswith("peer") for m in methods):
         try:
@@ -548,7 +578,6 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats,
         kernel=args.kernel,
     )
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     points = measure(methods, args.lengths, base=base, max_seconds=args.max_seconds)
     peak = matmul_peak_gflops(args.threads)
