@@ -483,13 +483,17 @@ def plot(points: list[Point], out_dir: Path) -> list[Path]:
         ("forward_backward_s", "forward+backward time (s)", "speed_time.png"),
         ("peak_extra_mib", "peak extra memory (MiB)", "speed_memory.png"),
     ):
-        fig, ax = plt.subplots(figsize=(7, 5))
-        for method in METHODS:
-            if method.startswith("model-"):  # whole-model times: see the markdown table
-                continue
-            pts = [
+        series = {
+            method: [
                 p for p in points if p.spec.method == method and not p.error and (getattr(p, key) or 0) > 0
             ]
+            for method in METHODS
+            if not method.startswith("model-")  # whole-model times: see the markdown table
+        }
+        if not any(series.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for method, pts in series.items():
             if pts:
                 style = "--" if method in CAUSAL else "-"
                 ax.plot(
