@@ -369,40 +369,21 @@ def markdown(points: list[Point], peak: float, command: str) -> str:
         f"{spec.threads} threads, forward+backward w.r.t. q, k, v (median of {spec.repeats}); "
         f"peak = growth of peak RSS in one forward+backward. Measured GEMM peak: {peak:.0f} GFLOP/s.",
         "",
-        "## Forward+backward time (s)",
-        "",
-        "| L | " + " | ".join(methods) + " |",
-        "|---:|" + "---:|" * len(methods),
     ]
-    for length in lengths:
-        cells = []
-        for m in methods:
-            p = by.get((m, length))
-            cells.append("—" if p is None or p.error else f"{p.forward_backward_s:.3f}")
-        lines.append(f"| {length} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "## Forward time (s)",
-        "",
-        "| L | " + " | ".join(methods) + " |",
-        "|---:|" + "---:|" * len(methods),
-    ]
-    for length in lengths:
-        cells = []
-        for m in methods:
-            p = by.get((m, length))
-            cells.append("—" if p is None or p.error else f"{p.forward_s:.3f}")
-        lines.append(f"| {length} | " + " | ".join(cells) + " |")
-    lines += ["", "## Peak extra memory, forward+backward (MiB)", "", "| L | " + " | ".join(methods) + " |"]
-    lines.append("|---:|" + "---:|" * len(methods))
-    for length in lengths:
-        cells = []
-        for m in methods:
-            p = by.get((m, length))
-            cells.append(
-                "—" if p is None or p.error or p.peak_extra_mib is None else f"{p.peak_extra_mib:.0f}"
-            )
-        lines.append(f"| {length} | " + " | ".join(cells) + " |")
+    for title, key, fmt in (
+        ("Forward+backward time (s)", "forward_backward_s", ".3f"),
+        ("Forward time (s)", "forward_s", ".3f"),
+        ("Peak extra memory, forward+backward (MiB)", "peak_extra_mib", ".0f"),
+    ):
+        lines += [f"## {title}", "", "| L | " + " | ".join(methods) + " |", "|---:|" + "---:|" * len(methods)]
+        for length in lengths:
+            cells = []
+            for m in methods:
+                p = by.get((m, length))
+                value = None if p is None or p.error else getattr(p, key)
+                cells.append("—" if value is None else format(value, fmt))
+            lines.append(f"| {length} | " + " | ".join(cells) + " |")
+        lines.append("")
     favor = [p for p in points if p.spec.method == "favor" and not p.error]
     if favor:
         lines += [
