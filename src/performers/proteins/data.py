@@ -1,0 +1,205 @@
+"""Protein datasets: splits from header tags, crops, concatenation into long windows, and
+batch collation for masked (BID) and autoregressive (UNI) language modelling.
+
+Every random choice goes through an explicit :class:`torch.Generator`, so a run (and a resumed
+run) sees the same crops and masks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from performers.proteins.fasta import FastaRecord, read_fasta
+from performers.proteins.tokenizer import ProteinTokenizer
+
+__all__ = [
+    "CausalLMCollator",
+    "ConcatenatedWindows",
+    "MaskedLMCollator",
+    "ProteinSequences",
+    "UnigramBaseline",
+    "read_split",
+    "split_of",
+]
+
+IGNORE_INDEX = -100
+
+
+def split_of(record: FastaRecord) -> str:
+    """``"train" | "valid" | "test"`` from ``split=`` (RefSeq corpus) or FLIP's ``SET=`` /
+    ``VALIDATION=`` tags; a record with neither is an error naming it."""
+    fields = record.fields
+    if "split" in fields:
+        return fields["split"]
+    if "SET" in fields:
+        if fields["SET"] == "train" and fields.get("VALIDATION") == "True":
+            return "valid"
+        return fields["SET"]
+    raise ValueError(f"record {record.id!r} has no split tag (split=... or SET=...) in its header")
+
+
+def read_split(path: str | os.PathLike, split: str, **fasta_kwargs) -> list[str]:
+    """Sequences of one split of a tagged FASTA file."""
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
+    return [r.sequence for r in read_fasta(path, **fasta_kwargs) if split_of(r) == split]
+
+
+class ProteinSequences(Dataset):
+    """One protein per item, as token ids ``[<cls>, residues..., <eos>]`` of at most ``max_length``.
+
+    Longer proteins are cropped to ``max_length - 2`` residues: at a random offset drawn from
+    ``generator`` when ``random_crop`` (training), at the start otherwise (evaluation, fixed).
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[str],
+        tokenizer: ProteinTokenizer,
+        max_length: int,
+        *,
+        random_crop: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        if max_length < 3:
+            raise ValueError(f"max_length must be >= 3 (cls, a residue, eos), got {max_length}")
+        self.sequences = list(sequences)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.random_crop = random_crop
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, index: int) -> Tensor:
+        sequence = self.sequences[index]
+        room = self.max_length - 2
+        if len(sequence) > room:
+            start = 0
+            if self.random_crop:
+                start = int(torch.randint(0, len(sequence) - room + 1, (1,), generator=self.generator))
+            sequence = sequence[start : start + room]
+        return torch.tensor(self.tokenizer.encode(sequence), dtype=torch.long)
+
+
+class ConcatenatedWindows(Dataset):
+    """Proteins joined as ``<cls> P1 <eos> <cls> P2 <eos> ...`` and cut into windows of ``window``
+    tokens (the paper's concatenated-TrEMBL setting, e.g. ``window = 8192``); the last
+    incomplete window is dropped."""
+
+    def __init__(self, sequences: Iterable[str], tokenizer: ProteinTokenizer, window: int) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window}")
+        ids: list[int] = []
+        for sequence in sequences:
+            ids.extend(tokenizer.encode(sequence))
+        usable = len(ids) // window * window
+        self.windows = torch.tensor(ids[:usable], dtype=torch.long).view(-1, window)
+
+    def __len__(self) -> int:
+        return self.windows.shape[0]
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.windows[index]
+
+
+def _pad(batch: Sequence[Tensor], pad_id: int) -> tuple[Tensor, Tensor]:
+    length = max(t.numel() for t in batch)
+    ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for row, t in enumerate(batch):
+        ids[row, : t.numel()] = t
+        mask[row, : t.numel()] = 1
+    return ids, mask
+
+
+@dataclass
+class MaskedLMCollator:
+    """Pad a batch and corrupt it for masked LM (BERT's recipe, used by the paper's BID models).
+
+    Each residue token is selected with probability ``mask_prob``; a selected token becomes
+    ``<mask>`` with probability 0.8, a random residue with 0.1, and stays with 0.1. Special and
+    padding tokens are never selected. ``labels`` hold the original id at selected positions
+    and -100 elsewhere. Returns ``{"input_ids", "attention_mask", "labels"}``, each ``(B, L)``.
+    """
+
+    tokenizer: ProteinTokenizer
+    mask_prob: float = 0.15
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_prob < 1:
+            raise ValueError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
+
+    def __call__(self, batch: Sequence[Tensor]) -> dict[str, Tensor]:
+        tok = self.tokenizer
+        ids, attention = _pad(batch, tok.pad_id)
+        residue = ids >= len(tok.special_ids)
+        draw = torch.rand(ids.shape, generator=self.generator)
+        selected = residue & (draw < self.mask_prob)
+        # Split the selected positions 80/10/10 with a second, independent draw.
+        action = torch.rand(ids.shape, generator=self.generator)
+        to_mask = selected & (action < 0.8)
+        to_random = selected & (action >= 0.8) & (action < 0.9)
+        random_ids = torch.randint(
+            tok.residue_ids.start, tok.residue_ids.stop, ids.shape, generator=self.generator
+        )
+        labels = torch.where(selected, ids, torch.full_like(ids, IGNORE_INDEX))
+        corrupted = torch.where(to_mask, torch.full_like(ids, tok.mask_id), ids)
+        corrupted = torch.where(to_random, random_ids, corrupted)
+        return {"input_ids": corrupted, "attention_mask": attention, "labels": labels}
+
+
+@dataclass
+class CausalLMCollator:
+    """Pad a batch for next-token prediction; ``labels`` are the ids with padding set to -100
+    (the causal LM shifts them by one position itself)."""
+
+    tokenizer: ProteinTokenizer
+
+    def __call__(self, batch: Sequence[Tensor]) -> dict[str, Tensor]:
+        ids, attention = _pad(batch, self.tokenizer.pad_id)
+        labels = ids.masked_fill(attention == 0, IGNORE_INDEX)
+        return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+class UnigramBaseline:
+    """The paper's "empirical baseline": predict from residue frequencies of the training split.
+
+    Accuracy is the share of evaluated residues equal to the most frequent training residue;
+    perplexity is ``exp`` of the cross-entropy of the evaluated residues under the training
+    unigram distribution (add-one smoothed over the residue vocabulary, so it is finite).
+    """
+
+    def __init__(self, train_sequences: Iterable[str], tokenizer: ProteinTokenizer) -> None:
+        counts = Counter()
+        for sequence in train_sequences:
+            counts.update(sequence)
+        letters = tokenizer.residues
+        total = sum(counts[c] for c in letters) + len(letters)
+        self.probabilities = {c: (counts[c] + 1) / total for c in letters}
+        self.most_frequent = max(letters, key=lambda c: counts[c])
+
+    def evaluate(self, sequences: Iterable[str]) -> dict[str, float]:
+        correct = n = 0
+        nll = 0.0
+        for sequence in sequences:
+            for c in sequence:
+                p = self.probabilities.get(c)
+                if p is None:
+                    continue
+                n += 1
+                correct += c == self.most_frequent
+                nll -= math.log(p)
+        if n == 0:
+            raise ValueError("no residue to evaluate")
+        return {"accuracy": correct / n, "perplexity": math.exp(nll / n), "residues": n}
