@@ -145,11 +145,104 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_generate)
 
 
+def _add_training_args(p: argparse.ArgumentParser, *, steps: int, out: str) -> None:
+    p.add_argument("--task", choices=["mlm", "clm"], default="mlm", help="masked (BID) or causal (UNI) LM")
+    p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=256, help="tokens per protein crop")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--d-model", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--d-ff", type=int, default=256)
+    p.add_argument("--num-features", type=int, default=64, help="random features M")
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training proteins")
+    p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test proteins")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=out, help=f"output directory (default {out})")
+
+
+def _training_setup(args: argparse.Namespace):
+    from performers.proteins.experiment import ModelSize
+    from performers.training.trainer import TrainingConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    size = ModelSize(args.d_model, args.layers, args.heads, args.d_ff, args.num_features)
+    training = TrainingConfig(
+        task=args.task,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup,
+        eval_every=args.eval_every,
+        checkpoint_every=max(args.eval_every, args.steps // 4),
+        bf16=args.bf16,
+        seed=args.seed,
+    )
+    return size, training
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from performers.proteins.experiment import compare
+
+    size, training = _training_setup(args)
+    start = time.perf_counter()
+    report = compare(
+        out_dir=args.out,
+        size=size,
+        training=training,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+    )
+    print(report)
+    print(
+        f"wrote {args.out}/report.md, report.json, learning_curves.png in {time.perf_counter() - start:.0f}s"
+    )
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from performers.proteins.experiment import run_training
+
+    size, training = _training_setup(args)
+    result = run_training(
+        args.attention,
+        out_dir=args.out,
+        attention=args.attention,
+        kernel=args.kernel,
+        size=size,
+        training=training,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+        resume=args.resume,
+    )
+    print(
+        f"test accuracy {100 * result.test['accuracy']:.2f}%, perplexity {result.test['perplexity']:.2f}, "
+        f"{result.tokens_per_second:,.0f} tokens/s; model saved to {args.out}/final"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="performers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the README's first command: estimator accuracy vs theory")
-    _add_approximation_args(demo)
+    demo = sub.add_parser(
+        "demo", help="the main job: a FAVOR+ protein LM and its exact-softmax twin, trained and compared"
+    )
+    _add_training_args(demo, steps=150, out="runs/demo")
+    demo.set_defaults(func=_demo)
+    train = sub.add_parser("train", help="train a protein language model on the shipped corpus")
+    _add_training_args(train, steps=1000, out="runs/train")
+    train.add_argument("--attention", choices=["favor", "exact"], default="favor")
+    train.add_argument("--kernel", default="softmax", help="FAVOR kernel (registry name)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    train.set_defaults(func=_train)
     bench = sub.add_parser("bench", help="reproducible measurements")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     _add_approximation_args(

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from performers.utils import peak_rss_reset, rss_kib
+
 METHODS = (
     "favor",
     "favor-causal",
@@ -175,13 +177,6 @@ def _inputs(spec: Spec, generator: torch.Generator, requires_grad: bool):
     ]
 
 
-def _status_kib(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{key} not in /proc/self/status")
-
-
 def _floor(spec: Spec, generator: torch.Generator) -> tuple[float, float]:
     """Time of FAVOR+'s primitives at these shapes, run back to back.
 
@@ -257,10 +252,9 @@ def run_point(spec: Spec) -> Point:
     point.first_call_s = time.perf_counter() - start
     forward_backward()
     if spec.measure == "memory":
-        Path("/proc/self/clear_refs").write_text("5")  # reset the peak RSS (VmHWM)
-        base = _status_kib("VmRSS")
+        base = peak_rss_reset()
         forward_backward()
-        point.peak_extra_mib = (_status_kib("VmHWM") - base) / 1024
+        point.peak_extra_mib = (rss_kib("VmHWM") - base) / 1024
         return point
 
     forward()

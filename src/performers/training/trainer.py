@@ -121,6 +121,7 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.position = 0
+        self.tokens_seen = 0  # non-padding tokens trained on by this process
 
     def _lr_factor(self, step: int) -> float:
         c = self.config
@@ -234,6 +235,7 @@ class Trainer:
                 (loss / c.accumulation).backward()
                 loss_sum += loss.item() / c.accumulation
                 tokens += int(batch["attention_mask"].sum())
+                self.tokens_seen += int(batch["attention_mask"].sum())
             nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
             self.optimizer.step()
             self.scheduler.step()

@@ -1,0 +1,52 @@
+import json
+
+from performers.cli import main
+
+TINY = [
+    "--steps",
+    "4",
+    "--batch-size",
+    "4",
+    "--max-length",
+    "32",
+    "--d-model",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--d-ff",
+    "32",
+    "--num-features",
+    "8",
+    "--eval-every",
+    "2",
+    "--train-limit",
+    "64",
+    "--test-limit",
+    "16",
+    "--threads",
+    "1",
+]
+
+
+def test_demo_trains_both_twins_and_writes_the_report(tmp_path, capsys):
+    assert main(["demo", *TINY, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Performer (FAVOR+)" in out and "Transformer (exact)" in out and "empirical baseline" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [r["name"] for r in report["runs"]] == ["Performer (FAVOR+)", "Transformer (exact)"]
+    for run in report["runs"]:
+        assert 0 <= run["test"]["accuracy"] <= 1 and run["tokens_per_second"] > 0
+    assert (tmp_path / "favor" / "final" / "model.safetensors").exists()
+    assert (tmp_path / "favor" / "final" / "tokenizer.json").exists()
+
+
+def test_train_and_resume_from_the_cli(tmp_path, capsys):
+    args = ["train", *TINY, "--task", "clm", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert main([*args, "--steps", "6", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "test accuracy" in out
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
