@@ -8,9 +8,13 @@ Z = 4.5
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _seed_and_restore_threads():
+    # Some code under test sets the thread count (benchmarks, the CLI): restore it, since
+    # results that must match bit for bit across processes depend on it.
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
     yield
+    torch.set_num_threads(threads)
 
 
 def generator(seed: int = 0) -> torch.Generator:

@@ -115,6 +115,8 @@ def test_keep_last_and_atomic_directory(tmp_path):
 
 SCRIPT = """
 import sys
+import torch
+torch.set_num_threads({threads})
 sys.path.insert(0, {tests!r})
 from test_training import run
 run({out!r}, "clm", resume=True, max_steps=40, checkpoint_every=1)
@@ -124,8 +126,9 @@ run({out!r}, "clm", resume=True, max_steps=40, checkpoint_every=1)
 def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path):
     reference, _ = run(tmp_path / "reference", "clm", max_steps=40, checkpoint_every=1)
     out = tmp_path / "killed"
-    code = SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
-    proc = subprocess.Popen([sys.executable, "-c", code])  # same thread count as this process
+    # The same thread count as this process: float reductions depend on it.
+    code = SCRIPT.format(tests=str(Path(__file__).parent), out=str(out), threads=torch.get_num_threads())
+    proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "step-00000005").exists():
         assert proc.poll() is None and time.monotonic() < deadline, "training subprocess ended early"
