@@ -50,3 +50,13 @@ def test_train_and_resume_from_the_cli(tmp_path, capsys):
     assert "test accuracy" in out
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_evaluate_and_generate_a_trained_model(tmp_path, capsys):
+    assert main(["train", *TINY, "--task", "clm", "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path), "--limit", "8", "--max-length", "32", "--attention", "exact"]) == 0
+    assert "test: accuracy" in capsys.readouterr().out
+    assert main(["generate", str(tmp_path), "MKV", "ACDEF", "--max-new-tokens", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("MKV") and lines[1].startswith("ACDEF")

@@ -229,6 +229,63 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_trained(directory: str, **overrides):
+    from pathlib import Path
+
+    from performers.models.io import from_pretrained
+    from performers.proteins.tokenizer import ProteinTokenizer
+
+    path = Path(directory)
+    if (path / "final").is_dir():
+        path = path / "final"
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return from_pretrained(path, **overrides), ProteinTokenizer.load(path / "tokenizer.json")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from performers.models.performer import PerformerForCausalLM
+    from performers.proteins.data import read_split
+    from performers.proteins.experiment import DEFAULT_CORPUS
+    from performers.training.trainer import evaluate_model
+
+    model, tokenizer = _load_trained(args.model, attention=args.attention)
+    task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
+    sequences = read_split(DEFAULT_CORPUS, args.split)[: args.limit]
+    result = evaluate_model(
+        model, tokenizer, sequences, task=task, max_length=args.max_length, batch_size=args.batch_size
+    )
+    print(
+        f"{args.split}: accuracy {100 * result['accuracy']:.2f}%, perplexity {result['perplexity']:.2f} "
+        f"over {result['tokens']} {'masked positions' if task == 'mlm' else 'next tokens'}"
+    )
+    return 0
+
+
+def _generate_proteins(args: argparse.Namespace) -> int:
+    from performers.models.performer import PerformerForCausalLM
+
+    model, tokenizer = _load_trained(args.model)
+    if not isinstance(model, PerformerForCausalLM):
+        raise SystemExit(f"{args.model}: generation needs a causal LM (train with --task clm)")
+    ids, mask = tokenizer.batch_encode(args.prompts, padding_side="left")
+    ids, mask = ids[:, :-1], mask[:, :-1]  # drop <eos>: the model continues the prompt
+    tokens = model.generate(
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        attention_mask=mask,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
+    for row in tokens:
+        print(tokenizer.decode(row))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="performers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -243,6 +300,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--kernel", default="softmax", help="FAVOR kernel (registry name)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     train.set_defaults(func=_train)
+    evaluate = sub.add_parser("evaluate", help="accuracy and perplexity of a trained model on a split")
+    evaluate.add_argument("model", help="directory written by training (its final/ or a save_pretrained dir)")
+    evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test")
+    evaluate.add_argument("--max-length", type=int, default=256)
+    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--limit", type=int, default=None, help="first N proteins of the split")
+    evaluate.add_argument(
+        "--attention", choices=["favor", "exact"], default=None, help="override the backend"
+    )
+    evaluate.set_defaults(func=_evaluate)
+    generate = sub.add_parser("generate", help="continue protein prompts with a trained causal LM")
+    generate.add_argument("model", help="directory of a trained PerformerForCausalLM")
+    generate.add_argument("prompts", nargs="+", help="residue strings, e.g. MKV")
+    generate.add_argument("--max-new-tokens", type=int, default=50)
+    generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=None)
+    generate.add_argument("--top-p", type=float, default=None)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(func=_generate_proteins)
     bench = sub.add_parser("bench", help="reproducible measurements")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     _add_approximation_args(

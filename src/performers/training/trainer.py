@@ -24,7 +24,7 @@ from performers.proteins.data import CausalLMCollator, MaskedLMCollator, Protein
 from performers.proteins.tokenizer import ProteinTokenizer
 from performers.training.checkpoint import latest_checkpoint, save_checkpoint
 
-__all__ = ["Trainer", "TrainingConfig", "masked_accuracy"]
+__all__ = ["Trainer", "TrainingConfig", "evaluate_model", "masked_accuracy"]
 
 
 @dataclass
@@ -180,38 +180,20 @@ class Trainer:
         self.log(f"resumed from {checkpoint.path} at step {self.step}")
         return True
 
-    @torch.no_grad()
     def evaluate(self, sequences: Sequence[str], max_batches: int | None = None) -> dict[str, float]:
-        """Accuracy and perplexity over masked positions (MLM) or all next tokens (CLM).
-
-        Evaluation uses fixed crops and, for MLM, a mask generator seeded the same way every
-        time, so two evaluations of the same model give the same numbers.
-        """
-        was_training = self.model.training
-        self.model.eval()
+        """See :func:`evaluate_model`; uses this run's task, lengths and seed."""
         c = self.config
-        data = ProteinSequences(sequences, self.tokenizer, c.max_length)
-        collate = (
-            CausalLMCollator(self.tokenizer)
-            if c.task == "clm"
-            else MaskedLMCollator(
-                self.tokenizer, c.mask_prob, generator=torch.Generator().manual_seed(c.seed + 3)
-            )
+        return evaluate_model(
+            self.model,
+            self.tokenizer,
+            sequences,
+            task=c.task,
+            max_length=c.max_length,
+            batch_size=c.batch_size,
+            mask_prob=c.mask_prob,
+            seed=c.seed,
+            max_batches=max_batches,
         )
-        correct = counted = 0
-        nll = 0.0
-        batches = range(0, len(data), c.batch_size)
-        for b, start in enumerate(batches):
-            if max_batches is not None and b >= max_batches:
-                break
-            batch = collate([data[i] for i in range(start, min(start + c.batch_size, len(data)))])
-            logits = self.model(batch["input_ids"], batch["attention_mask"]).logits
-            right, n, loss = masked_accuracy(logits, batch["labels"], causal=c.task == "clm")
-            correct, counted, nll = correct + right, counted + n, nll + loss
-        self.model.train(was_training)
-        if counted == 0:
-            raise ValueError("evaluation set produced no labelled position")
-        return {"accuracy": correct / counted, "perplexity": math.exp(nll / counted), "tokens": counted}
 
     def fit(self, *, resume: bool = False, stop_at: int | None = None) -> dict[str, float]:
         """Train until ``config.max_steps`` (or until step ``stop_at``, e.g. to split a run in
@@ -259,3 +241,44 @@ class Trainer:
             if self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
                 self._checkpoint()
         return result
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    tokenizer: ProteinTokenizer,
+    sequences: Sequence[str],
+    *,
+    task: str,
+    max_length: int,
+    batch_size: int = 16,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Accuracy and perplexity over masked positions (``task="mlm"``) or all next tokens (``"clm"``).
+
+    Proteins are cropped at their start to ``max_length`` tokens, and MLM masks come from a
+    generator seeded with ``seed + 3`` every time, so two evaluations of the same model agree.
+    """
+    was_training = model.training
+    model.eval()
+    data = ProteinSequences(sequences, tokenizer, max_length)
+    collate = (
+        CausalLMCollator(tokenizer)
+        if task == "clm"
+        else MaskedLMCollator(tokenizer, mask_prob, generator=torch.Generator().manual_seed(seed + 3))
+    )
+    correct = counted = 0
+    nll = 0.0
+    for b, start in enumerate(range(0, len(data), batch_size)):
+        if max_batches is not None and b >= max_batches:
+            break
+        batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+        logits = model(batch["input_ids"], batch["attention_mask"]).logits
+        right, n, loss = masked_accuracy(logits, batch["labels"], causal=task == "clm")
+        correct, counted, nll = correct + right, counted + n, nll + loss
+    model.train(was_training)
+    if counted == 0:
+        raise ValueError("evaluation set produced no labelled position")
+    return {"accuracy": correct / counted, "perplexity": math.exp(nll / counted), "tokens": counted}
