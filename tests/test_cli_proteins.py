@@ -55,8 +55,34 @@ def test_train_and_resume_from_the_cli(tmp_path, capsys):
 def test_evaluate_and_generate_a_trained_model(tmp_path, capsys):
     assert main(["train", *TINY, "--task", "clm", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
-    assert main(["evaluate", str(tmp_path), "--limit", "8", "--max-length", "32", "--attention", "exact"]) == 0
+    assert (
+        main(["evaluate", str(tmp_path), "--limit", "8", "--max-length", "32", "--attention", "exact"]) == 0
+    )
     assert "test: accuracy" in capsys.readouterr().out
     assert main(["generate", str(tmp_path), "MKV", "ACDEF", "--max-new-tokens", "5"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("MKV") and lines[1].startswith("ACDEF")
+
+
+def test_finetune_secondary_structure_from_pretrained_and_random(tmp_path, capsys):
+    assert main(["demo", *TINY, "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    small = [
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "32",
+        "--train-limit",
+        "16",
+        "--test-limit",
+        "4",
+    ]
+    assert main(["finetune", "--pretrained", str(tmp_path / "favor"), *small]) == 0
+    assert "test Q3" in capsys.readouterr().out
+    assert (
+        main(["finetune", *small, "--d-model", "16", "--layers", "1", "--heads", "2", "--num-features", "8"])
+        == 0
+    )
+    assert "random initialization: test Q3" in capsys.readouterr().out

@@ -286,6 +286,45 @@ def _generate_proteins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from performers.models.config import PerformerConfig
+    from performers.models.performer import PerformerModel
+    from performers.proteins.secondary_structure import finetune
+    from performers.proteins.tokenizer import ProteinTokenizer
+
+    if args.pretrained:
+        model, _ = _load_trained(args.pretrained)
+        encoder = model.model if hasattr(model, "model") else model
+        source = args.pretrained
+    else:
+        torch.manual_seed(args.seed)
+        tokenizer = ProteinTokenizer()
+        config = PerformerConfig(
+            vocab_size=len(tokenizer),
+            d_model=args.d_model,
+            num_layers=args.layers,
+            num_heads=args.heads,
+            d_ff=2 * args.d_model,
+            num_features=args.num_features,
+            max_position_embeddings=args.max_length,
+            pad_token_id=tokenizer.pad_id,
+        )
+        encoder, source = PerformerModel(config), "random initialization"
+    result = finetune(
+        encoder,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        learning_rate=args.lr,
+        freeze_encoder=args.freeze,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+        seed=args.seed,
+    )
+    print(f"secondary structure, encoder from {source}: test Q3 {100 * result['q3']:.2f}%")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="performers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -320,6 +359,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", type=float, default=None)
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(func=_generate_proteins)
+    finetune = sub.add_parser("finetune", help="secondary structure (Q3) with a per-residue head on FLIP")
+    finetune.add_argument("--pretrained", default=None, help="trained model directory (default: random init)")
+    finetune.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
+    finetune.add_argument("--steps", type=int, default=200)
+    finetune.add_argument("--batch-size", type=int, default=16)
+    finetune.add_argument("--max-length", type=int, default=256)
+    finetune.add_argument("--lr", type=float, default=1e-3)
+    finetune.add_argument("--train-limit", type=int, default=None)
+    finetune.add_argument("--test-limit", type=int, default=None)
+    finetune.add_argument("--d-model", type=int, default=128, help="random-init encoder size")
+    finetune.add_argument("--layers", type=int, default=2)
+    finetune.add_argument("--heads", type=int, default=4)
+    finetune.add_argument("--num-features", type=int, default=64)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.set_defaults(func=_finetune)
     bench = sub.add_parser("bench", help="reproducible measurements")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     _add_approximation_args(

@@ -88,6 +88,7 @@ def read_fasta(
     *,
     rare: RareMode = "keep",
     strict: bool = False,
+    alphabet: str | None = None,
 ) -> Iterator[FastaRecord]:
     """Yield the records of a FASTA file (path to plain or gzip text, or an open stream).
 
@@ -95,6 +96,8 @@ def read_fasta(
         source: a path, or a text/binary stream.
         rare: what to do with ``X, B, Z, U, O`` (see the module docstring).
         strict: same as ``rare="reject"``.
+        alphabet: read a FASTA-formatted *label* file instead (e.g. ``"HEC"`` or ``"01"``):
+            exactly these characters are allowed (case kept) and ``rare`` does not apply.
 
     Raises:
         FastaError: sequence data before the first header, an empty header, a record without
@@ -104,7 +107,8 @@ def read_fasta(
         raise ValueError(f"rare must be 'keep', 'map' or 'reject', got {rare!r}")
     if strict:
         rare = "reject"
-    allowed = set(STANDARD_RESIDUES) | set(RARE_RESIDUES)
+    labels = alphabet is not None
+    allowed = set(alphabet) if labels else set(STANDARD_RESIDUES) | set(RARE_RESIDUES)
     stream, name, owned = _open_text(source)
     try:
         header: str | None = None
@@ -127,8 +131,10 @@ def read_fasta(
                 continue
             if header is None:
                 raise FastaError(f"{name}:{number}: sequence data before the first '>' header")
-            residues = "".join(line.split()).upper()
-            if residues.endswith("*"):
+            residues = "".join(line.split())
+            if not labels:
+                residues = residues.upper()
+            if residues.endswith("*") and not labels:
                 residues = residues[:-1]
             for column, char in enumerate(residues, start=1):
                 if char not in allowed:
@@ -136,12 +142,12 @@ def read_fasta(
                     raise FastaError(
                         f"{name}:{number}: {what} in record {header.split()[0]!r} (column {column})"
                     )
-                if char in RARE_RESIDUES and rare == "reject":
+                if not labels and char in RARE_RESIDUES and rare == "reject":
                     raise FastaError(
                         f"{name}:{number}: rare residue {char!r} in record {header.split()[0]!r} "
                         f"(column {column}) rejected in strict mode"
                     )
-            if rare == "map":
+            if rare == "map" and not labels:
                 residues = "".join(RARE_RESIDUE_MAP.get(c, c) for c in residues)
             parts.append(residues)
         if header is not None:
