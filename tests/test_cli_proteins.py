@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from performers.cli import main
 
 TINY = [
@@ -86,3 +88,15 @@ def test_finetune_secondary_structure_from_pretrained_and_random(tmp_path, capsy
         == 0
     )
     assert "random initialization: test Q3" in capsys.readouterr().out
+
+
+def test_config_file_sets_options_and_the_command_line_wins(tmp_path, capsys):
+    config = tmp_path / "run.json"
+    config.write_text(json.dumps({"steps": 2, "d_model": 16, "task": "clm", "out": str(tmp_path / "a")}))
+    assert main(["train", *TINY, "--config", str(config)]) == 0  # TINY says --steps 4 and --d-model 16
+    steps = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    config.write_text(json.dumps({"stepz": 2}))
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(config)])
+    assert "unknown option(s) stepz" in capsys.readouterr().err

@@ -164,6 +164,12 @@ def _add_training_args(p: argparse.ArgumentParser, *, steps: int, out: str) -> N
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=out, help=f"output directory (default {out})")
+    p.add_argument(
+        "--config",
+        default=None,
+        help='JSON file of option values (keys as the long options, e.g. {"d_model": 256}); '
+        "options given on the command line win",
+    )
 
 
 def _training_setup(args: argparse.Namespace):
@@ -398,9 +404,33 @@ def main(argv: list[str] | None = None) -> int:
         from performers.bench.speed import main as speed_main
 
         return speed_main(argv[2:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        args = _with_config_file(parser, argv, args)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return args.func(args)
+
+
+def _with_config_file(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace):
+    """Re-parse with the config file's values as defaults, so explicit options still win."""
+    import json
+    from pathlib import Path
+
+    path = Path(args.config)
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        parser.error(f"--config {path}: cannot read a JSON object ({error})")
+    if not isinstance(values, dict):
+        parser.error(f"--config {path}: expected a JSON object of option values")
+    values = {key.replace("-", "_"): value for key, value in values.items()}
+    unknown = sorted(set(values) - set(vars(args)))
+    if unknown:
+        parser.error(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    subparsers.choices[args.command].set_defaults(**values)
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
