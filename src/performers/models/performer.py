@@ -392,14 +392,18 @@ class PerformerModel(PerformerPreTrainedModel):
         return PerformerModelOutput(hidden, new_cache)
 
 
-class PerformerForMaskedLM(PerformerPreTrainedModel):
-    """Bidirectional Performer encoder with a masked-language-model head."""
+class _PerformerWithLMHead(PerformerPreTrainedModel):
+    """A :class:`PerformerModel` (``self.model``) followed by a language-model head."""
 
     def __init__(self, config: PerformerConfig) -> None:
         super().__init__(config)
         self.model = PerformerModel(config)
         self.lm_head = LMHead(config.d_model, config.vocab_size, tied=config.tie_embeddings, bias=config.bias)
         self.post_init()
+
+
+class PerformerForMaskedLM(_PerformerWithLMHead):
+    """Bidirectional Performer encoder with a masked-language-model head."""
 
     def forward(
         self,
@@ -423,14 +427,8 @@ class PerformerForMaskedLM(PerformerPreTrainedModel):
         return MaskedLMOutput(logits=logits, loss=loss, hidden_states=hidden)
 
 
-class PerformerForCausalLM(PerformerPreTrainedModel):
+class PerformerForCausalLM(_PerformerWithLMHead):
     """Causal Performer decoder with a language-model head; see :meth:`generate`."""
-
-    def __init__(self, config: PerformerConfig) -> None:
-        super().__init__(config)
-        self.model = PerformerModel(config)
-        self.lm_head = LMHead(config.d_model, config.vocab_size, tied=config.tie_embeddings, bias=config.bias)
-        self.post_init()
 
     def forward(
         self,
