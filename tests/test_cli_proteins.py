@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,44 @@ def test_config_file_sets_options_and_the_command_line_wins(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--config", str(config)])
     assert "unknown option(s) stepz" in capsys.readouterr().err
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+
+    from performers.models.io import load_safetensors
+
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    args = [*TINY, "--task", "mlm", "--dropout", "0", "--threads", "1"]
+    env_python = [sys.executable, "-m", "performers", "train"]
+    single = subprocess.run(
+        [*env_python, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "performers",
+            "train",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-2000:]
+    one, _ = load_safetensors(tmp_path / "one" / "final" / "model.safetensors")
+    two, _ = load_safetensors(tmp_path / "two" / "final" / "model.safetensors")
+    assert one.keys() == two.keys()
+    for name in one:
+        # Same global batches, crops and masks; only the order of float sums differs.
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 4  # rank 0 logs once per step

@@ -157,6 +157,7 @@ def _add_training_args(p: argparse.ArgumentParser, *, steps: int, out: str) -> N
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--d-ff", type=int, default=256)
     p.add_argument("--num-features", type=int, default=64, help="random features M")
+    p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training proteins")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test proteins")
@@ -178,7 +179,7 @@ def _training_setup(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = ModelSize(args.d_model, args.layers, args.heads, args.d_ff, args.num_features)
+    size = ModelSize(args.d_model, args.layers, args.heads, args.d_ff, args.num_features, args.dropout)
     training = TrainingConfig(
         task=args.task,
         max_steps=args.steps,
@@ -214,20 +215,35 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    """Train; under ``torchrun --nproc_per_node=N -m performers train ...`` every process runs
+    this with its share of each batch (gloo on CPU, nccl on GPU)."""
+    import os
+
+    import torch.distributed as dist
+
     from performers.proteins.experiment import run_training
 
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     size, training = _training_setup(args)
-    result = run_training(
-        args.attention,
-        out_dir=args.out,
-        attention=args.attention,
-        kernel=args.kernel,
-        size=size,
-        training=training,
-        train_limit=args.train_limit,
-        test_limit=args.test_limit,
-        resume=args.resume,
-    )
+    try:
+        result = run_training(
+            args.attention,
+            out_dir=args.out,
+            attention=args.attention,
+            kernel=args.kernel,
+            size=size,
+            training=training,
+            train_limit=args.train_limit,
+            test_limit=args.test_limit,
+            resume=args.resume,
+        )
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+    if not result.test:  # a rank other than 0
+        return 0
     print(
         f"test accuracy {100 * result.test['accuracy']:.2f}%, perplexity {result.test['perplexity']:.2f}, "
         f"{result.tokens_per_second:,.0f} tokens/s; model saved to {args.out}/final"

@@ -26,6 +26,7 @@ __all__ = [
     "MaskedLMCollator",
     "ProteinSequences",
     "UnigramBaseline",
+    "pad_batch",
     "read_split",
     "split_of",
 ]
@@ -81,12 +82,16 @@ class ProteinSequences(Dataset):
         return len(self.sequences)
 
     def __getitem__(self, index: int) -> Tensor:
+        return self.get(index, self.generator)
+
+    def get(self, index: int, generator: torch.Generator | None) -> Tensor:
+        """Item ``index``, cropping (when ``random_crop``) with the given generator."""
         sequence = self.sequences[index]
         room = self.max_length - 2
         if len(sequence) > room:
             start = 0
             if self.random_crop:
-                start = int(torch.randint(0, len(sequence) - room + 1, (1,), generator=self.generator))
+                start = int(torch.randint(0, len(sequence) - room + 1, (1,), generator=generator))
             sequence = sequence[start : start + room]
         return torch.tensor(self.tokenizer.encode(sequence), dtype=torch.long)
 
@@ -110,6 +115,18 @@ class ConcatenatedWindows(Dataset):
 
     def __getitem__(self, index: int) -> Tensor:
         return self.windows[index]
+
+
+def pad_batch(parts: Sequence[dict[str, Tensor]], pad_id: int) -> dict[str, Tensor]:
+    """Stack collated single-item batches ``(1, L_i)`` into one ``(B, max L_i)`` batch."""
+    length = max(p["input_ids"].shape[1] for p in parts)
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+    out = {}
+    for key, value in fill.items():
+        out[key] = torch.full((len(parts), length), value, dtype=torch.long)
+        for row, p in enumerate(parts):
+            out[key][row, : p[key].shape[1]] = p[key][0]
+    return out
 
 
 def _pad(batch: Sequence[Tensor], pad_id: int) -> tuple[Tensor, Tensor]:

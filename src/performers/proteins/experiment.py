@@ -37,6 +37,7 @@ class ModelSize:
     num_heads: int = 4
     d_ff: int = 256
     num_features: int = 64
+    dropout: float = 0.1
 
 
 @dataclass
@@ -62,6 +63,7 @@ def _build_model(task: str, attention: str, kernel: str, size: ModelSize, max_le
         max_position_embeddings=max_length,
         attention=attention,
         kernel=kernel,
+        dropout=size.dropout,
         pad_token_id=tokenizer.pad_id,
         seed=seed,
     )
@@ -102,6 +104,8 @@ def run_training(
     trainer.fit(resume=resume)
     seconds = time.perf_counter() - start
     peak = (rss_kib("VmHWM") - base) / 1024
+    if trainer.rank != 0:  # under torchrun, rank 0 evaluates and saves
+        return RunResult(name, {}, seconds, trainer.tokens_seen / seconds, peak, 0)
     test_metrics = trainer.evaluate(test)
     model.save_pretrained(out_dir / "final")
     tokenizer.save(out_dir / "final" / "tokenizer.json")

@@ -18,9 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
-from performers.proteins.data import CausalLMCollator, MaskedLMCollator, ProteinSequences
+from performers.layers.favor import projection_seed
+from performers.proteins.data import CausalLMCollator, MaskedLMCollator, ProteinSequences, pad_batch
 from performers.proteins.tokenizer import ProteinTokenizer
 from performers.training.checkpoint import latest_checkpoint, save_checkpoint
 
@@ -93,18 +96,20 @@ class Trainer:
     ) -> None:
         self.model, self.tokenizer, self.config, self.log = model, tokenizer, config, log
         self.out_dir = Path(out_dir)
-        self.crop_generator = torch.Generator().manual_seed(config.seed + 1)
-        self.mask_generator = torch.Generator().manual_seed(config.seed + 2)
-        self.train_data = ProteinSequences(
-            train_sequences, tokenizer, config.max_length, random_crop=True, generator=self.crop_generator
+        # Multi-process (torchrun): every rank sees the same global batch order and takes its
+        # share of each batch; projections agree without communication (seeded redraws).
+        distributed = dist.is_available() and dist.is_initialized()
+        self.world = dist.get_world_size() if distributed else 1
+        self.rank = dist.get_rank() if distributed else 0
+        if config.batch_size % self.world:
+            raise ValueError(
+                f"batch_size {config.batch_size} (global) must be divisible by {self.world} processes"
+            )
+        self.train_model = (
+            DistributedDataParallel(model, broadcast_buffers=False) if self.world > 1 else model
         )
+        self.train_data = ProteinSequences(train_sequences, tokenizer, config.max_length, random_crop=True)
         self.valid_sequences = list(valid_sequences)
-        causal = config.task == "clm"
-        self.collate = (
-            CausalLMCollator(tokenizer)
-            if causal
-            else MaskedLMCollator(tokenizer, config.mask_prob, generator=self.mask_generator)
-        )
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
@@ -137,14 +142,54 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.train_data), generator=generator)
 
+    def _item_generator(self, purpose: int, slot: int) -> torch.Generator:
+        # Crops and masks of the item in batch slot `slot` of the current epoch are a pure
+        # function of (seed, epoch, slot): independent of how a batch is split over processes,
+        # and nothing to store in a checkpoint.
+        return torch.Generator().manual_seed(
+            projection_seed(self.config.seed, 2 * self.epoch + purpose, slot)
+        )
+
     def _next_batch(self) -> dict[str, Tensor]:
+        """This process's share of the next global batch, collated."""
+        c = self.config
         order = self._order(self.epoch)
-        if self.position + self.config.batch_size > len(order):
+        if self.position + c.batch_size > len(order):
             self.epoch, self.position = self.epoch + 1, 0
             order = self._order(self.epoch)
-        indices = order[self.position : self.position + self.config.batch_size].tolist()
-        self.position += self.config.batch_size
-        return self.collate([self.train_data[i] for i in indices])
+        parts = []
+        for slot in range(self.position + self.rank, self.position + c.batch_size, self.world):
+            item = self.train_data.get(int(order[slot]), self._item_generator(0, slot))
+            if c.task == "clm":
+                parts.append(CausalLMCollator(self.tokenizer)([item]))
+            else:
+                collate = MaskedLMCollator(
+                    self.tokenizer, c.mask_prob, generator=self._item_generator(1, slot)
+                )
+                parts.append(collate([item]))
+        self.position += c.batch_size
+        return pad_batch(parts, self.tokenizer.pad_id)
+
+    def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
+        """Loss to back-propagate, and the global mean loss (for logging).
+
+        The token-level cross-entropy sum of this process's share is divided by the number of
+        labelled tokens in the *global* batch (and multiplied by the process count, which
+        DistributedDataParallel divides the summed gradients by): every process count gives
+        the gradient of the same global mean.
+        """
+        logits = self.train_model(batch["input_ids"], batch["attention_mask"]).logits
+        labels = batch["labels"]
+        if self.config.task == "clm":
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        total = nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+        )
+        stats = torch.tensor([float((labels != -100).sum()), total.item()])
+        if self.world > 1:
+            dist.all_reduce(stats)
+        count = max(stats[0].item(), 1.0)
+        return total * (self.world / count), stats[1].item() / count
 
     def _checkpoint(self) -> None:
         save_checkpoint(
@@ -153,7 +198,6 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            generators={"crop": self.crop_generator, "mask": self.mask_generator},
             state={"epoch": self.epoch, "position": self.position, "config": asdict(self.config)},
             keep_last=self.config.keep_last,
         )
@@ -167,8 +211,6 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.scheduler.load_state_dict(checkpoint.scheduler)
         torch.set_rng_state(checkpoint.torch_rng)
-        self.crop_generator.set_state(checkpoint.generators["crop"])
-        self.mask_generator.set_state(checkpoint.generators["mask"])
         self.step = checkpoint.step
         self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
         # Metrics written after this checkpoint by the interrupted run are dropped.
@@ -211,11 +253,9 @@ class Trainer:
             for _ in range(c.accumulation):
                 batch = self._next_batch()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
-                    loss = self.model(
-                        batch["input_ids"], batch["attention_mask"], labels=batch["labels"]
-                    ).loss
+                    loss, mean_loss = self._loss(batch)
                 (loss / c.accumulation).backward()
-                loss_sum += loss.item() / c.accumulation
+                loss_sum += mean_loss / c.accumulation
                 tokens += int(batch["attention_mask"].sum())
                 self.tokens_seen += int(batch["attention_mask"].sum())
             nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
@@ -225,6 +265,8 @@ class Trainer:
             if self.redrawer is not None:
                 self.redrawer.step()
             self.step += 1
+            if self.rank != 0:  # evaluation, metrics, logs and checkpoints: rank 0 only
+                continue
             record = {"step": self.step, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0]}
             if self.step % c.eval_every == 0 or self.step == c.max_steps:
                 result = self.evaluate(self.valid_sequences, c.eval_batches)
