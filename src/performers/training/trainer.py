@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from performers.layers.favor import projection_seed
 from performers.proteins.data import CausalLMCollator, MaskedLMCollator, ProteinSequences, pad_batch
@@ -247,6 +249,14 @@ class Trainer:
         metrics_path = self.out_dir / "metrics.jsonl"
         self.model.train()
         start, tokens = time.perf_counter(), 0
+        # A live bar on a terminal (rank 0); log lines otherwise (files, CI, other ranks).
+        bar = tqdm(
+            total=c.max_steps,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=self.rank != 0 or not sys.stderr.isatty(),
+        )
         result: dict[str, float] = {}
         while self.step < min(c.max_steps, stop_at or c.max_steps):
             loss_sum = 0.0
@@ -273,15 +283,18 @@ class Trainer:
                 record.update({f"valid_{k}": v for k, v in result.items()})
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
-            if self.step % c.log_every == 0 or self.step == c.max_steps:
-                elapsed = time.perf_counter() - start
-                rate = tokens / max(elapsed, 1e-9)
+            elapsed = time.perf_counter() - start
+            rate = tokens / max(elapsed, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{rate:.0f}")
+            if bar.disable and (self.step % c.log_every == 0 or self.step == c.max_steps):
                 eta = (c.max_steps - self.step) * elapsed / max(1, self.step)
                 self.log(
                     f"step {self.step}/{c.max_steps} loss {loss_sum:.4f} {rate:.0f} tok/s ETA {eta:.0f}s"
                 )
             if self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
                 self._checkpoint()
+        bar.close()
         return result
 
 
