@@ -29,6 +29,7 @@ __all__ = [
     "FavorState",
     "causal_linear_attention",
     "causal_linear_attention_step",
+    "chunk_rescale_factors",
     "guarded_divide",
     "safe_reciprocal",
 ]
@@ -119,6 +120,34 @@ def _empty_state_like(q_features: Tensor, k_features: Tensor, values: Tensor) ->
     return k_features.new_zeros(b, h, k_features.shape[-1], values.shape[-1] + 1)
 
 
+def chunk_rescale_factors(
+    chunk_offsets: Tensor, state_offset: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rescaling factors of the chunked algorithm with key offsets, all ``≤ 1``.
+
+    Args:
+        chunk_offsets: ``(B, H, N, C)`` key offsets ``m_j`` (non-decreasing along positions).
+        state_offset: ``(B, H)`` offset of the state entering the first chunk.
+
+    Returns:
+        ``within`` ``(B, H, N, C, C)``: ``exp(m_j - m_i)`` for key ``j ≤ i`` in a chunk, 0 above
+        the diagonal; ``to_end`` ``(B, H, N, C, 1)``: key ``j`` in units of its chunk's last
+        offset; ``decay`` ``(B, H, N)``: the incoming state of each chunk to that offset;
+        ``to_query`` ``(B, H, N, C, 1)``: the incoming state to query ``i``'s offset. Exponents are
+        clamped at 0: leading padded keys carry a placeholder offset and zero features.
+    """
+    c = chunk_offsets.shape[-1]
+    causal_mask = torch.ones(c, c, dtype=torch.bool, device=chunk_offsets.device).tril()
+    diff = chunk_offsets.unsqueeze(-2) - chunk_offsets.unsqueeze(-1)
+    within = torch.exp(diff.clamp_max(0.0)).mul_(causal_mask)
+    chunk_end = chunk_offsets[..., -1]
+    before = torch.cat([state_offset.unsqueeze(-1), chunk_end[..., :-1]], dim=-1)
+    to_end = torch.exp((chunk_offsets - chunk_end.unsqueeze(-1)).clamp_max(0.0)).unsqueeze(-1)
+    decay = torch.exp((before - chunk_end).clamp_max(0.0))
+    to_query = torch.exp((before.unsqueeze(-1) - chunk_offsets).clamp_max(0.0)).unsqueeze(-1)
+    return within, to_end, decay, to_query
+
+
 def _chunked(
     q_features: Tensor,
     k_features: Tensor,
@@ -148,24 +177,16 @@ def _chunked(
         return (inter + torch.matmul(scores, vc)).reshape(b, h, length, e), final, None
 
     oc = offsets.reshape(b, h, n, chunk)
-    # Row i reads key j <= i scaled by exp(m_j - m_i) <= 1 (clamped: leading padded keys may
-    # carry a placeholder offset, and their features are zero anyway).
-    rescale = torch.exp((oc.unsqueeze(-2) - oc.unsqueeze(-1)).clamp_max(0.0))
-    scores = torch.tril(scores * rescale)
-
-    chunk_end = oc[..., -1]  # (B, H, N), offset each chunk summary is expressed in
-    before = torch.cat([state_offset.unsqueeze(-1), chunk_end[..., :-1]], dim=-1)  # state offsets
-    # Summary of chunk c in units of exp(chunk_end_c): fold exp(m_j - end_c) into the values.
-    to_end = torch.exp((oc - chunk_end.unsqueeze(-1)).clamp_max(0.0)).unsqueeze(-1)
+    within, to_end, decay, to_query = chunk_rescale_factors(oc, state_offset)
+    # Row i reads key j <= i scaled by exp(m_j - m_i); chunk summaries are in units of
+    # exp(m_end) of their chunk (the factor folded into the values).
+    scores = scores * within
     summaries = torch.matmul(kc.transpose(-2, -1), vc * to_end)  # (B, H, N, M, E)
-    decay = torch.exp((before - chunk_end).clamp_max(0.0))  # (B, H, N)
-
     prefix_states, running = decayed_prefix_scan(summaries, decay, state)  # offsets `before`
 
-    to_query = torch.exp((before.unsqueeze(-1) - oc).clamp_max(0.0)).unsqueeze(-1)
     inter = torch.matmul(qc, prefix_states) * to_query
     out = inter + torch.matmul(scores, vc)
-    return out.reshape(b, h, length, e), running, chunk_end[..., -1]
+    return out.reshape(b, h, length, e), running, oc[..., -1, -1]
 
 
 def causal_linear_attention(

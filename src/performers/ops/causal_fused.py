@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from performers.ops.causal import safe_reciprocal
+from performers.ops.causal import chunk_rescale_factors, safe_reciprocal
 from performers.ops.features import exp_key_log_features, exp_query_features, outer_sum
 
 __all__ = ["fused_causal_exp_attention"]
@@ -36,19 +36,6 @@ SEGMENT_CHUNKS = 16
 
 def _with_ones(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
-
-
-def _segment_factors(offs: Tensor, chunk: int, state_offset: Tensor, causal_mask: Tensor):
-    """Rescaling factors (all ``≤ 1``) for a segment of whole chunks; ``offs``: ``(B, H, n·C)``."""
-    b, h, length = offs.shape
-    oc = offs.reshape(b, h, length // chunk, chunk)
-    within = torch.exp((oc.unsqueeze(-2) - oc.unsqueeze(-1)).clamp_max(0.0)).mul_(causal_mask)
-    chunk_end = oc[..., -1]
-    before = torch.cat([state_offset.unsqueeze(-1), chunk_end[..., :-1]], dim=-1)
-    to_end = torch.exp((oc - chunk_end.unsqueeze(-1)).clamp_max(0.0)).unsqueeze(-1)
-    decay = torch.exp((before - chunk_end).clamp_max(0.0))
-    to_query = torch.exp((before.unsqueeze(-1) - oc).clamp_max(0.0)).unsqueeze(-1)
-    return within, to_end, decay, to_query
 
 
 def _split(t: Tensor, chunk: int) -> Tensor:
@@ -91,7 +78,6 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         state = q.new_zeros(b, h, m, e)
         running = q.new_full((b, h, 1), -math.inf)
         state_offset = None
-        causal_mask = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
         for lo in range(0, padded, span):
             hi = min(lo + span, padded)
             pad_s = None if pad is None else pad[:, :, lo:hi]
@@ -110,7 +96,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 k_feat.masked_fill_(pad_s, 0.0)
             q_feat = exp_query_features(q[:, :, lo:hi], scaled_rows)
             v_aug = _with_ones(v[:, :, lo:hi])
-            within, to_end, decay, to_query = _segment_factors(offs, chunk, state_offset, causal_mask)
+            within, to_end, decay, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
             qc, kc, vc = _split(q_feat, chunk), _split(k_feat, chunk), _split(v_aug, chunk)
             scores = torch.matmul(qc, kc.transpose(-2, -1)).mul_(within)
             if keep:
@@ -148,7 +134,6 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         grad_k = k.new_empty(k.shape) if need_k else None
         grad_v = v.new_empty(v.shape) if need_v else None
         grad_rows = torch.zeros_like(rows) if need_rows else None
-        causal_mask = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
         adjoint = torch.zeros_like(states[0, :, :, 0])  # ∂L/∂(state after the current segment)
         span = chunk * segment
         for lo in reversed(range(0, padded, span)):
@@ -161,7 +146,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 k_feat.masked_fill_(pad[:, :, lo:hi], 0.0)
             q_feat = exp_query_features(qb, scaled_rows)
             v_aug = _with_ones(v[:, :, lo:hi])
-            within, to_end, decay, to_query = _segment_factors(offs, chunk, state_offset, causal_mask)
+            within, to_end, decay, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
             g = grad_out[:, :, lo:hi]
             inv = inverse[:, :, lo:hi]
             # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (0 where the guard was active).
