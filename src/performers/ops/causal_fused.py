@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from performers.ops.causal import chunk_rescale_factors, safe_reciprocal
-from performers.ops.features import exp_key_log_features, exp_query_features, outer_sum
+from performers.ops.features import exp_key_log_features, exp_query_features, key_offsets, outer_sum
 
 __all__ = ["fused_causal_exp_attention"]
 
@@ -76,18 +76,15 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         inverse = q.new_empty(b, h, padded, 1)
         out = q.new_empty(b, h, padded, e - 1)
         state = q.new_zeros(b, h, m, e)
-        running = q.new_full((b, h, 1), -math.inf)
+        running = q.new_full((b, h), -math.inf)
         state_offset = None
         for lo in range(0, padded, span):
             hi = min(lo + span, padded)
             pad_s = None if pad is None else pad[:, :, lo:hi]
             log_k = exp_key_log_features(k[:, :, lo:hi], scaled_rows, scale_sq)
-            per_position = log_k.amax(dim=-1)
-            if pad_s is not None:
-                per_position = per_position.masked_fill(pad_s[..., 0], -math.inf)
-            run = torch.cummax(torch.cat([running, per_position], dim=-1), dim=-1).values[..., 1:]
-            running = run[..., -1:]
-            offs = torch.where(torch.isfinite(run), run, torch.zeros_like(run))
+            offs, running = key_offsets(
+                log_k, causal=True, pad=None if pad_s is None else pad_s[..., 0], start=running
+            )
             offsets[:, :, lo:hi] = offs
             if state_offset is None:
                 state_offset = offs[..., 0]

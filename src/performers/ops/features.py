@@ -55,6 +55,7 @@ __all__ = [
     "generalized_features",
     "get_kernel",
     "hyperbolic_softmax_features",
+    "key_offsets",
     "positive_softmax_features",
     "register_kernel",
     "stabilize_keys",
@@ -248,6 +249,32 @@ def stabilize_queries(features: FeatureMapOutput) -> Tensor:
     return magnitude if features.linear is None else features.linear * magnitude
 
 
+def key_offsets(
+    log: Tensor, *, causal: bool, pad: Tensor | None = None, start: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Key stabilizer offsets from key log-features ``log`` ``(B, H, L, M')`` (detached inside).
+
+    Bidirectional: the maximum over all non-padded keys and features. Causal: the running
+    maximum over positions ``≤ j``, starting from ``start`` ``(B, H)`` (the offset of a state
+    that precedes these keys, or ``-inf``). ``pad``: ``(B, 1, L)`` bool, True = padded key.
+
+    Returns ``(offsets (B, H, L), last)``: positions that have seen no key yet get the
+    placeholder 0 (their features are zero anyway); ``last`` ``(B, H)`` is the raw running
+    maximum after the last position (``-inf`` if none), to continue from.
+    """
+    per_position = log.detach().amax(dim=-1)
+    if pad is not None:
+        per_position = per_position.masked_fill(pad, -math.inf)
+    if causal:
+        offsets = torch.cummax(per_position, dim=-1).values
+        if start is not None:
+            offsets = torch.maximum(offsets, start[..., None])
+    else:
+        offsets = per_position.amax(dim=-1, keepdim=True).expand_as(per_position)
+    last = offsets[..., -1]
+    return torch.where(torch.isfinite(offsets), offsets, torch.zeros_like(offsets)), last
+
+
 def stabilize_keys(
     features: FeatureMapOutput,
     *,
@@ -279,18 +306,7 @@ def stabilize_keys(
         return linear, None
 
     log = features.log
-    per_position = log.detach().amax(dim=-1)
-    if pad is not None:
-        per_position = per_position.masked_fill(pad, -math.inf)
-    if causal:
-        offsets = torch.cummax(per_position, dim=-1).values
-        if initial_offset is not None:
-            offsets = torch.maximum(offsets, initial_offset[..., None])
-    else:
-        offsets = per_position.amax(dim=-1, keepdim=True).expand_as(per_position)
-    # Positions with no (non-padded) key yet have no maximum; any finite value works there
-    # because those keys are zeroed below.
-    offsets = torch.where(torch.isfinite(offsets), offsets, torch.zeros_like(offsets))
+    offsets, _ = key_offsets(log, causal=causal, pad=pad, start=initial_offset)
     shifted = log - offsets[..., None]
     if pad is not None:
         shifted = shifted.masked_fill(pad[..., None], -math.inf)
@@ -377,16 +393,8 @@ def stabilized_exp_features(
     pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
 
     def key_shift(log: Tensor) -> tuple[Tensor, Tensor]:
-        per_position = log.amax(dim=-1)
-        if pad is not None:
-            per_position = per_position.masked_fill(pad[..., 0], -math.inf)
-        if causal:
-            offsets = torch.cummax(per_position, dim=-1).values
-            if initial_offset is not None:
-                offsets = torch.maximum(offsets, initial_offset[..., None] + log_const)
-        else:
-            offsets = per_position.amax(dim=-1, keepdim=True).expand_as(per_position)
-        offsets = torch.where(torch.isfinite(offsets), offsets, torch.zeros_like(offsets))
+        start = None if initial_offset is None else initial_offset + log_const
+        offsets, _ = key_offsets(log, causal=causal, pad=None if pad is None else pad[..., 0], start=start)
         # Callers see offsets of the map including its constant c.
         return offsets.unsqueeze(-1), offsets - log_const
 
