@@ -148,7 +148,6 @@ class Kernel:
         requires_projection: the map needs a ``(M, D)`` projection (otherwise it is optional).
         nonnegative: every feature is ``>= 0`` (so the attention denominator is positive).
         features_per_row: ``M'/M`` (2 for the hyperbolic and trigonometric maps).
-        estimates_softmax: ``φ(x)ᵀφ(y)`` is an unbiased estimate of ``exp(xᵀy)``.
         exp_rows: for maps of the form ``φ(x) = exp(Px - ‖x‖²/2 - c)``, a function
             ``W -> (P, c)``; attention then uses the fused :func:`stabilized_exp_features`.
     """
@@ -158,7 +157,6 @@ class Kernel:
     requires_projection: bool
     nonnegative: bool
     features_per_row: int = 1
-    estimates_softmax: bool = False
     exp_rows: Callable[[Tensor], tuple[Tensor, float]] | None = None
 
     def __call__(self, x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
@@ -196,9 +194,9 @@ def _hyperbolic_rows(w: Tensor) -> tuple[Tensor, float]:
 
 
 for _kernel in (
-    Kernel("softmax", positive_softmax_features, True, True, 1, True, _positive_rows),
-    Kernel("softmax-hyperbolic", hyperbolic_softmax_features, True, True, 2, True, _hyperbolic_rows),
-    Kernel("trig", trigonometric_softmax_features, True, False, 2, True),
+    Kernel("softmax", positive_softmax_features, True, True, 1, _positive_rows),
+    Kernel("softmax-hyperbolic", hyperbolic_softmax_features, True, True, 2, _hyperbolic_rows),
+    Kernel("trig", trigonometric_softmax_features, True, False, 2),
     Kernel("relu", lambda x, w: generalized_features(x, w, f=F.relu), False, True),
     Kernel("elu", lambda x, w: generalized_features(x, w, f=_elu_plus_one), False, True),
     Kernel("abs", lambda x, w: generalized_features(x, w, f=torch.abs), False, True),
