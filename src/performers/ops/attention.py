@@ -128,8 +128,10 @@ def _features(
     causal: bool,
     key_padding_mask: Tensor | None,
     initial_offset: Tensor | None,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Stabilized query and key features and key offsets (see ``features.stabilize_keys``)."""
+    params: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Stabilized query and key features, key offsets (see ``features.stabilize_keys``) and the
+    map's data-dependent parameters (``params`` if given, else computed from ``q`` and ``k``)."""
     w = None if projection is None else projection.to(q.dtype)
     if kernel.exp_rows is not None and w is not None:
         rows, log_const = kernel.exp_rows(w)
@@ -144,15 +146,30 @@ def _features(
             key_padding_mask=key_padding_mask,
             initial_offset=initial_offset,
         )
-        return q_features, k_features, offsets
-    q_features = stabilize_queries(kernel(q * input_scale, w))
+        return q_features, k_features, offsets, None
+    q_scaled, k_scaled = q * input_scale, k * input_scale
+    if kernel.parameters is not None and params is None:
+        params = kernel.parameters(q_scaled, k_scaled, causal=causal, key_padding_mask=key_padding_mask)
+    q_features = stabilize_queries(kernel(q_scaled, w, params))
     k_features, offsets = stabilize_keys(
-        kernel(k * input_scale, w),
+        kernel(k_scaled, w, params),
         causal=causal,
         key_padding_mask=key_padding_mask,
         initial_offset=initial_offset,
     )
-    return q_features, k_features, offsets
+    return q_features, k_features, offsets, params
+
+
+def _state_params(kernel: Kernel, state: FavorState | None, dtype: torch.dtype) -> Tensor | None:
+    """The fixed parameters a causal continuation must reuse (FAVOR++'s ``A``), from its state."""
+    if state is None or kernel.parameters is None:
+        return None
+    if state.kernel_params is None:
+        raise ValueError(
+            f"kernel {kernel.name!r} continues a causal sequence with the parameters stored in its "
+            "state, but this state has none (kernel_params is None): it was built by another kernel"
+        )
+    return state.kernel_params.to(dtype)
 
 
 def _bidirectional(q_features: Tensor, k_features: Tensor, values: Tensor, eps: float | None) -> Tensor:
@@ -237,7 +254,12 @@ def favor_attention(
             may be None only for generalized kernels, which then use ``f(x)`` directly.
         causal: unidirectional attention (query ``i`` sees keys ``j ≤ i``); needs ``Lq == Lk``.
         kernel: a registry name (``"softmax"``, ``"softmax-hyperbolic"``, ``"trig"``,
-            ``"relu"``, ``"elu"``, ``"abs"``, ``"exp"``), a :class:`Kernel`, or a callable ``f``.
+            ``"favor++"``, ``"relu"``, ``"elu"``, ``"abs"``, ``"exp"``, the Gaussian-kernel
+            ``"gaussian"``, ``"gaussian-hyperbolic"``, ``"gaussian-trig"``,
+            ``"gaussian-favor++"``), a :class:`Kernel`, or a callable ``f``. ``"favor++"``
+            computes its parameter ``A`` per (batch, head) from ``q`` and ``k`` (causal: from
+            the first non-padded position, kept in the returned state; see
+            :mod:`performers.ops.features`) and takes the generic (non-fused) paths.
         scale: the softmax temperature of ``exp(scale·qᵀk)``, default ``1/√D``; ``q`` and ``k``
             are multiplied by ``√scale`` before the feature map.
         key_padding_mask: ``(B, Lk)`` bool, True marks a padded key (as in
@@ -299,7 +321,7 @@ def favor_attention(
             if return_state:
                 return out.to(out_dtype), FavorState(final[..., :-1], final[..., -1], final_offset)
             return out.to(out_dtype)
-        q_features, k_features, offsets = _features(
+        q_features, k_features, offsets, params = _features(
             kern,
             q.to(dtype),
             k.to(dtype),
@@ -308,6 +330,7 @@ def favor_attention(
             causal=causal,
             key_padding_mask=key_padding_mask,
             initial_offset=None if initial_state is None else initial_state.log_offset.to(dtype),
+            params=_state_params(kern, initial_state, dtype),
         )
         if causal:
             result = causal_linear_attention(
@@ -324,7 +347,7 @@ def favor_attention(
             result = _bidirectional(q_features, k_features, v.to(dtype), eps)
     if return_state:
         out, state = result
-        return out.to(out_dtype), state
+        return out.to(out_dtype), state._replace(kernel_params=params)
     return result.to(out_dtype)
 
 
@@ -360,7 +383,7 @@ def favor_attention_step(
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     dtype = _compute_dtype(q, k, v)
     with torch.autocast(device_type=q.device.type, enabled=False):
-        q_features, k_features, offsets = _features(
+        q_features, k_features, offsets, params = _features(
             kern,
             q.to(dtype),
             k.to(dtype),
@@ -369,6 +392,7 @@ def favor_attention_step(
             causal=True,
             key_padding_mask=None,
             initial_offset=None if state is None else state.log_offset.to(dtype),
+            params=_state_params(kern, state, dtype),
         )
         out, new_state = causal_linear_attention_step(
             q_features[:, :, 0],
@@ -378,4 +402,4 @@ def favor_attention_step(
             key_log_offset=None if offsets is None else offsets[..., 0],
             eps=eps,
         )
-    return out.unsqueeze(2).to(out_dtype), new_state
+    return out.unsqueeze(2).to(out_dtype), new_state._replace(kernel_params=params)

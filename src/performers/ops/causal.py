@@ -44,11 +44,15 @@ class FavorState(NamedTuple):
         kv: ``(B, H, M', Dv)``, ``Σ_j k'_j v_jᵀ`` in units of ``exp(log_offset)``.
         normalizer: ``(B, H, M')``, ``Σ_j k'_j`` in the same units.
         log_offset: ``(B, H)``, the running key maximum ``m`` the sums are expressed in.
+        kernel_params: ``(B, H)`` data-dependent parameters of the feature map the sums were
+            built with (FAVOR++'s ``A``), fixed for the rest of the sequence; None for maps
+            without parameters.
     """
 
     kv: Tensor
     normalizer: Tensor
     log_offset: Tensor
+    kernel_params: Tensor | None = None
 
 
 def guarded_divide(numerator: Tensor, denominator: Tensor, eps: float | None = None) -> Tensor:

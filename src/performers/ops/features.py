@@ -34,6 +34,33 @@ one row (a per-key maximum) would *not* cancel; that is why keys do not use one.
 No ``eps`` is added inside the exponential features (FAVOR+'s ``exp`` is already positive);
 adding one after stabilization would make the result depend on the stabilizer. Offsets are
 computed on detached values: the output does not depend on them, so neither does its gradient.
+
+FAVOR++ (optimal positive random features)
+------------------------------------------
+``"favor++"`` is the generalized exponential estimator of Likhosherstov et al., *Chefs' Random
+Tables* (NeurIPS 2022, arXiv 2205.15317): ``φ_i(x) = D exp(A‖ω_i‖² + B ω_iᵀx − ‖x‖²/2)/√M``
+with ``B = √(1−4A)``, ``D = (1−4A)^{d/4}``, unbiased for ``exp(xᵀy)`` for every ``A < 1/4``
+(``A = 0`` is FAVOR+). Its variance is smallest at ``A*(‖x+y‖²)``
+(:func:`performers.ops.theory.optimal_positive_parameter`); attention needs one ``A`` shared by
+every query and key of a (batch, head), and takes ``A*(φ̄)`` with ``φ̄`` the mean of
+``‖q̃_i + k̃_j‖²`` over all pairs, computed in ``O(L·d)`` by the pair-mean identity
+(:func:`pair_mean_sq_norm`; the log second moment is affine in ``‖x+y‖²``, so ``A*(φ̄)``
+minimizes its pair average). ``A`` is a function of the inputs, not of ``W``, so for fixed
+inputs the estimate stays unbiased; gradients flow through ``A`` (the derivative of what is
+computed; the extra term has mean zero since ``E_W[φ(q)ᵀφ(k)]`` does not depend on ``A``).
+
+*Causal FAVOR++.* A causal state ``Σ_j φ(k_j)v_jᵀ`` can only be read by a query whose features
+use the same ``A`` as every key in it (``A`` and ``B`` enter each feature non-linearly, and a
+query-side parameter cannot compensate: unbiasedness with a fixed key side pins
+``A_q + A_k``), so a statistic that changes along the sequence — per chunk or running — would
+need the past keys re-featurized (quadratic time) or one state per value of ``A``. We therefore
+fix one ``A`` per (batch, head) for the whole causal sequence, computed from the first
+non-padded position ``p`` alone: ``A = A*(‖q̃_p + k̃_p‖²)``, the pair mean over the only pair
+visible at ``p``. Every query ``i ≥ p`` may read position ``p``, so no output depends on a later
+token (queries before ``p`` see no key at all), the estimator is unbiased for every query (``A``
+does not depend on ``W``), and the recurrent decoder computes the same ``A`` from its first token
+and carries it in :class:`~performers.ops.causal.FavorState` (``kernel_params``); a continued
+sequence (``initial_state``) keeps the ``A`` of its state.
 """
 
 from __future__ import annotations
@@ -47,15 +74,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from performers.ops.theory import optimal_positive_parameter
+
 __all__ = [
     "KERNELS",
     "FeatureMapOutput",
     "Kernel",
+    "favor_plus_plus_parameters",
     "feature_map",
+    "gaussian_hyperbolic_features",
+    "gaussian_positive_features",
+    "gaussian_trigonometric_features",
     "generalized_features",
     "get_kernel",
     "hyperbolic_softmax_features",
     "key_offsets",
+    "optimal_positive_features",
+    "pair_mean_sq_norm",
     "positive_softmax_features",
     "register_kernel",
     "stabilize_keys",
@@ -135,7 +170,137 @@ def generalized_features(
     return FeatureMapOutput(log=None, linear=f(u) + eps)
 
 
-FeatureFn = Callable[[Tensor, "Tensor | None"], FeatureMapOutput]
+def gaussian_positive_features(x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
+    """Positive features of the Gaussian kernel ``exp(−‖x−y‖²/2)``: ``exp(Wx − ‖x‖²) / √M``.
+
+    The softmax map times ``exp(−‖x‖²/2)`` (``K = SM(x,y) e^{−‖x‖²/2} e^{−‖y‖²/2}``).
+    ``x``: ``(..., L, D)``, ``projection``: ``(M, D)`` → ``(..., L, M)``.
+    """
+    assert projection is not None
+    log = _project(x, projection) - 2 * _half_sq_norm(x) - 0.5 * math.log(projection.shape[-2])
+    return FeatureMapOutput(log=log, linear=None)
+
+
+def gaussian_hyperbolic_features(x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
+    """Antithetic Gaussian-kernel features ``[exp(Wx), exp(−Wx)] · exp(−‖x‖²) / √(2M)``.
+
+    ``x``: ``(..., L, D)``, ``projection``: ``(M, D)`` → ``(..., L, 2M)``.
+    """
+    assert projection is not None
+    u = _project(x, projection)
+    log = torch.cat([u, -u], dim=-1) - 2 * _half_sq_norm(x) - 0.5 * math.log(2 * projection.shape[-2])
+    return FeatureMapOutput(log=log, linear=None)
+
+
+def gaussian_trigonometric_features(x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
+    """Random Fourier features of the Gaussian kernel, ``[cos Wx, sin Wx] / √M`` (Rahimi–Recht).
+
+    ``x``: ``(..., L, D)``, ``projection``: ``(M, D)`` → ``(..., L, 2M)``.
+    """
+    assert projection is not None
+    u = _project(x, projection)
+    linear = torch.cat([torch.cos(u), torch.sin(u)], dim=-1) * projection.shape[-2] ** -0.5
+    return FeatureMapOutput(log=None, linear=linear)
+
+
+def _masked_mean(t: Tensor, keep: Tensor | None) -> Tensor:
+    # t: (..., L, E), keep: (..., L) bool (broadcastable) → (..., E)
+    if keep is None:
+        return t.mean(dim=-2)
+    weight = keep.to(t.dtype).unsqueeze(-1)
+    return (t * weight).sum(dim=-2) / weight.sum(dim=-2).clamp_min(1.0)
+
+
+def pair_mean_sq_norm(
+    x: Tensor, y: Tensor, x_keep: Tensor | None = None, y_keep: Tensor | None = None
+) -> Tensor:
+    """``φ̄ = mean_{i,j} ‖x_i + y_j‖²`` over all pairs in ``O((Lx + Ly)·D)`` (pair-mean identity).
+
+    ``mean_{i,j} ‖x_i + y_j‖² = mean_i ‖x_i‖² + mean_j ‖y_j‖² + 2 (mean_i x_i)ᵀ(mean_j y_j)``
+    (Chefs' Random Tables' homogeneity heuristic, Likhosherstov et al. 2022).
+
+    Args:
+        x: ``(..., Lx, D)``; y: ``(..., Ly, D)``.
+        x_keep, y_keep: optional ``(..., L)`` bool (broadcastable), True = the position counts.
+
+    Returns:
+        ``(...)``.
+    """
+    sq = _masked_mean((x * x).sum(-1, keepdim=True), x_keep)[..., 0]
+    sq = sq + _masked_mean((y * y).sum(-1, keepdim=True), y_keep)[..., 0]
+    return sq + 2 * (_masked_mean(x, x_keep) * _masked_mean(y, y_keep)).sum(-1)
+
+
+def favor_plus_plus_parameters(
+    q: Tensor, k: Tensor, *, causal: bool = False, key_padding_mask: Tensor | None = None
+) -> Tensor:
+    """The FAVOR++ parameter ``A`` of each (batch, head), from scaled queries and keys.
+
+    Bidirectional: ``A*(φ̄)`` with ``φ̄`` the pair mean of ``‖q_i + k_j‖²`` over non-padded keys
+    (and, in self-attention ``Lq == Lk``, non-padded queries). Causal: ``A*(‖q_p + k_p‖²)`` at
+    the first non-padded position ``p`` (see the module docstring for why one ``A`` per sequence).
+
+    Args:
+        q: ``(B, H, Lq, D)`` and k: ``(B, H, Lk, D)``, already multiplied by ``√scale``.
+        causal: use the causal statistic.
+        key_padding_mask: ``(B, Lk)`` bool, True = padded.
+
+    Returns:
+        ``A`` of shape ``(B, H)``, ``≤ 0``.
+    """
+    d = q.shape[-1]
+    if causal:
+        if key_padding_mask is None:
+            first_q, first_k = q[:, :, 0], k[:, :, 0]
+        else:
+            first = (~key_padding_mask).long().argmax(dim=1)  # (B,); 0 if every key is padded
+            index = first[:, None, None, None].expand(q.shape[0], q.shape[1], 1, d)
+            first_q, first_k = q.gather(2, index)[:, :, 0], k.gather(2, index)[:, :, 0]
+        phi = ((first_q + first_k) ** 2).sum(-1)
+    else:
+        key_keep = None if key_padding_mask is None else ~key_padding_mask[:, None, :]
+        query_keep = key_keep if q.shape[2] == k.shape[2] else None
+        phi = pair_mean_sq_norm(q, k, query_keep, key_keep)
+    return optimal_positive_parameter(phi, d)
+
+
+def optimal_positive_features(
+    x: Tensor, projection: Tensor | None, a: Tensor | float, *, gaussian: bool = False
+) -> FeatureMapOutput:
+    """Generalized exponential (GERF) positive features; FAVOR++ at ``a = A*``.
+
+    ``φ_i(x) = D exp(A‖ω_i‖² + B ω_iᵀx + C‖x‖²) / √M`` with ``B = √(1−4A)``,
+    ``D = (1−4A)^{d/4}`` and ``C = −1/2`` (softmax kernel ``exp(xᵀy)``) or ``C = −1``
+    (``gaussian``: ``exp(−‖x−y‖²/2)``) — Likhosherstov et al., *Chefs' Random Tables*, 2022.
+    Unbiased for ``ω_i ~ N(0, I)`` (iid or sign-fixed orthogonal with χ norms) and any
+    ``A < 1/4``; finite variance needs ``A < 1/8``.
+
+    Args:
+        x: ``(..., L, D)``.
+        projection: ``(M, D)`` (or a batch ``(..., M, D)`` broadcasting with ``x``).
+        a: ``A``, a float or a tensor broadcasting with ``x.shape[:-2]`` (e.g. ``(B, H)``), ``< 1/4``.
+        gaussian: estimate the Gaussian kernel instead of the softmax kernel.
+
+    Returns:
+        features ``(..., L, M)`` as ``exp(log)``.
+    """
+    if projection is None:
+        raise ValueError("optimal positive (FAVOR++) features need a projection of shape (M, D)")
+    a = torch.as_tensor(a, dtype=x.dtype, device=x.device)
+    if not bool(torch.all(a < 0.25)):
+        raise ValueError(f"the GERF parameter A must be < 1/4 (B = sqrt(1 - 4A) real), got {a.max().item()}")
+    a = a[..., None, None]  # broadcast over (L, M)
+    d, m = x.shape[-1], projection.shape[-2]
+    one_minus_4a = 1 - 4 * a
+    log = torch.sqrt(one_minus_4a) * _project(x, projection)
+    # ‖ω_i‖²: (..., 1, M), also for a batch of projections (..., M, D).
+    log = log + a * (projection * projection).sum(-1).unsqueeze(-2) + 0.25 * d * torch.log(one_minus_4a)
+    norm = _half_sq_norm(x)
+    log = log - (2 * norm if gaussian else norm) - 0.5 * math.log(m)
+    return FeatureMapOutput(log=log, linear=None)
+
+
+FeatureFn = Callable[..., FeatureMapOutput]
 
 
 @dataclass(frozen=True)
@@ -150,6 +315,10 @@ class Kernel:
         features_per_row: ``M'/M`` (2 for the hyperbolic and trigonometric maps).
         exp_rows: for maps of the form ``φ(x) = exp(Px - ‖x‖²/2 - c)``, a function
             ``W -> (P, c)``; attention then uses the fused :func:`stabilized_exp_features`.
+        parameters: for maps with data-dependent parameters (FAVOR++), a function
+            ``parameters(q, k, *, causal, key_padding_mask) -> (B, H)`` of the scaled queries
+            and keys ``(B, H, L, D)``; the map is then called as ``fn(x, projection, params)``
+            and attention computes the parameters once per call, before the feature maps.
     """
 
     name: str
@@ -158,9 +327,20 @@ class Kernel:
     nonnegative: bool
     features_per_row: int = 1
     exp_rows: Callable[[Tensor], tuple[Tensor, float]] | None = None
+    parameters: Callable[..., Tensor] | None = None
 
-    def __call__(self, x: Tensor, projection: Tensor | None) -> FeatureMapOutput:
-        return self.fn(x, projection)
+    def __call__(
+        self, x: Tensor, projection: Tensor | None, params: Tensor | None = None
+    ) -> FeatureMapOutput:
+        if self.parameters is None:
+            return self.fn(x, projection)
+        if params is None:
+            raise ValueError(
+                f"kernel {self.name!r} has data-dependent parameters: pass params, e.g. "
+                f"KERNELS[{self.name!r}].parameters(q, k) of shape (B, H) (one value shared by "
+                "the queries and keys whose kernel is estimated)"
+            )
+        return self.fn(x, projection, params)
 
     def num_features(self, projection: Tensor | None, dim: int) -> int:
         """Feature dimension ``M'`` produced for a given projection (or none) and input ``D``."""
@@ -193,10 +373,23 @@ def _hyperbolic_rows(w: Tensor) -> tuple[Tensor, float]:
     return torch.cat([w, -w], dim=-2), 0.5 * math.log(2 * w.shape[-2])
 
 
+def _favor_plus_plus(x: Tensor, w: Tensor | None, a: Tensor) -> FeatureMapOutput:
+    return optimal_positive_features(x, w, a)
+
+
+def _gaussian_favor_plus_plus(x: Tensor, w: Tensor | None, a: Tensor) -> FeatureMapOutput:
+    return optimal_positive_features(x, w, a, gaussian=True)
+
+
 for _kernel in (
     Kernel("softmax", positive_softmax_features, True, True, 1, _positive_rows),
     Kernel("softmax-hyperbolic", hyperbolic_softmax_features, True, True, 2, _hyperbolic_rows),
     Kernel("trig", trigonometric_softmax_features, True, False, 2),
+    Kernel("favor++", _favor_plus_plus, True, True, parameters=favor_plus_plus_parameters),
+    Kernel("gaussian", gaussian_positive_features, True, True),
+    Kernel("gaussian-hyperbolic", gaussian_hyperbolic_features, True, True, 2),
+    Kernel("gaussian-trig", gaussian_trigonometric_features, True, False, 2),
+    Kernel("gaussian-favor++", _gaussian_favor_plus_plus, True, True, parameters=favor_plus_plus_parameters),
     Kernel("relu", lambda x, w: generalized_features(x, w, f=F.relu), False, True),
     Kernel("elu", lambda x, w: generalized_features(x, w, f=_elu_plus_one), False, True),
     Kernel("abs", lambda x, w: generalized_features(x, w, f=torch.abs), False, True),
@@ -229,9 +422,21 @@ def get_kernel(kernel: str | Kernel | Callable[[Tensor], Tensor]) -> Kernel:
     raise TypeError(f"kernel must be a registry name, a Kernel or a callable, got {type(kernel).__name__}")
 
 
-def feature_map(x: Tensor, projection: Tensor | None, kernel: str | Kernel | Callable = "softmax") -> Tensor:
-    """Plain features ``φ(x)``: ``(..., L, D)`` → ``(..., L, M')``, with no stabilization."""
-    return get_kernel(kernel)(x, projection).materialize()
+def feature_map(
+    x: Tensor,
+    projection: Tensor | None,
+    kernel: str | Kernel | Callable = "softmax",
+    params: Tensor | float | None = None,
+) -> Tensor:
+    """Plain features ``φ(x)``: ``(..., L, D)`` → ``(..., L, M')``, with no stabilization.
+
+    ``params``: the data-dependent parameters of kernels such as ``"favor++"`` (``A``: a float or
+    ``x.shape[:-2]``), required for them and ignored otherwise.
+    """
+    kern = get_kernel(kernel)
+    if kern.parameters is not None and params is not None and not isinstance(params, Tensor):
+        params = torch.tensor(float(params), dtype=x.dtype, device=x.device)
+    return kern(x, projection, params).materialize()
 
 
 def stabilize_queries(features: FeatureMapOutput) -> Tensor:
