@@ -12,7 +12,7 @@ from performers import PerformerConfig, PerformerForCausalLM, PerformerForMasked
 from performers.proteins import ProteinTokenizer
 from performers.proteins.data import UnigramBaseline
 from performers.training import latest_checkpoint, save_checkpoint
-from performers.training.trainer import Trainer, TrainingConfig
+from performers.training.trainer import Trainer, TrainingConfig, evaluate_model
 
 TOK = ProteinTokenizer()
 
@@ -140,3 +140,41 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path):
     assert trainer.step == 40
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("task", ["clm", "mlm"])
+def test_concatenated_windows_train_on_full_windows_and_resume_exactly(tmp_path, task):
+    # motif proteins are 48 residues + <cls>,<eos>: 64 of them make 3200 tokens = 80 windows of 40.
+    full, trainer = run(tmp_path / "full", task, concatenate=True)
+    batch = trainer._next_batch()
+    assert batch["input_ids"].shape == (4, 40)
+    assert bool(batch["attention_mask"].all())  # a window is never padded
+    separators = (batch["input_ids"] == TOK.cls_id) | (batch["input_ids"] == TOK.eos_id)
+    assert bool(separators.any())  # windows cross protein boundaries
+    if task == "mlm":  # separators are never masked
+        assert bool((batch["labels"][separators] == -100).all())
+    run(tmp_path / "split", task, stop_at=3, concatenate=True)
+    resumed, _ = run(tmp_path / "split", task, resume=True, concatenate=True)
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    result = trainer.evaluate(motif_proteins(8, seed=1))
+    # 8 proteins of 50 tokens = 400 tokens = 10 windows of 40: every position is evaluated (clm:
+    # 39 next tokens per window).
+    if task == "clm":
+        assert result["tokens"] == 10 * 39
+
+
+def test_concatenated_data_too_small_for_one_batch_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        Trainer(
+            tiny_model("clm"),
+            TOK,
+            motif_proteins(2),
+            motif_proteins(2),
+            config(concatenate=True, max_length=64),
+            tmp_path,
+        )
+    with pytest.raises(ValueError, match="no window of 4096 tokens"):
+        evaluate_model(
+            tiny_model("clm"), TOK, motif_proteins(2), task="clm", max_length=4096, concatenate=True
+        )

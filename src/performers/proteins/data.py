@@ -116,6 +116,11 @@ class ConcatenatedWindows(Dataset):
     def __getitem__(self, index: int) -> Tensor:
         return self.windows[index]
 
+    def get(self, index: int, generator: torch.Generator | None = None) -> Tensor:
+        """Window ``index`` (windows are fixed: ``generator`` is accepted for symmetry with
+        :meth:`ProteinSequences.get` and unused)."""
+        return self.windows[index]
+
 
 def pad_batch(parts: Sequence[dict[str, Tensor]], pad_id: int) -> dict[str, Tensor]:
     """Stack collated single-item batches ``(1, L_i)`` into one ``(B, max L_i)`` batch."""

@@ -13,7 +13,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -25,7 +25,16 @@ from performers.proteins.tokenizer import ProteinTokenizer
 from performers.training.trainer import Trainer, TrainingConfig
 from performers.utils import peak_rss_reset, rss_kib
 
-__all__ = ["DEFAULT_CORPUS", "ModelSize", "compare", "run_training"]
+__all__ = [
+    "DEFAULT_CORPUS",
+    "DEMO_VARIANTS",
+    "TABLE2_VARIANTS",
+    "ModelSize",
+    "Variant",
+    "compare",
+    "run_training",
+    "train_variants",
+]
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[3] / "data" / "proteins" / "mlm_corpus_refseq17.fasta.gz"
 
@@ -84,9 +93,15 @@ def run_training(
     train_limit: int | None = None,
     test_limit: int | None = None,
     resume: bool = False,
+    evaluate: bool = True,
     log=print,
 ) -> RunResult:
-    """Train one model on the corpus's train split and evaluate it on its test split."""
+    """Train one model on the corpus's train split and evaluate it on its test split.
+
+    ``tokens_per_second`` counts the non-padding tokens of the training batches over the time
+    spent in training steps (forward, backward, optimizer), without evaluation or checkpoints;
+    ``peak_extra_mib`` is the growth of the process's peak resident memory during the run.
+    """
     size = size or ModelSize()
     training = training or TrainingConfig()
     out_dir = Path(out_dir)
@@ -104,17 +119,14 @@ def run_training(
     trainer.fit(resume=resume)
     seconds = time.perf_counter() - start
     peak = (rss_kib("VmHWM") - base) / 1024
+    rate = trainer.tokens_seen / max(trainer.train_seconds, 1e-9)
+    parameters = sum(p.numel() for p in model.parameters())
     if trainer.rank != 0:  # under torchrun, rank 0 evaluates and saves
-        return RunResult(name, {}, seconds, trainer.tokens_seen / seconds, peak, 0)
-    test_metrics = trainer.evaluate(test)
+        return RunResult(name, {}, seconds, rate, peak, parameters)
+    test_metrics = trainer.evaluate(test) if evaluate else {}
     model.save_pretrained(out_dir / "final")
     tokenizer.save(out_dir / "final" / "tokenizer.json")
-    # tokens/s of training: all non-padding tokens of the batches seen in this process.
-    steps = training.max_steps
-    tokens = steps * training.batch_size * training.accumulation * training.max_length
-    return RunResult(
-        name, test_metrics, seconds, tokens / seconds, peak, sum(p.numel() for p in model.parameters())
-    )
+    return RunResult(name, test_metrics, seconds, rate, peak, parameters)
 
 
 def _run_in_child(name: str, kwargs: dict) -> RunResult:
@@ -147,6 +159,74 @@ def _plot(runs: dict[str, Path], path: Path) -> Path | None:
     return path
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One model of a comparison: its attention, kernel and (optionally) its own step count."""
+
+    name: str
+    directory: str
+    attention: str = "favor"
+    kernel: str = "softmax"
+    max_steps: int | None = None  # None: the comparison's TrainingConfig.max_steps
+
+
+DEMO_VARIANTS = (
+    Variant("Performer (FAVOR+)", "favor"),
+    Variant("Transformer (exact)", "exact", attention="exact"),
+)
+# The rows of the paper's Table 2 (besides the empirical baseline).
+TABLE2_VARIANTS = (
+    Variant("Transformer (exact)", "exact", attention="exact"),
+    Variant("Performer-softmax (FAVOR+)", "favor-softmax", kernel="softmax"),
+    Variant("Performer-ReLU (generalized)", "favor-relu", kernel="relu"),
+)
+
+
+def train_variants(
+    variants: tuple[Variant, ...],
+    *,
+    out_dir: str | Path,
+    size: ModelSize | None = None,
+    training: TrainingConfig | None = None,
+    corpus: str | Path = DEFAULT_CORPUS,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    evaluate: bool = True,
+) -> list[RunResult]:
+    """Train every variant with the same initial weights, data order and masks.
+
+    Each run is in a fresh spawned process so that its peak memory and speed do not depend on
+    the run before; ``out_dir/<variant.directory>`` holds its checkpoints, metrics and model.
+    """
+    out_dir = Path(out_dir)
+    training = training or TrainingConfig()
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for variant in variants:
+        config = training if variant.max_steps is None else replace(training, max_steps=variant.max_steps)
+        kwargs = dict(
+            out_dir=out_dir / variant.directory,
+            attention=variant.attention,
+            kernel=variant.kernel,
+            size=size,
+            training=config,
+            corpus=corpus,
+            train_limit=train_limit,
+            test_limit=test_limit,
+            evaluate=evaluate,
+            threads=torch.get_num_threads(),
+        )
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            results.append(pool.submit(_run_in_child, variant.name, kwargs).result())
+    return results
+
+
+def _baseline(corpus: str | Path, task: str, train_limit: int | None, test_limit: int | None) -> dict:
+    tokenizer = ProteinTokenizer()
+    baseline = UnigramBaseline(read_split(corpus, "train")[:train_limit], tokenizer)
+    return baseline.evaluate(read_split(corpus, "test")[:test_limit])
+
+
 def compare(
     *,
     out_dir: str | Path,
@@ -155,31 +235,24 @@ def compare(
     corpus: str | Path = DEFAULT_CORPUS,
     train_limit: int | None = None,
     test_limit: int | None = None,
+    variants: tuple[Variant, ...] = DEMO_VARIANTS,
     log=print,
 ) -> str:
-    """Train FAVOR+ and exact-softmax twins and return a markdown report (also written to disk)."""
+    """Train the variants (default: FAVOR+ and its exact-softmax twin) and return a markdown
+    report (also written to ``out_dir/report.md`` and ``report.json``)."""
     out_dir = Path(out_dir)
     training = training or TrainingConfig()
-    results, dirs = [], {}
-    # Each run in a fresh process: its peak memory and speed do not depend on the run before.
-    context = multiprocessing.get_context("spawn")
-    for name, attention in (("Performer (FAVOR+)", "favor"), ("Transformer (exact)", "exact")):
-        run_dir = out_dir / attention
-        dirs[name] = run_dir
-        kwargs = dict(
-            out_dir=run_dir,
-            attention=attention,
-            size=size,
-            training=training,
-            corpus=corpus,
-            train_limit=train_limit,
-            test_limit=test_limit,
-            threads=torch.get_num_threads(),
-        )
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            results.append(pool.submit(_run_in_child, name, kwargs).result())
-    baseline = UnigramBaseline(read_split(corpus, "train")[:train_limit], ProteinTokenizer())
-    base = baseline.evaluate(read_split(corpus, "test")[:test_limit])
+    results = train_variants(
+        variants,
+        out_dir=out_dir,
+        size=size,
+        training=training,
+        corpus=corpus,
+        train_limit=train_limit,
+        test_limit=test_limit,
+    )
+    dirs = {v.name: out_dir / v.directory for v in variants}
+    base = _baseline(corpus, training.task, train_limit, test_limit)
     what = "masked positions" if training.task == "mlm" else "next tokens"
     lines = [
         f"Protein {'masked' if training.task == 'mlm' else 'causal'} LM, {training.max_steps} steps, "

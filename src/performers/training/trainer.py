@@ -25,7 +25,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from performers.layers.favor import projection_seed
-from performers.proteins.data import CausalLMCollator, MaskedLMCollator, ProteinSequences, pad_batch
+from performers.proteins.data import (
+    CausalLMCollator,
+    ConcatenatedWindows,
+    MaskedLMCollator,
+    ProteinSequences,
+    pad_batch,
+)
 from performers.proteins.tokenizer import ProteinTokenizer
 from performers.training.checkpoint import latest_checkpoint, save_checkpoint
 
@@ -52,6 +58,10 @@ class TrainingConfig:
     mask_prob: float = 0.15
     seed: int = 0
     log_every: int = 10
+    # False: one protein per item, randomly cropped to max_length. True: the split's proteins
+    # joined with separators and cut into windows of exactly max_length tokens (the paper's
+    # concatenated long-sequence setting, e.g. max_length = 8192).
+    concatenate: bool = False
 
     def __post_init__(self) -> None:
         if self.task not in ("mlm", "clm"):
@@ -110,7 +120,16 @@ class Trainer:
         self.train_model = (
             DistributedDataParallel(model, broadcast_buffers=False) if self.world > 1 else model
         )
-        self.train_data = ProteinSequences(train_sequences, tokenizer, config.max_length, random_crop=True)
+        self.train_data = (
+            ConcatenatedWindows(train_sequences, tokenizer, config.max_length)
+            if config.concatenate
+            else ProteinSequences(train_sequences, tokenizer, config.max_length, random_crop=True)
+        )
+        if len(self.train_data) < config.batch_size:
+            raise ValueError(
+                f"the training data gives {len(self.train_data)} items of length {config.max_length}, "
+                f"fewer than one batch of {config.batch_size}"
+            )
         self.valid_sequences = list(valid_sequences)
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
         no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -129,6 +148,7 @@ class Trainer:
         self.epoch = 0
         self.position = 0
         self.tokens_seen = 0  # non-padding tokens trained on by this process
+        self.train_seconds = 0.0  # time in training steps (no evaluation or checkpoint) here
 
     def _lr_factor(self, step: int) -> float:
         c = self.config
@@ -237,6 +257,7 @@ class Trainer:
             mask_prob=c.mask_prob,
             seed=c.seed,
             max_batches=max_batches,
+            concatenate=c.concatenate,
         )
 
     def fit(self, *, resume: bool = False, stop_at: int | None = None) -> dict[str, float]:
@@ -259,6 +280,7 @@ class Trainer:
         )
         result: dict[str, float] = {}
         while self.step < min(c.max_steps, stop_at or c.max_steps):
+            step_start = time.perf_counter()
             loss_sum = 0.0
             for _ in range(c.accumulation):
                 batch = self._next_batch()
@@ -275,9 +297,16 @@ class Trainer:
             if self.redrawer is not None:
                 self.redrawer.step()
             self.step += 1
+            step_seconds = time.perf_counter() - step_start
+            self.train_seconds += step_seconds
             if self.rank != 0:  # evaluation, metrics, logs and checkpoints: rank 0 only
                 continue
-            record = {"step": self.step, "loss": loss_sum, "lr": self.scheduler.get_last_lr()[0]}
+            record = {
+                "step": self.step,
+                "loss": loss_sum,
+                "lr": self.scheduler.get_last_lr()[0],
+                "step_seconds": step_seconds,
+            }
             if self.step % c.eval_every == 0 or self.step == c.max_steps:
                 result = self.evaluate(self.valid_sequences, c.eval_batches)
                 record.update({f"valid_{k}": v for k, v in result.items()})
@@ -310,15 +339,23 @@ def evaluate_model(
     mask_prob: float = 0.15,
     seed: int = 0,
     max_batches: int | None = None,
+    concatenate: bool = False,
 ) -> dict[str, float]:
     """Accuracy and perplexity over masked positions (``task="mlm"``) or all next tokens (``"clm"``).
 
-    Proteins are cropped at their start to ``max_length`` tokens, and MLM masks come from a
-    generator seeded with ``seed + 3`` every time, so two evaluations of the same model agree.
+    Proteins are cropped at their start to ``max_length`` tokens (or, with ``concatenate``,
+    joined and cut into windows of ``max_length``), and MLM masks come from a generator seeded
+    with ``seed + 3`` every time, so two evaluations of the same model agree.
     """
     was_training = model.training
     model.eval()
-    data = ProteinSequences(sequences, tokenizer, max_length)
+    data = (
+        ConcatenatedWindows(sequences, tokenizer, max_length)
+        if concatenate
+        else ProteinSequences(sequences, tokenizer, max_length)
+    )
+    if len(data) == 0:
+        raise ValueError(f"the evaluation sequences give no window of {max_length} tokens")
     collate = (
         CausalLMCollator(tokenizer)
         if task == "clm"

@@ -1,0 +1,84 @@
+"""The protein experiments behind docs/results/proteins.md, on tiny budgets."""
+
+import json
+import math
+
+from performers.cli import build_parser, main
+from performers.models.io import from_pretrained
+from performers.proteins.data import read_split
+from performers.proteins.experiment import DEFAULT_CORPUS
+from performers.proteins.tokenizer import ProteinTokenizer
+from performers.training.trainer import evaluate_model
+from test_cli_proteins import TINY
+
+
+def test_table2_trains_every_variant_with_the_same_steps_and_reports_them(tmp_path, capsys):
+    assert main(["bench", "proteins-table", *TINY, "--tasks", "mlm", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "table2.md").read_text()
+    for name in ("empirical baseline", "Transformer (exact)", "Performer-softmax", "Performer-ReLU"):
+        assert f"| BID (masked) | {name}" in table
+    record = json.loads((tmp_path / "table2.json").read_text())
+    runs = record["tasks"]["mlm"]["runs"]
+    assert [r["name"] for r in runs] == [
+        "Transformer (exact)",
+        "Performer-softmax (FAVOR+)",
+        "Performer-ReLU (generalized)",
+    ]
+    for directory in ("exact", "favor-softmax", "favor-relu"):
+        steps = (tmp_path / "mlm" / directory / "metrics.jsonl").read_text().splitlines()
+        assert len(steps) == 4
+    assert from_pretrained(tmp_path / "mlm" / "favor-relu" / "final").config.kernel == "relu"
+    assert (tmp_path / "curves_mlm.png").exists()
+
+
+def test_long_context_budgets_steps_from_each_models_probed_step_time(tmp_path):
+    args = [*TINY, "--max-length", "64", "--minutes", "0.002", "--probe-steps", "3", "--concatenate"]
+    assert main(["bench", "proteins-long", *args, "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "long.json").read_text())
+    assert record["training"]["concatenate"] and record["training"]["max_length"] == 64
+    for run, directory in zip(record["runs"], ("exact", "favor"), strict=True):
+        lines = (tmp_path / "probe" / directory / "metrics.jsonl").read_text().splitlines()
+        probe = [json.loads(line) for line in lines]
+        assert len(probe) == 3
+        median = sorted(r["step_seconds"] for r in probe[1:])
+        step_time = (median[0] + median[1]) / 2
+        assert math.isclose(record["step_seconds"][run["name"]], step_time)
+        assert run["steps"] == max(1, math.floor(0.002 * 60 / step_time))
+        trained = (tmp_path / directory / "metrics.jsonl").read_text().splitlines()
+        assert len(trained) == run["steps"]
+    report = (tmp_path / "long.md").read_text()
+    assert "Speed-up of Performer (FAVOR+) over Transformer (exact, SDPA)" in report
+
+
+def test_backcompat_starts_from_the_exact_weights_and_records_the_recovery_curve(tmp_path):
+    assert main(["train", *TINY, "--attention", "exact", "--out", str(tmp_path / "exact")]) == 0
+    out = tmp_path / "bc"
+    args = ["bench", "proteins-backcompat", *TINY, "--exact", str(tmp_path / "exact"), "--out", str(out)]
+    assert main(args) == 0
+    record = json.loads((out / "backcompat.json").read_text())
+    assert [s for s, _ in record["curves"]["converted"]] == [0, 2, 4]
+    assert [s for s, _ in record["curves"]["scratch"]] == [0, 2, 4]
+    # Step 0 of the converted curve is the exact model's weights run with FAVOR+, and the
+    # reference is the same weights with exact attention, both on the same validation masks.
+    valid = read_split(DEFAULT_CORPUS, "valid")[:64]
+    common = dict(task="mlm", max_length=32, batch_size=4, seed=0, max_batches=10)
+    tokenizer = ProteinTokenizer()
+    for attention, expected in (
+        ("favor", record["curves"]["converted"][0][1]),
+        ("exact", record["exact"]["valid_accuracy"]),
+    ):
+        model = from_pretrained(tmp_path / "exact" / "final", attention=attention)
+        assert evaluate_model(model, tokenizer, valid, **common)["accuracy"] == expected
+    assert set(record["test"]) == {"converted, before fine-tuning", "converted", "scratch"}
+    assert "FAVOR+, converted, before fine-tuning" in (out / "backcompat.md").read_text()
+
+
+def test_a_config_file_sets_options_of_a_nested_bench_command(tmp_path):
+    from performers.cli import _with_config_file
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"d_model": 48, "minutes": 2.5}))
+    argv = ["bench", "proteins-long", "--config", str(path), "--layers", "3"]
+    parser = build_parser()
+    args = _with_config_file(parser, argv, parser.parse_args(argv))
+    assert (args.d_model, args.minutes, args.layers) == (48, 2.5, 3)
