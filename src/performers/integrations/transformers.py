@@ -1,0 +1,759 @@
+"""A ``"favor"`` attention backend for Hugging Face ``transformers`` models (the ``[hf]`` extra).
+
+Pretrained Transformers become Performers without touching their model files: this module
+registers an attention function and a mask function under the name ``"favor"`` in
+``transformers``' ``AttentionInterface`` / ``AttentionMaskInterface`` (done on import, and again
+by :func:`register`, idempotently). Then::
+
+    model = AutoModel.from_pretrained(path, attn_implementation="favor")   # or
+    model.set_attn_implementation("favor")                                  # or
+    performerize(model, num_features=256, kernel="softmax")                 # options
+
+run every self-attention of an encoder (BERT, RoBERTa: bidirectional, padding honoured on keys)
+or decoder (GPT-2, Llama: causal, :class:`FavorCache` for ``generate()``) with FAVOR+
+(:func:`performers.favor_attention`): ``O(L·M·D)`` instead of ``O(L²·D)``.
+
+**Settings** live in ``model.config.favor_config`` (a JSON dict, saved in ``config.json`` by
+``save_pretrained``): ``num_features`` (M), ``kernel`` (a name of :data:`performers.KERNELS`),
+``projection_kind`` (``"orthogonal"`` | ``"iid"``), ``row_norms`` (``"chi"`` | ``"sqrt_d"``),
+``seed``, ``redraw_every``, ``chunk_size`` and ``redraw_counts`` (per layer). A model whose
+config has none gets the defaults (:data:`DEFAULT_FAVOR_CONFIG`).
+
+**Projections** are buffers of a :class:`performers.FavorAttention` submodule ``favor`` attached
+to each attention module (by :func:`performerize`, or on the first forward call when the model
+was loaded with ``attn_implementation="favor"``). Layer ``l``'s draw number ``c`` is a pure
+function of ``(seed, l, c)`` (:func:`performers.layers.projection_seed`), drawn in float64 on
+a CPU generator and kept in float64. The buffers are therefore *non-persistent*: they are not
+written to ``model.safetensors``; ``from_pretrained`` regenerates them bit for bit from
+``favor_config`` (draw numbers included, which :meth:`FavorAttention.redraw` records there).
+A :class:`performers.FeatureRedrawer` works on converted models as on native ones.
+
+**Masks.** The ``"favor"`` mask function never builds an ``L×L`` tensor. It returns ``None``
+(no padding) or the 2D key-padding mask ``(B, Lk)`` (bool, True = attend, HF's convention),
+and causality comes from the attention module (``module.is_causal``), as in HF's ``sdpa``
+path. Only the plain causal and plain bidirectional patterns can be represented; sliding
+windows, chunked/packed/blockwise patterns and custom ``and``/``or`` mask functions raise a
+``ValueError``. The attention function accepts ``attention_mask`` as ``None``, a 2D key mask
+``(B, Lk)`` (bool or 0/1) or a 4D mask ``(B|1, 1, Lq, Lk)`` (bool, or additive float with 0 /
+large negative entries) *if* it factorizes into key padding (and the causal triangle for
+causal modules); any other 4D mask (e.g. additive biases) raises a ``ValueError``.
+
+**Generation.** ``model.generate(ids, cache=FavorCache())`` keeps one FAVOR+ state ``(B, H,
+M, D)`` per layer instead of growing keys and values: each new token costs ``O(M·D)`` per
+head whatever the context length. With HF's default ``DynamicCache`` the backend still works
+(it rebuilds the prefix state from the cached keys at every step: linear per token, so
+quadratic over a generation) and says so once.
+
+Not supported (clear errors): attention-weight dropout is not applied (FAVOR+ has no
+attention matrix; a warning says so once in training mode), ``output_attentions`` returns
+``None``, static caches, soft-capping, attention sinks, position biases.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import warnings
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+try:
+    from transformers import AttentionInterface
+    from transformers.cache_utils import Cache, CacheLayerMixin
+    from transformers.masking_utils import (
+        AttentionMaskInterface,
+        bidirectional_mask_function,
+        causal_mask_function,
+    )
+except ImportError as error:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "performers.integrations.transformers needs Hugging Face transformers >= 4.56: "
+        "pip install 'performers[hf]'"
+    ) from error
+
+from performers.layers.favor import FavorAttention
+from performers.ops.attention import favor_attention
+from performers.ops.causal import DEFAULT_CHUNK_SIZE, FavorState
+
+__all__ = [
+    "ATTENTION_NAME",
+    "DEFAULT_FAVOR_CONFIG",
+    "SUPPORTED_ATTENTION_CLASSES",
+    "FavorCache",
+    "FavorCacheLayer",
+    "attention_modules",
+    "favor_attention_forward",
+    "favor_mask",
+    "is_performerized",
+    "performerize",
+    "register",
+    "unperformerize",
+]
+
+ATTENTION_NAME = "favor"
+
+DEFAULT_FAVOR_CONFIG: dict[str, Any] = {
+    "num_features": 256,
+    "kernel": "softmax",
+    "projection_kind": "orthogonal",
+    "row_norms": "chi",
+    "seed": 0,
+    "redraw_every": 0,
+    "chunk_size": DEFAULT_CHUNK_SIZE,
+    "redraw_counts": {},
+}
+
+# model_type -> attention classes whose forward calls ``ALL_ATTENTION_FUNCTIONS`` and that this
+# backend was tested with. Another family with the same structure can be added here.
+SUPPORTED_ATTENTION_CLASSES: dict[str, tuple[str, ...]] = {
+    "bert": ("BertSelfAttention", "BertCrossAttention"),
+    "roberta": ("RobertaSelfAttention", "RobertaCrossAttention"),
+    "gpt2": ("GPT2Attention",),
+    "llama": ("LlamaAttention",),
+}
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+# --------------------------------------------------------------------------------------------
+# settings
+
+
+def _validated_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """A complete copy of ``settings`` (defaults filled in), checked by building a module."""
+    unknown = set(settings) - set(DEFAULT_FAVOR_CONFIG)
+    if unknown:
+        raise ValueError(
+            f"unknown FAVOR option(s) {sorted(unknown)}; the options are {sorted(DEFAULT_FAVOR_CONFIG)}"
+        )
+    merged = copy.deepcopy(DEFAULT_FAVOR_CONFIG)
+    merged.update(copy.deepcopy(settings))
+    if not isinstance(merged["kernel"], str):
+        raise ValueError(
+            f"kernel must be a registry name (saved in config.json), got {merged['kernel']!r}; "
+            "register a custom kernel with performers.ops.features.register_kernel"
+        )
+    if not isinstance(merged["redraw_counts"], dict):
+        raise ValueError(f"redraw_counts must be a dict {{layer: count}}, got {merged['redraw_counts']!r}")
+    merged["redraw_counts"] = {str(k): int(v) for k, v in merged["redraw_counts"].items()}
+    # FavorAttention validates every option (kernel name, M >= 1 for softmax kernels, ...).
+    FavorAttention(
+        2,
+        merged["num_features"],
+        kernel=merged["kernel"],
+        projection_kind=merged["projection_kind"],
+        row_norms=merged["row_norms"],
+        seed=merged["seed"],
+        redraw_every=merged["redraw_every"],
+        chunk_size=merged["chunk_size"],
+    )
+    return merged
+
+
+def _settings(config: Any) -> dict[str, Any]:
+    """``config.favor_config``, created with the defaults if absent (so it is saved)."""
+    current = getattr(config, "favor_config", None)
+    if current is None:
+        current = _validated_settings({})
+        config.favor_config = current
+    elif not isinstance(current, dict):
+        raise ValueError(f"config.favor_config must be a dict, got {type(current).__name__}")
+    else:
+        complete = _validated_settings(current)
+        if complete != current:  # fill in defaults in place: redraws record into this dict
+            current.clear()
+            current.update(complete)
+    return current
+
+
+# --------------------------------------------------------------------------------------------
+# the per-module projection
+
+
+class _HFFavorAttention(FavorAttention):
+    """A :class:`FavorAttention` whose state is recreated from ``config.favor_config``.
+
+    Its buffers are non-persistent (HF loading cannot create them before the weights load);
+    :meth:`redraw` records the draw number in the settings dict, so a saved config restores
+    the same projection.
+    """
+
+    def __init__(
+        self, head_dim: int, settings: dict[str, Any], layer_index: int, device: torch.device
+    ) -> None:
+        super().__init__(
+            head_dim,
+            settings["num_features"],
+            kernel=settings["kernel"],
+            projection_kind=settings["projection_kind"],
+            row_norms=settings["row_norms"],
+            seed=settings["seed"],
+            layer_index=layer_index,
+            redraw_every=settings["redraw_every"],
+            chunk_size=settings["chunk_size"],
+            device=device,
+            dtype=torch.float64,
+        )
+        self._settings = settings
+        count = int(settings.get("redraw_counts", {}).get(str(layer_index), 0))
+        with torch.no_grad():
+            self.redraw_count.fill_(count)
+            if self.projection is not None and count:
+                self.projection.copy_(self.draw_projection(count))
+        for name in ("projection", "redraw_count", "step_count"):
+            self.register_buffer(name, getattr(self, name), persistent=False)
+
+    @torch.no_grad()
+    def redraw(self) -> None:
+        super().redraw()
+        self._settings.setdefault("redraw_counts", {})[str(self.layer_index)] = int(self.redraw_count.item())
+
+
+def _model_type(config: Any) -> str:
+    return str(getattr(config, "model_type", "") or "")
+
+
+def _check_supported(module: nn.Module) -> None:
+    config = getattr(module, "config", None)
+    if config is None:
+        raise ValueError(
+            f"{type(module).__name__} has no .config; the 'favor' attention needs the HF attention module "
+            "(with .config, .layer_idx, .is_causal) as its first argument"
+        )
+    model_type = _model_type(config)
+    names = SUPPORTED_ATTENTION_CLASSES.get(model_type)
+    if names is None:
+        raise ValueError(
+            f"the 'favor' attention does not support model_type {model_type!r} "
+            f"(supported: {sorted(SUPPORTED_ATTENTION_CLASSES)}); a family with the same attention "
+            "structure can be added to performers.integrations.transformers.SUPPORTED_ATTENTION_CLASSES"
+        )
+    if type(module).__name__ not in names:
+        raise ValueError(
+            f"the 'favor' attention does not support {type(module).__name__} in a {model_type!r} model "
+            f"(supported: {names})"
+        )
+
+
+def _head_dim(module: nn.Module) -> int:
+    for name in ("head_dim", "attention_head_size"):
+        value = getattr(module, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"cannot find the head size of {type(module).__name__}")
+
+
+def _layer_index(module: nn.Module) -> int:
+    index = getattr(module, "layer_idx", None)
+    if not isinstance(index, int) or index < 0:
+        raise ValueError(f"{type(module).__name__} has no layer_idx; FAVOR+ projections are seeded by layer")
+    if getattr(module, "is_cross_attention", False) or type(module).__name__.endswith("CrossAttention"):
+        # Cross-attention of layer l gets its own projection, distinct from self-attention's.
+        index += int(getattr(module.config, "num_hidden_layers", 0) or 0) + 1_000_000
+    return index
+
+
+def _attach(module: nn.Module, device: torch.device | None = None) -> _HFFavorAttention:
+    """Create (or re-create) ``module.favor`` from ``module.config.favor_config``."""
+    _check_supported(module)
+    settings = _settings(module.config)
+    if device is None:
+        parameter = next(module.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+    favor = _HFFavorAttention(_head_dim(module), settings, _layer_index(module), device)
+    module.favor = favor
+    return favor
+
+
+def _favor_module(module: nn.Module, device: torch.device) -> _HFFavorAttention:
+    favor = getattr(module, "favor", None)
+    if isinstance(favor, _HFFavorAttention):
+        return favor
+    return _attach(module, device)
+
+
+# --------------------------------------------------------------------------------------------
+# masks
+
+
+def favor_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = causal_mask_function,
+    attention_mask: Tensor | None = None,
+    **kwargs: Any,
+) -> Tensor | None:
+    """The ``"favor"`` entry of ``AttentionMaskInterface``: a key-padding mask, never ``L×L``.
+
+    Args:
+        batch_size, q_length, kv_length, q_offset, kv_offset: sizes as computed by HF's
+            ``create_causal_mask`` / ``create_bidirectional_mask``.
+        mask_function: must be HF's plain ``causal_mask_function`` or
+            ``bidirectional_mask_function``; causality itself is applied by the attention
+            function from ``module.is_causal``.
+        attention_mask: the 2D padding mask ``(B, seen + q_length)``, True/1 = attend.
+
+    Returns:
+        ``None`` when no key is padded, else ``(B, kv_length)`` bool (True = attend).
+
+    Raises:
+        ValueError: for a pattern FAVOR+ cannot represent (sliding window, chunked, packed
+            sequences, custom overlays) or a static cache (more key slots than tokens).
+    """
+    if mask_function is not causal_mask_function and mask_function is not bidirectional_mask_function:
+        raise ValueError(
+            "the 'favor' attention supports only plain causal or bidirectional attention with key padding; "
+            "this model asked for another mask pattern "
+            f"({getattr(mask_function, '__qualname__', mask_function)}: "
+            "sliding window, chunked, packed sequences or a custom overlay), which FAVOR+ cannot represent"
+        )
+    if (
+        isinstance(q_offset, int)
+        and isinstance(kv_offset, int)
+        and kv_offset + kv_length > q_offset + q_length
+    ):
+        if mask_function is causal_mask_function:
+            raise ValueError(
+                "the 'favor' attention cannot use a static (preallocated) cache; "
+                "pass cache=FavorCache() to generate() or forward()"
+            )
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2:
+        raise ValueError(f"expected a 2D padding mask (B, L), got shape {tuple(attention_mask.shape)}")
+    keep = attention_mask.to(torch.bool)
+    if keep.shape[-1] < kv_offset + kv_length:
+        keep = nn.functional.pad(keep, (0, kv_offset + kv_length - keep.shape[-1]), value=False)
+    keep = keep[:, kv_offset : kv_offset + kv_length]
+    if bool(keep.all()):
+        return None
+    return keep
+
+
+def _padding_from_4d(mask: Tensor, causal: bool, q_len: int, k_len: int) -> Tensor | None:
+    """Key padding ``(B, Lk)`` (True = padded) of a 4D mask, or ValueError if it is not one."""
+    if mask.shape[1] != 1 or mask.shape[-2:] != (q_len, k_len):
+        raise ValueError(
+            f"a 4D attention_mask must have shape (B, 1, Lq, Lk) = (B, 1, {q_len}, {k_len}), "
+            f"got {tuple(mask.shape)}"
+        )
+    if mask.dtype == torch.bool:
+        keep = mask[:, 0]
+    else:
+        if not mask.is_floating_point():
+            keep = mask[:, 0] != 0
+        else:
+            values = mask[:, 0]
+            keep = values == 0
+            blocked = values <= torch.finfo(values.dtype).min / 2
+            if not bool((keep | blocked).all()):
+                raise ValueError(
+                    "the 'favor' attention cannot apply an additive attention mask with values "
+                    "other than 0 and a large negative number (a bias on q·k has no FAVOR+ equivalent)"
+                )
+    allowed = keep.any(dim=-2)  # (B, Lk): a key some query may attend
+    expected = allowed[:, None, :].expand(-1, q_len, -1)
+    if causal:
+        rows = torch.arange(q_len, device=mask.device)[:, None] + (k_len - q_len)
+        tri = torch.arange(k_len, device=mask.device)[None, :] <= rows
+        expected = expected & tri
+        # Rows of fully padded queries may be all-False or all-True in HF masks: ignore them.
+        rows_ok = (keep == expected).all(-1) | ~(keep & tri).any(-1) | (keep == allowed[:, None, :]).all(-1)
+        ok = bool(rows_ok.all())
+    else:
+        ok = bool(((keep == expected).all(-1) | ~keep.any(-1)).all())
+    if not ok:
+        raise ValueError(
+            "this 4D attention_mask is not a key-padding mask"
+            + (" combined with the causal triangle" if causal else "")
+            + "; the 'favor' attention can only represent key padding and causality (no L×L pattern)"
+        )
+    pad = ~allowed
+    return pad if bool(pad.any()) else None
+
+
+def _key_padding(mask: Any, causal: bool, q_len: int, k_len: int, batch: int) -> Tensor | None:
+    """``(B, Lk)`` bool, True = padded key, from whatever the model passed as ``attention_mask``."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise ValueError(
+            f"the 'favor' attention got an attention_mask of type {type(mask).__name__}; "
+            "it accepts None, a 2D key mask (B, Lk) or a 4D key-padding mask (B, 1, Lq, Lk)"
+        )
+    if mask.dim() == 2:
+        if mask.shape[0] != batch or mask.shape[1] < k_len:
+            raise ValueError(
+                f"a 2D attention_mask must have shape (B, Lk) = ({batch}, {k_len}) (or cover past keys too), "
+                f"got {tuple(mask.shape)}"
+            )
+        keep = mask[:, -k_len:]
+        keep = keep if keep.dtype == torch.bool else keep != 0
+        pad = ~keep
+        return pad if bool(pad.any()) else None
+    if mask.dim() == 4:
+        pad = _padding_from_4d(mask, causal, q_len, mask.shape[-1])
+        if pad is None:
+            return None
+        if pad.shape[0] == 1 and batch > 1:
+            pad = pad.expand(batch, -1)
+        return pad[:, -k_len:]
+    raise ValueError(f"attention_mask must be 2D (B, Lk) or 4D (B, 1, Lq, Lk), got shape {tuple(mask.shape)}")
+
+
+# --------------------------------------------------------------------------------------------
+# cache
+
+
+# The FavorCacheLayer updated last (in this thread/context) and the key tensor it returned:
+# the attention function that receives that very tensor owns the update.
+_PENDING: contextvars.ContextVar[tuple[FavorCacheLayer, Tensor] | None] = contextvars.ContextVar(
+    "performers_favor_pending", default=None
+)
+
+
+class FavorCacheLayer(CacheLayerMixin):
+    """One layer of :class:`FavorCache`: the FAVOR+ recurrent state instead of keys and values.
+
+    ``update`` stores nothing but returns the new keys/values unchanged; the ``"favor"``
+    attention function that receives them continues this layer's :class:`FavorState`
+    (``kv (B, H, M', D)``, ``normalizer (B, H, M')``, ``log_offset (B, H)``, and FAVOR++'s
+    ``kernel_params (B, H)``) and stores the
+    result. The state's size does not depend on the number of tokens seen.
+    """
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__()
+        self.state: FavorState | None = None
+        self.seen = 0
+        self._pending: Tensor | None = None
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        self.device = key_states.device
+        self.is_initialized = True
+
+    def update(
+        self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        """Register ``key_states (B, Hkv, Lnew, D)`` for the next attention call; returns them."""
+        if self._pending is not None:
+            raise RuntimeError(
+                "FavorCache was updated twice without a 'favor' attention call in between: it only works "
+                "with attn_implementation='favor'"
+            )
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self._pending = key_states
+        _PENDING.set((self, key_states))
+        return key_states, value_states
+
+    def commit(self, state: FavorState, new_tokens: int) -> None:
+        """Store the state after the pending keys (called by the attention function)."""
+        self.state = state
+        self.seen += new_tokens
+        self._pending = None
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.state = None
+        self.seen = 0
+        self._pending = None
+
+    def _map_state(self, fn) -> None:
+        if self.state is not None:
+            self.state = FavorState(*(None if t is None else fn(t) for t in self.state))
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._map_state(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._map_state(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: Tensor) -> None:
+        self._map_state(lambda t: t[indices])
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove != 0:
+            raise NotImplementedError(
+                "FavorCache keeps a running sum, not the keys: tokens cannot be removed "
+                "(assisted decoding / cache cropping is not supported)"
+            )
+
+    def offload(self) -> None:  # nothing large to move
+        return None
+
+    def prefetch(self) -> None:
+        return None
+
+
+class FavorCache(Cache):
+    """A ``transformers`` cache holding one :class:`FavorCacheLayer` (recurrent state) per layer.
+
+    Use it for decoding with the ``"favor"`` attention: ``model.generate(ids, cache=FavorCache())``
+    (``past_key_values=`` in transformers < 5) or ``model(ids, cache=FavorCache(), use_cache=True)``.
+    Per-token cost and memory are constant in the context length.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(layer_class_to_replicate=FavorCacheLayer)
+
+
+def _take_pending(key: Tensor) -> FavorCacheLayer | None:
+    entry = _PENDING.get()
+    if entry is None or entry[1] is not key:
+        return None
+    _PENDING.set(None)
+    return entry[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the attention function
+
+
+_UNSUPPORTED_KWARGS = ("softcap", "sliding_window", "s_aux", "sinks", "position_bias", "head_mask")
+
+
+def favor_attention_forward(
+    module: nn.Module,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attention_mask: Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[Tensor, None]:
+    """The ``"favor"`` entry of ``AttentionInterface`` (signature of HF's ``sdpa_attention_forward``).
+
+    Args:
+        module: the HF attention module (gives ``config``, ``layer_idx``, ``is_causal`` and
+            ``num_key_value_groups``; holds the ``favor`` projection submodule).
+        query: ``(B, H, Lq, D)``.
+        key, value: ``(B, Hkv, Lk, D)`` with ``H = Hkv · num_key_value_groups`` (GQA); with a
+            :class:`FavorCache` only the new positions.
+        attention_mask: see the module docstring (None, 2D key mask or factorizable 4D mask).
+        dropout: attention-weight dropout; not applied (FAVOR+ forms no attention matrix).
+        scaling: the softmax temperature (default ``1/√D``).
+        is_causal: overrides ``module.is_causal``.
+
+    Returns:
+        ``(out, None)`` with ``out`` of shape ``(B, Lq, H, D)`` (HF's layout after attention).
+    """
+    for name in _UNSUPPORTED_KWARGS:
+        if kwargs.get(name) is not None:
+            raise ValueError(f"the 'favor' attention does not support {name!r}")
+    if dropout and module.training:
+        _warn_once(
+            "dropout",
+            "the 'favor' attention does not apply attention-weight dropout "
+            "(FAVOR+ forms no attention matrix)",
+        )
+    if kwargs.get("output_attentions"):
+        _warn_once("weights", "the 'favor' attention cannot return attention weights; they are None")
+    favor = _favor_module(module, query.device)
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    batch, _, q_len, _ = query.shape
+    layer = _take_pending(key)
+    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    k_len = key.shape[2]
+    pad = _key_padding(attention_mask, causal, q_len, k_len, batch)
+    common = {
+        "kernel": favor.kernel,
+        "scale": scaling,
+        "chunk_size": favor.chunk_size,
+    }
+    projection = favor.projection
+
+    if layer is not None:
+        if not causal:
+            raise ValueError("FavorCache is for causal self-attention; this module is not causal")
+        if k_len != q_len:
+            raise ValueError(f"FavorCache: expected as many new keys as queries, got {k_len} and {q_len}")
+        out, state = favor_attention(
+            query,
+            key,
+            value,
+            projection,
+            causal=True,
+            key_padding_mask=pad,
+            initial_state=layer.state,
+            return_state=True,
+            **common,
+        )
+        layer.commit(state, k_len)
+    elif causal and k_len != q_len:
+        if k_len < q_len:
+            raise ValueError(f"causal attention with fewer keys ({k_len}) than queries ({q_len})")
+        _warn_once(
+            "dynamic-cache",
+            "the 'favor' attention is decoding with a key/value cache, so it rebuilds the FAVOR+ "
+            "state from all past keys at every step (linear per token); pass cache=FavorCache() for "
+            "constant cost per token",
+        )
+        past = k_len - q_len
+        pad_past = None if pad is None else pad[:, :past]
+        pad_new = None if pad is None else pad[:, past:]
+        _, state = favor_attention(
+            key[:, :, :past],
+            key[:, :, :past],
+            value[:, :, :past],
+            projection,
+            causal=True,
+            key_padding_mask=pad_past,
+            return_state=True,
+            **common,
+        )
+        out = favor_attention(
+            query,
+            key[:, :, past:],
+            value[:, :, past:],
+            projection,
+            causal=True,
+            key_padding_mask=pad_new,
+            initial_state=state,
+            **common,
+        )
+    else:
+        out = favor_attention(query, key, value, projection, causal=causal, key_padding_mask=pad, **common)
+    return out.transpose(1, 2).contiguous(), None
+
+
+# --------------------------------------------------------------------------------------------
+# registration and conversion
+
+
+def register() -> None:
+    """Register ``"favor"`` in HF's ``AttentionInterface`` and ``AttentionMaskInterface`` (idempotent)."""
+    AttentionInterface.register(ATTENTION_NAME, favor_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, favor_mask)
+
+
+def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every attention module of ``model`` the backend runs, in order.
+
+    Raises:
+        ValueError: if ``model`` is not a supported family (see :data:`SUPPORTED_ATTENTION_CLASSES`).
+    """
+    config = getattr(model, "config", None)
+    model_type = _model_type(config) if config is not None else ""
+    names = SUPPORTED_ATTENTION_CLASSES.get(model_type)
+    if names is None:
+        raise ValueError(
+            f"performerize does not support {type(model).__name__} (model_type {model_type!r}); "
+            f"supported model types: {sorted(SUPPORTED_ATTENTION_CLASSES)}"
+        )
+    found = [(n, m) for n, m in model.named_modules() if type(m).__name__ in names]
+    if not found:
+        raise ValueError(f"found no attention module ({names}) in {type(model).__name__}")
+    return found
+
+
+def performerize(
+    model: nn.Module,
+    num_features: int | None = None,
+    *,
+    kernel: str | None = None,
+    projection_kind: str | None = None,
+    row_norms: str | None = None,
+    seed: int | None = None,
+    redraw_every: int | None = None,
+    chunk_size: int | None = None,
+) -> nn.Module:
+    """Switch a loaded HF model to FAVOR+ attention, in place; returns ``model``.
+
+    Options left ``None`` keep the value in ``model.config.favor_config`` (a model converted
+    before) or the default (:data:`DEFAULT_FAVOR_CONFIG`). Changing an option resets the
+    projections to draw 0. The weights are untouched: :func:`unperformerize` gives back the
+    original model.
+
+    Args:
+        model: a ``PreTrainedModel`` of a supported family (BERT, RoBERTa, GPT-2, Llama).
+        num_features: ``M``, random features per layer (``None``/0 only for generalized kernels).
+        kernel: a name of :data:`performers.KERNELS` (``"softmax"``, ``"relu"``, ...).
+        projection_kind: ``"orthogonal"`` or ``"iid"``.
+        row_norms: ``"chi"`` or ``"sqrt_d"`` (orthogonal only).
+        seed: layer ``l``'s projections are seeded by ``(seed, l, draw)``.
+        redraw_every: redraw period for :class:`performers.FeatureRedrawer` (0 = never).
+        chunk_size: positions per chunk of the causal algorithm.
+    """
+    register()
+    modules = attention_modules(model)
+    given = {
+        "num_features": num_features,
+        "kernel": kernel,
+        "projection_kind": projection_kind,
+        "row_norms": row_norms,
+        "seed": seed,
+        "redraw_every": redraw_every,
+        "chunk_size": chunk_size,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    current = getattr(model.config, "favor_config", None) or {}
+    changed = any(current.get(k) != v for k, v in given.items())
+    settings = {**current, **given}
+    if changed:
+        settings["redraw_counts"] = {}
+    settings = _validated_settings(settings)
+    configs = {id(m.config): m.config for _, m in modules}
+    configs[id(model.config)] = model.config
+    for config in configs.values():
+        config.favor_config = settings
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation(ATTENTION_NAME)
+    else:
+        for config in configs.values():
+            config._attn_implementation = ATTENTION_NAME
+    for _, module in modules:
+        _attach(module)
+    return model
+
+
+def is_performerized(model: nn.Module) -> bool:
+    """True when ``model`` runs the ``"favor"`` attention."""
+    config = getattr(model, "config", None)
+    return getattr(config, "_attn_implementation", None) == ATTENTION_NAME
+
+
+def unperformerize(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
+    """Back to softmax attention (``attn_implementation``), in place: removes the ``favor``
+    submodules and ``config.favor_config``; returns ``model``."""
+    for _, module in attention_modules(model):
+        if isinstance(getattr(module, "favor", None), FavorAttention):
+            del module.favor
+    configs = {id(m.config): m.config for _, m in attention_modules(model)}
+    configs[id(model.config)] = model.config
+    for config in configs.values():
+        if hasattr(config, "favor_config"):
+            del config.favor_config
+    model.set_attn_implementation(attn_implementation)
+    return model
+
+
+register()
