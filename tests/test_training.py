@@ -178,3 +178,23 @@ def test_concatenated_data_too_small_for_one_batch_is_an_error(tmp_path):
         evaluate_model(
             tiny_model("clm"), TOK, motif_proteins(2), task="clm", max_length=4096, concatenate=True
         )
+
+
+def test_metrics_go_to_tensorboard_when_asked(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard not installed (make test installs it)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(tmp_path, "clm", tensorboard=True)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert {"loss", "lr", "step_seconds", "valid_accuracy"} <= set(events.Tags()["scalars"])
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = events.Scalars("loss")
+    assert [e.step for e in losses] == [r["step"] for r in logged]
+    assert [e.value for e in losses] == pytest.approx([r["loss"] for r in logged], rel=1e-6)
+    assert [e.step for e in events.Scalars("valid_accuracy")] == [3, 6]
+
+
+def test_no_tensorboard_files_when_turned_off(tmp_path):
+    run(tmp_path, "clm", tensorboard=False, max_steps=2)
+    assert not (tmp_path / "tensorboard").exists()

@@ -62,6 +62,8 @@ class TrainingConfig:
     # joined with separators and cut into windows of exactly max_length tokens (the paper's
     # concatenated long-sequence setting, e.g. max_length = 8192).
     concatenate: bool = False
+    # TensorBoard event files in out_dir/tensorboard: True, False, or None = when installed.
+    tensorboard: bool | None = None
 
     def __post_init__(self) -> None:
         if self.task not in ("mlm", "clm"):
@@ -279,6 +281,7 @@ class Trainer:
             disable=self.rank != 0 or not sys.stderr.isatty(),
         )
         result: dict[str, float] = {}
+        board = self._tensorboard() if self.rank == 0 else None
         while self.step < min(c.max_steps, stop_at or c.max_steps):
             step_start = time.perf_counter()
             loss_sum = 0.0
@@ -312,6 +315,10 @@ class Trainer:
                 record.update({f"valid_{k}": v for k, v in result.items()})
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+            if board is not None:
+                for key, value in record.items():
+                    if key != "step":
+                        board.add_scalar(key, value, self.step)
             elapsed = time.perf_counter() - start
             rate = tokens / max(elapsed, 1e-9)
             bar.update(1)
@@ -324,7 +331,24 @@ class Trainer:
             if self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
                 self._checkpoint()
         bar.close()
+        if board is not None:
+            board.close()
         return result
+
+    def _tensorboard(self):
+        """A SummaryWriter for ``out_dir/tensorboard`` when asked for (or, by default, when
+        TensorBoard is installed); None otherwise."""
+        if self.config.tensorboard is False:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            if self.config.tensorboard:
+                raise ImportError(
+                    "tensorboard=True needs the tensorboard package: pip install tensorboard"
+                ) from None
+            return None
+        return SummaryWriter(str(self.out_dir / "tensorboard"))
 
 
 @torch.no_grad()
