@@ -286,3 +286,29 @@ def test_torch_compile_forward_backward():
     torch.testing.assert_close(loss, eager, rtol=1e-5, atol=1e-6)
     for p, g in zip(model.parameters(), eager_grads, strict=True):
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", ["favor", "exact"])
+def test_a_mask_without_padding_is_dropped_so_exact_attention_uses_fused_sdpa(monkeypatch, attention):
+    model = PerformerForMaskedLM(tiny(attention=attention)).eval()
+    x = ids()
+    masks = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        masks.append(kwargs.get("attn_mask"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    with torch.no_grad():
+        plain = model(x).logits
+        ones = model(x, attention_mask=torch.ones_like(x)).logits
+    assert torch.equal(plain, ones)
+    if attention == "exact":
+        assert masks and all(m is None for m in masks)  # no (L, L) bias was built
+        masks.clear()
+        padded = torch.ones_like(x)
+        padded[0, -3:] = 0
+        with torch.no_grad():
+            model(x, attention_mask=padded)
+        assert masks and all(m is not None for m in masks)

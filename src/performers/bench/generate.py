@@ -89,7 +89,7 @@ def _cache_bytes(cache: PerformerCache) -> int:
         if isinstance(layer, KVCache):
             total += layer.nbytes()
         else:
-            total += sum(t.numel() * t.element_size() for t in layer)
+            total += sum(t.numel() * t.element_size() for t in layer if t is not None)
     return total
 
 

@@ -350,6 +350,11 @@ class PerformerModel(PerformerPreTrainedModel):
                 f"past_key_values has {len(past_key_values.layers)} layers, the model {len(self.layers)}"
             )
         past_length = 0 if past_key_values is None else past_key_values.length
+        if padding is not None and not use_cache and not torch.compiler.is_compiling():
+            # A mask with no padded position changes nothing; dropping it lets exact attention
+            # use SDPA's fused kernels instead of an (L, L) bias (e.g. concatenated windows).
+            if not bool(padding.any()):
+                padding = None
 
         if position_ids is None:
             if (
