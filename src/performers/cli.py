@@ -410,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     speed.set_defaults(func=lambda _: 0)
+    from performers.integrations.commands import add_commands
+
+    add_commands(sub, bench_sub)  # convert, distill, bench compat (Hugging Face models)
     return parser
 
 

