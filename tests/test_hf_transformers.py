@@ -377,6 +377,18 @@ def test_factorizable_4d_masks_are_accepted():
     expected = model(ids, attention_mask=mask).last_hidden_state
     for four_d in (keep, additive):
         torch.testing.assert_close(model(ids, attention_mask=four_d).last_hidden_state, expected)
+    # A causal model: the 4D mask must be key padding and the causal triangle.
+    llama = hf.performerize(_llama().double(), num_features=16)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, :3] = 0  # left padding
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    expected = llama(ids, attention_mask=mask, position_ids=positions).logits
+    causal = mask.bool()[:, None, None, :] & torch.ones(9, 9, dtype=torch.bool).tril()
+    got = llama(ids, attention_mask=causal, position_ids=positions).logits
+    torch.testing.assert_close(got[1, 3:], expected[1, 3:])
+    torch.testing.assert_close(got[0], expected[0])
+    with pytest.raises(ValueError, match="causal triangle"):
+        llama(ids, attention_mask=mask.bool()[:, None, None, :].expand(2, 1, 9, 9), position_ids=positions)
 
 
 @pytest.fixture(scope="module")
