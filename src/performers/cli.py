@@ -12,6 +12,9 @@ import torch
 def _approximation(args: argparse.Namespace) -> int:
     from performers.bench.approximation import format_table, measure, write_json
 
+    if args.sections != ["attention"] or args.out:
+        return _approximation_sections(args)
+
     settings = {
         "length": args.length,
         "dim": args.dim,
@@ -28,6 +31,7 @@ def _approximation(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         input_std=args.input_std,
         seed=args.seed,
+        kernels=tuple(args.kernels),
     )
     print(
         f"FAVOR estimators vs exact softmax attention: L={args.length}, D={args.dim}, "
@@ -45,6 +49,55 @@ def _approximation(args: argparse.Namespace) -> int:
     return 0
 
 
+def _approximation_sections(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from performers.bench.approximation import format_sections, plot_sections, run_sections
+
+    start = time.perf_counter()
+    settings = {
+        "command": "performers " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None,
+        "sections": args.sections,
+        "length": args.length,
+        "dim": args.dim,
+        "feature_counts": list(args.features),
+        "repeats": args.repeats,
+        "input_std": args.input_std,
+        "seed": args.seed,
+        "kernels": list(args.kernels),
+        "models": list(args.model),
+        "proteins": args.proteins,
+    }
+    results = run_sections(
+        args.sections,
+        length=args.length,
+        dim=args.dim,
+        feature_counts=args.features,
+        repeats=args.repeats,
+        input_std=args.input_std,
+        seed=args.seed,
+        kernels=args.kernels,
+        models=args.model,
+        num_proteins=args.proteins,
+    )
+    tables = format_sections(results, settings)
+    print(tables)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({"settings": settings, **results}, indent=2) + "\n"
+        (out / "approximation.json").write_text(payload)
+        (out / "tables.md").write_text(tables + "\n")
+        for path in plot_sections(results, out):
+            print(f"wrote {path}")
+        print(f"wrote {out / 'approximation.json'} and {out / 'tables.md'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"settings": settings, **results}, indent=2) + "\n")
+    print(f"done in {time.perf_counter() - start:.1f}s")
+    return 0
+
+
 def _add_approximation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--length", type=int, default=256, help="sequence length L (default 256)")
     p.add_argument("--dim", type=int, default=16, help="head dimension D (default 16)")
@@ -53,6 +106,24 @@ def _add_approximation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-std", type=float, default=0.5, help="std of the random q and k entries")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument(
+        "--kernels",
+        nargs="+",
+        default=["softmax", "softmax-hyperbolic", "trig", "favor++"],
+        help="estimators (registry names with an MSE formula)",
+    )
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=["attention"],
+        choices=["attention", "kernel", "reduction", "proteins", "sklearn"],
+        help="what to measure: attention error on random q/k (default), kernel-value MSE per pair, "
+        "FAVOR++ variance reduction, attention error on trained protein models (--model), "
+        "RBF kernel approximation on scikit-learn's digits",
+    )
+    p.add_argument("--model", nargs="*", default=[], help="trained protein model directories (proteins)")
+    p.add_argument("--proteins", type=int, default=16, help="test proteins fed to each model (proteins)")
+    p.add_argument("--out", default=None, help="directory for approximation.json, tables.md and PNG plots")
     p.set_defaults(func=_approximation)
 
 

@@ -1,35 +1,62 @@
 """How well each softmax estimator approximates exact attention, next to the paper's theory.
 
-For random queries and keys, every estimator (positive, hyperbolic, trigonometric; iid and
-orthogonal projections) is drawn ``repeats`` times per feature count ``M`` and compared with
+For random queries and keys, every estimator (positive, hyperbolic, trigonometric, FAVOR++; iid
+and orthogonal projections) is drawn ``repeats`` times per feature count ``M`` and compared with
 exact softmax attention. Two numbers per row:
 
 * the relative Frobenius error of the attention output, ``‖out − exact‖ / ‖exact‖``;
-* the mean squared error of the kernel entries ``φ(q̃_i)ᵀφ(k̃_j)`` against ``exp(q̃_iᵀk̃_j)``,
-  beside Lemma 2's closed form for iid features averaged over the same pairs (orthogonal
-  features should come out below it, Theorem 2).
+* the mean squared error of the kernel entries ``φ(q̃_i)ᵀφ(k̃_j)`` against ``exp(q̃_iᵀk̃_j)``
+  (over the first ``KERNEL_PAIRS_MAX`` queries and keys), beside the closed form for iid
+  features averaged over the same pairs (Lemma 2; for FAVOR++ the GERF variance at the ``A``
+  attention used; orthogonal features should come out below it, Theorem 2).
+
+Further sections (``performers bench approximation --sections ...``, see :func:`run_sections`):
+``kernel`` (kernel-value MSE vs ``M`` for chosen pairs, Monte Carlo next to theory),
+``reduction`` (FAVOR++'s variance reduction over FAVOR+), ``proteins`` (attention error on q/k/v
+captured from every layer of trained protein models) and ``sklearn`` (RBF kernel approximation
+on scikit-learn's digits: Gram-matrix error and downstream accuracy against ``RBFSampler`` and
+``Nystroem``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from performers.ops import theory
 from performers.ops.attention import favor_attention
 from performers.ops.exact import exact_attention
-from performers.ops.features import feature_map
-from performers.ops.projections import make_projection
+from performers.ops.features import KERNELS, feature_map
+from performers.ops.projections import make_projection, orthogonal_projection
 
-THEORY = {
+THEORY: dict[str, Callable[..., Tensor]] = {
     "softmax": theory.mse_positive,
     "softmax-hyperbolic": theory.mse_hyperbolic,
     "trig": theory.mse_trigonometric,
+    "favor++": theory.mse_optimal_positive,
 }
+DEFAULT_KERNELS = tuple(THEORY)
+KERNEL_PAIRS_MAX = 512
+SECTIONS = ("attention", "kernel", "reduction", "proteins", "sklearn")
+
+
+def _theory_mse(kernel: str, x: Tensor, y: Tensor, m: int, params: Tensor | None) -> Tensor:
+    if kernel == "favor++":
+        return theory.mse_optimal_positive(x, y, m, params)
+    return THEORY[kernel](x, y, m)
+
+
+def _kernel_params(kernel: str, qs: Tensor, ks: Tensor) -> Tensor | None:
+    """The data-dependent parameters attention uses (FAVOR++'s ``A``) for ``(L, D)`` inputs."""
+    hook = KERNELS[kernel].parameters
+    return None if hook is None else hook(qs[None, None], ks[None, None])[0, 0]
 
 
 @dataclass
@@ -51,8 +78,12 @@ def measure(
     repeats: int = 8,
     input_std: float = 0.5,
     seed: int = 0,
+    kernels: Sequence[str] = DEFAULT_KERNELS,
 ) -> list[ApproximationRow]:
     """Run the comparison; inputs are ``N(0, input_std²)`` of shape ``(1, 1, length, dim)``."""
+    for kernel in kernels:
+        if kernel not in THEORY:
+            raise ValueError(f"kernel {kernel!r} has no MSE formula here; choose from {', '.join(THEORY)}")
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64
     q = input_std * torch.randn(1, 1, length, dim, generator=gen, dtype=dt)
@@ -61,19 +92,30 @@ def measure(
     exact = exact_attention(q, k, v)
     s = dim**-0.25
     qs, ks = q[0, 0] * s, k[0, 0] * s
-    true_kernel = torch.exp(qs @ ks.T)
-    pairs_x, pairs_y = qs[:, None, :], ks[None, :, :]
+    # Kernel entries over a subsample of pairs (all pairs at L = 4096 would be 16M entries).
+    sub_q, sub_k = qs[:KERNEL_PAIRS_MAX], ks[:KERNEL_PAIRS_MAX]
+    true_kernel = torch.exp(sub_q @ sub_k.T)
+    pairs_x, pairs_y = sub_q[:, None, :], sub_k[None, :, :]
 
+    # The same projections for every kernel (paired comparison).
+    draws = {
+        (kind, m): [make_projection(m, dim, kind=kind, generator=gen, dtype=dt) for _ in range(repeats)]
+        for kind in ("iid", "orthogonal")
+        for m in feature_counts
+    }
     rows = []
-    for kernel, mse_fn in THEORY.items():
+    for kernel in kernels:
+        params = _kernel_params(kernel, qs, ks)  # the A of the whole sequence, as attention uses
+        theory_by_m = {
+            m: _theory_mse(kernel, pairs_x, pairs_y, m, params).mean().item() for m in feature_counts
+        }
         for kind in ("iid", "orthogonal"):
             for m in feature_counts:
                 errors, mses = [], []
-                for _ in range(repeats):
-                    w = make_projection(m, dim, kind=kind, generator=gen, dtype=dt)
+                for w in draws[(kind, m)]:
                     out = favor_attention(q, k, v, w, kernel=kernel)
                     errors.append(((out - exact).norm() / exact.norm()).item())
-                    estimate = feature_map(qs, w, kernel) @ feature_map(ks, w, kernel).T
+                    estimate = feature_map(sub_q, w, kernel, params) @ feature_map(sub_k, w, kernel, params).T
                     mses.append((estimate - true_kernel).pow(2).mean().item())
                 rows.append(
                     ApproximationRow(
@@ -83,7 +125,7 @@ def measure(
                         attention_rel_error=statistics.fmean(errors),
                         attention_rel_error_sd=statistics.stdev(errors) if len(errors) > 1 else 0.0,
                         kernel_mse=statistics.fmean(mses),
-                        kernel_mse_theory_iid=mse_fn(pairs_x, pairs_y, m).mean().item(),
+                        kernel_mse_theory_iid=theory_by_m[m],
                     )
                 )
     return rows
@@ -109,3 +151,590 @@ def write_json(rows: list[ApproximationRow], path: str | Path, settings: dict) -
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"settings": settings, "rows": [asdict(r) for r in rows]}
     path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel-value MSE vs M for single pairs (Monte Carlo over projections, next to theory)
+
+# (‖x‖ = ‖y‖ = r, cos of the angle): kernel values SM = exp(r² cos) from 0.13 to 3.1.
+KERNEL_PAIRS = ((1.5, -0.9), (0.5, 0.5), (1.0, 0.0), (1.0, 0.8), (1.5, 0.5))
+
+
+def _pair(r: float, cos: float, dim: int) -> tuple[Tensor, Tensor]:
+    x = torch.zeros(dim, dtype=torch.float64)
+    y = torch.zeros(dim, dtype=torch.float64)
+    x[0] = r
+    y[0], y[1] = r * cos, r * math.sqrt(max(0.0, 1 - cos * cos))
+    return x, y
+
+
+def _batched_projections(reps: int, m: int, dim: int, kind: str, gen: torch.Generator) -> Tensor:
+    """``reps`` independent projections ``(reps, m, dim)``; orthogonal ones from independent blocks."""
+    if kind == "iid":
+        return torch.randn(reps, m, dim, generator=gen, dtype=torch.float64)
+    blocks = -(-m // dim)
+    w = orthogonal_projection(reps * blocks * dim, dim, generator=gen, dtype=torch.float64)
+    return w.reshape(reps, blocks * dim, dim)[:, :m]
+
+
+def kernel_mse_sweep(
+    *,
+    dim: int = 16,
+    feature_counts: Sequence[int] = (4, 16, 64, 256),
+    repeats: int = 4000,
+    kernels: Sequence[str] = DEFAULT_KERNELS,
+    seed: int = 0,
+) -> list[dict]:
+    """Monte Carlo MSE of ``φ(x)ᵀφ(y)`` against ``exp(xᵀy)`` for the pairs of ``KERNEL_PAIRS``.
+
+    FAVOR++ uses the pair's own optimum ``A*(‖x+y‖²)``. Each row has the measured MSE, its
+    standard error over the ``repeats`` draws and the iid closed form. All kernels use the same
+    draws of the projections (a paired comparison).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for r, cos in KERNEL_PAIRS:
+        x, y = _pair(r, cos, dim)
+        sm = theory.softmax_kernel_value(x, y).item()
+        phi = ((x + y) ** 2).sum().item()
+        a_star = theory.optimal_positive_parameter(phi, dim)
+        for kind in ("iid", "orthogonal"):
+            for m in feature_counts:
+                w = _batched_projections(repeats, m, dim, kind, gen)  # shared by the kernels
+                for kernel in kernels:
+                    params = a_star if kernel == "favor++" else None
+                    p = None if params is None else params.expand(repeats)
+                    est = (
+                        feature_map(x[None, None], w, kernel, p) * feature_map(y[None, None], w, kernel, p)
+                    ).sum(-1)
+                    sq = (est[:, 0] - sm) ** 2
+                    rows.append(
+                        {
+                            "r": r,
+                            "cos": cos,
+                            "kernel_value": sm,
+                            "sum_sq_norm": phi,
+                            "kernel": kernel,
+                            "projection": kind,
+                            "num_features": m,
+                            "mse": sq.mean().item(),
+                            "mse_se": sq.std().item() / math.sqrt(repeats),
+                            "mse_theory_iid": _theory_mse(kernel, x, y, m, params).item(),
+                        }
+                    )
+    return rows
+
+
+def variance_reduction(dim: int = 64, sum_sq_norms: Sequence[float] = (1.0, 4.0, 16.0)) -> list[dict]:
+    """FAVOR++ vs FAVOR+ (one feature, iid): relative variances ``Var/SM²`` and their ratio.
+
+    ``Var⁺/SM² = e^φ − 1`` (Lemma 2) and ``Var⁺⁺/SM² = ((1−4A)²/(1−8A))^{d/2} e^{φ/(1−8A)} − 1``
+    at ``A = A*(φ)`` (CRT); both are independent of how ``φ = ‖x+y‖²`` splits into ``x``, ``y``.
+    """
+    rows = []
+    for phi in sum_sq_norms:
+        phi_t = torch.tensor(phi, dtype=torch.float64)
+        a = theory.optimal_positive_parameter(phi_t, dim)
+        plus = math.expm1(phi)
+        plus_plus = (theory.gerf_second_moment_ratio(phi_t, a, dim) - 1).item()
+        rows.append(
+            {
+                "dim": dim,
+                "sum_sq_norm": phi,
+                "a_star": a.item(),
+                "rel_var_favor_plus": plus,
+                "rel_var_favor_plus_plus": plus_plus,
+                "reduction_factor": plus / plus_plus,
+            }
+        )
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention error on q/k/v captured from trained protein models
+
+
+def capture_protein_qkv(
+    model_dir: str | Path,
+    *,
+    num_proteins: int = 16,
+    max_length: int | None = None,
+    split: str = "test",
+    sequences: Sequence[str] | None = None,
+) -> tuple[list[tuple[Tensor, Tensor, Tensor]], Tensor, dict]:
+    """Run a trained protein model on ``num_proteins`` proteins of ``split`` and capture every layer's q/k/v.
+
+    ``sequences`` replaces the corpus's proteins (amino-acid strings) when given.
+
+    Returns ``(layers, key_padding_mask, info)``: per layer ``(q, k, v)`` of shape ``(B, H, L, D)``
+    (float64, as fed to the attention after any rotary embedding), the ``(B, L)`` padding mask
+    (True = padded) and ``info`` (config summary, tokens).
+    """
+    from performers.layers.favor import FavorAttention
+    from performers.models.io import from_pretrained
+    from performers.proteins.data import ProteinSequences, read_split
+    from performers.proteins.experiment import DEFAULT_CORPUS
+    from performers.proteins.tokenizer import ProteinTokenizer
+
+    # q/k/v do not depend on the backend: run the FAVOR module (also for exact-trained models)
+    # so that its pre-hook sees them.
+    model = from_pretrained(model_dir, attention="favor").eval()
+    config = model.config
+    length = min(max_length or config.max_position_embeddings, config.max_position_embeddings)
+    tokenizer_path = Path(model_dir) / "tokenizer.json"
+    tokenizer = ProteinTokenizer.load(tokenizer_path) if tokenizer_path.exists() else ProteinTokenizer()
+    proteins = list(sequences if sequences is not None else read_split(DEFAULT_CORPUS, split))[:num_proteins]
+    dataset = ProteinSequences(proteins, tokenizer, length)  # [cls, residues..., eos], cropped
+    items = [dataset[i] for i in range(len(dataset))]
+    width = max(t.numel() for t in items)
+    input_ids = torch.full((len(items), width), tokenizer.pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, t in enumerate(items):
+        input_ids[row, : t.numel()] = t
+        attention_mask[row, : t.numel()] = 1
+
+    captured: list[tuple[Tensor, Tensor, Tensor]] = []
+
+    def hook(_module, args, _kwargs):
+        q, k, v = args[:3]
+        captured.append(tuple(t.detach().to(torch.float64) for t in (q, k, v)))
+
+    handles = [
+        m.register_forward_pre_hook(hook, with_kwargs=True)
+        for m in model.modules()
+        if isinstance(m, FavorAttention)
+    ]
+    if not handles:
+        raise ValueError(f"{model_dir}: the model has no FAVOR attention module to capture q/k from")
+    try:
+        with torch.no_grad():
+            model(input_ids, attention_mask=attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    mask = attention_mask == 0
+    trained_with = json.loads((Path(model_dir) / "config.json").read_text()).get("attention", "favor")
+    info = {
+        "model": str(model_dir),
+        "attention_trained_with": trained_with,
+        "layers": len(captured),
+        "heads": config.num_heads,
+        "head_dim": captured[0][0].shape[-1],
+        "proteins": len(proteins),
+        "tokens": int((~mask).sum()),
+        "max_length": length,
+    }
+    return captured, mask, info
+
+
+def protein_attention_errors(
+    model_dirs: Sequence[str | Path],
+    *,
+    feature_counts: Sequence[int] = (16, 64, 256),
+    repeats: int = 4,
+    kernels: Sequence[str] = DEFAULT_KERNELS,
+    num_proteins: int = 16,
+    seed: int = 0,
+    sequences: Sequence[str] | None = None,
+) -> tuple[list[dict], list[dict]]:
+    """Relative error of each estimator's attention output vs exact softmax, per model and layer.
+
+    The error is over real (non-padded) query positions; padded keys are masked in both.
+    Returns ``(rows, model_infos)``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    rows, infos = [], []
+    for model_dir in model_dirs:
+        layers, mask, info = capture_protein_qkv(model_dir, num_proteins=num_proteins, sequences=sequences)
+        infos.append(info)
+        keep = ~mask[:, None, :, None]
+        for layer, (q, k, v) in enumerate(layers):
+            exact = exact_attention(q, k, v, key_padding_mask=mask)
+            reference = (exact * keep).norm()
+            dim = q.shape[-1]
+            s = dim**-0.25
+            a = KERNELS["favor++"].parameters(q * s, k * s, key_padding_mask=mask)
+            draws = {
+                (kind, m): [
+                    make_projection(m, dim, kind=kind, generator=gen, dtype=torch.float64)
+                    for _ in range(repeats)
+                ]
+                for kind in ("iid", "orthogonal")
+                for m in feature_counts
+            }
+            for kernel in kernels:
+                for kind in ("iid", "orthogonal"):
+                    for m in feature_counts:
+                        errors = []
+                        for w in draws[(kind, m)]:
+                            out = favor_attention(q, k, v, w, kernel=kernel, key_padding_mask=mask)
+                            errors.append((((out - exact) * keep).norm() / reference).item())
+                        rows.append(
+                            {
+                                "model": info["model"],
+                                "layer": layer,
+                                "kernel": kernel,
+                                "projection": kind,
+                                "num_features": m,
+                                "attention_rel_error": statistics.fmean(errors),
+                                "attention_rel_error_sd": statistics.stdev(errors)
+                                if len(errors) > 1
+                                else 0.0,
+                                "favor_pp_a_mean": a.mean().item(),
+                            }
+                        )
+    return rows, infos
+
+
+# ---------------------------------------------------------------------------------------------
+# scikit-learn: RBF kernel approximation on the digits dataset
+
+
+def sklearn_digits(
+    *, n_components: Sequence[int] = (64, 256, 1024), seeds: int = 3, small_quantile: float = 0.1
+) -> tuple[list[dict], dict]:
+    """Gram-matrix error on the test split and downstream accuracy, ours vs RBFSampler and Nystroem.
+
+    Digits (1797 × 64, shipped with scikit-learn) scaled to [0, 1], a stratified 70/30 split,
+    ``γ = 1/(64·Var(X))`` (the ``"scale"`` rule). Gram errors ``‖K̂ − K‖_F/‖K‖_F`` on the test
+    points, over all entries and over the off-diagonal entries below the ``small_quantile``
+    quantile of ``K`` ("small kernel values"); accuracy of ``LogisticRegression(C=10)`` trained on
+    the features of the training split (first seed only). Means over ``seeds`` random states.
+    """
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.kernel_approximation import Nystroem, RBFSampler
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics.pairwise import rbf_kernel
+    from sklearn.model_selection import train_test_split
+
+    from performers.integrations.sklearn import OptimalPositiveRandomFeatures, PositiveRandomFeatures
+
+    digits = load_digits()
+    x = digits.data / 16.0
+    x_train, x_test, y_train, y_test = train_test_split(
+        x, digits.target, test_size=0.3, stratify=digits.target, random_state=0
+    )
+    gamma = 1.0 / (x.shape[1] * x_train.var())
+    exact = rbf_kernel(x_test, gamma=gamma)
+    off_diagonal = ~np.eye(len(x_test), dtype=bool)
+    threshold = np.quantile(exact[off_diagonal], small_quantile)
+    small = off_diagonal & (exact <= threshold)
+    methods = {
+        "RBFSampler": lambda n, seed: RBFSampler(gamma=gamma, n_components=n, random_state=seed),
+        "Nystroem": lambda n, seed: Nystroem(gamma=gamma, n_components=n, random_state=seed),
+        "Positive (iid)": lambda n, seed: PositiveRandomFeatures(n, gamma=gamma, random_state=seed),
+        "Positive (orthogonal)": lambda n, seed: PositiveRandomFeatures(
+            n, gamma=gamma, orthogonal=True, random_state=seed
+        ),
+        "FAVOR++ (iid)": lambda n, seed: OptimalPositiveRandomFeatures(n, gamma=gamma, random_state=seed),
+        "FAVOR++ (orthogonal)": lambda n, seed: OptimalPositiveRandomFeatures(
+            n, gamma=gamma, orthogonal=True, random_state=seed
+        ),
+    }
+    rows = []
+    for name, make in methods.items():
+        for n in n_components:
+            overall, small_errors, accuracy = [], [], None
+            for seed in range(seeds):
+                transformer = make(n, seed).fit(x_train)
+                f_test = transformer.transform(x_test)
+                gram = f_test @ f_test.T
+                overall.append(float(np.linalg.norm(gram - exact) / np.linalg.norm(exact)))
+                small_errors.append(
+                    float(np.linalg.norm((gram - exact)[small]) / np.linalg.norm(exact[small]))
+                )
+                if seed == 0:
+                    classifier = LogisticRegression(C=10.0, max_iter=2000)
+                    classifier.fit(transformer.transform(x_train), y_train)
+                    accuracy = float(classifier.score(f_test, y_test))
+            rows.append(
+                {
+                    "method": name,
+                    "n_components": n,
+                    "gram_rel_error": statistics.fmean(overall),
+                    "gram_rel_error_sd": statistics.stdev(overall) if seeds > 1 else 0.0,
+                    "gram_rel_error_small": statistics.fmean(small_errors),
+                    "gram_rel_error_small_sd": statistics.stdev(small_errors) if seeds > 1 else 0.0,
+                    "accuracy": accuracy,
+                }
+            )
+    exact_classifier = None
+    try:
+        from sklearn.svm import SVC
+
+        exact_classifier = float(
+            SVC(kernel="rbf", gamma=gamma, C=10.0).fit(x_train, y_train).score(x_test, y_test)
+        )
+    except ImportError:  # pragma: no cover
+        pass
+    info = {
+        "dataset": "sklearn.datasets.load_digits (1797 x 64), /16, stratified 70/30 split (random_state=0)",
+        "gamma": gamma,
+        "test_points": len(x_test),
+        "small_quantile": small_quantile,
+        "small_threshold": float(threshold),
+        "kernel_svm_accuracy": exact_classifier,
+        "seeds": seeds,
+    }
+    return rows, info
+
+
+# ---------------------------------------------------------------------------------------------
+# All sections: JSON, plots and the markdown results file
+
+
+def run_sections(
+    sections: Sequence[str],
+    *,
+    length: int,
+    dim: int,
+    feature_counts: Sequence[int],
+    repeats: int,
+    input_std: float,
+    seed: int,
+    kernels: Sequence[str] = DEFAULT_KERNELS,
+    models: Sequence[str | Path] = (),
+    num_proteins: int = 16,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the chosen ``SECTIONS`` and return their results (JSON-ready)."""
+    unknown = [name for name in sections if name not in SECTIONS]
+    if unknown:
+        raise ValueError(f"unknown sections {unknown}; choose from {', '.join(SECTIONS)}")
+    results: dict = {}
+    if "attention" in sections:
+        log(f"attention: L={length}, D={dim}, M={list(feature_counts)}, {repeats} draws")
+        rows = measure(
+            length=length,
+            dim=dim,
+            feature_counts=tuple(feature_counts),
+            repeats=repeats,
+            input_std=input_std,
+            seed=seed,
+            kernels=kernels,
+        )
+        results["attention"] = [asdict(r) for r in rows]
+    if "kernel" in sections:
+        log("kernel: Monte Carlo kernel-value MSE per pair")
+        results["kernel"] = kernel_mse_sweep(kernels=kernels, seed=seed)
+    if "reduction" in sections:
+        results["reduction"] = variance_reduction()
+    if "proteins" in sections:
+        if not models:
+            raise ValueError("section 'proteins' needs --model PATH (a trained protein model directory)")
+        log(f"proteins: q/k/v of every layer of {', '.join(str(m) for m in models)}")
+        rows, infos = protein_attention_errors(
+            models,
+            feature_counts=feature_counts,
+            repeats=repeats,
+            kernels=kernels,
+            num_proteins=num_proteins,
+            seed=seed,
+        )
+        results["proteins"] = {"models": infos, "rows": rows}
+    if "sklearn" in sections:
+        log("sklearn: digits, Gram error and accuracy")
+        rows, info = sklearn_digits()
+        results["sklearn"] = {"info": info, "rows": rows}
+    return results
+
+
+def plot_sections(results: dict, directory: str | Path) -> list[Path]:
+    """PNG plots of the sections present in ``results``; returns the written paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    colors = {"softmax": "C0", "softmax-hyperbolic": "C1", "trig": "C2", "favor++": "C3"}
+    styles = {"iid": "o", "orthogonal": "s"}
+
+    if "kernel" in results:
+        rows = results["kernel"]
+        pairs = sorted({(r["r"], r["cos"]) for r in rows}, key=lambda p: p[0] ** 2 * p[1])
+        fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.8), squeeze=False)
+        for ax, (rad, cos) in zip(axes[0], pairs, strict=True):
+            sel = [r for r in rows if (r["r"], r["cos"]) == (rad, cos)]
+            for kernel in dict.fromkeys(r["kernel"] for r in sel):
+                for kind in ("iid", "orthogonal"):
+                    pts = [r for r in sel if r["kernel"] == kernel and r["projection"] == kind]
+                    ax.errorbar(
+                        [r["num_features"] for r in pts],
+                        [r["mse"] for r in pts],
+                        yerr=[r["mse_se"] for r in pts],
+                        fmt=styles[kind],
+                        color=colors.get(kernel),
+                        mfc="none" if kind == "orthogonal" else None,
+                        label=f"{kernel} {kind}",
+                    )
+                pts = [r for r in sel if r["kernel"] == kernel and r["projection"] == "iid"]
+                ax.plot(
+                    [r["num_features"] for r in pts],
+                    [r["mse_theory_iid"] for r in pts],
+                    "-",
+                    color=colors.get(kernel),
+                )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(f"SM={sel[0]['kernel_value']:.2f}, ‖x+y‖²={sel[0]['sum_sq_norm']:.2f}", fontsize=9)
+            ax.set_xlabel("M (projections)")
+        axes[0][0].set_ylabel("kernel MSE (lines: iid theory)")
+        axes[0][-1].legend(fontsize=6)
+        fig.tight_layout()
+        path = directory / "kernel_mse.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    panels = []
+    if "attention" in results:
+        panels.append(("random q/k (see settings)", results["attention"]))
+    if "proteins" in results:
+        for info in results["proteins"]["models"]:
+            for layer in range(info["layers"]):
+                sel = [
+                    r
+                    for r in results["proteins"]["rows"]
+                    if r["model"] == info["model"] and r["layer"] == layer
+                ]
+                panels.append(
+                    (f"{Path(info['model']).parent.name}/{Path(info['model']).name} layer {layer}", sel)
+                )
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), squeeze=False)
+        for ax, (title, rows) in zip(axes[0], panels, strict=True):
+            for kernel in dict.fromkeys(r["kernel"] for r in rows):
+                for kind in ("iid", "orthogonal"):
+                    pts = [r for r in rows if r["kernel"] == kernel and r["projection"] == kind]
+                    ax.errorbar(
+                        [r["num_features"] for r in pts],
+                        [r["attention_rel_error"] for r in pts],
+                        yerr=[r["attention_rel_error_sd"] for r in pts],
+                        fmt=styles[kind] + ("--" if kind == "orthogonal" else "-"),
+                        color=colors.get(kernel),
+                        label=f"{kernel} {kind}",
+                    )
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("M (projections)")
+        axes[0][0].set_ylabel("attention relative error")
+        axes[0][-1].legend(fontsize=6)
+        fig.tight_layout()
+        path = directory / "attention_error.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    if "sklearn" in results:
+        rows = results["sklearn"]["rows"]
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        for name in dict.fromkeys(r["method"] for r in rows):
+            pts = [r for r in rows if r["method"] == name]
+            n = [r["n_components"] for r in pts]
+            axes[0].plot(n, [r["gram_rel_error"] for r in pts], "o-", label=name)
+            axes[1].plot(n, [r["gram_rel_error_small"] for r in pts], "o-", label=name)
+            axes[2].plot(n, [r["accuracy"] for r in pts], "o-", label=name)
+        titles = (
+            "Gram rel. error (all entries)",
+            f"Gram rel. error (K below its {results['sklearn']['info']['small_quantile']:.0%} quantile)",
+            "test accuracy, logistic regression",
+        )
+        for ax, title in zip(axes, titles, strict=True):
+            ax.set_xscale("log")
+            ax.set_title(title, fontsize=9)
+            ax.set_xlabel("n_components")
+        axes[0].set_yscale("log")
+        axes[1].set_yscale("log")
+        axes[2].legend(fontsize=7)
+        fig.tight_layout()
+        path = directory / "sklearn_digits.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def format_sections(results: dict, settings: dict) -> str:
+    """Markdown tables of the sections present in ``results``."""
+    parts = []
+    if "attention" in results:
+        rows = [ApproximationRow(**r) for r in results["attention"]]
+        parts.append(
+            f"### Attention error, random q/k: L = {settings['length']}, D = {settings['dim']}, "
+            f"entries N(0, {settings['input_std']}²), {settings['repeats']} draws per row\n\n"
+            f"Kernel MSE over the first {KERNEL_PAIRS_MAX}×{KERNEL_PAIRS_MAX} (query, key) pairs of "
+            "exp(q·k/√D); theory: Lemma 2 (iid), FAVOR++ at the A attention used.\n\n" + format_table(rows)
+        )
+    if "kernel" in results:
+        lines = [
+            "### Kernel-value MSE per pair (Monte Carlo over projections; theory = iid closed form)\n",
+            "| SM(x,y) | ‖x+y‖² | kernel | projection | M | MSE ± s.e. | theory (iid) |",
+            "|---:|---:|---|---|---:|---:|---:|",
+        ]
+        for r in results["kernel"]:
+            lines.append(
+                f"| {r['kernel_value']:.3f} | {r['sum_sq_norm']:.2f} | {r['kernel']} | {r['projection']} | "
+                f"{r['num_features']} | {r['mse']:.3e} ± {r['mse_se']:.1e} | {r['mse_theory_iid']:.3e} |"
+            )
+        parts.append("\n".join(lines))
+    if "reduction" in results:
+        lines = [
+            "### FAVOR++ vs FAVOR+: relative variance Var/SM² of one feature (closed forms)\n",
+            "| d | ‖x+y‖² | A* | FAVOR+ | FAVOR++ | reduction factor |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in results["reduction"]:
+            lines.append(
+                f"| {r['dim']} | {r['sum_sq_norm']:g} | {r['a_star']:.4f} | {r['rel_var_favor_plus']:.4g} | "
+                f"{r['rel_var_favor_plus_plus']:.4g} | {r['reduction_factor']:.3g} |"
+            )
+        parts.append("\n".join(lines))
+    if "proteins" in results:
+        lines = ["### Attention error on q/k/v of trained protein models (all layers)\n"]
+        for info in results["proteins"]["models"]:
+            lines.append(
+                f"* `{info['model']}` (trained with `{info['attention_trained_with']}` attention): "
+                f"{info['layers']} layers × {info['heads']} heads, head dim {info['head_dim']}, "
+                f"{info['proteins']} test proteins, {info['tokens']} tokens "
+                f"(≤ {info['max_length']} per protein)"
+            )
+        lines += [
+            "",
+            "| model | layer | kernel | projection | M | attention rel. error | FAVOR++ mean A |",
+            "|---|---:|---|---|---:|---:|---:|",
+        ]
+        for r in results["proteins"]["rows"]:
+            lines.append(
+                f"| {r['model']} | {r['layer']} | {r['kernel']} | {r['projection']} | {r['num_features']} | "
+                f"{r['attention_rel_error']:.4f} ± {r['attention_rel_error_sd']:.4f} | "
+                f"{r['favor_pp_a_mean']:.4f} |"
+            )
+        parts.append("\n".join(lines))
+    if "sklearn" in results:
+        info = results["sklearn"]["info"]
+        lines = [
+            "### RBF kernel approximation on scikit-learn's digits\n",
+            f"{info['dataset']}; γ = {info['gamma']:.4f}; "
+            f"Gram matrices on the {info['test_points']} test points; "
+            f"'small' = off-diagonal entries with K ≤ {info['small_threshold']:.4f} (the "
+            f"{info['small_quantile']:.0%} quantile); mean ± sd over {info['seeds']} random states; "
+            "accuracy of "
+            f"LogisticRegression(C=10) on the features (first state). Exact-kernel SVC(C=10): "
+            f"{info['kernel_svm_accuracy']:.4f}.\n",
+            "| method | n_components | Gram rel. error | Gram rel. error, small K | accuracy |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in results["sklearn"]["rows"]:
+            lines.append(
+                f"| {r['method']} | {r['n_components']} | "
+                f"{r['gram_rel_error']:.4f} ± {r['gram_rel_error_sd']:.4f} | "
+                f"{r['gram_rel_error_small']:.4f} ± {r['gram_rel_error_small_sd']:.4f} | "
+                f"{r['accuracy']:.4f} |"
+            )
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
