@@ -95,7 +95,9 @@ def test_distillation_brings_the_student_closer_and_resumes_exactly(tokenizer, t
     resumed = make_student(teacher, num_features=8, kernel="relu")
     distill(teacher, resumed, batches, config, out_dir=tmp_path, stop_at=3, log=lambda _: None)
     again = make_student(teacher, num_features=8, kernel="relu")
-    distill(teacher, again, batches, config, out_dir=tmp_path, resume=True, log=lambda _: None)
+    finished = distill(teacher, again, batches, config, out_dir=tmp_path, resume=True, log=lambda _: None)
+    assert finished["steps"] == 6 and finished["loss"] == result["loss"]
+    assert finished["history"] == result["history"]
     for (name, a), (_, b) in zip(student.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 

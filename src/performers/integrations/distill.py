@@ -168,7 +168,8 @@ def distill(
     stop_at: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train ``student`` to reproduce ``teacher``; returns ``{"steps", "loss", "seconds", "history"}``.
+    """Train ``student`` to reproduce ``teacher``; returns ``{"steps", "loss", "seconds", "history"}``
+    (``loss``: the running mean, an exponential average with weight 0.1 on the newest step).
 
     Args:
         teacher: the original model (run in eval mode without gradients).
@@ -196,7 +197,7 @@ def distill(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     checkpoints = None if out_dir is None else Path(out_dir) / "checkpoints"
-    step, history = 0, []
+    step, history, running = 0, [], None
     if resume:
         if checkpoints is None:
             raise ValueError("resume=True needs an out_dir")
@@ -207,13 +208,13 @@ def distill(
             scheduler.load_state_dict(found.scheduler)
             torch.set_rng_state(found.torch_rng)
             step, history = found.step, list(found.state.get("history", []))
+            running = found.state.get("running")
             log(f"resumed from {found.path} (step {step})")
     if step == 0:
         torch.manual_seed(config.seed)
 
     started = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc="distill", disable=not sys.stderr.isatty())
-    running = None
     last = config.steps if stop_at is None else min(stop_at, config.steps)
     while step < last:
         batch = batches(step)
@@ -248,7 +249,7 @@ def distill(
                 model=student,
                 optimizer=optimizer,
                 scheduler=scheduler,
-                state={"history": history, "config": asdict(config)},
+                state={"history": history, "running": running, "config": asdict(config)},
                 keep_last=config.keep_last,
             )
     bar.close()

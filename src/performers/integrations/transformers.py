@@ -26,7 +26,9 @@ function of ``(seed, l, c)`` (:func:`performers.layers.projection_seed`), drawn 
 a CPU generator and kept in float64. The buffers are therefore *non-persistent*: they are not
 written to ``model.safetensors``; ``from_pretrained`` regenerates them bit for bit from
 ``favor_config`` (draw numbers included, which :meth:`FavorAttention.redraw` records there).
-A :class:`performers.FeatureRedrawer` works on converted models as on native ones.
+A :class:`performers.FeatureRedrawer` works on converted models as on native ones; after
+``from_pretrained`` call :func:`performerize` without options (it keeps ``favor_config``) to
+attach the submodules before the first forward call.
 
 **Masks.** The ``"favor"`` mask function never builds an ``L×L`` tensor. It returns ``None``
 (no padding) or the 2D key-padding mask ``(B, Lk)`` (bool, True = attend, HF's convention),
@@ -425,8 +427,11 @@ _PENDING: contextvars.ContextVar[tuple[FavorCacheLayer, Tensor] | None] = contex
 class FavorCacheLayer(CacheLayerMixin):
     """One layer of :class:`FavorCache`: the FAVOR+ recurrent state instead of keys and values.
 
-    ``update`` stores nothing but returns the new keys/values unchanged; the ``"favor"``
-    attention function that receives them continues this layer's :class:`FavorState`
+    ``update`` stores nothing but returns the new keys/values unchanged and records, in a
+    context variable, the pair (this layer, that key tensor). HF attention modules pass the
+    tensors ``update`` returned straight to the attention function, so the ``"favor"``
+    attention function that receives *that very tensor* (an identity check, no guessing)
+    continues this layer's :class:`FavorState`
     (``kv (B, H, M', D)``, ``normalizer (B, H, M')``, ``log_offset (B, H)``, and FAVOR++'s
     ``kernel_params (B, H)``) and stores the
     result. The state's size does not depend on the number of tokens seen.
