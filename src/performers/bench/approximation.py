@@ -546,6 +546,13 @@ def plot_sections(results: dict, directory: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    def log_x(ax, values) -> None:
+        ax.set_xscale("log")
+        ticks = sorted(set(values))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -578,7 +585,7 @@ def plot_sections(results: dict, directory: str | Path) -> list[Path]:
                     "-",
                     color=colors.get(kernel),
                 )
-            ax.set_xscale("log")
+            log_x(ax, [r["num_features"] for r in sel])
             ax.set_yscale("log")
             ax.set_title(f"SM={sel[0]['kernel_value']:.2f}, ‖x+y‖²={sel[0]['sum_sq_norm']:.2f}", fontsize=9)
             ax.set_xlabel("M (projections)")
@@ -618,7 +625,7 @@ def plot_sections(results: dict, directory: str | Path) -> list[Path]:
                         color=colors.get(kernel),
                         label=f"{kernel} {kind}",
                     )
-            ax.set_xscale("log")
+            log_x(ax, [r["num_features"] for r in rows])
             ax.set_yscale("log")
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("M (projections)")
@@ -645,7 +652,7 @@ def plot_sections(results: dict, directory: str | Path) -> list[Path]:
             "test accuracy, logistic regression",
         )
         for ax, title in zip(axes, titles, strict=True):
-            ax.set_xscale("log")
+            log_x(ax, [r["n_components"] for r in rows])
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("n_components")
         axes[0].set_yscale("log")
