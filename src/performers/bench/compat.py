@@ -154,7 +154,7 @@ def run_compat(
     kernels: tuple[str, ...] = ("softmax", "relu"),
     features: tuple[int, ...] = (64, 128, 256, 512),
     distill_features: tuple[int, ...] | None = None,
-    steps: int = 60,
+    steps: int = 100,
     batch_size: int = 32,
     learning_rate: float = 3e-4,
     seed: int = 0,
@@ -339,7 +339,7 @@ def add_arguments(parser) -> None:
         default=None,
         help="distil only the configurations with these M (default: all)",
     )
-    parser.add_argument("--steps", type=int, default=60, help="distillation steps per configuration")
+    parser.add_argument("--steps", type=int, default=100, help="distillation steps per configuration")
     parser.add_argument("--batch-size", type=int, default=32, help="sentences per distillation step")
     parser.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate of the distillation")
     parser.add_argument("--seed", type=int, default=0, help="projection and data-order seed")
