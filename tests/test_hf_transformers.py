@@ -442,3 +442,17 @@ def test_warns_once_about_dropout_in_training_mode():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model(_ids())
+
+
+def test_beam_search_with_favor_cache_matches_the_key_value_fallback():
+    # Beam search reorders the cache between steps (FavorCacheLayer.reorder_cache).
+    torch.manual_seed(0)
+    model = hf.performerize(_llama().double(), num_features=32)
+    prompt = _ids(2, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback's "pass cache=FavorCache()" note
+        reference = model.generate(
+            prompt, max_new_tokens=6, num_beams=3, do_sample=False, cache=DynamicCache()
+        )
+    beams = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, cache=hf.FavorCache())
+    assert torch.equal(beams, reference)
