@@ -40,7 +40,7 @@ W = orthogonal_projection(16, 8, generator=torch.Generator().manual_seed(0))
             ValueError,
             r"kernel 'softmax' needs a projection of shape \(M, D\) with D = 8",
         ),
-        ({"kernel": "gaussian"}, ValueError, r"kernel: unknown name 'gaussian'; known kernels are"),
+        ({"kernel": "laplace"}, ValueError, r"kernel: unknown name 'laplace'; known kernels are"),
         ({"kernel": 3}, TypeError, r"kernel must be a registry name"),
         ({"scale": -1.0}, ValueError, r"scale must be a positive number"),
         ({"chunk_size": 0}, ValueError, r"chunk_size must be an int >= 1"),
