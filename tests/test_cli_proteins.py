@@ -91,6 +91,28 @@ def test_finetune_secondary_structure_from_pretrained_and_random(tmp_path, capsy
     assert "random initialization: test Q3" in capsys.readouterr().out
 
 
+def test_finetune_random_init_control_has_the_pretrained_architecture_and_fresh_weights(
+    tmp_path, capsys, monkeypatch
+):
+    import torch
+
+    import performers.proteins.secondary_structure as ss
+    from performers.models.io import from_pretrained
+
+    assert main(["train", *TINY, "--out", str(tmp_path)]) == 0
+    seen = []
+    monkeypatch.setattr(ss, "finetune", lambda encoder, **_: seen.append(encoder) or {"q3": 0.5})
+    for extra in ([], ["--random-init"]):
+        assert main(["finetune", "--pretrained", str(tmp_path), "--steps", "1", *extra]) == 0
+    pretrained = from_pretrained(tmp_path / "final").model
+    loaded, control = seen
+    assert control.config == loaded.config == pretrained.config
+    weight = "embed_tokens.weight"
+    assert torch.equal(loaded.state_dict()[weight], pretrained.state_dict()[weight])
+    assert not torch.equal(control.state_dict()[weight], pretrained.state_dict()[weight])
+    assert "random initialization (architecture of" in capsys.readouterr().out
+
+
 def test_config_file_sets_options_and_the_command_line_wins(tmp_path, capsys):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"steps": 2, "d_model": 16, "task": "clm", "out": str(tmp_path / "a")}))

@@ -233,6 +233,11 @@ def _add_training_args(p: argparse.ArgumentParser, *, steps: int, out: str) -> N
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training proteins")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test proteins")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument(
+        "--concatenate",
+        action="store_true",
+        help="train and evaluate on proteins joined into windows of exactly --max-length tokens",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=out, help=f"output directory (default {out})")
@@ -262,6 +267,7 @@ def _training_setup(args: argparse.Namespace):
         checkpoint_every=max(args.eval_every, args.steps // 4),
         bf16=args.bf16,
         seed=args.seed,
+        concatenate=args.concatenate,
     )
     return size, training
 
@@ -282,6 +288,62 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}/report.md, report.json, learning_curves.png in {time.perf_counter() - start:.0f}s"
     )
+    return 0
+
+
+def _proteins_table(args: argparse.Namespace) -> int:
+    from performers.bench.proteins import table2
+
+    size, training = _training_setup(args)
+    start = time.perf_counter()
+    print(
+        table2(
+            out_dir=args.out,
+            size=size,
+            training=training,
+            tasks=tuple(args.tasks),
+            train_limit=args.train_limit,
+            test_limit=args.test_limit,
+        )
+    )
+    print(f"wrote {args.out}/table2.md, table2.json, curves_*.png in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
+def _proteins_long(args: argparse.Namespace) -> int:
+    from performers.bench.proteins import long_context
+
+    size, training = _training_setup(args)
+    start = time.perf_counter()
+    report = long_context(
+        out_dir=args.out,
+        size=size,
+        training=training,
+        minutes=args.minutes,
+        probe_steps=args.probe_steps,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+    )
+    print(report)
+    print(f"wrote {args.out}/long.md, long.json, curves_long.png in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
+def _proteins_backcompat(args: argparse.Namespace) -> int:
+    from performers.bench.proteins import backward_compatibility
+
+    _, training = _training_setup(args)
+    start = time.perf_counter()
+    report = backward_compatibility(
+        exact_dir=args.exact,
+        out_dir=args.out,
+        training=training,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+    )
+    print(report)
+    seconds = time.perf_counter() - start
+    print(f"wrote {args.out}/backcompat.md, backcompat.json, backcompat.png in {seconds:.0f}s")
     return 0
 
 
@@ -385,7 +447,12 @@ def _finetune(args: argparse.Namespace) -> int:
     from performers.proteins.secondary_structure import finetune
     from performers.proteins.tokenizer import ProteinTokenizer
 
-    if args.pretrained:
+    if args.pretrained and args.random_init:
+        # The control: the pretrained model's exact architecture, randomly initialized.
+        config = _load_trained(args.pretrained)[0].config
+        torch.manual_seed(args.seed)
+        encoder, source = PerformerModel(config), f"random initialization (architecture of {args.pretrained})"
+    elif args.pretrained:
         model, _ = _load_trained(args.pretrained)
         encoder = model.model if hasattr(model, "model") else model
         source = args.pretrained
@@ -455,6 +522,11 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = sub.add_parser("finetune", help="secondary structure (Q3) with a per-residue head on FLIP")
     finetune.add_argument("--pretrained", default=None, help="trained model directory (default: random init)")
     finetune.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
+    finetune.add_argument(
+        "--random-init",
+        action="store_true",
+        help="with --pretrained: its architecture, randomly initialized (the control run)",
+    )
     finetune.add_argument("--steps", type=int, default=200)
     finetune.add_argument("--batch-size", type=int, default=16)
     finetune.add_argument("--max-length", type=int, default=256)
@@ -475,6 +547,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_args(
         bench_sub.add_parser("generate", help="tokens/s of FAVOR+ recurrent decoding vs exact + KV cache")
     )
+    table = bench_sub.add_parser(
+        "proteins-table",
+        help="the paper's Table 2 here: UNI and BID; exact, FAVOR+ softmax and ReLU; equal steps",
+    )
+    _add_training_args(table, steps=400, out="runs/table2")
+    table.add_argument("--tasks", nargs="+", choices=["clm", "mlm"], default=["clm", "mlm"])
+    table.set_defaults(func=_proteins_table)
+    long = bench_sub.add_parser(
+        "proteins-long",
+        help="concatenated long windows: tokens/s, peak memory and accuracy in equal wall-clock time",
+    )
+    _add_training_args(long, steps=1, out="runs/long")
+    long.add_argument("--minutes", type=float, default=10.0, help="training budget per model (default 10)")
+    long.add_argument(
+        "--probe-steps", type=int, default=4, help="steps of the speed/memory probe run (first is warm-up)"
+    )
+    long.set_defaults(func=_proteins_long)
+    backcompat = bench_sub.add_parser(
+        "proteins-backcompat",
+        help="convert a trained exact-softmax protein MLM to FAVOR+ and fine-tune it (vs from scratch)",
+    )
+    _add_training_args(backcompat, steps=40, out="runs/backcompat")
+    backcompat.add_argument("--exact", required=True, help="run directory of the exact-softmax model")
+    backcompat.set_defaults(func=_proteins_backcompat)
     speed = bench_sub.add_parser(
         "speed",
         help="time and memory vs L: FAVOR+, exact, identity, peers (see `performers bench speed --help`)",
@@ -518,8 +614,14 @@ def _with_config_file(parser: argparse.ArgumentParser, argv: list[str], args: ar
     unknown = sorted(set(values) - set(vars(args)))
     if unknown:
         parser.error(f"--config {path}: unknown option(s) {', '.join(unknown)}")
-    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    subparsers.choices[args.command].set_defaults(**values)
+    # The parser that owns the options: the command's, or a nested one (`bench proteins-table`).
+    target = parser
+    for name in (args.command, getattr(args, "bench", None)):
+        actions = [a for a in target._actions if isinstance(a, argparse._SubParsersAction)]
+        if name is None or not actions:
+            break
+        target = actions[0].choices[name]
+    target.set_defaults(**values)
     return parser.parse_args(argv)
 
 
