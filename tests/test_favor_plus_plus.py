@@ -23,13 +23,9 @@ from performers.ops.features import (
 )
 from performers.ops.projections import gaussian_projection, orthogonal_projection
 
-D = 16
-DT = torch.float64
 # The spec's reference pair (tests/test_estimators.py): ‖x+y‖² = 1.46, SM(x, y) = exp(0.3).
-X = torch.zeros(D, dtype=DT)
-X[:2] = torch.tensor([0.6, 0.3])
-Y = torch.zeros(D, dtype=DT)
-Y[0], Y[2] = 0.5, -0.4
+from test_estimators import DT, D, X, Y
+
 PHI = ((X + Y) ** 2).sum().item()
 A_STAR = theory.optimal_positive_parameter(PHI, D).item()
 

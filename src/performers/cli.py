@@ -291,60 +291,48 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protein_bench(args: argparse.Namespace, run, written: str, **options) -> int:
+    """Run one of the ``bench proteins-*`` experiments, print its report and what it wrote."""
+    size, training = _training_setup(args)
+    if run.__name__ != "backward_compatibility":  # the converted model brings its own size
+        options["size"] = size
+    start = time.perf_counter()
+    report = run(
+        out_dir=args.out,
+        training=training,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+        **options,
+    )
+    print(report)
+    print(f"wrote {args.out}/{written} in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
 def _proteins_table(args: argparse.Namespace) -> int:
     from performers.bench.proteins import table2
 
-    size, training = _training_setup(args)
-    start = time.perf_counter()
-    print(
-        table2(
-            out_dir=args.out,
-            size=size,
-            training=training,
-            tasks=tuple(args.tasks),
-            train_limit=args.train_limit,
-            test_limit=args.test_limit,
-        )
-    )
-    print(f"wrote {args.out}/table2.md, table2.json, curves_*.png in {time.perf_counter() - start:.0f}s")
-    return 0
+    return _protein_bench(args, table2, "table2.md, table2.json, curves_*.png", tasks=tuple(args.tasks))
 
 
 def _proteins_long(args: argparse.Namespace) -> int:
     from performers.bench.proteins import long_context
 
-    size, training = _training_setup(args)
-    start = time.perf_counter()
-    report = long_context(
-        out_dir=args.out,
-        size=size,
-        training=training,
+    return _protein_bench(
+        args,
+        long_context,
+        "long.md, long.json, curves_long.png",
         minutes=args.minutes,
         probe_steps=args.probe_steps,
-        train_limit=args.train_limit,
-        test_limit=args.test_limit,
     )
-    print(report)
-    print(f"wrote {args.out}/long.md, long.json, curves_long.png in {time.perf_counter() - start:.0f}s")
-    return 0
 
 
 def _proteins_backcompat(args: argparse.Namespace) -> int:
     from performers.bench.proteins import backward_compatibility
 
-    _, training = _training_setup(args)
-    start = time.perf_counter()
-    report = backward_compatibility(
-        exact_dir=args.exact,
-        out_dir=args.out,
-        training=training,
-        train_limit=args.train_limit,
-        test_limit=args.test_limit,
+    return _protein_bench(
+        args, backward_compatibility, "backcompat.md, backcompat.json, backcompat.png", exact_dir=args.exact
     )
-    print(report)
-    seconds = time.perf_counter() - start
-    print(f"wrote {args.out}/backcompat.md, backcompat.json, backcompat.png in {seconds:.0f}s")
-    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
