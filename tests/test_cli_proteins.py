@@ -164,3 +164,22 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         # Same global batches, crops and masks; only the order of float sums differs.
         torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
     assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 4  # rank 0 logs once per step
+
+
+def test_every_option_of_every_command_has_help():
+    import argparse
+
+    from performers.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from walk(sub, f"{path} {name}")
+            elif action.option_strings and action.dest != "help":
+                yield path, action
+
+    missing = [
+        f"{path} {a.option_strings[0]}" for path, a in walk(build_parser(), "performers") if not a.help
+    ]
+    assert not missing, f"options without --help text: {missing}"

@@ -188,7 +188,13 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="context lengths"
     )
-    p.add_argument("--backends", nargs="+", default=["favor", "exact"], choices=["favor", "exact"])
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        default=["favor", "exact"],
+        choices=["favor", "exact"],
+        help="FAVOR+ recurrent state and/or exact attention with a KV cache",
+    )
     p.add_argument("--new-tokens", type=int, default=32, help="timed decoding steps per point (default 32)")
     p.add_argument("--warmup", type=int, default=4, help="untimed decoding steps first (default 4)")
     p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
@@ -198,17 +204,22 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
         default="synthetic",
         help="random caches of the right shape (default) or a real prompt pass",
     )
-    p.add_argument("--vocab-size", type=int, default=1000)
-    p.add_argument("--d-model", type=int, default=512)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--d-ff", type=int, default=1024)
+    p.add_argument("--vocab-size", type=int, default=1000, help="vocabulary of the random model")
+    p.add_argument("--d-model", type=int, default=512, help="model width")
+    p.add_argument("--layers", type=int, default=6, help="Transformer blocks")
+    p.add_argument("--heads", type=int, default=8, help="attention heads")
+    p.add_argument("--d-ff", type=int, default=1024, help="feed-forward width")
     p.add_argument("--num-features", type=int, default=256, help="random features M per layer")
     p.add_argument("--kernel", default="softmax", help="FAVOR kernel name (default softmax)")
-    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"], default="float32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64", "bfloat16", "float16"],
+        default="float32",
+        help="model dtype",
+    )
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random model and caches")
     p.add_argument(
         "--out", default="docs/results/generate.json", help="JSON output (a .png is written next to it)"
     )
@@ -219,17 +230,17 @@ def _add_generate_args(p: argparse.ArgumentParser) -> None:
 def _add_training_args(p: argparse.ArgumentParser, *, steps: int, out: str) -> None:
     p.add_argument("--task", choices=["mlm", "clm"], default="mlm", help="masked (BID) or causal (UNI) LM")
     p.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (global)")
     p.add_argument("--max-length", type=int, default=256, help="tokens per protein crop")
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--d-ff", type=int, default=256)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
+    p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps before the cosine decay")
+    p.add_argument("--d-model", type=int, default=128, help="model width")
+    p.add_argument("--layers", type=int, default=2, help="Transformer blocks")
+    p.add_argument("--heads", type=int, default=4, help="attention heads")
+    p.add_argument("--d-ff", type=int, default=256, help="feed-forward width")
     p.add_argument("--num-features", type=int, default=64, help="random features M")
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout probability")
+    p.add_argument("--eval-every", type=int, default=25, help="validation every N steps")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training proteins")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test proteins")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
@@ -238,8 +249,8 @@ def _add_training_args(p: argparse.ArgumentParser, *, steps: int, out: str) -> N
         action="store_true",
         help="train and evaluate on proteins joined into windows of exactly --max-length tokens",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, data order, masks, projections")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", default=out, help=f"output directory (default {out})")
     p.add_argument(
         "--config",
@@ -483,15 +494,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     train = sub.add_parser("train", help="train a protein language model on the shipped corpus")
     _add_training_args(train, steps=1000, out="runs/train")
-    train.add_argument("--attention", choices=["favor", "exact"], default="favor")
+    train.add_argument(
+        "--attention", choices=["favor", "exact"], default="favor", help="FAVOR+ or exact softmax attention"
+    )
     train.add_argument("--kernel", default="softmax", help="FAVOR kernel (registry name)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     train.set_defaults(func=_train)
     evaluate = sub.add_parser("evaluate", help="accuracy and perplexity of a trained model on a split")
     evaluate.add_argument("model", help="directory written by training (its final/ or a save_pretrained dir)")
-    evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test")
-    evaluate.add_argument("--max-length", type=int, default=256)
-    evaluate.add_argument("--batch-size", type=int, default=16)
+    evaluate.add_argument("--split", choices=["train", "valid", "test"], default="test", help="corpus split")
+    evaluate.add_argument("--max-length", type=int, default=256, help="tokens per protein (crop at start)")
+    evaluate.add_argument("--batch-size", type=int, default=16, help="proteins per forward pass")
     evaluate.add_argument("--limit", type=int, default=None, help="first N proteins of the split")
     evaluate.add_argument(
         "--attention", choices=["favor", "exact"], default=None, help="override the backend"
@@ -500,12 +513,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser("generate", help="continue protein prompts with a trained causal LM")
     generate.add_argument("model", help="directory of a trained PerformerForCausalLM")
     generate.add_argument("prompts", nargs="+", help="residue strings, e.g. MKV")
-    generate.add_argument("--max-new-tokens", type=int, default=50)
+    generate.add_argument("--max-new-tokens", type=int, default=50, help="residues to add per prompt")
     generate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=None)
-    generate.add_argument("--top-p", type=float, default=None)
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    generate.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    generate.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass")
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed")
     generate.set_defaults(func=_generate_proteins)
     finetune = sub.add_parser("finetune", help="secondary structure (Q3) with a per-residue head on FLIP")
     finetune.add_argument("--pretrained", default=None, help="trained model directory (default: random init)")
@@ -515,17 +528,19 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --pretrained: its architecture, randomly initialized (the control run)",
     )
-    finetune.add_argument("--steps", type=int, default=200)
-    finetune.add_argument("--batch-size", type=int, default=16)
-    finetune.add_argument("--max-length", type=int, default=256)
-    finetune.add_argument("--lr", type=float, default=1e-3)
-    finetune.add_argument("--train-limit", type=int, default=None)
-    finetune.add_argument("--test-limit", type=int, default=None)
+    finetune.add_argument("--steps", type=int, default=200, help="optimizer steps")
+    finetune.add_argument("--batch-size", type=int, default=16, help="proteins per step")
+    finetune.add_argument("--max-length", type=int, default=256, help="tokens per protein crop")
+    finetune.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    finetune.add_argument(
+        "--train-limit", type=int, default=None, help="use only the first N training proteins"
+    )
+    finetune.add_argument("--test-limit", type=int, default=None, help="score only the first N test proteins")
     finetune.add_argument("--d-model", type=int, default=128, help="random-init encoder size")
-    finetune.add_argument("--layers", type=int, default=2)
-    finetune.add_argument("--heads", type=int, default=4)
-    finetune.add_argument("--num-features", type=int, default=64)
-    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--layers", type=int, default=2, help="random-init encoder blocks")
+    finetune.add_argument("--heads", type=int, default=4, help="random-init encoder heads")
+    finetune.add_argument("--num-features", type=int, default=64, help="random-init encoder features M")
+    finetune.add_argument("--seed", type=int, default=0, help="seed of the head, batches and random init")
     finetune.set_defaults(func=_finetune)
     bench = sub.add_parser("bench", help="reproducible measurements")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -540,7 +555,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's Table 2 here: UNI and BID; exact, FAVOR+ softmax and ReLU; equal steps",
     )
     _add_training_args(table, steps=400, out="runs/table2")
-    table.add_argument("--tasks", nargs="+", choices=["clm", "mlm"], default=["clm", "mlm"])
+    table.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=["clm", "mlm"],
+        default=["clm", "mlm"],
+        help="UNI (clm) and/or BID (mlm)",
+    )
     table.set_defaults(func=_proteins_table)
     long = bench_sub.add_parser(
         "proteins-long",
