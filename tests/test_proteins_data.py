@@ -115,3 +115,23 @@ def test_unigram_baseline():
     # add-one smoothing: A seen 6 times, C once
     expected = math.exp(-(math.log(7 / total) + math.log(2 / total)) / 2)
     assert result["perplexity"] == pytest.approx(expected)
+
+
+def test_read_split_parses_once_and_rereads_a_changed_file(tmp_path):
+    import os
+
+    from performers.proteins.data import _read_splits, read_split
+
+    path = tmp_path / "tagged.fasta"
+    path.write_text(">a split=train\nACD\n>b split=test\nEFG\n>c split=train\nHIK\n")
+    assert read_split(path, "train") == ["ACD", "HIK"]
+    hits = _read_splits.cache_info().hits
+    assert read_split(path, "test") == ["EFG"] and read_split(path, "valid") == []
+    assert _read_splits.cache_info().hits == hits + 2  # the other splits came from the same parse
+    train = read_split(path, "train")
+    train.append("MUTATED")  # callers get their own list
+    assert read_split(path, "train") == ["ACD", "HIK"]
+    path.write_text(">a split=train\nLMN\n")
+    stat = os.stat(path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert read_split(path, "train") == ["LMN"]

@@ -7,6 +7,7 @@ run) sees the same crops and masks.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections import Counter
@@ -48,10 +49,25 @@ def split_of(record: FastaRecord) -> str:
 
 
 def read_split(path: str | os.PathLike, split: str, **fasta_kwargs) -> list[str]:
-    """Sequences of one split of a tagged FASTA file."""
+    """Sequences of one split of a tagged FASTA file.
+
+    The file is parsed once per process for every split (a run reads train, valid and test of
+    the same corpus); the cache is keyed by the file's path, size and modification time and the
+    reader options, so a changed file is read again.
+    """
     if split not in ("train", "valid", "test"):
         raise ValueError(f"split must be 'train', 'valid' or 'test', got {split!r}")
-    return [r.sequence for r in read_fasta(path, **fasta_kwargs) if split_of(r) == split]
+    stat = os.stat(path)
+    options = tuple(sorted(fasta_kwargs.items()))
+    return list(_read_splits(os.fspath(path), stat.st_size, stat.st_mtime_ns, options).get(split, ()))
+
+
+@functools.lru_cache(maxsize=4)
+def _read_splits(path: str, _size: int, _mtime_ns: int, options: tuple) -> dict[str, tuple[str, ...]]:
+    splits: dict[str, list[str]] = {}
+    for record in read_fasta(path, **dict(options)):
+        splits.setdefault(split_of(record), []).append(record.sequence)
+    return {name: tuple(sequences) for name, sequences in splits.items()}
 
 
 class ProteinSequences(Dataset):
