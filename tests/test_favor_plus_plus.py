@@ -339,3 +339,40 @@ def test_models_by_name():
     loss = mlm(tokens, labels=tokens).loss
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_causal_continuation_after_an_all_padding_prefix_fixes_a_from_the_first_real_key():
+    # Row 1 is left-padded past the end of the first call: its A must come from its first real
+    # token (as in the parallel pass), not from a padded position.
+    g = generator(7)
+    b, h, length, d, m = 2, 2, 9, 8, 16
+    q, k, v = (torch.randn(b, h, length, d, dtype=DT, generator=g) * 0.5 for _ in range(3))
+    w = orthogonal_projection(m, d, dtype=DT, generator=g)
+    pad = torch.zeros(b, length, dtype=torch.bool)
+    pad[1, :3] = True
+    full = favor_attention(q, k, v, w, causal=True, kernel="favor++", key_padding_mask=pad)
+    first, state = favor_attention(
+        q[:, :, :2],
+        k[:, :, :2],
+        v[:, :, :2],
+        w,
+        causal=True,
+        kernel="favor++",
+        key_padding_mask=pad[:, :2],
+        return_state=True,
+    )
+    assert not torch.isnan(state.kernel_params[0]).any() and torch.isnan(state.kernel_params[1]).all()
+    rest, state = favor_attention(
+        q[:, :, 2:],
+        k[:, :, 2:],
+        v[:, :, 2:],
+        w,
+        causal=True,
+        kernel="favor++",
+        key_padding_mask=pad[:, 2:],
+        initial_state=state,
+        return_state=True,
+    )
+    assert not torch.isnan(state.kernel_params).any()
+    real = ~pad[:, None, :, None].expand_as(full)
+    torch.testing.assert_close(torch.cat([first, rest], 2)[real], full[real], rtol=1e-12, atol=1e-12)

@@ -148,11 +148,19 @@ def _features(
         )
         return q_features, k_features, offsets, None
     q_scaled, k_scaled = q * input_scale, k * input_scale
-    if kernel.parameters is not None and params is None:
-        params = kernel.parameters(q_scaled, k_scaled, causal=causal, key_padding_mask=key_padding_mask)
-    q_features = stabilize_queries(kernel(q_scaled, w, params))
+    feature_params = params
+    if kernel.parameters is not None:
+        # NaN marks a (batch, head) whose causal prefix holds no real key yet (all padding): its
+        # parameter is still open and is fixed by the first real key of a later call.
+        if params is None or bool(torch.isnan(params).any()):
+            fresh = kernel.parameters(q_scaled, k_scaled, causal=causal, key_padding_mask=key_padding_mask)
+            params = fresh if params is None else torch.where(torch.isnan(params), fresh, params)
+        # Rows still open have seen only padded keys, which carry no weight: any finite value
+        # gives them the same (zero) contribution.
+        feature_params = torch.nan_to_num(params, nan=0.0)
+    q_features = stabilize_queries(kernel(q_scaled, w, feature_params))
     k_features, offsets = stabilize_keys(
-        kernel(k_scaled, w, params),
+        kernel(k_scaled, w, feature_params),
         causal=causal,
         key_padding_mask=key_padding_mask,
         initial_offset=initial_offset,

@@ -246,7 +246,8 @@ def favor_plus_plus_parameters(
         key_padding_mask: ``(B, Lk)`` bool, True = padded.
 
     Returns:
-        ``A`` of shape ``(B, H)``, ``≤ 0``.
+        ``A`` of shape ``(B, H)``, ``≤ 0``; causal rows whose keys are all padded get NaN (no
+        real key yet: the first real key of a continuation fixes ``A``).
     """
     d = q.shape[-1]
     if causal:
@@ -256,6 +257,11 @@ def favor_plus_plus_parameters(
             first = (~key_padding_mask).long().argmax(dim=1)  # (B,); 0 if every key is padded
             index = first[:, None, None, None].expand(q.shape[0], q.shape[1], 1, d)
             first_q, first_k = q.gather(2, index)[:, :, 0], k.gather(2, index)[:, :, 0]
+            phi = ((first_q + first_k) ** 2).sum(-1)
+            # A row with no real key yet has no A: NaN, fixed later by its first real key
+            # (attention carries it in the causal state and fills it on continuation).
+            open_rows = key_padding_mask.all(dim=1)[:, None].expand_as(phi)
+            return optimal_positive_parameter(phi, d).masked_fill(open_rows, float("nan"))
         phi = ((first_q + first_k) ** 2).sum(-1)
     else:
         key_keep = None if key_padding_mask is None else ~key_padding_mask[:, None, :]
