@@ -456,3 +456,30 @@ def test_beam_search_with_favor_cache_matches_the_key_value_fallback():
         )
     beams = model.generate(prompt, max_new_tokens=6, num_beams=3, do_sample=False, cache=hf.FavorCache())
     assert torch.equal(beams, reference)
+
+
+def test_unperformerize_goes_back_to_the_implementation_the_model_had():
+    model = _llama()
+    model.set_attn_implementation("eager")
+    hf.performerize(model, num_features=16)
+    hf.unperformerize(model)
+    assert model.config._attn_implementation == "eager"
+    hf.performerize(model, num_features=16)
+    hf.unperformerize(model, attn_implementation="sdpa")  # an explicit choice wins
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_favor_plus_plus_refuses_to_decode_from_a_key_value_cache():
+    # FAVOR++'s A comes from the prefix's queries, which a DynamicCache does not keep: rebuilding
+    # the state from cached keys would silently change the estimator, so it is an error.
+    model = _llama()
+    hf.performerize(model, num_features=16, kernel="favor++")
+    ids = _ids(batch=1, length=6)
+    with torch.no_grad():
+        prefill = model(ids[:, :5], cache=DynamicCache(config=model.config), use_cache=True)
+        with pytest.raises(ValueError, match="cannot decode from a key/value cache; pass cache=FavorCache"):
+            model(ids[:, 5:], cache=prefill.past_key_values, use_cache=True)
+        cache = hf.FavorCache()
+        model(ids[:, :5], cache=cache, use_cache=True)
+        step = model(ids[:, 5:], cache=cache, use_cache=True).logits[:, -1]
+        torch.testing.assert_close(step, model(ids).logits[:, -1], rtol=1e-4, atol=1e-5)

@@ -78,6 +78,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from performers.layers.favor import FavorAttention
 from performers.ops.attention import favor_attention
 from performers.ops.causal import DEFAULT_CHUNK_SIZE, FavorState
+from performers.ops.features import get_kernel
 
 __all__ = [
     "ATTENTION_NAME",
@@ -615,6 +616,13 @@ def favor_attention_forward(
     elif causal and k_len != q_len:
         if k_len < q_len:
             raise ValueError(f"causal attention with fewer keys ({k_len}) than queries ({q_len})")
+        if get_kernel(favor.kernel).parameters is not None:
+            # The prefix state cannot be rebuilt from cached keys alone: the kernel's parameters
+            # (FAVOR++'s A) come from the prefix's queries, which a key/value cache does not keep.
+            raise ValueError(
+                f"kernel {favor.kernel!r} has data-dependent parameters and cannot decode from a "
+                "key/value cache; pass cache=FavorCache() to generate()"
+            )
         _warn_once(
             "dynamic-cache",
             "the 'favor' attention is decoding with a key/value cache, so it rebuilds the FAVOR+ "
@@ -729,6 +737,9 @@ def performerize(
     configs[id(model.config)] = model.config
     for config in configs.values():
         config.favor_config = settings
+    previous = getattr(model.config, "_attn_implementation", None)
+    if previous not in (None, ATTENTION_NAME):  # what unperformerize() goes back to
+        model._performers_previous_attn_implementation = previous
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(ATTENTION_NAME)
     else:
@@ -745,9 +756,16 @@ def is_performerized(model: nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) == ATTENTION_NAME
 
 
-def unperformerize(model: nn.Module, attn_implementation: str = "sdpa") -> nn.Module:
-    """Back to softmax attention (``attn_implementation``), in place: removes the ``favor``
-    submodules and ``config.favor_config``; returns ``model``."""
+def unperformerize(model: nn.Module, attn_implementation: str | None = None) -> nn.Module:
+    """Back to softmax attention, in place: removes the ``favor`` submodules and
+    ``config.favor_config``; returns ``model``.
+
+    ``attn_implementation`` defaults to the one the model had when :func:`performerize` was
+    called on it (e.g. ``"eager"``), else ``"sdpa"`` (a model loaded with ``"favor"``)."""
+    if attn_implementation is None:
+        attn_implementation = getattr(model, "_performers_previous_attn_implementation", None) or "sdpa"
+    if hasattr(model, "_performers_previous_attn_implementation"):
+        del model._performers_previous_attn_implementation
     for _, module in attention_modules(model):
         if isinstance(getattr(module, "favor", None), FavorAttention):
             del module.favor
