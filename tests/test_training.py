@@ -198,3 +198,24 @@ def test_metrics_go_to_tensorboard_when_asked(tmp_path):
 def test_no_tensorboard_files_when_turned_off(tmp_path):
     run(tmp_path, "clm", tensorboard=False, max_steps=2)
     assert not (tmp_path / "tensorboard").exists()
+
+
+def test_a_fresh_run_in_a_used_directory_starts_its_own_metrics(tmp_path):
+    lines = []
+    run(tmp_path, "clm", max_steps=3)
+    model = tiny_model("clm")
+    trainer = Trainer(
+        model,
+        TOK,
+        motif_proteins(64),
+        motif_proteins(8, seed=1),
+        config(max_steps=2),
+        tmp_path,
+        log=lines.append,
+    )
+    trainer.fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # not [1, 2, 3, 1, 2]
+    assert any("fresh run over existing checkpoints" in line for line in lines)
+    _, stopped = run(tmp_path / "zero", "clm", stop_at=0)
+    assert stopped.step == 0  # stop_at=0 means "stop before the first step", not "no stop"

@@ -137,7 +137,7 @@ def long_context(
         evaluate=False,
     )
     step_seconds = {v.name: _probe(out_dir / "probe" / v.directory) for v in variants}
-    tokens_per_step = training.batch_size * training.max_length
+    tokens_per_step = training.batch_size * training.accumulation * training.max_length
     budgeted = tuple(
         replace(v, max_steps=max(1, math.floor(minutes * 60 / step_seconds[v.name]))) for v in variants
     )
@@ -261,7 +261,8 @@ def backward_compatibility(
     _plot_recovery(curves, exact_valid, out_dir / "backcompat.png")
     steps = training.max_steps
     lines = [
-        f"Exact-softmax masked LM from `{exact_dir}` converted to FAVOR+ (M = {exact.config.num_features}, "
+        f"Exact-softmax {'masked' if training.task == 'mlm' else 'causal'} LM from `{exact_dir}` "
+        f"converted to FAVOR+ (M = {exact.config.num_features}, "
         f"kernel {exact.config.kernel}) and fine-tuned for {steps} steps (batch {training.batch_size}, "
         f"L = {training.max_length}, lr {training.learning_rate:g}), against the same architecture trained "
         f"from scratch with FAVOR+ for the same {steps} steps on the same batches.",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -267,9 +268,17 @@ class Trainer:
         parts without changing its schedule); returns the last evaluation."""
         c = self.config
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self.resume()
         metrics_path = self.out_dir / "metrics.jsonl"
+        resumed = self.resume() if resume else False
+        if not resumed and self.step == 0 and self.rank == 0:
+            # A fresh run owns its metrics: never mix them with those of an earlier run here.
+            metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(self.out_dir / "tensorboard", ignore_errors=True)
+            if any((self.out_dir / "checkpoints").glob("step-*")):
+                self.log(
+                    f"{self.out_dir}: starting a fresh run over existing checkpoints "
+                    "(pass resume=True / --resume to continue them)"
+                )
         self.model.train()
         start, tokens = time.perf_counter(), 0
         # A live bar on a terminal (rank 0); log lines otherwise (files, CI, other ranks).
@@ -282,7 +291,7 @@ class Trainer:
         )
         result: dict[str, float] = {}
         board = self._tensorboard() if self.rank == 0 else None
-        while self.step < min(c.max_steps, stop_at or c.max_steps):
+        while self.step < min(c.max_steps, c.max_steps if stop_at is None else stop_at):
             step_start = time.perf_counter()
             loss_sum = 0.0
             for _ in range(c.accumulation):
