@@ -350,7 +350,7 @@ def test_clear_errors():
     del model.config.favor_config
     hf.performerize(model, num_features=8)
     bias = torch.randn(2, 1, 9, 9)  # an arbitrary additive mask: no FAVOR+ equivalent
-    with pytest.raises(ValueError, match="additive attention mask"):
+    with pytest.raises(ValueError, match="additive 4D masks"):
         model(_ids(), attention_mask=bias)
     with pytest.raises(ValueError, match="mask pattern"):
         hf.favor_mask(1, 4, 4, mask_function=lambda b, h, q, k: q >= k)
@@ -375,8 +375,11 @@ def test_factorizable_4d_masks_are_accepted():
     keep = mask.bool()[:, None, None, :].expand(2, 1, 9, 9)
     additive = torch.zeros(2, 1, 9, 9, dtype=torch.float64).masked_fill(~keep, torch.finfo(torch.float64).min)
     expected = model(ids, attention_mask=mask).last_hidden_state
-    for four_d in (keep, additive):
+    conventions = [additive.masked_fill(~keep, value) for value in (-1e4, -1e9)]
+    for four_d in (keep, additive, *conventions):
         torch.testing.assert_close(model(ids, attention_mask=four_d).last_hidden_state, expected)
+    with pytest.raises(ValueError, match=r"0 \(attend\) or <= -1e4"):
+        model(ids, attention_mask=additive.masked_fill(~keep, -5.0))
     # A causal model: the 4D mask must be key padding and the causal triangle.
     llama = hf.performerize(_llama().double(), num_features=16)
     mask = torch.ones(2, 9, dtype=torch.long)

@@ -359,19 +359,21 @@ def _padding_from_4d(mask: Tensor, causal: bool, q_len: int, k_len: int) -> Tens
         else:
             values = mask[:, 0]
             keep = values == 0
-            blocked = values <= torch.finfo(values.dtype).min / 2
+            # -1e4 and below (the -1e4 / -1e9 / finfo.min conventions) remove a key exactly in
+            # any float softmax: exp(-1e4) underflows to 0.
+            blocked = values <= -1e4
             if not bool((keep | blocked).all()):
                 raise ValueError(
-                    "the 'favor' attention cannot apply an additive attention mask with values "
-                    "other than 0 and a large negative number (a bias on q·k has no FAVOR+ equivalent)"
+                    "the 'favor' attention accepts additive 4D masks whose entries are 0 (attend) or "
+                    "<= -1e4 (blocked); other values are a bias on q·k, which has no FAVOR+ equivalent"
                 )
     allowed = keep.any(dim=-2)  # (B, Lk): a key some query may attend
     expected = allowed[:, None, :].expand(-1, q_len, -1)
     if causal:
         rows = torch.arange(q_len, device=mask.device)[:, None] + (k_len - q_len)
         expected = expected & (torch.arange(k_len, device=mask.device)[None, :] <= rows)
-        # The row of a padded query may be anything (HF leaves such rows empty or full);
-        # its output is never used.
+        # The row of a padded query may be empty (as HF's own masks leave it): its output is
+        # never used. A padded query row that attends keys must still follow the pattern.
         free_rows = ~allowed[:, k_len - q_len :]
     else:
         free_rows = ~keep.any(-1)
