@@ -486,3 +486,14 @@ def test_favor_plus_plus_refuses_to_decode_from_a_key_value_cache():
         model(ids[:, :5], cache=cache, use_cache=True)
         step = model(ids[:, 5:], cache=cache, use_cache=True).logits[:, -1]
         torch.testing.assert_close(step, model(ids).logits[:, -1], rtol=1e-4, atol=1e-5)
+
+
+def test_projections_stay_exact_float64_when_the_model_changes_dtype():
+    model = hf.performerize(_llama(), num_features=16)
+    before = [m.favor.projection.clone() for _, m in hf.attention_modules(model)]
+    model.to(torch.bfloat16)
+    after = [m.favor.projection for _, m in hf.attention_modules(model)]
+    assert all(p.dtype == torch.float64 for p in after)
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    with torch.no_grad():
+        assert torch.isfinite(model(_ids()).logits.float()).all()  # runs in bf16

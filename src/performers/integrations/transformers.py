@@ -214,6 +214,16 @@ class _HFFavorAttention(FavorAttention):
         for name in ("projection", "redraw_count", "step_count"):
             self.register_buffer(name, getattr(self, name), persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.projection is not None and self.projection.dtype != torch.float64:
+            # model.to(dtype) / .half() cast every floating buffer; the projection stays the
+            # exact float64 draw (attention casts it to the inputs' dtype when it is used).
+            with torch.no_grad():
+                exact = self.draw_projection(int(self.redraw_count.item()))
+            self.projection = exact.to(self.projection.device)
+        return self
+
     @torch.no_grad()
     def redraw(self) -> None:
         super().redraw()
