@@ -23,6 +23,7 @@ from performers.ops.causal import (
 )
 from performers.ops.causal_fused import fused_causal_exp_attention
 from performers.ops.features import (
+    FeatureMapOutput,
     Kernel,
     get_kernel,
     stabilize_keys,
@@ -158,14 +159,35 @@ def _features(
         # Rows still open have seen only padded keys, which carry no weight: any finite value
         # gives them the same (zero) contribution.
         feature_params = torch.nan_to_num(params, nan=0.0)
-    q_features = stabilize_queries(kernel(q_scaled, w, feature_params))
+    q_map, k_map = kernel(q_scaled, w, feature_params), kernel(k_scaled, w, feature_params)
+    if kernel.parameters is not None and not causal and q_map.log is not None and k_map.log is not None:
+        q_map, k_map = _balance_columns(q_map, k_map, key_padding_mask)
+    q_features = stabilize_queries(q_map)
     k_features, offsets = stabilize_keys(
-        kernel(k_scaled, w, feature_params),
+        k_map,
         causal=causal,
         key_padding_mask=key_padding_mask,
         initial_offset=initial_offset,
     )
     return q_features, k_features, offsets, params
+
+
+def _balance_columns(
+    q_map: FeatureMapOutput, k_map: FeatureMapOutput, key_padding_mask: Tensor | None
+) -> tuple[FeatureMapOutput, FeatureMapOutput]:
+    """Move each feature's largest key log ``c_f`` from the keys to the queries (bidirectional).
+
+    ``φ_f(q)·φ_f(k)`` is unchanged, so this is exact. FAVOR++'s features carry a per-feature
+    constant ``A‖ω_f‖²`` that spreads them by hundreds of nats when ``A`` is very negative; with
+    ``c_f`` moved, the query row maximum is ``max_{j,f}`` of the row's products, so the largest
+    term of every row is exactly 1 and float32 cannot underflow a whole row. Bidirectional only:
+    ``c_f`` reads every key (causal attention keeps its running key maximum).
+    """
+    k_log = k_map.log.detach()
+    if key_padding_mask is not None:
+        k_log = k_log.masked_fill(key_padding_mask[:, None, :, None], float("-inf"))
+    column = torch.nan_to_num(k_log.amax(dim=-2, keepdim=True), neginf=0.0)  # (B, H, 1, M')
+    return q_map._replace(log=q_map.log + column), k_map._replace(log=k_map.log - column)
 
 
 def _state_params(kernel: Kernel, state: FavorState | None, dtype: torch.dtype) -> Tensor | None:

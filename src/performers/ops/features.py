@@ -60,7 +60,14 @@ visible at ``p``. Every query ``i ≥ p`` may read position ``p``, so no output 
 token (queries before ``p`` see no key at all), the estimator is unbiased for every query (``A``
 does not depend on ``W``), and the recurrent decoder computes the same ``A`` from its first token
 and carries it in :class:`~performers.ops.causal.FavorState` (``kernel_params``); a continued
-sequence (``initial_state``) keeps the ``A`` of its state.
+sequence (``initial_state``) keeps the ``A`` of its state. A row whose keys so far are all
+padding has no ``A`` yet (NaN in the state); its first real key fixes it.
+
+*Float range.* ``A‖ω_f‖²`` spreads FAVOR++'s features by hundreds of nats when ``A`` is very
+negative (sharp attention). Bidirectional attention moves each feature's largest key log to
+the query side (exact), so every row's largest term is 1 and float32 does not underflow rows.
+Causal attention cannot (that maximum reads the future): at mean ``|qᵀk|/√d ≳ 30`` causal
+FAVOR++ in float32 may return zero rows; use float64 or FAVOR+ there.
 """
 
 from __future__ import annotations
