@@ -280,7 +280,7 @@ class Trainer:
                     "(pass resume=True / --resume to continue them)"
                 )
         self.model.train()
-        start, tokens = time.perf_counter(), 0
+        start, tokens, stepping = time.perf_counter(), 0, 0.0  # stepping: time in training steps
         # A live bar on a terminal (rank 0); log lines otherwise (files, CI, other ranks).
         bar = tqdm(
             total=c.max_steps,
@@ -311,6 +311,7 @@ class Trainer:
             self.step += 1
             step_seconds = time.perf_counter() - step_start
             self.train_seconds += step_seconds
+            stepping += step_seconds
             if self.rank != 0:  # evaluation, metrics, logs and checkpoints: rank 0 only
                 continue
             record = {
@@ -328,8 +329,8 @@ class Trainer:
                 for key, value in record.items():
                     if key != "step":
                         board.add_scalar(key, value, self.step)
-            elapsed = time.perf_counter() - start
-            rate = tokens / max(elapsed, 1e-9)
+            elapsed = time.perf_counter() - start  # for the ETA: evaluations included
+            rate = tokens / max(stepping, 1e-9)  # training tokens/s: steps only
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{rate:.0f}")
             if bar.disable and (self.step % c.log_every == 0 or self.step == c.max_steps):
