@@ -302,6 +302,12 @@ def optimal_positive_features(
     a = torch.as_tensor(a, dtype=x.dtype, device=x.device)
     if not bool(torch.all(a < 0.25)):
         raise ValueError(f"the GERF parameter A must be < 1/4 (B = sqrt(1 - 4A) real), got {a.max().item()}")
+    return _gerf_features(x, projection, a, gaussian=gaussian)
+
+
+def _gerf_features(x: Tensor, projection: Tensor, a: Tensor, *, gaussian: bool) -> FeatureMapOutput:
+    # optimal_positive_features without the input checks: attention's A comes from
+    # optimal_positive_parameter (≤ 0 by construction), and checking it would sync the host.
     a = a[..., None, None]  # broadcast over (L, M)
     d, m = x.shape[-1], projection.shape[-2]
     one_minus_4a = 1 - 4 * a
@@ -387,11 +393,15 @@ def _hyperbolic_rows(w: Tensor) -> tuple[Tensor, float]:
 
 
 def _favor_plus_plus(x: Tensor, w: Tensor | None, a: Tensor) -> FeatureMapOutput:
-    return optimal_positive_features(x, w, a)
+    if w is None:
+        return optimal_positive_features(x, w, a)  # raises the missing-projection error
+    return _gerf_features(x, w, a, gaussian=False)
 
 
 def _gaussian_favor_plus_plus(x: Tensor, w: Tensor | None, a: Tensor) -> FeatureMapOutput:
-    return optimal_positive_features(x, w, a, gaussian=True)
+    if w is None:
+        return optimal_positive_features(x, w, a, gaussian=True)
+    return _gerf_features(x, w, a, gaussian=True)
 
 
 for _kernel in (
@@ -449,6 +459,12 @@ def feature_map(
     kern = get_kernel(kernel)
     if kern.parameters is not None and params is not None and not isinstance(params, Tensor):
         params = torch.tensor(float(params), dtype=x.dtype, device=x.device)
+    gerf = kern.fn in (_favor_plus_plus, _gaussian_favor_plus_plus)
+    if gerf and params is not None and projection is not None:
+        # A user-given A is checked here (the attention path skips the check: no host sync).
+        return optimal_positive_features(
+            x, projection, params, gaussian=kern.fn is _gaussian_favor_plus_plus
+        ).materialize()
     return kern(x, projection, params).materialize()
 
 
