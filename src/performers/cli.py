@@ -302,10 +302,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _protein_bench(args: argparse.Namespace, run, written: str, **options) -> int:
-    """Run one of the ``bench proteins-*`` experiments, print its report and what it wrote."""
+def _protein_bench(args: argparse.Namespace, run, written: str, *, sized: bool = True, **options) -> int:
+    """Run one of the ``bench proteins-*`` experiments, print its report and what it wrote.
+
+    ``sized``: the experiment builds models of the command line's size (not: it loads one)."""
     size, training = _training_setup(args)
-    if run.__name__ != "backward_compatibility":  # the converted model brings its own size
+    if sized:
         options["size"] = size
     start = time.perf_counter()
     report = run(
@@ -342,7 +344,11 @@ def _proteins_backcompat(args: argparse.Namespace) -> int:
     from performers.bench.proteins import backward_compatibility
 
     return _protein_bench(
-        args, backward_compatibility, "backcompat.md, backcompat.json, backcompat.png", exact_dir=args.exact
+        args,
+        backward_compatibility,
+        "backcompat.md, backcompat.json, backcompat.png",
+        sized=False,
+        exact_dir=args.exact,
     )
 
 

@@ -68,7 +68,7 @@ def table2(
             train_limit=train_limit,
             test_limit=test_limit,
         )
-        base = _baseline(corpus, task, train_limit, test_limit)
+        base = _baseline(corpus, train_limit, test_limit)
         _plot({v.name: out_dir / task / v.directory for v in variants}, out_dir / f"curves_{task}.png")
         record["tasks"][task] = {"baseline": base, "runs": [asdict(r) for r in results]}
         rows.append(
@@ -151,7 +151,7 @@ def long_context(
         test_limit=test_limit,
     )
     _plot({v.name: out_dir / v.directory for v in variants}, out_dir / "curves_long.png")
-    base = _baseline(corpus, training.task, train_limit, test_limit)
+    base = _baseline(corpus, train_limit, test_limit)
     rows = []
     for v, probe, r in zip(budgeted, probes, results, strict=True):
         rows.append(

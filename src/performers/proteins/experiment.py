@@ -221,7 +221,7 @@ def train_variants(
     return results
 
 
-def _baseline(corpus: str | Path, task: str, train_limit: int | None, test_limit: int | None) -> dict:
+def _baseline(corpus: str | Path, train_limit: int | None, test_limit: int | None) -> dict:
     tokenizer = ProteinTokenizer()
     baseline = UnigramBaseline(read_split(corpus, "train")[:train_limit], tokenizer)
     return baseline.evaluate(read_split(corpus, "test")[:test_limit])
@@ -252,7 +252,7 @@ def compare(
         test_limit=test_limit,
     )
     dirs = {v.name: out_dir / v.directory for v in variants}
-    base = _baseline(corpus, training.task, train_limit, test_limit)
+    base = _baseline(corpus, train_limit, test_limit)
     what = "masked positions" if training.task == "mlm" else "next tokens"
     lines = [
         f"Protein {'masked' if training.task == 'mlm' else 'causal'} LM, {training.max_steps} steps, "

@@ -34,6 +34,7 @@ from performers.proteins.data import (
     pad_batch,
 )
 from performers.proteins.tokenizer import ProteinTokenizer
+from performers.training.checkpoint import PREFIX as CHECKPOINT_PREFIX
 from performers.training.checkpoint import latest_checkpoint, save_checkpoint
 
 __all__ = ["Trainer", "TrainingConfig", "evaluate_model", "masked_accuracy"]
@@ -274,7 +275,7 @@ class Trainer:
             # A fresh run owns its metrics: never mix them with those of an earlier run here.
             metrics_path.unlink(missing_ok=True)
             shutil.rmtree(self.out_dir / "tensorboard", ignore_errors=True)
-            if any((self.out_dir / "checkpoints").glob("step-*")):
+            if any((self.out_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")):
                 self.log(
                     f"{self.out_dir}: starting a fresh run over existing checkpoints "
                     "(pass resume=True / --resume to continue them)"
