@@ -390,5 +390,12 @@ def test_bidirectional_favor_plus_plus_float32_matches_float64_at_sharp_attentio
     single = favor_attention(q, k, v, w, kernel="favor++")
     double = favor_attention(q.double(), k.double(), v.double(), w.double(), kernel="favor++")
     assert bool((single.abs().amax(-1) > 0).all())
-    # float32 rounding of logits of size ~100 (relative 6e-8 each) changes weights by ~1e-5.
-    torch.testing.assert_close(single.double(), double, rtol=0, atol=1e-3)
+    # Rounding bound: each log-feature of size ≤ E is rounded in float32 by ≤ ~4 ulps of E (a
+    # few operations), which perturbs every term by a relative δ = 4·eps·E; a normalized mean of
+    # values moves by ≤ 2δ·max|v - out| ≤ 4δ·max|v|.
+    s = d**-0.25
+    q64, k64, w64 = q.double() * s, k.double() * s, w.double()
+    a = favor_plus_plus_parameters(q64, k64)
+    largest_log = max(optimal_positive_features(x, w64, a).log.abs().max().item() for x in (q64, k64))
+    bound = 16 * torch.finfo(torch.float32).eps * largest_log * v.abs().max().item()
+    torch.testing.assert_close(single.double(), double, rtol=0, atol=bound)
