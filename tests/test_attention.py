@@ -13,8 +13,14 @@ from performers import (
     linear_attention,
     orthogonal_projection,
 )
-from performers.ops import kernel_attention, stabilize_keys, stabilize_queries
-from performers.ops.features import get_kernel
+from performers.ops import (
+    get_kernel,
+    kernel_attention,
+    naive_favor_attention,
+    stabilize_keys,
+    stabilize_queries,
+)
+from performers.ops.attention import _favor_attention
 
 DT = torch.float64
 ALL_KERNELS = ["softmax", "softmax-hyperbolic", "trig", "relu", "elu", "abs", "exp"]
@@ -34,10 +40,8 @@ def projection(m=32, d=8, dtype=DT, seed=1):
 
 
 def explicit(q, k, v, w, kernel, causal, mask=None, scale=None):
-    s = (q.shape[-1] ** -0.5 if scale is None else scale) ** 0.5
-    qf = feature_map(q * s, w, kernel)
-    kf = feature_map(k * s, w, kernel)
-    return kernel_attention(qf, kf, v, causal=causal, key_padding_mask=mask)
+    """The naive quadratic reference (performers.ops.naive), positional shorthand."""
+    return naive_favor_attention(q, k, v, w, causal=causal, kernel=kernel, scale=scale, key_padding_mask=mask)
 
 
 @pytest.mark.parametrize("kernel", ALL_KERNELS)
@@ -276,11 +280,8 @@ def test_queries_without_visible_keys_give_zero_and_finite_gradients(kernel, dty
 
 
 @pytest.mark.parametrize("segment_chunks", [1, 3])
-def test_fused_causal_segments_match_explicit(monkeypatch, segment_chunks):
-    import performers.ops.causal_fused as fused
-
-    monkeypatch.setattr(fused, "SEGMENT_CHUNKS", segment_chunks)
+def test_fused_causal_segments_match_explicit(segment_chunks):
     q, k, v = inputs(lq=45, norm=1.5)
     w = projection()
-    out = favor_attention(q, k, v, w, causal=True, chunk_size=4)
+    out = _favor_attention(q, k, v, w, path="fused", segment_chunks=segment_chunks, causal=True, chunk_size=4)
     torch.testing.assert_close(out, explicit(q, k, v, w, "softmax", True), rtol=1e-10, atol=1e-10)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from performers import PerformerConfig, PerformerForMaskedLM
+from performers import FavorConfig, PerformerConfig, PerformerForMaskedLM
 from performers.bench import approximation
 from performers.cli import main
 from performers.ops import theory
@@ -41,7 +41,7 @@ def test_kernel_sweep_and_variance_reduction():
 
 
 def test_protein_capture_and_sections_output(tmp_path):
-    config = PerformerConfig(vocab_size=30, d_model=16, num_layers=2, num_heads=2, d_ff=32, num_features=8)
+    config = PerformerConfig(vocab_size=30, d_model=16, num_layers=2, num_heads=2, d_ff=32, favor=FavorConfig(8))
     PerformerForMaskedLM(config).save_pretrained(tmp_path / "model")
     proteins = [
         "MKTAYIAKQRQISFVKSHFSRQ",

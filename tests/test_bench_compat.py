@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from performers.bench.compat import _ranks, load_stsb, spearman, write_markdown
+from performers.bench.compat import _ranks, spearman, write_markdown
+from performers.text import load_stsb
 
 
 def test_load_stsb_reads_the_shipped_splits():

@@ -3,12 +3,10 @@
 import json
 import math
 
-from performers.cli import build_parser, main
-from performers.models.io import from_pretrained
-from performers.proteins.data import read_split
-from performers.proteins.experiment import DEFAULT_CORPUS
-from performers.proteins.tokenizer import ProteinTokenizer
-from performers.training.trainer import evaluate_model
+from performers.cli import build_parser, main, with_config_file
+from performers.experiments import evaluate_model
+from performers.models import from_pretrained
+from performers.proteins import ProteinTokenizer, default_corpus, read_split
 from test_cli_proteins import TINY
 
 
@@ -27,7 +25,7 @@ def test_table2_trains_every_variant_with_the_same_steps_and_reports_them(tmp_pa
     for directory in ("exact", "favor-softmax", "favor-relu"):
         steps = (tmp_path / "mlm" / directory / "metrics.jsonl").read_text().splitlines()
         assert len(steps) == 4
-    assert from_pretrained(tmp_path / "mlm" / "favor-relu" / "final").config.kernel == "relu"
+    assert from_pretrained(tmp_path / "mlm" / "favor-relu" / "final").config.favor.kernel == "relu"
     assert (tmp_path / "curves_mlm.png").exists()
 
 
@@ -53,14 +51,17 @@ def test_long_context_budgets_steps_from_each_models_probed_step_time(tmp_path):
 def test_backcompat_starts_from_the_exact_weights_and_records_the_recovery_curve(tmp_path):
     assert main(["train", *TINY, "--attention", "exact", "--out", str(tmp_path / "exact")]) == 0
     out = tmp_path / "bc"
-    args = ["bench", "proteins-backcompat", *TINY, "--exact", str(tmp_path / "exact"), "--out", str(out)]
+    # The model comes from --exact: the size and FAVOR options are not options of this command.
+    model_options = {"--d-model", "--layers", "--heads", "--d-ff", "--num-features"}
+    run = [a for i, a in enumerate(TINY) if a not in model_options and TINY[i - 1] not in model_options]
+    args = ["bench", "proteins-backcompat", *run, "--exact", str(tmp_path / "exact"), "--out", str(out)]
     assert main(args) == 0
     record = json.loads((out / "backcompat.json").read_text())
     assert [s for s, _ in record["curves"]["converted"]] == [0, 2, 4]
     assert [s for s, _ in record["curves"]["scratch"]] == [0, 2, 4]
     # Step 0 of the converted curve is the exact model's weights run with FAVOR+, and the
     # reference is the same weights with exact attention, both on the same validation masks.
-    valid = read_split(DEFAULT_CORPUS, "valid")[:64]
+    valid = read_split(default_corpus(), "valid")[:64]
     common = dict(task="mlm", max_length=32, batch_size=4, seed=0, max_batches=10)
     tokenizer = ProteinTokenizer()
     for attention, expected in (
@@ -74,11 +75,9 @@ def test_backcompat_starts_from_the_exact_weights_and_records_the_recovery_curve
 
 
 def test_a_config_file_sets_options_of_a_nested_bench_command(tmp_path):
-    from performers.cli import _with_config_file
-
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"d_model": 48, "minutes": 2.5}))
     argv = ["bench", "proteins-long", "--config", str(path), "--layers", "3"]
     parser = build_parser()
-    args = _with_config_file(parser, argv, parser.parse_args(argv))
+    args = with_config_file(parser, argv, parser.parse_args(argv))
     assert (args.d_model, args.minutes, args.layers) == (48, 2.5, 3)

@@ -41,9 +41,13 @@ def test_crossover_is_the_start_of_the_final_winning_run():
 
 
 def test_main_writes_json_markdown(tmp_path):
+    from performers.cli import main
+
     out = tmp_path / "speed"
-    rc = speed.main(
+    rc = main(
         [
+            "bench",
+            "speed",
             "--methods",
             "favor",
             "identity",
@@ -67,3 +71,16 @@ def test_main_writes_json_markdown(tmp_path):
     data = json.loads((out / "speed.json").read_text())
     assert {p["spec"]["method"] for p in data["points"]} == {"favor", "identity"}
     assert (out / "speed.md").exists()
+
+
+def test_the_speed_command_is_one_parser_with_its_options(capsys):
+    """`bench speed` is parsed by the CLI's one parser (it used to be a stub without options)."""
+    from performers.cli import build_parser
+
+    argv = ["bench", "speed", "--lengths", "32", "--kernel", "relu", "--num-features", "0"]
+    args = build_parser().parse_args(argv)
+    assert args.lengths == [32] and args.kernel == "relu" and args.num_features is None
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["bench", "speed", "--help"])
+    assert exit_info.value.code == 0
+    assert "--max-seconds" in capsys.readouterr().out

@@ -96,12 +96,12 @@ def test_finetune_random_init_control_has_the_pretrained_architecture_and_fresh_
 ):
     import torch
 
-    import performers.proteins.secondary_structure as ss
-    from performers.models.io import from_pretrained
+    import performers.cli.finetune as command
+    from performers.models import from_pretrained
 
     assert main(["train", *TINY, "--out", str(tmp_path)]) == 0
     seen = []
-    monkeypatch.setattr(ss, "finetune", lambda encoder, **_: seen.append(encoder) or {"q3": 0.5})
+    monkeypatch.setattr(command, "finetune", lambda encoder, *_, **__: seen.append(encoder) or {"q3": 0.5})
     for extra in ([], ["--random-init"]):
         assert main(["finetune", "--pretrained", str(tmp_path), "--steps", "1", *extra]) == 0
     pretrained = from_pretrained(tmp_path / "final").model
@@ -132,7 +132,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
 
     import torch
 
-    from performers.models.io import load_safetensors
+    from performers.utils import load_safetensors
 
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     args = [*TINY, "--task", "mlm", "--dropout", "0", "--threads", "1"]

@@ -3,8 +3,21 @@
 import pytest
 import torch
 
-from performers import favor_attention, favor_attention_step, linear_attention, orthogonal_projection
-from performers.ops import get_kernel
+from performers.ops import (
+    favor_attention,
+    favor_attention_step,
+    gaussian_hyperbolic_features,
+    gaussian_positive_features,
+    gaussian_trigonometric_features,
+    generalized_features,
+    get_kernel,
+    hyperbolic_softmax_features,
+    linear_attention,
+    optimal_positive_features,
+    orthogonal_projection,
+    positive_softmax_features,
+    trigonometric_softmax_features,
+)
 
 Q = torch.randn(2, 3, 10, 8)
 W = orthogonal_projection(16, 8, generator=torch.Generator().manual_seed(0))
@@ -44,6 +57,12 @@ W = orthogonal_projection(16, 8, generator=torch.Generator().manual_seed(0))
         ({"kernel": 3}, TypeError, r"kernel must be a registry name"),
         ({"scale": -1.0}, ValueError, r"scale must be a positive number"),
         ({"chunk_size": 0}, ValueError, r"chunk_size must be an int >= 1"),
+        # A negative block size used to leave the fused loops empty and return uninitialised
+        # memory; 0 silently meant "default"; True passed as 1.
+        ({"block_size": -1}, ValueError, r"block_size must be None or an int >= 1, got -1"),
+        ({"block_size": 0}, ValueError, r"block_size must be None or an int >= 1, got 0"),
+        ({"block_size": True}, ValueError, r"block_size must be None or an int >= 1, got True"),
+        ({"block_size": 2.0}, ValueError, r"block_size must be None or an int >= 1, got 2.0"),
         ({"return_state": True}, ValueError, r"only defined for causal=True"),
     ],
 )
@@ -61,3 +80,46 @@ def test_step_and_linear_attention_errors():
         linear_attention(torch.rand(1, 1, 4, 3), torch.rand(1, 1, 4, 3), torch.rand(1, 1, 5, 2))
     with pytest.raises(ValueError, match="known kernels"):
         get_kernel("softmax_")
+
+
+FEATURE_MAPS = [
+    positive_softmax_features,
+    hyperbolic_softmax_features,
+    trigonometric_softmax_features,
+    gaussian_positive_features,
+    gaussian_hyperbolic_features,
+    gaussian_trigonometric_features,
+    lambda x, w: optimal_positive_features(x, w, -0.1),
+]
+FEATURE_MAP_NAMES = [
+    "positive_softmax_features",
+    "hyperbolic_softmax_features",
+    "trigonometric_softmax_features",
+    "gaussian_positive_features",
+    "gaussian_hyperbolic_features",
+    "gaussian_trigonometric_features",
+    "optimal_positive_features",
+]
+
+
+@pytest.mark.parametrize("fn,name", list(zip(FEATURE_MAPS, FEATURE_MAP_NAMES, strict=True)))
+def test_feature_maps_raise_typed_errors_not_asserts(fn, name):
+    # These were `assert`s (AssertionError, and nothing at all under python -O).
+    x = torch.randn(2, 5, 8)
+    with pytest.raises(ValueError, match=rf"{name} needs a projection of shape \(M, D\), got None"):
+        fn(x, None)
+    with pytest.raises(ValueError, match=rf"{name} needs a projection of shape \(M, D\) matching x"):
+        fn(x, torch.randn(4, 6))
+    with pytest.raises(ValueError, match=rf"{name} needs a projection of shape \(M, D\) matching x"):
+        fn(x, torch.randn(8))
+    with pytest.raises(TypeError, match=rf"{name}: projection must be a torch.Tensor"):
+        fn(x, [[1.0] * 8])
+
+
+def test_generalized_features_check_a_given_projection():
+    x = torch.randn(2, 5, 8)
+    assert generalized_features(x, None, f=torch.relu).linear.shape == (2, 5, 8)
+    with pytest.raises(
+        ValueError, match=r"generalized_features needs a projection of shape \(M, D\) matching"
+    ):
+        generalized_features(x, torch.randn(4, 6), f=torch.relu)

@@ -12,9 +12,7 @@ import pytest
 import torch
 
 from conftest import Z, generator
-from performers.ops import theory
-from performers.ops.features import feature_map
-from performers.ops.projections import gaussian_projection, orthogonal_projection
+from performers.ops import feature_map, gaussian_projection, orthogonal_projection, theory
 from test_projections import raw_qr_projection
 
 D = 16

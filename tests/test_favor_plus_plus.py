@@ -12,16 +12,20 @@ import pytest
 import torch
 
 from conftest import Z, generator
-from performers import PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
-from performers.ops import exact_attention, favor_attention, favor_attention_step, kernel_attention, theory
-from performers.ops.features import (
-    KERNELS,
+from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
+from performers.ops import (
+    exact_attention,
+    favor_attention,
+    favor_attention_step,
     favor_plus_plus_parameters,
     feature_map,
+    gaussian_projection,
+    naive_favor_attention,
     optimal_positive_features,
+    orthogonal_projection,
     pair_mean_sq_norm,
+    theory,
 )
-from performers.ops.projections import gaussian_projection, orthogonal_projection
 
 # The spec's reference pair (tests/test_estimators.py): ‖x+y‖² = 1.46, SM(x, y) = exp(0.3).
 from test_estimators import DT, D, X, Y
@@ -207,15 +211,8 @@ def test_attention_equals_explicit_kernel_attention(kernel, causal):
     mask = torch.zeros(2, 29, dtype=torch.bool)
     mask[1, :4] = True  # left padding: causally, the statistic starts at position 4
     out = favor_attention(q, k, v, W, causal=causal, kernel=kernel, key_padding_mask=mask, chunk_size=8)
-    s = 8**-0.25
-    kern = KERNELS[kernel]
-    params = (
-        None
-        if kern.parameters is None
-        else kern.parameters(q * s, k * s, causal=causal, key_padding_mask=mask)
-    )
-    qf, kf = feature_map(q * s, W, kernel, params), feature_map(k * s, W, kernel, params)
-    expected = kernel_attention(qf, kf, v, causal=causal, key_padding_mask=mask)
+    # The naive reference computes A as attention does (kernel.parameters of the scaled inputs).
+    expected = naive_favor_attention(q, k, v, W, causal=causal, kernel=kernel, key_padding_mask=mask)
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
 
 
@@ -320,8 +317,8 @@ def test_errors():
 def test_models_by_name():
     kernel = "favor++"
     config = PerformerConfig(
-        vocab_size=30, d_model=16, num_layers=2, num_heads=2, d_ff=32, num_features=8,
-        max_position_embeddings=64, kernel=kernel,
+        vocab_size=30, d_model=16, num_layers=2, num_heads=2, d_ff=32, max_position_embeddings=64,
+        favor=FavorConfig(8, kernel),
     )  # fmt: skip
     tokens = torch.randint(2, 30, (2, 12), generator=generator(8))
     lm = PerformerForCausalLM(config).eval()

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from performers import PerformerConfig, PerformerForCausalLM, generate
+from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, generate
 from performers.cli import main as cli_main
 from performers.layers import KVCache
 from performers.models.generation import sample_next_token
@@ -26,8 +26,7 @@ def model_for(attention="favor", position="learned", seed=0, **overrides):
         position=position,
         dropout=0.0,
         attention=attention,
-        num_features=16,
-        chunk_size=4,
+        favor=FavorConfig(16, chunk_size=4),
         pad_token_id=0,
         **overrides,
     )
@@ -192,7 +191,7 @@ def test_bench_generate_prefill_mode():
         num_layers=1,
         num_heads=2,
         d_ff=32,
-        num_features=8,
+        favor=FavorConfig(8),
         vocab_size=31,
     )
     assert [r.backend for r in rows] == ["favor", "exact"] and all(r.prefill_s > 0 for r in rows)

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from conftest import generator
-from performers import favor_attention, favor_attention_step, linear_attention, orthogonal_projection
+from performers.ops import favor_attention, favor_attention_step, linear_attention, orthogonal_projection
+from performers.ops.attention import _favor_attention
 
 DT = torch.float64
 
@@ -99,18 +100,36 @@ def test_state_returned_with_gradients_takes_the_autograd_path():
     assert k.grad.abs().sum() > 0 and v.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("segment_chunks", [1, 2])
-def test_gradcheck_fused_causal_across_segments(monkeypatch, segment_chunks):
-    # Several segments (the state carried between them, forward and backward).
-    import performers.ops.causal_fused as fused
+def test_returned_state_carries_gradients_to_values_and_projection():
+    # The state depends on k, v and the projection: it must be differentiable whenever one of
+    # them requires grad (before, only q or k did: with v alone the state came back detached).
+    q, k, v = (t.detach() for t in leaf_inputs(5))
+    v.requires_grad_(True)
+    w = W.clone().requires_grad_(True)
+    _, state = favor_attention(q, k, v, w, causal=True, return_state=True)
+    (state.kv.sum() + state.normalizer.sum()).backward()
+    assert v.grad.abs().sum() > 0 and w.grad.abs().sum() > 0
 
-    monkeypatch.setattr(fused, "SEGMENT_CHUNKS", segment_chunks)
+
+@pytest.mark.parametrize("segment_chunks", [1, 2])
+def test_gradcheck_fused_causal_across_segments(segment_chunks):
+    # Several segments (the state carried between them, forward and backward).
     q, k, v = leaf_inputs(11, b=2)
     w = W.clone().requires_grad_(True)
     mask = torch.zeros(2, 11, dtype=torch.bool)
     mask[1, :3] = True
 
     def fn(q, k, v, w):
-        return favor_attention(q, k, v, w, causal=True, key_padding_mask=mask, chunk_size=2)
+        return _favor_attention(
+            q,
+            k,
+            v,
+            w,
+            path="fused",
+            segment_chunks=segment_chunks,
+            causal=True,
+            key_padding_mask=mask,
+            chunk_size=2,
+        )
 
     assert torch.autograd.gradcheck(fn, (q, k, v, w))

@@ -12,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from transformers import AutoModel, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
 
+from performers import FavorConfig
 from performers.cli import main
 from performers.integrations.distill import (
     DistillConfig,
@@ -83,7 +84,7 @@ def test_distillation_brings_the_student_closer_and_resumes_exactly(tokenizer, t
     config = DistillConfig(steps=6, batch_size=4, learning_rate=1e-4, warmup_steps=1, checkpoint_every=3)
 
     # The ReLU kernel is not an estimate of softmax: the student starts measurably off.
-    student = make_student(teacher, num_features=8, kernel="relu")
+    student = make_student(teacher, FavorConfig(8, "relu"))
     assert is_performerized(student) and not is_performerized(teacher)
     before = _hidden_error(teacher, student, probe)
     result = distill(teacher, student, batches, config, log=lambda _: None)
@@ -92,9 +93,9 @@ def test_distillation_brings_the_student_closer_and_resumes_exactly(tokenizer, t
     assert not student.training
 
     # Interrupted after 3 steps, then resumed: the same parameters, bit for bit.
-    resumed = make_student(teacher, num_features=8, kernel="relu")
+    resumed = make_student(teacher, FavorConfig(8, "relu"))
     distill(teacher, resumed, batches, config, out_dir=tmp_path, stop_at=3, log=lambda _: None)
-    again = make_student(teacher, num_features=8, kernel="relu")
+    again = make_student(teacher, FavorConfig(8, "relu"))
     finished = distill(teacher, again, batches, config, out_dir=tmp_path, resume=True, log=lambda _: None)
     assert finished["steps"] == 6 and finished["loss"] == result["loss"]
     assert finished["history"] == result["history"]
@@ -106,7 +107,7 @@ def test_logit_and_task_losses_for_a_causal_lm():
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=32, n_embd=16, n_layer=1, n_head=2, n_positions=32)
     teacher = GPT2LMHeadModel(config).eval()
-    student = make_student(teacher, num_features=8, kernel="relu")
+    student = make_student(teacher, FavorConfig(8, "relu"))
     ids = torch.randint(0, 32, (2, 6))
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
     t = teacher(**{k: v for k, v in batch.items() if k != "labels"}, output_hidden_states=True)

@@ -7,6 +7,7 @@ resolution and these models do ~1e3 operations per output), not tuned.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import tempfile
@@ -37,7 +38,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS  # noqa: E40
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 from conftest import Z  # noqa: E402
-from performers import FeatureRedrawer  # noqa: E402
+from performers import FavorConfig, FeatureRedrawer  # noqa: E402
 from performers.integrations import transformers as hf  # noqa: E402
 
 VOCAB = 64
@@ -126,14 +127,14 @@ def test_registration_and_set_attn_implementation():
     modules = hf.attention_modules(model)
     assert len(modules) == 2
     for _, module in modules:
-        assert module.favor.projection.shape == (hf.DEFAULT_FAVOR_CONFIG["num_features"], 8)
-    assert model.config.favor_config["num_features"] == hf.DEFAULT_FAVOR_CONFIG["num_features"]
+        assert module.favor.projection.shape == (FavorConfig().num_features, 8)
+    assert model.config.favor_config == FavorConfig().to_dict()
 
 
 @pytest.mark.parametrize("family", list(BUILDERS))
 def test_from_pretrained_save_load_keeps_projections_and_outputs(family):
     torch.manual_seed(0)
-    model = hf.performerize(BUILDERS[family](), num_features=16, seed=5)
+    model = hf.performerize(BUILDERS[family](), FavorConfig(16, seed=5))
     FeatureRedrawer(model).redraw()  # draw 1: the config must record it
     ids = _ids()
     expected = _output(model, ids)
@@ -156,7 +157,7 @@ def test_unperformerize_restores_the_original_model():
     model = _llama()
     ids = _ids()
     expected = _output(model, ids)
-    hf.performerize(model, num_features=32)
+    hf.performerize(model, FavorConfig(32))
     assert hf.is_performerized(model)
     assert not torch.allclose(_output(model, ids), expected)
     hf.unperformerize(model)
@@ -182,7 +183,7 @@ def test_converges_to_sdpa_like_inverse_square_root_of_m(family):
     for seed in range(6):
         rms = []
         for m in features:
-            model = hf.performerize(BUILDERS[family]().double(), num_features=m, seed=seed)
+            model = hf.performerize(BUILDERS[family]().double(), FavorConfig(m, seed=seed))
             model.load_state_dict(base.state_dict())
             with torch.no_grad():
                 rms.append(float((_output(model, ids) - exact).pow(2).mean().sqrt()))
@@ -200,7 +201,7 @@ def test_converges_to_sdpa_like_inverse_square_root_of_m(family):
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 def test_padding_does_not_change_non_padded_outputs(family):
     torch.manual_seed(0)
-    model = hf.performerize(BUILDERS[family]().double(), num_features=32)
+    model = hf.performerize(BUILDERS[family]().double(), FavorConfig(32))
     ids = _ids(2, 9)
     short = ids[1:, :5]
     mask = torch.ones(2, 9, dtype=torch.long)
@@ -217,7 +218,7 @@ def test_padding_does_not_change_non_padded_outputs(family):
 
 def test_left_padding_in_a_causal_decoder():
     torch.manual_seed(0)
-    model = hf.performerize(_llama().double(), num_features=32)
+    model = hf.performerize(_llama().double(), FavorConfig(32))
     ids = _ids(1, 6)
     padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 6, dtype=torch.long)], dim=1)
@@ -230,7 +231,7 @@ def test_left_padding_in_a_causal_decoder():
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_causal_outputs_never_depend_on_future_tokens(family):
     torch.manual_seed(0)
-    model = hf.performerize(BUILDERS[family](), num_features=32)
+    model = hf.performerize(BUILDERS[family](), FavorConfig(32))
     ids = _ids(2, 12)
     changed = ids.clone()
     changed[:, 8:] = (changed[:, 8:] + 7) % VOCAB
@@ -254,7 +255,7 @@ def _recompute_greedy(model, prompt, mask, steps):
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_generate_with_favor_cache_equals_step_by_step_recomputation(family):
     torch.manual_seed(0)
-    model = hf.performerize(BUILDERS[family]().double(), num_features=32, chunk_size=4)
+    model = hf.performerize(BUILDERS[family]().double(), FavorConfig(32, chunk_size=4))
     prompt = _ids(2, 7)
     mask = torch.ones_like(prompt)
     mask[0, :2] = 0  # left padding in the first row
@@ -292,7 +293,7 @@ def test_generate_with_favor_cache_equals_step_by_step_recomputation(family):
 
 def test_favor_cache_state_size_is_independent_of_context_length():
     torch.manual_seed(0)
-    model = hf.performerize(_llama(), num_features=16)
+    model = hf.performerize(_llama(), FavorConfig(16))
     shapes = []
     for length in (4, 40):
         cache = hf.FavorCache()
@@ -308,7 +309,7 @@ def test_favor_cache_state_size_is_independent_of_context_length():
 
 def test_gradients_flow_through_the_favor_backend():
     torch.manual_seed(0)
-    model = hf.performerize(_bert(), num_features=16)
+    model = hf.performerize(_bert(), FavorConfig(16))
     out = model(_ids()).last_hidden_state
     out.pow(2).mean().backward()
     for _, module in hf.attention_modules(model):
@@ -320,15 +321,20 @@ def test_gradients_flow_through_the_favor_backend():
 
 def test_relu_kernel_and_options():
     torch.manual_seed(0)
-    model = hf.performerize(_bert(), num_features=24, kernel="relu", projection_kind="iid")
+    model = hf.performerize(_bert(), FavorConfig(24, kernel="relu", projection="iid"))
     module = hf.attention_modules(model)[0][1]
     assert module.favor.kernel.name == "relu"
     assert module.favor.projection.shape == (24, 8)
     assert torch.isfinite(model(_ids()).last_hidden_state).all()
     # Changing options resets draws; unchanged options keep them.
-    hf.performerize(model, num_features=8)
-    assert model.config.favor_config["kernel"] == "relu"
-    assert module.favor.projection.shape == (8, 8)
+    FeatureRedrawer(model).redraw()
+    assert model.config.favor_redraw_counts == {"0": 1, "1": 1}
+    hf.performerize(model)  # None: keep the model's config (and its draws)
+    assert model.config.favor_redraw_counts == {"0": 1, "1": 1}
+    hf.performerize(model, dataclasses.replace(hf.favor_settings(model.config), num_features=8))
+    assert model.config.favor_config["kernel"] == "relu" and model.config.favor_redraw_counts == {}
+    module = hf.attention_modules(model)[0][1]
+    assert module.favor.projection.shape == (8, 8) and int(module.favor.redraw_count) == 0
 
 
 def test_clear_errors():
@@ -339,16 +345,14 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="does not support"):
         hf.performerize(opt)
     model = _bert()
-    with pytest.raises(ValueError, match="kernel"):
-        hf.performerize(model, kernel="nope")
-    with pytest.raises(ValueError, match="num_features"):
-        hf.performerize(model, num_features=0)
-    with pytest.raises(ValueError, match="unknown FAVOR option"):
+    with pytest.raises(TypeError, match="config must be a FavorConfig"):
+        hf.performerize(model, {"kernel": "relu"})
+    with pytest.raises(ValueError, match="unknown FavorConfig field 'features'"):
         model.config.favor_config = {"features": 3}
         model.set_attn_implementation("favor")
         model(_ids())
     del model.config.favor_config
-    hf.performerize(model, num_features=8)
+    hf.performerize(model, FavorConfig(8))
     bias = torch.randn(2, 1, 9, 9)  # an arbitrary additive mask: no FAVOR+ equivalent
     with pytest.raises(ValueError, match="additive 4D masks"):
         model(_ids(), attention_mask=bias)
@@ -368,7 +372,7 @@ def test_clear_errors():
 
 def test_factorizable_4d_masks_are_accepted():
     torch.manual_seed(0)
-    model = hf.performerize(_bert().double(), num_features=16)
+    model = hf.performerize(_bert().double(), FavorConfig(16))
     ids = _ids(2, 9)
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[1, 6:] = 0
@@ -381,7 +385,7 @@ def test_factorizable_4d_masks_are_accepted():
     with pytest.raises(ValueError, match=r"0 \(attend\) or <= -1e4"):
         model(ids, attention_mask=additive.masked_fill(~keep, -5.0))
     # A causal model: the 4D mask must be key padding and the causal triangle.
-    llama = hf.performerize(_llama().double(), num_features=16)
+    llama = hf.performerize(_llama().double(), FavorConfig(16))
     mask = torch.ones(2, 9, dtype=torch.long)
     mask[1, :3] = 0  # left padding
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
@@ -424,7 +428,7 @@ def test_minilm_real_model(minilm):
     assert student.config.model_type == "bert"
     cosines = {}
     for m in (8, 512):
-        hf.performerize(student, num_features=m)
+        hf.performerize(student, FavorConfig(m))
         embeddings = _embed(student, tokenizer, SENTENCES)
         cosines[m] = (embeddings * reference).sum(-1)
         # Padding is honoured on the real model: batched = one sentence at a time.
@@ -438,7 +442,7 @@ def test_minilm_real_model(minilm):
 
 def test_warns_once_about_dropout_in_training_mode():
     torch.manual_seed(0)
-    model = hf.performerize(_bert(attention_probs_dropout_prob=0.1), num_features=8).train()
+    model = hf.performerize(_bert(attention_probs_dropout_prob=0.1), FavorConfig(8)).train()
     hf._WARNED.discard("dropout")
     with pytest.warns(UserWarning, match="dropout"):
         model(_ids())
@@ -450,7 +454,7 @@ def test_warns_once_about_dropout_in_training_mode():
 def test_beam_search_with_favor_cache_matches_the_key_value_fallback():
     # Beam search reorders the cache between steps (FavorCacheLayer.reorder_cache).
     torch.manual_seed(0)
-    model = hf.performerize(_llama().double(), num_features=32)
+    model = hf.performerize(_llama().double(), FavorConfig(32))
     prompt = _ids(2, 5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback's "pass cache=FavorCache()" note
@@ -464,10 +468,10 @@ def test_beam_search_with_favor_cache_matches_the_key_value_fallback():
 def test_unperformerize_goes_back_to_the_implementation_the_model_had():
     model = _llama()
     model.set_attn_implementation("eager")
-    hf.performerize(model, num_features=16)
+    hf.performerize(model, FavorConfig(16))
     hf.unperformerize(model)
     assert model.config._attn_implementation == "eager"
-    hf.performerize(model, num_features=16)
+    hf.performerize(model, FavorConfig(16))
     hf.unperformerize(model, attn_implementation="sdpa")  # an explicit choice wins
     assert model.config._attn_implementation == "sdpa"
 
@@ -476,11 +480,14 @@ def test_favor_plus_plus_refuses_to_decode_from_a_key_value_cache():
     # FAVOR++'s A comes from the prefix's queries, which a DynamicCache does not keep: rebuilding
     # the state from cached keys would silently change the estimator, so it is an error.
     model = _llama()
-    hf.performerize(model, num_features=16, kernel="favor++")
+    hf.performerize(model, FavorConfig(16, kernel="favor++"))
     ids = _ids(batch=1, length=6)
     with torch.no_grad():
         prefill = model(ids[:, :5], cache=DynamicCache(config=model.config), use_cache=True)
-        with pytest.raises(ValueError, match="cannot decode from a key/value cache; pass cache=FavorCache"):
+        # The message names the kernel (not the repr of its Kernel object).
+        with pytest.raises(
+            ValueError, match=r"^kernel 'favor\+\+' has .* cannot decode from a key/value cache"
+        ):
             model(ids[:, 5:], cache=prefill.past_key_values, use_cache=True)
         cache = hf.FavorCache()
         model(ids[:, :5], cache=cache, use_cache=True)
@@ -489,7 +496,7 @@ def test_favor_plus_plus_refuses_to_decode_from_a_key_value_cache():
 
 
 def test_projections_stay_exact_float64_when_the_model_changes_dtype():
-    model = hf.performerize(_llama(), num_features=16)
+    model = hf.performerize(_llama(), FavorConfig(16))
     before = [m.favor.projection.clone() for _, m in hf.attention_modules(model)]
     model.to(torch.bfloat16)
     after = [m.favor.projection for _, m in hf.attention_modules(model)]
@@ -497,3 +504,23 @@ def test_projections_stay_exact_float64_when_the_model_changes_dtype():
     assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
     with torch.no_grad():
         assert torch.isfinite(model(_ids()).logits.float()).all()  # runs in bf16
+
+
+def test_a_bert_converted_by_performers_0_1_0_still_loads():
+    """tests/data/legacy/hf_bert_favor: written by performerize + save_pretrained of performers
+    0.1.0 (flat favor_config with projection_kind and redraw_counts inside); same outputs now."""
+    from pathlib import Path
+
+    from performers.utils import load_safetensors
+
+    directory = Path(__file__).parent / "data" / "legacy" / "hf_bert_favor"
+    model = AutoModel.from_pretrained(directory, attn_implementation="favor").eval()
+    assert "redraw_counts" in model.config.favor_config  # as saved
+    expected, _ = load_safetensors(directory / "expected.safetensors")
+    with torch.no_grad():
+        hidden = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"])
+    torch.testing.assert_close(hidden.last_hidden_state, expected["last_hidden_state"], rtol=0, atol=0)
+    favor = hf.favor_settings(model.config)
+    assert favor == FavorConfig(8, "softmax-hyperbolic", seed=4, redraw_every=3, chunk_size=16)
+    assert model.config.favor_redraw_counts == {"1": 1}
+    assert "redraw_counts" not in model.config.favor_config  # today's layout from now on

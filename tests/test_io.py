@@ -1,19 +1,32 @@
 """save_pretrained / from_pretrained: bit-for-bit round trip, atomic writes, clear errors, no pickle."""
 
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from performers import PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM, from_pretrained
+from performers import (
+    FavorConfig,
+    PerformerConfig,
+    PerformerForCausalLM,
+    PerformerForMaskedLM,
+    from_pretrained,
+)
 from performers.models import PerformerModel, save_pretrained
 from performers.models import io as performers_io
+from performers.utils import load_safetensors
 
 DT = torch.float64
 
 
-def tiny(**overrides):
+LEGACY = Path(__file__).parent / "data" / "legacy"
+
+
+def tiny(favor: FavorConfig | None = None, **overrides):
     fields = {
         "vocab_size": 23,
         "d_model": 16,
@@ -22,7 +35,7 @@ def tiny(**overrides):
         "d_ff": 32,
         "max_position_embeddings": 32,
         "dropout": 0.1,
-        "num_features": 8,
+        "favor": favor or FavorConfig(8),
         "pad_token_id": 0,
     }
     return PerformerConfig(**(fields | overrides))
@@ -37,7 +50,7 @@ def ids():
     [
         (PerformerForCausalLM, {}, DT),
         (PerformerForCausalLM, {"tie_embeddings": False, "position": "rotary"}, torch.float32),
-        (PerformerForMaskedLM, {"kernel": "relu", "num_features": None}, DT),
+        (PerformerForMaskedLM, {"favor": FavorConfig(None, "relu")}, DT),
         (PerformerModel, {"attention": "exact"}, torch.float32),
     ],
 )
@@ -67,7 +80,7 @@ def test_config_json_content_and_overrides(tmp_path):
     model = PerformerForCausalLM(tiny())
     save_pretrained(model, tmp_path / "nested" / "dir")
     raw = json.loads((tmp_path / "nested" / "dir" / "config.json").read_text())
-    assert raw["architectures"] == ["PerformerForCausalLM"] and raw["num_features"] == 8
+    assert raw["architectures"] == ["PerformerForCausalLM"] and raw["favor"]["num_features"] == 8
     exact = from_pretrained(tmp_path / "nested" / "dir", attention="exact")
     assert exact.config.attention == "exact"
     assert all(m.attention == "exact" for m in exact.model.layers.modules() if hasattr(m, "favor"))
@@ -146,7 +159,7 @@ def test_failed_write_leaves_the_old_checkpoint_and_no_temp_files(tmp_path, monk
         path.write_bytes(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(performers_io, "_atomic_write", _wrap_failing(performers_io._atomic_write, crash))
+    monkeypatch.setattr(performers_io, "atomic_write", _wrap_failing(performers_io.atomic_write, crash))
     with pytest.raises(OSError, match="disk full"):
         model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
@@ -158,3 +171,38 @@ def _wrap_failing(atomic_write, failing_writer):
         return atomic_write(path, failing_writer)
 
     return wrapped
+
+
+@pytest.mark.parametrize(
+    "name", ["performer_causal_favorpp", "performer_mlm_relu_noproj", "performer_mlm_softmax_sqrtd"]
+)
+def test_models_saved_by_performers_0_1_0_still_load(name):
+    """config.json files written by save_pretrained before FavorConfig (flat FAVOR fields), made by
+    tests/data/legacy/make_fixtures.py with the 0.1.0 code: same config, same outputs."""
+    directory = LEGACY / name
+    raw = json.loads((directory / "config.json").read_text())
+    assert "favor" not in raw and "kernel" in raw  # the old, flat layout
+    model = from_pretrained(directory)
+    favor = model.config.favor
+    assert favor.kernel == raw["kernel"] and favor.seed == raw["seed"]
+    assert favor.projection == raw["projection_kind"] and favor.row_norms == raw["row_norms"]
+    assert favor.num_features == (raw["num_features"] or None)
+    assert favor.redraw_every == (raw["redraw_every"] or 0)
+    assert all(int(m.redraw_count) == 1 for m in model.favor_attention_modules())
+    expected, _ = load_safetensors(directory / "expected.safetensors")
+    with torch.no_grad():
+        logits = model(expected["input_ids"]).logits
+    assert torch.equal(logits, expected["logits"])
+    # Saved again, it is written in today's layout and reads back the same.
+    assert PerformerConfig.from_dict(json.loads(model.config.to_json())) == model.config
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    """Temporary files are private (0600); the saved files get the umask's permissions."""
+    old = os.umask(0o022)
+    try:
+        PerformerForCausalLM(tiny()).save_pretrained(tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o644, name

@@ -7,6 +7,7 @@ from torch import nn
 from conftest import generator
 from performers import (
     FavorAttention,
+    FavorConfig,
     FeatureRedrawer,
     MultiheadFavorAttention,
     PerformerCrossAttention,
@@ -43,7 +44,7 @@ def padding(b=2, length=13, pads=(0, 4), left=False):
 @pytest.mark.parametrize("kernel,num_features", [("softmax", 16), ("softmax-hyperbolic", 8), ("relu", None)])
 @pytest.mark.parametrize("causal", [False, True])
 def test_favor_module_equals_ops(kernel, num_features, causal):
-    module = FavorAttention(8, num_features, kernel=kernel, seed=3, chunk_size=4, dtype=DT)
+    module = FavorAttention(8, FavorConfig(num_features, kernel, seed=3, chunk_size=4), dtype=DT)
     q, k, v = qkv()
     mask = padding()
     out = module(q, k, v, causal=causal, key_padding_mask=mask)
@@ -54,7 +55,7 @@ def test_favor_module_equals_ops(kernel, num_features, causal):
 
 
 def test_favor_module_state_and_step_equal_parallel():
-    module = FavorAttention(8, 16, dtype=DT)
+    module = FavorAttention(8, FavorConfig(16), dtype=DT)
     q, k, v = qkv(length=9)
     full = module(q, k, v, causal=True)
     out, state = module(q[:, :, :5], k[:, :, :5], v[:, :, :5], causal=True, return_state=True)
@@ -66,19 +67,19 @@ def test_favor_module_state_and_step_equal_parallel():
 
 
 def test_projection_is_a_buffer_that_moves_with_to():
-    module = FavorAttention(8, 16)
+    module = FavorAttention(8, FavorConfig(16))
     assert set(module.state_dict()) == {"projection", "redraw_count", "step_count"}
     assert module.projection.shape == (16, 8) and module.projection.dtype == torch.float32
     assert list(module.parameters()) == []
     module.to(DT)
     assert module.projection.dtype == DT and module.redraw_count.dtype == torch.long
     assert module.feature_dim == 16
-    assert FavorAttention(8, 16, kernel="trig").feature_dim == 32
+    assert FavorAttention(8, FavorConfig(16, "trig")).feature_dim == 32
+    assert FavorAttention(8).config == FavorConfig() and FavorConfig().num_features == 256
 
 
-@pytest.mark.parametrize("num_features", [None, 0])
-def test_generalized_kernel_without_projection(num_features):
-    module = FavorAttention(8, num_features, kernel="elu")
+def test_generalized_kernel_without_projection():
+    module = FavorAttention(8, FavorConfig(None, "elu"))
     assert module.projection is None and "projection" not in module.state_dict()
     assert module.feature_dim == 8
     q, k, v = qkv()
@@ -90,21 +91,25 @@ def test_generalized_kernel_without_projection(num_features):
 
 
 def test_softmax_without_features_is_an_error():
-    with pytest.raises(ValueError, match="needs a random projection"):
-        FavorAttention(8, None, kernel="softmax")
-    with pytest.raises(ValueError, match="unknown name 'gauss'"):
-        FavorAttention(8, 16, kernel="gauss")
-    with pytest.raises(ValueError, match="projection_kind"):
-        FavorAttention(8, 16, projection_kind="gaussian")
+    with pytest.raises(ValueError, match="kernel 'softmax' needs random features"):
+        FavorConfig(None, "softmax")
+    with pytest.raises(ValueError, match="unknown kernel 'gauss'"):
+        FavorConfig(16, "gauss")
+    with pytest.raises(ValueError, match=r"FavorConfig\.projection must be one of"):
+        FavorConfig(16, projection="gaussian")
     with pytest.raises(ValueError, match="sqrt_d"):
-        FavorAttention(8, 16, projection_kind="iid", row_norms="sqrt_d")
+        FavorConfig(16, projection="iid", row_norms="sqrt_d")
+    with pytest.raises(TypeError, match="config must be a FavorConfig"):
+        FavorAttention(8, 16)
 
 
 # ---------------------------------------------------------------- redraw
 
 
 def test_projection_is_a_pure_function_of_seed_layer_and_count():
-    module = FavorAttention(8, 24, seed=5, layer_index=2, projection_kind="orthogonal", row_norms="chi")
+    module = FavorAttention(
+        8, FavorConfig(24, seed=5, projection="orthogonal", row_norms="chi"), layer_index=2
+    )
     for count in range(3):
         g = torch.Generator().manual_seed(projection_seed(5, 2, count))
         expected = make_projection(24, 8, generator=g, dtype=DT).float()
@@ -123,14 +128,15 @@ def test_projection_seed_mixes_all_three_inputs():
 
 
 def test_same_seed_same_projection_other_layer_other_projection():
-    a, b = FavorAttention(8, 16, seed=1, layer_index=0), FavorAttention(8, 16, seed=1, layer_index=0)
-    c = FavorAttention(8, 16, seed=1, layer_index=1)
+    config = FavorConfig(16, seed=1)
+    a, b = FavorAttention(8, config, layer_index=0), FavorAttention(8, config, layer_index=0)
+    c = FavorAttention(8, config, layer_index=1)
     assert torch.equal(a.projection, b.projection)
     assert not torch.equal(a.projection, c.projection)
 
 
 def test_forward_is_deterministic_until_redraw():
-    module = FavorAttention(8, 16, dtype=DT)
+    module = FavorAttention(8, FavorConfig(16), dtype=DT)
     q, k, v = qkv()
     for mode in (True, False):
         module.train(mode)
@@ -143,10 +149,10 @@ def test_forward_is_deterministic_until_redraw():
 
 
 def test_state_dict_round_trip_restores_projection_and_count():
-    source = FavorAttention(8, 16, seed=4, dtype=DT)
+    source = FavorAttention(8, FavorConfig(16, seed=4), dtype=DT)
     for _ in range(3):
         source.redraw()
-    target = FavorAttention(8, 16, seed=4, dtype=DT)
+    target = FavorAttention(8, FavorConfig(16, seed=4), dtype=DT)
     target.load_state_dict(source.state_dict())
     q, k, v = qkv()
     assert int(target.redraw_count) == 3
@@ -156,10 +162,9 @@ def test_state_dict_round_trip_restores_projection_and_count():
     assert torch.equal(target.projection, source.projection)
 
 
-def _stack(num_layers=3, every=None):
-    return nn.ModuleList(
-        FavorAttention(8, 16, seed=7, layer_index=i, redraw_every=every) for i in range(num_layers)
-    )
+def _stack(num_layers=3, every=0):
+    config = FavorConfig(16, seed=7, redraw_every=every)
+    return nn.ModuleList(FavorAttention(8, config, layer_index=i) for i in range(num_layers))
 
 
 def test_feature_redrawer_schedule():
@@ -199,7 +204,7 @@ def test_resumed_run_redraws_identically():
 
 def test_self_attention_favor_equals_ops_composition():
     torch.manual_seed(0)
-    attn = PerformerSelfAttention(12, 3, num_features=16, seed=2, dtype=DT)
+    attn = PerformerSelfAttention(12, 3, favor=FavorConfig(16, seed=2), dtype=DT)
     x = torch.randn(2, 10, 12, dtype=DT)
     mask = padding(length=10, pads=(0, 3))
     out, cache = attn(x, key_padding_mask=mask, is_causal=True)
@@ -280,7 +285,7 @@ def test_multihead_favor_attention_exact_with_arbitrary_masks():
 
 
 def test_multihead_favor_attention_favor_masks():
-    module = MultiheadFavorAttention.from_multihead_attention(_mha(), num_features=16)
+    module = MultiheadFavorAttention.from_multihead_attention(_mha(), favor=FavorConfig(16))
     x = torch.randn(2, 6, 16, dtype=DT, generator=generator(5))
     pad = padding(length=6, pads=(0, 2))
     float_pad = torch.zeros(2, 6, dtype=DT).masked_fill(pad, float("-inf"))
@@ -297,7 +302,7 @@ def test_multihead_favor_attention_favor_masks():
 
 def test_cross_attention_exact_matches_mha_and_favor_matches_ops():
     mha = _mha(kdim=6, vdim=6)
-    cross = PerformerCrossAttention(16, 4, memory_dim=6, attention="exact", num_features=16, dtype=DT)
+    cross = PerformerCrossAttention(16, 4, memory_dim=6, attention="exact", favor=FavorConfig(16), dtype=DT)
     cross.load_multihead_attention_weights(mha)
     g = generator(6)
     x = torch.randn(2, 5, 16, dtype=DT, generator=g)
@@ -331,7 +336,7 @@ def test_exact_fully_masked_rows_are_zero_with_finite_gradients():
 
 @pytest.mark.parametrize("attention", ["favor", "exact"])
 def test_self_attention_cache_continues_the_parallel_pass(attention):
-    attn = PerformerSelfAttention(12, 3, attention=attention, rotary=True, num_features=16, dtype=DT)
+    attn = PerformerSelfAttention(12, 3, attention=attention, rotary=True, favor=FavorConfig(16), dtype=DT)
     x = torch.randn(2, 9, 12, dtype=DT, generator=generator(8))
     positions = torch.arange(9).expand(2, 9)
     full, _ = attn(x, is_causal=True, position_ids=positions)
@@ -350,7 +355,7 @@ def test_self_attention_cache_continues_the_parallel_pass(attention):
 
 
 def test_switching_backend_keeps_state_dict():
-    attn = PerformerSelfAttention(8, 2, num_features=8)
+    attn = PerformerSelfAttention(8, 2, favor=FavorConfig(8))
     keys = set(attn.state_dict())
     attn.attention = "exact"
     assert set(attn.state_dict()) == keys
@@ -386,7 +391,7 @@ def _encoder(causal_batch_first=True):
 def test_replace_multihead_attention_exact_reproduces_the_model(grad):
     original = _encoder().train(grad)
     replaced = _encoder().train(grad)
-    replace_multihead_attention(replaced, attention="exact", num_features=16)
+    replace_multihead_attention(replaced, FavorConfig(16), attention="exact")
     modules = [m for m in replaced.modules() if isinstance(m, MultiheadFavorAttention)]
     assert len(modules) == 2 and not any(isinstance(m, nn.MultiheadAttention) for m in replaced.modules())
     assert [m.favor.layer_index for m in modules] == [0, 1]
@@ -405,7 +410,7 @@ def test_replace_multihead_attention_exact_reproduces_the_model(grad):
 
 
 def test_replace_multihead_attention_favor_backend_runs_and_switches():
-    model = replace_multihead_attention(_encoder(), num_features=32, seed=1)
+    model = replace_multihead_attention(_encoder(), FavorConfig(32, seed=1))
     x = torch.randn(2, 8, 16, dtype=DT, generator=generator(10))
     mask = padding(length=8, pads=(0, 3))
     out = model(x, src_key_padding_mask=mask)
@@ -413,15 +418,15 @@ def test_replace_multihead_attention_favor_backend_runs_and_switches():
     out.sum().backward()
     replace_multihead_attention(model, attention="exact")
     assert all(m.attention == "exact" for m in model.modules() if isinstance(m, MultiheadFavorAttention))
-    with pytest.raises(ValueError, match="only 'attention' can be changed"):
-        replace_multihead_attention(model, num_features=8)
+    with pytest.raises(ValueError, match="only its backend"):
+        replace_multihead_attention(model, FavorConfig(8))
 
 
 def test_modules_deepcopy_and_pickle_with_registry_kernels():
     import copy
     import io
 
-    module = FavorAttention(8, None, kernel="relu")  # registry entry built from a lambda
+    module = FavorAttention(8, FavorConfig(None, "relu"))  # registry entry built from a lambda
     buffer = io.BytesIO()
     torch.save(module, buffer)
     buffer.seek(0)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from performers import (
     FavorAttention,
+    FavorConfig,
     PerformerConfig,
     PerformerForCausalLM,
     PerformerForMaskedLM,
@@ -18,7 +19,13 @@ from performers import (
 DT = torch.float64
 
 
+FAVOR_FIELDS = ("num_features", "kernel", "projection", "row_norms", "redraw_every", "seed", "chunk_size")
+
+
 def tiny(**overrides) -> PerformerConfig:
+    """A small config; FAVOR options among ``overrides`` go into its FavorConfig."""
+    favor = {"num_features": 16, "chunk_size": 8}
+    favor.update({k: overrides.pop(k) for k in FAVOR_FIELDS if k in overrides})
     fields = {
         "vocab_size": 37,
         "d_model": 16,
@@ -27,11 +34,10 @@ def tiny(**overrides) -> PerformerConfig:
         "d_ff": 32,
         "max_position_embeddings": 64,
         "dropout": 0.0,
-        "num_features": 16,
-        "chunk_size": 8,
         "pad_token_id": 0,
     }
-    fields.update(overrides)
+    fields["favor"] = FavorConfig(**favor)
+    fields.update(overrides)  # an explicit favor= wins
     return PerformerConfig(**fields)
 
 
@@ -43,12 +49,13 @@ def ids(b=2, length=21, seed=0, vocab=37):
 
 
 def test_config_json_round_trip(tmp_path):
-    config = tiny(position="rotary", kernel="softmax-hyperbolic", redraw_every=None, eos_token_id=2)
+    config = tiny(position="rotary", kernel="softmax-hyperbolic", redraw_every=0, eos_token_id=2)
     assert PerformerConfig.from_json(config.to_json()) == config
     assert PerformerConfig.from_dict(config.to_dict()) == config
     config.save(tmp_path / "c.json")
     assert PerformerConfig.load(tmp_path / "c.json") == config
-    assert json.loads(config.to_json())["num_features"] == 16
+    assert json.loads(config.to_json())["favor"]["num_features"] == 16
+    assert config.favor == FavorConfig.from_json(config.favor.to_json())
 
 
 def test_config_paper_sizes_are_expressible():
@@ -72,12 +79,13 @@ def test_config_paper_sizes_are_expressible():
         ({"vocab_size": 0}, ValueError, r"vocab_size must be >= 1"),
         ({"d_ff": 2.5}, TypeError, r"d_ff must be an int"),
         ({"num_features": None}, ValueError, r"kernel 'softmax' needs random features"),
-        ({"num_features": -3}, ValueError, r"num_features must be >= 0"),
+        ({"num_features": -3}, ValueError, r"num_features must be >= 1"),
         ({"position": "sinusoidal"}, ValueError, r"position must be one of"),
         ({"attention": "flash"}, ValueError, r"attention must be one of"),
         ({"dropout": 1.5}, ValueError, r"dropout must be in \[0.0, 1.0\)"),
         ({"pad_token_id": 37}, ValueError, r"pad_token_id \(37\) must be < vocab_size \(37\)"),
-        ({"projection_kind": "iid", "row_norms": "sqrt_d"}, ValueError, r"sqrt_d"),
+        ({"projection": "iid", "row_norms": "sqrt_d"}, ValueError, r"sqrt_d"),
+        ({"favor": {"num_features": 8}}, TypeError, r"favor must be a FavorConfig"),
         ({"position": "rotary", "d_model": 12, "num_heads": 4}, ValueError, r"even head dimension"),
         ({"redraw_every": -1}, ValueError, r"redraw_every must be >= 0"),
     ],
@@ -88,7 +96,11 @@ def test_config_validation_errors(overrides, error, pattern):
 
 
 def test_config_no_projection_for_generalized_kernels():
-    assert tiny(kernel="relu", num_features=0).num_features is None
+    assert tiny(kernel="relu", num_features=None).favor.num_features is None
+    legacy = tiny().to_dict()
+    del legacy["favor"]
+    legacy |= {"kernel": "relu", "num_features": 0}  # performers 0.1.0's flat fields and its "none"
+    assert PerformerConfig.from_dict(legacy).favor == FavorConfig(None, "relu")
     model = PerformerModel(tiny(kernel="relu", num_features=None))
     assert all(m.projection is None for m in model.favor_attention_modules())
 
@@ -240,7 +252,9 @@ def test_model_redraw_is_reproducible_across_instances():
 
 def test_config_redraw_every_reaches_the_modules():
     model = PerformerForCausalLM(tiny(redraw_every=2))
-    assert all(isinstance(m, FavorAttention) and m.redraw_every == 2 for m in model.favor_attention_modules())
+    assert all(
+        isinstance(m, FavorAttention) and m.config.redraw_every == 2 for m in model.favor_attention_modules()
+    )
     redrawer = model.feature_redrawer()
     assert [redrawer.step() for _ in range(4)] == [False, True, False, True]
 

@@ -1,5 +1,4 @@
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,9 @@ from performers.proteins.data import (
     read_split,
     split_of,
 )
+from performers.utils import shipped_data
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "proteins"
+DATA = shipped_data("proteins")
 TOK = ProteinTokenizer()
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from performers import PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
-from performers.proteins import ProteinTokenizer
-from performers.proteins.data import UnigramBaseline
-from performers.training import latest_checkpoint, save_checkpoint
-from performers.training.trainer import Trainer, TrainingConfig, evaluate_model
+from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
+from performers.experiments import evaluate_model
+from performers.experiments.proteins import protein_evaluator, protein_trainer
+from performers.proteins import LanguageModelExamples, ProteinTokenizer, UnigramBaseline
+from performers.training import Trainer, TrainingConfig, latest_checkpoint, save_checkpoint
 
 TOK = ProteinTokenizer()
 
@@ -32,10 +32,9 @@ def tiny_model(task: str, seed: int = 0):
         num_layers=2,
         num_heads=2,
         d_ff=64,
-        num_features=16,
         max_position_embeddings=64,
         dropout=0.1,
-        redraw_every=2,
+        favor=FavorConfig(16, redraw_every=2),
         pad_token_id=TOK.pad_id,
     )
     return (PerformerForCausalLM if task == "clm" else PerformerForMaskedLM)(config)
@@ -59,7 +58,7 @@ def config(**overrides) -> TrainingConfig:
 
 def run(tmp, task="clm", resume=False, stop_at=None, **overrides):
     model = tiny_model(task)
-    trainer = Trainer(
+    trainer = protein_trainer(
         model,
         TOK,
         motif_proteins(64),
@@ -70,6 +69,11 @@ def run(tmp, task="clm", resume=False, stop_at=None, **overrides):
     )
     trainer.fit(resume=resume, stop_at=stop_at)
     return model, trainer
+
+
+def evaluate(trainer, sequences):
+    """The run's test-style evaluation (all batches) of ``sequences``."""
+    return protein_evaluator(TOK, sequences, trainer.config)(trainer.model)
 
 
 @pytest.mark.parametrize("task", ["clm", "mlm"])
@@ -88,7 +92,7 @@ def test_resume_is_bit_identical(tmp_path, task):
 
 def test_training_beats_the_unigram_baseline(tmp_path):
     _, trainer = run(tmp_path, "clm", max_steps=120, eval_every=120, eval_batches=4)
-    result = trainer.evaluate(motif_proteins(8, seed=1))
+    result = evaluate(trainer, motif_proteins(8, seed=1))
     baseline = UnigramBaseline(motif_proteins(64), TOK).evaluate(motif_proteins(8, seed=1))
     assert result["perplexity"] < baseline["perplexity"] * 0.8
     assert result["accuracy"] > baseline["accuracy"] + 0.1
@@ -157,7 +161,7 @@ def test_concatenated_windows_train_on_full_windows_and_resume_exactly(tmp_path,
     resumed, _ = run(tmp_path / "split", task, resume=True, concatenate=True)
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    result = trainer.evaluate(motif_proteins(8, seed=1))
+    result = evaluate(trainer, motif_proteins(8, seed=1))
     # 8 proteins of 50 tokens = 400 tokens = 10 windows of 40: every position is evaluated (clm:
     # 39 next tokens per window).
     if task == "clm":
@@ -166,7 +170,7 @@ def test_concatenated_windows_train_on_full_windows_and_resume_exactly(tmp_path,
 
 def test_concatenated_data_too_small_for_one_batch_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="fewer than one batch"):
-        Trainer(
+        protein_trainer(
             tiny_model("clm"),
             TOK,
             motif_proteins(2),
@@ -204,7 +208,7 @@ def test_a_fresh_run_in_a_used_directory_starts_its_own_metrics(tmp_path):
     lines = []
     run(tmp_path, "clm", max_steps=3)
     model = tiny_model("clm")
-    trainer = Trainer(
+    trainer = protein_trainer(
         model,
         TOK,
         motif_proteins(64),
@@ -219,3 +223,82 @@ def test_a_fresh_run_in_a_used_directory_starts_its_own_metrics(tmp_path):
     assert any("fresh run over existing checkpoints" in line for line in lines)
     _, stopped = run(tmp_path / "zero", "clm", stop_at=0)
     assert stopped.step == 0  # stop_at=0 means "stop before the first step", not "no stop"
+
+
+class CountingExamples:
+    """A data set that is not about proteins: predict each token's successor (mod V)."""
+
+    def __init__(self, n: int, vocab: int = 11, length: int = 12) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.data = torch.randint(1, vocab, (n, length), generator=g)
+        self.vocab = vocab
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def example(self, index, streams):
+        ids = self.data[index : index + 1]
+        return {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "labels": ids % (self.vocab - 1) + 1,
+        }
+
+    def collate(self, examples):
+        return {k: torch.cat([e[k] for e in examples]) for k in examples[0]}
+
+
+def test_the_trainer_takes_any_example_source_and_steps_the_redrawer(tmp_path):
+    from performers.training import ExampleSource, evaluate_tokens
+
+    data = CountingExamples(32)
+    assert isinstance(data, ExampleSource)
+    torch.manual_seed(0)
+    config = PerformerConfig(
+        vocab_size=11,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        d_ff=32,
+        max_position_embeddings=16,
+        dropout=0.0,
+        favor=FavorConfig(8, redraw_every=3),
+    )
+    model = PerformerForMaskedLM(config)
+    training = TrainingConfig(
+        task="tokens",
+        max_steps=7,
+        batch_size=8,
+        learning_rate=1e-2,
+        warmup_steps=0,
+        eval_every=7,
+        checkpoint_every=7,
+        log_every=100,
+    )
+    before = evaluate_tokens(model, [data.collate([data.example(i, None) for i in range(32)])], causal=False)
+    trainer = Trainer(
+        model,
+        data,
+        training,
+        tmp_path,
+        evaluate=lambda m: evaluate_tokens(
+            m, [data.collate([data.example(i, None) for i in range(32)])], causal=False
+        ),
+        log=lambda _: None,
+    )
+    result = trainer.fit()
+    assert result["accuracy"] > before["accuracy"] and result["tokens"] == 32 * 12
+    assert [int(m.redraw_count) for m in model.favor_attention_modules()] == [2]  # steps 3 and 6
+
+
+def test_language_model_examples_are_those_of_the_seeded_streams():
+    from performers.training import RandomStreams
+
+    data = LanguageModelExamples(motif_proteins(8), TOK, task="mlm", max_length=20)
+    a = data.example(3, RandomStreams(0, 1, 5))
+    b = data.example(3, RandomStreams(0, 1, 5))
+    c = data.example(3, RandomStreams(0, 1, 6))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    batch = data.collate([a, c])
+    assert batch["input_ids"].shape == (2, 20)

@@ -2,6 +2,7 @@
 
 from performers.layers import (
     FavorAttention,
+    FavorConfig,
     FeatureRedrawer,
     MultiheadFavorAttention,
     PerformerCrossAttention,
@@ -13,6 +14,7 @@ from performers.models import (
     PerformerForCausalLM,
     PerformerForMaskedLM,
     PerformerModel,
+    build_model,
     from_pretrained,
     generate,
     save_pretrained,
@@ -36,6 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "KERNELS",
     "FavorAttention",
+    "FavorConfig",
     "FavorState",
     "FeatureRedrawer",
     "MultiheadFavorAttention",
@@ -45,6 +48,7 @@ __all__ = [
     "PerformerForMaskedLM",
     "PerformerModel",
     "PerformerSelfAttention",
+    "build_model",
     "exact_attention",
     "favor_attention",
     "favor_attention_step",

@@ -30,11 +30,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from performers.ops import theory
-from performers.ops.attention import favor_attention
-from performers.ops.exact import exact_attention
-from performers.ops.features import KERNELS, feature_map
-from performers.ops.projections import make_projection, orthogonal_projection
+from performers.ops import (
+    KERNELS,
+    exact_attention,
+    favor_attention,
+    feature_map,
+    make_projection,
+    orthogonal_projection,
+    theory,
+)
 
 THEORY: dict[str, Callable[..., Tensor]] = {
     "softmax": theory.mse_positive,
@@ -270,11 +274,15 @@ def capture_protein_qkv(
     (float64, as fed to the attention after any rotary embedding), the ``(B, L)`` padding mask
     (True = padded) and ``info`` (config summary, tokens).
     """
-    from performers.layers.favor import FavorAttention
-    from performers.models.io import from_pretrained
-    from performers.proteins.data import ProteinSequences, read_split
-    from performers.proteins.experiment import DEFAULT_CORPUS
-    from performers.proteins.tokenizer import ProteinTokenizer
+    from performers.layers import FavorAttention
+    from performers.models import from_pretrained
+    from performers.proteins import (
+        CausalLMCollator,
+        ProteinSequences,
+        ProteinTokenizer,
+        default_corpus,
+        read_split,
+    )
 
     # q/k/v do not depend on the backend: run the FAVOR module (also for exact-trained models)
     # so that its pre-hook sees them.
@@ -283,15 +291,12 @@ def capture_protein_qkv(
     length = min(max_length or config.max_position_embeddings, config.max_position_embeddings)
     tokenizer_path = Path(model_dir) / "tokenizer.json"
     tokenizer = ProteinTokenizer.load(tokenizer_path) if tokenizer_path.exists() else ProteinTokenizer()
-    proteins = list(sequences if sequences is not None else read_split(DEFAULT_CORPUS, split))[:num_proteins]
+    proteins = list(sequences if sequences is not None else read_split(default_corpus(), split))[
+        :num_proteins
+    ]
     dataset = ProteinSequences(proteins, tokenizer, length)  # [cls, residues..., eos], cropped
-    items = [dataset[i] for i in range(len(dataset))]
-    width = max(t.numel() for t in items)
-    input_ids = torch.full((len(items), width), tokenizer.pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, t in enumerate(items):
-        input_ids[row, : t.numel()] = t
-        attention_mask[row, : t.numel()] = 1
+    batch = CausalLMCollator(tokenizer)([dataset[i] for i in range(len(dataset))])  # padded
+    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
 
     captured: list[tuple[Tensor, Tensor, Tensor]] = []
 

@@ -18,8 +18,6 @@ human scores):
 
 from __future__ import annotations
 
-import gzip
-import json
 import os
 import time
 from dataclasses import asdict
@@ -29,13 +27,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-STSB_DIR = Path(__file__).resolve().parents[3] / "data" / "text" / "stsb"
+from performers.layers import FavorConfig
+from performers.text import load_stsb
 
 __all__ = [
-    "STSB_DIR",
     "encode",
     "load_minilm",
-    "load_stsb",
     "minilm_path",
     "run_compat",
     "spearman",
@@ -62,29 +59,6 @@ def load_minilm(path: str | Path | None = None):
 
     path = str(path or minilm_path())
     return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-
-
-def load_stsb(split: str, directory: str | Path = STSB_DIR) -> tuple[list[str], list[str], Tensor]:
-    """STS-B ``split`` (``"train"`` or ``"test"``): ``(sentences1, sentences2, scores (N,))``.
-
-    The files are tab-separated without quoting (``"`` occurs inside sentences); the first
-    seven fields are genre, file, year, id, score, sentence 1, sentence 2.
-    """
-    path = Path(directory) / f"sts-{split}.csv.gz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: STS-B split {split!r} not found")
-    first, second, scores = [], [], []
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 7:
-                raise ValueError(
-                    f"{path}:{number}: expected at least 7 tab-separated fields, got {len(fields)}"
-                )
-            scores.append(float(fields[4]))
-            first.append(fields[5])
-            second.append(fields[6])
-    return first, second, torch.tensor(scores, dtype=torch.float64)
 
 
 def _ranks(x: Tensor) -> Tensor:
@@ -191,7 +165,7 @@ def run_compat(
     for kernel in kernels:
         for m in features:
             t0 = time.perf_counter()
-            student = make_student(teacher, num_features=m, kernel=kernel, seed=seed)
+            student = make_student(teacher, FavorConfig(num_features=m, kernel=kernel, seed=seed))
             before = encode(student, tokenizer, test_sentences)
             cos_before = (before * reference).sum(-1)
             sts_before = _sts_score(before, len(s1), gold)
@@ -284,64 +258,7 @@ def write_markdown(results: dict[str, Any], path: str | Path, command: str) -> N
         "Cosine: mean (and minimum) over the 2,758 test sentences of the cosine similarity between a "
         "sentence's FAVOR+ embedding and its original embedding. Spearman: ×100, between the cosine "
         "similarity of each pair's embeddings and the human score. The STS-B files are in "
-        "`data/text/stsb/` (see its SOURCE.md).",
+        "`src/performers/data/text/stsb/` (see its SOURCE.md).",
         "",
     ]
     Path(path).write_text("\n".join(lines))
-
-
-def main(args) -> int:
-    """``performers bench compat``."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = run_compat(
-        kernels=tuple(args.kernels),
-        features=tuple(args.features),
-        distill_features=None if args.distill_features is None else tuple(args.distill_features),
-        steps=args.steps,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        seed=args.seed,
-        threads=args.threads,
-    )
-    (out / "compat.json").write_text(json.dumps(results, indent=1))
-    command = "performers bench compat " + " ".join(
-        [
-            f"--kernels {' '.join(args.kernels)}",
-            f"--features {' '.join(map(str, args.features))}",
-            ""
-            if args.distill_features is None
-            else f"--distill-features {' '.join(map(str, args.distill_features))}",
-            f"--steps {args.steps}",
-            f"--batch-size {args.batch_size}",
-            f"--lr {args.lr:g}",
-            f"--threads {args.threads}" if args.threads else "",
-            f"--out {args.out}",
-        ]
-    )
-    write_markdown(results, out / "compat.md", " ".join(command.split()))
-    print(f"wrote {out / 'compat.json'} and {out / 'compat.md'}")
-    return 0
-
-
-def add_arguments(parser) -> None:
-    """Options of ``performers bench compat``."""
-    parser.add_argument(
-        "--kernels", nargs="+", default=["softmax", "relu"], help="FAVOR kernels (registry names)"
-    )
-    parser.add_argument(
-        "--features", nargs="+", type=int, default=[64, 128, 256, 512], help="feature counts M"
-    )
-    parser.add_argument(
-        "--distill-features",
-        nargs="+",
-        type=int,
-        default=None,
-        help="distil only the configurations with these M (default: all)",
-    )
-    parser.add_argument("--steps", type=int, default=100, help="distillation steps per configuration")
-    parser.add_argument("--batch-size", type=int, default=32, help="sentences per distillation step")
-    parser.add_argument("--lr", type=float, default=3e-4, help="peak AdamW learning rate of the distillation")
-    parser.add_argument("--seed", type=int, default=0, help="projection and data-order seed")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", default="docs/results", help="directory for compat.json and compat.md")

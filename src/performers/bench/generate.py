@@ -24,12 +24,11 @@ from pathlib import Path
 
 import torch
 
-from performers.layers.attention import KVCache
-from performers.models.config import PerformerConfig
-from performers.models.performer import PerformerCache, PerformerForCausalLM
-from performers.ops.causal import FavorState
+from performers.layers import FavorConfig, KVCache
+from performers.models import PerformerCache, PerformerConfig, PerformerForCausalLM
+from performers.ops import FavorState
 
-__all__ = ["GenerateRow", "build_model", "format_table", "measure", "plot", "write_json"]
+__all__ = ["GenerateRow", "decoder_model", "format_table", "measure", "plot", "write_json"]
 
 DEFAULT_CONTEXTS = (1024, 4096, 16384, 65536)
 
@@ -51,21 +50,21 @@ class GenerateRow:
     prefill_s: float | None  # prompt pass time with cache="prefill"
 
 
-def build_model(
+def decoder_model(
     *,
     vocab_size: int = 1000,
     d_model: int = 512,
     num_layers: int = 6,
     num_heads: int = 8,
     d_ff: int = 1024,
-    num_features: int = 256,
-    kernel: str = "softmax",
+    favor: FavorConfig | None = None,
     max_positions: int = 65536,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> PerformerForCausalLM:
-    """A randomly initialized causal LM with rotary positions (no position limit), in eval mode."""
+    """A randomly initialized causal LM with rotary positions (no position limit), in eval mode;
+    weights drawn after ``torch.manual_seed(seed)``."""
     config = PerformerConfig(
         vocab_size=vocab_size,
         d_model=d_model,
@@ -75,9 +74,7 @@ def build_model(
         max_position_embeddings=max_positions,
         position="rotary",
         dropout=0.0,
-        kernel=kernel,
-        num_features=num_features,
-        seed=seed,
+        favor=FavorConfig() if favor is None else favor,
     )
     torch.manual_seed(seed)
     return PerformerForCausalLM(config).to(device=device, dtype=dtype).eval()
@@ -157,14 +154,14 @@ def measure(
     dtype: torch.dtype = torch.float32,
     **model_sizes,
 ) -> list[GenerateRow]:
-    """Time decoding for every ``(context, backend)``; ``model_sizes`` go to :func:`build_model`."""
+    """Time decoding for every ``(context, backend)``; ``model_sizes`` go to :func:`decoder_model`."""
     if cache not in ("synthetic", "prefill"):
         raise ValueError(f"cache must be 'synthetic' or 'prefill', got {cache!r}")
     if new_tokens < 1 or warmup < 0 or batch < 1:
         raise ValueError("need new_tokens >= 1, warmup >= 0 and batch >= 1")
     device = torch.device(device)
     extra = warmup + new_tokens + 1
-    model = build_model(
+    model = decoder_model(
         max_positions=max(contexts) + extra, seed=seed, dtype=dtype, device=device, **model_sizes
     )
     vocab = model.config.vocab_size

@@ -9,12 +9,12 @@ during one forward+backward, measured with ``/proc/self/clear_refs`` (peak reset
 told to return every allocation of 64 KiB or more to the OS (``MALLOC_MMAP_THRESHOLD_``), so
 the peak is the real working set, not allocator reuse.
 
-Run: ``performers bench speed --out docs/results/speed``.
+Run: ``performers bench speed --out docs/results/speed`` (options in ``performers.cli.bench.speed``);
+the subprocesses run ``python -m performers.bench.speed --worker SPEC`` (this module's entry point).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from performers.utils import peak_rss_reset, rss_kib
+
+__all__ = ["METHODS", "Point", "Spec", "markdown", "measure", "plot", "report_only", "run_point", "run_speed"]
 
 METHODS = (
     "favor",
@@ -65,6 +67,8 @@ class Spec:
     repeats: int = 5
     kernel: str = "softmax"
     measure: str = "time"  # or "memory"
+    chunk_size: int = 64  # causal FAVOR
+    block_size: int | None = None  # fused bidirectional FAVOR (None: sized for the cache)
 
 
 @dataclass
@@ -100,15 +104,15 @@ def plain_favor(q, k, v, w):
 
 
 def _build(spec: Spec, generator: torch.Generator) -> Callable[..., torch.Tensor]:
-    from performers.ops.attention import favor_attention
-    from performers.ops.projections import orthogonal_projection
+    from performers.ops import favor_attention, orthogonal_projection
 
     dtype = getattr(torch, spec.dtype)
     w = orthogonal_projection(spec.num_features, spec.dim, generator=generator, dtype=dtype)
     method = spec.method
     if method in ("favor", "favor-causal"):
         causal = method == "favor-causal"
-        return lambda q, k, v: favor_attention(q, k, v, w, causal=causal, kernel=spec.kernel)
+        options = {"kernel": spec.kernel, "chunk_size": spec.chunk_size, "block_size": spec.block_size}
+        return lambda q, k, v: favor_attention(q, k, v, w, causal=causal, **options)
     if method in ("exact", "exact-causal"):
         causal = method == "exact-causal"
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
@@ -134,8 +138,8 @@ def _build(spec: Spec, generator: torch.Generator) -> Callable[..., torch.Tensor
 
 def _build_model_step(spec: Spec) -> Callable[[], None]:
     """Forward+backward of the 6-layer model with the given attention backend."""
-    from performers.models.config import PerformerConfig
-    from performers.models.performer import PerformerModel
+    from performers.layers import FavorConfig
+    from performers.models import PerformerConfig, PerformerModel
 
     backend = spec.method.removeprefix("model-")
     config = PerformerConfig(
@@ -143,8 +147,12 @@ def _build_model_step(spec: Spec) -> Callable[[], None]:
         max_position_embeddings=spec.length,
         dropout=0.0,
         attention=backend,
-        kernel=spec.kernel,
-        num_features=spec.num_features,
+        favor=FavorConfig(
+            num_features=spec.num_features,
+            kernel=spec.kernel,
+            chunk_size=spec.chunk_size,
+            block_size=spec.block_size,
+        ),
     )
     model = PerformerModel(config).to(getattr(torch, spec.dtype))
     ids = torch.randint(
@@ -492,78 +500,47 @@ def plot(points: list[Point], out_dir: Path) -> list[Path]:
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="performers bench speed",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2**i for i in range(9, 17)])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--num-features", type=int, default=256)
-    parser.add_argument("--kernel", default="softmax", help="FAVOR kernel (registry name)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16"])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--max-seconds", type=float, default=20.0, help="stop a method past this fwd+bwd time"
-    )
-    parser.add_argument("--out", default="docs/results/speed", help="output directory")
-    parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="add these points to the existing OUT/speed.json (replacing the same method and L)",
-    )
-    parser.add_argument(
-        "--report-only", action="store_true", help="rewrite OUT/speed.md and the plots from OUT/speed.json"
-    )
-    args = parser.parse_args(argv)
-    if args.worker:
-        point = run_point(Spec(**json.loads(args.worker)))
-        data = asdict(point)
-        data.pop("spec")
-        print(json.dumps(data))
-        return 0
+def report_only(out_dir: str | Path) -> list[Path]:
+    """Rewrite ``out_dir/speed.md`` and the plots from ``out_dir/speed.json``; returns the plots."""
+    out_dir = Path(out_dir)
+    data = json.loads((out_dir / "speed.json").read_text())
+    points = [Point(**{**p, "spec": Spec(**p["spec"])}) for p in data["points"]]
+    commands = data.get("commands", [data.get("command", "")])
+    (out_dir / "speed.md").write_text(markdown(points, data["matmul_peak_gflops"], " && ".join(commands)))
+    return plot(points, out_dir)
 
-    out_dir = Path(args.out)
-    if args.report_only:
-        data = json.loads((out_dir / "speed.json").read_text())
-        points = [Point(**{**p, "spec": Spec(**p["spec"])}) for p in data["points"]]
-        commands = data.get("commands", [data.get("command", "")])
-        (out_dir / "speed.md").write_text(markdown(points, data["matmul_peak_gflops"], " && ".join(commands)))
-        for path in plot(points, out_dir):
-            print(f"wrote {path}")
-        return 0
-    methods = list(args.methods)
+
+def run_speed(
+    methods: list[str],
+    lengths: list[int],
+    *,
+    base: Spec,
+    out_dir: str | Path,
+    command: str,
+    max_seconds: float = 20.0,
+    merge: bool = False,
+    log=print,
+) -> list[Point]:
+    """Measure every (method, L), write ``speed.json``, ``speed.md`` and the plots to ``out_dir``.
+
+    ``base`` holds everything but the method and length; the peer methods are skipped when
+    performer-pytorch is not installed. ``merge`` adds these points to an existing
+    ``speed.json`` (replacing the same method and L); ``command`` is recorded with the results.
+    """
+    methods = list(methods)
     if any(m.startswith("peer") for m in methods):
         try:
             import performer_pytorch  # noqa: F401
         except ImportError:
-            print("performer-pytorch not installed (pip install 'performers[bench]'): skipping the peer")
+            log("performer-pytorch not installed (pip install 'performers[bench]'): skipping the peer")
             methods = [m for m in methods if not m.startswith("peer")]
-    base = Spec(
-        method="favor",
-        length=0,
-        batch=args.batch,
-        heads=args.heads,
-        dim=args.dim,
-        num_features=args.num_features,
-        dtype=args.dtype,
-        threads=args.threads,
-        repeats=args.repeats,
-        kernel=args.kernel,
-    )
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    points = measure(methods, args.lengths, base=base, max_seconds=args.max_seconds)
-    peak = matmul_peak_gflops(args.threads)
-    command = "performers bench speed " + " ".join(argv if argv is not None else sys.argv[1:])
+    points = measure(methods, lengths, base=base, max_seconds=max_seconds, log=log)
+    peak = matmul_peak_gflops(base.threads)
     commands = [command]
     previous = out_dir / "speed.json"
-    if args.merge and previous.exists():
+    if merge and previous.exists():
         old = json.loads(previous.read_text())
         fresh = {(p.spec.method, p.spec.length) for p in points}
         kept = [
@@ -583,10 +560,21 @@ def main(argv: list[str] | None = None) -> int:
     (out_dir / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")
     (out_dir / "speed.md").write_text(markdown(points, peak, " && ".join(commands)))
     for path in plot(points, out_dir):
-        print(f"wrote {path}")
-    print(f"wrote {out_dir / 'speed.json'} and {out_dir / 'speed.md'}")
+        log(f"wrote {path}")
+    log(f"wrote {out_dir / 'speed.json'} and {out_dir / 'speed.md'}")
+    return points
+
+
+def _worker(spec_json: str) -> int:
+    """Measure one point in this (fresh) process and print it as JSON (see :func:`measure`)."""
+    point = run_point(Spec(**json.loads(spec_json)))
+    data = asdict(point)
+    data.pop("spec")
+    print(json.dumps(data))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        sys.exit("usage: python -m performers.bench.speed --worker SPEC_JSON (run by performers bench speed)")
+    sys.exit(_worker(sys.argv[2]))

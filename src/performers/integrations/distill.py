@@ -12,9 +12,11 @@ attention, frozen), the *student* a copy running the ``"favor"`` backend
   ``T`` (Hinton et al. 2015), when the model returns ``logits``,
 * ``task_weight`` × the model's own loss, when the batch has ``labels``.
 
-The loop is plain PyTorch (AdamW, linear warm-up then cosine decay, gradient clipping), with a
-tqdm progress bar or log lines, and atomic checkpoints with exact resume through
-:mod:`performers.training.checkpoint` (model, optimizer, scheduler, RNG and data position).
+The loop is plain PyTorch with the project's shared training core — AdamW with decay on
+matrices only (:func:`performers.training.build_optimizer`), linear warm-up then cosine decay
+(:func:`performers.training.lr_factor`), gradient clipping — a tqdm progress bar or log lines,
+and atomic checkpoints with exact resume (:mod:`performers.training.checkpoint`: model,
+optimizer, scheduler, RNG and data position).
 The FAVOR+ projections stay fixed during distillation (they are regenerated from the config,
 see :mod:`performers.integrations.transformers`).
 """
@@ -22,7 +24,8 @@ see :mod:`performers.integrations.transformers`).
 from __future__ import annotations
 
 import copy
-import math
+import gzip
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -35,9 +38,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from performers.integrations.transformers import performerize
-from performers.training.checkpoint import latest_checkpoint, save_checkpoint
+from performers.layers import FavorConfig
+from performers.training import build_optimizer, latest_checkpoint, make_scheduler, restore, save_checkpoint
+from performers.utils import IGNORE_INDEX
 
-__all__ = ["DistillConfig", "TextBatches", "distill", "distillation_loss", "make_student"]
+__all__ = [
+    "DistillConfig",
+    "TextBatches",
+    "distill",
+    "distillation_loss",
+    "make_student",
+    "read_texts",
+    "with_lm_labels",
+]
 
 
 @dataclass
@@ -77,11 +90,12 @@ class DistillConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
 
 
-def make_student(teacher: nn.Module, **favor_options: Any) -> nn.Module:
-    """A deep copy of ``teacher`` switched to FAVOR+ (options of :func:`performerize`)."""
+def make_student(teacher: nn.Module, config: FavorConfig | None = None) -> nn.Module:
+    """A deep copy of ``teacher`` switched to FAVOR attention with ``config`` (see
+    :func:`~performers.integrations.transformers.performerize`)."""
     student = copy.deepcopy(teacher)
     student.requires_grad_(True)
-    return performerize(student, **favor_options)
+    return performerize(student, config)
 
 
 class TextBatches:
@@ -113,6 +127,33 @@ class TextBatches:
             return_tensors="pt",
         )
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def with_lm_labels(batches: Callable[[int], dict[str, Tensor]]) -> Callable[[int], dict[str, Tensor]]:
+    """``batches`` with next-token ``labels`` added (the inputs, ignored at padding), for a
+    causal LM's own loss (the ``task`` part of the distillation loss)."""
+
+    def make(index: int) -> dict[str, Tensor]:
+        batch = batches(index)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+        return {**batch, "labels": labels}
+
+    return make
+
+
+def read_texts(path: str | os.PathLike) -> list[str]:
+    """Non-empty lines of a text file (plain or ``.gz``), one text per line.
+
+    Raises:
+        ValueError: the file holds no text.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        texts = [line.strip() for line in handle if line.strip()]
+    if not texts:
+        raise ValueError(f"{path}: no texts")
+    return texts
 
 
 def distillation_loss(
@@ -187,15 +228,8 @@ def distill(
     teacher.eval()  # run under no_grad below; its parameters are left as they are
     student.train(config.dropout)
     parameters = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    optimizer = build_optimizer(student, learning_rate=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = make_scheduler(optimizer, warmup_steps=config.warmup_steps, total_steps=config.steps)
     checkpoints = None if out_dir is None else Path(out_dir) / "checkpoints"
     step, history, running = 0, [], None
     if resume:
@@ -203,10 +237,7 @@ def distill(
             raise ValueError("resume=True needs an out_dir")
         found = latest_checkpoint(checkpoints)
         if found is not None:
-            student.load_state_dict(found.model)
-            optimizer.load_state_dict(found.optimizer)
-            scheduler.load_state_dict(found.scheduler)
-            torch.set_rng_state(found.torch_rng)
+            restore(found, student, optimizer, scheduler)
             step, history = found.step, list(found.state.get("history", []))
             running = found.state.get("running")
             log(f"resumed from {found.path} (step {step})")

@@ -42,8 +42,12 @@ except ImportError as error:  # pragma: no cover - exercised only without scikit
         "performers.integrations.sklearn needs scikit-learn: pip install 'performers[sklearn]'"
     ) from error
 
-from performers.ops.features import gaussian_positive_features, optimal_positive_features, pair_mean_sq_norm
-from performers.ops.projections import make_projection
+from performers.ops import (
+    gaussian_positive_features,
+    make_projection,
+    optimal_positive_features,
+    pair_mean_sq_norm,
+)
 from performers.ops.theory import optimal_positive_parameter
 
 __all__ = ["OptimalPositiveRandomFeatures", "PositiveRandomFeatures"]

@@ -13,11 +13,11 @@ run every self-attention of an encoder (BERT, RoBERTa: bidirectional, padding ho
 or decoder (GPT-2, Llama: causal, :class:`FavorCache` for ``generate()``) with FAVOR+
 (:func:`performers.favor_attention`): ``O(L·M·D)`` instead of ``O(L²·D)``.
 
-**Settings** live in ``model.config.favor_config`` (a JSON dict, saved in ``config.json`` by
-``save_pretrained``): ``num_features`` (M), ``kernel`` (a name of :data:`performers.KERNELS`),
-``projection_kind`` (``"orthogonal"`` | ``"iid"``), ``row_norms`` (``"chi"`` | ``"sqrt_d"``),
-``seed``, ``redraw_every``, ``chunk_size`` and ``redraw_counts`` (per layer). A model whose
-config has none gets the defaults (:data:`DEFAULT_FAVOR_CONFIG`).
+**Settings** are a :class:`performers.FavorConfig`, kept in ``model.config.favor_config`` as its
+JSON dict (saved in ``config.json`` by ``save_pretrained``), with the draw number of each
+layer's projection in ``model.config.favor_redraw_counts``. A model whose config has none gets
+``FavorConfig()``. Configs written by performers 0.1.0 (flat options with ``projection_kind``
+and ``redraw_counts`` inside ``favor_config``) are read too.
 
 **Projections** are buffers of a :class:`performers.FavorAttention` submodule ``favor`` attached
 to each attention module (by :func:`performerize`, or on the first forward call when the model
@@ -25,7 +25,7 @@ was loaded with ``attn_implementation="favor"``). Layer ``l``'s draw number ``c`
 function of ``(seed, l, c)`` (:func:`performers.layers.projection_seed`), drawn in float64 on
 a CPU generator and kept in float64. The buffers are therefore *non-persistent*: they are not
 written to ``model.safetensors``; ``from_pretrained`` regenerates them bit for bit from
-``favor_config`` (draw numbers included, which :meth:`FavorAttention.redraw` records there).
+``favor_config`` and ``favor_redraw_counts`` (which :meth:`FavorAttention.redraw` updates).
 A :class:`performers.FeatureRedrawer` works on converted models as on native ones; after
 ``from_pretrained`` call :func:`performerize` without options (it keeps ``favor_config``) to
 attach the submodules before the first forward call.
@@ -54,8 +54,9 @@ attention matrix; a warning says so once in training mode), ``output_attentions`
 from __future__ import annotations
 
 import contextvars
-import copy
+import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -75,38 +76,26 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "pip install 'performers[hf]'"
     ) from error
 
-from performers.layers.favor import FavorAttention
-from performers.ops.attention import favor_attention
-from performers.ops.causal import DEFAULT_CHUNK_SIZE, FavorState
-from performers.ops.features import get_kernel
+from performers.layers import FavorAttention, FavorConfig
+from performers.ops import FavorState, favor_attention
 
 __all__ = [
     "ATTENTION_NAME",
-    "DEFAULT_FAVOR_CONFIG",
     "SUPPORTED_ATTENTION_CLASSES",
     "FavorCache",
     "FavorCacheLayer",
     "attention_modules",
     "favor_attention_forward",
     "favor_mask",
+    "favor_settings",
     "is_performerized",
+    "load_hf_model",
     "performerize",
     "register",
     "unperformerize",
 ]
 
 ATTENTION_NAME = "favor"
-
-DEFAULT_FAVOR_CONFIG: dict[str, Any] = {
-    "num_features": 256,
-    "kernel": "softmax",
-    "projection_kind": "orthogonal",
-    "row_norms": "chi",
-    "seed": 0,
-    "redraw_every": 0,
-    "chunk_size": DEFAULT_CHUNK_SIZE,
-    "redraw_counts": {},
-}
 
 # model_type -> attention classes whose forward calls ``ALL_ATTENTION_FUNCTIONS`` and that this
 # backend was tested with. Another family with the same structure can be added here.
@@ -130,51 +119,39 @@ def _warn_once(key: str, message: str) -> None:
 # settings
 
 
-def _validated_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """A complete copy of ``settings`` (defaults filled in), checked by building a module."""
-    unknown = set(settings) - set(DEFAULT_FAVOR_CONFIG)
-    if unknown:
-        raise ValueError(
-            f"unknown FAVOR option(s) {sorted(unknown)}; the options are {sorted(DEFAULT_FAVOR_CONFIG)}"
-        )
-    merged = copy.deepcopy(DEFAULT_FAVOR_CONFIG)
-    merged.update(copy.deepcopy(settings))
-    if not isinstance(merged["kernel"], str):
-        raise ValueError(
-            f"kernel must be a registry name (saved in config.json), got {merged['kernel']!r}; "
-            "register a custom kernel with performers.ops.features.register_kernel"
-        )
-    if not isinstance(merged["redraw_counts"], dict):
-        raise ValueError(f"redraw_counts must be a dict {{layer: count}}, got {merged['redraw_counts']!r}")
-    merged["redraw_counts"] = {str(k): int(v) for k, v in merged["redraw_counts"].items()}
-    # FavorAttention validates every option (kernel name, M >= 1 for softmax kernels, ...).
-    FavorAttention(
-        2,
-        merged["num_features"],
-        kernel=merged["kernel"],
-        projection_kind=merged["projection_kind"],
-        row_norms=merged["row_norms"],
-        seed=merged["seed"],
-        redraw_every=merged["redraw_every"],
-        chunk_size=merged["chunk_size"],
-    )
-    return merged
+def favor_settings(config: Any) -> FavorConfig:
+    """The :class:`~performers.FavorConfig` of a Hugging Face ``config`` (``FavorConfig()`` if it
+    has none, which is then recorded in it, so it is saved).
 
+    A performers 0.1.0 ``favor_config`` (flat options, the redraw counts inside) is converted
+    in place to today's layout.
 
-def _settings(config: Any) -> dict[str, Any]:
-    """``config.favor_config``, created with the defaults if absent (so it is saved)."""
+    Raises:
+        ValueError / TypeError: ``config.favor_config`` is not a valid FAVOR configuration
+            (the message names the field).
+    """
     current = getattr(config, "favor_config", None)
     if current is None:
-        current = _validated_settings({})
-        config.favor_config = current
-    elif not isinstance(current, dict):
-        raise ValueError(f"config.favor_config must be a dict, got {type(current).__name__}")
+        favor = FavorConfig()
+    elif isinstance(current, FavorConfig):
+        favor = current
+    elif isinstance(current, dict):
+        current = dict(current)
+        legacy_counts = current.pop("redraw_counts", None)
+        favor = FavorConfig.from_dict(current)
+        if legacy_counts is not None:
+            if not isinstance(legacy_counts, dict):
+                raise ValueError(
+                    f"favor_config.redraw_counts must be a dict {{layer: count}}, got {legacy_counts!r}"
+                )
+            config.favor_redraw_counts = {str(k): int(v) for k, v in legacy_counts.items()}
     else:
-        complete = _validated_settings(current)
-        if complete != current:  # fill in defaults in place: redraws record into this dict
-            current.clear()
-            current.update(complete)
-    return current
+        raise TypeError(f"config.favor_config must be a dict, got {type(current).__name__}")
+    config.favor_config = favor.to_dict()
+    counts = getattr(config, "favor_redraw_counts", None)
+    if not isinstance(counts, dict):
+        config.favor_redraw_counts = {}
+    return favor
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,31 +159,24 @@ def _settings(config: Any) -> dict[str, Any]:
 
 
 class _HFFavorAttention(FavorAttention):
-    """A :class:`FavorAttention` whose state is recreated from ``config.favor_config``.
+    """A :class:`FavorAttention` whose state is recreated from the model's config.
 
     Its buffers are non-persistent (HF loading cannot create them before the weights load);
-    :meth:`redraw` records the draw number in the settings dict, so a saved config restores
-    the same projection.
+    :meth:`redraw` records the draw number in ``redraw_counts`` (the dict
+    ``config.favor_redraw_counts``), so a saved config restores the same projection.
     """
 
     def __init__(
-        self, head_dim: int, settings: dict[str, Any], layer_index: int, device: torch.device
+        self,
+        head_dim: int,
+        favor: FavorConfig,
+        redraw_counts: dict[str, int],
+        layer_index: int,
+        device: torch.device,
     ) -> None:
-        super().__init__(
-            head_dim,
-            settings["num_features"],
-            kernel=settings["kernel"],
-            projection_kind=settings["projection_kind"],
-            row_norms=settings["row_norms"],
-            seed=settings["seed"],
-            layer_index=layer_index,
-            redraw_every=settings["redraw_every"],
-            chunk_size=settings["chunk_size"],
-            device=device,
-            dtype=torch.float64,
-        )
-        self._settings = settings
-        count = int(settings.get("redraw_counts", {}).get(str(layer_index), 0))
+        super().__init__(head_dim, favor, layer_index=layer_index, device=device, dtype=torch.float64)
+        self._redraw_counts = redraw_counts
+        count = int(redraw_counts.get(str(layer_index), 0))
         with torch.no_grad():
             self.redraw_count.fill_(count)
             if self.projection is not None and count:
@@ -227,7 +197,7 @@ class _HFFavorAttention(FavorAttention):
     @torch.no_grad()
     def redraw(self) -> None:
         super().redraw()
-        self._settings.setdefault("redraw_counts", {})[str(self.layer_index)] = int(self.redraw_count.item())
+        self._redraw_counts[str(self.layer_index)] = int(self.redraw_count.item())
 
 
 def _model_type(config: Any) -> str:
@@ -275,13 +245,15 @@ def _layer_index(module: nn.Module) -> int:
 
 
 def _attach(module: nn.Module, device: torch.device | None = None) -> _HFFavorAttention:
-    """Create (or re-create) ``module.favor`` from ``module.config.favor_config``."""
+    """Create (or re-create) ``module.favor`` from ``module.config``'s FAVOR settings."""
     _check_supported(module)
-    settings = _settings(module.config)
+    favor_config = favor_settings(module.config)
     if device is None:
         parameter = next(module.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
-    favor = _HFFavorAttention(_head_dim(module), settings, _layer_index(module), device)
+    favor = _HFFavorAttention(
+        _head_dim(module), favor_config, module.config.favor_redraw_counts, _layer_index(module), device
+    )
     module.favor = favor
     return favor
 
@@ -604,7 +576,8 @@ def favor_attention_forward(
     common = {
         "kernel": favor.kernel,
         "scale": scaling,
-        "chunk_size": favor.chunk_size,
+        "chunk_size": favor.config.chunk_size,
+        "block_size": favor.config.block_size,
     }
     projection = favor.projection
 
@@ -628,11 +601,11 @@ def favor_attention_forward(
     elif causal and k_len != q_len:
         if k_len < q_len:
             raise ValueError(f"causal attention with fewer keys ({k_len}) than queries ({q_len})")
-        if get_kernel(favor.kernel).parameters is not None:
+        if favor.kernel.parameters is not None:
             # The prefix state cannot be rebuilt from cached keys alone: the kernel's parameters
             # (FAVOR++'s A) come from the prefix's queries, which a key/value cache does not keep.
             raise ValueError(
-                f"kernel {favor.kernel!r} has data-dependent parameters and cannot decode from a "
+                f"kernel {favor.config.kernel!r} has data-dependent parameters and cannot decode from a "
                 "key/value cache; pass cache=FavorCache() to generate()"
             )
         _warn_once(
@@ -699,67 +672,71 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def performerize(
-    model: nn.Module,
-    num_features: int | None = None,
-    *,
-    kernel: str | None = None,
-    projection_kind: str | None = None,
-    row_norms: str | None = None,
-    seed: int | None = None,
-    redraw_every: int | None = None,
-    chunk_size: int | None = None,
-) -> nn.Module:
-    """Switch a loaded HF model to FAVOR+ attention, in place; returns ``model``.
+def performerize(model: nn.Module, config: FavorConfig | None = None) -> nn.Module:
+    """Switch a loaded HF model to FAVOR attention, in place; returns ``model``.
 
-    Options left ``None`` keep the value in ``model.config.favor_config`` (a model converted
-    before) or the default (:data:`DEFAULT_FAVOR_CONFIG`). Changing an option resets the
-    projections to draw 0. The weights are untouched: :func:`unperformerize` gives back the
-    original model.
+    ``config`` None keeps the :class:`~performers.FavorConfig` already in
+    ``model.config.favor_config`` (a model converted before, e.g. loaded with
+    ``from_pretrained``) or takes ``FavorConfig()``. A config that differs from the model's
+    current one resets the projections to draw 0. The weights are untouched:
+    :func:`unperformerize` gives back the original model.
 
     Args:
         model: a ``PreTrainedModel`` of a supported family (BERT, RoBERTa, GPT-2, Llama).
-        num_features: ``M``, random features per layer (``None``/0 only for generalized kernels).
-        kernel: a name of :data:`performers.KERNELS` (``"softmax"``, ``"relu"``, ...).
-        projection_kind: ``"orthogonal"`` or ``"iid"``.
-        row_norms: ``"chi"`` or ``"sqrt_d"`` (orthogonal only).
-        seed: layer ``l``'s projections are seeded by ``(seed, l, draw)``.
-        redraw_every: redraw period for :class:`performers.FeatureRedrawer` (0 = never).
-        chunk_size: positions per chunk of the causal algorithm.
+        config: the FAVOR options (kernel, M, projection, seed, redraw period, chunk size).
     """
     register()
     modules = attention_modules(model)
-    given = {
-        "num_features": num_features,
-        "kernel": kernel,
-        "projection_kind": projection_kind,
-        "row_norms": row_norms,
-        "seed": seed,
-        "redraw_every": redraw_every,
-        "chunk_size": chunk_size,
-    }
-    given = {k: v for k, v in given.items() if v is not None}
-    current = getattr(model.config, "favor_config", None) or {}
-    changed = any(current.get(k) != v for k, v in given.items())
-    settings = {**current, **given}
-    if changed:
-        settings["redraw_counts"] = {}
-    settings = _validated_settings(settings)
+    if config is not None and not isinstance(config, FavorConfig):
+        raise TypeError(f"config must be a FavorConfig, got {type(config).__name__}")
+    current = (
+        favor_settings(model.config) if getattr(model.config, "favor_config", None) is not None else None
+    )
+    favor = config or current or FavorConfig()
+    counts = {} if favor != current else dict(getattr(model.config, "favor_redraw_counts", {}))
     configs = {id(m.config): m.config for _, m in modules}
     configs[id(model.config)] = model.config
-    for config in configs.values():
-        config.favor_config = settings
+    for hf_config in configs.values():
+        hf_config.favor_config = favor.to_dict()
+        hf_config.favor_redraw_counts = counts  # one dict: redraws of every layer record here
     previous = getattr(model.config, "_attn_implementation", None)
     if previous not in (None, ATTENTION_NAME):  # what unperformerize() goes back to
         model._performers_previous_attn_implementation = previous
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(ATTENTION_NAME)
     else:
-        for config in configs.values():
-            config._attn_implementation = ATTENTION_NAME
+        for hf_config in configs.values():
+            hf_config._attn_implementation = ATTENTION_NAME
     for _, module in modules:
         _attach(module)
     return model
+
+
+def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer or None)`` from a ``save_pretrained`` directory, offline, eval mode.
+
+    The class is the one named in ``config.architectures`` (e.g. ``BertModel``,
+    ``GPT2LMHeadModel``), so heads are kept; ``AutoModel`` when none is named.
+
+    Raises:
+        FileNotFoundError: ``path`` has no ``config.json``.
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    path = str(path)
+    if not Path(path, "config.json").is_file():
+        raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
+    config = AutoConfig.from_pretrained(path)
+    names = getattr(config, "architectures", None) or []
+    cls = getattr(transformers, names[0], None) if names else None
+    model = (cls or AutoModel).from_pretrained(path).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError):
+        tokenizer = None
+    return model, tokenizer
 
 
 def is_performerized(model: nn.Module) -> bool:
@@ -784,8 +761,9 @@ def unperformerize(model: nn.Module, attn_implementation: str | None = None) -> 
     configs = {id(m.config): m.config for _, m in attention_modules(model)}
     configs[id(model.config)] = model.config
     for config in configs.values():
-        if hasattr(config, "favor_config"):
-            del config.favor_config
+        for name in ("favor_config", "favor_redraw_counts"):
+            if hasattr(config, name):
+                delattr(config, name)
     model.set_attn_implementation(attn_implementation)
     return model
 

@@ -1,5 +1,6 @@
-"""``nn.Module`` building blocks on top of :mod:`performers.ops`: FAVOR+ attention, multi-head
-self/cross-attention with a switchable exact backend, feature redraw, rotary positions."""
+"""``nn.Module`` building blocks on top of :mod:`performers.ops`: the FAVOR options
+(:class:`FavorConfig`), FAVOR attention with its projection, multi-head self/cross-attention with
+a switchable exact backend, feature redraw, rotary positions."""
 
 from performers.layers.attention import (
     BACKENDS,
@@ -12,6 +13,7 @@ from performers.layers.attention import (
     sdpa_attention,
 )
 from performers.layers.favor import FavorAttention, projection_seed
+from performers.layers.favor_config import FavorConfig
 from performers.layers.redraw import FeatureRedrawer, favor_modules
 from performers.layers.replace import replace_multihead_attention
 from performers.layers.rotary import RotaryEmbedding, apply_rotary
@@ -19,6 +21,7 @@ from performers.layers.rotary import RotaryEmbedding, apply_rotary
 __all__ = [
     "BACKENDS",
     "FavorAttention",
+    "FavorConfig",
     "FeatureRedrawer",
     "KVCache",
     "LayerCache",

@@ -23,16 +23,14 @@ instead of NaN, so padding never injects NaN into the other positions or into gr
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from performers.layers.favor import FavorAttention
+from performers.layers.favor_config import FavorConfig
 from performers.layers.rotary import RotaryEmbedding
-from performers.ops.causal import DEFAULT_CHUNK_SIZE, FavorState
-from performers.ops.features import Kernel
+from performers.ops import FavorState
 
 __all__ = [
     "BACKENDS",
@@ -204,8 +202,8 @@ class MultiheadAttentionBase(nn.Module):
         attention: ``"favor"`` (FAVOR+, linear time) or ``"exact"`` (softmax via SDPA).
         dropout: dropout on attention weights, exact backend only (FAVOR+ never forms the
             weights, so there is nothing to drop; it is ignored there).
-        num_features, kernel, projection_kind, row_norms, seed, layer_index, redraw_every,
-            chunk_size: passed to :class:`FavorAttention`.
+        favor: the FAVOR options (:class:`~performers.FavorConfig`, default ``FavorConfig()``).
+        layer_index: seeds this module's projections (see :class:`FavorAttention`).
         device, dtype: of parameters and buffers.
     """
 
@@ -219,14 +217,8 @@ class MultiheadAttentionBase(nn.Module):
         bias: bool = True,
         attention: str = "favor",
         dropout: float = 0.0,
-        num_features: int | None = 256,
-        kernel: str | Kernel | Callable[[Tensor], Tensor] = "softmax",
-        projection_kind: str = "orthogonal",
-        row_norms: str = "chi",
-        seed: int = 0,
+        favor: FavorConfig | None = None,
         layer_index: int = 0,
-        redraw_every: int | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -249,18 +241,7 @@ class MultiheadAttentionBase(nn.Module):
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **factory)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **factory)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **factory)
-        self.favor = FavorAttention(
-            self.head_dim,
-            num_features,
-            kernel=kernel,
-            projection_kind=projection_kind,
-            row_norms=row_norms,
-            seed=seed,
-            layer_index=layer_index,
-            redraw_every=redraw_every,
-            chunk_size=chunk_size,
-            **factory,
-        )
+        self.favor = FavorAttention(self.head_dim, favor, layer_index=layer_index, **factory)
         self.attention = attention
 
     @property
@@ -521,11 +502,11 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
     """Drop-in replacement for :class:`torch.nn.MultiheadAttention` with a FAVOR+ (or exact) backend.
 
     Same constructor arguments and ``forward`` signature as ``nn.MultiheadAttention`` plus the
-    keywords of :class:`MultiheadAttentionBase`; build one from an existing module with
-    :meth:`from_multihead_attention`. Differences: attention weights are never returned (FAVOR+
-    never forms them; the second output is always None), ``add_bias_kv``/``add_zero_attn`` are
-    not supported, and with FAVOR+ ``attn_mask`` may only be the causal mask and a float
-    ``key_padding_mask`` only hold 0 and ``-inf``.
+    keywords ``attention``, ``favor`` (a :class:`~performers.FavorConfig`) and ``layer_index``;
+    build one from an existing module with :meth:`from_multihead_attention`. Differences:
+    attention weights are never returned (FAVOR+ never forms them; the second output is always
+    None), ``add_bias_kv``/``add_zero_attn`` are not supported, and with FAVOR+ ``attn_mask`` may
+    only be the causal mask and a float ``key_padding_mask`` only hold 0 and ``-inf``.
     """
 
     # nn.TransformerEncoderLayer / nn.TransformerEncoder read these attributes of their
@@ -548,7 +529,10 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
         batch_first: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
-        **favor_kwargs,
+        *,
+        attention: str = "favor",
+        favor: FavorConfig | None = None,
+        layer_index: int = 0,
     ) -> None:
         if add_bias_kv or add_zero_attn:
             raise NotImplementedError("add_bias_kv and add_zero_attn are not supported")
@@ -559,15 +543,25 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
             vdim=vdim,
             bias=bias,
             dropout=dropout,
+            attention=attention,
+            favor=favor,
+            layer_index=layer_index,
             device=device,
             dtype=dtype,
-            **favor_kwargs,
         )
         self.batch_first = batch_first
 
     @classmethod
-    def from_multihead_attention(cls, mha: nn.MultiheadAttention, **favor_kwargs) -> MultiheadFavorAttention:
-        """A module with the sizes, options and weights of ``mha``; keywords set FAVOR+ options."""
+    def from_multihead_attention(
+        cls,
+        mha: nn.MultiheadAttention,
+        *,
+        attention: str = "favor",
+        favor: FavorConfig | None = None,
+        layer_index: int = 0,
+    ) -> MultiheadFavorAttention:
+        """A module with the sizes, options and weights of ``mha``, running ``attention`` with
+        the FAVOR options ``favor``."""
         weight = mha.out_proj.weight
         module = cls(
             mha.embed_dim,
@@ -581,7 +575,9 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
             batch_first=mha.batch_first,
             device=weight.device,
             dtype=weight.dtype,
-            **favor_kwargs,
+            attention=attention,
+            favor=favor,
+            layer_index=layer_index,
         )
         module.load_multihead_attention_weights(mha)
         module.train(mha.training)

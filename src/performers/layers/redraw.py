@@ -34,8 +34,8 @@ class FeatureRedrawer:
 
     Args:
         model: any module; all :class:`FavorAttention` inside it are stepped.
-        every: redraw interval in steps; None uses each module's own ``redraw_every`` (set from
-            :attr:`PerformerConfig.redraw_every` in the Performer models); 0 disables.
+        every: redraw interval in steps; None uses each module's own ``config.redraw_every``
+            (:attr:`FavorConfig.redraw_every`); 0 disables.
     """
 
     def __init__(self, model: nn.Module, every: int | None = None) -> None:

@@ -7,11 +7,14 @@ import warnings
 from torch import nn
 
 from performers.layers.attention import MultiheadFavorAttention
+from performers.layers.favor_config import FavorConfig
 
 __all__ = ["replace_multihead_attention"]
 
 
-def replace_multihead_attention(model: nn.Module, **favor_kwargs) -> nn.Module:
+def replace_multihead_attention(
+    model: nn.Module, favor: FavorConfig | None = None, *, attention: str = "favor"
+) -> nn.Module:
     """Replace every ``nn.MultiheadAttention`` in ``model`` by a :class:`MultiheadFavorAttention`, in place.
 
     Each replacement copies the ``in_proj``/``out_proj`` weights and options (``batch_first``,
@@ -22,22 +25,21 @@ def replace_multihead_attention(model: nn.Module, **favor_kwargs) -> nn.Module:
 
         layer = nn.TransformerEncoderLayer(64, 4, batch_first=True)
         encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
-        replace_multihead_attention(encoder, num_features=128, seed=0)
+        replace_multihead_attention(encoder, FavorConfig(num_features=128, seed=0))
         replace_multihead_attention(encoder, attention="exact")  # same weights, softmax
 
     Args:
         model: the model to edit.
-        **favor_kwargs: options of :class:`MultiheadAttentionBase` — ``attention`` ("favor" or
-            "exact"), ``num_features``, ``kernel``, ``projection_kind``, ``row_norms``, ``seed``,
-            ``redraw_every``, ``chunk_size``. ``layer_index`` is assigned automatically.
+        favor: the FAVOR options of the new modules (default ``FavorConfig()``). Modules that
+            are already :class:`MultiheadFavorAttention` keep theirs (passing ``favor`` for them
+            is an error): only their backend is switched.
+        attention: the backend, ``"favor"`` or ``"exact"`` (softmax with the same weights).
 
     Returns:
         ``model`` itself. ``nn.TransformerEncoder`` modules inside it get ``use_nested_tensor =
         False``: their nested-tensor fast path reads ``nn.MultiheadAttention`` internals and
         would bypass the new modules.
     """
-    if "layer_index" in favor_kwargs:
-        raise TypeError("layer_index is assigned per replaced module; do not pass it")
     targets = [
         (name, module)
         for name, module in model.named_modules()
@@ -45,35 +47,27 @@ def replace_multihead_attention(model: nn.Module, **favor_kwargs) -> nn.Module:
     ]
     for index, (name, module) in enumerate(targets):
         if isinstance(module, MultiheadFavorAttention):
-            replacement = _rebuild(module, index, favor_kwargs)
-        else:
-            if module.dropout > 0 and favor_kwargs.get("attention", "favor") == "favor":
-                warnings.warn(
-                    f"{name}: attention-weight dropout ({module.dropout}) has no FAVOR+ equivalent and is "
-                    "not applied by the FAVOR+ backend",
-                    stacklevel=2,
+            if favor is not None:
+                raise ValueError(
+                    f"{name or 'model'} is already a MultiheadFavorAttention; only its backend "
+                    "(attention=...) can be switched, not its FavorConfig"
                 )
-            replacement = MultiheadFavorAttention.from_multihead_attention(
-                module, layer_index=index, **favor_kwargs
+            module.attention = attention
+            continue
+        if module.dropout > 0 and attention == "favor":
+            warnings.warn(
+                f"{name}: attention-weight dropout ({module.dropout}) has no FAVOR+ equivalent and is "
+                "not applied by the FAVOR+ backend",
+                stacklevel=2,
             )
+        replacement = MultiheadFavorAttention.from_multihead_attention(
+            module, attention=attention, favor=favor, layer_index=index
+        )
         _set_submodule(model, name, replacement)
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoder):
             module.use_nested_tensor = False
     return model
-
-
-def _rebuild(module: MultiheadFavorAttention, index: int, favor_kwargs: dict) -> MultiheadFavorAttention:
-    """An already replaced module: only the backend may be switched in place (weights and buffers kept)."""
-    other = set(favor_kwargs) - {"attention"}
-    if other:
-        raise ValueError(
-            "module is already a MultiheadFavorAttention; only 'attention' can be changed, "
-            f"got {sorted(other)}"
-        )
-    if "attention" in favor_kwargs:
-        module.attention = favor_kwargs["attention"]
-    return module
 
 
 def _set_submodule(model: nn.Module, name: str, replacement: nn.Module) -> None:

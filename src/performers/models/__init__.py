@@ -1,23 +1,24 @@
 """Performer models (encoder, masked LM, causal LM), generation and save/load."""
 
+from performers.models.blocks import PerformerBlock
 from performers.models.config import PerformerConfig
-from performers.models.generation import generate, sample_next_token
-from performers.models.io import from_pretrained, load_safetensors, save_pretrained
+from performers.models.generation import GenerationMixin, generate, sample_next_token
+from performers.models.io import from_pretrained, save_pretrained
+from performers.models.masks import position_ids_from_padding
+from performers.models.outputs import CausalLMOutput, MaskedLMOutput, PerformerCache, PerformerModelOutput
 from performers.models.performer import (
-    CausalLMOutput,
-    MaskedLMOutput,
-    PerformerBlock,
-    PerformerCache,
+    TASKS,
     PerformerForCausalLM,
     PerformerForMaskedLM,
     PerformerModel,
-    PerformerModelOutput,
     PerformerPreTrainedModel,
-    position_ids_from_padding,
+    build_model,
 )
 
 __all__ = [
+    "TASKS",
     "CausalLMOutput",
+    "GenerationMixin",
     "MaskedLMOutput",
     "PerformerBlock",
     "PerformerCache",
@@ -27,9 +28,9 @@ __all__ = [
     "PerformerModel",
     "PerformerModelOutput",
     "PerformerPreTrainedModel",
+    "build_model",
     "from_pretrained",
     "generate",
-    "load_safetensors",
     "position_ids_from_padding",
     "sample_next_token",
     "save_pretrained",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from performers.layers.attention import BACKENDS
-from performers.ops.features import KERNELS
+from performers.layers import BACKENDS, FavorConfig
+from performers.layers.favor_config import LEGACY_FIELDS
 
 __all__ = ["PerformerConfig"]
 
@@ -60,16 +60,9 @@ class PerformerConfig:
         activation: feed-forward nonlinearity, ``"gelu"``, ``"relu"`` or ``"silu"``.
         layer_norm_eps: LayerNorm epsilon.
         attention: ``"favor"`` (FAVOR+) or ``"exact"`` (softmax via SDPA); same weights either way.
-        kernel: feature map, a name in :data:`performers.KERNELS`.
-        num_features: ``M``, random features per layer; None (or 0, normalized to None) means
-            no projection, allowed for generalized kernels only.
-        projection_kind: ``"orthogonal"`` or ``"iid"``.
-        row_norms: ``"chi"`` or ``"sqrt_d"`` (orthogonal only).
-        redraw_every: redraw projections every this many :class:`FeatureRedrawer` steps; None
-            or 0 = never.
-        seed: base seed of the projections (a projection is a pure function of
-            ``(seed, layer index, redraw count)``).
-        chunk_size: positions per chunk of causal FAVOR+.
+        favor: every FAVOR option (:class:`~performers.FavorConfig`: kernel, features, projection,
+            redraw schedule, seed, chunk size), shared by all layers (each layer draws its own
+            projection from ``(favor.seed, layer index)``).
         tie_embeddings: the LM head reuses the token embedding matrix.
         bias: biases in linear layers.
         pad_token_id, bos_token_id, eos_token_id: special token ids (or None).
@@ -88,13 +81,7 @@ class PerformerConfig:
     activation: str = "gelu"
     layer_norm_eps: float = 1e-5
     attention: str = "favor"
-    kernel: str = "softmax"
-    num_features: int | None = 256
-    projection_kind: str = "orthogonal"
-    row_norms: str = "chi"
-    redraw_every: int | None = 1000
-    seed: int = 0
-    chunk_size: int = 64
+    favor: FavorConfig = field(default_factory=FavorConfig)
     tie_embeddings: bool = True
     bias: bool = True
     pad_token_id: int | None = None
@@ -105,8 +92,6 @@ class PerformerConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_position_embeddings"):
             _require_int(name, getattr(self, name), 1)
-        _require_int("chunk_size", self.chunk_size, 1)
-        _require_int("seed", self.seed, 0)
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"PerformerConfig.d_model ({self.d_model}) must be divisible by num_heads ({self.num_heads})"
@@ -124,32 +109,11 @@ class PerformerConfig:
         self.initializer_range = _require_float("initializer_range", self.initializer_range, 0.0, math.inf)
         _require_choice("activation", self.activation, ("gelu", "relu", "silu"))
         _require_choice("attention", self.attention, BACKENDS)
-        if not isinstance(self.kernel, str):
+        if not isinstance(self.favor, FavorConfig):
             raise TypeError(
-                f"PerformerConfig.kernel must be a registry name (str), got {type(self.kernel).__name__}"
+                f"PerformerConfig.favor must be a FavorConfig, got {type(self.favor).__name__} "
+                "(PerformerConfig.from_dict reads a dict)"
             )
-        if self.kernel not in KERNELS:
-            known = ", ".join(repr(k) for k in KERNELS)
-            raise ValueError(
-                f"PerformerConfig.kernel: unknown kernel {self.kernel!r}; known kernels are {known}"
-            )
-        if self.num_features is not None:
-            _require_int("num_features", self.num_features, 0)
-            if self.num_features == 0:
-                self.num_features = None
-        if self.num_features is None and KERNELS[self.kernel].requires_projection:
-            raise ValueError(
-                f"PerformerConfig.num_features: kernel {self.kernel!r} needs random features (an int >= 1); "
-                "None/0 (no projection) is only for generalized kernels such as 'relu' or 'elu'"
-            )
-        _require_choice("projection_kind", self.projection_kind, ("orthogonal", "iid"))
-        _require_choice("row_norms", self.row_norms, ("chi", "sqrt_d"))
-        if self.projection_kind == "iid" and self.row_norms != "chi":
-            raise ValueError(
-                "PerformerConfig.row_norms='sqrt_d' is only defined for projection_kind='orthogonal'"
-            )
-        if self.redraw_every is not None:
-            _require_int("redraw_every", self.redraw_every, 0)
         for name in ("tie_embeddings", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"PerformerConfig.{name} must be a bool, got {getattr(self, name)!r}")
@@ -173,14 +137,28 @@ class PerformerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PerformerConfig:
-        """Build (and validate) a config from :meth:`to_dict` output; unknown keys are an error."""
+        """Build (and validate) a config from :meth:`to_dict` output; unknown keys are an error.
+
+        A ``config.json`` of performers 0.1.0 held the FAVOR options as flat fields
+        (``kernel``, ``num_features``, ``projection_kind``, ...): they are read into ``favor``.
+        """
         if not isinstance(data, dict):
             raise TypeError(f"PerformerConfig.from_dict needs a dict, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in data.items() if k not in METADATA_KEYS}
+        legacy = {k: values.pop(k) for k in list(values) if k in LEGACY_FIELDS}
+        if legacy:
+            if "favor" in values:
+                raise ValueError(
+                    f"PerformerConfig: FAVOR options {sorted(legacy)} given both flat (performers 0.1.0) "
+                    "and in 'favor'"
+                )
+            values["favor"] = FavorConfig.from_dict(legacy)
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown PerformerConfig field(s) {unknown}; known fields are {sorted(known)}")
+        if "favor" in values:
+            values["favor"] = FavorConfig.from_dict(values["favor"])
         return cls(**values)
 
     def to_json(self) -> str:

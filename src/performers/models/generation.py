@@ -20,9 +20,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from performers.models.performer import PerformerForCausalLM, position_ids_from_padding
+from performers.models.masks import position_ids_from_padding
 
-__all__ = ["generate", "sample_next_token"]
+__all__ = ["GenerationMixin", "generate", "sample_next_token"]
+
+
+class GenerationMixin:
+    """Adds :meth:`generate` to a causal LM whose forward takes ``key_padding_mask``,
+    ``position_ids``, ``past_key_values``, ``use_cache`` and ``logits_to_keep``
+    (:class:`~performers.PerformerForCausalLM`)."""
+
+    def generate(self, input_ids: Tensor, **kwargs) -> Tensor:
+        """Autoregressive generation; see :func:`performers.models.generation.generate`."""
+        return generate(self, input_ids, **kwargs)
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
@@ -103,7 +113,7 @@ def _left_padding(attention_mask: Tensor | None, input_ids: Tensor) -> Tensor | 
 
 @torch.no_grad()
 def generate(
-    model: PerformerForCausalLM,
+    model: GenerationMixin,
     input_ids: Tensor,
     max_new_tokens: int = 20,
     *,
@@ -137,8 +147,10 @@ def generate(
         ``(B, L + T)`` int64: the prompt (padding included) followed by ``T ≤ max_new_tokens``
         generated tokens.
     """
-    if not isinstance(model, PerformerForCausalLM):
-        raise TypeError(f"generate needs a PerformerForCausalLM, got {type(model).__name__}")
+    if not isinstance(model, GenerationMixin):
+        raise TypeError(
+            f"generate needs a causal LM such as PerformerForCausalLM, got {type(model).__name__}"
+        )
     if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
         raise ValueError("input_ids must be an integer tensor of shape (B, L)")
     if input_ids.shape[1] == 0:

@@ -14,69 +14,54 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from performers.models.config import PerformerConfig
-from performers.models.performer import (
-    PerformerForCausalLM,
-    PerformerForMaskedLM,
-    PerformerModel,
-    PerformerPreTrainedModel,
-)
+from performers.utils import atomic_write, load_safetensors
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "from_pretrained", "load_safetensors", "save_pretrained"]
+__all__ = [
+    "CONFIG_NAME",
+    "MODEL_CLASSES",
+    "WEIGHTS_NAME",
+    "from_pretrained",
+    "load_safetensors",
+    "save_pretrained",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-MODEL_CLASSES: dict[str, type[PerformerPreTrainedModel]] = {
-    cls.__name__: cls for cls in (PerformerModel, PerformerForMaskedLM, PerformerForCausalLM)
-}
+# Class name (as recorded in config.json "architectures") → class; the Performer model classes
+# add themselves when they are defined (PerformerPreTrainedModel.__init_subclass__).
+MODEL_CLASSES: dict[str, type[nn.Module]] = {}
 
 
 def _version() -> str:
-    from performers import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` on a temporary file next to ``path``, fsync it, ``os.replace`` it onto ``path``."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
     try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX only)
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        return version("performers")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
-def save_pretrained(model: PerformerPreTrainedModel, directory: str | Path) -> None:
+def _check_model(model: nn.Module) -> None:
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "config", None), PerformerConfig):
+        raise TypeError(f"save_pretrained needs a Performer model, got {type(model).__name__}")
+
+
+def save_pretrained(model: nn.Module, directory: str | Path) -> None:
     """Write ``directory/config.json`` and ``directory/model.safetensors`` (created if needed).
 
     ``config.json`` holds the :class:`PerformerConfig` fields plus ``"architectures"`` (the model
     class) and ``"performers_version"``. ``model.safetensors`` holds the whole ``state_dict``
     (parameters, projections, redraw counters) in the model's dtypes.
     """
-    if not isinstance(model, PerformerPreTrainedModel):
-        raise TypeError(f"save_pretrained needs a Performer model, got {type(model).__name__}")
+    _check_model(model)
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -84,27 +69,11 @@ def save_pretrained(model: PerformerPreTrainedModel, directory: str | Path) -> N
     architecture = type(model).__name__
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     metadata = {"format": "pt", "architecture": architecture, "performers_version": _version()}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
     config = {**model.config.to_dict(), "architectures": [architecture], "performers_version": _version()}
     text = json.dumps(config, indent=2) + "\n"
-    _atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
-
-
-def load_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """All tensors (on the CPU) and the metadata of a safetensors file; ``ValueError`` if unreadable."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as err:  # safetensors raises its own error types (and OSError for short reads)
-        raise ValueError(f"{path}: cannot read the safetensors file (corrupt or truncated?): {err}") from err
-    return tensors, metadata
+    atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
 
 
 def _read_config(path: Path) -> dict:
@@ -148,11 +117,11 @@ def _check_tensors(path: Path, stored: dict[str, Tensor], expected: dict[str, Te
 def from_pretrained(
     directory: str | Path,
     *,
-    model_class: type[PerformerPreTrainedModel] | None = None,
+    model_class: type[nn.Module] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     **config_overrides,
-) -> PerformerPreTrainedModel:
+) -> nn.Module:
     """Load a model written by :func:`save_pretrained`, in eval mode.
 
     Args:

@@ -5,6 +5,7 @@
 * :class:`PerformerForMaskedLM` — bidirectional encoder with an LM head (BERT-style MLM).
 * :class:`PerformerForCausalLM` — causal decoder with an LM head; incremental decoding from a
   per-layer recurrent state (:class:`PerformerCache`) and :meth:`~PerformerForCausalLM.generate`.
+* :func:`build_model` — the model of a task from a config.
 
 Padding: ``attention_mask`` ``(B, L)`` (1 = token, 0 = padding, the Hugging Face convention)
 or ``key_padding_mask`` ``(B, L)`` bool (True = padding, the ``nn.MultiheadAttention``
@@ -14,215 +15,37 @@ prompts see the same positions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from performers.layers.attention import LayerCache, MultiheadAttentionBase, PerformerSelfAttention
-from performers.layers.favor import FavorAttention
-from performers.layers.redraw import FeatureRedrawer
+from performers.layers import FavorAttention, FeatureRedrawer, LayerCache, MultiheadAttentionBase
+from performers.models import io
+from performers.models.blocks import LMHead, PerformerBlock, token_loss
 from performers.models.config import PerformerConfig
+from performers.models.generation import GenerationMixin
+from performers.models.masks import padding_from_masks, position_ids_from_padding
+from performers.models.outputs import CausalLMOutput, MaskedLMOutput, PerformerCache, PerformerModelOutput
 
 __all__ = [
-    "CausalLMOutput",
-    "MaskedLMOutput",
-    "PerformerBlock",
-    "PerformerCache",
+    "TASKS",
     "PerformerForCausalLM",
     "PerformerForMaskedLM",
     "PerformerModel",
-    "PerformerModelOutput",
     "PerformerPreTrainedModel",
-    "position_ids_from_padding",
+    "build_model",
 ]
-
-IGNORE_INDEX = -100
-
-
-def _token_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy of ``logits`` ``(N, V)`` against ``labels`` ``(N,)``, -100 ignored.
-
-    Half-precision logits are upcast to float32 first (a softmax over a large vocabulary in
-    float16 loses most of the small probabilities); float32/float64 stay as they are.
-    """
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-
-
-def position_ids_from_padding(key_padding_mask: Tensor) -> Tensor:
-    """Positions ``(B, L)`` counted from each row's first real token (padding gets 0 or the last position).
-
-    ``key_padding_mask``: ``(B, L)`` bool, True = padding. With left padding ``[p, p, a, b]``
-    gives ``[0, 0, 0, 1]``, the positions ``a, b`` have without padding; with right padding the
-    real tokens get ``0, 1, ...`` as well.
-    """
-    real = (~key_padding_mask).long()
-    return (real.cumsum(dim=-1) - 1).clamp(min=0)
-
-
-def _padding_from_masks(
-    attention_mask: Tensor | None, key_padding_mask: Tensor | None, batch: int, length: int
-) -> Tensor | None:
-    """The ``(B, L)`` bool padding mask (True = pad) from either convention, or None."""
-    if attention_mask is not None and key_padding_mask is not None:
-        raise ValueError("pass attention_mask (1 = token) or key_padding_mask (True = pad), not both")
-    if attention_mask is not None:
-        if tuple(attention_mask.shape) != (batch, length):
-            raise ValueError(
-                f"attention_mask must have shape (B, L) = ({batch}, {length}), "
-                f"got {tuple(attention_mask.shape)}"
-            )
-        return attention_mask == 0
-    if key_padding_mask is not None:
-        if key_padding_mask.dtype != torch.bool:
-            raise TypeError(
-                f"key_padding_mask must be a bool tensor (True = pad), got {key_padding_mask.dtype}"
-            )
-        if tuple(key_padding_mask.shape) != (batch, length):
-            raise ValueError(
-                f"key_padding_mask must have shape (B, L) = ({batch}, {length}), "
-                f"got {tuple(key_padding_mask.shape)}"
-            )
-    return key_padding_mask
-
-
-@dataclass
-class PerformerCache:
-    """Everything a causal model needs to continue a sequence: one cache per layer.
-
-    Attributes:
-        layers: per layer a :class:`~performers.FavorState` (FAVOR+, ``O(M·D)`` per head,
-            independent of the length) or a :class:`~performers.layers.KVCache` (exact).
-        next_position: ``(B,)`` position id of the next token of each row.
-        length: number of positions processed so far (padding included).
-    """
-
-    layers: list[LayerCache]
-    next_position: Tensor
-    length: int
-
-
-@dataclass
-class PerformerModelOutput:
-    """``last_hidden_state``: ``(B, L, E)`` after the final LayerNorm; the cache with ``use_cache``."""
-
-    last_hidden_state: Tensor
-    past_key_values: PerformerCache | None = None
-
-
-@dataclass
-class MaskedLMOutput:
-    """``logits``: ``(B, L, V)``; ``loss``: mean cross-entropy over labels != -100 (when labels given)."""
-
-    logits: Tensor
-    loss: Tensor | None = None
-    hidden_states: Tensor | None = None
-
-
-@dataclass
-class CausalLMOutput:
-    """``logits``: ``(B, L, V)`` (or the last ``logits_to_keep``); ``loss``: next-token cross-entropy."""
-
-    logits: Tensor
-    loss: Tensor | None = None
-    past_key_values: PerformerCache | None = None
-    hidden_states: Tensor | None = None
-
-
-_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
-
-
-class FeedForward(nn.Module):
-    """Position-wise ``Linear(E, d_ff) → activation → dropout → Linear(d_ff, E)`` on ``(B, L, E)``."""
-
-    def __init__(self, config: PerformerConfig) -> None:
-        super().__init__()
-        self.fc_in = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
-        self.activation = _ACTIVATIONS[config.activation]()
-        self.dropout = nn.Dropout(config.dropout)
-        self.fc_out = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc_out(self.dropout(self.activation(self.fc_in(x))))
-
-
-class PerformerBlock(nn.Module):
-    """Pre-LayerNorm block: ``x + Attn(LN(x))``, then ``x + FFN(LN(x))``, dropout on both branches."""
-
-    def __init__(self, config: PerformerConfig, layer_index: int) -> None:
-        super().__init__()
-        self.attn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.attn = PerformerSelfAttention(
-            config.d_model,
-            config.num_heads,
-            rotary=config.position == "rotary",
-            rotary_base=config.rotary_base,
-            bias=config.bias,
-            attention=config.attention,
-            num_features=config.num_features,
-            kernel=config.kernel,
-            projection_kind=config.projection_kind,
-            row_norms=config.row_norms,
-            seed=config.seed,
-            layer_index=layer_index,
-            redraw_every=config.redraw_every,
-            chunk_size=config.chunk_size,
-        )
-        self.ffn_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
-        self.ffn = FeedForward(config)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(
-        self,
-        x: Tensor,
-        *,
-        key_padding_mask: Tensor | None = None,
-        is_causal: bool = False,
-        position_ids: Tensor | None = None,
-        cache: LayerCache | None = None,
-        use_cache: bool = False,
-    ) -> tuple[Tensor, LayerCache | None]:
-        """``x``: ``(B, L, E)`` → ``((B, L, E), cache)``; arguments as in :class:`PerformerSelfAttention`."""
-        attended, cache = self.attn(
-            self.attn_norm(x),
-            key_padding_mask=key_padding_mask,
-            is_causal=is_causal,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-        )
-        x = x + self.dropout(attended)
-        x = x + self.dropout(self.ffn(self.ffn_norm(x)))
-        return x, cache
-
-
-class LMHead(nn.Module):
-    """Hidden states ``(B, L, E)`` → logits ``(B, L, V)``.
-
-    With tied embeddings the module has no weight of its own and multiplies by the token
-    embedding matrix it is given; the checkpoint then holds that matrix once (safetensors
-    refuses tensors that share memory, and a second copy could silently drift).
-    """
-
-    def __init__(self, d_model: int, vocab_size: int, *, tied: bool, bias: bool) -> None:
-        super().__init__()
-        if tied:
-            self.register_parameter("weight", None)
-        else:
-            self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
-        self.bias = nn.Parameter(torch.zeros(vocab_size)) if bias else None
-
-    def forward(self, hidden: Tensor, embedding_weight: Tensor) -> Tensor:
-        weight = embedding_weight if self.weight is None else self.weight
-        return F.linear(hidden, weight, self.bias)
 
 
 class PerformerPreTrainedModel(nn.Module):
     """Shared by all Performer models: config, initialization, backend switch, redraw, save/load."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):  # from_pretrained finds it by the name in config.json
+            io.MODEL_CLASSES[cls.__name__] = cls
 
     def __init__(self, config: PerformerConfig) -> None:
         super().__init__()
@@ -277,9 +100,7 @@ class PerformerPreTrainedModel(nn.Module):
 
         See :func:`performers.models.io.save_pretrained`.
         """
-        from performers.models.io import save_pretrained
-
-        save_pretrained(self, directory)
+        io.save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **kwargs):
@@ -287,9 +108,7 @@ class PerformerPreTrainedModel(nn.Module):
 
         See :func:`performers.models.io.from_pretrained` for the keyword arguments.
         """
-        from performers.models.io import from_pretrained
-
-        return from_pretrained(directory, model_class=cls, **kwargs)
+        return io.from_pretrained(directory, model_class=cls, **kwargs)
 
 
 class PerformerModel(PerformerPreTrainedModel):
@@ -341,7 +160,7 @@ class PerformerModel(PerformerPreTrainedModel):
         batch, length = input_ids.shape
         if length == 0:
             raise ValueError("input_ids must hold at least one position")
-        padding = _padding_from_masks(attention_mask, key_padding_mask, batch, length)
+        padding = padding_from_masks(attention_mask, key_padding_mask, batch, length)
         use_cache = use_cache or past_key_values is not None
         if use_cache and not is_causal:
             raise ValueError("past_key_values / use_cache need causal attention (is_causal=True)")
@@ -428,11 +247,11 @@ class PerformerForMaskedLM(_PerformerWithLMHead):
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
-            loss = _token_loss(logits.flatten(0, 1), labels.flatten())
+            loss = token_loss(logits.flatten(0, 1), labels.flatten())
         return MaskedLMOutput(logits=logits, loss=loss, hidden_states=hidden)
 
 
-class PerformerForCausalLM(_PerformerWithLMHead):
+class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
     """Causal Performer decoder with a language-model head; see :meth:`generate`."""
 
     def forward(
@@ -479,13 +298,28 @@ class PerformerForCausalLM(_PerformerWithLMHead):
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
-            loss = _token_loss(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+            loss = token_loss(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         return CausalLMOutput(
             logits=logits, loss=loss, past_key_values=out.past_key_values, hidden_states=hidden
         )
 
-    def generate(self, input_ids: Tensor, **kwargs) -> Tensor:
-        """Autoregressive generation; see :func:`performers.models.generation.generate`."""
-        from performers.models.generation import generate
 
-        return generate(self, input_ids, **kwargs)
+# The head each training objective needs: masked LM, causal LM, or the bare encoder.
+TASKS: dict[str, type[PerformerPreTrainedModel]] = {
+    "mlm": PerformerForMaskedLM,
+    "clm": PerformerForCausalLM,
+    "encoder": PerformerModel,
+}
+
+
+def build_model(config: PerformerConfig, task: str = "mlm") -> PerformerPreTrainedModel:
+    """A freshly initialized model for ``task``: ``"mlm"`` (:class:`PerformerForMaskedLM`),
+    ``"clm"`` (:class:`PerformerForCausalLM`) or ``"encoder"`` (:class:`PerformerModel`).
+
+    Initialization draws from the global torch RNG: call ``torch.manual_seed`` first for
+    reproducible weights (two models built after the same seed are identical whatever their
+    attention backend).
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
+    return TASKS[task](config)

@@ -1,7 +1,8 @@
-r"""Fused causal FAVOR attention for exponential feature maps (positive / hyperbolic).
+r"""Fused causal FAVOR attention for exponential feature maps (:class:`~performers.ops.features.ExpForm`).
 
-The chunked algorithm of :mod:`performers.ops.causal`, written as one autograd Function that
-streams over *segments* of ``SEGMENT_CHUNKS`` chunks: inside a segment everything is batched
+The chunked algorithm of :mod:`performers.ops.causal_generic`, written as one autograd Function that
+streams over *segments* of ``segment_chunks`` chunks (default ``SEGMENT_CHUNKS``): inside a
+segment everything is batched
 over its chunks (features, masked ``C×C`` blocks, chunk summaries); across segments the
 ``M × (Dv+1)`` state is carried. The forward keeps the inputs, the per-position offsets, the
 state before every chunk (``(L/C)·M·(Dv+1)``) and the masked intra-chunk blocks (``L·C``); the
@@ -9,7 +10,7 @@ backward walks the segments in reverse carrying the state's adjoint and recomput
 features. No tensor of ``L·M`` elements is allocated: memory is
 ``O(L·(D + C) + (L/C)·M·D + S·M)`` for a segment of ``S`` positions, forward and backward.
 
-Offsets (``m_j``, running maximum of the key log-features) are in units of ``P x̃ - ‖x̃‖²/2``
+Offsets (``m_j``, running maximum of the key log-features) are in units of ``P x̃ - a‖x̃‖²/2``
 internally; the returned state uses the units of :func:`performers.ops.features.stabilize_keys`
 (which include the map's constant ``c``), so states move freely between the two paths.
 """
@@ -22,20 +23,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from performers.ops.causal import chunk_rescale_factors, safe_reciprocal
-from performers.ops.features import exp_key_log_features, exp_query_features, key_offsets, outer_sum
+from performers.ops.checks import check_positive_int
+from performers.ops.features import (
+    ExpForm,
+    exp_log_features,
+    exp_log_input_grad,
+    exp_query_features,
+    outer_sum,
+)
+from performers.ops.numerics import chunk_rescale_factors, key_offsets, safe_reciprocal, with_ones
+from performers.ops.state import DEFAULT_CHUNK_SIZE
 
-__all__ = ["fused_causal_exp_attention"]
+__all__ = ["SEGMENT_CHUNKS", "fused_causal_exp_attention"]
 
 # Chunks per segment: the Python loop runs once per segment (a few dozen ops) and the tensors
 # of one segment, (B, H, SEGMENT_CHUNKS·C, M), stay a few MiB. Measured at L = 16384, C = 64:
 # 8 to 16 chunks per segment beat one chunk at a time (the loop overhead) and whole-sequence
 # vectorization (memory traffic of L·M tensors).
 SEGMENT_CHUNKS = 16
-
-
-def _with_ones(v: Tensor) -> Tensor:
-    return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], dim=-1)
 
 
 def _split(t: Tensor, chunk: int) -> Tensor:
@@ -49,7 +54,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
     is kept for backward (``(L/C)·M·(Dv+1)``); features are recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, rows, scale, pad, chunk, segment, eps):
+    def forward(ctx, q, k, v, rows, scale, norm, pad, chunk, segment, eps):
         length = q.shape[2]
         extra = (-length) % chunk
         if extra:
@@ -61,8 +66,9 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 [pad if pad is not None else tail.new_zeros(q.shape[0], 1, length, 1), tail], dim=2
             )
         b, h, padded, _ = q.shape
+        # The map of x̃ = √s·x is computed on x with rows √s·P and norm weight a·s.
         scaled_rows = rows * scale
-        scale_sq = scale * scale
+        scaled_norm = norm * scale * scale
         m, e = rows.shape[0], v.shape[-1] + 1
         span = chunk * segment
         num_segments = -(-padded // span)
@@ -81,7 +87,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         for lo in range(0, padded, span):
             hi = min(lo + span, padded)
             pad_s = None if pad is None else pad[:, :, lo:hi]
-            log_k = exp_key_log_features(k[:, :, lo:hi], scaled_rows, scale_sq)
+            log_k = exp_log_features(k[:, :, lo:hi], scaled_rows, scaled_norm)
             offs, running = key_offsets(
                 log_k, causal=True, pad=None if pad_s is None else pad_s[..., 0], start=running
             )
@@ -92,7 +98,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             if pad_s is not None:
                 k_feat.masked_fill_(pad_s, 0.0)
             q_feat = exp_query_features(q[:, :, lo:hi], scaled_rows)
-            v_aug = _with_ones(v[:, :, lo:hi])
+            v_aug = with_ones(v[:, :, lo:hi])
             within, to_end, decay, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
             qc, kc, vc = _split(q_feat, chunk), _split(k_feat, chunk), _split(v_aug, chunk)
             scores = torch.matmul(qc, kc.transpose(-2, -1)).mul_(within)
@@ -113,19 +119,20 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             torch.mul(read[..., :-1], inv, out=out[:, :, lo:hi])
             state_offset = offs[..., -1]
         ctx.save_for_backward(q, k, v, rows, offsets, states, inverse, out, blocks)
-        ctx.pad, ctx.chunk, ctx.segment, ctx.scale, ctx.length = pad, chunk, segment, scale, length
+        ctx.pad, ctx.chunk, ctx.segment, ctx.length = pad, chunk, segment, length
+        ctx.scale, ctx.scaled_norm = scale, scaled_norm
         ctx.mark_non_differentiable(state, state_offset)
         return out[:, :, :length], state, state_offset
 
     @staticmethod
     def backward(ctx, grad_out, _grad_state, _grad_offset):
         q, k, v, rows, offsets, states, inverse, out, blocks = ctx.saved_tensors
-        pad, chunk, segment, scale, length = ctx.pad, ctx.chunk, ctx.segment, ctx.scale, ctx.length
+        pad, chunk, segment, length = ctx.pad, ctx.chunk, ctx.segment, ctx.length
+        scale, scaled_norm = ctx.scale, ctx.scaled_norm
         b, h, padded, _ = q.shape
         if padded != length:
             grad_out = F.pad(grad_out, (0, 0, 0, padded - length))
         scaled_rows = rows * scale
-        scale_sq = scale * scale
         need_q, need_k, need_v, need_rows = ctx.needs_input_grad[:4]
         grad_q = q.new_empty(q.shape) if need_q else None
         grad_k = k.new_empty(k.shape) if need_k else None
@@ -138,11 +145,11 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             offs = offsets[:, :, lo:hi]
             state_offset = offsets[:, :, 0] if lo == 0 else offsets[:, :, lo - 1]
             kb, qb = k[:, :, lo:hi], q[:, :, lo:hi]
-            k_feat = exp_key_log_features(kb, scaled_rows, scale_sq).sub_(offs.unsqueeze(-1)).exp_()
+            k_feat = exp_log_features(kb, scaled_rows, scaled_norm).sub_(offs.unsqueeze(-1)).exp_()
             if pad is not None:
                 k_feat.masked_fill_(pad[:, :, lo:hi], 0.0)
             q_feat = exp_query_features(qb, scaled_rows)
-            v_aug = _with_ones(v[:, :, lo:hi])
+            v_aug = with_ones(v[:, :, lo:hi])
             within, to_end, decay, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
             g = grad_out[:, :, lo:hi]
             inv = inverse[:, :, lo:hi]
@@ -171,10 +178,10 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             grad_q_log = grad_qc.reshape(q_feat.shape).mul_(q_feat)
             grad_k_log = grad_kc.reshape(k_feat.shape).mul_(k_feat)
             if need_q:
-                grad_q[:, :, lo:hi] = torch.matmul(grad_q_log, scaled_rows)
+                # Query features are row-stabilized: no norm term (it cancels).
+                grad_q[:, :, lo:hi] = exp_log_input_grad(grad_q_log, qb, scaled_rows)
             if need_k:
-                gk = torch.matmul(grad_k_log, scaled_rows)
-                grad_k[:, :, lo:hi] = gk.sub_(grad_k_log.sum(-1, keepdim=True) * kb, alpha=scale_sq)
+                grad_k[:, :, lo:hi] = exp_log_input_grad(grad_k_log, kb, scaled_rows, scaled_norm)
             if need_rows:
                 grad_rows.add_(outer_sum(grad_q_log, qb) + outer_sum(grad_k_log, kb), alpha=scale)
         return (
@@ -187,6 +194,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -194,31 +202,36 @@ def fused_causal_exp_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    rows: Tensor,
+    form: ExpForm,
     *,
     scale: float,
-    log_const: float,
     key_padding_mask: Tensor | None = None,
-    chunk_size: int = 64,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    segment_chunks: int = SEGMENT_CHUNKS,
     eps: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Causal FAVOR attention with features ``exp(P(√s·x) - s‖x‖²/2 - c)``, from an empty state.
+    """Causal FAVOR attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``, from an empty state.
 
     Args:
         q, k: ``(B, H, L, D)``; v: ``(B, H, L, Dv)``.
-        rows: ``P``, ``(M', D)``; scale: ``√s``; log_const: ``c`` (only used for the state).
+        form: the map: ``P`` ``(M', D)`` (differentiable), ``a``, and ``c`` (only used for the
+            returned state's offset).
+        scale: ``√s``, the factor applied to ``q`` and ``k``.
         key_padding_mask: ``(B, L)`` bool, True marks a padded key.
         chunk_size: positions per chunk.
+        segment_chunks: chunks per segment (the unit the Python loop streams over).
         eps: denominator guard (default: the dtype's smallest normal number).
 
     Returns:
         ``(out (B, H, L, Dv), kv_aug (B, H, M', Dv+1), log_offset (B, H))``: the output and the
-        final state (not differentiable) in :class:`~performers.ops.causal.FavorState` units.
+        final state (not differentiable) in :class:`~performers.ops.state.FavorState` units.
     """
+    check_positive_int("chunk_size", chunk_size)
+    check_positive_int("segment_chunks", segment_chunks)
     pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
     eps = torch.finfo(q.dtype).tiny if eps is None else eps
     chunk = max(1, min(chunk_size, q.shape[2]))
     out, final, offset = _SegmentedCausalExpAttention.apply(
-        q, k, v, rows, scale, pad, chunk, SEGMENT_CHUNKS, eps
+        q, k, v, form.rows, scale, form.norm, pad, chunk, segment_chunks, eps
     )
-    return out, final, offset - log_const
+    return out, final, offset - form.log_const

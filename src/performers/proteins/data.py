@@ -1,8 +1,9 @@
-"""Protein datasets: splits from header tags, crops, concatenation into long windows, and
-batch collation for masked (BID) and autoregressive (UNI) language modelling.
+"""Protein datasets: splits from header tags, crops, concatenation into long windows, batch
+collation for masked (BID) and autoregressive (UNI) language modelling, the training examples
+the trainer draws (:class:`LanguageModelExamples`) and the fixed evaluation batches.
 
 Every random choice goes through an explicit :class:`torch.Generator`, so a run (and a resumed
-run) sees the same crops and masks.
+run) sees the same crops and masks. Nothing here knows models or training loops.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import functools
 import math
 import os
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -20,19 +22,30 @@ from torch.utils.data import Dataset
 
 from performers.proteins.fasta import FastaRecord, read_fasta
 from performers.proteins.tokenizer import ProteinTokenizer
+from performers.utils import IGNORE_INDEX, shipped_data
 
 __all__ = [
+    "CORPUS_NAME",
     "CausalLMCollator",
     "ConcatenatedWindows",
+    "LanguageModelExamples",
     "MaskedLMCollator",
     "ProteinSequences",
     "UnigramBaseline",
+    "default_corpus",
+    "evaluation_batches",
     "pad_batch",
     "read_split",
     "split_of",
 ]
 
-IGNORE_INDEX = -100
+CORPUS_NAME = "mlm_corpus_refseq17.fasta.gz"
+
+
+def default_corpus() -> Path:
+    """The RefSeq protein corpus shipped with the package (train/valid/test tagged; see
+    ``performers/data/proteins/SOURCE.md``)."""
+    return shipped_data("proteins", CORPUS_NAME)
 
 
 def split_of(record: FastaRecord) -> str:
@@ -241,3 +254,93 @@ class UnigramBaseline:
         if n == 0:
             raise ValueError("no residue to evaluate")
         return {"accuracy": correct / n, "perplexity": math.exp(nll / n), "residues": n}
+
+
+def _collator(task: str, tokenizer: ProteinTokenizer, mask_prob: float, generator: torch.Generator | None):
+    if task == "mlm":
+        return MaskedLMCollator(tokenizer, mask_prob, generator=generator)
+    if task == "clm":
+        return CausalLMCollator(tokenizer)
+    raise ValueError(f"task must be 'mlm' or 'clm', got {task!r}")
+
+
+def _dataset(
+    sequences: Sequence[str],
+    tokenizer: ProteinTokenizer,
+    max_length: int,
+    *,
+    concatenate: bool,
+    random_crop: bool,
+) -> ProteinSequences | ConcatenatedWindows:
+    if concatenate:
+        return ConcatenatedWindows(sequences, tokenizer, max_length)
+    return ProteinSequences(sequences, tokenizer, max_length, random_crop=random_crop)
+
+
+class LanguageModelExamples:
+    """Training examples for masked (``task="mlm"``) or causal (``"clm"``) language modelling.
+
+    One protein per example, randomly cropped to ``max_length`` tokens, or (``concatenate``)
+    fixed windows of the proteins joined together. ``example(i, streams)`` crops with
+    ``streams(0)`` and masks with ``streams(1)``, where ``streams(k)`` gives the example's own
+    generators (see :class:`performers.training.RandomStreams`); ``collate`` pads examples into
+    a batch. This is the data interface of :class:`performers.training.Trainer`.
+    """
+
+    def __init__(
+        self,
+        sequences: Sequence[str],
+        tokenizer: ProteinTokenizer,
+        *,
+        task: str,
+        max_length: int,
+        mask_prob: float = 0.15,
+        concatenate: bool = False,
+    ) -> None:
+        _collator(task, tokenizer, mask_prob, None)  # validates task and mask_prob
+        self.dataset = _dataset(sequences, tokenizer, max_length, concatenate=concatenate, random_crop=True)
+        self.tokenizer, self.task, self.mask_prob = tokenizer, task, mask_prob
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def example(self, index: int, streams: Callable[[int], torch.Generator]) -> dict[str, Tensor]:
+        """Example ``index``: ``input_ids``, ``attention_mask``, ``labels``, each ``(1, L)``."""
+        item = self.dataset.get(index, streams(0))
+        generator = streams(1) if self.task == "mlm" else None
+        return _collator(self.task, self.tokenizer, self.mask_prob, generator)([item])
+
+    def collate(self, examples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Pad examples into one batch ``(B, max L)``."""
+        return pad_batch(examples, self.tokenizer.pad_id)
+
+
+def evaluation_batches(
+    sequences: Sequence[str],
+    tokenizer: ProteinTokenizer,
+    *,
+    task: str,
+    max_length: int,
+    batch_size: int = 16,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    max_batches: int | None = None,
+    concatenate: bool = False,
+) -> Iterator[dict[str, Tensor]]:
+    """The fixed evaluation batches of ``sequences``: ``input_ids``, ``attention_mask``, ``labels``.
+
+    Proteins are cropped at their start to ``max_length`` tokens (or, with ``concatenate``,
+    joined and cut into windows of ``max_length``), and MLM masks come from a generator seeded
+    with ``seed + 3`` every time, so two evaluations of the same model see the same batches.
+
+    Raises:
+        ValueError: the sequences give no example of ``max_length`` tokens.
+    """
+    data = _dataset(sequences, tokenizer, max_length, concatenate=concatenate, random_crop=False)
+    if len(data) == 0:
+        raise ValueError(f"the evaluation sequences give no window of {max_length} tokens")
+    collate = _collator(task, tokenizer, mask_prob, torch.Generator().manual_seed(seed + 3))
+    for b, start in enumerate(range(0, len(data), batch_size)):
+        if max_batches is not None and b >= max_batches:
+            break
+        yield collate([data[i] for i in range(start, min(start + batch_size, len(data)))])

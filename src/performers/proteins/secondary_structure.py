@@ -1,30 +1,33 @@
-"""Downstream task: per-residue 3-state secondary structure (Q3) on the FLIP split.
+"""FLIP's per-residue 3-state secondary structure (H / E / C) split: sequences, labels and
+resolved masks, as examples and batches for token classification.
 
-A linear head on top of a (pre-trained or randomly initialized) Performer encoder predicts
-H / E / C for every residue; unresolved residues (mask 0) and special tokens are excluded from
-the loss and from Q3, as in NetSurfP-2.0 / ProtTrans. ``finetune`` trains the encoder and the
-head together (or the head alone with ``freeze_encoder=True``, a linear probe) and reports Q3
-on the test split.
+Unresolved residues (mask 0) and special tokens get the ignored label, so they count in neither
+the loss nor Q3 (as in NetSurfP-2.0 / ProtTrans). The model and the fine-tuning live in
+:mod:`performers.experiments.secondary_structure`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from performers.models.performer import PerformerModel
-from performers.proteins.data import IGNORE_INDEX, split_of
+from performers.proteins.data import pad_batch, split_of
 from performers.proteins.fasta import read_fasta
 from performers.proteins.tokenizer import ProteinTokenizer
+from performers.utils import IGNORE_INDEX, shipped_data
 
-__all__ = ["LABELS", "SecondaryStructureData", "SecondaryStructureModel", "finetune", "q3_accuracy"]
+__all__ = ["LABELS", "SecondaryStructureData", "SecondaryStructureExamples", "default_directory"]
 
 LABELS = "HEC"
-DEFAULT_DIR = Path(__file__).resolve().parents[3] / "data" / "proteins" / "flip_secondary_structure"
+
+
+def default_directory() -> Path:
+    """The FLIP secondary-structure files shipped with the package."""
+    return shipped_data("proteins", "flip_secondary_structure")
 
 
 @dataclass
@@ -36,8 +39,9 @@ class SecondaryStructureData:
     resolved: list[str]
 
     @classmethod
-    def load(cls, split: str, directory: str | Path = DEFAULT_DIR, limit: int | None = None):
-        directory = Path(directory)
+    def load(cls, split: str, directory: str | Path | None = None, limit: int | None = None):
+        """The records of ``split`` (``"train"``, ``"valid"`` or ``"test"``), the first ``limit``."""
+        directory = default_directory() if directory is None else Path(directory)
         sequences = {r.id: r.sequence for r in read_fasta(directory / "sequences.fasta.gz")}
         masks = {r.id: r.sequence for r in read_fasta(directory / "mask.fasta.gz", alphabet="01")}
         chosen = [
@@ -70,76 +74,31 @@ class SecondaryStructureData:
         return ids, attention, labels
 
 
-class SecondaryStructureModel(nn.Module):
-    """A Performer encoder with a linear per-residue head: logits ``(B, L, 3)``."""
+class SecondaryStructureExamples:
+    """Token-classification examples of one split for :class:`performers.training.Trainer`:
+    each protein cropped at its start to ``max_length`` tokens (no randomness)."""
 
-    def __init__(self, encoder: PerformerModel) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.head = nn.Linear(encoder.config.d_model, len(LABELS))
+    def __init__(self, data: SecondaryStructureData, tokenizer: ProteinTokenizer, max_length: int) -> None:
+        self.data, self.tokenizer, self.max_length = data, tokenizer, max_length
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return self.head(self.encoder(input_ids, attention_mask).last_hidden_state)
+    def __len__(self) -> int:
+        return len(self.data.sequences)
 
+    def _batch(self, indices: list[int]) -> dict[str, Tensor]:
+        ids, attention, labels = self.data.batch(indices, self.tokenizer, self.max_length)
+        return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
-def q3_accuracy(logits: Tensor, labels: Tensor) -> tuple[int, int]:
-    """``(correct, scored)`` over positions whose label is not -100."""
-    keep = labels != IGNORE_INDEX
-    return int((logits[keep].argmax(-1) == labels[keep]).sum()), int(keep.sum())
+    def example(
+        self, index: int, streams: Callable[[int], torch.Generator] | None = None
+    ) -> dict[str, Tensor]:
+        """Protein ``index``: ``input_ids``, ``attention_mask``, ``labels``, each ``(1, L)``."""
+        return self._batch([index])
 
+    def collate(self, examples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """Pad examples into one batch ``(B, max L)``."""
+        return pad_batch(examples, self.tokenizer.pad_id)
 
-@torch.no_grad()
-def evaluate_q3(
-    model: SecondaryStructureModel,
-    data: SecondaryStructureData,
-    tokenizer,
-    max_length: int,
-    batch_size: int = 16,
-) -> float:
-    model.eval()
-    correct = scored = 0
-    for start in range(0, len(data.sequences), batch_size):
-        indices = list(range(start, min(start + batch_size, len(data.sequences))))
-        ids, attention, labels = data.batch(indices, tokenizer, max_length)
-        right, n = q3_accuracy(model(ids, attention), labels)
-        correct, scored = correct + right, scored + n
-    return correct / scored
-
-
-def finetune(
-    encoder: PerformerModel,
-    *,
-    steps: int = 200,
-    batch_size: int = 16,
-    max_length: int = 256,
-    learning_rate: float = 1e-3,
-    freeze_encoder: bool = False,
-    train_limit: int | None = None,
-    test_limit: int | None = None,
-    seed: int = 0,
-    log=print,
-) -> dict[str, float]:
-    """Train a per-residue head (and the encoder unless frozen); returns test Q3 and the loss."""
-    tokenizer = ProteinTokenizer()
-    train = SecondaryStructureData.load("train", limit=train_limit)
-    test = SecondaryStructureData.load("test", limit=test_limit)
-    torch.manual_seed(seed)
-    model = SecondaryStructureModel(encoder)
-    if freeze_encoder:
-        encoder.requires_grad_(False)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
-    generator = torch.Generator().manual_seed(seed)
-    loss_value = math.nan
-    for step in range(1, steps + 1):
-        model.train()
-        indices = torch.randint(0, len(train.sequences), (batch_size,), generator=generator).tolist()
-        ids, attention, labels = train.batch(indices, tokenizer, max_length)
-        loss = nn.functional.cross_entropy(model(ids, attention).flatten(0, 1), labels.flatten())
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
-        if step % 50 == 0 or step == steps:
-            log(f"finetune step {step}/{steps} loss {loss_value:.4f}")
-    return {"q3": evaluate_q3(model, test, tokenizer, max_length), "final_loss": loss_value}
+    def batches(self, batch_size: int) -> Iterator[dict[str, Tensor]]:
+        """Every protein in order, ``batch_size`` at a time (for evaluation)."""
+        for start in range(0, len(self), batch_size):
+            yield self._batch(list(range(start, min(start + batch_size, len(self)))))

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from performers.proteins.fasta import RARE_RESIDUES, STANDARD_RESIDUES
+from performers.utils import atomic_write
 
 __all__ = ["SPECIAL_TOKENS", "ProteinTokenizer"]
 
@@ -124,10 +125,8 @@ class ProteinTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``tokenizer.json`` (atomically: temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        atomic_write(path, lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ProteinTokenizer:

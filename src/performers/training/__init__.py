@@ -1,10 +1,38 @@
-"""Plain-PyTorch training: atomic checkpoints with exact resume, and the training loop."""
+"""Plain-PyTorch training that knows no proteins: the loop (:class:`Trainer`) over any
+:class:`ExampleSource`, one optimizer, one learning-rate schedule, token-level evaluation, and
+atomic checkpoints with exact resume (shared by fine-tuning and distillation)."""
 
 from performers.training.checkpoint import (
+    Checkpoint,
     CheckpointError,
     latest_checkpoint,
     load_checkpoint,
+    restore,
     save_checkpoint,
 )
+from performers.training.data import ExampleSource, RandomStreams
+from performers.training.evaluation import evaluate_tokens, logits_of, masked_accuracy
+from performers.training.optim import build_optimizer
+from performers.training.schedule import SCHEDULES, lr_factor, make_scheduler
+from performers.training.trainer import TASKS, Trainer, TrainingConfig
 
-__all__ = ["CheckpointError", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "SCHEDULES",
+    "TASKS",
+    "Checkpoint",
+    "CheckpointError",
+    "ExampleSource",
+    "RandomStreams",
+    "Trainer",
+    "TrainingConfig",
+    "build_optimizer",
+    "evaluate_tokens",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "logits_of",
+    "lr_factor",
+    "make_scheduler",
+    "masked_accuracy",
+    "restore",
+    "save_checkpoint",
+]

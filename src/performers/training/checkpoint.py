@@ -10,19 +10,17 @@ A checkpoint is a directory ``step-00000120/`` holding
 * ``meta.json`` — step, the optimizer's non-tensor state (param groups), the scheduler's
   ``state_dict``, the loop's own state (data position, metrics) and the SHA-256 of each file.
 
-It is written in a temporary directory that is renamed into place (atomic), the last
-``keep_last`` are kept, and :func:`latest_checkpoint` skips — with a warning — a newest
-checkpoint that is incomplete or corrupt, falling back to the previous one. Nothing is ever
+It is written in a temporary directory that is renamed into place (atomic, with the user's umask
+for its files), the last ``keep_last`` are kept, and :func:`latest_checkpoint` skips — with a
+warning — a newest checkpoint that is incomplete or corrupt, falling back to the previous one. Nothing is ever
 unpickled.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +29,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Checkpoint", "CheckpointError", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+from performers.utils import atomic_directory, load_safetensors, sha256
+
+__all__ = [
+    "PREFIX",
+    "Checkpoint",
+    "CheckpointError",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "restore",
+    "save_checkpoint",
+]
 
 PREFIX = "step-"
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
@@ -51,14 +59,6 @@ class Checkpoint:
     torch_rng: Tensor
     generators: dict[str, Tensor]
     state: dict[str, Any]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, Tensor], dict]:
@@ -98,10 +98,8 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-{PREFIX}{step:08d}-"))
-    try:
+    with atomic_directory(final, replace=True) as tmp:
         model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         save_file(model_tensors, str(tmp / "model.safetensors"))
         optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
@@ -115,18 +113,9 @@ def save_checkpoint(
             "optimizer": optimizer_meta,
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "state": state or {},
-            "sha256": {name: _sha256(tmp / name) for name in FILES},
+            "sha256": {name: sha256(tmp / name) for name in FILES},
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        for name in (*FILES, "meta.json"):
-            with open(tmp / name, "rb") as handle:
-                os.fsync(handle.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in sorted(directory.glob(f"{PREFIX}*"))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -134,8 +123,6 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read and verify one checkpoint directory; :class:`CheckpointError` names what is wrong."""
-    from performers.models.io import load_safetensors
-
     path = Path(path)
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -147,7 +134,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
-        if _sha256(file) != meta.get("sha256", {}).get(name):
+        if sha256(file) != meta.get("sha256", {}).get(name):
             raise CheckpointError(f"{file}: checksum mismatch (corrupt or truncated)")
     try:
         model, _ = load_safetensors(path / "model.safetensors")
@@ -182,3 +169,23 @@ def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
         except CheckpointError as error:
             warnings.warn(f"skipping unusable checkpoint: {error}", stacklevel=2)
     return None
+
+
+def restore(
+    checkpoint: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None = None,
+) -> None:
+    """Load a checkpoint's model, optimizer, scheduler and global RNG state, in place.
+
+    With the loop's own state (``checkpoint.state``: data position, history) restored by the
+    caller, the run continues exactly as if it had not been interrupted.
+    """
+    model.load_state_dict(checkpoint.model)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    if scheduler is not None:
+        if checkpoint.scheduler is None:
+            raise CheckpointError(f"{checkpoint.path}: holds no scheduler state to restore")
+        scheduler.load_state_dict(checkpoint.scheduler)
+    torch.set_rng_state(checkpoint.torch_rng)

@@ -1,21 +1,25 @@
-"""The training loop: plain PyTorch, one function a reader can follow top to bottom.
+"""The training loop: plain PyTorch, one class a reader can follow top to bottom.
 
-Masked (``task="mlm"``, the paper's BID) or autoregressive (``"clm"``, UNI) language modelling
-on protein sequences with AdamW, linear warm-up then cosine or constant learning rate, gradient
-clipping and accumulation, optional bf16 autocast, periodic evaluation, JSONL metrics and
-atomic checkpoints. Resuming from a checkpoint continues *exactly*: model, optimizer,
-scheduler, global RNG, the data position and the generators of crops and masks are restored,
-so a resumed run ends with the same parameters, bit for bit, as an uninterrupted one (CPU).
+Token-level objectives — masked language modelling (``task="mlm"``, the paper's BID), causal
+language modelling (``"clm"``, UNI: labels shifted by one) and per-token classification
+(``"tokens"``, e.g. secondary structure) — on any :class:`~performers.training.data.ExampleSource`,
+with AdamW (:func:`~performers.training.optim.build_optimizer`), linear warm-up then cosine or
+constant learning rate (:func:`~performers.training.schedule.lr_factor`), gradient clipping and
+accumulation, optional bf16 autocast, feature redraws, periodic evaluation, JSONL metrics,
+TensorBoard scalars and atomic checkpoints. Resuming from a checkpoint continues *exactly*:
+model, optimizer, scheduler, global RNG and the data position are restored, and the crops and
+masks of every example are pure functions of ``(seed, epoch, slot)``, so a resumed run ends with
+the same parameters, bit for bit, as an uninterrupted one (CPU). Under ``torchrun`` every process
+takes its share of each global batch (DistributedDataParallel).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,23 +29,29 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from performers.layers.favor import projection_seed
-from performers.proteins.data import (
-    CausalLMCollator,
-    ConcatenatedWindows,
-    MaskedLMCollator,
-    ProteinSequences,
-    pad_batch,
-)
-from performers.proteins.tokenizer import ProteinTokenizer
+from performers.layers import FeatureRedrawer
 from performers.training.checkpoint import PREFIX as CHECKPOINT_PREFIX
-from performers.training.checkpoint import latest_checkpoint, save_checkpoint
+from performers.training.checkpoint import latest_checkpoint, restore, save_checkpoint
+from performers.training.data import ExampleSource, RandomStreams
+from performers.training.evaluation import logits_of
+from performers.training.optim import build_optimizer
+from performers.training.schedule import SCHEDULES, make_scheduler
+from performers.utils import IGNORE_INDEX
 
-__all__ = ["Trainer", "TrainingConfig", "evaluate_model", "masked_accuracy"]
+__all__ = ["TASKS", "Trainer", "TrainingConfig"]
+
+# Token-level objectives: where the label of position t sits ("clm": at t + 1, the next token).
+TASKS = ("mlm", "clm", "tokens")
 
 
 @dataclass
 class TrainingConfig:
+    """Options of one training run (all JSON-serializable, recorded in every checkpoint).
+
+    The loop itself reads the optimization fields; ``max_length``, ``mask_prob`` and
+    ``concatenate`` describe the examples and are read by whoever builds the data set.
+    """
+
     task: str = "mlm"
     max_steps: int = 200
     batch_size: int = 8
@@ -60,7 +70,7 @@ class TrainingConfig:
     mask_prob: float = 0.15
     seed: int = 0
     log_every: int = 10
-    # False: one protein per item, randomly cropped to max_length. True: the split's proteins
+    # False: one sequence per example, randomly cropped to max_length. True: the sequences
     # joined with separators and cut into windows of exactly max_length tokens (the paper's
     # concatenated long-sequence setting, e.g. max_length = 8192).
     concatenate: bool = False
@@ -68,49 +78,48 @@ class TrainingConfig:
     tensorboard: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.task not in ("mlm", "clm"):
-            raise ValueError(f"task must be 'mlm' or 'clm', got {self.task!r}")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         for name in ("max_steps", "batch_size", "accumulation", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
 
-
-def masked_accuracy(logits: Tensor, labels: Tensor, causal: bool) -> tuple[int, int, float]:
-    """``(correct, counted, summed NLL)`` over positions with a label (shifted when causal)."""
-    if causal:
-        logits, labels = logits[:, :-1], labels[:, 1:]
-    keep = labels != -100
-    picked = logits[keep].float()
-    target = labels[keep]
-    nll = nn.functional.cross_entropy(picked, target, reduction="sum").item() if target.numel() else 0.0
-    return int((picked.argmax(-1) == target).sum()), int(target.numel()), nll
+    @property
+    def causal(self) -> bool:
+        """Whether labels are the next tokens (shifted by one position)."""
+        return self.task == "clm"
 
 
 class Trainer:
-    """Train ``model`` (a Performer MLM or causal LM) on protein sequences.
+    """Train ``model`` on the examples of ``data``.
 
     Args:
-        model: ``PerformerForMaskedLM`` (``task="mlm"``) or ``PerformerForCausalLM`` (``"clm"``).
-        tokenizer: the vocabulary the model was built for.
-        train_sequences, valid_sequences: residue strings.
+        model: a module whose ``model(input_ids, attention_mask)`` returns logits ``(B, L, V)``
+            (or an object with ``.logits``), e.g. a Performer masked or causal LM.
+        data: the training set (:class:`~performers.training.data.ExampleSource`).
         config: :class:`TrainingConfig`.
-        out_dir: checkpoints (``checkpoints/``) and ``metrics.jsonl`` go here.
+        out_dir: checkpoints (``checkpoints/``), ``metrics.jsonl`` and ``tensorboard/`` go here.
+        evaluate: ``evaluate(model) -> {"accuracy": ..., ...}``, run every ``eval_every`` steps
+            and at the end (rank 0); its values are logged as ``valid_<name>``.
         log: where progress lines go.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        tokenizer: ProteinTokenizer,
-        train_sequences: Sequence[str],
-        valid_sequences: Sequence[str],
+        data: ExampleSource,
         config: TrainingConfig,
         out_dir: str | Path,
+        *,
+        evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.model, self.tokenizer, self.config, self.log = model, tokenizer, config, log
+        self.model, self.data, self.config, self.log = model, data, config, log
+        self.evaluate = evaluate
         self.out_dir = Path(out_dir)
         # Multi-process (torchrun): every rank sees the same global batch order and takes its
         # share of each batch; projections agree without communication (seeded redraws).
@@ -124,57 +133,37 @@ class Trainer:
         self.train_model = (
             DistributedDataParallel(model, broadcast_buffers=False) if self.world > 1 else model
         )
-        self.train_data = (
-            ConcatenatedWindows(train_sequences, tokenizer, config.max_length)
-            if config.concatenate
-            else ProteinSequences(train_sequences, tokenizer, config.max_length, random_crop=True)
-        )
-        if len(self.train_data) < config.batch_size:
+        if len(data) < config.batch_size:
             raise ValueError(
-                f"the training data gives {len(self.train_data)} items of length {config.max_length}, "
+                f"the training data gives {len(data)} examples (of at most {config.max_length} tokens), "
                 f"fewer than one batch of {config.batch_size}"
             )
-        self.valid_sequences = list(valid_sequences)
-        decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.learning_rate,
+        self.optimizer = build_optimizer(
+            model,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
             betas=(0.9, 0.98),
             eps=1e-9,
         )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self.redrawer = model.feature_redrawer() if hasattr(model, "feature_redrawer") else None
+        self.scheduler = make_scheduler(
+            self.optimizer,
+            warmup_steps=config.warmup_steps,
+            total_steps=config.max_steps,
+            schedule=config.schedule,
+        )
+        # Every FAVOR layer inside the model (a Performer, an encoder under a task head, a converted
+        # Hugging Face model) redraws on its own schedule (FavorConfig.redraw_every).
+        self.redrawer = FeatureRedrawer(model)
         self.step = 0
         self.epoch = 0
         self.position = 0
         self.tokens_seen = 0  # non-padding tokens trained on by this process
         self.train_seconds = 0.0  # time in training steps (no evaluation or checkpoint) here
 
-    def _lr_factor(self, step: int) -> float:
-        c = self.config
-        if step < c.warmup_steps:
-            return (step + 1) / c.warmup_steps
-        if c.schedule == "constant":
-            return 1.0
-        progress = (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
     def _order(self, epoch: int) -> Tensor:
         # The data order of an epoch is a pure function of (seed, epoch): nothing to store.
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.train_data), generator=generator)
-
-    def _item_generator(self, purpose: int, slot: int) -> torch.Generator:
-        # Crops and masks of the item in batch slot `slot` of the current epoch are a pure
-        # function of (seed, epoch, slot): independent of how a batch is split over processes,
-        # and nothing to store in a checkpoint.
-        return torch.Generator().manual_seed(
-            projection_seed(self.config.seed, 2 * self.epoch + purpose, slot)
-        )
+        return torch.randperm(len(self.data), generator=generator)
 
     def _next_batch(self) -> dict[str, Tensor]:
         """This process's share of the next global batch, collated."""
@@ -183,18 +172,12 @@ class Trainer:
         if self.position + c.batch_size > len(order):
             self.epoch, self.position = self.epoch + 1, 0
             order = self._order(self.epoch)
-        parts = []
-        for slot in range(self.position + self.rank, self.position + c.batch_size, self.world):
-            item = self.train_data.get(int(order[slot]), self._item_generator(0, slot))
-            if c.task == "clm":
-                parts.append(CausalLMCollator(self.tokenizer)([item]))
-            else:
-                collate = MaskedLMCollator(
-                    self.tokenizer, c.mask_prob, generator=self._item_generator(1, slot)
-                )
-                parts.append(collate([item]))
+        examples = [
+            self.data.example(int(order[slot]), RandomStreams(c.seed, self.epoch, slot))
+            for slot in range(self.position + self.rank, self.position + c.batch_size, self.world)
+        ]
         self.position += c.batch_size
-        return pad_batch(parts, self.tokenizer.pad_id)
+        return self.data.collate(examples)
 
     def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
         """Loss to back-propagate, and the global mean loss (for logging).
@@ -204,14 +187,14 @@ class Trainer:
         DistributedDataParallel divides the summed gradients by): every process count gives
         the gradient of the same global mean.
         """
-        logits = self.train_model(batch["input_ids"], batch["attention_mask"]).logits
+        logits = logits_of(self.train_model(batch["input_ids"], batch["attention_mask"]))
         labels = batch["labels"]
-        if self.config.task == "clm":
+        if self.config.causal:
             logits, labels = logits[:, :-1], labels[:, 1:]
         total = nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="sum"
+            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         )
-        stats = torch.tensor([float((labels != -100).sum()), total.item()])
+        stats = torch.tensor([float((labels != IGNORE_INDEX).sum()), total.item()])
         if self.world > 1:
             dist.all_reduce(stats)
         count = max(stats[0].item(), 1.0)
@@ -233,10 +216,7 @@ class Trainer:
         checkpoint = latest_checkpoint(self.out_dir / "checkpoints")
         if checkpoint is None:
             return False
-        self.model.load_state_dict(checkpoint.model)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
-        self.scheduler.load_state_dict(checkpoint.scheduler)
-        torch.set_rng_state(checkpoint.torch_rng)
+        restore(checkpoint, self.model, self.optimizer, self.scheduler)
         self.step = checkpoint.step
         self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
         # Metrics written after this checkpoint by the interrupted run are dropped.
@@ -247,22 +227,6 @@ class Trainer:
             metrics.write_text("".join(line + "\n" for line in kept))
         self.log(f"resumed from {checkpoint.path} at step {self.step}")
         return True
-
-    def evaluate(self, sequences: Sequence[str], max_batches: int | None = None) -> dict[str, float]:
-        """See :func:`evaluate_model`; uses this run's task, lengths and seed."""
-        c = self.config
-        return evaluate_model(
-            self.model,
-            self.tokenizer,
-            sequences,
-            task=c.task,
-            max_length=c.max_length,
-            batch_size=c.batch_size,
-            mask_prob=c.mask_prob,
-            seed=c.seed,
-            max_batches=max_batches,
-            concatenate=c.concatenate,
-        )
 
     def fit(self, *, resume: bool = False, stop_at: int | None = None) -> dict[str, float]:
         """Train until ``config.max_steps`` (or until step ``stop_at``, e.g. to split a run in
@@ -307,8 +271,7 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-            if self.redrawer is not None:
-                self.redrawer.step()
+            self.redrawer.step()
             self.step += 1
             step_seconds = time.perf_counter() - step_start
             self.train_seconds += step_seconds
@@ -321,8 +284,8 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0],
                 "step_seconds": step_seconds,
             }
-            if self.step % c.eval_every == 0 or self.step == c.max_steps:
-                result = self.evaluate(self.valid_sequences, c.eval_batches)
+            if self.evaluate is not None and (self.step % c.eval_every == 0 or self.step == c.max_steps):
+                result = self.evaluate(self.model)
                 record.update({f"valid_{k}": v for k, v in result.items()})
             with open(metrics_path, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
@@ -360,52 +323,3 @@ class Trainer:
                 ) from None
             return None
         return SummaryWriter(str(self.out_dir / "tensorboard"))
-
-
-@torch.no_grad()
-def evaluate_model(
-    model: nn.Module,
-    tokenizer: ProteinTokenizer,
-    sequences: Sequence[str],
-    *,
-    task: str,
-    max_length: int,
-    batch_size: int = 16,
-    mask_prob: float = 0.15,
-    seed: int = 0,
-    max_batches: int | None = None,
-    concatenate: bool = False,
-) -> dict[str, float]:
-    """Accuracy and perplexity over masked positions (``task="mlm"``) or all next tokens (``"clm"``).
-
-    Proteins are cropped at their start to ``max_length`` tokens (or, with ``concatenate``,
-    joined and cut into windows of ``max_length``), and MLM masks come from a generator seeded
-    with ``seed + 3`` every time, so two evaluations of the same model agree.
-    """
-    was_training = model.training
-    model.eval()
-    data = (
-        ConcatenatedWindows(sequences, tokenizer, max_length)
-        if concatenate
-        else ProteinSequences(sequences, tokenizer, max_length)
-    )
-    if len(data) == 0:
-        raise ValueError(f"the evaluation sequences give no window of {max_length} tokens")
-    collate = (
-        CausalLMCollator(tokenizer)
-        if task == "clm"
-        else MaskedLMCollator(tokenizer, mask_prob, generator=torch.Generator().manual_seed(seed + 3))
-    )
-    correct = counted = 0
-    nll = 0.0
-    for b, start in enumerate(range(0, len(data), batch_size)):
-        if max_batches is not None and b >= max_batches:
-            break
-        batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
-        logits = model(batch["input_ids"], batch["attention_mask"]).logits
-        right, n, loss = masked_accuracy(logits, batch["labels"], causal=task == "clm")
-        correct, counted, nll = correct + right, counted + n, nll + loss
-    model.train(was_training)
-    if counted == 0:
-        raise ValueError("evaluation set produced no labelled position")
-    return {"accuracy": correct / counted, "perplexity": math.exp(nll / counted), "tokens": counted}

@@ -1,6 +1,6 @@
 """The paper's protein experiments on this machine: Table 2 (UNI and BID at one length, equal
-steps) and the concatenated long-sequence setting (tokens/s, peak memory, accuracy in equal
-wall-clock time).
+steps), the concatenated long-sequence setting (tokens/s, peak memory, accuracy in equal
+wall-clock time) and backward compatibility (an exact-softmax model switched to FAVOR+).
 
 ``performers bench proteins-table`` trains, for the causal (UNI) and the masked (BID) task, an
 exact-softmax Transformer, a Performer with FAVOR+ softmax features and a Performer with ReLU
@@ -22,16 +22,21 @@ import statistics
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from performers.proteins.experiment import (
-    DEFAULT_CORPUS,
+import torch
+
+from performers.experiments.proteins import (
     TABLE2_VARIANTS,
-    ModelSize,
     Variant,
-    _baseline,
-    _plot,
+    corpus_splits,
+    load_trained,
+    plot_learning_curves,
+    protein_evaluator,
+    protein_trainer,
     train_variants,
+    unigram_baseline,
 )
-from performers.training.trainer import TrainingConfig
+from performers.models import PerformerConfig
+from performers.training import TrainingConfig
 
 __all__ = ["backward_compatibility", "long_context", "table2"]
 
@@ -42,34 +47,43 @@ def _percent(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+def _sizes(config: PerformerConfig) -> str:
+    return (
+        f"d_model {config.d_model}, {config.num_layers} layers, {config.num_heads} heads, "
+        f"d_ff {config.d_ff}, M = {config.favor.num_features}"
+    )
+
+
 def table2(
+    model_config: PerformerConfig,
+    training: TrainingConfig,
     *,
     out_dir: str | Path,
-    size: ModelSize,
-    training: TrainingConfig,
     tasks: tuple[str, ...] = ("clm", "mlm"),
     variants: tuple[Variant, ...] = TABLE2_VARIANTS,
-    corpus: str | Path = DEFAULT_CORPUS,
+    corpus: str | Path | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
 ) -> str:
     """Train every variant on every task; write ``table2.md``/``.json``/learning curves."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows, record = [], {"size": asdict(size), "training": asdict(training), "tasks": {}}
+    rows, record = [], {"model": model_config.to_dict(), "training": asdict(training), "tasks": {}}
     for task in tasks:
         config = replace(training, task=task)
         results = train_variants(
             variants,
+            model_config,
+            config,
             out_dir=out_dir / task,
-            size=size,
-            training=config,
             corpus=corpus,
             train_limit=train_limit,
             test_limit=test_limit,
         )
-        base = _baseline(corpus, train_limit, test_limit)
-        _plot({v.name: out_dir / task / v.directory for v in variants}, out_dir / f"curves_{task}.png")
+        base = unigram_baseline(corpus, train_limit, test_limit)
+        plot_learning_curves(
+            {v.name: out_dir / task / v.directory for v in variants}, out_dir / f"curves_{task}.png"
+        )
         record["tasks"][task] = {"baseline": base, "runs": [asdict(r) for r in results]}
         rows.append(
             f"| {TASK_NAMES[task]} | empirical baseline (unigram) | {_percent(base['accuracy'])} "
@@ -82,8 +96,7 @@ def table2(
             )
     lines = [
         f"Test split; {training.max_steps} steps of batch {training.batch_size}, L = {training.max_length}; "
-        f"d_model {size.d_model}, {size.num_layers} layers, {size.num_heads} heads, d_ff {size.d_ff}, "
-        f"M = {size.num_features} features. Accuracy over masked residues (BID, 15 %) or all next "
+        f"{_sizes(model_config)} features. Accuracy over masked residues (BID, 15 %) or all next "
         "tokens (UNI).",
         "",
         "| model type | model | accuracy (%) | perplexity | train tokens/s |",
@@ -104,17 +117,17 @@ def _probe(result_dir: Path) -> float:
 
 
 def long_context(
+    model_config: PerformerConfig,
+    training: TrainingConfig,
     *,
     out_dir: str | Path,
-    size: ModelSize,
-    training: TrainingConfig,
     minutes: float,
     probe_steps: int = 4,
     variants: tuple[Variant, ...] = (
         Variant("Transformer (exact, SDPA)", "exact", attention="exact"),
         Variant("Performer (FAVOR+)", "favor"),
     ),
-    corpus: str | Path = DEFAULT_CORPUS,
+    corpus: str | Path | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
 ) -> str:
@@ -128,9 +141,9 @@ def long_context(
     )
     probes = train_variants(
         variants,
+        model_config,
+        probe_config,
         out_dir=out_dir / "probe",
-        size=size,
-        training=probe_config,
         corpus=corpus,
         train_limit=train_limit,
         test_limit=test_limit,
@@ -143,15 +156,15 @@ def long_context(
     )
     results = train_variants(
         budgeted,
+        model_config,
+        training,
         out_dir=out_dir,
-        size=size,
-        training=training,
         corpus=corpus,
         train_limit=train_limit,
         test_limit=test_limit,
     )
-    _plot({v.name: out_dir / v.directory for v in variants}, out_dir / "curves_long.png")
-    base = _baseline(corpus, train_limit, test_limit)
+    plot_learning_curves({v.name: out_dir / v.directory for v in variants}, out_dir / "curves_long.png")
+    base = unigram_baseline(corpus, train_limit, test_limit)
     rows = []
     for v, probe, r in zip(budgeted, probes, results, strict=True):
         rows.append(
@@ -162,8 +175,7 @@ def long_context(
     exact, favor = (step_seconds[v.name] for v in variants[:2])
     lines = [
         f"{'Masked' if training.task == 'mlm' else 'Causal'} LM on proteins concatenated into windows of "
-        f"L = {training.max_length} tokens, batch {training.batch_size}; d_model {size.d_model}, "
-        f"{size.num_layers} layers, {size.num_heads} heads, d_ff {size.d_ff}, M = {size.num_features}. "
+        f"L = {training.max_length} tokens, batch {training.batch_size}; {_sizes(model_config)}. "
         f"Equal wall-clock budget: {minutes:g} min of each model's own probed step time.",
         "",
         "| model | s/step | train tokens/s | peak extra memory (MiB) | steps in budget | test accuracy (%) "
@@ -180,7 +192,7 @@ def long_context(
     (out_dir / "long.json").write_text(
         json.dumps(
             {
-                "size": asdict(size),
+                "model": model_config.to_dict(),
                 "training": asdict(training),
                 "minutes": minutes,
                 "step_seconds": step_seconds,
@@ -195,11 +207,11 @@ def long_context(
 
 
 def backward_compatibility(
-    *,
     exact_dir: str | Path,
-    out_dir: str | Path,
     training: TrainingConfig,
-    corpus: str | Path = DEFAULT_CORPUS,
+    *,
+    out_dir: str | Path,
+    corpus: str | Path | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
 ) -> str:
@@ -212,58 +224,45 @@ def backward_compatibility(
     Validation accuracy is recorded every ``training.eval_every`` steps (and at step 0); test
     accuracy at the end. Writes ``backcompat.md``/``.json`` and ``backcompat.png``.
     """
-    import torch
-
-    from performers.models.io import from_pretrained
-    from performers.proteins.data import read_split
-    from performers.proteins.tokenizer import ProteinTokenizer
-    from performers.training.trainer import Trainer
-
     exact_dir, out_dir = Path(exact_dir), Path(out_dir)
     if (exact_dir / "final").is_dir():
         exact_dir = exact_dir / "final"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = ProteinTokenizer.load(exact_dir / "tokenizer.json")
-    train = read_split(corpus, "train")[:train_limit]
-    valid = read_split(corpus, "valid")[: max(64, training.batch_size * training.eval_batches)]
-    test = read_split(corpus, "test")[:test_limit]
+    exact, tokenizer = load_trained(exact_dir, attention="exact")
+    train, valid, test = corpus_splits(corpus, training, train_limit, test_limit)
 
-    def trainer_for(model, name: str) -> Trainer:
-        return Trainer(model, tokenizer, train, valid, training, out_dir / name, log=lambda _: None)
+    def trainer_for(model, name: str):
+        return protein_trainer(model, tokenizer, train, valid, training, out_dir / name, log=lambda _: None)
 
-    exact = from_pretrained(exact_dir, attention="exact")
-    if exact.config.attention != "exact":  # pragma: no cover - from_pretrained applies the override
-        raise ValueError(f"{exact_dir}: could not load with exact attention")
     reference = trainer_for(exact, "exact")
-    exact_valid = reference.evaluate(valid, training.eval_batches)["accuracy"]
-    exact_test = reference.evaluate(test)
+    exact_valid = reference.evaluate(exact)["accuracy"]
+    exact_test = protein_evaluator(tokenizer, test, training)(exact)
 
     curves: dict[str, list[tuple[int, float]]] = {}
     tests: dict[str, dict] = {}
     for name in ("converted", "scratch"):
         if name == "converted":
-            model = from_pretrained(exact_dir, attention="favor")
+            model, _ = load_trained(exact_dir, attention="favor")
             model.train()
         else:
-            config = replace(from_pretrained(exact_dir).config, attention="favor")
             torch.manual_seed(training.seed)
-            model = type(exact)(config)
+            model = type(exact)(replace(exact.config, attention="favor"))
         trainer = trainer_for(model, name)
-        curve = [(0, trainer.evaluate(valid, training.eval_batches)["accuracy"])]
+        curve = [(0, trainer.evaluate(model)["accuracy"])]
         if name == "converted":
-            tests["converted, before fine-tuning"] = trainer.evaluate(test)
+            tests["converted, before fine-tuning"] = protein_evaluator(tokenizer, test, training)(model)
         trainer.fit()
         records = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
         curve += [(r["step"], r["valid_accuracy"]) for r in records if "valid_accuracy" in r]
         curves[name] = curve
-        tests[name] = trainer.evaluate(test)
+        tests[name] = protein_evaluator(tokenizer, test, training)(model)
 
     _plot_recovery(curves, exact_valid, out_dir / "backcompat.png")
     steps = training.max_steps
     lines = [
         f"Exact-softmax {'masked' if training.task == 'mlm' else 'causal'} LM from `{exact_dir}` "
-        f"converted to FAVOR+ (M = {exact.config.num_features}, "
-        f"kernel {exact.config.kernel}) and fine-tuned for {steps} steps (batch {training.batch_size}, "
+        f"converted to FAVOR+ (M = {exact.config.favor.num_features}, "
+        f"kernel {exact.config.favor.kernel}) and fine-tuned for {steps} steps (batch {training.batch_size}, "
         f"L = {training.max_length}, lr {training.learning_rate:g}), against the same architecture trained "
         f"from scratch with FAVOR+ for the same {steps} steps on the same batches.",
         "",

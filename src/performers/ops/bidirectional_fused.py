@@ -1,12 +1,14 @@
 r"""Fused bidirectional FAVOR attention for exponential feature maps, in blocks of positions.
 
-For ``φ(x) = exp(P x̃ - ‖x̃‖²/2 - c)`` (positive and hyperbolic softmax features) this computes
+For ``φ(x) = exp(P x̃ - a‖x̃‖²/2 - c)`` (:class:`~performers.ops.features.ExpForm`: positive and
+hyperbolic features of the softmax and Gaussian kernels) this computes
 ``out = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1)`` without ever holding a full ``(B, H, L, M)`` feature tensor:
 keys are consumed block by block into the ``M × Dv`` summary and ``M`` normalizer, queries are read out block
 by block, and the backward pass recomputes each block of key features instead of storing them (query
 features are stored: one ``L·M`` tensor). Each feature block is small
 enough to stay in cache while it is exponentiated, scaled and multiplied, which is where a
-plain implementation spends its time on memory traffic.
+plain implementation spends its time on memory traffic. The generic path on materialized
+features is :mod:`performers.ops.bidirectional_generic`.
 
 Stabilization is the same as :func:`performers.ops.features.stabilize_keys`: queries by their
 row maximum, keys by the maximum over all non-padded keys. Keys are streamed, so the summary is
@@ -17,22 +19,30 @@ every term already summed by the same factor).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
-from performers.ops.causal import safe_reciprocal
-from performers.ops.features import exp_key_log_features, exp_query_features, outer_sum
+from performers.ops.checks import check_positive_int
+from performers.ops.features import (
+    ExpForm,
+    exp_log_features,
+    exp_log_input_grad,
+    exp_query_features,
+    outer_sum,
+)
+from performers.ops.numerics import safe_reciprocal
 
-__all__ = ["blockwise_exp_attention", "default_block_size"]
+__all__ = ["default_block_size", "fused_bidirectional_exp_attention"]
 
 
-def default_block_size(batch_heads: int, num_features: int) -> int:
+def default_block_size(batch_heads: int, feature_dim: int) -> int:
     """Rows per block so that one feature block holds about 2^19 elements (2 MiB in float32)."""
-    return max(16, (1 << 19) // max(1, batch_heads * num_features))
+    return max(16, (1 << 19) // max(1, batch_heads * feature_dim))
 
 
-def _blocks(length: int, block: int):
+def _blocks(length: int, block: int) -> Iterator[tuple[int, int]]:
     for start in range(0, length, block):
         yield start, min(start + block, length)
 
@@ -43,9 +53,10 @@ class _BlockwiseExpAttention(torch.autograd.Function):
     # row sums and dot products cost.
 
     @staticmethod
-    def forward(ctx, q, k, v, rows, scale, pad, block, eps):
+    def forward(ctx, q, k, v, rows, scale, norm, pad, block, eps):
+        # The map of x̃ = √s·x is computed on x with rows √s·P and norm weight a·s.
         scaled_rows = rows * scale
-        scale_sq = scale * scale
+        scaled_norm = norm * scale * scale
         b, h, lk, _ = k.shape
         dv = v.shape[-1]
         m = scaled_rows.shape[0]
@@ -53,7 +64,7 @@ class _BlockwiseExpAttention(torch.autograd.Function):
         normalizer = k.new_zeros(b, h, 1, m)
         key_max = k.new_full((b, h, 1, 1), -math.inf)
         for start, stop in _blocks(lk, block):
-            log = exp_key_log_features(k[:, :, start:stop], scaled_rows, scale_sq)
+            log = exp_log_features(k[:, :, start:stop], scaled_rows, scaled_norm)
             if pad is not None:
                 log.masked_fill_(pad[:, :, start:stop], -math.inf)
             new_max = torch.maximum(key_max, log.amax(dim=(-2, -1), keepdim=True))
@@ -85,15 +96,14 @@ class _BlockwiseExpAttention(torch.autograd.Function):
             inverse_denominator[:, :, start:stop] = inverse
             out[:, :, start:stop] = torch.matmul(features, kv).mul_(inverse)
         ctx.save_for_backward(q, k, v, rows, kv, normalizer, key_max, inverse_denominator, out, q_features)
-        ctx.pad, ctx.block, ctx.scale = pad, block, scale
+        ctx.pad, ctx.block, ctx.scale, ctx.scaled_norm = pad, block, scale, scaled_norm
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, rows, kv, normalizer, key_max, inverse_denominator, out, q_features = ctx.saved_tensors
-        pad, block, scale = ctx.pad, ctx.block, ctx.scale
+        pad, block, scale, scaled_norm = ctx.pad, ctx.block, ctx.scale, ctx.scaled_norm
         scaled_rows = rows * scale
-        scale_sq = scale * scale
         need_q, need_k, need_v, need_rows = ctx.needs_input_grad[:4]
         grad_kv = torch.zeros_like(kv)
         grad_normalizer = torch.zeros_like(normalizer)
@@ -111,16 +121,18 @@ class _BlockwiseExpAttention(torch.autograd.Function):
             if need_q or need_rows:
                 grad_log = torch.matmul(grad_num, kv.transpose(-2, -1))
                 grad_log.addcmul_(grad_den, normalizer).mul_(features)
+                qb = q[:, :, start:stop]
                 if need_q:
-                    grad_q[:, :, start:stop] = torch.matmul(grad_log, scaled_rows)
+                    # Query features are row-stabilized: no norm term (it cancels).
+                    grad_q[:, :, start:stop] = exp_log_input_grad(grad_log, qb, scaled_rows)
                 if need_rows:
-                    grad_rows.add_(outer_sum(grad_log, q[:, :, start:stop]), alpha=scale)
+                    grad_rows.add_(outer_sum(grad_log, qb), alpha=scale)
 
         grad_k = torch.empty_like(k) if need_k else None
         grad_v = torch.empty_like(v) if need_v else None
         for start, stop in _blocks(k.shape[2], block):
             kb = k[:, :, start:stop]
-            features = exp_key_log_features(kb, scaled_rows, scale_sq).sub_(key_max).exp_()
+            features = exp_log_features(kb, scaled_rows, scaled_norm).sub_(key_max).exp_()
             if pad is not None:
                 features.masked_fill_(pad[:, :, start:stop], 0.0)
             if need_v:
@@ -129,40 +141,42 @@ class _BlockwiseExpAttention(torch.autograd.Function):
                 grad_log = torch.matmul(v[:, :, start:stop], grad_kv.transpose(-2, -1))
                 grad_log.add_(grad_normalizer).mul_(features)
                 if need_k:
-                    gk = torch.matmul(grad_log, scaled_rows)
-                    grad_k[:, :, start:stop] = gk.sub_(grad_log.sum(-1, keepdim=True) * kb, alpha=scale_sq)
+                    grad_k[:, :, start:stop] = exp_log_input_grad(grad_log, kb, scaled_rows, scaled_norm)
                 if need_rows:
                     # ∂/∂P of x̃ᵀP (the norm term does not involve P).
                     grad_rows.add_(outer_sum(grad_log, kb), alpha=scale)
-        return grad_q, grad_k, grad_v, grad_rows, None, None, None, None
+        return grad_q, grad_k, grad_v, grad_rows, None, None, None, None, None
 
 
-def blockwise_exp_attention(
+def fused_bidirectional_exp_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    rows: Tensor,
+    form: ExpForm,
     *,
     scale: float,
     key_padding_mask: Tensor | None = None,
     block_size: int | None = None,
     eps: float | None = None,
 ) -> Tensor:
-    """Bidirectional FAVOR attention with features ``exp(P(√s·x) - s‖x‖²/2 - c)``.
+    """Bidirectional FAVOR attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``.
 
     Args:
         q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
-        rows: ``P``, ``(M', D)`` (``W`` for positive features, ``[W; -W]`` for hyperbolic).
+        form: the map: ``P`` ``(M', D)`` (``W`` or ``[W; -W]``; differentiable), ``a`` and ``c``
+            (``c`` cancels and is not used).
         scale: ``√s``, the factor applied to ``q`` and ``k``.
         key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
-        block_size: positions per block (default :func:`default_block_size`).
+        block_size: positions per block, an int >= 1 (default :func:`default_block_size`).
         eps: denominator guard (default: the dtype's smallest normal number).
 
     Returns:
-        ``(B, H, Lq, Dv)``. The constant ``c`` cancels and is not needed.
+        ``(B, H, Lq, Dv)``.
     """
     b, h = q.shape[:2]
-    block = block_size or default_block_size(b * h, rows.shape[0])
+    # A block size < 1 would leave both block loops empty and return the uninitialised output.
+    check_positive_int("block_size", block_size, optional=True)
+    block = default_block_size(b * h, form.rows.shape[0]) if block_size is None else block_size
     pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
     eps = torch.finfo(q.dtype).tiny if eps is None else eps
-    return _BlockwiseExpAttention.apply(q, k, v, rows, scale, pad, block, eps)
+    return _BlockwiseExpAttention.apply(q, k, v, form.rows, scale, form.norm, pad, block, eps)

@@ -1,4 +1,4 @@
-r"""Causal (unidirectional) linear attention: chunked prefix sums and the recurrent step.
+r"""Generic causal (unidirectional) linear attention: chunked prefix sums, differentiated by autograd.
 
 For features ``Q' = φ(Q)``, ``K' = φ(K)`` (``(B, H, L, M)``) and values ``V`` (``(B, H, L, Dv)``)
 the causal output is ``out_i = Σ_{j≤i} (q'_iᵀk'_j) v_j / Σ_{j≤i} q'_iᵀk'_j`` (paper eq. (2)
@@ -15,63 +15,21 @@ Key features may come with per-position log offsets ``m_j`` (non-decreasing; see
 :func:`performers.ops.features.stabilize_keys`): the true key feature is ``k'_j·exp(m_j)``.
 Query ``i`` then reads every key scaled by ``exp(m_j - m_i) ≤ 1`` and the state in units of
 ``exp(m_i)``; the common factor ``exp(-m_i)`` cancels between numerator and denominator.
+
+Serves every kernel and every state (``initial_state``, a returned state that gradients flow
+through); the exponential kernels otherwise take :mod:`performers.ops.causal_fused`. The
+one-position step is :mod:`performers.ops.causal_recurrent`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "FavorState",
-    "causal_linear_attention",
-    "causal_linear_attention_step",
-    "chunk_rescale_factors",
-    "guarded_divide",
-    "safe_reciprocal",
-]
+from performers.ops.numerics import chunk_rescale_factors, guarded_divide, with_ones
+from performers.ops.state import DEFAULT_CHUNK_SIZE, FavorState
 
-DEFAULT_CHUNK_SIZE = 64
-
-
-class FavorState(NamedTuple):
-    """Recurrent state of causal linear attention after a prefix of keys.
-
-    Attributes:
-        kv: ``(B, H, M', Dv)``, ``Σ_j k'_j v_jᵀ`` in units of ``exp(log_offset)``.
-        normalizer: ``(B, H, M')``, ``Σ_j k'_j`` in the same units.
-        log_offset: ``(B, H)``, the running key maximum ``m`` the sums are expressed in.
-        kernel_params: ``(B, H)`` data-dependent parameters of the feature map the sums were
-            built with (FAVOR++'s ``A``), fixed for the rest of the sequence; None for maps
-            without parameters.
-    """
-
-    kv: Tensor
-    normalizer: Tensor
-    log_offset: Tensor
-    kernel_params: Tensor | None = None
-
-
-def guarded_divide(numerator: Tensor, denominator: Tensor, eps: float | None = None) -> Tensor:
-    """``numerator / denominator``, defined as 0 (with zero gradient) where ``|denominator| < eps``.
-
-    ``numerator``: ``(..., Dv)``, ``denominator``: ``(...)``. ``eps`` defaults to the smallest
-    normal number of the dtype: with nonnegative features the denominator only gets that small
-    when a query sees no key at all (every key padded, or every term underflowed), and then
-    the numerator is 0 too; 0 is the natural output and keeps gradients finite.
-    """
-    return numerator * safe_reciprocal(denominator, eps).unsqueeze(-1)
-
-
-def safe_reciprocal(denominator: Tensor, eps: float | None = None) -> Tensor:
-    """``1 / denominator`` where ``|denominator| >= eps``, else 0 (see :func:`guarded_divide`)."""
-    if eps is None:
-        eps = torch.finfo(denominator.dtype).tiny
-    small = denominator.abs() < eps
-    return torch.where(small, torch.zeros_like(denominator), 1.0 / torch.where(small, 1.0, denominator))
+__all__ = ["causal_linear_attention", "decayed_prefix_scan"]
 
 
 class _DecayedPrefixScan(torch.autograd.Function):
@@ -122,34 +80,6 @@ def decayed_prefix_scan(summaries: Tensor, decay: Tensor, init: Tensor) -> tuple
 def _empty_state_like(q_features: Tensor, k_features: Tensor, values: Tensor) -> Tensor:
     b, h = k_features.shape[:2]
     return k_features.new_zeros(b, h, k_features.shape[-1], values.shape[-1] + 1)
-
-
-def chunk_rescale_factors(
-    chunk_offsets: Tensor, state_offset: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The rescaling factors of the chunked algorithm with key offsets, all ``≤ 1``.
-
-    Args:
-        chunk_offsets: ``(B, H, N, C)`` key offsets ``m_j`` (non-decreasing along positions).
-        state_offset: ``(B, H)`` offset of the state entering the first chunk.
-
-    Returns:
-        ``within`` ``(B, H, N, C, C)``: ``exp(m_j - m_i)`` for key ``j ≤ i`` in a chunk, 0 above
-        the diagonal; ``to_end`` ``(B, H, N, C, 1)``: key ``j`` in units of its chunk's last
-        offset; ``decay`` ``(B, H, N)``: the incoming state of each chunk to that offset;
-        ``to_query`` ``(B, H, N, C, 1)``: the incoming state to query ``i``'s offset. Exponents are
-        clamped at 0: leading padded keys carry a placeholder offset and zero features.
-    """
-    c = chunk_offsets.shape[-1]
-    causal_mask = torch.ones(c, c, dtype=torch.bool, device=chunk_offsets.device).tril()
-    diff = chunk_offsets.unsqueeze(-2) - chunk_offsets.unsqueeze(-1)
-    within = torch.exp(diff.clamp_max(0.0)).mul_(causal_mask)
-    chunk_end = chunk_offsets[..., -1]
-    before = torch.cat([state_offset.unsqueeze(-1), chunk_end[..., :-1]], dim=-1)
-    to_end = torch.exp((chunk_offsets - chunk_end.unsqueeze(-1)).clamp_max(0.0)).unsqueeze(-1)
-    decay = torch.exp((before - chunk_end).clamp_max(0.0))
-    to_query = torch.exp((before.unsqueeze(-1) - chunk_offsets).clamp_max(0.0)).unsqueeze(-1)
-    return within, to_end, decay, to_query
 
 
 def _chunked(
@@ -215,13 +145,13 @@ def causal_linear_attention(
         chunk_size: positions per chunk ``C``.
         initial_state: state of a preceding prefix (from ``return_state=True`` or the step form).
         return_state: also return the :class:`FavorState` after the last position.
-        eps: denominator guard, see :func:`guarded_divide`.
+        eps: denominator guard, see :func:`performers.ops.numerics.guarded_divide`.
 
     Returns:
         ``(B, H, L, Dv)`` outputs, and the final state if ``return_state``.
     """
     b, h, length, _ = k_features.shape
-    values_aug = torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
+    values_aug = with_ones(values)
     if initial_state is None:
         state = _empty_state_like(q_features, k_features, values)
         state_offset = None
@@ -260,38 +190,3 @@ def causal_linear_attention(
         return out
     final_offset = state_offset if state_offset is not None else k_features.new_zeros(b, h)
     return out, FavorState(state[..., :-1], state[..., -1], final_offset)
-
-
-def causal_linear_attention_step(
-    q_features: Tensor,
-    k_features: Tensor,
-    values: Tensor,
-    state: FavorState | None,
-    *,
-    key_log_offset: Tensor | None = None,
-    eps: float | None = None,
-) -> tuple[Tensor, FavorState]:
-    """One position of causal linear attention from the recurrent state, in ``O(M·Dv)``.
-
-    Args:
-        q_features: ``(B, H, M)`` features of the new query.
-        k_features: ``(B, H, M)`` features of the new key (true features ``· exp(offset)``).
-        values: ``(B, H, Dv)``.
-        state: state after the previous positions, or None at the start.
-        key_log_offset: ``(B, H)`` running offset ``m_t >= state.log_offset`` of this key, or
-            None for plain features.
-
-    Returns:
-        ``(out, new_state)`` with ``out`` of shape ``(B, H, Dv)``.
-    """
-    offset = key_log_offset if key_log_offset is not None else k_features.new_zeros(k_features.shape[:2])
-    kv_new = k_features.unsqueeze(-1) * values.unsqueeze(-2)
-    if state is None:
-        kv, normalizer = kv_new, k_features
-    else:
-        decay = torch.exp((state.log_offset - offset).clamp_max(0.0))
-        kv = state.kv * decay[..., None, None] + kv_new
-        normalizer = state.normalizer * decay[..., None] + k_features
-    numerator = torch.matmul(q_features.unsqueeze(-2), kv).squeeze(-2)
-    denominator = (q_features * normalizer).sum(-1)
-    return guarded_divide(numerator, denominator, eps), FavorState(kv, normalizer, offset)

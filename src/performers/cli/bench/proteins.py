@@ -1,0 +1,90 @@
+"""``performers bench proteins-table | proteins-long | proteins-backcompat``: the paper's protein
+experiments (:mod:`performers.experiments.protein_benchmarks`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from performers.cli.common import register
+from performers.cli.options import (
+    add_training_options,
+    model_config_from_args,
+    set_threads,
+    training_config_from_args,
+)
+from performers.experiments import backward_compatibility, long_context, table2
+
+TABLE_HELP = "the paper's Table 2 here: UNI and BID; exact, FAVOR+ softmax and ReLU; equal steps"
+LONG_HELP = "concatenated long windows: tokens/s, peak memory and accuracy in equal wall-clock time"
+BACKCOMPAT_HELP = "convert a trained exact-softmax protein MLM to FAVOR+ and fine-tune it (vs from scratch)"
+
+
+def add_parsers(subparsers) -> None:
+    table = subparsers.add_parser("proteins-table", help=TABLE_HELP, description=TABLE_HELP)
+    add_training_options(table, steps=400, out="runs/table2")
+    table.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=["clm", "mlm"],
+        default=["clm", "mlm"],
+        help="UNI (clm) and/or BID (mlm)",
+    )
+    register(table, run_table)
+
+    long = subparsers.add_parser("proteins-long", help=LONG_HELP, description=LONG_HELP)
+    add_training_options(long, steps=1, out="runs/long")
+    long.add_argument("--minutes", type=float, default=10.0, help="training budget per model (default 10)")
+    long.add_argument(
+        "--probe-steps", type=int, default=4, help="steps of the speed/memory probe run (first is warm-up)"
+    )
+    register(long, run_long)
+
+    backcompat = subparsers.add_parser(
+        "proteins-backcompat", help=BACKCOMPAT_HELP, description=BACKCOMPAT_HELP
+    )
+    add_training_options(backcompat, steps=40, out="runs/backcompat", model=False)
+    backcompat.add_argument("--exact", required=True, help="run directory of the exact-softmax model")
+    register(backcompat, run_backcompat)
+
+
+def _report(args: argparse.Namespace, experiment, written: str, *positional, **options) -> int:
+    """Run one experiment, print its report and what it wrote."""
+    set_threads(args)
+    start = time.perf_counter()
+    report = experiment(
+        *positional,
+        training_config_from_args(args),
+        out_dir=args.out,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+        **options,
+    )
+    print(report)
+    print(f"wrote {args.out}/{written} in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
+def run_table(args: argparse.Namespace) -> int:
+    return _report(
+        args,
+        table2,
+        "table2.md, table2.json, curves_*.png",
+        model_config_from_args(args),
+        tasks=tuple(args.tasks),
+    )
+
+
+def run_long(args: argparse.Namespace) -> int:
+    return _report(
+        args,
+        long_context,
+        "long.md, long.json, curves_long.png",
+        model_config_from_args(args),
+        minutes=args.minutes,
+        probe_steps=args.probe_steps,
+    )
+
+
+def run_backcompat(args: argparse.Namespace) -> int:
+    return _report(args, backward_compatibility, "backcompat.md, backcompat.json, backcompat.png", args.exact)

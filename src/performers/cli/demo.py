@@ -1,0 +1,40 @@
+"""``performers demo``: the main job — a FAVOR+ protein LM and its exact-softmax twin, trained and
+compared on the shipped corpus (:func:`performers.experiments.compare`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from performers.cli.options import (
+    add_training_options,
+    model_config_from_args,
+    set_threads,
+    training_config_from_args,
+)
+from performers.experiments import DEMO_MODEL, compare
+
+HELP = "the main job: a FAVOR+ protein LM and its exact-softmax twin, trained and compared"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("demo", help=HELP, description=HELP)
+    add_training_options(parser, steps=150, out="runs/demo", favor=DEMO_MODEL.favor)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    set_threads(args)
+    start = time.perf_counter()
+    report = compare(
+        model_config_from_args(args),
+        training_config_from_args(args),
+        out_dir=args.out,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+    )
+    print(report)
+    print(
+        f"wrote {args.out}/report.md, report.json, learning_curves.png in {time.perf_counter() - start:.0f}s"
+    )
+    return 0

@@ -1,0 +1,112 @@
+"""The FAVOR options of every command, declared once: :func:`add_favor_options` puts them on a
+parser (kernel names from the registry) and :func:`favor_config_from_args` turns them into the
+:class:`~performers.FavorConfig` the command passes on."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+
+from performers.layers import FavorConfig
+from performers.layers.favor_config import PROJECTIONS, ROW_NORMS
+from performers.ops import KERNELS
+
+__all__ = ["FAVOR_OPTIONS", "add_favor_options", "favor_config_from_args"]
+
+FAVOR_OPTIONS = tuple(f.name for f in fields(FavorConfig))
+
+
+def _count_or_none(text: str) -> int | None:
+    """An int >= 0 where 0 means None (no projection / automatic)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value or None
+
+
+def add_favor_options(
+    parser: argparse.ArgumentParser,
+    defaults: FavorConfig | None = None,
+    *,
+    only: tuple[str, ...] = FAVOR_OPTIONS,
+) -> None:
+    """Add ``--num-features --kernel --projection --row-norms --redraw-every --projection-seed
+    --chunk-size --block-size`` (or the subset ``only``, by field name) to ``parser``.
+
+    Defaults come from ``defaults`` (``FavorConfig()``: one default everywhere, e.g. M = 256).
+    ``--projection-seed`` defaults to the command's own ``--seed`` when it has one.
+    """
+    d = defaults or FavorConfig()
+    unknown = set(only) - set(FAVOR_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown FAVOR option(s) {sorted(unknown)}; the options are {FAVOR_OPTIONS}")
+    group = parser.add_argument_group("FAVOR attention")
+    add = {
+        "num_features": lambda: group.add_argument(
+            "--num-features",
+            type=_count_or_none,
+            default=d.num_features,
+            help=f"random features M per layer (default {d.num_features}; 0: no projection, "
+            "generalized kernels only)",
+        ),
+        "kernel": lambda: group.add_argument(
+            "--kernel",
+            choices=sorted(KERNELS),
+            default=d.kernel,
+            help=f"FAVOR estimator (default {d.kernel})",
+        ),
+        "projection": lambda: group.add_argument(
+            "--projection",
+            choices=PROJECTIONS,
+            default=d.projection,
+            help=f"random projection: block-orthogonal (FAVOR+) or iid Gaussian (default {d.projection})",
+        ),
+        "row_norms": lambda: group.add_argument(
+            "--row-norms",
+            choices=ROW_NORMS,
+            default=d.row_norms,
+            help=f"orthogonal row norms: chi (unbiased) or sqrt_d (regularized) (default {d.row_norms})",
+        ),
+        "redraw_every": lambda: group.add_argument(
+            "--redraw-every",
+            type=int,
+            default=d.redraw_every,
+            help=f"draw new projections every N training steps, 0 = never (default {d.redraw_every})",
+        ),
+        "seed": lambda: group.add_argument(
+            "--projection-seed",
+            type=int,
+            default=None,
+            help="projection seed: layer l draws from (seed, l, draw) (default: --seed, else 0)",
+        ),
+        "chunk_size": lambda: group.add_argument(
+            "--chunk-size",
+            type=int,
+            default=d.chunk_size,
+            help=f"positions per chunk of the causal algorithm (default {d.chunk_size})",
+        ),
+        "block_size": lambda: group.add_argument(
+            "--block-size",
+            type=_count_or_none,
+            default=d.block_size,
+            help="positions per block of the fused bidirectional path (default: sized for the cache)",
+        ),
+    }
+    for name in only:
+        add[name]()
+    parser.set_defaults(_favor_defaults=d, _favor_options=tuple(only))
+
+
+def favor_config_from_args(args: argparse.Namespace) -> FavorConfig:
+    """The :class:`FavorConfig` of parsed options (fields not on the parser keep the defaults
+    given to :func:`add_favor_options`); errors name the option."""
+    values = {name: getattr(args, name) for name in args._favor_options if name != "seed"}
+    if "seed" in args._favor_options:
+        seed = args.projection_seed if args.projection_seed is not None else getattr(args, "seed", None)
+        if seed is not None:
+            values["seed"] = seed
+    defaults = args._favor_defaults.to_dict()
+    try:
+        return FavorConfig.from_dict({**defaults, **values})
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"performers: error: FAVOR options: {error}") from None

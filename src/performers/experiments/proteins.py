@@ -1,0 +1,410 @@
+"""The main job: protein language models on the shipped corpus, FAVOR+ against exact attention.
+
+:func:`run_training` trains one model (masked or causal, any attention) on the corpus's train
+split and evaluates it on the test split; :func:`compare` trains a FAVOR+ model and its
+exact-softmax twin — same architecture, same initial weights, same data order and masks, same
+number of steps — and reports accuracy, perplexity, the empirical (unigram) baseline, tokens/s
+and peak memory, with learning-curve plots. ``performers demo`` runs :func:`compare` on a budget
+that fits a laptop CPU (:data:`DEMO_MODEL`).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from performers.layers import FavorConfig
+from performers.models import PerformerConfig, build_model, from_pretrained
+from performers.proteins import (
+    LanguageModelExamples,
+    ProteinTokenizer,
+    UnigramBaseline,
+    default_corpus,
+    evaluation_batches,
+    read_split,
+)
+from performers.training import Trainer, TrainingConfig, evaluate_tokens
+from performers.utils import peak_rss_reset, rss_kib
+
+__all__ = [
+    "DEMO_MODEL",
+    "DEMO_VARIANTS",
+    "TABLE2_VARIANTS",
+    "RunResult",
+    "Variant",
+    "compare",
+    "corpus_splits",
+    "evaluate_model",
+    "load_trained",
+    "plot_learning_curves",
+    "protein_evaluator",
+    "protein_model_config",
+    "protein_trainer",
+    "run_training",
+    "train_variants",
+    "unigram_baseline",
+]
+
+
+def protein_model_config(
+    *,
+    d_model: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    d_ff: int = 256,
+    dropout: float = 0.1,
+    max_length: int = 256,
+    attention: str = "favor",
+    favor: FavorConfig | None = None,
+    tokenizer: ProteinTokenizer | None = None,
+) -> PerformerConfig:
+    """A :class:`~performers.PerformerConfig` for protein sequences of up to ``max_length``
+    tokens: the vocabulary and padding id of ``tokenizer`` (default :class:`ProteinTokenizer`)
+    and the given sizes (defaults: the demo's small model)."""
+    tokenizer = tokenizer or ProteinTokenizer()
+    return PerformerConfig(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        d_ff=d_ff,
+        max_position_embeddings=max_length,
+        dropout=dropout,
+        attention=attention,
+        favor=FavorConfig() if favor is None else favor,
+        pad_token_id=tokenizer.pad_id,
+    )
+
+
+# The demo's model: small enough to train for 150 steps on a laptop CPU in about a minute.
+DEMO_MODEL = protein_model_config(favor=FavorConfig(num_features=64))
+
+
+@dataclass
+class RunResult:
+    name: str
+    test: dict
+    train_seconds: float
+    tokens_per_second: float
+    peak_extra_mib: float
+    parameters: int
+    extra: dict = field(default_factory=dict)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    tokenizer: ProteinTokenizer,
+    sequences: list[str],
+    *,
+    task: str,
+    max_length: int,
+    batch_size: int = 16,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    max_batches: int | None = None,
+    concatenate: bool = False,
+) -> dict[str, float]:
+    """Accuracy and perplexity over masked positions (``task="mlm"``) or all next tokens
+    (``"clm"``) of ``sequences``, on the fixed batches of
+    :func:`performers.proteins.evaluation_batches` (two evaluations of a model agree)."""
+    batches = evaluation_batches(
+        sequences,
+        tokenizer,
+        task=task,
+        max_length=max_length,
+        batch_size=batch_size,
+        mask_prob=mask_prob,
+        seed=seed,
+        max_batches=max_batches,
+        concatenate=concatenate,
+    )
+    return evaluate_tokens(model, batches, causal=task == "clm")
+
+
+def protein_evaluator(
+    tokenizer: ProteinTokenizer,
+    sequences: list[str],
+    training: TrainingConfig,
+    max_batches: int | None = None,
+):
+    """``evaluate(model)``: :func:`evaluate_model` on ``sequences`` (at most ``max_batches``
+    batches) with a run's task, lengths, batch size and seed."""
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_model(
+            model,
+            tokenizer,
+            sequences,
+            task=training.task,
+            max_length=training.max_length,
+            batch_size=training.batch_size,
+            mask_prob=training.mask_prob,
+            seed=training.seed,
+            max_batches=max_batches,
+            concatenate=training.concatenate,
+        )
+
+    return evaluate
+
+
+def protein_trainer(
+    model: torch.nn.Module,
+    tokenizer: ProteinTokenizer,
+    train: list[str],
+    valid: list[str],
+    training: TrainingConfig,
+    out_dir: str | Path,
+    log=print,
+) -> Trainer:
+    """A :class:`~performers.training.Trainer` on protein sequences: language-model examples
+    of ``train``, validation on ``training.eval_batches`` fixed batches of ``valid``."""
+    examples = LanguageModelExamples(
+        train,
+        tokenizer,
+        task=training.task,
+        max_length=training.max_length,
+        mask_prob=training.mask_prob,
+        concatenate=training.concatenate,
+    )
+    evaluate = protein_evaluator(tokenizer, valid, training, training.eval_batches)
+    return Trainer(model, examples, training, out_dir, evaluate=evaluate, log=log)
+
+
+def corpus_splits(
+    corpus: str | Path | None, training: TrainingConfig, train_limit: int | None, test_limit: int | None
+) -> tuple[list[str], list[str], list[str]]:
+    """``(train, valid, test)`` sequences of a tagged corpus (default: the shipped one); the
+    validation split is cut to what ``training.eval_batches`` batches use (at least 64)."""
+    corpus = default_corpus() if corpus is None else corpus
+    train = read_split(corpus, "train")[:train_limit]
+    valid = read_split(corpus, "valid")[: max(64, training.batch_size * training.eval_batches)]
+    test = read_split(corpus, "test")[:test_limit]
+    return train, valid, test
+
+
+def run_training(
+    model_config: PerformerConfig,
+    training: TrainingConfig,
+    *,
+    out_dir: str | Path,
+    name: str = "run",
+    corpus: str | Path | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    resume: bool = False,
+    evaluate: bool = True,
+    log=print,
+) -> RunResult:
+    """Train one model on the corpus's train split and evaluate it on its test split.
+
+    The model is ``build_model(model_config, training.task)`` initialized after
+    ``torch.manual_seed(training.seed)`` (so two configs that differ only in attention start
+    from the same weights). ``out_dir`` gets ``checkpoints/``, ``metrics.jsonl`` and ``final/``
+    (the trained model and its ``tokenizer.json``). ``tokens_per_second`` counts the non-padding
+    tokens of the training batches over the time spent in training steps (forward, backward,
+    optimizer), without evaluation or checkpoints; ``peak_extra_mib`` is the growth of the
+    process's peak resident memory during the run. ``corpus`` defaults to the shipped one.
+    """
+    out_dir = Path(out_dir)
+    train, valid, test = corpus_splits(corpus, training, train_limit, test_limit)
+    tokenizer = ProteinTokenizer()
+    torch.manual_seed(training.seed)  # the same initial weights for every attention
+    model = build_model(model_config, training.task)
+    trainer = protein_trainer(
+        model, tokenizer, train, valid, training, out_dir, log=lambda line: log(f"[{name}] {line}")
+    )
+    base = peak_rss_reset()
+    start = time.perf_counter()
+    trainer.fit(resume=resume)
+    seconds = time.perf_counter() - start
+    peak = (rss_kib("VmHWM") - base) / 1024
+    rate = trainer.tokens_seen / max(trainer.train_seconds, 1e-9)
+    parameters = sum(p.numel() for p in model.parameters())
+    if trainer.rank != 0:  # under torchrun, rank 0 evaluates and saves
+        return RunResult(name, {}, seconds, rate, peak, parameters)
+    test_metrics = protein_evaluator(tokenizer, test, training)(model) if evaluate else {}
+    model.save_pretrained(out_dir / "final")
+    tokenizer.save(out_dir / "final" / "tokenizer.json")
+    return RunResult(name, test_metrics, seconds, rate, peak, parameters)
+
+
+def load_trained(directory: str | Path, **overrides):
+    """``(model, tokenizer)`` of a run directory written by :func:`run_training` (its
+    ``final/``) or of a ``save_pretrained`` directory holding ``tokenizer.json``, in eval mode.
+
+    ``overrides`` are config fields for :func:`performers.from_pretrained` (None values are
+    ignored), e.g. ``attention="exact"``.
+    """
+    path = Path(directory)
+    if (path / "final").is_dir():
+        path = path / "final"
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    return from_pretrained(path, **overrides), ProteinTokenizer.load(path / "tokenizer.json")
+
+
+def _run_in_child(kwargs: dict) -> RunResult:
+    torch.set_num_threads(kwargs.pop("threads"))
+    return run_training(**kwargs)
+
+
+def plot_learning_curves(runs: dict[str, Path], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, out_dir in runs.items():
+        records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+        left.plot([r["step"] for r in records], [r["loss"] for r in records], label=name, alpha=0.8)
+        evals = [r for r in records if "valid_accuracy" in r]
+        right.plot([r["step"] for r in evals], [r["valid_accuracy"] for r in evals], marker="o", label=name)
+    left.set(xlabel="step", ylabel="training loss", title="training loss")
+    right.set(xlabel="step", ylabel="accuracy", title="validation accuracy")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model of a comparison: its attention, kernel and (optionally) its own step count."""
+
+    name: str
+    directory: str
+    attention: str = "favor"
+    kernel: str = "softmax"
+    max_steps: int | None = None  # None: the comparison's TrainingConfig.max_steps
+
+    def model_config(self, base: PerformerConfig) -> PerformerConfig:
+        """``base`` with this variant's attention backend and kernel."""
+        return replace(base, attention=self.attention, favor=replace(base.favor, kernel=self.kernel))
+
+
+DEMO_VARIANTS = (
+    Variant("Performer (FAVOR+)", "favor"),
+    Variant("Transformer (exact)", "exact", attention="exact"),
+)
+# The rows of the paper's Table 2 (besides the empirical baseline).
+TABLE2_VARIANTS = (
+    Variant("Transformer (exact)", "exact", attention="exact"),
+    Variant("Performer-softmax (FAVOR+)", "favor-softmax", kernel="softmax"),
+    Variant("Performer-ReLU (generalized)", "favor-relu", kernel="relu"),
+)
+
+
+def train_variants(
+    variants: tuple[Variant, ...],
+    model_config: PerformerConfig,
+    training: TrainingConfig,
+    *,
+    out_dir: str | Path,
+    corpus: str | Path | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    evaluate: bool = True,
+) -> list[RunResult]:
+    """Train every variant of ``model_config`` with the same initial weights, data order and masks.
+
+    Each run is in a fresh spawned process so that its peak memory and speed do not depend on
+    the run before; ``out_dir/<variant.directory>`` holds its checkpoints, metrics and model.
+    """
+    out_dir = Path(out_dir)
+    context = multiprocessing.get_context("spawn")
+    results = []
+    for variant in variants:
+        config = training if variant.max_steps is None else replace(training, max_steps=variant.max_steps)
+        kwargs = dict(
+            model_config=variant.model_config(model_config),
+            training=config,
+            out_dir=out_dir / variant.directory,
+            name=variant.name,
+            corpus=corpus,
+            train_limit=train_limit,
+            test_limit=test_limit,
+            evaluate=evaluate,
+            threads=torch.get_num_threads(),
+        )
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            results.append(pool.submit(_run_in_child, kwargs).result())
+    return results
+
+
+def unigram_baseline(
+    corpus: str | Path | None = None, train_limit: int | None = None, test_limit: int | None = None
+) -> dict:
+    """The paper's empirical baseline on the test split: residue frequencies of the train split."""
+    corpus = default_corpus() if corpus is None else corpus
+    baseline = UnigramBaseline(read_split(corpus, "train")[:train_limit], ProteinTokenizer())
+    return baseline.evaluate(read_split(corpus, "test")[:test_limit])
+
+
+def compare(
+    model_config: PerformerConfig = DEMO_MODEL,
+    training: TrainingConfig | None = None,
+    *,
+    out_dir: str | Path,
+    corpus: str | Path | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    variants: tuple[Variant, ...] = DEMO_VARIANTS,
+) -> str:
+    """Train the variants (default: FAVOR+ and its exact-softmax twin) and return a markdown
+    report (also written to ``out_dir/report.md`` and ``report.json``)."""
+    out_dir = Path(out_dir)
+    training = training or TrainingConfig()
+    results = train_variants(
+        variants,
+        model_config,
+        training,
+        out_dir=out_dir,
+        corpus=corpus,
+        train_limit=train_limit,
+        test_limit=test_limit,
+    )
+    dirs = {v.name: out_dir / v.directory for v in variants}
+    base = unigram_baseline(corpus, train_limit, test_limit)
+    what = "masked positions" if training.task == "mlm" else "next tokens"
+    lines = [
+        f"Protein {'masked' if training.task == 'mlm' else 'causal'} LM, {training.max_steps} steps, "
+        f"batch {training.batch_size}, L = {training.max_length}; test split, accuracy over {what}",
+        "",
+        "| model | accuracy | perplexity | train tokens/s | peak extra memory | parameters |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| empirical baseline (unigram) | {100 * base['accuracy']:.2f}% | {base['perplexity']:.2f} "
+        "| — | — | — |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {100 * r.test['accuracy']:.2f}% | {r.test['perplexity']:.2f} | "
+            f"{r.tokens_per_second:,.0f} | {r.peak_extra_mib:.0f} MiB | {r.parameters:,} |"
+        )
+    plot = plot_learning_curves(dirs, out_dir / "learning_curves.png")
+    if plot is not None:
+        lines += ["", f"Learning curves: {plot}"]
+    report = "\n".join(lines) + "\n"
+    (out_dir / "report.md").write_text(report)
+    (out_dir / "report.json").write_text(
+        json.dumps(
+            {
+                "baseline": base,
+                "runs": [asdict(r) for r in results],
+                "model": model_config.to_dict(),
+                "training": asdict(training),
+            },
+            indent=2,
+        )
+    )
+    return report

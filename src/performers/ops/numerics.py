@@ -1,0 +1,101 @@
+r"""Numeric helpers shared by the quadratic references and the fast paths.
+
+Both sides import from here (never from each other), so a reference cannot silently share a
+bug with the code it checks through a helper of that code.
+
+* :func:`guarded_divide` / :func:`safe_reciprocal`: the normalization ``num / den`` with a
+  denominator guard (a query that sees no key gets 0, with finite gradients).
+* :func:`with_ones`: values augmented with a column of ones (numerator and denominator of
+  normalized attention in one product).
+* :func:`key_offsets`: the key stabilizer offsets (bidirectional maximum, causal running
+  maximum; the design and why it is exact: :mod:`performers.ops.features`).
+* :func:`chunk_rescale_factors`: how the chunked causal algorithm moves keys and states between
+  the offsets of different positions.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["chunk_rescale_factors", "guarded_divide", "key_offsets", "safe_reciprocal", "with_ones"]
+
+
+def safe_reciprocal(denominator: Tensor, eps: float | None = None) -> Tensor:
+    """``1 / denominator`` where ``|denominator| >= eps``, else 0 (see :func:`guarded_divide`)."""
+    if eps is None:
+        eps = torch.finfo(denominator.dtype).tiny
+    small = denominator.abs() < eps
+    return torch.where(small, torch.zeros_like(denominator), 1.0 / torch.where(small, 1.0, denominator))
+
+
+def guarded_divide(numerator: Tensor, denominator: Tensor, eps: float | None = None) -> Tensor:
+    """``numerator / denominator``, defined as 0 (with zero gradient) where ``|denominator| < eps``.
+
+    ``numerator``: ``(..., Dv)``, ``denominator``: ``(...)``. ``eps`` defaults to the smallest
+    normal number of the dtype: with nonnegative features the denominator only gets that small
+    when a query sees no key at all (every key padded, or every term underflowed), and then
+    the numerator is 0 too; 0 is the natural output and keeps gradients finite.
+    """
+    return numerator * safe_reciprocal(denominator, eps).unsqueeze(-1)
+
+
+def with_ones(values: Tensor) -> Tensor:
+    """``[V 1]``: ``(..., Dv)`` → ``(..., Dv+1)``, so one matmul gives numerator and denominator."""
+    return torch.cat([values, values.new_ones(*values.shape[:-1], 1)], dim=-1)
+
+
+def key_offsets(
+    log: Tensor, *, causal: bool, pad: Tensor | None = None, start: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Key stabilizer offsets from key log-features ``log`` ``(B, H, L, M')`` (detached inside).
+
+    Bidirectional: the maximum over all non-padded keys and features. Causal: the running
+    maximum over positions ``≤ j``, starting from ``start`` ``(B, H)`` (the offset of a state
+    that precedes these keys, or ``-inf``). ``pad``: ``(B, 1, L)`` bool, True = padded key.
+
+    Returns ``(offsets (B, H, L), last)``: positions that have seen no key yet get the
+    placeholder 0 (their features are zero anyway); ``last`` ``(B, H)`` is the raw running
+    maximum after the last position (``-inf`` if none), to continue from.
+    """
+    per_position = log.detach().amax(dim=-1)
+    if pad is not None:
+        per_position = per_position.masked_fill(pad, -math.inf)
+    if causal:
+        offsets = torch.cummax(per_position, dim=-1).values
+        if start is not None:
+            offsets = torch.maximum(offsets, start[..., None])
+    else:
+        offsets = per_position.amax(dim=-1, keepdim=True).expand_as(per_position)
+    last = offsets[..., -1]
+    return torch.where(torch.isfinite(offsets), offsets, torch.zeros_like(offsets)), last
+
+
+def chunk_rescale_factors(
+    chunk_offsets: Tensor, state_offset: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The rescaling factors of the chunked causal algorithm with key offsets, all ``≤ 1``.
+
+    Args:
+        chunk_offsets: ``(B, H, N, C)`` key offsets ``m_j`` (non-decreasing along positions).
+        state_offset: ``(B, H)`` offset of the state entering the first chunk.
+
+    Returns:
+        ``within`` ``(B, H, N, C, C)``: ``exp(m_j - m_i)`` for key ``j ≤ i`` in a chunk, 0 above
+        the diagonal; ``to_end`` ``(B, H, N, C, 1)``: key ``j`` in units of its chunk's last
+        offset; ``decay`` ``(B, H, N)``: the incoming state of each chunk to that offset;
+        ``to_query`` ``(B, H, N, C, 1)``: the incoming state to query ``i``'s offset. Exponents are
+        clamped at 0: leading padded keys carry a placeholder offset and zero features.
+    """
+    c = chunk_offsets.shape[-1]
+    causal_mask = torch.ones(c, c, dtype=torch.bool, device=chunk_offsets.device).tril()
+    diff = chunk_offsets.unsqueeze(-2) - chunk_offsets.unsqueeze(-1)
+    within = torch.exp(diff.clamp_max(0.0)).mul_(causal_mask)
+    chunk_end = chunk_offsets[..., -1]
+    before = torch.cat([state_offset.unsqueeze(-1), chunk_end[..., :-1]], dim=-1)
+    to_end = torch.exp((chunk_offsets - chunk_end.unsqueeze(-1)).clamp_max(0.0)).unsqueeze(-1)
+    decay = torch.exp((before - chunk_end).clamp_max(0.0))
+    to_query = torch.exp((before.unsqueeze(-1) - chunk_offsets).clamp_max(0.0)).unsqueeze(-1)
+    return within, to_end, decay, to_query

@@ -1,0 +1,31 @@
+"""The recurrent state of causal FAVOR attention, shared by every causal path."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "FavorState"]
+
+# Positions per chunk of the causal paths (generic and fused): the masked C×C block inside a
+# chunk costs O(C) per position, the state between chunks O(M·D/C).
+DEFAULT_CHUNK_SIZE = 64
+
+
+class FavorState(NamedTuple):
+    """Recurrent state of causal linear attention after a prefix of keys.
+
+    Attributes:
+        kv: ``(B, H, M', Dv)``, ``Σ_j k'_j v_jᵀ`` in units of ``exp(log_offset)``.
+        normalizer: ``(B, H, M')``, ``Σ_j k'_j`` in the same units.
+        log_offset: ``(B, H)``, the running key maximum ``m`` the sums are expressed in.
+        kernel_params: ``(B, H)`` data-dependent parameters of the feature map the sums were
+            built with (FAVOR++'s ``A``), fixed for the rest of the sequence; None for maps
+            without parameters.
+    """
+
+    kv: Tensor
+    normalizer: Tensor
+    log_offset: Tensor
+    kernel_params: Tensor | None = None

@@ -1,0 +1,63 @@
+"""Token-level evaluation: accuracy and perplexity over the labelled positions of batches."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from performers.utils import IGNORE_INDEX
+
+__all__ = ["evaluate_tokens", "logits_of", "masked_accuracy"]
+
+
+def logits_of(output) -> Tensor:
+    """The logits of a model output: an object with ``.logits`` (the Performer models, Hugging
+    Face) or the tensor itself."""
+    return output if isinstance(output, Tensor) else output.logits
+
+
+def masked_accuracy(logits: Tensor, labels: Tensor, causal: bool) -> tuple[int, int, float]:
+    """``(correct, counted, summed NLL)`` over positions with a label (shifted when causal).
+
+    ``logits``: ``(B, L, V)``; ``labels``: ``(B, L)``, :data:`~performers.utils.IGNORE_INDEX`
+    where there is nothing to predict. Causal: position ``t`` predicts ``labels[t + 1]``.
+    """
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    picked = logits[keep].float()
+    target = labels[keep]
+    nll = nn.functional.cross_entropy(picked, target, reduction="sum").item() if target.numel() else 0.0
+    return int((picked.argmax(-1) == target).sum()), int(target.numel()), nll
+
+
+@torch.no_grad()
+def evaluate_tokens(
+    model: nn.Module, batches: Iterable[dict[str, Tensor]], *, causal: bool
+) -> dict[str, float]:
+    """Accuracy and perplexity of ``model`` over every labelled position of ``batches``.
+
+    Each batch holds ``input_ids``, ``attention_mask`` and ``labels`` ``(B, L)``. The model runs
+    in eval mode (its training flag is restored). Returns ``{"accuracy", "perplexity",
+    "tokens"}``.
+
+    Raises:
+        ValueError: no batch held a labelled position.
+    """
+    was_training = model.training
+    model.eval()
+    correct = counted = 0
+    nll = 0.0
+    try:
+        for batch in batches:
+            logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
+            right, n, loss = masked_accuracy(logits, batch["labels"], causal=causal)
+            correct, counted, nll = correct + right, counted + n, nll + loss
+    finally:
+        model.train(was_training)
+    if counted == 0:
+        raise ValueError("evaluation set produced no labelled position")
+    return {"accuracy": correct / counted, "perplexity": math.exp(nll / counted), "tokens": counted}
