@@ -21,10 +21,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check src tests
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests
+	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .import_linter_cache

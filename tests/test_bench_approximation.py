@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from performers import FavorConfig, PerformerConfig, PerformerForMaskedLM
-from performers.bench import approximation
+from performers.bench import approximation, approximation_report
 from performers.cli import main
 from performers.ops import theory
 
@@ -41,7 +41,9 @@ def test_kernel_sweep_and_variance_reduction():
 
 
 def test_protein_capture_and_sections_output(tmp_path):
-    config = PerformerConfig(vocab_size=30, d_model=16, num_layers=2, num_heads=2, d_ff=32, favor=FavorConfig(8))
+    config = PerformerConfig(
+        vocab_size=30, d_model=16, num_layers=2, num_heads=2, d_ff=32, favor=FavorConfig(8)
+    )
     PerformerForMaskedLM(config).save_pretrained(tmp_path / "model")
     proteins = [
         "MKTAYIAKQRQISFVKSHFSRQ",
@@ -73,8 +75,8 @@ def test_protein_capture_and_sections_output(tmp_path):
     )
     assert {r["layer"] for r in rows} == {0, 1} and all(math.isfinite(r["attention_rel_error"]) for r in rows)
     payload["proteins"] = {"models": infos, "rows": rows}
-    assert "trained protein models" in approximation.format_sections(payload, payload["settings"])
-    (path,) = [p for p in approximation.plot_sections(payload, out) if p.name == "attention_error.png"]
+    assert "trained protein models" in approximation_report.format_sections(payload, payload["settings"])
+    (path,) = [p for p in approximation_report.plot_sections(payload, out) if p.name == "attention_error.png"]
     assert path.stat().st_size > 0
     with pytest.raises(ValueError, match="needs --model"):
         approximation.run_sections(

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from performers.bench import speed
+from performers.bench import speed, speed_report
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ def test_memory_point_in_subprocess_and_report(tmp_path):
     points = speed.measure(["favor", "exact"], [64, 128], base=base, log=lambda _: None)
     assert [p.error for p in points] == [None] * 4
     assert all(p.peak_extra_mib is not None and p.peak_extra_mib >= 0 for p in points)
-    text = speed.markdown(points, peak=100.0, command="performers bench speed --test")
+    text = speed_report.markdown(points, peak=100.0, command="performers bench speed --test")
     assert "| 128 |" in text and "primitive floor" in text and "Crossover" in text
 
 
@@ -36,8 +36,8 @@ def test_crossover_is_the_start_of_the_final_winning_run():
 
     points = [point("favor", 1, 2.0), point("exact", 1, 1.0), point("favor", 2, 1.0), point("exact", 2, 2.0)]
     points += [point("favor", 4, 3.0), point("exact", 4, 2.0), point("favor", 8, 1.0), point("exact", 8, 5.0)]
-    assert speed.crossover(points, "favor", "exact") == 8
-    assert speed.crossover(points[:4], "favor", "exact") == 2
+    assert speed_report.crossover(points, "favor", "exact") == 8
+    assert speed_report.crossover(points[:4], "favor", "exact") == 2
 
 
 def test_main_writes_json_markdown(tmp_path):

@@ -99,7 +99,7 @@ def test_splits_of_the_shipped_corpus_and_flip():
     counts = {"train": 0, "valid": 0, "test": 0}
     for record in read_fasta(corpus):
         counts[split_of(record)] += 1
-    assert counts == {"train": 46153, "valid": 940, "test": 916}  # as stated in data/proteins/SOURCE.md
+    assert counts == {"train": 46153, "valid": 940, "test": 916}  # as in its SOURCE.md
     labels = DATA / "flip_secondary_structure" / "sampled_labels.fasta.gz"
     assert len(read_split(labels, "test")) == 364
     assert len(read_split(labels, "valid")) == 1080

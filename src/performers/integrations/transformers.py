@@ -53,7 +53,6 @@ attention matrix; a warning says so once in training mode), ``output_attentions`
 
 from __future__ import annotations
 
-import contextvars
 import os
 import warnings
 from pathlib import Path
@@ -64,20 +63,17 @@ from torch import Tensor, nn
 
 try:
     from transformers import AttentionInterface
-    from transformers.cache_utils import Cache, CacheLayerMixin
-    from transformers.masking_utils import (
-        AttentionMaskInterface,
-        bidirectional_mask_function,
-        causal_mask_function,
-    )
+    from transformers.masking_utils import AttentionMaskInterface
 except ImportError as error:  # pragma: no cover - exercised only without the extra
     raise ImportError(
         "performers.integrations.transformers needs Hugging Face transformers >= 4.56: "
         "pip install 'performers[hf]'"
     ) from error
 
+from performers.integrations.hf_cache import FavorCache, FavorCacheLayer, take_pending
+from performers.integrations.hf_masks import favor_mask, key_padding
 from performers.layers import FavorAttention, FavorConfig
-from performers.ops import FavorState, favor_attention
+from performers.ops import favor_attention
 
 __all__ = [
     "ATTENTION_NAME",
@@ -266,259 +262,6 @@ def _favor_module(module: nn.Module, device: torch.device) -> _HFFavorAttention:
 
 
 # --------------------------------------------------------------------------------------------
-# masks
-
-
-def favor_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int = 0,
-    kv_offset: int = 0,
-    mask_function: Any = causal_mask_function,
-    attention_mask: Tensor | None = None,
-    **kwargs: Any,
-) -> Tensor | None:
-    """The ``"favor"`` entry of ``AttentionMaskInterface``: a key-padding mask, never ``L×L``.
-
-    Args:
-        batch_size, q_length, kv_length, q_offset, kv_offset: sizes as computed by HF's
-            ``create_causal_mask`` / ``create_bidirectional_mask``.
-        mask_function: must be HF's plain ``causal_mask_function`` or
-            ``bidirectional_mask_function``; causality itself is applied by the attention
-            function from ``module.is_causal``.
-        attention_mask: the 2D padding mask ``(B, seen + q_length)``, True/1 = attend.
-
-    Returns:
-        ``None`` when no key is padded, else ``(B, kv_length)`` bool (True = attend).
-
-    Raises:
-        ValueError: for a pattern FAVOR+ cannot represent (sliding window, chunked, packed
-            sequences, custom overlays) or a static cache (more key slots than tokens).
-    """
-    if mask_function is not causal_mask_function and mask_function is not bidirectional_mask_function:
-        raise ValueError(
-            "the 'favor' attention supports only plain causal or bidirectional attention with key padding; "
-            "this model asked for another mask pattern "
-            f"({getattr(mask_function, '__qualname__', mask_function)}: "
-            "sliding window, chunked, packed sequences or a custom overlay), which FAVOR+ cannot represent"
-        )
-    if (
-        isinstance(q_offset, int)
-        and isinstance(kv_offset, int)
-        and kv_offset + kv_length > q_offset + q_length
-    ):
-        if mask_function is causal_mask_function:
-            raise ValueError(
-                "the 'favor' attention cannot use a static (preallocated) cache; "
-                "pass cache=FavorCache() to generate() or forward()"
-            )
-    if attention_mask is None:
-        return None
-    if attention_mask.dim() != 2:
-        raise ValueError(f"expected a 2D padding mask (B, L), got shape {tuple(attention_mask.shape)}")
-    keep = attention_mask.to(torch.bool)
-    if keep.shape[-1] < kv_offset + kv_length:
-        keep = nn.functional.pad(keep, (0, kv_offset + kv_length - keep.shape[-1]), value=False)
-    keep = keep[:, kv_offset : kv_offset + kv_length]
-    if bool(keep.all()):
-        return None
-    return keep
-
-
-def _padding_from_4d(mask: Tensor, causal: bool, q_len: int, k_len: int) -> Tensor | None:
-    """Key padding ``(B, Lk)`` (True = padded) of a 4D mask, or ValueError if it is not one."""
-    if mask.shape[1] != 1 or mask.shape[-2:] != (q_len, k_len):
-        raise ValueError(
-            f"a 4D attention_mask must have shape (B, 1, Lq, Lk) = (B, 1, {q_len}, {k_len}), "
-            f"got {tuple(mask.shape)}"
-        )
-    if mask.dtype == torch.bool:
-        keep = mask[:, 0]
-    else:
-        if not mask.is_floating_point():
-            keep = mask[:, 0] != 0
-        else:
-            values = mask[:, 0]
-            keep = values == 0
-            # -1e4 and below (the -1e4 / -1e9 / finfo.min conventions) remove a key exactly in
-            # any float softmax: exp(-1e4) underflows to 0.
-            blocked = values <= -1e4
-            if not bool((keep | blocked).all()):
-                raise ValueError(
-                    "the 'favor' attention accepts additive 4D masks whose entries are 0 (attend) or "
-                    "<= -1e4 (blocked); other values are a bias on q·k, which has no FAVOR+ equivalent"
-                )
-    allowed = keep.any(dim=-2)  # (B, Lk): a key some query may attend
-    expected = allowed[:, None, :].expand(-1, q_len, -1)
-    if causal:
-        rows = torch.arange(q_len, device=mask.device)[:, None] + (k_len - q_len)
-        expected = expected & (torch.arange(k_len, device=mask.device)[None, :] <= rows)
-        # The row of a padded query may be empty (as HF's own masks leave it): its output is
-        # never used. A padded query row that attends keys must still follow the pattern.
-        free_rows = ~allowed[:, k_len - q_len :]
-    else:
-        free_rows = ~keep.any(-1)
-    if not bool(((keep == expected).all(-1) | free_rows).all()):
-        raise ValueError(
-            "this 4D attention_mask is not a key-padding mask"
-            + (" combined with the causal triangle" if causal else "")
-            + "; the 'favor' attention can only represent key padding and causality (no L×L pattern)"
-        )
-    pad = ~allowed
-    return pad if bool(pad.any()) else None
-
-
-def _key_padding(mask: Any, causal: bool, q_len: int, k_len: int, batch: int) -> Tensor | None:
-    """``(B, Lk)`` bool, True = padded key, from whatever the model passed as ``attention_mask``."""
-    if mask is None:
-        return None
-    if not isinstance(mask, Tensor):
-        raise ValueError(
-            f"the 'favor' attention got an attention_mask of type {type(mask).__name__}; "
-            "it accepts None, a 2D key mask (B, Lk) or a 4D key-padding mask (B, 1, Lq, Lk)"
-        )
-    if mask.dim() == 2:
-        if mask.shape[0] != batch or mask.shape[1] < k_len:
-            raise ValueError(
-                f"a 2D attention_mask must have shape (B, Lk) = ({batch}, {k_len}) (or cover past keys too), "
-                f"got {tuple(mask.shape)}"
-            )
-        keep = mask[:, -k_len:]
-        keep = keep if keep.dtype == torch.bool else keep != 0
-        pad = ~keep
-        return pad if bool(pad.any()) else None
-    if mask.dim() == 4:
-        pad = _padding_from_4d(mask, causal, q_len, mask.shape[-1])
-        if pad is None:
-            return None
-        if pad.shape[0] == 1 and batch > 1:
-            pad = pad.expand(batch, -1)
-        return pad[:, -k_len:]
-    raise ValueError(f"attention_mask must be 2D (B, Lk) or 4D (B, 1, Lq, Lk), got shape {tuple(mask.shape)}")
-
-
-# --------------------------------------------------------------------------------------------
-# cache
-
-
-# The FavorCacheLayer updated last (in this thread/context) and the key tensor it returned:
-# the attention function that receives that very tensor owns the update.
-_PENDING: contextvars.ContextVar[tuple[FavorCacheLayer, Tensor] | None] = contextvars.ContextVar(
-    "performers_favor_pending", default=None
-)
-
-
-class FavorCacheLayer(CacheLayerMixin):
-    """One layer of :class:`FavorCache`: the FAVOR+ recurrent state instead of keys and values.
-
-    ``update`` stores nothing but returns the new keys/values unchanged and records, in a
-    context variable, the pair (this layer, that key tensor). HF attention modules pass the
-    tensors ``update`` returned straight to the attention function, so the ``"favor"``
-    attention function that receives *that very tensor* (an identity check, no guessing)
-    continues this layer's :class:`FavorState`
-    (``kv (B, H, M', D)``, ``normalizer (B, H, M')``, ``log_offset (B, H)``, and FAVOR++'s
-    ``kernel_params (B, H)``) and stores the
-    result. The state's size does not depend on the number of tokens seen.
-    """
-
-    is_sliding = False
-    is_compileable = False
-    is_croppable = False
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__()
-        self.state: FavorState | None = None
-        self.seen = 0
-        self._pending: Tensor | None = None
-
-    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-        self.device = key_states.device
-        self.is_initialized = True
-
-    def update(
-        self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[Tensor, Tensor]:
-        """Register ``key_states (B, Hkv, Lnew, D)`` for the next attention call; returns them."""
-        if self._pending is not None:
-            raise RuntimeError(
-                "FavorCache was updated twice without a 'favor' attention call in between: it only works "
-                "with attn_implementation='favor'"
-            )
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        self._pending = key_states
-        _PENDING.set((self, key_states))
-        return key_states, value_states
-
-    def commit(self, state: FavorState, new_tokens: int) -> None:
-        """Store the state after the pending keys (called by the attention function)."""
-        self.state = state
-        self.seen += new_tokens
-        self._pending = None
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen + query_length, 0
-
-    def get_seq_length(self) -> int:
-        return self.seen
-
-    def get_max_length(self) -> int:
-        return -1
-
-    def reset(self) -> None:
-        self.state = None
-        self.seen = 0
-        self._pending = None
-
-    def _map_state(self, fn) -> None:
-        if self.state is not None:
-            self.state = FavorState(*(None if t is None else fn(t) for t in self.state))
-
-    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._map_state(lambda t: t.index_select(0, beam_idx.to(t.device)))
-
-    def batch_repeat_interleave(self, repeats: int) -> None:
-        self._map_state(lambda t: t.repeat_interleave(repeats, dim=0))
-
-    def batch_select_indices(self, indices: Tensor) -> None:
-        self._map_state(lambda t: t[indices])
-
-    def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove != 0:
-            raise NotImplementedError(
-                "FavorCache keeps a running sum, not the keys: tokens cannot be removed "
-                "(assisted decoding / cache cropping is not supported)"
-            )
-
-    def offload(self) -> None:  # nothing large to move
-        return None
-
-    def prefetch(self) -> None:
-        return None
-
-
-class FavorCache(Cache):
-    """A ``transformers`` cache holding one :class:`FavorCacheLayer` (recurrent state) per layer.
-
-    Use it for decoding with the ``"favor"`` attention: ``model.generate(ids, cache=FavorCache())``
-    (``past_key_values=`` in transformers < 5) or ``model(ids, cache=FavorCache(), use_cache=True)``.
-    Per-token cost and memory are constant in the context length.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(layer_class_to_replicate=FavorCacheLayer)
-
-
-def _take_pending(key: Tensor) -> FavorCacheLayer | None:
-    entry = _PENDING.get()
-    if entry is None or entry[1] is not key:
-        return None
-    _PENDING.set(None)
-    return entry[0]
-
-
-# --------------------------------------------------------------------------------------------
 # the attention function
 
 
@@ -566,13 +309,13 @@ def favor_attention_forward(
     favor = _favor_module(module, query.device)
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     batch, _, q_len, _ = query.shape
-    layer = _take_pending(key)
+    layer = take_pending(key)
     groups = int(getattr(module, "num_key_value_groups", 1) or 1)
     if groups > 1:
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     k_len = key.shape[2]
-    pad = _key_padding(attention_mask, causal, q_len, k_len, batch)
+    pad = key_padding(attention_mask, causal, q_len, k_len, batch)
     common = {
         "kernel": favor.kernel,
         "scale": scaling,

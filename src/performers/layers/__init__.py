@@ -4,19 +4,19 @@ a switchable exact backend, feature redraw, rotary positions."""
 
 from performers.layers.attention import (
     BACKENDS,
-    KVCache,
     LayerCache,
     MultiheadAttentionBase,
-    MultiheadFavorAttention,
     PerformerCrossAttention,
     PerformerSelfAttention,
-    sdpa_attention,
 )
 from performers.layers.favor import FavorAttention, projection_seed
 from performers.layers.favor_config import FavorConfig
+from performers.layers.kv_cache import KVCache
+from performers.layers.multihead import MultiheadFavorAttention
 from performers.layers.redraw import FeatureRedrawer, favor_modules
 from performers.layers.replace import replace_multihead_attention
 from performers.layers.rotary import RotaryEmbedding, apply_rotary
+from performers.layers.sdpa import sdpa_attention
 
 __all__ = [
     "BACKENDS",

@@ -6,8 +6,9 @@ Three modules share one implementation (:class:`MultiheadAttentionBase`):
   incremental decoding from a per-layer cache;
 * :class:`PerformerCrossAttention` — queries from ``(B, Lq, E)``, keys/values from a memory
   ``(B, Lk, kdim)``;
-* :class:`MultiheadFavorAttention` — the call signature of :class:`torch.nn.MultiheadAttention`,
-  for swapping attention inside existing models (see :mod:`performers.layers.replace`).
+* :class:`~performers.layers.multihead.MultiheadFavorAttention` — the call signature of
+  :class:`torch.nn.MultiheadAttention`, for swapping attention inside existing models (see
+  :mod:`performers.layers.replace`).
 
 The backend is one string attribute, ``attention = "favor" | "exact"``. Both backends use the
 same parameters and buffers (every module owns a :class:`FavorAttention` even when it runs
@@ -24,23 +25,22 @@ instead of NaN, so padding never injects NaN into the other positions or into gr
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from performers.layers.favor import FavorAttention
 from performers.layers.favor_config import FavorConfig
+from performers.layers.kv_cache import KVCache
 from performers.layers.rotary import RotaryEmbedding
+from performers.layers.sdpa import sdpa_attention
 from performers.ops import FavorState
 
 __all__ = [
     "BACKENDS",
-    "KVCache",
     "LayerCache",
     "MultiheadAttentionBase",
-    "MultiheadFavorAttention",
     "PerformerCrossAttention",
     "PerformerSelfAttention",
-    "sdpa_attention",
+    "check_padding_mask",
 ]
 
 # "identity" returns V unchanged: the paper's "OPT" model, an upper bound on the speed any
@@ -48,140 +48,10 @@ __all__ = [
 BACKENDS = ("favor", "exact", "identity")
 
 
-class KVCache:
-    """Keys, values and key padding of the positions one exact-attention layer has seen.
-
-    ``key``: ``(B, H, T, D)``, ``value``: ``(B, H, T, Dv)``, ``key_padding_mask``: ``(B, T)``
-    bool or None. The tensors live in buffers with spare capacity that double when full, so
-    appending a token copies ``O(1)`` amortized instead of the whole cache (as ``torch.cat``
-    per token would). :meth:`append` updates the cache in place; it is meant for inference
-    (``torch.no_grad()``).
-    """
-
-    def __init__(
-        self,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Tensor | None = None,
-        *,
-        capacity: int | None = None,
-    ) -> None:
-        if key.dim() != 4 or value.dim() != 4 or key.shape[:3] != value.shape[:3]:
-            raise ValueError(
-                f"KVCache needs key (B, H, T, D) and value (B, H, T, Dv), got {tuple(key.shape)} and "
-                f"{tuple(value.shape)}"
-            )
-        self._key = key
-        self._value = value
-        self._padding = key_padding_mask
-        self.length = key.shape[2]
-        if capacity is not None and capacity > self.length:
-            self._reserve(capacity)
-
-    @property
-    def capacity(self) -> int:
-        return self._key.shape[2]
-
-    @property
-    def key(self) -> Tensor:
-        return self._key[:, :, : self.length]
-
-    @property
-    def value(self) -> Tensor:
-        return self._value[:, :, : self.length]
-
-    @property
-    def key_padding_mask(self) -> Tensor | None:
-        return None if self._padding is None else self._padding[:, : self.length]
-
-    def nbytes(self) -> int:
-        """Bytes held by the buffers (capacity, not just length)."""
-        total = (
-            self._key.numel() * self._key.element_size() + self._value.numel() * self._value.element_size()
-        )
-        return total + (0 if self._padding is None else self._padding.numel())
-
-    def _reserve(self, capacity: int) -> None:
-        b, h, _, d = self._key.shape
-        key = self._key.new_empty(b, h, capacity, d)
-        value = self._value.new_empty(b, h, capacity, self._value.shape[-1])
-        key[:, :, : self.length] = self.key
-        value[:, :, : self.length] = self.value
-        if self._padding is not None:
-            padding = self._padding.new_zeros(b, capacity)
-            padding[:, : self.length] = self.key_padding_mask
-            self._padding = padding
-        self._key, self._value = key, value
-
-    def append(self, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None) -> None:
-        """Add ``n`` positions: ``key`` ``(B, H, n, D)``, ``value`` ``(B, H, n, Dv)``, mask ``(B, n)``."""
-        n = key.shape[2]
-        end = self.length + n
-        if end > self.capacity:
-            self._reserve(max(end, 2 * self.capacity))
-        self._key[:, :, self.length : end] = key
-        self._value[:, :, self.length : end] = value
-        if key_padding_mask is not None and self._padding is None:
-            self._padding = torch.zeros(
-                self._key.shape[0], self.capacity, dtype=torch.bool, device=self._key.device
-            )
-        if self._padding is not None:
-            self._padding[:, self.length : end] = False if key_padding_mask is None else key_padding_mask
-        self.length = end
-
-
 LayerCache = FavorState | KVCache
 
 
-def sdpa_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    causal: bool = False,
-    key_padding_mask: Tensor | None = None,
-    attn_bias: Tensor | None = None,
-    past_length: int = 0,
-    dropout_p: float = 0.0,
-    scale: float | None = None,
-) -> Tensor:
-    """Exact softmax attention through ``F.scaled_dot_product_attention``.
-
-    Args:
-        q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
-        causal: query ``i`` (absolute position ``past_length + i``) sees keys ``j ≤ past_length + i``.
-        key_padding_mask: ``(B, Lk)`` bool, True = padded key.
-        attn_bias: additive float mask broadcastable to ``(B, H, Lq, Lk)`` (``-inf`` = blocked).
-        past_length: number of cached keys that precede the queries (incremental decoding).
-        dropout_p: dropout on the attention weights.
-        scale: default ``1/√D``.
-
-    Returns:
-        ``(B, H, Lq, Dv)``; rows with no visible key are 0.
-    """
-    lq, lk = q.shape[-2], k.shape[-2]
-    if causal and lq == 1 and past_length == lk - 1:
-        causal = False  # the newest query sees every key anyway
-    if key_padding_mask is None and attn_bias is None and (not causal or (past_length == 0 and lq == lk)):
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale)
-
-    bias = q.new_zeros(1, 1, lq, lk)
-    if causal:
-        visible = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(diagonal=past_length)
-        bias = bias.masked_fill(~visible, float("-inf"))
-    if key_padding_mask is not None:
-        bias = bias.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    if attn_bias is not None:
-        bias = bias + attn_bias.to(q.dtype)
-    # A row with every key blocked would be NaN (softmax over -inf), and NaN would leak into the
-    # values of later layers and into the gradients through 0·NaN. Unblock such rows, zero them after.
-    dead = torch.isneginf(bias).all(dim=-1, keepdim=True)
-    bias = bias.masked_fill(dead, 0.0)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, scale=scale)
-    return out.masked_fill(dead, 0.0)
-
-
-def _check_padding_mask(mask: Tensor | None, batch: int, length: int, name: str = "key_padding_mask") -> None:
+def check_padding_mask(mask: Tensor | None, batch: int, length: int, name: str = "key_padding_mask") -> None:
     if mask is None:
         return
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
@@ -414,7 +284,7 @@ class PerformerSelfAttention(MultiheadAttentionBase):
         if x.dim() != 3 or x.shape[-1] != self.embed_dim:
             raise ValueError(f"x must have shape (B, L, E) with E = {self.embed_dim}, got {tuple(x.shape)}")
         b, length, _ = x.shape
-        _check_padding_mask(key_padding_mask, b, length)
+        check_padding_mask(key_padding_mask, b, length)
         q = self._split_heads(self.q_proj(x))
         k = self._split_heads(self.k_proj(x))
         v = self._split_heads(self.v_proj(x))
@@ -456,7 +326,7 @@ class PerformerCrossAttention(MultiheadAttentionBase):
                 f"memory must have shape (B, Lk, memory_dim) = ({x.shape[0]}, Lk, {self.kdim}), "
                 f"got {tuple(memory.shape)}"
             )
-        _check_padding_mask(
+        check_padding_mask(
             memory_key_padding_mask, memory.shape[0], memory.shape[1], "memory_key_padding_mask"
         )
         q = self._split_heads(self.q_proj(x))
@@ -464,199 +334,3 @@ class PerformerCrossAttention(MultiheadAttentionBase):
         v = self._split_heads(self.v_proj(memory))
         out, _ = self._attend(q, k, v, causal=False, key_padding_mask=memory_key_padding_mask)
         return self.out_proj(self._merge_heads(out))
-
-
-def _is_causal_mask(mask: Tensor, lq: int, lk: int) -> bool:
-    """Whether an ``nn.MultiheadAttention`` ``attn_mask`` is exactly the causal mask."""
-    if mask.dim() != 2 or tuple(mask.shape) != (lq, lk) or lq != lk:
-        return False
-    future = torch.ones(lq, lk, dtype=torch.bool, device=mask.device).triu(diagonal=1)
-    if mask.dtype == torch.bool:
-        return bool(torch.equal(mask, future))
-    return bool(torch.equal(torch.isneginf(mask), future) and (mask.masked_fill(future, 0.0) == 0).all())
-
-
-def _additive_attn_mask(mask: Tensor, batch: int, heads: int, lq: int, lk: int, dtype: torch.dtype) -> Tensor:
-    """``attn_mask`` of ``nn.MultiheadAttention`` (``(Lq, Lk)`` or ``(B·H, Lq, Lk)``) as an additive bias."""
-    if mask.dim() == 2:
-        if tuple(mask.shape) != (lq, lk):
-            raise ValueError(
-                f"2-D attn_mask must have shape (Lq, Lk) = ({lq}, {lk}), got {tuple(mask.shape)}"
-            )
-        mask = mask[None, None]
-    elif mask.dim() == 3:
-        if tuple(mask.shape) != (batch * heads, lq, lk):
-            raise ValueError(
-                f"3-D attn_mask must have shape (B·H, Lq, Lk) = ({batch * heads}, {lq}, {lk}), "
-                f"got {tuple(mask.shape)}"
-            )
-        mask = mask.view(batch, heads, lq, lk)
-    else:
-        raise ValueError(f"attn_mask must be 2-D or 3-D, got {tuple(mask.shape)}")
-    if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(mask, float("-inf"))
-    return mask.to(dtype)
-
-
-class MultiheadFavorAttention(MultiheadAttentionBase):
-    """Drop-in replacement for :class:`torch.nn.MultiheadAttention` with a FAVOR+ (or exact) backend.
-
-    Same constructor arguments and ``forward`` signature as ``nn.MultiheadAttention`` plus the
-    keywords ``attention``, ``favor`` (a :class:`~performers.FavorConfig`) and ``layer_index``;
-    build one from an existing module with :meth:`from_multihead_attention`. Differences:
-    attention weights are never returned (FAVOR+ never forms them; the second output is always
-    None), ``add_bias_kv``/``add_zero_attn`` are not supported, and with FAVOR+ ``attn_mask`` may
-    only be the causal mask and a float ``key_padding_mask`` only hold 0 and ``-inf``.
-    """
-
-    # nn.TransformerEncoderLayer / nn.TransformerEncoder read these attributes of their
-    # ``self_attn`` to pick a fused fast path that bypasses ``self_attn.forward``. These values
-    # rule the fast path out, so the layer calls this module.
-    _qkv_same_embed_dim = False
-    in_proj_weight = None
-    in_proj_bias = None
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        dropout: float = 0.0,
-        bias: bool = True,
-        add_bias_kv: bool = False,
-        add_zero_attn: bool = False,
-        kdim: int | None = None,
-        vdim: int | None = None,
-        batch_first: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        *,
-        attention: str = "favor",
-        favor: FavorConfig | None = None,
-        layer_index: int = 0,
-    ) -> None:
-        if add_bias_kv or add_zero_attn:
-            raise NotImplementedError("add_bias_kv and add_zero_attn are not supported")
-        super().__init__(
-            embed_dim,
-            num_heads,
-            kdim=kdim,
-            vdim=vdim,
-            bias=bias,
-            dropout=dropout,
-            attention=attention,
-            favor=favor,
-            layer_index=layer_index,
-            device=device,
-            dtype=dtype,
-        )
-        self.batch_first = batch_first
-
-    @classmethod
-    def from_multihead_attention(
-        cls,
-        mha: nn.MultiheadAttention,
-        *,
-        attention: str = "favor",
-        favor: FavorConfig | None = None,
-        layer_index: int = 0,
-    ) -> MultiheadFavorAttention:
-        """A module with the sizes, options and weights of ``mha``, running ``attention`` with
-        the FAVOR options ``favor``."""
-        weight = mha.out_proj.weight
-        module = cls(
-            mha.embed_dim,
-            mha.num_heads,
-            dropout=mha.dropout,
-            bias=mha.in_proj_bias is not None,
-            add_bias_kv=mha.bias_k is not None,
-            add_zero_attn=mha.add_zero_attn,
-            kdim=mha.kdim,
-            vdim=mha.vdim,
-            batch_first=mha.batch_first,
-            device=weight.device,
-            dtype=weight.dtype,
-            attention=attention,
-            favor=favor,
-            layer_index=layer_index,
-        )
-        module.load_multihead_attention_weights(mha)
-        module.train(mha.training)
-        return module
-
-    def forward(
-        self,
-        query: Tensor,
-        key: Tensor,
-        value: Tensor,
-        key_padding_mask: Tensor | None = None,
-        need_weights: bool = True,
-        attn_mask: Tensor | None = None,
-        average_attn_weights: bool = True,
-        is_causal: bool = False,
-    ) -> tuple[Tensor, None]:
-        """``nn.MultiheadAttention.forward``: ``(L, B, E)`` inputs, or ``(B, L, E)`` with ``batch_first``.
-
-        Args:
-            query: ``(Lq, B, E)``; key: ``(Lk, B, kdim)``; value: ``(Lk, B, vdim)`` (batch first
-                when ``batch_first``; unbatched ``(L, E)`` also accepted).
-            key_padding_mask: ``(B, Lk)``, bool True = padded, or float added to the logits.
-            need_weights, average_attn_weights: accepted for compatibility; no weights are returned.
-            attn_mask: ``(Lq, Lk)`` or ``(B·H, Lq, Lk)``, bool True = blocked or float additive.
-            is_causal: causal attention; ``attn_mask`` is then taken to be the causal mask (as
-                the ``nn.MultiheadAttention`` hint says) and need not be given.
-
-        Returns:
-            ``(attn_output, None)``, ``attn_output`` shaped like ``query``.
-        """
-        del need_weights, average_attn_weights
-        batched = query.dim() == 3
-        if not batched:
-            query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
-            if key_padding_mask is not None:
-                key_padding_mask = key_padding_mask.unsqueeze(0)
-        elif not self.batch_first:
-            query, key, value = query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1)
-        b, lq, _ = query.shape
-        lk = key.shape[1]
-
-        causal = bool(is_causal)
-        attn_bias = None
-        if attn_mask is not None and not causal:
-            if self.attention == "favor":
-                if not _is_causal_mask(attn_mask, lq, lk):
-                    raise ValueError(
-                        "FAVOR+ attention supports attn_mask only when it is the causal mask; "
-                        "use attention='exact' for other masks"
-                    )
-                causal = True
-            else:
-                attn_bias = _additive_attn_mask(attn_mask, b, self.num_heads, lq, lk, query.dtype)
-
-        padding = key_padding_mask
-        if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
-            if self.attention == "favor":
-                blocked = torch.isneginf(key_padding_mask)
-                if bool((key_padding_mask.masked_fill(blocked, 0.0) != 0).any()):
-                    raise ValueError(
-                        "FAVOR+ attention accepts a float key_padding_mask only with values 0 and -inf"
-                    )
-                padding = blocked
-            else:
-                extra = key_padding_mask.to(query.dtype)[:, None, None, :]
-                attn_bias = extra if attn_bias is None else attn_bias + extra
-                padding = None
-        _check_padding_mask(padding, b, lk)
-
-        q = self._split_heads(self.q_proj(query))
-        k = self._split_heads(self.k_proj(key))
-        v = self._split_heads(self.v_proj(value))
-        out, _ = self._attend(q, k, v, causal=causal, key_padding_mask=padding, attn_bias=attn_bias)
-        out = self.out_proj(self._merge_heads(out))
-        if not batched:
-            out = out.squeeze(0)
-        elif not self.batch_first:
-            out = out.transpose(0, 1)
-        return out, None
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", batch_first={self.batch_first}"

@@ -6,8 +6,8 @@ import warnings
 
 from torch import nn
 
-from performers.layers.attention import MultiheadFavorAttention
 from performers.layers.favor_config import FavorConfig
+from performers.layers.multihead import MultiheadFavorAttention
 
 __all__ = ["replace_multihead_attention"]
 

@@ -8,14 +8,8 @@ import json
 import time
 from pathlib import Path
 
-from performers.bench.approximation import (
-    format_sections,
-    format_table,
-    measure,
-    plot_sections,
-    run_sections,
-    write_json,
-)
+from performers.bench.approximation import format_table, measure, run_sections, write_json
+from performers.bench.approximation_report import format_sections, plot_sections
 from performers.cli.common import command_text
 from performers.ops import KERNELS
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from performers.bench.speed import METHODS, Spec, report_only, run_speed
+from performers.bench.speed import METHODS, Spec
+from performers.bench.speed_report import report_only, run_speed
 from performers.cli.common import command_text
 from performers.cli.favor_options import add_favor_options, favor_config_from_args
 

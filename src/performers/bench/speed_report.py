@@ -1,0 +1,243 @@
+"""The report of ``performers bench speed``: run the measurements of :mod:`performers.bench.speed`,
+write ``speed.json``, the markdown table with crossovers and achieved GFLOP/s, and the plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from performers.bench.speed import CAUSAL, METHODS, Point, Spec, matmul_peak_gflops, measure
+
+__all__ = ["crossover", "favor_flops", "markdown", "plot", "report_only", "run_speed"]
+
+
+def favor_flops(spec: Spec, backward: bool) -> float:
+    """Matmul FLOPs of bidirectional FAVOR+: 4 products forward, 6 more backward."""
+    one = 2.0 * spec.batch * spec.heads * spec.length * spec.dim * spec.num_features
+    return one * (10 if backward else 4)
+
+
+def crossover(points: list[Point], ours: str, theirs: str) -> int | None:
+    """Smallest L from which ``ours`` is faster (fwd+bwd) than ``theirs`` at every measured L."""
+    mine = {p.spec.length: p.forward_backward_s for p in points if p.spec.method == ours and not p.error}
+    other = {p.spec.length: p.forward_backward_s for p in points if p.spec.method == theirs and not p.error}
+    common = sorted(set(mine) & set(other))
+    result = None
+    for length in reversed(common):
+        if mine[length] < other[length]:
+            result = length
+        else:
+            break
+    return result
+
+
+def markdown(points: list[Point], peak: float, command: str) -> str:
+    lengths = sorted({p.spec.length for p in points})
+    methods = [m for m in METHODS if any(p.spec.method == m for p in points) and not m.startswith("model-")]
+    by = {(p.spec.method, p.spec.length): p for p in points}
+    spec = points[0].spec
+    lines = [
+        "# Attention speed and memory vs sequence length",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"B={spec.batch}, H={spec.heads}, D={spec.dim}, M={spec.num_features}, {spec.dtype}, "
+        f"{spec.threads} threads, forward+backward w.r.t. q, k, v (median of {spec.repeats}); "
+        f"peak = growth of peak RSS in one forward+backward. Measured GEMM peak: {peak:.0f} GFLOP/s.",
+        "",
+    ]
+    for title, key, fmt in (
+        ("Forward+backward time (s)", "forward_backward_s", ".3f"),
+        ("Forward time (s)", "forward_s", ".3f"),
+        ("Peak extra memory, forward+backward (MiB)", "peak_extra_mib", ".0f"),
+    ):
+        lines += [f"## {title}", "", "| L | " + " | ".join(methods) + " |", "|---:|" + "---:|" * len(methods)]
+        for length in lengths:
+            cells = []
+            for m in methods:
+                p = by.get((m, length))
+                value = None if p is None or p.error else getattr(p, key)
+                cells.append("—" if value is None else format(value, fmt))
+            lines.append(f"| {length} | " + " | ".join(cells) + " |")
+        lines.append("")
+    favor = [p for p in points if p.spec.method == "favor" and not p.error]
+    if favor:
+        lines += [
+            "",
+            "## FAVOR+ (bidirectional) against its primitive floor",
+            "",
+            "Floor: the matmuls and exps of its shapes run back to back (see `_floor`).",
+            "",
+            "| L | fwd | floor fwd | fwd+bwd | floor fwd+bwd | GFLOP/s fwd+bwd | % of GEMM peak |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for p in favor:
+            gflops = favor_flops(p.spec, True) / p.forward_backward_s / 1e9
+            lines.append(
+                f"| {p.spec.length} | {p.forward_s:.3f} | {p.floor_forward_s:.3f} | "
+                f"{p.forward_backward_s:.3f} | {p.floor_forward_backward_s:.3f} | "
+                f"{gflops:.0f} | {100 * gflops / peak:.0f}% |"
+            )
+    models = {
+        name: {p.spec.length: p for p in points if p.spec.method == f"model-{name}" and not p.error}
+        for name in ("favor", "exact", "identity")
+    }
+    if models["favor"] and models["identity"]:
+        lines += [
+            "",
+            '## Full model: FAVOR+ against exact attention and identity attention ("OPT")',
+            "",
+            "6 blocks, d_model 512, 8 heads, d_ff 2048 (the paper's Figure 3 size), vocabulary 256,",
+            "forward+backward of the whole model, B = 1.",
+            "",
+            "| L | FAVOR+ (s) | exact (s) | OPT (s) | FAVOR+ / OPT | FAVOR+ MiB | exact MiB | OPT MiB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+
+        def cell(name: str, length: int, key: str, fmt: str) -> str:
+            p = models[name].get(length)
+            value = None if p is None else getattr(p, key)
+            return "—" if value is None else format(value, fmt)
+
+        for length in sorted(set(models["favor"]) & set(models["identity"])):
+            ratio = models["favor"][length].forward_backward_s / models["identity"][length].forward_backward_s
+            lines.append(
+                f"| {length} | {cell('favor', length, 'forward_backward_s', '.2f')} | "
+                f"{cell('exact', length, 'forward_backward_s', '.2f')} | "
+                f"{cell('identity', length, 'forward_backward_s', '.2f')} | {ratio:.2f} | "
+                f"{cell('favor', length, 'peak_extra_mib', '.0f')} | "
+                f"{cell('exact', length, 'peak_extra_mib', '.0f')} | "
+                f"{cell('identity', length, 'peak_extra_mib', '.0f')} |"
+            )
+    lines += ["", "## Crossover", ""]
+    for ours, theirs in (
+        ("favor", "exact"),
+        ("favor-causal", "exact-causal"),
+        ("model-favor", "model-exact"),
+    ):
+        c = crossover(points, ours, theirs)
+        if c is not None:
+            lines.append(
+                f"- `{ours}` is faster than `{theirs}` (fwd+bwd) from L = {c} on, at every measured length."
+            )
+        elif any(p.spec.method == ours for p in points) and any(p.spec.method == theirs for p in points):
+            lines.append(
+                f"- `{ours}` is not faster than `{theirs}` at the longest lengths measured for both."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(points: list[Point], out_dir: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    for key, label, name in (
+        ("forward_backward_s", "forward+backward time (s)", "speed_time.png"),
+        ("peak_extra_mib", "peak extra memory (MiB)", "speed_memory.png"),
+    ):
+        series = {
+            method: [
+                p for p in points if p.spec.method == method and not p.error and (getattr(p, key) or 0) > 0
+            ]
+            for method in METHODS
+            if not method.startswith("model-")  # whole-model times: see the markdown table
+        }
+        if not any(series.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(7, 5))
+        for method, pts in series.items():
+            if pts:
+                style = "--" if method in CAUSAL else "-"
+                ax.plot(
+                    [p.spec.length for p in pts],
+                    [getattr(p, key) for p in pts],
+                    style,
+                    marker="o",
+                    label=method,
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length L")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def report_only(out_dir: str | Path) -> list[Path]:
+    """Rewrite ``out_dir/speed.md`` and the plots from ``out_dir/speed.json``; returns the plots."""
+    out_dir = Path(out_dir)
+    data = json.loads((out_dir / "speed.json").read_text())
+    points = [Point(**{**p, "spec": Spec(**p["spec"])}) for p in data["points"]]
+    commands = data.get("commands", [data.get("command", "")])
+    (out_dir / "speed.md").write_text(markdown(points, data["matmul_peak_gflops"], " && ".join(commands)))
+    return plot(points, out_dir)
+
+
+def run_speed(
+    methods: list[str],
+    lengths: list[int],
+    *,
+    base: Spec,
+    out_dir: str | Path,
+    command: str,
+    max_seconds: float = 20.0,
+    merge: bool = False,
+    log=print,
+) -> list[Point]:
+    """Measure every (method, L), write ``speed.json``, ``speed.md`` and the plots to ``out_dir``.
+
+    ``base`` holds everything but the method and length; the peer methods are skipped when
+    performer-pytorch is not installed. ``merge`` adds these points to an existing
+    ``speed.json`` (replacing the same method and L); ``command`` is recorded with the results.
+    """
+    methods = list(methods)
+    if any(m.startswith("peer") for m in methods):
+        try:
+            import performer_pytorch  # noqa: F401
+        except ImportError:
+            log("performer-pytorch not installed (pip install 'performers[bench]'): skipping the peer")
+            methods = [m for m in methods if not m.startswith("peer")]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points = measure(methods, lengths, base=base, max_seconds=max_seconds, log=log)
+    peak = matmul_peak_gflops(base.threads)
+    commands = [command]
+    previous = out_dir / "speed.json"
+    if merge and previous.exists():
+        old = json.loads(previous.read_text())
+        fresh = {(p.spec.method, p.spec.length) for p in points}
+        kept = [
+            Point(**{**p, "spec": Spec(**p["spec"])})
+            for p in old["points"]
+            if (p["spec"]["method"], p["spec"]["length"]) not in fresh
+        ]
+        points = kept + points
+        commands = old.get("commands", [old.get("command", "")]) + commands
+    payload = {
+        "commands": commands,
+        "matmul_peak_gflops": peak,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "points": [{**asdict(p), "spec": asdict(p.spec)} for p in points],
+    }
+    (out_dir / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (out_dir / "speed.md").write_text(markdown(points, peak, " && ".join(commands)))
+    for path in plot(points, out_dir):
+        log(f"wrote {path}")
+    log(f"wrote {out_dir / 'speed.json'} and {out_dir / 'speed.md'}")
+    return points
