@@ -32,8 +32,9 @@ from performers.ops import (
     make_projection,
     orthogonal_projection,
 )
+from performers.utils import package_version
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 __all__ = [
     "KERNELS",

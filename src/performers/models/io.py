@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from performers.models.config import PerformerConfig
-from performers.utils import atomic_write, load_safetensors
+from performers.utils import atomic_write, load_safetensors, package_version
 
 __all__ = [
     "CONFIG_NAME",
@@ -38,15 +38,6 @@ WEIGHTS_NAME = "model.safetensors"
 # Class name (as recorded in config.json "architectures") → class; the Performer model classes
 # add themselves when they are defined (PerformerPreTrainedModel.__init_subclass__).
 MODEL_CLASSES: dict[str, type[nn.Module]] = {}
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("performers")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 def _check_model(model: nn.Module) -> None:
@@ -68,10 +59,11 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     architecture = type(model).__name__
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
-    metadata = {"format": "pt", "architecture": architecture, "performers_version": _version()}
+    version = package_version()
+    metadata = {"format": "pt", "architecture": architecture, "performers_version": version}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
-    config = {**model.config.to_dict(), "architectures": [architecture], "performers_version": _version()}
+    config = {**model.config.to_dict(), "architectures": [architecture], "performers_version": version}
     text = json.dumps(config, indent=2) + "\n"
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
 

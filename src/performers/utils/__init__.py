@@ -7,7 +7,7 @@ This is the bottom of the package: it imports nothing else from ``performers``.
 from performers.utils.files import atomic_directory, atomic_write, load_safetensors, sha256
 from performers.utils.labels import IGNORE_INDEX
 from performers.utils.memory import peak_rss_reset, rss_kib
-from performers.utils.resources import shipped_data
+from performers.utils.resources import package_version, shipped_data
 from performers.utils.seeding import derive_seed
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "atomic_write",
     "derive_seed",
     "load_safetensors",
+    "package_version",
     "peak_rss_reset",
     "rss_kib",
     "sha256",

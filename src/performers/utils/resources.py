@@ -11,7 +11,17 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["shipped_data"]
+__all__ = ["package_version", "shipped_data"]
+
+
+def package_version() -> str:
+    """The installed version of ``performers`` (pyproject.toml is its one source)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("performers")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown"
 
 
 def shipped_data(*parts: str) -> Path:
