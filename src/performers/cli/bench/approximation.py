@@ -48,10 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.sections != ["attention"] or args.out:
-        return _sections(args)
-    settings = {
+def _settings(args: argparse.Namespace) -> dict:
+    """The options of the attention measurement, recorded with its results."""
+    return {
         "length": args.length,
         "dim": args.dim,
         "feature_counts": list(args.features),
@@ -59,6 +58,12 @@ def run(args: argparse.Namespace) -> int:
         "input_std": args.input_std,
         "seed": args.seed,
     }
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.sections != ["attention"] or args.out:
+        return _sections(args)
+    settings = _settings(args)
     start = time.perf_counter()
     rows = measure(
         length=args.length,
@@ -90,12 +95,7 @@ def _sections(args: argparse.Namespace) -> int:
     settings = {
         "command": command_text(args),
         "sections": args.sections,
-        "length": args.length,
-        "dim": args.dim,
-        "feature_counts": list(args.features),
-        "repeats": args.repeats,
-        "input_std": args.input_std,
-        "seed": args.seed,
+        **_settings(args),
         "kernels": list(args.kernels),
         "models": list(args.model),
         "proteins": args.proteins,
