@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from performers.bench.compat import _ranks, spearman, write_markdown
+from performers.bench.compat import write_markdown
 from performers.text import load_stsb
+from performers.training import ranks as _ranks
+from performers.training import spearman
 
 
 def test_load_stsb_reads_the_shipped_splits():

@@ -101,7 +101,8 @@ def test_finetune_random_init_control_has_the_pretrained_architecture_and_fresh_
 
     assert main(["train", *TINY, "--out", str(tmp_path)]) == 0
     seen = []
-    monkeypatch.setattr(command, "finetune", lambda encoder, *_, **__: seen.append(encoder) or {"q3": 0.5})
+    result = {"test": {"accuracy": 0.5, "tokens": 1}}
+    monkeypatch.setattr(command, "finetune", lambda encoder, *_, **__: seen.append(encoder) or result)
     for extra in ([], ["--random-init"]):
         assert main(["finetune", "--pretrained", str(tmp_path), "--steps", "1", *extra]) == 0
     pretrained = from_pretrained(tmp_path / "final").model
@@ -183,3 +184,65 @@ def test_every_option_of_every_command_has_help():
         f"{path} {a.option_strings[0]}" for path, a in walk(build_parser(), "performers") if not a.help
     ]
     assert not missing, f"options without --help text: {missing}"
+
+
+def test_finetune_on_your_own_labelled_fasta_and_on_gb1(tmp_path, capsys):
+    sequences = tmp_path / "s.fasta"
+    labels = tmp_path / "l.fasta"
+    records = [(f"p{i}", "MKVACDEFGHIK"[: 6 + i % 6]) for i in range(12)]
+    sequences.write_text("".join(f">{name}\n{seq}\n" for name, seq in records))
+    split = {0: "SET=test", 1: "SET=train VALIDATION=True"}
+    lines = []
+    for i, (name, seq) in enumerate(records):
+        lines.append(f">{name} {split.get(i % 4, 'SET=train')}\n{('ab' * 6)[: len(seq)]}\n")
+    labels.write_text("".join(lines))
+    small = [
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-length",
+        "16",
+        "--d-model",
+        "16",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+    ]
+    args = ["finetune", "--sequences", str(sequences), "--labels", str(labels), *small, "--num-features", "8"]
+    assert main([*args, "--out", str(tmp_path / "own")]) == 0
+    assert "ResidueLabels (6 train)" in capsys.readouterr().out
+    gb1 = [
+        "finetune",
+        "--task",
+        "gb1",
+        "--train-limit",
+        "8",
+        "--test-limit",
+        "4",
+        *small[:4],
+        "--max-length",
+        "272",
+    ]
+    assert (
+        main(
+            [
+                *gb1,
+                "--d-model",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--num-features",
+                "8",
+                "--out",
+                str(tmp_path / "g"),
+            ]
+        )
+        == 0
+    )
+    assert "test Spearman" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="choose one of"):
+        main(["finetune", "--task", "gb1", "--targets", str(labels)])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
-from performers.experiments import evaluate_model
-from performers.experiments.proteins import protein_evaluator, protein_trainer
+from performers.experiments import evaluate_model, protein_evaluator
+from performers.experiments.proteins import protein_trainer
 from performers.proteins import LanguageModelExamples, ProteinTokenizer, UnigramBaseline
 from performers.training import Trainer, TrainingConfig, latest_checkpoint, save_checkpoint
 
@@ -302,3 +302,24 @@ def test_language_model_examples_are_those_of_the_seeded_streams():
     assert not all(torch.equal(a[k], c[k]) for k in a)
     batch = data.collate([a, c])
     assert batch["input_ids"].shape == (2, 20)
+
+
+def test_loader_workers_give_the_same_batches_and_the_same_run(tmp_path):
+    from performers.training.loader import batch_loader
+
+    data = LanguageModelExamples(motif_proteins(16), TOK, task="mlm", max_length=20)
+    alone = batch_loader(data, batch_size=4, seed=3, epoch=1, position=8)
+    workers = batch_loader(data, batch_size=4, seed=3, epoch=1, position=8, num_workers=2)
+    rank1 = batch_loader(data, batch_size=4, seed=3, epoch=1, position=8, rank=1, world=2)
+    for _ in range(6):  # crosses into the next epoch
+        a, b, half = next(alone), next(workers), next(rank1)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(half["labels"], a["labels"][1::2, : half["labels"].shape[1]])
+    del workers
+    state = torch.get_rng_state()
+    next(batch_loader(data, batch_size=4, seed=3, num_workers=1))
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG (dropout's) is untouched
+    serial, _ = run(tmp_path / "serial", "mlm")
+    parallel, _ = run(tmp_path / "parallel", "mlm", num_workers=2)
+    for (name, a), (_, b) in zip(serial.state_dict().items(), parallel.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name

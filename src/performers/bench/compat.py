@@ -29,13 +29,13 @@ from torch import Tensor
 
 from performers.layers import FavorConfig
 from performers.text import load_stsb
+from performers.training import spearman
 
 __all__ = [
     "encode",
     "load_minilm",
     "minilm_path",
     "run_compat",
-    "spearman",
     "write_markdown",
 ]
 
@@ -59,28 +59,6 @@ def load_minilm(path: str | Path | None = None):
 
     path = str(path or minilm_path())
     return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
-
-
-def _ranks(x: Tensor) -> Tensor:
-    """Ranks 1..N with ties given their average rank."""
-    order = torch.argsort(x, stable=True)
-    sorted_x = x[order]
-    ranks = torch.empty_like(x, dtype=torch.float64)
-    n, i = len(x), 0
-    while i < n:
-        j = i
-        while j + 1 < n and sorted_x[j + 1] == sorted_x[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman(x: Tensor, y: Tensor) -> float:
-    """Spearman's rank correlation (Pearson correlation of average ranks)."""
-    rx, ry = _ranks(x.double()), _ranks(y.double())
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()))
 
 
 @torch.no_grad()

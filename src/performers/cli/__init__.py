@@ -1,7 +1,8 @@
 """The ``performers`` command line: one module per command (``add_parser`` + ``run``), each a thin
 layer over a documented Python function of the library.
 
-Commands: ``demo``, ``train``, ``evaluate``, ``generate``, ``finetune`` (proteins), ``convert``,
+Commands: ``demo``, ``prepare``, ``train``, ``evaluate``, ``embed``, ``score``, ``generate``,
+``finetune`` (proteins), ``convert``,
 ``distill`` (Hugging Face models), ``bench ...`` (measurements). The FAVOR options of every
 command come from :func:`performers.cli.favor_options.add_favor_options`.
 """
@@ -15,12 +16,24 @@ from pathlib import Path
 
 import torch
 
-from performers.cli import bench, convert, demo, distill, evaluate, finetune, generate, train
+from performers.cli import (
+    bench,
+    convert,
+    demo,
+    distill,
+    embed,
+    evaluate,
+    finetune,
+    generate,
+    prepare,
+    score,
+    train,
+)
 from performers.cli.common import register
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = (demo, train, evaluate, generate, finetune, convert, distill, bench)
+COMMANDS = (demo, prepare, train, evaluate, embed, score, generate, finetune, convert, distill, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import time
 
 from performers.cli.options import (
     add_training_options,
+    data_from_args,
     model_config_from_args,
     set_threads,
     training_config_from_args,
@@ -30,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         model_config_from_args(args),
         training_config_from_args(args),
         out_dir=args.out,
+        corpus=data_from_args(args),
         train_limit=args.train_limit,
         test_limit=args.test_limit,
     )

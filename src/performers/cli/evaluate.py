@@ -1,37 +1,86 @@
-"""``performers evaluate``: accuracy and perplexity of a trained model on a corpus split
-(:func:`performers.experiments.evaluate_model`)."""
+"""``performers evaluate``: accuracy and perplexity of a trained model on the shipped corpus, a
+FASTA file or a prepared dataset, in aggregate and per protein
+(:func:`performers.experiments.evaluate_model`, :func:`~performers.experiments.evaluate_per_sequence`)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from performers.experiments import evaluate_model, load_trained
+from performers.experiments import (
+    corpus_split,
+    evaluate_model,
+    evaluate_per_sequence,
+    load_trained,
+    write_csv,
+)
 from performers.models import PerformerForCausalLM
-from performers.proteins import default_corpus, read_split
+from performers.proteins import FastaError, default_corpus, read_fasta
+from performers.proteins.data import split_of
+from performers.proteins.prepared_dataset import is_prepared
 
-HELP = "accuracy and perplexity of a trained model on a split"
+HELP = "accuracy and perplexity of a trained model (shipped corpus, a FASTA file or a prepared dataset)"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("evaluate", help=HELP, description=HELP)
     parser.add_argument("model", help="directory written by training (its final/ or a save_pretrained dir)")
-    parser.add_argument("--split", choices=["train", "valid", "test"], default="test", help="corpus split")
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="a FASTA file (every record) or a prepared dataset directory (its --split); "
+        "default: the shipped corpus",
+    )
+    parser.add_argument(
+        "--split", choices=["train", "valid", "test"], default="test", help="split of the corpus or dataset"
+    )
     parser.add_argument("--max-length", type=int, default=256, help="tokens per protein (crop at start)")
     parser.add_argument("--batch-size", type=int, default=16, help="proteins per forward pass")
-    parser.add_argument("--limit", type=int, default=None, help="first N proteins of the split")
+    parser.add_argument("--limit", type=int, default=None, help="first N proteins")
     parser.add_argument("--attention", choices=["favor", "exact"], default=None, help="override the backend")
+    parser.add_argument(
+        "--per-sequence",
+        default=None,
+        metavar="CSV",
+        help="also write one row per protein: id, length, tokens, loss, perplexity, accuracy",
+    )
     return parser
+
+
+def _proteins(args: argparse.Namespace) -> tuple[object, list[str], str]:
+    """``(sequences or prepared split, ids, description)`` of the chosen data."""
+    if args.data is None or is_prepared(args.data):
+        split = corpus_split(args.data, args.split, args.limit)
+        ids = [split.record_id(i) for i in range(len(split))] if hasattr(split, "record_id") else None
+        return split, ids, f"{args.data or 'shipped corpus'} {args.split}"
+    path = Path(args.data)
+    if not path.is_file():
+        raise SystemExit(f"performers evaluate: {path}: not a FASTA file or a prepared dataset directory")
+    try:
+        records = list(read_fasta(path))[: args.limit]
+    except FastaError as error:
+        raise SystemExit(f"performers evaluate: {error}") from None
+    return [r.sequence for r in records], [r.id for r in records], str(path)
 
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_trained(args.model, attention=args.attention)
     task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
-    sequences = read_split(default_corpus(), args.split)[: args.limit]
-    result = evaluate_model(
-        model, tokenizer, sequences, task=task, max_length=args.max_length, batch_size=args.batch_size
-    )
+    sequences, ids, what = _proteins(args)
+    if len(sequences) == 0:
+        raise SystemExit(f"performers evaluate: {what}: no protein to evaluate")
+    options = {"task": task, "max_length": args.max_length, "batch_size": args.batch_size}
+    result = evaluate_model(model, tokenizer, sequences, **options)
+    scored = "masked positions" if task == "mlm" else "next tokens"
     print(
-        f"{args.split}: accuracy {100 * result['accuracy']:.2f}%, perplexity {result['perplexity']:.2f} "
-        f"over {result['tokens']} {'masked positions' if task == 'mlm' else 'next tokens'}"
+        f"{what}: accuracy {100 * result['accuracy']:.2f}%, perplexity {result['perplexity']:.2f} "
+        f"over {result['tokens']} {scored} of {len(sequences)} proteins"
     )
+    if args.per_sequence:
+        if ids is None:  # the shipped corpus: its records of the split, in order
+            ids = [r.id for r in read_fasta(default_corpus()) if split_of(r) == args.split][: len(sequences)]
+        path = write_csv(
+            evaluate_per_sequence(model, tokenizer, sequences, ids, **options), args.per_sequence
+        )
+        print(f"wrote {path} ({len(sequences)} proteins)")
     return 0

@@ -1,5 +1,7 @@
-"""``performers finetune``: per-residue secondary structure (Q3) on FLIP with a linear head on a
-trained or randomly initialized encoder (:func:`performers.experiments.finetune`)."""
+"""``performers finetune``: a head on a trained or randomly initialized encoder, fine-tuned on
+labelled proteins in FLIP's conventions (:func:`performers.experiments.finetune`): per-residue
+classes (secondary structure, conservation, or your own label FASTA) or a sequence-level target
+(GB1 fitness, or your own ``TARGET=`` FASTA)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,10 @@ import torch
 from performers.cli.options import add_model_options, add_run_options, model_config_from_args, set_threads
 from performers.experiments import finetune, load_trained
 from performers.models import PerformerModel
+from performers.proteins import SHIPPED_TASKS, ResidueLabels, SequenceTargets, load_shipped_task
 from performers.training import SCHEDULES, TrainingConfig
 
-HELP = "secondary structure (Q3) with a per-residue head on FLIP"
+HELP = "fine-tune on labelled proteins: per-residue classes (FLIP SS, conservation) or a sequence target"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,6 +26,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--random-init",
         action="store_true",
         help="with --pretrained: its architecture, randomly initialized (the control run)",
+    )
+    data = parser.add_argument_group("labelled data (default: --task secondary_structure)")
+    data.add_argument(
+        "--task",
+        choices=sorted(SHIPPED_TASKS),
+        default=None,
+        help="a FLIP task shipped with the package: secondary_structure (Q3), conservation, gb1 (regression)",
+    )
+    data.add_argument("--sequences", default=None, help="per-residue task: FASTA of the sequences")
+    data.add_argument(
+        "--labels",
+        default=None,
+        help="per-residue task: FASTA of one label per residue, split tags in headers",
+    )
+    data.add_argument(
+        "--mask", default=None, help="per-residue task: FASTA of 1 (scored) / 0 (not) per residue"
+    )
+    data.add_argument(
+        "--targets", default=None, help="regression: FASTA with TARGET=<float> and split tags in the headers"
     )
     group = parser.add_argument_group("fine-tuning")
     group.add_argument("--steps", type=int, default=200, help="optimizer steps")
@@ -54,12 +76,41 @@ def _encoder(args: argparse.Namespace) -> tuple[PerformerModel, str]:
     return PerformerModel(model_config_from_args(args)), "random initialization"
 
 
+def _splits(args: argparse.Namespace) -> dict:
+    """``{"train", "valid", "test"}`` of the chosen labelled data."""
+    limits = {"train": args.train_limit, "valid": None, "test": args.test_limit}
+    own = args.sequences or args.labels or args.mask
+    if sum(bool(x) for x in (args.task, own, args.targets)) > 1:
+        raise SystemExit(
+            "performers finetune: choose one of --task, --sequences/--labels[/--mask], --targets"
+        )
+    try:
+        if args.targets:
+            return {s: SequenceTargets.load(args.targets, split=s, limit=n) for s, n in limits.items()}
+        if own:
+            if not (args.sequences and args.labels):
+                raise SystemExit(
+                    "performers finetune: a per-residue task needs both --sequences and --labels"
+                )
+            return {
+                s: ResidueLabels.load(args.sequences, args.labels, mask=args.mask, split=s, limit=n)
+                for s, n in limits.items()
+            }
+        return {s: load_shipped_task(args.task or "secondary_structure", s, n) for s, n in limits.items()}
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"performers finetune: {error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     set_threads(args)
+    splits = _splits(args)
+    for name, data in splits.items():
+        if len(data) == 0:
+            raise SystemExit(f"performers finetune: the {name} split is empty")
     encoder, source = _encoder(args)
     try:
         training = TrainingConfig(
-            task="tokens",
+            task=splits["train"].kind,
             max_steps=args.steps,
             batch_size=args.batch_size,
             max_length=args.max_length,
@@ -74,13 +125,16 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise SystemExit(f"performers: error: fine-tuning options: {error}") from None
-    result = finetune(
-        encoder,
-        training,
-        out_dir=args.out,
-        freeze_encoder=args.freeze,
-        train_limit=args.train_limit,
-        test_limit=args.test_limit,
+    result = finetune(encoder, training, **splits, out_dir=args.out, freeze_encoder=args.freeze)
+    test = result["test"]
+    if "spearman" in test:
+        summary = f"test Spearman {test['spearman']:.4f}, MSE {test['mse']:.4g} over {test['count']} proteins"
+    else:
+        summary = f"test accuracy {100 * test['accuracy']:.2f}% over {test['tokens']} residues"
+        if args.task in (None, "secondary_structure") and not (args.sequences or args.targets):
+            summary = f"test Q3 {100 * test['accuracy']:.2f}%"
+    print(
+        f"{type(splits['train']).__name__} ({len(splits['train'])} train), encoder from {source}: {summary}"
     )
-    print(f"secondary structure, encoder from {source}: test Q3 {100 * result['q3']:.2f}%")
+    print(f"wrote {args.out}/checkpoints and {args.out}/metrics.jsonl")
     return 0

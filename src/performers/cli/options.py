@@ -5,6 +5,7 @@ that turns them into a :class:`~performers.PerformerConfig` and a
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
@@ -12,12 +13,16 @@ from performers.cli.favor_options import add_favor_options, favor_config_from_ar
 from performers.experiments import DEMO_MODEL, protein_model_config
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig
+from performers.proteins.cache import prepared_cache
+from performers.proteins.prepared_dataset import is_prepared
 from performers.training import SCHEDULES, TrainingConfig
 
 __all__ = [
+    "add_data_options",
     "add_model_options",
     "add_run_options",
     "add_training_options",
+    "data_from_args",
     "model_config_from_args",
     "set_threads",
     "training_config_from_args",
@@ -39,6 +44,12 @@ def add_model_options(parser: argparse.ArgumentParser, favor: FavorConfig | None
     group.add_argument(
         "--dropout", type=float, default=d.dropout, help=f"dropout probability (default {d.dropout})"
     )
+    group.add_argument(
+        "--position",
+        choices=["learned", "rotary"],
+        default=d.position,
+        help="position encoding: learned (at most --max-length tokens) or rotary (any length)",
+    )
     add_favor_options(parser, favor)
 
 
@@ -52,6 +63,7 @@ def model_config_from_args(args: argparse.Namespace, *, attention: str = "favor"
             d_ff=args.d_ff,
             dropout=args.dropout,
             max_length=args.max_length,
+            position=args.position,
             attention=attention,
             favor=favor_config_from_args(args),
         )
@@ -99,11 +111,65 @@ def add_training_options(
     group.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test proteins")
     group.add_argument("--bf16", action="store_true", help="bf16 autocast")
     group.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="loader processes building the next batches while the model trains (0: none; same batches)",
+    )
+    group.add_argument(
         "--concatenate",
         action="store_true",
         help="train and evaluate on proteins joined into windows of exactly --max-length tokens",
     )
+    add_data_options(parser)
     add_run_options(parser, out=out)
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    """Where the proteins come from: the shipped corpus (default), a prepared dataset, or FASTA
+    files per split (prepared into a cache directory on first use)."""
+    group = parser.add_argument_group("data (default: the shipped RefSeq corpus)")
+    group.add_argument("--data", default=None, help="a prepared dataset directory (`performers prepare`)")
+    group.add_argument("--train", nargs="+", default=None, metavar="FASTA", help="training proteins")
+    group.add_argument("--valid", nargs="+", default=None, metavar="FASTA", help="validation proteins")
+    group.add_argument("--test", nargs="+", default=None, metavar="FASTA", help="test proteins (optional)")
+
+
+def data_from_args(args: argparse.Namespace) -> Path | None:
+    """The corpus of the data options: None (the shipped corpus), a prepared directory, or the
+    cached prepared dataset of the ``--train/--valid/--test`` files."""
+    files = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
+    if args.data and files:
+        raise SystemExit("performers: error: give --data or --train/--valid/--test files, not both")
+    if args.data:
+        if not is_prepared(args.data):
+            raise SystemExit(
+                f"performers: error: --data {args.data}: not a prepared dataset (see `performers prepare`)"
+            )
+        return Path(args.data)
+    if not files:
+        return None
+    if "train" not in files or "valid" not in files:
+        raise SystemExit("performers: error: --train and --valid FASTA files are both needed")
+    try:
+        return once_per_job(lambda: prepared_cache(files))
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"performers: error: {error}") from None
+
+
+def once_per_job(make):
+    """``make()`` in rank 0 first, then in the other processes of a torchrun job (which then find
+    its result); just ``make()`` in a single process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return make()
+    if dist.get_rank() == 0:
+        result = make()
+        dist.barrier()
+        return result
+    dist.barrier()
+    return make()
 
 
 def training_config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
@@ -121,6 +187,7 @@ def training_config_from_args(args: argparse.Namespace, **overrides) -> Training
         bf16=args.bf16,
         seed=args.seed,
         concatenate=args.concatenate,
+        num_workers=args.workers,
     )
     try:
         return TrainingConfig(**{**values, **overrides})

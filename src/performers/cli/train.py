@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from performers.cli.options import (
     add_training_options,
+    data_from_args,
     model_config_from_args,
     set_threads,
     training_config_from_args,
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
             training_config_from_args(args),
             out_dir=args.out,
             name=args.attention,
+            corpus=data_from_args(args),
             train_limit=args.train_limit,
             test_limit=args.test_limit,
             resume=args.resume,

@@ -1,8 +1,18 @@
 """The experiments, above the generic training loop: the protein main job and its demo, the
-paper's protein tables (Table 2, long context, backward compatibility) and secondary-structure
-fine-tuning. Each is a documented function the CLI calls."""
+paper's protein tables (Table 2, long context, backward compatibility), fine-tuning on labelled
+proteins (per-residue classes, sequence-level regression), embeddings and likelihood scores of
+trained models (zero-shot variant effects). Each is a documented function the CLI calls."""
 
+from performers.experiments.embedding import embed_proteins, write_embeddings
+from performers.experiments.finetuning import SequenceRegressor, TokenClassifier, evaluate_labelled, finetune
 from performers.experiments.protein_benchmarks import backward_compatibility, long_context, table2
+from performers.experiments.protein_evaluation import (
+    corpus_split,
+    corpus_splits,
+    evaluate_model,
+    evaluate_per_sequence,
+    protein_evaluator,
+)
 from performers.experiments.proteins import (
     DEMO_MODEL,
     DEMO_VARIANTS,
@@ -10,32 +20,53 @@ from performers.experiments.proteins import (
     RunResult,
     Variant,
     compare,
-    evaluate_model,
     load_trained,
     protein_model_config,
     run_training,
     train_variants,
     unigram_baseline,
 )
-from performers.experiments.secondary_structure import SecondaryStructureModel, evaluate_q3, finetune
+from performers.experiments.scoring import (
+    Mutation,
+    find_mutations,
+    format_mutations,
+    parse_mutations,
+    score_proteins,
+    variant_effects,
+)
+from performers.utils import write_csv
 
 __all__ = [
     "DEMO_MODEL",
     "DEMO_VARIANTS",
     "TABLE2_VARIANTS",
+    "Mutation",
     "RunResult",
-    "SecondaryStructureModel",
+    "SequenceRegressor",
+    "TokenClassifier",
     "Variant",
     "backward_compatibility",
     "compare",
+    "corpus_split",
+    "corpus_splits",
+    "embed_proteins",
+    "evaluate_labelled",
     "evaluate_model",
-    "evaluate_q3",
+    "evaluate_per_sequence",
+    "find_mutations",
     "finetune",
+    "format_mutations",
     "load_trained",
     "long_context",
+    "parse_mutations",
+    "protein_evaluator",
     "protein_model_config",
     "run_training",
+    "score_proteins",
     "table2",
     "train_variants",
     "unigram_baseline",
+    "variant_effects",
+    "write_csv",
+    "write_embeddings",
 ]

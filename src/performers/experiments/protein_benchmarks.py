@@ -24,13 +24,12 @@ from pathlib import Path
 
 import torch
 
+from performers.experiments.protein_evaluation import corpus_splits, protein_evaluator
 from performers.experiments.proteins import (
     TABLE2_VARIANTS,
     Variant,
-    corpus_splits,
     load_trained,
     plot_learning_curves,
-    protein_evaluator,
     protein_trainer,
     train_variants,
     unigram_baseline,

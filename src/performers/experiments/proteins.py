@@ -19,17 +19,15 @@ from pathlib import Path
 
 import torch
 
+from performers.experiments.protein_evaluation import corpus_split, corpus_splits, protein_evaluator
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, build_model, from_pretrained
 from performers.proteins import (
     LanguageModelExamples,
     ProteinTokenizer,
     UnigramBaseline,
-    default_corpus,
-    evaluation_batches,
-    read_split,
 )
-from performers.training import Trainer, TrainingConfig, evaluate_tokens
+from performers.training import Trainer, TrainingConfig
 from performers.utils import peak_rss_reset, rss_kib
 
 __all__ = [
@@ -39,11 +37,8 @@ __all__ = [
     "RunResult",
     "Variant",
     "compare",
-    "corpus_splits",
-    "evaluate_model",
     "load_trained",
     "plot_learning_curves",
-    "protein_evaluator",
     "protein_model_config",
     "protein_trainer",
     "run_training",
@@ -60,13 +55,15 @@ def protein_model_config(
     d_ff: int = 256,
     dropout: float = 0.1,
     max_length: int = 256,
+    position: str = "learned",
     attention: str = "favor",
     favor: FavorConfig | None = None,
     tokenizer: ProteinTokenizer | None = None,
 ) -> PerformerConfig:
-    """A :class:`~performers.PerformerConfig` for protein sequences of up to ``max_length``
-    tokens: the vocabulary and padding id of ``tokenizer`` (default :class:`ProteinTokenizer`)
-    and the given sizes (defaults: the demo's small model)."""
+    """A :class:`~performers.PerformerConfig` for protein sequences: the vocabulary and padding id
+    of ``tokenizer`` (default :class:`ProteinTokenizer`) and the given sizes (defaults: the demo's
+    small model). ``position="learned"`` limits the model to ``max_length`` tokens;
+    ``"rotary"`` has no limit (embed or score proteins of any length)."""
     tokenizer = tokenizer or ProteinTokenizer()
     return PerformerConfig(
         vocab_size=len(tokenizer),
@@ -75,6 +72,7 @@ def protein_model_config(
         num_heads=num_heads,
         d_ff=d_ff,
         max_position_embeddings=max_length,
+        position=position,
         dropout=dropout,
         attention=attention,
         favor=FavorConfig() if favor is None else favor,
@@ -95,62 +93,6 @@ class RunResult:
     peak_extra_mib: float
     parameters: int
     extra: dict = field(default_factory=dict)
-
-
-def evaluate_model(
-    model: torch.nn.Module,
-    tokenizer: ProteinTokenizer,
-    sequences: list[str],
-    *,
-    task: str,
-    max_length: int,
-    batch_size: int = 16,
-    mask_prob: float = 0.15,
-    seed: int = 0,
-    max_batches: int | None = None,
-    concatenate: bool = False,
-) -> dict[str, float]:
-    """Accuracy and perplexity over masked positions (``task="mlm"``) or all next tokens
-    (``"clm"``) of ``sequences``, on the fixed batches of
-    :func:`performers.proteins.evaluation_batches` (two evaluations of a model agree)."""
-    batches = evaluation_batches(
-        sequences,
-        tokenizer,
-        task=task,
-        max_length=max_length,
-        batch_size=batch_size,
-        mask_prob=mask_prob,
-        seed=seed,
-        max_batches=max_batches,
-        concatenate=concatenate,
-    )
-    return evaluate_tokens(model, batches, causal=task == "clm")
-
-
-def protein_evaluator(
-    tokenizer: ProteinTokenizer,
-    sequences: list[str],
-    training: TrainingConfig,
-    max_batches: int | None = None,
-):
-    """``evaluate(model)``: :func:`evaluate_model` on ``sequences`` (at most ``max_batches``
-    batches) with a run's task, lengths, batch size and seed."""
-
-    def evaluate(model: torch.nn.Module) -> dict[str, float]:
-        return evaluate_model(
-            model,
-            tokenizer,
-            sequences,
-            task=training.task,
-            max_length=training.max_length,
-            batch_size=training.batch_size,
-            mask_prob=training.mask_prob,
-            seed=training.seed,
-            max_batches=max_batches,
-            concatenate=training.concatenate,
-        )
-
-    return evaluate
 
 
 def protein_trainer(
@@ -174,18 +116,6 @@ def protein_trainer(
     )
     evaluate = protein_evaluator(tokenizer, valid, training, training.eval_batches)
     return Trainer(model, examples, training, out_dir, evaluate=evaluate, log=log)
-
-
-def corpus_splits(
-    corpus: str | Path | None, training: TrainingConfig, train_limit: int | None, test_limit: int | None
-) -> tuple[list[str], list[str], list[str]]:
-    """``(train, valid, test)`` sequences of a tagged corpus (default: the shipped one); the
-    validation split is cut to what ``training.eval_batches`` batches use (at least 64)."""
-    corpus = default_corpus() if corpus is None else corpus
-    train = read_split(corpus, "train")[:train_limit]
-    valid = read_split(corpus, "valid")[: max(64, training.batch_size * training.eval_batches)]
-    test = read_split(corpus, "test")[:test_limit]
-    return train, valid, test
 
 
 def run_training(
@@ -228,6 +158,9 @@ def run_training(
     parameters = sum(p.numel() for p in model.parameters())
     if trainer.rank != 0:  # under torchrun, rank 0 evaluates and saves
         return RunResult(name, {}, seconds, rate, peak, parameters)
+    if evaluate and len(test) == 0:  # a prepared dataset without a test split
+        log(f"[{name}] no test split: evaluating on the validation records")
+        test = valid
     test_metrics = protein_evaluator(tokenizer, test, training)(model) if evaluate else {}
     model.save_pretrained(out_dir / "final")
     tokenizer.save(out_dir / "final" / "tokenizer.json")
@@ -346,9 +279,8 @@ def unigram_baseline(
     corpus: str | Path | None = None, train_limit: int | None = None, test_limit: int | None = None
 ) -> dict:
     """The paper's empirical baseline on the test split: residue frequencies of the train split."""
-    corpus = default_corpus() if corpus is None else corpus
-    baseline = UnigramBaseline(read_split(corpus, "train")[:train_limit], ProteinTokenizer())
-    return baseline.evaluate(read_split(corpus, "test")[:test_limit])
+    baseline = UnigramBaseline(corpus_split(corpus, "train", train_limit), ProteinTokenizer())
+    return baseline.evaluate(corpus_split(corpus, "test", test_limit))
 
 
 def compare(

@@ -29,26 +29,46 @@ class PerformerCache:
 
 @dataclass
 class PerformerModelOutput:
-    """``last_hidden_state``: ``(B, L, E)`` after the final LayerNorm; the cache with ``use_cache``."""
+    """``last_hidden_state``: ``(B, L, E)`` after the final LayerNorm; the cache with ``use_cache``.
+
+    ``hidden_states`` (with ``output_hidden_states=True``): ``num_layers + 1`` tensors
+    ``(B, L, E)``: index 0 the embedding output (token + learned position embeddings, after
+    dropout), index ``i`` the output of block ``i`` (the residual stream, not normalized), except
+    the last, which is taken after the final LayerNorm and so is ``last_hidden_state`` itself
+    (the Hugging Face convention).
+    """
 
     last_hidden_state: Tensor
     past_key_values: PerformerCache | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
 
 
 @dataclass
 class MaskedLMOutput:
-    """``logits``: ``(B, L, V)``; ``loss``: mean cross-entropy over labels != -100 (when labels given)."""
+    """``logits``: ``(B, L, V)``; ``loss``: mean cross-entropy over labels != -100 (when labels given).
+
+    ``hidden_states``: ``(B, L, E)`` of the last layer (after the final LayerNorm);
+    ``all_hidden_states``: every layer's, as :attr:`PerformerModelOutput.hidden_states`, with
+    ``output_hidden_states=True``.
+    """
 
     logits: Tensor
     loss: Tensor | None = None
     hidden_states: Tensor | None = None
+    all_hidden_states: tuple[Tensor, ...] | None = None
 
 
 @dataclass
 class CausalLMOutput:
-    """``logits``: ``(B, L, V)`` (or the last ``logits_to_keep``); ``loss``: next-token cross-entropy."""
+    """``logits``: ``(B, L, V)`` (or the last ``logits_to_keep``); ``loss``: next-token cross-entropy.
+
+    ``hidden_states``: ``(B, L, E)`` of the last layer (after the final LayerNorm, the last
+    ``logits_to_keep`` positions when given); ``all_hidden_states``: every layer's, full length,
+    as :attr:`PerformerModelOutput.hidden_states`, with ``output_hidden_states=True``.
+    """
 
     logits: Tensor
     loss: Tensor | None = None
     past_key_values: PerformerCache | None = None
     hidden_states: Tensor | None = None
+    all_hidden_states: tuple[Tensor, ...] | None = None

@@ -137,6 +137,7 @@ class PerformerModel(PerformerPreTrainedModel):
         past_key_values: PerformerCache | None = None,
         use_cache: bool = False,
         is_causal: bool = False,
+        output_hidden_states: bool = False,
     ) -> PerformerModelOutput:
         """Hidden states of the last layer.
 
@@ -150,9 +151,13 @@ class PerformerModel(PerformerPreTrainedModel):
                 describe the new tokens only.
             use_cache: return the cache after these positions (implied by ``past_key_values``).
             is_causal: unidirectional attention.
+            output_hidden_states: also return every layer's hidden states ``(B, L, E)``: the
+                embedding output, then each block's output, the last one after the final
+                LayerNorm (see :class:`PerformerModelOutput`).
 
         Returns:
-            :class:`PerformerModelOutput` with ``last_hidden_state`` ``(B, L, E)``.
+            :class:`PerformerModelOutput` with ``last_hidden_state`` ``(B, L, E)`` (and
+            ``hidden_states``, ``num_layers + 1`` tensors, with ``output_hidden_states``).
         """
         if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point():
             shape = tuple(input_ids.shape) if isinstance(input_ids, Tensor) else type(input_ids).__name__
@@ -198,7 +203,10 @@ class PerformerModel(PerformerPreTrainedModel):
         hidden = self.dropout(hidden)
         rotary_positions = position_ids if self.config.position == "rotary" else None
         layer_caches: list[LayerCache] = []
+        all_hidden: list[Tensor] = []
         for index, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden.append(hidden)
             hidden, cache = layer(
                 hidden,
                 key_padding_mask=padding,
@@ -213,7 +221,9 @@ class PerformerModel(PerformerPreTrainedModel):
         new_cache = None
         if use_cache:
             new_cache = PerformerCache(layer_caches, position_ids[:, -1] + 1, past_length + length)
-        return PerformerModelOutput(hidden, new_cache)
+        # The last block's raw output is replaced by its normalized form, as Hugging Face models do.
+        hidden_states = (*all_hidden, hidden) if output_hidden_states else None
+        return PerformerModelOutput(hidden, new_cache, hidden_states)
 
 
 class _PerformerWithLMHead(PerformerPreTrainedModel):
@@ -237,18 +247,28 @@ class PerformerForMaskedLM(_PerformerWithLMHead):
         key_padding_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         labels: Tensor | None = None,
+        output_hidden_states: bool = False,
     ) -> MaskedLMOutput:
-        """Logits ``(B, L, V)`` for every position; ``loss`` over ``labels`` ``(B, L)`` != -100."""
-        hidden = self.model(
-            input_ids, attention_mask, key_padding_mask=key_padding_mask, position_ids=position_ids
-        ).last_hidden_state
+        """Logits ``(B, L, V)`` for every position; ``loss`` over ``labels`` ``(B, L)`` != -100;
+        with ``output_hidden_states``, every layer's ``(B, L, E)`` in ``all_hidden_states``
+        (see :class:`PerformerModelOutput`)."""
+        out = self.model(
+            input_ids,
+            attention_mask,
+            key_padding_mask=key_padding_mask,
+            position_ids=position_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state
         logits = self.lm_head(hidden, self.model.embed_tokens.weight)
         loss = None
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
             loss = token_loss(logits.flatten(0, 1), labels.flatten())
-        return MaskedLMOutput(logits=logits, loss=loss, hidden_states=hidden)
+        return MaskedLMOutput(
+            logits=logits, loss=loss, hidden_states=hidden, all_hidden_states=out.hidden_states
+        )
 
 
 class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
@@ -265,6 +285,7 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
         past_key_values: PerformerCache | None = None,
         use_cache: bool = False,
         logits_to_keep: int = 0,
+        output_hidden_states: bool = False,
     ) -> CausalLMOutput:
         """Next-token logits.
 
@@ -275,6 +296,8 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
                 -100 ignored, like Hugging Face causal LMs.
             logits_to_keep: if > 0, compute logits for the last this many positions only
                 (generation needs one).
+            output_hidden_states: also return every layer's ``(B, L, E)`` in
+                ``all_hidden_states`` (see :class:`PerformerModelOutput`).
 
         Returns:
             :class:`CausalLMOutput`.
@@ -287,6 +310,7 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
             past_key_values=past_key_values,
             use_cache=use_cache,
             is_causal=True,
+            output_hidden_states=output_hidden_states,
         )
         hidden = out.last_hidden_state
         if logits_to_keep:
@@ -300,7 +324,11 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
             loss = token_loss(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         return CausalLMOutput(
-            logits=logits, loss=loss, past_key_values=out.past_key_values, hidden_states=hidden
+            logits=logits,
+            loss=loss,
+            past_key_values=out.past_key_values,
+            hidden_states=hidden,
+            all_hidden_states=out.hidden_states,
         )
 
 

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from performers.proteins.fasta import FastaRecord, read_fasta
+from performers.proteins.fasta import FastaRecord, header_split, read_fasta
 from performers.proteins.tokenizer import ProteinTokenizer
 from performers.utils import IGNORE_INDEX, shipped_data
 
@@ -30,10 +31,13 @@ __all__ = [
     "ConcatenatedWindows",
     "LanguageModelExamples",
     "MaskedLMCollator",
+    "PreparedSequences",
+    "PreparedWindows",
     "ProteinSequences",
     "UnigramBaseline",
     "default_corpus",
     "evaluation_batches",
+    "first_records",
     "pad_batch",
     "read_split",
     "split_of",
@@ -51,14 +55,10 @@ def default_corpus() -> Path:
 def split_of(record: FastaRecord) -> str:
     """``"train" | "valid" | "test"`` from ``split=`` (RefSeq corpus) or FLIP's ``SET=`` /
     ``VALIDATION=`` tags; a record with neither is an error naming it."""
-    fields = record.fields
-    if "split" in fields:
-        return fields["split"]
-    if "SET" in fields:
-        if fields["SET"] == "train" and fields.get("VALIDATION") == "True":
-            return "valid"
-        return fields["SET"]
-    raise ValueError(f"record {record.id!r} has no split tag (split=... or SET=...) in its header")
+    split = header_split(record.header)
+    if split is None:
+        raise ValueError(f"record {record.id!r} has no split tag (split=... or SET=...) in its header")
+    return split
 
 
 def read_split(path: str | os.PathLike, split: str, **fasta_kwargs) -> list[str]:
@@ -118,11 +118,66 @@ class ProteinSequences(Dataset):
         sequence = self.sequences[index]
         room = self.max_length - 2
         if len(sequence) > room:
-            start = 0
-            if self.random_crop:
-                start = int(torch.randint(0, len(sequence) - room + 1, (1,), generator=generator))
+            start = _crop_start(len(sequence), room, self.random_crop, generator)
             sequence = sequence[start : start + room]
         return torch.tensor(self.tokenizer.encode(sequence), dtype=torch.long)
+
+
+def _crop_start(residues: int, room: int, random_crop: bool, generator: torch.Generator | None) -> int:
+    """Start of the ``room`` residues kept of a longer protein: 0, or uniform when ``random_crop``."""
+    if not random_crop:
+        return 0
+    return int(torch.randint(0, residues - room + 1, (1,), generator=generator))
+
+
+class PreparedSequences(Dataset):
+    """:class:`ProteinSequences` over a split of a prepared dataset
+    (:class:`performers.proteins.prepared.PreparedDataset`): the same items, crops and random
+    draws, read from the memory-mapped token shards instead of residue strings."""
+
+    def __init__(self, split, max_length: int, *, random_crop: bool = False) -> None:
+        if max_length < 3:
+            raise ValueError(f"max_length must be >= 3 (cls, a residue, eos), got {max_length}")
+        self.split, self.max_length, self.random_crop = split, max_length, random_crop
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.get(index, None)
+
+    def get(self, index: int, generator: torch.Generator | None) -> Tensor:
+        """Item ``index`` (``[<cls>, residues..., <eos>]``), cropped like :class:`ProteinSequences`."""
+        ids = torch.from_numpy(self.split.tokens(index).astype(np.int64))
+        room = self.max_length - 2
+        residues = ids.numel() - 2
+        if residues > room:
+            start = 1 + _crop_start(residues, room, self.random_crop, generator)
+            ids = torch.cat([ids[:1], ids[start : start + room], ids[-1:]])
+        return ids
+
+
+class PreparedWindows(Dataset):
+    """:class:`ConcatenatedWindows` over a split of a prepared dataset: window ``i`` is tokens
+    ``[i·w, (i+1)·w)`` of the split's token stream, read on demand (nothing is held in memory)."""
+
+    def __init__(self, split, window: int) -> None:
+        if window < 2:
+            raise ValueError(f"window must be >= 2, got {window}")
+        self.split, self.window = split, window
+
+    def __len__(self) -> int:
+        return self.split.num_tokens // self.window
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.get(index)
+
+    def get(self, index: int, generator: torch.Generator | None = None) -> Tensor:
+        """Window ``index`` (``generator`` unused: windows are fixed)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} out of range ({len(self)} windows)")
+        start = index * self.window
+        return torch.from_numpy(self.split.stream(start, start + self.window).astype(np.int64))
 
 
 class ConcatenatedWindows(Dataset):
@@ -152,12 +207,20 @@ class ConcatenatedWindows(Dataset):
 
 
 def pad_batch(parts: Sequence[dict[str, Tensor]], pad_id: int) -> dict[str, Tensor]:
-    """Stack collated single-item batches ``(1, L_i)`` into one ``(B, max L_i)`` batch."""
+    """Stack collated single-item batches into one batch.
+
+    Token tensors ``(1, L_i)`` (``input_ids``, ``attention_mask``, ``labels``) are padded to
+    ``(B, max L_i)`` (with the pad id, 0 and the ignored label); any other tensor (e.g. a
+    sequence-level ``targets`` ``(1,)``) is concatenated along the batch.
+    """
     length = max(p["input_ids"].shape[1] for p in parts)
     fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
     out = {}
-    for key, value in fill.items():
-        out[key] = torch.full((len(parts), length), value, dtype=torch.long)
+    for key in parts[0]:
+        if key not in fill:
+            out[key] = torch.cat([p[key] for p in parts])
+            continue
+        out[key] = torch.full((len(parts), length), fill[key], dtype=torch.long)
         for row, p in enumerate(parts):
             out[key][row, : p[key].shape[1]] = p[key][0]
     return out
@@ -229,31 +292,93 @@ class UnigramBaseline:
     Accuracy is the share of evaluated residues equal to the most frequent training residue;
     perplexity is ``exp`` of the cross-entropy of the evaluated residues under the training
     unigram distribution (add-one smoothed over the residue vocabulary, so it is finite).
+    Sequences are residue strings or a prepared split (counted from its token stream).
     """
 
-    def __init__(self, train_sequences: Iterable[str], tokenizer: ProteinTokenizer) -> None:
-        counts = Counter()
-        for sequence in train_sequences:
-            counts.update(sequence)
+    def __init__(self, train_sequences, tokenizer: ProteinTokenizer) -> None:
+        counts = _residue_counts(train_sequences, tokenizer)
         letters = tokenizer.residues
         total = sum(counts[c] for c in letters) + len(letters)
+        self.tokenizer = tokenizer
         self.probabilities = {c: (counts[c] + 1) / total for c in letters}
         self.most_frequent = max(letters, key=lambda c: counts[c])
 
-    def evaluate(self, sequences: Iterable[str]) -> dict[str, float]:
+    def evaluate(self, sequences) -> dict[str, float]:
         correct = n = 0
         nll = 0.0
-        for sequence in sequences:
-            for c in sequence:
-                p = self.probabilities.get(c)
-                if p is None:
-                    continue
-                n += 1
-                correct += c == self.most_frequent
-                nll -= math.log(p)
+        if _is_prepared(sequences):
+            counts = _residue_counts(sequences, self.tokenizer)
+            n = sum(counts[c] for c in self.probabilities)
+            correct = counts[self.most_frequent]
+            nll = -sum(counts[c] * math.log(p) for c, p in self.probabilities.items())
+        else:
+            for sequence in sequences:
+                for c in sequence:
+                    p = self.probabilities.get(c)
+                    if p is None:
+                        continue
+                    n += 1
+                    correct += c == self.most_frequent
+                    nll -= math.log(p)
         if n == 0:
             raise ValueError("no residue to evaluate")
         return {"accuracy": correct / n, "perplexity": math.exp(nll / n), "residues": n}
+
+
+def _residue_counts(source, tokenizer: ProteinTokenizer, chunk: int = 1 << 24) -> Counter:
+    """Residue letter → count over residue strings or a prepared split's token stream."""
+    counts: Counter = Counter()
+    if not _is_prepared(source):
+        for sequence in source:
+            counts.update(sequence)
+        return counts
+    ids = np.zeros(len(tokenizer), dtype=np.int64)
+    for start in range(0, source.num_tokens, chunk):
+        ids += np.bincount(
+            source.stream(start, min(start + chunk, source.num_tokens)), minlength=len(tokenizer)
+        )
+    for token, count in zip(tokenizer.tokens, ids.tolist(), strict=True):
+        if len(token) == 1:  # residues (special tokens are <...>)
+            counts[token] = count
+    return counts
+
+
+class FirstRecords:
+    """The first ``n`` records of a prepared split, itself usable as a prepared split (the records
+    of a split are a prefix of its token stream)."""
+
+    def __init__(self, split, n: int) -> None:
+        self.split, self.n = split, min(n, len(split))
+        self.num_tokens = int(np.asarray(split.lengths[: self.n], dtype=np.int64).sum())
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _check(self, i: int) -> int:
+        if not 0 <= i < self.n:
+            raise IndexError(f"record {i} out of range for the first {self.n} records")
+        return i
+
+    def tokens(self, i: int) -> np.ndarray:
+        return self.split.tokens(self._check(i))
+
+    def length(self, i: int) -> int:
+        return self.split.length(self._check(i))
+
+    def record_id(self, i: int) -> str:
+        return self.split.record_id(self._check(i))
+
+    def stream(self, start: int, stop: int) -> np.ndarray:
+        if stop > self.num_tokens:
+            raise IndexError(f"stream slice [{start}, {stop}) outside [0, {self.num_tokens}]")
+        return self.split.stream(start, stop)
+
+
+def first_records(source, n: int | None):
+    """The first ``n`` records (all when None) of residue strings or of a prepared split."""
+    if n is None:
+        return source
+    return FirstRecords(source, n) if _is_prepared(source) else list(source)[:n]
 
 
 def _collator(task: str, tokenizer: ProteinTokenizer, mask_prob: float, generator: torch.Generator | None):
@@ -264,32 +389,38 @@ def _collator(task: str, tokenizer: ProteinTokenizer, mask_prob: float, generato
     raise ValueError(f"task must be 'mlm' or 'clm', got {task!r}")
 
 
-def _dataset(
-    sequences: Sequence[str],
-    tokenizer: ProteinTokenizer,
-    max_length: int,
-    *,
-    concatenate: bool,
-    random_crop: bool,
-) -> ProteinSequences | ConcatenatedWindows:
+def _is_prepared(source) -> bool:
+    """Whether ``source`` is a split of a prepared dataset (it reads tokens) or residue strings."""
+    return hasattr(source, "tokens") and hasattr(source, "stream")
+
+
+def _dataset(source, tokenizer: ProteinTokenizer, max_length: int, *, concatenate: bool, random_crop: bool):
+    """The items of ``source`` (residue strings, or a prepared split): proteins or windows."""
+    if _is_prepared(source):
+        if concatenate:
+            return PreparedWindows(source, max_length)
+        return PreparedSequences(source, max_length, random_crop=random_crop)
     if concatenate:
-        return ConcatenatedWindows(sequences, tokenizer, max_length)
-    return ProteinSequences(sequences, tokenizer, max_length, random_crop=random_crop)
+        return ConcatenatedWindows(source, tokenizer, max_length)
+    return ProteinSequences(source, tokenizer, max_length, random_crop=random_crop)
 
 
 class LanguageModelExamples:
     """Training examples for masked (``task="mlm"``) or causal (``"clm"``) language modelling.
 
-    One protein per example, randomly cropped to ``max_length`` tokens, or (``concatenate``)
-    fixed windows of the proteins joined together. ``example(i, streams)`` crops with
-    ``streams(0)`` and masks with ``streams(1)``, where ``streams(k)`` gives the example's own
-    generators (see :class:`performers.training.RandomStreams`); ``collate`` pads examples into
-    a batch. This is the data interface of :class:`performers.training.Trainer`.
+    ``sequences`` are residue strings (held in memory) or a split of a prepared dataset
+    (:class:`performers.proteins.prepared.PreparedDataset`, read from memory-mapped shards: the
+    same examples, at any corpus size). One protein per example, randomly cropped to
+    ``max_length`` tokens, or (``concatenate``) fixed windows of the proteins joined together.
+    ``example(i, streams)`` crops with ``streams(0)`` and masks with ``streams(1)``, where
+    ``streams(k)`` gives the example's own generators (see
+    :class:`performers.training.RandomStreams`); ``collate`` pads examples into a batch. This is
+    the data interface of :class:`performers.training.Trainer`.
     """
 
     def __init__(
         self,
-        sequences: Sequence[str],
+        sequences,
         tokenizer: ProteinTokenizer,
         *,
         task: str,
@@ -316,7 +447,7 @@ class LanguageModelExamples:
 
 
 def evaluation_batches(
-    sequences: Sequence[str],
+    sequences,
     tokenizer: ProteinTokenizer,
     *,
     task: str,
@@ -327,7 +458,8 @@ def evaluation_batches(
     max_batches: int | None = None,
     concatenate: bool = False,
 ) -> Iterator[dict[str, Tensor]]:
-    """The fixed evaluation batches of ``sequences``: ``input_ids``, ``attention_mask``, ``labels``.
+    """The fixed evaluation batches of ``sequences`` (residue strings or a prepared split):
+    ``input_ids``, ``attention_mask``, ``labels``.
 
     Proteins are cropped at their start to ``max_length`` tokens (or, with ``concatenate``,
     joined and cut into windows of ``max_length``), and MLM masks come from a generator seeded

@@ -11,7 +11,8 @@ from performers.training.checkpoint import (
     save_checkpoint,
 )
 from performers.training.data import ExampleSource, RandomStreams
-from performers.training.evaluation import evaluate_tokens, logits_of, masked_accuracy
+from performers.training.evaluation import evaluate_regression, evaluate_tokens, logits_of, masked_accuracy
+from performers.training.metrics import ranks, spearman
 from performers.training.optim import build_optimizer
 from performers.training.schedule import SCHEDULES, lr_factor, make_scheduler
 from performers.training.trainer import TASKS, Trainer, TrainingConfig
@@ -26,6 +27,7 @@ __all__ = [
     "Trainer",
     "TrainingConfig",
     "build_optimizer",
+    "evaluate_regression",
     "evaluate_tokens",
     "latest_checkpoint",
     "load_checkpoint",
@@ -33,6 +35,8 @@ __all__ = [
     "lr_factor",
     "make_scheduler",
     "masked_accuracy",
+    "ranks",
     "restore",
     "save_checkpoint",
+    "spearman",
 ]

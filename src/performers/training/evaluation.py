@@ -8,9 +8,10 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from performers.training.metrics import spearman
 from performers.utils import IGNORE_INDEX
 
-__all__ = ["evaluate_tokens", "logits_of", "masked_accuracy"]
+__all__ = ["evaluate_regression", "evaluate_tokens", "logits_of", "masked_accuracy", "row_token_metrics"]
 
 
 def logits_of(output) -> Tensor:
@@ -32,6 +33,18 @@ def masked_accuracy(logits: Tensor, labels: Tensor, causal: bool) -> tuple[int, 
     target = labels[keep]
     nll = nn.functional.cross_entropy(picked, target, reduction="sum").item() if target.numel() else 0.0
     return int((picked.argmax(-1) == target).sum()), int(target.numel()), nll
+
+
+def row_token_metrics(logits: Tensor, labels: Tensor, causal: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Per row of a batch: ``(correct, counted, summed NLL)``, each ``(B,)``, over labelled
+    positions (shifted when causal), as :func:`masked_accuracy` counts them for the whole batch."""
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE_INDEX
+    safe = labels.masked_fill(~keep, 0)
+    nll = nn.functional.cross_entropy(logits.float().transpose(1, 2), safe, reduction="none") * keep
+    correct = (logits.argmax(-1) == labels) & keep
+    return correct.sum(-1), keep.sum(-1), nll.sum(-1)
 
 
 @torch.no_grad()
@@ -61,3 +74,26 @@ def evaluate_tokens(
     if counted == 0:
         raise ValueError("evaluation set produced no labelled position")
     return {"accuracy": correct / counted, "perplexity": math.exp(nll / counted), "tokens": counted}
+
+
+@torch.no_grad()
+def evaluate_regression(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
+    """Spearman correlation and mean squared error of ``model``'s predictions ``(B,)`` against
+    each batch's ``targets`` ``(B,)``. Returns ``{"spearman", "mse", "count"}``."""
+    was_training = model.training
+    model.eval()
+    predictions, targets = [], []
+    try:
+        for batch in batches:
+            predictions.append(logits_of(model(batch["input_ids"], batch["attention_mask"])).double())
+            targets.append(batch["targets"].double())
+    finally:
+        model.train(was_training)
+    if not predictions:
+        raise ValueError("evaluation set is empty")
+    prediction, target = torch.cat(predictions), torch.cat(targets)
+    return {
+        "spearman": spearman(prediction, target),
+        "mse": float((prediction - target).pow(2).mean()),
+        "count": len(target),
+    }

@@ -19,7 +19,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,16 +32,18 @@ from tqdm.auto import tqdm
 from performers.layers import FeatureRedrawer
 from performers.training.checkpoint import PREFIX as CHECKPOINT_PREFIX
 from performers.training.checkpoint import latest_checkpoint, restore, save_checkpoint
-from performers.training.data import ExampleSource, RandomStreams
+from performers.training.data import ExampleSource
 from performers.training.evaluation import logits_of
+from performers.training.loader import batch_loader, next_batch_start
 from performers.training.optim import build_optimizer
 from performers.training.schedule import SCHEDULES, make_scheduler
 from performers.utils import IGNORE_INDEX
 
 __all__ = ["TASKS", "Trainer", "TrainingConfig"]
 
-# Token-level objectives: where the label of position t sits ("clm": at t + 1, the next token).
-TASKS = ("mlm", "clm", "tokens")
+# Objectives: token-level ("clm": the label of position t is at t + 1, the next token), or one
+# real-valued target per sequence ("regression": the model returns (B,) predictions).
+TASKS = ("mlm", "clm", "tokens", "regression")
 
 
 @dataclass
@@ -76,6 +78,9 @@ class TrainingConfig:
     concatenate: bool = False
     # TensorBoard event files in out_dir/tensorboard: True, False, or None = when installed.
     tensorboard: bool | None = None
+    # Loader processes that build the next batches while the model trains (0: none, the
+    # training process builds them). The batches are the same either way.
+    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -85,8 +90,9 @@ class TrainingConfig:
         for name in ("max_steps", "batch_size", "accumulation", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("warmup_steps", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @property
     def causal(self) -> bool:
@@ -157,44 +163,55 @@ class Trainer:
         self.step = 0
         self.epoch = 0
         self.position = 0
+        self._batches: Iterator[dict[str, Tensor]] | None = None  # from (epoch, position)
         self.tokens_seen = 0  # non-padding tokens trained on by this process
         self.train_seconds = 0.0  # time in training steps (no evaluation or checkpoint) here
 
-    def _order(self, epoch: int) -> Tensor:
-        # The data order of an epoch is a pure function of (seed, epoch): nothing to store.
-        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.data), generator=generator)
-
     def _next_batch(self) -> dict[str, Tensor]:
-        """This process's share of the next global batch, collated."""
+        """This process's share of the next global batch, collated (from the loader)."""
         c = self.config
-        order = self._order(self.epoch)
-        if self.position + c.batch_size > len(order):
-            self.epoch, self.position = self.epoch + 1, 0
-            order = self._order(self.epoch)
-        examples = [
-            self.data.example(int(order[slot]), RandomStreams(c.seed, self.epoch, slot))
-            for slot in range(self.position + self.rank, self.position + c.batch_size, self.world)
-        ]
+        if self._batches is None:
+            self._batches = batch_loader(
+                self.data,
+                batch_size=c.batch_size,
+                seed=c.seed,
+                epoch=self.epoch,
+                position=self.position,
+                rank=self.rank,
+                world=self.world,
+                num_workers=c.num_workers,
+            )
+        batch = next(self._batches)
+        self.epoch, self.position = next_batch_start(self.epoch, self.position, c.batch_size, len(self.data))
         self.position += c.batch_size
-        return self.data.collate(examples)
+        return batch
+
+    def _close_loader(self) -> None:
+        self._batches = None  # stops the loader's worker processes
 
     def _loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
         """Loss to back-propagate, and the global mean loss (for logging).
 
-        The token-level cross-entropy sum of this process's share is divided by the number of
-        labelled tokens in the *global* batch (and multiplied by the process count, which
-        DistributedDataParallel divides the summed gradients by): every process count gives
-        the gradient of the same global mean.
+        The summed loss of this process's share (token cross-entropy over labelled tokens, or
+        squared error over sequences for ``"regression"``) is divided by the number of labelled
+        tokens (sequences) in the *global* batch and multiplied by the process count, which
+        DistributedDataParallel divides the summed gradients by: every process count gives the
+        gradient of the same global mean.
         """
-        logits = logits_of(self.train_model(batch["input_ids"], batch["attention_mask"]))
-        labels = batch["labels"]
-        if self.config.causal:
-            logits, labels = logits[:, :-1], labels[:, 1:]
-        total = nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        stats = torch.tensor([float((labels != IGNORE_INDEX).sum()), total.item()])
+        output = logits_of(self.train_model(batch["input_ids"], batch["attention_mask"]))
+        if self.config.task == "regression":
+            target = batch["targets"].to(torch.float32)
+            total = (output.float().reshape(target.shape) - target).pow(2).sum()
+            count = float(target.numel())
+        else:
+            labels = batch["labels"]
+            if self.config.causal:
+                output, labels = output[:, :-1], labels[:, 1:]
+            total = nn.functional.cross_entropy(
+                output.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            count = float((labels != IGNORE_INDEX).sum())
+        stats = torch.tensor([count, total.item()])
         if self.world > 1:
             dist.all_reduce(stats)
         count = max(stats[0].item(), 1.0)
@@ -219,6 +236,7 @@ class Trainer:
         restore(checkpoint, self.model, self.optimizer, self.scheduler)
         self.step = checkpoint.step
         self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
+        self._close_loader()  # batches restart from the restored position
         # Metrics written after this checkpoint by the interrupted run are dropped.
         metrics = self.out_dir / "metrics.jsonl"
         if metrics.exists():
@@ -305,6 +323,7 @@ class Trainer:
             if self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
                 self._checkpoint()
         bar.close()
+        self._close_loader()
         if board is not None:
             board.close()
         return result

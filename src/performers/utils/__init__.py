@@ -4,7 +4,7 @@ derivation, label conventions and the location of the data shipped with the pack
 This is the bottom of the package: it imports nothing else from ``performers``.
 """
 
-from performers.utils.files import atomic_directory, atomic_write, load_safetensors, sha256
+from performers.utils.files import atomic_directory, atomic_write, load_safetensors, sha256, write_csv
 from performers.utils.labels import IGNORE_INDEX
 from performers.utils.memory import peak_rss_reset, rss_kib
 from performers.utils.resources import package_version, shipped_data
@@ -21,4 +21,5 @@ __all__ = [
     "rss_kib",
     "sha256",
     "shipped_data",
+    "write_csv",
 ]

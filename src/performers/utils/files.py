@@ -13,16 +13,18 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
+import io
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from torch import Tensor
 
-__all__ = ["atomic_directory", "atomic_write", "load_safetensors", "sha256"]
+__all__ = ["atomic_directory", "atomic_write", "load_safetensors", "sha256", "write_csv"]
 
 
 def _umask() -> int:
@@ -98,6 +100,8 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = False) -> Itera
                 os.chmod(file, 0o777 & ~_umask())
         os.chmod(tmp, 0o777 & ~_umask())
         if path.exists():
+            if not replace:  # appeared meanwhile (another process): keep it, ours is dropped
+                raise FileExistsError(f"{path}: already exists")
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
@@ -135,3 +139,22 @@ def load_safetensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[s
     except Exception as err:  # safetensors raises its own error types (and OSError for short reads)
         raise ValueError(f"{path}: cannot read the safetensors file (corrupt or truncated?): {err}") from err
     return tensors, metadata
+
+
+def write_csv(rows: Sequence[dict], path: str | os.PathLike) -> Path:
+    """Write ``rows`` (dicts with the same keys) as CSV with a header, atomically; floats at full
+    precision. Returns the path.
+
+    Raises:
+        ValueError: there is no row.
+    """
+    path = Path(path)
+    if not rows:
+        raise ValueError(f"{path}: no rows to write")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    text = buffer.getvalue()
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path

@@ -9,6 +9,7 @@ import time
 from performers.cli.common import register
 from performers.cli.options import (
     add_training_options,
+    data_from_args,
     model_config_from_args,
     set_threads,
     training_config_from_args,
@@ -56,6 +57,7 @@ def _report(args: argparse.Namespace, experiment, written: str, *positional, **o
         *positional,
         training_config_from_args(args),
         out_dir=args.out,
+        corpus=data_from_args(args),
         train_limit=args.train_limit,
         test_limit=args.test_limit,
         **options,

@@ -1,0 +1,323 @@
+"""Protein embeddings from a trained model: mean-pooled or per residue, from any layer.
+
+:func:`embed_proteins` runs the model's encoder over proteins batched by a *token budget*:
+proteins are sorted by length (longest first) and each batch is filled while
+``rows × longest`` — padded tokens included — stays within ``max_tokens``. Nothing is truncated
+unless ``max_length`` is given. Each protein is encoded as ``[<cls>, residues..., <eos>]``;
+only the residue positions enter an embedding (``<cls>``, ``<eos>`` and padding never do).
+
+Layers: ``0`` is the embedding output (token + learned position embeddings), ``1 ..
+num_layers`` the outputs of the blocks; the last one, ``num_layers`` (the default), is taken
+after the final LayerNorm — it is the ``last_hidden_state`` the language-model head reads —
+while ``1 .. num_layers - 1`` are the un-normalized residual stream
+(:class:`performers.models.PerformerModelOutput`). A causal model is run causally (each
+residue sees its prefix only), a masked one bidirectionally.
+
+The helpers here (:func:`protein_pairs`, :func:`crop_proteins`, :func:`token_batches`,
+:class:`Progress`) are shared with :mod:`performers.experiments.scoring`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+import zipfile
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from performers.models import PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
+from performers.proteins import FastaRecord, ProteinTokenizer
+from performers.utils import atomic_write
+
+__all__ = [
+    "DEFAULT_MAX_TOKENS",
+    "SPECIAL_TOKENS_PER_PROTEIN",
+    "Progress",
+    "ProteinRecords",
+    "crop_proteins",
+    "embed_proteins",
+    "encoder_of",
+    "evaluation_mode",
+    "protein_pairs",
+    "residue_limit",
+    "token_batches",
+    "write_embeddings",
+]
+
+DEFAULT_MAX_TOKENS = 16384
+# <cls> and <eos> around the residues of every protein.
+SPECIAL_TOKENS_PER_PROTEIN = 2
+
+ProteinRecords = Iterable[FastaRecord | tuple[str, str]]
+
+
+def protein_pairs(records: ProteinRecords) -> list[tuple[str, str]]:
+    """``(id, sequence)`` of each record (a :class:`FastaRecord` or an ``(id, sequence)`` pair).
+
+    Raises:
+        ValueError: an id that appears twice (ids key the outputs), or an empty sequence.
+    """
+    pairs: list[tuple[str, str]] = []
+    seen: dict[str, int] = {}
+    for index, record in enumerate(records):
+        if isinstance(record, FastaRecord):
+            name, sequence = record.id, record.sequence
+        else:
+            name, sequence = record
+        if name in seen:
+            raise ValueError(
+                f"protein id {name!r} appears twice (records {seen[name] + 1} and {index + 1}); "
+                "ids must be unique because they key the output"
+            )
+        if not sequence:
+            raise ValueError(f"protein {name!r} has no residues")
+        seen[name] = index
+        pairs.append((name, sequence))
+    return pairs
+
+
+def residue_limit(model: nn.Module) -> int | None:
+    """Most residues one protein may have in ``model`` (None: no limit, rotary positions).
+
+    Learned positions stop at ``max_position_embeddings``, two of which ``<cls>`` and ``<eos>``
+    take.
+    """
+    config = model.config
+    if config.position != "learned":
+        return None
+    return config.max_position_embeddings - SPECIAL_TOKENS_PER_PROTEIN
+
+
+def crop_proteins(
+    pairs: Sequence[tuple[str, str]], model: nn.Module, max_length: int | None
+) -> tuple[list[tuple[str, str]], int]:
+    """Crop to ``max_length`` tokens (``<cls>`` and ``<eos>`` included: the first
+    ``max_length - 2`` residues are kept) and check the model's position limit.
+
+    Returns:
+        ``(pairs, cropped)``: the (possibly cropped) proteins and how many were cropped.
+
+    Raises:
+        ValueError: ``max_length`` below 3 or beyond the learned positions, or (without
+            ``max_length``) a protein longer than the learned positions allow, naming it.
+    """
+    limit = residue_limit(model)
+    if max_length is None:
+        if limit is not None:
+            for name, sequence in pairs:
+                if len(sequence) > limit:
+                    raise ValueError(
+                        f"protein {name!r} has {len(sequence)} residues, but the model's learned "
+                        f"positions allow at most {limit} (max_position_embeddings "
+                        f"{model.config.max_position_embeddings} minus <cls> and <eos>); give "
+                        "max_length (--max-length) to crop"
+                    )
+        return list(pairs), 0
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+        raise ValueError(f"max_length must be an int >= 3 (<cls>, one residue, <eos>), got {max_length!r}")
+    if limit is not None and max_length > model.config.max_position_embeddings:
+        raise ValueError(
+            f"max_length {max_length} exceeds the model's max_position_embeddings "
+            f"{model.config.max_position_embeddings} (learned positions)"
+        )
+    keep = max_length - SPECIAL_TOKENS_PER_PROTEIN
+    cropped = sum(len(sequence) > keep for _, sequence in pairs)
+    return [(name, sequence[:keep]) for name, sequence in pairs], cropped
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Group indices of ``lengths`` (tokens per item) into batches of at most ``max_tokens``
+    padded tokens (``rows × longest``), longest items first.
+
+    Items are sorted by length (descending, ties in input order) so that each batch holds
+    similar lengths and little padding. An item longer than ``max_tokens`` gets a batch of its
+    own (nothing is split). Every index appears in exactly one batch.
+    """
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    longest = 0
+    for index in order:
+        # Sorted descending: the first item of a batch is its longest.
+        if batches and (len(batches[-1]) + 1) * longest <= max_tokens:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+            longest = lengths[index]
+    return batches
+
+
+def encoder_of(model: nn.Module) -> tuple[PerformerModel, bool]:
+    """``(encoder, is_causal)`` of a :class:`PerformerForMaskedLM` (bidirectional),
+    :class:`PerformerForCausalLM` (causal) or bare :class:`PerformerModel`."""
+    if isinstance(model, PerformerForCausalLM):
+        return model.model, True
+    if isinstance(model, PerformerForMaskedLM):
+        return model.model, False
+    if isinstance(model, PerformerModel):
+        return model, False
+    raise TypeError(
+        "model must be a PerformerForMaskedLM, PerformerForCausalLM or PerformerModel, "
+        f"got {type(model).__name__}"
+    )
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd inside the block; the training flag is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+class Progress:
+    """A tqdm bar on a terminal; on anything else (files, CI) a line on stderr every
+    ``log_every`` seconds and at the end, as the trainer does."""
+
+    def __init__(self, total: int, *, desc: str, unit: str, enabled: bool = True, log_every: float = 10.0):
+        self.total, self.desc, self.unit = total, desc, unit
+        self.enabled, self.log_every = enabled, log_every
+        self.count = 0
+        self.start = self.last_log = time.perf_counter()
+        live = enabled and sys.stderr.isatty()
+        self.bar = tqdm(
+            total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True, disable=not live
+        )
+
+    def update(self, n: int) -> None:
+        self.count += n
+        self.bar.update(n)
+        now = time.perf_counter()
+        if (
+            self.enabled
+            and self.bar.disable
+            and (now - self.last_log >= self.log_every or self.count >= self.total)
+        ):
+            self.last_log = now
+            rate = self.count / max(now - self.start, 1e-9)
+            print(
+                f"{self.desc}: {self.count}/{self.total} {self.unit} ({rate:.0f} {self.unit}/s)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def embed_proteins(
+    model: nn.Module,
+    tokenizer: ProteinTokenizer,
+    records: ProteinRecords,
+    *,
+    per_residue: bool = False,
+    layer: int | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    max_length: int | None = None,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Embeddings of proteins, keyed by id, in input order.
+
+    Args:
+        model: a :class:`PerformerForMaskedLM`, :class:`PerformerForCausalLM` or
+            :class:`PerformerModel` (run in eval mode without autograd; its mode is restored).
+        tokenizer: the model's :class:`ProteinTokenizer`.
+        records: :class:`FastaRecord` objects or ``(id, sequence)`` pairs; ids must be unique.
+        per_residue: return ``(L, E)`` per protein (one row per residue, specials excluded)
+            instead of the mean over residues ``(E,)``.
+        layer: ``0`` (embeddings) .. ``num_layers`` (default: the last, after the final
+            LayerNorm); see the module docstring.
+        max_tokens: padded tokens per forward pass (a longer protein runs alone).
+        max_length: crop each protein to this many tokens including ``<cls>`` and ``<eos>``
+            (its first ``max_length - 2`` residues); default: no cropping, and a protein beyond
+            learned positions is an error naming it.
+        progress: a progress bar over residues (stderr).
+
+    Returns:
+        ``{id: (E,) or (L, E)}`` on the CPU, in the model's dtype.
+
+    Raises:
+        ValueError: a repeated id, an empty sequence, a bad ``layer`` / ``max_tokens`` /
+            ``max_length``, a protein too long for learned positions.
+    """
+    encoder, is_causal = encoder_of(model)
+    num_layers = encoder.config.num_layers
+    if layer is None:
+        layer = num_layers
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= num_layers:
+        raise ValueError(f"layer must be an int in 0..{num_layers} (0 = embeddings), got {layer!r}")
+    pairs, _ = crop_proteins(protein_pairs(records), encoder, max_length)
+    lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for _, sequence in pairs]
+    batches = token_batches(lengths, max_tokens)
+    device = _model_device(encoder)
+    results: list[Tensor | None] = [None] * len(pairs)
+    bar = Progress(sum(len(s) for _, s in pairs), desc="embed", unit="residues", enabled=progress)
+    try:
+        with evaluation_mode(model):
+            for batch in batches:
+                ids, mask = tokenizer.batch_encode([pairs[i][1] for i in batch])
+                ids, mask = ids.to(device), mask.to(device)
+                out = encoder(ids, mask, is_causal=is_causal, output_hidden_states=layer != num_layers)
+                hidden = out.last_hidden_state if layer == num_layers else out.hidden_states[layer]
+                for row, index in enumerate(batch):
+                    # Residues sit at positions 1..n (after <cls>, before <eos> and the padding).
+                    residues = hidden[row, 1 : 1 + len(pairs[index][1])]
+                    # clone: a view would keep the whole batch's hidden states alive.
+                    results[index] = residues.clone().cpu() if per_residue else residues.mean(dim=0).cpu()
+                bar.update(sum(len(pairs[i][1]) for i in batch))
+    finally:
+        bar.close()
+    return {name: result for (name, _), result in zip(pairs, results, strict=True)}
+
+
+def write_embeddings(
+    embeddings: dict[str, Tensor], path: str | Path, *, metadata: dict[str, str] | None = None
+) -> Path:
+    """Write ``{id: tensor}`` to ``path`` atomically, in the format of its suffix.
+
+    * ``.npz``: one array per id (``numpy.load(path)[id]``); bfloat16 is stored as float32
+      (numpy has no bfloat16).
+    * ``.safetensors``: one tensor per id, ``metadata`` (strings) in the header.
+
+    Returns the path. Raises ``ValueError`` for another suffix.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".npz", ".safetensors"):
+        raise ValueError(
+            f"{path}: the output must end in .npz or .safetensors, got {path.suffix or 'no suffix'!r}"
+        )
+    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in embeddings.items()}
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        return path
+
+    def write_npz(tmp: Path) -> None:
+        # numpy.savez itself would take an id such as "file" or "allow_pickle" for its own
+        # keyword argument; writing the zip directly keeps every id a plain key.
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, tensor in tensors.items():
+                if tensor.dtype == torch.bfloat16:
+                    tensor = tensor.float()
+                with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, tensor.numpy(), allow_pickle=False)
+
+    atomic_write(path, write_npz)
+    return path

@@ -1,0 +1,160 @@
+"""Evaluating protein language models: accuracy and perplexity over fixed batches (aggregate and
+per protein), and reading the splits of a corpus — a tagged FASTA or a prepared dataset."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from performers.proteins import (
+    ProteinTokenizer,
+    default_corpus,
+    evaluation_batches,
+    first_records,
+    read_split,
+)
+from performers.proteins.prepared_dataset import PreparedDataset, is_prepared, read_manifest
+from performers.training import TrainingConfig, evaluate_tokens, logits_of
+from performers.training.evaluation import row_token_metrics
+
+__all__ = [
+    "corpus_split",
+    "corpus_splits",
+    "evaluate_model",
+    "evaluate_per_sequence",
+    "protein_evaluator",
+]
+
+
+def corpus_split(corpus: str | Path | None, split: str, limit: int | None = None):
+    """The first ``limit`` records of one split of a corpus: a tagged FASTA (default: the shipped
+    corpus, parsed into memory) or a prepared dataset directory (memory-mapped, any size; see
+    :func:`performers.proteins.prepared.prepare`). A split the prepared dataset lacks is empty."""
+    if corpus is not None and is_prepared(corpus):
+        if split not in read_manifest(corpus)["splits"]:
+            return []
+        return first_records(PreparedDataset(corpus, split), limit)
+    return read_split(default_corpus() if corpus is None else corpus, split)[:limit]
+
+
+def corpus_splits(
+    corpus: str | Path | None, training: TrainingConfig, train_limit: int | None, test_limit: int | None
+) -> tuple:
+    """``(train, valid, test)`` of a corpus (see :func:`corpus_split`); the validation split is cut
+    to what ``training.eval_batches`` batches use (at least 64 records)."""
+    train = corpus_split(corpus, "train", train_limit)
+    valid = corpus_split(corpus, "valid", max(64, training.batch_size * training.eval_batches))
+    return train, valid, corpus_split(corpus, "test", test_limit)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    tokenizer: ProteinTokenizer,
+    sequences: list[str],
+    *,
+    task: str,
+    max_length: int,
+    batch_size: int = 16,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+    max_batches: int | None = None,
+    concatenate: bool = False,
+) -> dict[str, float]:
+    """Accuracy and perplexity over masked positions (``task="mlm"``) or all next tokens
+    (``"clm"``) of ``sequences``, on the fixed batches of
+    :func:`performers.proteins.evaluation_batches` (two evaluations of a model agree)."""
+    batches = evaluation_batches(
+        sequences,
+        tokenizer,
+        task=task,
+        max_length=max_length,
+        batch_size=batch_size,
+        mask_prob=mask_prob,
+        seed=seed,
+        max_batches=max_batches,
+        concatenate=concatenate,
+    )
+    return evaluate_tokens(model, batches, causal=task == "clm")
+
+
+@torch.no_grad()
+def evaluate_per_sequence(
+    model: torch.nn.Module,
+    tokenizer: ProteinTokenizer,
+    sequences,
+    ids: list[str],
+    *,
+    task: str,
+    max_length: int,
+    batch_size: int = 16,
+    mask_prob: float = 0.15,
+    seed: int = 0,
+) -> list[dict]:
+    """One row per protein — ``id``, ``length`` (residues), ``tokens`` (positions scored),
+    ``loss`` (mean NLL), ``perplexity``, ``accuracy`` — on the same fixed batches as
+    :func:`evaluate_model` (proteins cropped at their start to ``max_length`` tokens; for MLM
+    the same seeded masks). A protein with no scored position (MLM: none masked) gets NaN.
+
+    ``sequences``: residue strings or a prepared split; ``ids``: their FASTA ids, in order.
+    """
+    batches = evaluation_batches(
+        sequences,
+        tokenizer,
+        task=task,
+        max_length=max_length,
+        batch_size=batch_size,
+        mask_prob=mask_prob,
+        seed=seed,
+    )
+    was_training = model.training
+    model.eval()
+    rows: list[dict] = []
+    try:
+        for batch in batches:
+            logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
+            correct, counted, nll = row_token_metrics(logits, batch["labels"], causal=task == "clm")
+            residues = batch["attention_mask"].sum(-1) - 2
+            for row in range(len(counted)):
+                n = int(counted[row])
+                loss = float(nll[row]) / n if n else math.nan
+                rows.append(
+                    {
+                        "id": ids[len(rows)],
+                        "length": int(residues[row]),
+                        "tokens": n,
+                        "loss": loss,
+                        "perplexity": math.exp(loss) if n else math.nan,
+                        "accuracy": int(correct[row]) / n if n else math.nan,
+                    }
+                )
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def protein_evaluator(
+    tokenizer: ProteinTokenizer,
+    sequences: list[str],
+    training: TrainingConfig,
+    max_batches: int | None = None,
+):
+    """``evaluate(model)``: :func:`evaluate_model` on ``sequences`` (at most ``max_batches``
+    batches) with a run's task, lengths, batch size and seed."""
+
+    def evaluate(model: torch.nn.Module) -> dict[str, float]:
+        return evaluate_model(
+            model,
+            tokenizer,
+            sequences,
+            task=training.task,
+            max_length=training.max_length,
+            batch_size=training.batch_size,
+            mask_prob=training.mask_prob,
+            seed=training.seed,
+            max_batches=max_batches,
+            concatenate=training.concatenate,
+        )
+
+    return evaluate

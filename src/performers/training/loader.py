@@ -1,0 +1,103 @@
+"""The trainer's batches: a ``torch.utils.data.DataLoader`` over *tickets* ``(index, epoch, slot)``.
+
+The order of an epoch is a pure function of ``(seed, epoch)`` and every example draws its crops
+and masks from :class:`~performers.training.data.RandomStreams` of ``(seed, epoch, slot)``, so a
+batch depends only on where the run is — ``(epoch, position)`` — not on how many processes or
+loader workers make it. Workers (``num_workers > 0``) build the next batches while the model
+trains on the current one; with none, examples are built in the training process. Either way
+the batches are the same, bit for bit, and a run resumed at ``(epoch, position)`` continues
+with exactly the batches the uninterrupted run would have had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from performers.training.data import ExampleSource, RandomStreams
+
+__all__ = ["batch_loader", "epoch_order", "next_batch_start"]
+
+Ticket = tuple[int, int, int]  # (example index, epoch, slot in the global batch)
+
+
+def epoch_order(seed: int, epoch: int, size: int) -> Tensor:
+    """The permutation of ``size`` examples used in ``epoch`` (nothing to store: it is recomputed)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator)
+
+
+def next_batch_start(epoch: int, position: int, batch_size: int, size: int) -> tuple[int, int]:
+    """Where the next global batch starts, given the run's ``(epoch, position)``: the next epoch
+    when fewer than ``batch_size`` examples are left in this one (they are skipped)."""
+    if position + batch_size > size:
+        return epoch + 1, 0
+    return epoch, position
+
+
+class _Tickets(Sampler[list[Ticket]]):
+    """This process's share of every global batch from ``(epoch, position)`` on, without end."""
+
+    def __init__(
+        self, size: int, batch_size: int, seed: int, rank: int, world: int, epoch: int, position: int
+    ):
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world, self.epoch, self.position = rank, world, epoch, position
+
+    def __iter__(self) -> Iterator[list[Ticket]]:
+        epoch, position, order, order_epoch = self.epoch, self.position, None, None
+        while True:
+            epoch, position = next_batch_start(epoch, position, self.batch_size, self.size)
+            if order_epoch != epoch:
+                order, order_epoch = epoch_order(self.seed, epoch, self.size), epoch
+            slots = range(position + self.rank, position + self.batch_size, self.world)
+            yield [(int(order[slot]), epoch, slot) for slot in slots]
+            position += self.batch_size
+
+
+class _Examples(Dataset):
+    """Tickets → examples of an :class:`ExampleSource`."""
+
+    def __init__(self, data: ExampleSource, seed: int) -> None:
+        self.data, self.seed = data, seed
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, ticket: Ticket) -> dict[str, Tensor]:
+        index, epoch, slot = ticket
+        return self.data.example(index, RandomStreams(self.seed, epoch, slot))
+
+
+def batch_loader(
+    data: ExampleSource,
+    *,
+    batch_size: int,
+    seed: int,
+    epoch: int = 0,
+    position: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    num_workers: int = 0,
+) -> Iterator[dict[str, Tensor]]:
+    """The batches of this process (rank ``rank`` of ``world``) from ``(epoch, position)`` on.
+
+    ``batch_size`` is the global batch; each process gets the slots ``rank, rank + world, ...``
+    of it. ``num_workers`` loader processes prefetch batches (they stop when the iterator is
+    deleted). Returns an endless iterator of collated batches.
+    """
+    loader = DataLoader(
+        _Examples(data, seed),
+        batch_sampler=_Tickets(len(data), batch_size, seed, rank, world, epoch, position),
+        collate_fn=data.collate,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+        # A DataLoader draws a base seed for its workers when it starts iterating; from its own
+        # generator, not the global one, which the model's dropout uses (exact resume).
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return iter(loader)

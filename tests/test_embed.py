@@ -1,0 +1,276 @@
+"""``performers embed`` and :mod:`performers.experiments.embedding`: pooling, layers, batching,
+file formats, errors and the command line, on tiny random models in float64."""
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from performers import FavorConfig, PerformerConfig
+from performers.cli import build_parser, main
+from performers.experiments.embedding import (
+    crop_proteins,
+    embed_proteins,
+    protein_pairs,
+    token_batches,
+    write_embeddings,
+)
+from performers.models import build_model
+from performers.proteins import FastaRecord, ProteinTokenizer
+
+TOKENIZER = ProteinTokenizer()
+PROTEINS = [
+    ("P1", "MKVLAAGIVGLLLA"),
+    ("P2", "MKT"),
+    ("P3", "ACDEFGHIKLMNPQRSTVWYACDEFGHIK"),
+    ("P4", "WWYQ"),
+]
+
+
+def tiny_model(task="mlm", attention="favor", position="learned", max_positions=64, seed=0):
+    """A random 2-layer model in float64; initializer_range 0.5 so that layers differ visibly."""
+    config = PerformerConfig(
+        vocab_size=len(TOKENIZER),
+        d_model=16,
+        num_layers=2,
+        num_heads=2,
+        d_ff=32,
+        max_position_embeddings=max_positions,
+        position=position,
+        attention=attention,
+        pad_token_id=TOKENIZER.pad_id,
+        initializer_range=0.5,
+        favor=FavorConfig(num_features=16),
+    )
+    torch.manual_seed(seed)
+    return build_model(config, task).double().eval()
+
+
+def save_model(model, directory: Path) -> Path:
+    model.save_pretrained(directory)
+    TOKENIZER.save(directory / "tokenizer.json")
+    return directory
+
+
+def write_fasta(path: Path, proteins) -> Path:
+    path.write_text("".join(f">{name} some description\n{sequence}\n" for name, sequence in proteins))
+    return path
+
+
+@pytest.mark.parametrize("attention", ["favor", "exact"])
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_embedding_alone_equals_embedding_in_a_padded_batch(attention, task):
+    torch.set_num_threads(1)
+    model = tiny_model(task, attention)
+    for per_residue in (False, True):
+        for layer in (0, 1, 2):
+            batched = embed_proteins(
+                model,
+                TOKENIZER,
+                PROTEINS,
+                per_residue=per_residue,
+                layer=layer,
+                max_tokens=4096,
+                progress=False,
+            )
+            assert list(batched) == [name for name, _ in PROTEINS]  # input order
+            for name, sequence in PROTEINS:
+                alone = embed_proteins(
+                    model, TOKENIZER, [(name, sequence)], per_residue=per_residue, layer=layer, progress=False
+                )[name]
+                assert alone.dtype == torch.float64
+                assert alone.shape == ((len(sequence), 16) if per_residue else (16,))
+                torch.testing.assert_close(batched[name], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_layers_pooling_and_specials_match_the_hidden_states():
+    model = tiny_model("mlm", position="rotary")
+    name, sequence = PROTEINS[0]
+    ids = torch.tensor([TOKENIZER.encode(sequence)])
+    out = model.model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state, rtol=0, atol=0)
+    assert not torch.allclose(out.hidden_states[1], out.hidden_states[2])
+    for layer in (0, 1, 2):
+        residues = out.hidden_states[layer][0, 1:-1]  # no <cls>, no <eos>
+        per_residue = embed_proteins(
+            model, TOKENIZER, [(name, sequence)], per_residue=True, layer=layer, progress=False
+        )
+        mean = embed_proteins(model, TOKENIZER, [(name, sequence)], layer=layer, progress=False)
+        torch.testing.assert_close(per_residue[name], residues, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(mean[name], residues.mean(0), rtol=1e-12, atol=1e-12)
+        with_specials = out.hidden_states[layer][0].mean(0)
+        assert not torch.allclose(mean[name], with_specials)
+    default = embed_proteins(model, TOKENIZER, [(name, sequence)], progress=False)[name]
+    torch.testing.assert_close(default, out.last_hidden_state[0, 1:-1].mean(0), rtol=1e-12, atol=1e-12)
+    for bad in (-1, 3, 1.0):
+        with pytest.raises(ValueError, match="layer"):
+            embed_proteins(model, TOKENIZER, [(name, sequence)], layer=bad, progress=False)
+
+
+def test_language_models_pass_every_hidden_state_through():
+    ids = torch.tensor([TOKENIZER.encode("MKVL"), TOKENIZER.encode("AAGI")])
+    for task in ("mlm", "clm"):
+        model = tiny_model(task)
+        out = model(ids, output_hidden_states=True)
+        reference = model.model(ids, is_causal=task == "clm", output_hidden_states=True).hidden_states
+        assert len(out.all_hidden_states) == 3
+        for a, b in zip(out.all_hidden_states, reference, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert model(ids).all_hidden_states is None
+
+
+@pytest.mark.parametrize(
+    "lengths, budget",
+    [([5, 3, 9, 9, 1, 7, 2], 18), ([100, 3, 4], 10), ([4] * 10, 16), ([], 8), ([7], 1)],
+)
+def test_token_batches_cover_every_item_once_within_the_budget(lengths, budget):
+    batches = token_batches(lengths, budget)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert lengths[batch[0]] == longest
+        assert len(batch) * longest <= budget or len(batch) == 1  # an over-long item runs alone
+    order = [i for batch in batches for i in batch]
+    assert [lengths[i] for i in order] == sorted(lengths, reverse=True)
+    with pytest.raises(ValueError, match="max_tokens"):
+        token_batches(lengths, 0)
+
+
+def test_small_budget_gives_the_same_embeddings():
+    model = tiny_model("mlm")
+    wide = embed_proteins(model, TOKENIZER, PROTEINS, max_tokens=10_000, progress=False)
+    narrow = embed_proteins(model, TOKENIZER, PROTEINS, max_tokens=8, progress=False)
+    for name, _ in PROTEINS:
+        torch.testing.assert_close(wide[name], narrow[name], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+@pytest.mark.parametrize("per_residue", [False, True])
+def test_files_round_trip(tmp_path, suffix, per_residue):
+    model = tiny_model("mlm")
+    # Ids that numpy.savez would mistake for its own arguments, and a UniProt-style id.
+    proteins = [("file", "MKV"), ("allow_pickle", "MKVLA"), ("sp|P69905|HBA_HUMAN", "VLSPADKTNV")]
+    embeddings = embed_proteins(model, TOKENIZER, proteins, per_residue=per_residue, progress=False)
+    path = write_embeddings(embeddings, tmp_path / f"out{suffix}", metadata={"layer": "2"})
+    if suffix == ".npz":
+        with np.load(path) as data:
+            loaded = {key: torch.from_numpy(data[key]) for key in data.files}
+    else:
+        loaded = load_file(path)
+    assert set(loaded) == {name for name, _ in proteins}
+    for name, tensor in embeddings.items():
+        assert torch.equal(loaded[name], tensor)
+    assert [p.name for p in tmp_path.iterdir()] == [f"out{suffix}"]  # no temporary file left
+    with pytest.raises(ValueError, match=r"\.npz or \.safetensors"):
+        write_embeddings(embeddings, tmp_path / "out.pt")
+
+
+def test_errors_name_the_protein():
+    model = tiny_model("mlm", max_positions=12)  # learned positions: at most 10 residues
+    with pytest.raises(ValueError, match=r"'P1' has 14 residues.*at most 10"):
+        embed_proteins(model, TOKENIZER, PROTEINS, progress=False)
+    cropped = embed_proteins(model, TOKENIZER, PROTEINS, max_length=12, per_residue=True, progress=False)
+    assert cropped["P1"].shape == (10, 16) and cropped["P2"].shape == (3, 16)
+    uncropped = embed_proteins(
+        model, TOKENIZER, [("P1", PROTEINS[0][1][:10])], per_residue=True, progress=False
+    )
+    torch.testing.assert_close(cropped["P1"], uncropped["P1"], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="max_length 13 exceeds"):
+        embed_proteins(model, TOKENIZER, PROTEINS, max_length=13, progress=False)
+    with pytest.raises(ValueError, match="max_length must be"):
+        embed_proteins(model, TOKENIZER, PROTEINS, max_length=2, progress=False)
+    with pytest.raises(ValueError, match="'P2' appears twice"):
+        protein_pairs([*PROTEINS, ("P2", "MK")])
+    with pytest.raises(ValueError, match="no residues"):
+        protein_pairs([("empty", "")])
+    assert protein_pairs([FastaRecord("X1 desc SET=train", "MKV")]) == [("X1", "MKV")]
+    pairs, count = crop_proteins(PROTEINS, tiny_model(position="rotary"), None)
+    assert count == 0 and pairs == PROTEINS  # rotary positions: no limit
+    with pytest.raises(TypeError, match="PerformerForMaskedLM"):
+        embed_proteins(torch.nn.Linear(2, 2), TOKENIZER, PROTEINS)
+
+
+def test_the_model_keeps_its_training_mode():
+    model = tiny_model("mlm").train()
+    embed_proteins(model, TOKENIZER, PROTEINS[:1], progress=False)
+    assert model.training
+
+
+def test_cli_writes_embeddings_and_says_what_it_wrote(tmp_path, capsys):
+    torch.set_num_threads(1)
+    model = tiny_model("mlm", position="rotary")
+    directory = save_model(model.float(), tmp_path / "model")
+    fasta = write_fasta(tmp_path / "in.fasta", PROTEINS)
+    out = tmp_path / "emb.npz"
+    assert main(["embed", str(directory), str(fasta), "--out", str(out), "--max-tokens", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 4 embeddings" in printed and "(16,) per protein" in printed and "residues/s" in printed
+    expected = embed_proteins(model, TOKENIZER, PROTEINS, progress=False)
+    with np.load(out) as data:
+        for name, _ in PROTEINS:
+            np.testing.assert_allclose(data[name], expected[name].numpy(), rtol=1e-5, atol=1e-6)
+
+    out = tmp_path / "emb.safetensors"
+    args = ["--per-residue", "--layer", "1", "--attention", "exact", "--max-length", "8"]
+    assert main(["embed", str(directory), str(fasta), "--out", str(out), *args]) == 0
+    printed = capsys.readouterr().out
+    assert "cropped 2 protein(s) to their first 6 residues" in printed and "layer 1/2" in printed
+    model.set_attention("exact")
+    expected = embed_proteins(
+        model, TOKENIZER, PROTEINS, per_residue=True, layer=1, max_length=8, progress=False
+    )
+    loaded = load_file(out)
+    assert loaded["P1"].shape == (6, 16) and loaded["P2"].shape == (3, 16)
+    for name, _ in PROTEINS:
+        torch.testing.assert_close(loaded[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_cli_errors(tmp_path):
+    directory = save_model(tiny_model("mlm", max_positions=12).float(), tmp_path / "model")
+    fasta = write_fasta(tmp_path / "in.fasta", PROTEINS)
+    out = str(tmp_path / "e.npz")
+    with pytest.raises(SystemExit, match=r"'P1' has 14 residues.*at most 10"):
+        main(["embed", str(directory), str(fasta), "--out", out])
+    repeated = write_fasta(tmp_path / "rep.fasta", [*PROTEINS, ("P3", "MKV")])
+    with pytest.raises(SystemExit, match="'P3' appears twice"):
+        main(["embed", str(directory), str(repeated), "--out", out, "--max-length", "12"])
+    empty = tmp_path / "empty.fasta"
+    empty.write_text("")
+    with pytest.raises(SystemExit, match=r"empty\.fasta: no FASTA records"):
+        main(["embed", str(directory), str(empty), "--out", out])
+    broken = tmp_path / "broken.fasta"
+    broken.write_text("MKV\n")
+    with pytest.raises(SystemExit, match=r"broken\.fasta:1"):
+        main(["embed", str(directory), str(broken), "--out", out])
+    with pytest.raises(SystemExit, match=r"must end in \.npz or \.safetensors"):
+        main(["embed", str(directory), str(fasta), "--out", str(tmp_path / "e.txt")])
+    with pytest.raises(SystemExit, match="layer must be"):
+        main(["embed", str(directory), str(fasta), "--out", out, "--max-length", "12", "--layer", "5"])
+    assert not (tmp_path / "e.npz").exists()
+
+
+@pytest.mark.parametrize("command", ["embed", "score"])
+def test_every_option_has_help(command):
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parser = subparsers.choices[command]
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help, f"performers {command} {action.dest} has no help"
+
+
+def test_benchmark_measures_the_commands(tmp_path):
+    from performers.bench.embed_score import Spec, format_table, measure
+
+    base = Spec("embed", "favor", 0, 0, d_model=16, num_layers=1, num_heads=2, d_ff=32, num_features=8)
+    points = measure(
+        ["embed"], ["favor"], {"embed": [96]}, base=base, residues_per_point=192, log=lambda _: None
+    )
+    (point,) = points
+    assert point.error is None and point.spec.proteins == 2 and point.spec.length == 96
+    assert point.seconds > 0 and point.residues_per_s == pytest.approx(192 / point.seconds)
+    assert point.peak_rss_mib > 0
+    assert "| embed | favor | 96 | 2 |" in format_table(points)
