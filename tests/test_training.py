@@ -11,7 +11,13 @@ import torch
 from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
 from performers.experiments import evaluate_model, protein_evaluator
 from performers.experiments.proteins import protein_trainer
-from performers.proteins import LanguageModelExamples, ProteinTokenizer, UnigramBaseline
+from performers.proteins import (
+    LanguageModelExamples,
+    PreparedDataset,
+    ProteinTokenizer,
+    UnigramBaseline,
+    prepare,
+)
 from performers.training import Trainer, TrainingConfig, latest_checkpoint, save_checkpoint
 
 TOK = ProteinTokenizer()
@@ -56,16 +62,14 @@ def config(**overrides) -> TrainingConfig:
     return TrainingConfig(**{**base, **overrides})
 
 
-def run(tmp, task="clm", resume=False, stop_at=None, **overrides):
+def run(tmp, task="clm", resume=False, stop_at=None, prepared=None, **overrides):
+    """Train the tiny model on the motif proteins, in memory or from a prepared copy of them."""
     model = tiny_model(task)
+    train, valid = motif_proteins(64), motif_proteins(8, seed=1)
+    if prepared is not None:
+        train, valid = PreparedDataset(prepared, "train"), PreparedDataset(prepared, "valid")
     trainer = protein_trainer(
-        model,
-        TOK,
-        motif_proteins(64),
-        motif_proteins(8, seed=1),
-        config(task=task, **overrides),
-        tmp,
-        log=lambda _: None,
+        model, TOK, train, valid, config(task=task, **overrides), tmp, log=lambda _: None
     )
     trainer.fit(resume=resume, stop_at=stop_at)
     return model, trainer
@@ -123,15 +127,32 @@ import torch
 torch.set_num_threads({threads})
 sys.path.insert(0, {tests!r})
 from test_training import run
-run({out!r}, "clm", resume=True, max_steps=40, checkpoint_every=1)
+run({out!r}, "clm", resume=True, max_steps=40, checkpoint_every=1, prepared={prepared!r})
 """
 
 
-def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path):
-    reference, _ = run(tmp_path / "reference", "clm", max_steps=40, checkpoint_every=1)
+def _prepared_motifs(directory: Path) -> Path:
+    """The motif proteins of :func:`run` as a prepared dataset (same records, same order)."""
+    files = {}
+    for split, proteins in (("train", motif_proteins(64)), ("valid", motif_proteins(8, seed=1))):
+        files[split] = directory / f"{split}.fasta"
+        files[split].write_text("".join(f">{split}{i}\n{p}\n" for i, p in enumerate(proteins)))
+    prepare({k: [v] for k, v in files.items()}, directory / "prepared", log=None)
+    return directory / "prepared"
+
+
+@pytest.mark.parametrize("data", ["memory", "prepared"])
+def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path, data):
+    prepared = _prepared_motifs(tmp_path) if data == "prepared" else None
+    reference, _ = run(tmp_path / "reference", "clm", max_steps=40, checkpoint_every=1)  # in memory
     out = tmp_path / "killed"
     # The same thread count as this process: float reductions depend on it.
-    code = SCRIPT.format(tests=str(Path(__file__).parent), out=str(out), threads=torch.get_num_threads())
+    code = SCRIPT.format(
+        tests=str(Path(__file__).parent),
+        out=str(out),
+        threads=torch.get_num_threads(),
+        prepared=prepared and str(prepared),
+    )
     proc = subprocess.Popen([sys.executable, "-c", code])
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "step-00000005").exists():
@@ -140,7 +161,7 @@ def test_sigkill_and_resume_match_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert latest_checkpoint(out / "checkpoints").step < 40
-    resumed, trainer = run(out, "clm", resume=True, max_steps=40, checkpoint_every=1)
+    resumed, trainer = run(out, "clm", resume=True, max_steps=40, checkpoint_every=1, prepared=prepared)
     assert trainer.step == 40
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name

@@ -95,3 +95,18 @@ def test_the_demo_runs_from_the_installed_wheel_in_another_directory(wheel_env, 
     )
     report = (tmp_path / "runs" / "demo" / "report.md").read_text()
     assert "Performer (FAVOR+)" in report and "Transformer (exact)" in report
+    # The protein commands of a user's own data, from the installed wheel (shipped FLIP data too).
+    proteins = tmp_path / "proteins.fasta"
+    proteins.write_text(">p1\nMKVLAAGIVDLLAACDEF\n>p2\nACDEFGHIKLMNPQRSTVWY\n>p3\nMMMKKKLLLAAA\n")
+    commands = [
+        ["prepare", str(proteins), "--out", "data/mine", "--valid-fraction", "0.3"],
+        ["embed", "runs/demo/favor", str(proteins), "--out", "embeddings.npz"],
+        ["score", "runs/demo/favor", str(proteins), "--out", "scores.csv"],
+        ["finetune", "--task", "gb1", "--steps", "1", "--batch-size", "2", "--train-limit", "4",
+         "--test-limit", "2", "--max-length", "272", "--d-model", "16", "--layers", "1", "--heads", "2",
+         "--num-features", "8"],
+    ]  # fmt: skip
+    for command in commands:
+        _run([str(wheel_env / "bin" / "performers"), *command], cwd=tmp_path, env=env)
+    for written in ("data/mine/manifest.json", "embeddings.npz", "scores.csv", "runs/finetune/metrics.jsonl"):
+        assert (tmp_path / written).is_file(), written

@@ -1,0 +1,113 @@
+"""Zero-shot fitness prediction on GB1 (FLIP): a masked language model scores every variant
+against the wild type, without seeing a single fitness value, and the score is compared with the
+measured fitness (Spearman), next to two baselines.
+
+* **model** — the masked-marginal log-odds of :func:`performers.experiments.variant_effects`
+  (causal models: the log-likelihood ratio);
+* **BLOSUM62** — the sum of the substitution scores ``BLOSUM62[wt_i, mut_i]`` of the mutations;
+* **random** — scores drawn at random: the mean and spread of Spearman over ``draws`` seeds,
+  what "no signal" looks like at this number of variants.
+
+The variants are FLIP's ``sampled`` GB1 set shipped with the package (8,733 variants at V39,
+D40, G41, V54); the wild type is its record with V39 D40 G41 V54
+(``performers/data/proteins/flip_gb1/wildtype.fasta``). Spearman is reported over all variants
+and over FLIP's test split (1,745 variants, the one fine-tuned models are scored on).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from performers.experiments.scoring import find_mutations, variant_effects
+from performers.proteins import ProteinTokenizer, read_fasta
+from performers.proteins.data import split_of
+from performers.proteins.substitution import blosum62
+from performers.training import spearman
+from performers.utils import atomic_write, shipped_data
+
+__all__ = ["blosum62_scores", "gb1_zero_shot", "write_report"]
+
+
+def blosum62_scores(wildtype: str, sequences: list[str]) -> list[float]:
+    """Sum of ``BLOSUM62[wt, mut]`` over each variant's mutations (0 for the wild type)."""
+    matrix = blosum62()
+    return [float(sum(matrix[m.wildtype, m.mutant] for m in find_mutations(wildtype, s))) for s in sequences]
+
+
+def gb1_zero_shot(
+    model: nn.Module,
+    tokenizer: ProteinTokenizer,
+    *,
+    draws: int = 100,
+    max_tokens: int = 16384,
+    progress: bool = True,
+) -> dict:
+    """Spearman of the model's zero-shot scores, BLOSUM62 and random scores against GB1 fitness.
+
+    Returns:
+        ``{"variants", "test_variants", "rows": [{"method", "spearman_all", "spearman_test",
+        "spearman_sd"?}], "scores": {id: model score}}``.
+    """
+    (wildtype,) = list(read_fasta(shipped_data("proteins", "flip_gb1", "wildtype.fasta")))
+    records = list(read_fasta(shipped_data("proteins", "flip_gb1", "sampled.fasta.gz")))
+    fitness = torch.tensor([float(r.fields["TARGET"]) for r in records], dtype=torch.float64)
+    test = torch.tensor([split_of(r) == "test" for r in records])
+    effects = variant_effects(model, tokenizer, wildtype, records, max_tokens=max_tokens, progress=progress)
+    model_scores = torch.tensor([row["score"] for row in effects], dtype=torch.float64)
+    substitution = torch.tensor(
+        blosum62_scores(wildtype.sequence, [r.sequence for r in records]), dtype=torch.float64
+    )
+
+    def row(method: str, scores: torch.Tensor) -> dict:
+        return {
+            "method": method,
+            "spearman_all": spearman(scores, fitness),
+            "spearman_test": spearman(scores[test], fitness[test]),
+        }
+
+    generator = torch.Generator().manual_seed(0)
+    random = [
+        row("random", torch.randn(len(records), generator=generator, dtype=torch.float64))
+        for _ in range(draws)
+    ]
+    random_row = {
+        "method": f"random scores (mean of {draws} draws)",
+        "spearman_all": statistics.fmean(r["spearman_all"] for r in random),
+        "spearman_test": statistics.fmean(r["spearman_test"] for r in random),
+        "spearman_sd": statistics.stdev(r["spearman_test"] for r in random),
+    }
+    return {
+        "variants": len(records),
+        "test_variants": int(test.sum()),
+        "method": effects[0]["method"] if effects else None,
+        "rows": [
+            row(f"model ({effects[0]['method']})", model_scores),
+            row("BLOSUM62 sum", substitution),
+            random_row,
+        ],
+        "scores": {r["id"]: r["score"] for r in effects},
+    }
+
+
+def write_report(result: dict, out: str | Path, command: str, model_dir: str) -> Path:
+    """A markdown table of :func:`gb1_zero_shot`'s result with the command that made it."""
+    lines = [
+        "# Zero-shot GB1: variant scores of a protein language model against measured fitness",
+        "",
+        f"Command: `{command}`; model `{model_dir}`. {result['variants']:,} variants of FLIP's GB1 `sampled` "
+        f"set (test split: {result['test_variants']:,}); Spearman correlation between each score and the "
+        "measured fitness (no fitness value is used to make the scores).",
+        "",
+        "| scores | Spearman, all variants | Spearman, test split |",
+        "|---|---:|---:|",
+    ]
+    for row in result["rows"]:
+        spread = f" (sd {row['spearman_sd']:.3f})" if "spearman_sd" in row else ""
+        lines.append(f"| {row['method']} | {row['spearman_all']:.3f} | {row['spearman_test']:.3f}{spread} |")
+    text = "\n".join(lines) + "\n"
+    atomic_write(out, lambda tmp: tmp.write_text(text))
+    return Path(out)
