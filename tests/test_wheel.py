@@ -99,7 +99,10 @@ def test_the_demo_runs_from_the_installed_wheel_in_another_directory(wheel_env, 
     proteins = tmp_path / "proteins.fasta"
     proteins.write_text(">p1\nMKVLAAGIVDLLAACDEF\n>p2\nACDEFGHIKLMNPQRSTVWY\n>p3\nMMMKKKLLLAAA\n")
     commands = [
-        ["prepare", str(proteins), "--out", "data/mine", "--valid-fraction", "0.3"],
+        ["prepare", "--train", str(proteins), "--valid", str(proteins), "--out", "data/mine"],
+        ["train", "--data", "data/mine", "--steps", "1", "--batch-size", "2", "--max-length", "32",
+         "--d-model", "16", "--layers", "1", "--heads", "2", "--num-features", "8", "--out", "runs/mine"],
+        ["evaluate", "runs/demo/favor", "--data", str(proteins), "--per-sequence", "rows.csv"],
         ["embed", "runs/demo/favor", str(proteins), "--out", "embeddings.npz"],
         ["score", "runs/demo/favor", str(proteins), "--out", "scores.csv"],
         ["finetune", "--task", "gb1", "--steps", "1", "--batch-size", "2", "--train-limit", "4",
@@ -108,5 +111,7 @@ def test_the_demo_runs_from_the_installed_wheel_in_another_directory(wheel_env, 
     ]  # fmt: skip
     for command in commands:
         _run([str(wheel_env / "bin" / "performers"), *command], cwd=tmp_path, env=env)
-    for written in ("data/mine/manifest.json", "embeddings.npz", "scores.csv", "runs/finetune/metrics.jsonl"):
+    written_files = ("data/mine/manifest.json", "runs/mine/final/model.safetensors", "rows.csv",
+                     "embeddings.npz", "scores.csv", "runs/finetune/metrics.jsonl")  # fmt: skip
+    for written in written_files:
         assert (tmp_path / written).is_file(), written

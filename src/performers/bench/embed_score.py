@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from performers.bench.environment import environment
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, build_model
 from performers.proteins import ProteinTokenizer
@@ -283,17 +283,6 @@ def format_table(points: list[Point]) -> str:
             f"{p.peak_extra_mib:.0f} |"
         )
     return "\n".join(lines)
-
-
-def environment() -> dict:
-    """Software and hardware facts recorded next to the numbers."""
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
-    }
 
 
 def run_embed_score(

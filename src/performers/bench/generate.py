@@ -16,7 +16,6 @@ thing without the exact backend's ``O(T²)`` prompt pass, which would dominate t
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from performers.bench.environment import environment
 from performers.layers import FavorConfig, KVCache
 from performers.models import PerformerCache, PerformerConfig, PerformerForCausalLM
 from performers.ops import FavorState
@@ -218,17 +218,6 @@ def format_table(rows: list[GenerateRow]) -> str:
             f"{r.per_token_ms_p25:.3f}–{r.per_token_ms_p75:.3f} | {r.tokens_per_s:.1f} | {r.cache_mib:.2f} |"
         )
     return "\n".join(lines)
-
-
-def environment() -> dict:
-    """Software and hardware facts recorded next to the numbers."""
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "torch_threads": torch.get_num_threads(),
-    }
 
 
 def write_json(rows: list[GenerateRow], path: str | Path, settings: dict) -> Path:

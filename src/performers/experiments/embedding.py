@@ -19,11 +19,10 @@ The helpers here (:func:`protein_pairs`, :func:`crop_proteins`, :func:`token_bat
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 
 from performers.models import PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
 from performers.proteins import FastaRecord, ProteinTokenizer
+from performers.training import evaluation_mode
 from performers.utils import atomic_write
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "crop_proteins",
     "embed_proteins",
     "encoder_of",
-    "evaluation_mode",
     "protein_pairs",
     "residue_limit",
     "token_batches",
@@ -167,18 +166,6 @@ def encoder_of(model: nn.Module) -> tuple[PerformerModel, bool]:
         "model must be a PerformerForMaskedLM, PerformerForCausalLM or PerformerModel, "
         f"got {type(model).__name__}"
     )
-
-
-@contextlib.contextmanager
-def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd inside the block; the training flag is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 class Progress:

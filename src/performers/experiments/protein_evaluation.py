@@ -16,7 +16,7 @@ from performers.proteins import (
     read_split,
 )
 from performers.proteins.prepared_dataset import PreparedDataset, is_prepared, read_manifest
-from performers.training import TrainingConfig, evaluate_tokens, logits_of
+from performers.training import TrainingConfig, evaluate_tokens, evaluation_mode, logits_of
 from performers.training.evaluation import row_token_metrics
 
 __all__ = [
@@ -79,7 +79,6 @@ def evaluate_model(
     return evaluate_tokens(model, batches, causal=task == "clm")
 
 
-@torch.no_grad()
 def evaluate_per_sequence(
     model: torch.nn.Module,
     tokenizer: ProteinTokenizer,
@@ -108,10 +107,8 @@ def evaluate_per_sequence(
         mask_prob=mask_prob,
         seed=seed,
     )
-    was_training = model.training
-    model.eval()
     rows: list[dict] = []
-    try:
+    with evaluation_mode(model):
         for batch in batches:
             logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
             correct, counted, nll = row_token_metrics(logits, batch["labels"], causal=task == "clm")
@@ -129,8 +126,6 @@ def evaluate_per_sequence(
                         "accuracy": int(correct[row]) / n if n else math.nan,
                     }
                 )
-    finally:
-        model.train(was_training)
     return rows
 
 

@@ -143,6 +143,11 @@ def run_training(
     """
     out_dir = Path(out_dir)
     train, valid, test = corpus_splits(corpus, training, train_limit, test_limit)
+    for split, records in (("train", train), ("valid", valid)):
+        if len(records) == 0:
+            raise ValueError(
+                f"{corpus or 'the corpus'}: its {split} split is empty; training needs train and valid"
+            )
     tokenizer = ProteinTokenizer()
     torch.manual_seed(training.seed)  # the same initial weights for every attention
     model = build_model(model_config, training.task)

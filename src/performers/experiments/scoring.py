@@ -42,11 +42,11 @@ from performers.experiments.embedding import (
     ProteinRecords,
     crop_proteins,
     encoder_of,
-    evaluation_mode,
     protein_pairs,
     token_batches,
 )
 from performers.proteins import FastaRecord, ProteinTokenizer
+from performers.training import evaluation_mode
 
 __all__ = [
     "Mutation",

@@ -468,6 +468,8 @@ def evaluation_batches(
     Raises:
         ValueError: the sequences give no example of ``max_length`` tokens.
     """
+    if len(sequences) == 0:
+        raise ValueError("no proteins to evaluate (an empty split?)")
     data = _dataset(sequences, tokenizer, max_length, concatenate=concatenate, random_crop=False)
     if len(data) == 0:
         raise ValueError(f"the evaluation sequences give no window of {max_length} tokens")

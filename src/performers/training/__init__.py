@@ -11,7 +11,13 @@ from performers.training.checkpoint import (
     save_checkpoint,
 )
 from performers.training.data import ExampleSource, RandomStreams
-from performers.training.evaluation import evaluate_regression, evaluate_tokens, logits_of, masked_accuracy
+from performers.training.evaluation import (
+    evaluate_regression,
+    evaluate_tokens,
+    evaluation_mode,
+    logits_of,
+    masked_accuracy,
+)
 from performers.training.metrics import ranks, spearman
 from performers.training.optim import build_optimizer
 from performers.training.schedule import SCHEDULES, lr_factor, make_scheduler
@@ -29,6 +35,7 @@ __all__ = [
     "build_optimizer",
     "evaluate_regression",
     "evaluate_tokens",
+    "evaluation_mode",
     "latest_checkpoint",
     "load_checkpoint",
     "logits_of",

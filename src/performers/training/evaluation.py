@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -11,7 +12,26 @@ from torch import Tensor, nn
 from performers.training.metrics import spearman
 from performers.utils import IGNORE_INDEX
 
-__all__ = ["evaluate_regression", "evaluate_tokens", "logits_of", "masked_accuracy", "row_token_metrics"]
+__all__ = [
+    "evaluate_regression",
+    "evaluate_tokens",
+    "evaluation_mode",
+    "logits_of",
+    "masked_accuracy",
+    "row_token_metrics",
+]
+
+
+@contextlib.contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd inside the block; the training flag is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def logits_of(output) -> Tensor:
@@ -47,7 +67,6 @@ def row_token_metrics(logits: Tensor, labels: Tensor, causal: bool) -> tuple[Ten
     return correct.sum(-1), keep.sum(-1), nll.sum(-1)
 
 
-@torch.no_grad()
 def evaluate_tokens(
     model: nn.Module, batches: Iterable[dict[str, Tensor]], *, causal: bool
 ) -> dict[str, float]:
@@ -60,35 +79,26 @@ def evaluate_tokens(
     Raises:
         ValueError: no batch held a labelled position.
     """
-    was_training = model.training
-    model.eval()
     correct = counted = 0
     nll = 0.0
-    try:
+    with evaluation_mode(model):
         for batch in batches:
             logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
             right, n, loss = masked_accuracy(logits, batch["labels"], causal=causal)
             correct, counted, nll = correct + right, counted + n, nll + loss
-    finally:
-        model.train(was_training)
     if counted == 0:
         raise ValueError("evaluation set produced no labelled position")
     return {"accuracy": correct / counted, "perplexity": math.exp(nll / counted), "tokens": counted}
 
 
-@torch.no_grad()
 def evaluate_regression(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> dict[str, float]:
     """Spearman correlation and mean squared error of ``model``'s predictions ``(B,)`` against
     each batch's ``targets`` ``(B,)``. Returns ``{"spearman", "mse", "count"}``."""
-    was_training = model.training
-    model.eval()
     predictions, targets = [], []
-    try:
+    with evaluation_mode(model):
         for batch in batches:
             predictions.append(logits_of(model(batch["input_ids"], batch["attention_mask"])).double())
             targets.append(batch["targets"].double())
-    finally:
-        model.train(was_training)
     if not predictions:
         raise ValueError("evaluation set is empty")
     prediction, target = torch.cat(predictions), torch.cat(targets)
