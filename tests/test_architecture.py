@@ -66,3 +66,18 @@ def test_one_learning_rate_schedule():
     assert scheduler.get_last_lr() == [1.0]
     with pytest.raises(ValueError, match="schedule must be one of"):
         make_scheduler(optimizer, warmup_steps=0, total_steps=1, schedule="linear")
+
+
+def test_the_ops_know_nothing_of_torch_distributed():
+    """Collectives live in performers.distributed; the ops see other shards only through the
+    SequenceShards protocol (performers.ops.shards)."""
+    for path, tree in _modules():
+        if path.relative_to(SRC).parts[0] != "ops":
+            continue
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not any(n.startswith("torch.distributed") for n in names), f"{path.relative_to(SRC)}"

@@ -126,7 +126,7 @@ def test_config_file_sets_options_and_the_command_line_wins(tmp_path, capsys):
     assert "unknown option(s) stepz" in capsys.readouterr().err
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path):
+def test_two_processes_data_or_context_parallel_match_one_process_with_the_same_global_batch(tmp_path):
     import shutil
     import subprocess
     import sys
@@ -142,29 +142,30 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
         [*env_python, *args, "--out", str(tmp_path / "one")], capture_output=True, text=True
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "performers",
-            "train",
-            *args,
-            "--out",
-            str(tmp_path / "two"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-2000:]
     one, _ = load_safetensors(tmp_path / "one" / "final" / "model.safetensors")
-    two, _ = load_safetensors(tmp_path / "two" / "final" / "model.safetensors")
-    assert one.keys() == two.keys()
-    for name in one:
-        # Same global batches, crops and masks; only the order of float sums differs.
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
-    assert (tmp_path / "two" / "metrics.jsonl").read_text().count("\n") == 4  # rank 0 logs once per step
+    # Data parallel (each process half of every batch), then context parallel (each process
+    # half of every sequence).
+    for name, extra in (("ddp", []), ("context", ["--context-parallel", "2"])):
+        two = subprocess.run(
+            [torchrun, "--standalone", "--nproc_per_node=2", "-m", "performers", "train", *args, *extra,
+             "--out", str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+        )  # fmt: skip
+        assert two.returncode == 0, two.stderr[-2000:]
+        weights, _ = load_safetensors(tmp_path / name / "final" / "model.safetensors")
+        assert one.keys() == weights.keys()
+        for key in one:
+            # Same global batches, crops and masks; only the order of float sums differs.
+            torch.testing.assert_close(weights[key], one[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}")
+        assert (tmp_path / name / "metrics.jsonl").read_text().count("\n") == 4  # rank 0 logs once per step
+
+
+def test_context_parallel_options_are_checked(capsys):
+    with pytest.raises(SystemExit, match=r"--context-parallel 2 must divide the number of processes \(1\)"):
+        main(["train", *TINY, "--context-parallel", "2"])
+    with pytest.raises(SystemExit, match=r"--context-parallel needs FAVOR\+ attention"):
+        main(["train", *TINY, "--context-parallel", "2", "--attention", "exact"])
 
 
 def test_every_option_of_every_command_has_help():

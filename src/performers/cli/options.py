@@ -188,6 +188,7 @@ def training_config_from_args(args: argparse.Namespace, **overrides) -> Training
         seed=args.seed,
         concatenate=args.concatenate,
         num_workers=args.workers,
+        context_parallel=getattr(args, "context_parallel", 1),
     )
     try:
         return TrainingConfig(**{**values, **overrides})

@@ -1,6 +1,7 @@
 """``performers train``: one protein language model on the shipped corpus
 (:func:`performers.experiments.run_training`); under ``torchrun --nproc_per_node=N -m performers
-train ...`` every process takes its share of each batch (gloo on CPU, nccl on GPU)."""
+train ...`` every process takes its share of each batch (gloo on CPU, nccl on GPU), and with
+``--context-parallel C`` groups of ``C`` processes split each sequence between them."""
 
 from __future__ import annotations
 
@@ -29,11 +30,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--attention", choices=["favor", "exact"], default="favor", help="FAVOR+ or exact softmax attention"
     )
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    parser.add_argument(
+        "--context-parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="split each sequence over N processes (context parallelism, FAVOR+ only); run under "
+        "torchrun --nproc_per_node P with P a multiple of N (data parallel over the other P/N)",
+    )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    distributed = world > 1
+    if args.context_parallel > 1 and args.attention != "favor":
+        raise SystemExit("performers: error: --context-parallel needs FAVOR+ attention (--attention favor)")
+    if args.context_parallel < 1 or world % args.context_parallel:
+        raise SystemExit(
+            f"performers: error: --context-parallel {args.context_parallel} must divide the number of "
+            f"processes ({world}); run under torchrun --nproc_per_node with a multiple of it"
+        )
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     set_threads(args)

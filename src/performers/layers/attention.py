@@ -144,11 +144,22 @@ class MultiheadAttentionBase(nn.Module):
         attn_bias: Tensor | None = None,
         cache: LayerCache | None = None,
         use_cache: bool = False,
+        context_group=None,
     ) -> tuple[Tensor, LayerCache | None]:
-        """Attention on ``(B, H, L, D)`` heads with the selected backend; returns ``(out, cache)``."""
+        """Attention on ``(B, H, L, D)`` heads with the selected backend; returns ``(out, cache)``.
+
+        ``context_group``: the heads are this process's shard of a sequence split over a
+        process group (FAVOR+ only; see :func:`performers.distributed.favor_attention`).
+        """
         if (cache is not None or use_cache) and not causal:
             raise ValueError(
                 "incremental decoding (cache / use_cache) needs causal attention (is_causal=True)"
+            )
+        if context_group is not None and self.attention != "favor":
+            raise ValueError(
+                f"context parallelism needs FAVOR attention, this module uses {self.attention!r}: "
+                "exact attention over a sharded sequence would need every key on every process "
+                "(ring attention); use attention='favor'"
             )
         if self.attention == "identity":
             if cache is not None or use_cache:
@@ -161,10 +172,13 @@ class MultiheadAttentionBase(nn.Module):
                     "causal masking are supported (use attention='exact' for other masks)"
                 )
             if cache is None and not use_cache:
-                return self.favor(q, k, v, causal=causal, key_padding_mask=key_padding_mask), None
+                out = self.favor(
+                    q, k, v, causal=causal, key_padding_mask=key_padding_mask, context_group=context_group
+                )
+                return out, None
             if cache is not None and not isinstance(cache, FavorState):
                 raise TypeError(f"the FAVOR+ backend continues from a FavorState, got {type(cache).__name__}")
-            if cache is not None and q.shape[2] == 1 and key_padding_mask is None:
+            if cache is not None and q.shape[2] == 1 and key_padding_mask is None and context_group is None:
                 return self.favor.step(q, k, v, cache)
             return self.favor(
                 q,
@@ -174,6 +188,7 @@ class MultiheadAttentionBase(nn.Module):
                 key_padding_mask=key_padding_mask,
                 initial_state=cache,
                 return_state=True,
+                context_group=context_group,
             )
 
         past_length = 0
@@ -265,6 +280,7 @@ class PerformerSelfAttention(MultiheadAttentionBase):
         position_ids: Tensor | None = None,
         cache: LayerCache | None = None,
         use_cache: bool = False,
+        context_group=None,
     ) -> tuple[Tensor, LayerCache | None]:
         """Self-attention.
 
@@ -277,6 +293,8 @@ class PerformerSelfAttention(MultiheadAttentionBase):
             cache: the layer's cache from an earlier call (causal only); ``x`` continues it.
             use_cache: return the cache after these positions (a :class:`FavorState` for FAVOR+,
                 a :class:`KVCache` for exact attention).
+            context_group: ``x`` is this process's shard of the sequence (context parallelism,
+                FAVOR+ only); give rotary ``position_ids`` in the whole sequence.
 
         Returns:
             ``(out (B, L, E), cache or None)``.
@@ -297,7 +315,14 @@ class PerformerSelfAttention(MultiheadAttentionBase):
                 position_ids = torch.arange(length, device=x.device).expand(b, length)
             q, k = self.rotary(q, k, position_ids)
         out, cache = self._attend(
-            q, k, v, causal=is_causal, key_padding_mask=key_padding_mask, cache=cache, use_cache=use_cache
+            q,
+            k,
+            v,
+            causal=is_causal,
+            key_padding_mask=key_padding_mask,
+            cache=cache,
+            use_cache=use_cache,
+            context_group=context_group,
         )
         return self.out_proj(self._merge_heads(out)), cache
 

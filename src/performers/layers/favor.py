@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from performers import distributed
 from performers.layers.favor_config import FavorConfig
 from performers.ops import (
     FavorState,
@@ -163,6 +164,7 @@ class FavorAttention(nn.Module):
         key_padding_mask: Tensor | None = None,
         initial_state: FavorState | None = None,
         return_state: bool = False,
+        context_group=None,
     ) -> Tensor | tuple[Tensor, FavorState]:
         """FAVOR+ attention over ``(B, H, L, D)`` inputs with this module's projection.
 
@@ -172,15 +174,14 @@ class FavorAttention(nn.Module):
             key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
             initial_state, return_state: continue from / return the recurrent state
                 (causal only), see :func:`performers.favor_attention`.
+            context_group: the inputs are this process's shard of a sequence split over a
+                process group (or 1-D DeviceMesh): context parallelism,
+                :func:`performers.distributed.favor_attention`.
 
         Returns:
             ``(B, H, Lq, Dv)``, and the :class:`FavorState` when ``return_state``.
         """
-        return favor_attention(
-            q,
-            k,
-            v,
-            self.projection,
+        options = dict(
             causal=causal,
             kernel=self.kernel,
             scale=self.scale,
@@ -191,6 +192,9 @@ class FavorAttention(nn.Module):
             eps=self.eps,
             block_size=self.config.block_size,
         )
+        if context_group is not None:
+            return distributed.favor_attention(q, k, v, self.projection, **options, group=context_group)
+        return favor_attention(q, k, v, self.projection, **options)
 
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: FavorState | None) -> tuple[Tensor, FavorState]:
         """One causal position from the recurrent state: ``q, k`` ``(B, H, 1, D)``, ``v`` ``(B, H, 1, Dv)``.

@@ -71,6 +71,7 @@ class PerformerBlock(nn.Module):
         position_ids: Tensor | None = None,
         cache: LayerCache | None = None,
         use_cache: bool = False,
+        context_group=None,
     ) -> tuple[Tensor, LayerCache | None]:
         """``x``: ``(B, L, E)`` → ``((B, L, E), cache)``; arguments as in :class:`PerformerSelfAttention`."""
         attended, cache = self.attn(
@@ -80,6 +81,7 @@ class PerformerBlock(nn.Module):
             position_ids=position_ids,
             cache=cache,
             use_cache=use_cache,
+            context_group=context_group,
         )
         x = x + self.dropout(attended)
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from performers import distributed
 from performers.layers import FavorAttention, FeatureRedrawer, LayerCache, MultiheadAttentionBase
 from performers.models import io
 from performers.models.blocks import LMHead, PerformerBlock, token_loss
@@ -138,6 +139,7 @@ class PerformerModel(PerformerPreTrainedModel):
         use_cache: bool = False,
         is_causal: bool = False,
         output_hidden_states: bool = False,
+        context_group=None,
     ) -> PerformerModelOutput:
         """Hidden states of the last layer.
 
@@ -154,6 +156,13 @@ class PerformerModel(PerformerPreTrainedModel):
             output_hidden_states: also return every layer's hidden states ``(B, L, E)``: the
                 embedding output, then each block's output, the last one after the final
                 LayerNorm (see :class:`PerformerModelOutput`).
+            context_group: context parallelism — ``input_ids`` (and the masks) are this
+                process's contiguous shard of each sequence, the processes of this group (a
+                ``ProcessGroup`` or 1-D ``DeviceMesh``) hold the shards in rank order, and every
+                one of them calls forward (and backward) together. Positions are counted in
+                the whole sequence; FAVOR attention exchanges ``O(M·D)`` summaries per layer
+                (:func:`performers.distributed.favor_attention`); the hidden states returned
+                are this shard's. FAVOR+ only; dropout masks differ from a one-process run.
 
         Returns:
             :class:`PerformerModelOutput` with ``last_hidden_state`` ``(B, L, E)`` (and
@@ -180,18 +189,27 @@ class PerformerModel(PerformerPreTrainedModel):
             if not bool(padding.any()):
                 padding = None
 
+        # Where these positions sit in the sequence: this call's, or under context
+        # parallelism the shards' (one all-gather of per-row token counts).
+        shard = None
+        if context_group is not None:
+            device = input_ids.device
+            shard = distributed.shard_positions(padding, batch, length, context_group, device=device)
+        start, total_length = (0, length) if shard is None else (shard.start, shard.total_length)
         if position_ids is None:
             if (
                 self.embed_positions is not None
-                and past_length + length > self.config.max_position_embeddings
+                and past_length + total_length > self.config.max_position_embeddings
             ):
                 raise ValueError(
-                    f"sequence of {past_length + length} positions exceeds max_position_embeddings "
+                    f"sequence of {past_length + total_length} positions exceeds max_position_embeddings "
                     f"({self.config.max_position_embeddings}) of the learned position embedding"
                 )
             if past_key_values is not None:
-                steps = torch.arange(length, device=input_ids.device)
+                steps = torch.arange(start, start + length, device=input_ids.device)
                 position_ids = past_key_values.next_position[:, None] + steps
+            elif shard is not None:
+                position_ids = shard.position_ids
             elif padding is not None:
                 position_ids = position_ids_from_padding(padding)
             else:
@@ -214,13 +232,20 @@ class PerformerModel(PerformerPreTrainedModel):
                 position_ids=rotary_positions,
                 cache=None if past_key_values is None else past_key_values.layers[index],
                 use_cache=use_cache,
+                context_group=context_group,
             )
             if use_cache:
                 layer_caches.append(cache)
         hidden = self.norm(hidden)
         new_cache = None
         if use_cache:
-            new_cache = PerformerCache(layer_caches, position_ids[:, -1] + 1, past_length + length)
+            if shard is None:
+                next_position = position_ids[:, -1] + 1
+            elif past_key_values is None:
+                next_position = shard.next_position
+            else:
+                next_position = past_key_values.next_position + total_length
+            new_cache = PerformerCache(layer_caches, next_position, past_length + total_length)
         # The last block's raw output is replaced by its normalized form, as Hugging Face models do.
         hidden_states = (*all_hidden, hidden) if output_hidden_states else None
         return PerformerModelOutput(hidden, new_cache, hidden_states)
@@ -248,16 +273,20 @@ class PerformerForMaskedLM(_PerformerWithLMHead):
         position_ids: Tensor | None = None,
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
+        context_group=None,
     ) -> MaskedLMOutput:
         """Logits ``(B, L, V)`` for every position; ``loss`` over ``labels`` ``(B, L)`` != -100;
         with ``output_hidden_states``, every layer's ``(B, L, E)`` in ``all_hidden_states``
-        (see :class:`PerformerModelOutput`)."""
+        (see :class:`PerformerModelOutput`); ``context_group`` as in
+        :meth:`PerformerModel.forward` (this shard's logits; no ``labels``)."""
+        _check_context_labels(context_group, labels)
         out = self.model(
             input_ids,
             attention_mask,
             key_padding_mask=key_padding_mask,
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
+            context_group=context_group,
         )
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden, self.model.embed_tokens.weight)
@@ -286,6 +315,7 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
         use_cache: bool = False,
         logits_to_keep: int = 0,
         output_hidden_states: bool = False,
+        context_group=None,
     ) -> CausalLMOutput:
         """Next-token logits.
 
@@ -298,10 +328,14 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
                 (generation needs one).
             output_hidden_states: also return every layer's ``(B, L, E)`` in
                 ``all_hidden_states`` (see :class:`PerformerModelOutput`).
+            context_group: context parallelism, as in :meth:`PerformerModel.forward` (this
+                shard's logits; no ``labels``); with ``use_cache`` every process gets the
+                cache of the whole sequence, from which one process can decode.
 
         Returns:
             :class:`CausalLMOutput`.
         """
+        _check_context_labels(context_group, labels)
         out = self.model(
             input_ids,
             attention_mask,
@@ -311,6 +345,7 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
             use_cache=use_cache,
             is_causal=True,
             output_hidden_states=output_hidden_states,
+            context_group=context_group,
         )
         hidden = out.last_hidden_state
         if logits_to_keep:
@@ -329,6 +364,15 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
             past_key_values=out.past_key_values,
             hidden_states=hidden,
             all_hidden_states=out.hidden_states,
+        )
+
+
+def _check_context_labels(context_group, labels: Tensor | None) -> None:
+    if context_group is not None and labels is not None:
+        raise ValueError(
+            "labels are not accepted with context_group: a shard's loss needs the token count of "
+            "the whole sequence (and causal labels cross shard boundaries); compute it from the "
+            "logits, as performers.training.Trainer does with context_parallel"
         )
 
 

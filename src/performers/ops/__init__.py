@@ -29,7 +29,9 @@ from performers.ops.attention import favor_attention, favor_attention_step, line
 from performers.ops.causal_generic import causal_linear_attention
 from performers.ops.causal_recurrent import causal_linear_attention_step
 from performers.ops.favor_plus_plus import (
+    favor_plus_plus_from_statistics,
     favor_plus_plus_parameters,
+    favor_plus_plus_statistics,
     optimal_positive_features,
     pair_mean_sq_norm,
 )
@@ -75,7 +77,9 @@ __all__ = [
     "exp_form",
     "favor_attention",
     "favor_attention_step",
+    "favor_plus_plus_from_statistics",
     "favor_plus_plus_parameters",
+    "favor_plus_plus_statistics",
     "feature_map",
     "gaussian_hyperbolic_features",
     "gaussian_positive_features",

@@ -9,8 +9,8 @@ Paths (every one is tested against :mod:`performers.ops.naive`):
 
 * ``"fused"``: kernels with an exponential form (:attr:`Kernel.exp_form <performers.ops.Kernel>`)
   and a projection run hand-written autograd Functions, bidirectional
-  (:mod:`~performers.ops.bidirectional_fused`) or causal from an empty state whose result needs
-  no gradient (:mod:`~performers.ops.causal_fused`).
+  (:mod:`~performers.ops.bidirectional_fused`) or causal (:mod:`~performers.ops.causal_fused`,
+  from any initial state, with a differentiable final state).
 * ``"generic"``: any kernel, any state; materialized stabilized features
   (:mod:`~performers.ops.generic_features`) into :mod:`~performers.ops.bidirectional_generic`,
   :mod:`~performers.ops.causal_generic` or, one position at a time,
@@ -182,24 +182,12 @@ def favor_attention(
     )
 
 
-def _fused_unavailable(
-    kernel: Kernel,
-    projection: Tensor | None,
-    *,
-    causal: bool,
-    initial_state: FavorState | None,
-    state_needs_grad: bool,
-) -> str | None:
+def _fused_unavailable(kernel: Kernel, projection: Tensor | None) -> str | None:
     """Why the fused path cannot serve these inputs, or None when it can."""
     if kernel.exp_form is None:
         return f"kernel {kernel.name!r} has no exponential form (Kernel.exp_form is None)"
     if projection is None:
         return "the exponential kernels need a projection"
-    if causal and initial_state is not None:
-        return "the fused causal path starts from an empty state (initial_state given)"
-    if causal and state_needs_grad:
-        # The fused causal path returns a non-differentiable final state.
-        return "the returned state must carry gradients (return_state=True with inputs that require grad)"
     return None
 
 
@@ -239,14 +227,7 @@ def _favor_attention(
     _check_state_options(causal, initial_state, return_state)
     if path is not None and path not in PATHS:
         raise ValueError(f"path must be None, 'fused' or 'generic', got {path!r}")
-    state_needs_grad = (
-        return_state
-        and torch.is_grad_enabled()
-        and any(t is not None and t.requires_grad for t in (q, k, v, projection))
-    )
-    unavailable = _fused_unavailable(
-        kern, projection, causal=causal, initial_state=initial_state, state_needs_grad=state_needs_grad
-    )
+    unavailable = _fused_unavailable(kern, projection)
     if path == "fused" and unavailable is not None:
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
     fused = unavailable is None if path is None else path == "fused"
@@ -270,6 +251,10 @@ def _favor_attention(
                     eps=eps,
                 )
                 return out.to(out_dtype)
+            initial = initial_offset = None
+            if initial_state is not None:
+                initial = torch.cat([initial_state.kv, initial_state.normalizer.unsqueeze(-1)], dim=-1)
+                initial, initial_offset = initial.to(dtype), initial_state.log_offset.to(dtype)
             out, final, final_offset = fused_causal_exp_attention(
                 q,
                 k,
@@ -280,6 +265,8 @@ def _favor_attention(
                 chunk_size=chunk_size,
                 segment_chunks=segment_chunks,
                 eps=eps,
+                initial_state=initial,
+                initial_offset=initial_offset,
             )
             if return_state:
                 return out.to(out_dtype), FavorState(final[..., :-1], final[..., -1], final_offset)

@@ -3,9 +3,12 @@ r"""Fused bidirectional FAVOR attention for exponential feature maps, in blocks 
 For ``φ(x) = exp(P x̃ - a‖x̃‖²/2 - c)`` (:class:`~performers.ops.features.ExpForm`: positive and
 hyperbolic features of the softmax and Gaussian kernels) this computes
 ``out = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1)`` without ever holding a full ``(B, H, L, M)`` feature tensor:
-keys are consumed block by block into the ``M × Dv`` summary and ``M`` normalizer, queries are read out block
-by block, and the backward pass recomputes each block of key features instead of storing them (query
-features are stored: one ``L·M`` tensor). Each feature block is small
+keys are consumed block by block into the ``M × Dv`` summary and ``M`` normalizer
+(:func:`exp_key_summary`), queries are read out block by block (:func:`exp_query_readout`), and
+the backward pass recomputes each block of key features instead of storing them (query features
+are stored: one ``L·M`` tensor). The two halves are separate autograd Functions so that a
+summary can be combined with others before it is read (context parallelism sums the summaries
+of every shard of a sequence, :mod:`performers.distributed`). Each feature block is small
 enough to stay in cache while it is exponentiated, scaled and multiplied, which is where a
 plain implementation spends its time on memory traffic. The generic path on materialized
 features is :mod:`performers.ops.bidirectional_generic`.
@@ -34,7 +37,12 @@ from performers.ops.features import (
 )
 from performers.ops.numerics import safe_reciprocal
 
-__all__ = ["default_block_size", "fused_bidirectional_exp_attention"]
+__all__ = [
+    "default_block_size",
+    "exp_key_summary",
+    "exp_query_readout",
+    "fused_bidirectional_exp_attention",
+]
 
 
 def default_block_size(batch_heads: int, feature_dim: int) -> int:
@@ -47,20 +55,23 @@ def _blocks(length: int, block: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + block, length)
 
 
-class _BlockwiseExpAttention(torch.autograd.Function):
-    # The summary is kept as kv = K'ᵀV (M × Dv) and normalizer z = K'ᵀ1 (M) rather than one
-    # M × (Dv+1) matrix: with Dv = 64 the odd width costs the matmuls more than the separate
-    # row sums and dot products cost.
+class _ExpKeySummary(torch.autograd.Function):
+    """Keys and values → the summary ``kv = K'ᵀV`` ``(B, H, M', Dv)`` and normalizer ``z = K'ᵀ1``
+    ``(B, H, 1, M')``, in units of the largest key log-feature (returned, not differentiable).
+
+    The summary is kept as ``kv`` and ``z`` rather than one ``M' × (Dv+1)`` matrix: with
+    ``Dv = 64`` the odd width costs the matmuls more than the separate row sums cost. Backward
+    recomputes each block of key features instead of storing them.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, rows, scale, norm, pad, block, eps):
+    def forward(ctx, k, v, rows, scale, norm, pad, block):
         # The map of x̃ = √s·x is computed on x with rows √s·P and norm weight a·s.
         scaled_rows = rows * scale
         scaled_norm = norm * scale * scale
         b, h, lk, _ = k.shape
-        dv = v.shape[-1]
         m = scaled_rows.shape[0]
-        kv = k.new_zeros(b, h, m, dv)
+        kv = k.new_zeros(b, h, m, v.shape[-1])
         normalizer = k.new_zeros(b, h, 1, m)
         key_max = k.new_full((b, h, 1, 1), -math.inf)
         for start, stop in _blocks(lk, block):
@@ -78,58 +89,25 @@ class _BlockwiseExpAttention(torch.autograd.Function):
             kv.add_(torch.matmul(features.transpose(-2, -1), v[:, :, start:stop]))
             normalizer.add_(features.sum(dim=-2, keepdim=True))
             key_max = new_max
-        key_max = torch.where(torch.isfinite(key_max), key_max, torch.zeros_like(key_max))
-
-        lq = q.shape[2]
-        out = q.new_empty(b, h, lq, dv)
-        inverse_denominator = q.new_empty(b, h, lq, 1)
-        # Query features are kept for backward (one (B, H, Lq, M) tensor): writing and
-        # reading them back costs far less than recomputing them (a matmul and an exp).
-        keep = any(ctx.needs_input_grad[:4])
-        q_features = q.new_empty(b, h, lq, m) if keep else None
-        for start, stop in _blocks(lq, block):
-            features = exp_query_features(q[:, :, start:stop], scaled_rows)
-            if keep:
-                q_features[:, :, start:stop] = features
-            den = (features * normalizer).sum(-1)
-            inverse = safe_reciprocal(den, eps).unsqueeze(-1)
-            inverse_denominator[:, :, start:stop] = inverse
-            out[:, :, start:stop] = torch.matmul(features, kv).mul_(inverse)
-        ctx.save_for_backward(q, k, v, rows, kv, normalizer, key_max, inverse_denominator, out, q_features)
+        ctx.save_for_backward(k, v, rows, torch.where(torch.isfinite(key_max), key_max, 0.0))
         ctx.pad, ctx.block, ctx.scale, ctx.scaled_norm = pad, block, scale, scaled_norm
-        return out
+        key_max = key_max[..., 0, 0]
+        ctx.mark_non_differentiable(key_max)
+        return kv, normalizer, key_max
 
     @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, rows, kv, normalizer, key_max, inverse_denominator, out, q_features = ctx.saved_tensors
+    def backward(ctx, grad_kv, grad_normalizer, _grad_key_max):
+        k, v, rows, key_max = ctx.saved_tensors
         pad, block, scale, scaled_norm = ctx.pad, ctx.block, ctx.scale, ctx.scaled_norm
         scaled_rows = rows * scale
-        need_q, need_k, need_v, need_rows = ctx.needs_input_grad[:4]
-        grad_kv = torch.zeros_like(kv)
-        grad_normalizer = torch.zeros_like(normalizer)
-        grad_q = torch.empty_like(q) if need_q else None
-        grad_rows = torch.zeros_like(rows) if need_rows else None
-
-        for start, stop in _blocks(q.shape[2], block):
-            features = q_features[:, :, start:stop]
-            inverse = inverse_denominator[:, :, start:stop]
-            # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (zero where the guard was active).
-            grad_num = grad_out[:, :, start:stop] * inverse
-            grad_den = -(grad_num * out[:, :, start:stop]).sum(-1, keepdim=True)
-            grad_kv.add_(torch.matmul(features.transpose(-2, -1), grad_num))
-            grad_normalizer.add_((features * grad_den).sum(dim=-2, keepdim=True))
-            if need_q or need_rows:
-                grad_log = torch.matmul(grad_num, kv.transpose(-2, -1))
-                grad_log.addcmul_(grad_den, normalizer).mul_(features)
-                qb = q[:, :, start:stop]
-                if need_q:
-                    # Query features are row-stabilized: no norm term (it cancels).
-                    grad_q[:, :, start:stop] = exp_log_input_grad(grad_log, qb, scaled_rows)
-                if need_rows:
-                    grad_rows.add_(outer_sum(grad_log, qb), alpha=scale)
-
+        need_k, need_v, need_rows = ctx.needs_input_grad[:3]
+        if grad_kv is None:
+            grad_kv = k.new_zeros(*k.shape[:2], rows.shape[0], v.shape[-1])
+        if grad_normalizer is None:
+            grad_normalizer = k.new_zeros(*k.shape[:2], 1, rows.shape[0])
         grad_k = torch.empty_like(k) if need_k else None
         grad_v = torch.empty_like(v) if need_v else None
+        grad_rows = torch.zeros_like(rows) if need_rows else None
         for start, stop in _blocks(k.shape[2], block):
             kb = k[:, :, start:stop]
             features = exp_log_features(kb, scaled_rows, scaled_norm).sub_(key_max).exp_()
@@ -145,7 +123,138 @@ class _BlockwiseExpAttention(torch.autograd.Function):
                 if need_rows:
                     # ∂/∂P of x̃ᵀP (the norm term does not involve P).
                     grad_rows.add_(outer_sum(grad_log, kb), alpha=scale)
-        return grad_q, grad_k, grad_v, grad_rows, None, None, None, None, None
+        return grad_k, grad_v, grad_rows, None, None, None, None
+
+
+class _ExpQueryReadout(torch.autograd.Function):
+    """Queries and a key summary → ``out = φ(Q)kv / φ(Q)z`` ``(B, H, Lq, Dv)``, block by block."""
+
+    @staticmethod
+    def forward(ctx, q, rows, kv, normalizer, scale, block, eps):
+        scaled_rows = rows * scale
+        b, h, lq, _ = q.shape
+        m, dv = scaled_rows.shape[0], kv.shape[-1]
+        out = q.new_empty(b, h, lq, dv)
+        inverse_denominator = q.new_empty(b, h, lq, 1)
+        # Query features are kept for backward (one (B, H, Lq, M) tensor): writing and
+        # reading them back costs far less than recomputing them (a matmul and an exp).
+        keep = any(ctx.needs_input_grad[:4])
+        q_features = q.new_empty(b, h, lq, m) if keep else None
+        for start, stop in _blocks(lq, block):
+            features = exp_query_features(q[:, :, start:stop], scaled_rows)
+            if keep:
+                q_features[:, :, start:stop] = features
+            den = (features * normalizer).sum(-1)
+            inverse = safe_reciprocal(den, eps).unsqueeze(-1)
+            inverse_denominator[:, :, start:stop] = inverse
+            out[:, :, start:stop] = torch.matmul(features, kv).mul_(inverse)
+        ctx.save_for_backward(q, rows, kv, normalizer, inverse_denominator, out, q_features)
+        ctx.block, ctx.scale = block, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, rows, kv, normalizer, inverse_denominator, out, q_features = ctx.saved_tensors
+        block, scale = ctx.block, ctx.scale
+        scaled_rows = rows * scale
+        need_q, need_rows, need_kv, need_normalizer = ctx.needs_input_grad[:4]
+        grad_kv = torch.zeros_like(kv)
+        grad_normalizer = torch.zeros_like(normalizer)
+        grad_q = torch.empty_like(q) if need_q else None
+        grad_rows = torch.zeros_like(rows) if need_rows else None
+        for start, stop in _blocks(q.shape[2], block):
+            features = q_features[:, :, start:stop]
+            inverse = inverse_denominator[:, :, start:stop]
+            # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (zero where the guard was active).
+            grad_num = grad_out[:, :, start:stop] * inverse
+            grad_den = -(grad_num * out[:, :, start:stop]).sum(-1, keepdim=True)
+            if need_kv:
+                grad_kv.add_(torch.matmul(features.transpose(-2, -1), grad_num))
+            if need_normalizer:
+                grad_normalizer.add_((features * grad_den).sum(dim=-2, keepdim=True))
+            if need_q or need_rows:
+                grad_log = torch.matmul(grad_num, kv.transpose(-2, -1))
+                grad_log.addcmul_(grad_den, normalizer).mul_(features)
+                qb = q[:, :, start:stop]
+                if need_q:
+                    # Query features are row-stabilized: no norm term (it cancels).
+                    grad_q[:, :, start:stop] = exp_log_input_grad(grad_log, qb, scaled_rows)
+                if need_rows:
+                    grad_rows.add_(outer_sum(grad_log, qb), alpha=scale)
+        return (
+            grad_q,
+            grad_rows,
+            grad_kv if need_kv else None,
+            grad_normalizer if need_normalizer else None,
+            None,
+            None,
+            None,
+        )
+
+
+def _block_size(block_size: int | None, batch_heads: int, feature_dim: int) -> int:
+    # A block size < 1 would leave the block loops empty and return uninitialised memory.
+    check_positive_int("block_size", block_size, optional=True)
+    return default_block_size(batch_heads, feature_dim) if block_size is None else block_size
+
+
+def exp_key_summary(
+    k: Tensor,
+    v: Tensor,
+    form: ExpForm,
+    *,
+    scale: float,
+    key_padding_mask: Tensor | None = None,
+    block_size: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The key summary of bidirectional attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``.
+
+    Args:
+        k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
+        form: the map (``P`` ``(M', D)`` differentiable).
+        scale: ``√s``, the factor applied to ``k``.
+        key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
+        block_size: keys per block (default :func:`default_block_size`).
+
+    Returns:
+        ``(kv (B, H, M', Dv), normalizer (B, H, M'), log_offset (B, H))``: ``Σ_j φ(k_j)v_jᵀ`` and
+        ``Σ_j φ(k_j)`` divided by ``exp(log_offset)``, the largest key log-feature (in
+        :class:`~performers.ops.state.FavorState` units; ``-inf`` where every key is padded, and
+        the sums are zero). Also the final state of causal attention over these keys.
+    """
+    b, h = k.shape[:2]
+    block = _block_size(block_size, b * h, form.rows.shape[0])
+    pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
+    kv, normalizer, key_max = _ExpKeySummary.apply(k, v, form.rows, scale, form.norm, pad, block)
+    return kv, normalizer.squeeze(-2), key_max - form.log_const
+
+
+def exp_query_readout(
+    q: Tensor,
+    kv: Tensor,
+    normalizer: Tensor,
+    form: ExpForm,
+    *,
+    scale: float,
+    block_size: int | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """``φ(Q)kv / φ(Q)z`` for row-stabilized query features of the map ``form``.
+
+    Args:
+        q: ``(B, H, Lq, D)``.
+        kv: ``(B, H, M', Dv)`` and normalizer: ``(B, H, M')``, a key summary (any common unit:
+            it cancels), e.g. from :func:`exp_key_summary`.
+        form, scale, block_size: as in :func:`exp_key_summary`.
+        eps: denominator guard (default: the dtype's smallest normal number).
+
+    Returns:
+        ``(B, H, Lq, Dv)``.
+    """
+    b, h = q.shape[:2]
+    block = _block_size(block_size, b * h, form.rows.shape[0])
+    eps = torch.finfo(q.dtype).tiny if eps is None else eps
+    return _ExpQueryReadout.apply(q, form.rows, kv, normalizer.unsqueeze(-2), scale, block, eps)
 
 
 def fused_bidirectional_exp_attention(
@@ -159,7 +268,8 @@ def fused_bidirectional_exp_attention(
     block_size: int | None = None,
     eps: float | None = None,
 ) -> Tensor:
-    """Bidirectional FAVOR attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``.
+    """Bidirectional FAVOR attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``:
+    :func:`exp_key_summary` then :func:`exp_query_readout`.
 
     Args:
         q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
@@ -173,10 +283,7 @@ def fused_bidirectional_exp_attention(
     Returns:
         ``(B, H, Lq, Dv)``.
     """
-    b, h = q.shape[:2]
-    # A block size < 1 would leave both block loops empty and return the uninitialised output.
-    check_positive_int("block_size", block_size, optional=True)
-    block = default_block_size(b * h, form.rows.shape[0]) if block_size is None else block_size
-    pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
-    eps = torch.finfo(q.dtype).tiny if eps is None else eps
-    return _BlockwiseExpAttention.apply(q, k, v, form.rows, scale, form.norm, pad, block, eps)
+    kv, normalizer, _ = exp_key_summary(
+        k, v, form, scale=scale, key_padding_mask=key_padding_mask, block_size=block_size
+    )
+    return exp_query_readout(q, kv, normalizer, form, scale=scale, block_size=block_size, eps=eps)

@@ -7,7 +7,9 @@ over its chunks (features, masked ``C×C`` blocks, chunk summaries); across segm
 ``M × (Dv+1)`` state is carried. The forward keeps the inputs, the per-position offsets, the
 state before every chunk (``(L/C)·M·(Dv+1)``) and the masked intra-chunk blocks (``L·C``); the
 backward walks the segments in reverse carrying the state's adjoint and recomputes the
-features. No tensor of ``L·M`` elements is allocated: memory is
+features. The state entering the first chunk may be given (a preceding prefix, e.g. an earlier call
+or the shards of a sequence before this one, :mod:`performers.distributed`); gradients flow into
+it and out of the final state. No tensor of ``L·M`` elements is allocated: memory is
 ``O(L·(D + C) + (L/C)·M·D + S·M)`` for a segment of ``S`` positions, forward and backward.
 
 Offsets (``m_j``, running maximum of the key log-features) are in units of ``P x̃ - a‖x̃‖²/2``
@@ -54,7 +56,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
     is kept for backward (``(L/C)·M·(Dv+1)``); features are recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, rows, scale, norm, pad, chunk, segment, eps):
+    def forward(ctx, q, k, v, rows, initial, initial_offset, scale, norm, pad, chunk, segment, eps):
         length = q.shape[2]
         extra = (-length) % chunk
         if extra:
@@ -81,9 +83,11 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         offsets = q.new_empty(b, h, padded)
         inverse = q.new_empty(b, h, padded, 1)
         out = q.new_empty(b, h, padded, e - 1)
-        state = q.new_zeros(b, h, m, e)
-        running = q.new_full((b, h), -math.inf)
-        state_offset = None
+        # The state entering the first chunk, and the offset it is expressed in (that offset
+        # starts the running maximum, so every later key is in units >= it).
+        state = q.new_zeros(b, h, m, e) if initial is None else initial
+        running = q.new_full((b, h), -math.inf) if initial_offset is None else initial_offset
+        state_offset = initial_offset
         for lo in range(0, padded, span):
             hi = min(lo + span, padded)
             pad_s = None if pad is None else pad[:, :, lo:hi]
@@ -118,15 +122,15 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             inverse[:, :, lo:hi] = inv
             torch.mul(read[..., :-1], inv, out=out[:, :, lo:hi])
             state_offset = offs[..., -1]
-        ctx.save_for_backward(q, k, v, rows, offsets, states, inverse, out, blocks)
+        ctx.save_for_backward(q, k, v, rows, offsets, states, inverse, out, blocks, initial_offset)
         ctx.pad, ctx.chunk, ctx.segment, ctx.length = pad, chunk, segment, length
         ctx.scale, ctx.scaled_norm = scale, scaled_norm
-        ctx.mark_non_differentiable(state, state_offset)
+        ctx.mark_non_differentiable(state_offset)
         return out[:, :, :length], state, state_offset
 
     @staticmethod
-    def backward(ctx, grad_out, _grad_state, _grad_offset):
-        q, k, v, rows, offsets, states, inverse, out, blocks = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_state, _grad_offset):
+        q, k, v, rows, offsets, states, inverse, out, blocks, initial_offset = ctx.saved_tensors
         pad, chunk, segment, length = ctx.pad, ctx.chunk, ctx.segment, ctx.length
         scale, scaled_norm = ctx.scale, ctx.scaled_norm
         b, h, padded, _ = q.shape
@@ -138,12 +142,16 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         grad_k = k.new_empty(k.shape) if need_k else None
         grad_v = v.new_empty(v.shape) if need_v else None
         grad_rows = torch.zeros_like(rows) if need_rows else None
-        adjoint = torch.zeros_like(states[0, :, :, 0])  # ∂L/∂(state after the current segment)
+        # ∂L/∂(state after the current segment); after the loop, ∂L/∂(initial state).
+        adjoint = torch.zeros_like(states[0, :, :, 0]) if grad_state is None else grad_state.clone()
         span = chunk * segment
         for lo in reversed(range(0, padded, span)):
             hi = min(lo + span, padded)
             offs = offsets[:, :, lo:hi]
-            state_offset = offsets[:, :, 0] if lo == 0 else offsets[:, :, lo - 1]
+            if lo > 0:
+                state_offset = offsets[:, :, lo - 1]
+            else:
+                state_offset = offsets[:, :, 0] if initial_offset is None else initial_offset
             kb, qb = k[:, :, lo:hi], q[:, :, lo:hi]
             k_feat = exp_log_features(kb, scaled_rows, scaled_norm).sub_(offs.unsqueeze(-1)).exp_()
             if pad is not None:
@@ -189,6 +197,8 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             None if grad_k is None else grad_k[:, :, :length],
             None if grad_v is None else grad_v[:, :, :length],
             grad_rows,
+            adjoint if ctx.needs_input_grad[4] else None,
+            None,
             None,
             None,
             None,
@@ -209,29 +219,38 @@ def fused_causal_exp_attention(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     segment_chunks: int = SEGMENT_CHUNKS,
     eps: float | None = None,
+    initial_state: Tensor | None = None,
+    initial_offset: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Causal FAVOR attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``, from an empty state.
+    """Causal FAVOR attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``.
 
     Args:
         q, k: ``(B, H, L, D)``; v: ``(B, H, L, Dv)``.
         form: the map: ``P`` ``(M', D)`` (differentiable), ``a``, and ``c`` (only used for the
-            returned state's offset).
+            offsets of the states).
         scale: ``√s``, the factor applied to ``q`` and ``k``.
         key_padding_mask: ``(B, L)`` bool, True marks a padded key.
         chunk_size: positions per chunk.
         segment_chunks: chunks per segment (the unit the Python loop streams over).
         eps: denominator guard (default: the dtype's smallest normal number).
+        initial_state: ``(B, H, M', Dv+1)``, the state of a preceding prefix (``[kv, normalizer]``,
+            differentiable), or None for an empty one; initial_offset: its ``(B, H)`` log offset
+            (:class:`~performers.ops.state.FavorState` units), given with it.
 
     Returns:
         ``(out (B, H, L, Dv), kv_aug (B, H, M', Dv+1), log_offset (B, H))``: the output and the
-        final state (not differentiable) in :class:`~performers.ops.state.FavorState` units.
+        final state (differentiable) in :class:`~performers.ops.state.FavorState` units.
     """
     check_positive_int("chunk_size", chunk_size)
     check_positive_int("segment_chunks", segment_chunks)
+    if (initial_state is None) != (initial_offset is None):
+        raise ValueError("initial_state and initial_offset are given together or not at all")
     pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
     eps = torch.finfo(q.dtype).tiny if eps is None else eps
     chunk = max(1, min(chunk_size, q.shape[2]))
+    # Offsets inside the Function leave out the map's constant c (FavorState units include it).
+    internal_offset = None if initial_offset is None else initial_offset.detach() + form.log_const
     out, final, offset = _SegmentedCausalExpAttention.apply(
-        q, k, v, form.rows, scale, form.norm, pad, chunk, segment_chunks, eps
+        q, k, v, form.rows, initial_state, internal_offset, scale, form.norm, pad, chunk, segment_chunks, eps
     )
     return out, final, offset - form.log_const

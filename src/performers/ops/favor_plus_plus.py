@@ -45,7 +45,9 @@ from performers.ops.theory import optimal_positive_parameter
 
 __all__ = [
     "check_gerf_parameter",
+    "favor_plus_plus_from_statistics",
     "favor_plus_plus_parameters",
+    "favor_plus_plus_statistics",
     "gerf_features",
     "optimal_positive_features",
     "pair_mean_sq_norm",
@@ -88,6 +90,7 @@ def favor_plus_plus_parameters(
     Bidirectional: ``A*(φ̄)`` with ``φ̄`` the pair mean of ``‖q_i + k_j‖²`` over non-padded keys
     (and, in self-attention ``Lq == Lk``, non-padded queries). Causal: ``A*(‖q_p + k_p‖²)`` at
     the first non-padded position ``p`` (see the module docstring for why one ``A`` per sequence).
+    The same as :func:`favor_plus_plus_from_statistics` of :func:`favor_plus_plus_statistics`.
 
     Args:
         q: ``(B, H, Lq, D)`` and k: ``(B, H, Lk, D)``, already multiplied by ``√scale``.
@@ -98,25 +101,75 @@ def favor_plus_plus_parameters(
         ``A`` of shape ``(B, H)``, ``≤ 0``; causal rows whose keys are all padded get NaN (no
         real key yet: the first real key of a continuation fixes ``A``).
     """
+    stats = favor_plus_plus_statistics(q, k, causal=causal, key_padding_mask=key_padding_mask)
+    return favor_plus_plus_from_statistics(stats, q.shape[-1], causal=causal)
+
+
+def favor_plus_plus_statistics(
+    q: Tensor,
+    k: Tensor,
+    *,
+    causal: bool = False,
+    key_padding_mask: Tensor | None = None,
+    self_attention: bool | None = None,
+) -> Tensor:
+    """What ``A`` depends on, as statistics that combine across shards of one sequence.
+
+    Bidirectional: the sums ``[Σ‖q_i‖², n_q, Σ q_i, Σ‖k_j‖², n_k, Σ k_j]`` over non-padded keys
+    (and queries, in self-attention), ``S = 2D + 4``: those of a sequence split into shards are
+    the sums of the shards' (an all-reduce, differentiable). Causal: ``[‖q_p + k_p‖²]`` at the
+    first non-padded position ``p``, ``S = 1``, NaN where every key is padded: that of a split
+    sequence is the first shard's that is not NaN.
+
+    Args:
+        q: ``(B, H, Lq, D)`` and k: ``(B, H, Lk, D)``, already multiplied by ``√scale``.
+        causal: the causal statistic.
+        key_padding_mask: ``(B, Lk)`` bool, True = padded.
+        self_attention: queries and keys are the same positions (their padding is shared);
+            default ``Lq == Lk``.
+
+    Returns:
+        ``(B, H, S)``.
+    """
     d = q.shape[-1]
     if causal:
         if key_padding_mask is None:
-            first_q, first_k = q[:, :, 0], k[:, :, 0]
-        else:
-            first = (~key_padding_mask).long().argmax(dim=1)  # (B,); 0 if every key is padded
-            index = first[:, None, None, None].expand(q.shape[0], q.shape[1], 1, d)
-            first_q, first_k = q.gather(2, index)[:, :, 0], k.gather(2, index)[:, :, 0]
-            phi = ((first_q + first_k) ** 2).sum(-1)
-            # A row with no real key yet has no A: NaN, fixed later by its first real key
-            # (attention carries it in the causal state and fills it on continuation).
-            open_rows = key_padding_mask.all(dim=1)[:, None].expand_as(phi)
-            return optimal_positive_parameter(phi, d).masked_fill(open_rows, float("nan"))
-        phi = ((first_q + first_k) ** 2).sum(-1)
-    else:
-        key_keep = None if key_padding_mask is None else ~key_padding_mask[:, None, :]
-        query_keep = key_keep if q.shape[2] == k.shape[2] else None
-        phi = pair_mean_sq_norm(q, k, query_keep, key_keep)
-    return optimal_positive_parameter(phi, d)
+            first_q, first_k = q[:, :, :1], k[:, :, :1]
+            return ((first_q + first_k) ** 2).sum(-1)
+        first = (~key_padding_mask).long().argmax(dim=1)  # (B,); 0 if every key is padded
+        index = first[:, None, None, None].expand(q.shape[0], q.shape[1], 1, d)
+        phi = ((q.gather(2, index) + k.gather(2, index)) ** 2).sum(-1)
+        # A row with no real key yet has no A: NaN, fixed later by its first real key
+        # (attention carries it in the causal state and fills it on continuation).
+        return phi.masked_fill(key_padding_mask.all(dim=1)[:, None, None], float("nan"))
+    if self_attention is None:
+        self_attention = q.shape[2] == k.shape[2]
+    key_keep = None if key_padding_mask is None else ~key_padding_mask[:, None, :]
+    query_keep = key_keep if self_attention else None
+    return torch.cat([*_sums(q, query_keep), *_sums(k, key_keep)], dim=-1)
+
+
+def _sums(x: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    # x: (B, H, L, D), keep: (B, 1, L) bool or None → Σ‖x‖² (B, H, 1), n (B, H, 1), Σx (B, H, D)
+    if keep is None:
+        count = x.new_full((*x.shape[:2], 1), float(x.shape[2]))
+        return (x * x).sum(dim=(-2, -1))[..., None], count, x.sum(dim=-2)
+    weight = keep.to(x.dtype).unsqueeze(-1)
+    count = weight.sum(dim=-2).expand(*x.shape[:2], 1)
+    return ((x * x).sum(-1, keepdim=True) * weight).sum(dim=-2), count, (x * weight).sum(dim=-2)
+
+
+def favor_plus_plus_from_statistics(stats: Tensor, dim: int, *, causal: bool = False) -> Tensor:
+    """``A`` ``(B, H)`` from :func:`favor_plus_plus_statistics` ``(B, H, S)`` (of one shard or
+    combined over all of them) for inputs of size ``dim``: ``A*(φ̄)`` with the pair mean
+    ``φ̄ = mean‖q‖² + mean‖k‖² + 2 (mean q)ᵀ(mean k)`` (:func:`pair_mean_sq_norm`), or causally
+    ``A*`` of the first position's ``‖q_p + k_p‖²`` (NaN stays NaN)."""
+    if causal:
+        return optimal_positive_parameter(stats[..., 0], dim)
+    sq_q, n_q, sum_q = stats[..., 0], stats[..., 1].clamp_min(1.0), stats[..., 2 : 2 + dim]
+    sq_k, n_k, sum_k = stats[..., 2 + dim], stats[..., 3 + dim].clamp_min(1.0), stats[..., 4 + dim :]
+    mean_dot = (sum_q * sum_k).sum(-1) / (n_q * n_k)
+    return optimal_positive_parameter(sq_q / n_q + sq_k / n_k + 2 * mean_dot, dim)
 
 
 def optimal_positive_features(

@@ -304,7 +304,7 @@ def stabilize_keys(
     *,
     causal: bool,
     key_padding_mask: Tensor | None = None,
-    initial_offset: Tensor | None = None,
+    initial_offset: Tensor | Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Key features divided by ``exp(offset)``, with padded keys set to zero.
 
@@ -314,7 +314,9 @@ def stabilize_keys(
             otherwise one maximum over all non-padded positions.
         key_padding_mask: ``(B, L)`` bool, True marks a padded key (ignored everywhere).
         initial_offset: ``(B, H)`` offset of a causal state that precedes these keys; the
-            running maximum starts from it.
+            running maximum starts from it (bidirectionally: a floor of the maximum). Or a
+            function of these keys' maximum ``(B, H)`` returning it (see
+            :func:`performers.ops.numerics.key_offsets`).
 
     Returns:
         ``(features, offsets)``: features ``(B, H, L, M')`` with true ``φ(k_j) =
@@ -380,7 +382,7 @@ def stabilized_exp_features(
     role: str,
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
-    initial_offset: Tensor | None = None,
+    initial_offset: Tensor | Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Fused, stabilized features of ``x·√s`` for the map ``form`` (queries or keys).
 
@@ -413,7 +415,14 @@ def stabilized_exp_features(
     log_const = form.log_const
 
     def key_shift(log: Tensor) -> tuple[Tensor, Tensor]:
-        start = None if initial_offset is None else initial_offset + log_const
+        # The log here includes c; offsets given or returned to callers do not.
+        if callable(initial_offset):
+
+            def start(maximum: Tensor) -> Tensor:
+                return initial_offset(maximum - log_const) + log_const
+
+        else:
+            start = None if initial_offset is None else initial_offset + log_const
         offsets, _ = key_offsets(log, causal=causal, pad=None if pad is None else pad[..., 0], start=start)
         # Callers see offsets of the map including its constant c.
         return offsets.unsqueeze(-1), offsets - log_const

@@ -9,6 +9,8 @@ from ``q`` and ``k`` for every registry kernel, with the stabilizers of
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -19,6 +21,7 @@ from performers.ops.features import (
     stabilized_exp_features,
 )
 from performers.ops.kernels import Kernel
+from performers.ops.shards import SequenceShards
 from performers.ops.state import FavorState
 
 __all__ = ["attention_features", "state_params"]
@@ -33,8 +36,9 @@ def attention_features(
     *,
     causal: bool,
     key_padding_mask: Tensor | None,
-    initial_offset: Tensor | None,
+    initial_offset: Tensor | Callable[[Tensor], Tensor] | None,
     params: Tensor | None = None,
+    shards: SequenceShards | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Stabilized query and key features, key offsets and the map's data-dependent parameters.
 
@@ -47,6 +51,9 @@ def attention_features(
             :func:`performers.ops.features.stabilize_keys`.
         params: ``(B, H)`` parameters of a causal state being continued (FAVOR++'s ``A``; NaN
             rows are still open), else None: they are computed from ``q`` and ``k``.
+        shards: ``q`` and ``k`` are one shard of a sequence (context parallelism): statistics
+            that read the whole sequence (the map's parameters, FAVOR++'s column balance) are
+            completed through it. Key offsets stay local to the shard.
 
     Returns:
         ``(q_features (B, H, Lq, M'), k_features (B, H, Lk, M'), offsets (B, H, Lk) or None,
@@ -72,14 +79,14 @@ def attention_features(
         # NaN marks a (batch, head) whose causal prefix holds no real key yet (all padding): its
         # parameter is still open and is fixed by the first real key of a later call.
         # The statistic is O(L·d), cheaper than testing for open rows (a host-device sync).
-        fresh = kernel.parameters(q_scaled, k_scaled, causal=causal, key_padding_mask=key_padding_mask)
+        fresh = _parameters(kernel, q_scaled, k_scaled, causal, key_padding_mask, shards)
         params = fresh if params is None else torch.where(torch.isnan(params), fresh, params)
         # Rows still open have seen only padded keys, which carry no weight: any finite value
         # gives them the same (zero) contribution.
         feature_params = torch.nan_to_num(params, nan=0.0)
     q_map, k_map = kernel(q_scaled, w, feature_params), kernel(k_scaled, w, feature_params)
     if kernel.parameters is not None and not causal and q_map.log is not None and k_map.log is not None:
-        q_map, k_map = _balance_columns(q_map, k_map, key_padding_mask)
+        q_map, k_map = _balance_columns(q_map, k_map, key_padding_mask, shards)
     q_features = stabilize_queries(q_map)
     k_features, offsets = stabilize_keys(
         k_map,
@@ -90,8 +97,36 @@ def attention_features(
     return q_features, k_features, offsets, params
 
 
+def _parameters(
+    kernel: Kernel,
+    q: Tensor,
+    k: Tensor,
+    causal: bool,
+    key_padding_mask: Tensor | None,
+    shards: SequenceShards | None,
+) -> Tensor:
+    """The map's data-dependent parameters ``(B, H)`` of scaled ``q`` and ``k``: of this call's
+    positions, or of the whole sequence whose shard they are."""
+    if shards is None:
+        return kernel.parameters(q, k, causal=causal, key_padding_mask=key_padding_mask)
+    if kernel.statistics is None or kernel.parameters_from_statistics is None:
+        raise ValueError(
+            f"kernel {kernel.name!r} has data-dependent parameters but no Kernel.statistics / "
+            "parameters_from_statistics: they cannot be computed for a sequence split into "
+            "shards (context parallelism); give the kernel those two functions"
+        )
+    local = kernel.statistics(
+        q, k, causal=causal, key_padding_mask=key_padding_mask, self_attention=shards.self_attention
+    )
+    stats = shards.first_defined(local) if causal else shards.sum(local)
+    return kernel.parameters_from_statistics(stats, q.shape[-1], causal=causal)
+
+
 def _balance_columns(
-    q_map: FeatureMapOutput, k_map: FeatureMapOutput, key_padding_mask: Tensor | None
+    q_map: FeatureMapOutput,
+    k_map: FeatureMapOutput,
+    key_padding_mask: Tensor | None,
+    shards: SequenceShards | None = None,
 ) -> tuple[FeatureMapOutput, FeatureMapOutput]:
     """Move each feature's largest key log ``c_f`` from the keys to the queries (bidirectional).
 
@@ -104,7 +139,10 @@ def _balance_columns(
     k_log = k_map.log.detach()
     if key_padding_mask is not None:
         k_log = k_log.masked_fill(key_padding_mask[:, None, :, None], float("-inf"))
-    column = torch.nan_to_num(k_log.amax(dim=-2, keepdim=True), neginf=0.0)  # (B, H, 1, M')
+    column = k_log.amax(dim=-2, keepdim=True)  # (B, H, 1, M')
+    if shards is not None:
+        column = shards.max(column)
+    column = torch.nan_to_num(column, neginf=0.0)
     return q_map._replace(log=q_map.log + column), k_map._replace(log=k_map.log - column)
 
 

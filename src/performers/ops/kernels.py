@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from performers.ops.favor_plus_plus import check_gerf_parameter, favor_plus_plus_parameters, gerf_features
+from performers.ops.favor_plus_plus import (
+    check_gerf_parameter,
+    favor_plus_plus_from_statistics,
+    favor_plus_plus_parameters,
+    favor_plus_plus_statistics,
+    gerf_features,
+)
 from performers.ops.features import (
     ExpForm,
     FeatureMapOutput,
@@ -56,6 +62,13 @@ class Kernel:
         check_params: for such maps, ``check_params(params)`` raises on parameters outside the
             map's domain; :func:`feature_map` calls it on parameters a user passes (attention
             computes valid ones and skips it: a check would synchronize host and device).
+        statistics, parameters_from_statistics: for such maps, the parameters as a function of
+            statistics that combine across the shards of a sequence split among processes
+            (context parallelism, :mod:`performers.distributed`):
+            ``statistics(q, k, *, causal, key_padding_mask, self_attention) -> (B, H, S)``, summed
+            over shards (bidirectional) or taken from the first shard where they are not NaN
+            (causal), then ``parameters_from_statistics(stats, D, causal=...) -> (B, H)``. A map
+            with ``parameters`` but without these cannot run context-parallel.
     """
 
     name: str
@@ -66,6 +79,8 @@ class Kernel:
     exp_form: Callable[[Tensor], ExpForm] | None = None
     parameters: Callable[..., Tensor] | None = None
     check_params: Callable[[Tensor], None] | None = None
+    statistics: Callable[..., Tensor] | None = None
+    parameters_from_statistics: Callable[..., Tensor] | None = None
 
     def __call__(
         self, x: Tensor, projection: Tensor | None, params: Tensor | None = None
@@ -117,7 +132,12 @@ _softmax_form = partial(exp_form, antithetic=False, norm=1.0)
 _hyperbolic_form = partial(exp_form, antithetic=True, norm=1.0)
 _gaussian_form = partial(exp_form, antithetic=False, norm=2.0)
 _gaussian_hyperbolic_form = partial(exp_form, antithetic=True, norm=2.0)
-_gerf = dict(parameters=favor_plus_plus_parameters, check_params=check_gerf_parameter)
+_gerf = dict(
+    parameters=favor_plus_plus_parameters,
+    check_params=check_gerf_parameter,
+    statistics=favor_plus_plus_statistics,
+    parameters_from_statistics=favor_plus_plus_from_statistics,
+)
 
 for _kernel in (
     Kernel("softmax", positive_softmax_features, True, True, 1, _softmax_form),

@@ -16,6 +16,7 @@ bug with the code it checks through a helper of that code.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -48,13 +49,21 @@ def with_ones(values: Tensor) -> Tensor:
 
 
 def key_offsets(
-    log: Tensor, *, causal: bool, pad: Tensor | None = None, start: Tensor | None = None
+    log: Tensor,
+    *,
+    causal: bool,
+    pad: Tensor | None = None,
+    start: Tensor | Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Key stabilizer offsets from key log-features ``log`` ``(B, H, L, M')`` (detached inside).
 
     Bidirectional: the maximum over all non-padded keys and features. Causal: the running
     maximum over positions ``≤ j``, starting from ``start`` ``(B, H)`` (the offset of a state
-    that precedes these keys, or ``-inf``). ``pad``: ``(B, 1, L)`` bool, True = padded key.
+    that precedes these keys, or ``-inf``). Bidirectionally a given ``start`` is a floor: the
+    offset is ``max(start, maximum)``. ``start`` may also be a function of the maximum over
+    these keys ``(B, H)`` (``-inf`` where all are padded) that returns it: context parallelism
+    (:mod:`performers.distributed`) exchanges the maxima of a sequence's shards through it.
+    ``pad``: ``(B, 1, L)`` bool, True = padded key.
 
     Returns ``(offsets (B, H, L), last)``: positions that have seen no key yet get the
     placeholder 0 (their features are zero anyway); ``last`` ``(B, H)`` is the raw running
@@ -63,12 +72,14 @@ def key_offsets(
     per_position = log.detach().amax(dim=-1)
     if pad is not None:
         per_position = per_position.masked_fill(pad, -math.inf)
+    if callable(start):
+        start = start(per_position.amax(dim=-1))
     if causal:
         offsets = torch.cummax(per_position, dim=-1).values
-        if start is not None:
-            offsets = torch.maximum(offsets, start[..., None])
     else:
         offsets = per_position.amax(dim=-1, keepdim=True).expand_as(per_position)
+    if start is not None:
+        offsets = torch.maximum(offsets, start[..., None])
     last = offsets[..., -1]
     return torch.where(torch.isfinite(offsets), offsets, torch.zeros_like(offsets)), last
 

@@ -10,7 +10,10 @@ TensorBoard scalars and atomic checkpoints. Resuming from a checkpoint continues
 model, optimizer, scheduler, global RNG and the data position are restored, and the crops and
 masks of every example are pure functions of ``(seed, epoch, slot)``, so a resumed run ends with
 the same parameters, bit for bit, as an uninterrupted one (CPU). Under ``torchrun`` every process
-takes its share of each global batch (DistributedDataParallel).
+takes its share of each global batch (DistributedDataParallel); with ``context_parallel = N`` the
+processes form a ``data × context`` DeviceMesh and the ``N`` processes of a context group split
+each sequence of their share into contiguous shards (FAVOR attention exchanges ``O(M·D)``
+summaries per layer, :mod:`performers.distributed`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from performers.layers import FeatureRedrawer
+from performers.distributed import shard_of
+from performers.layers import FeatureRedrawer, MultiheadAttentionBase
 from performers.training.checkpoint import PREFIX as CHECKPOINT_PREFIX
 from performers.training.checkpoint import latest_checkpoint, restore, save_checkpoint
 from performers.training.data import ExampleSource
@@ -81,13 +85,27 @@ class TrainingConfig:
     # Loader processes that build the next batches while the model trains (0: none, the
     # training process builds them). The batches are the same either way.
     num_workers: int = 0
+    # Processes that split each sequence into contiguous shards (context parallelism, FAVOR
+    # attention only); the process count must be a multiple of it (the rest is data parallel).
+    context_parallel: int = 1
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.context_parallel > 1 and self.task == "regression":
+            raise ValueError(
+                "context_parallel needs a token-level task: a sequence-level target reads every shard"
+            )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for name in ("max_steps", "batch_size", "accumulation", "eval_every", "checkpoint_every"):
+        for name in (
+            "max_steps",
+            "batch_size",
+            "accumulation",
+            "eval_every",
+            "checkpoint_every",
+            "context_parallel",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("warmup_steps", "num_workers"):
@@ -132,9 +150,30 @@ class Trainer:
         distributed = dist.is_available() and dist.is_initialized()
         self.world = dist.get_world_size() if distributed else 1
         self.rank = dist.get_rank() if distributed else 0
-        if config.batch_size % self.world:
+        # Context parallelism: consecutive ranks share one batch share and split its sequences.
+        self.context_group = None
+        context = config.context_parallel
+        if self.world % context:
+            raise ValueError(f"context_parallel {context} must divide the {self.world} processes of the job")
+        self.data_world, self.data_rank = self.world // context, self.rank // context
+        if context > 1:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            exact = [
+                m for m in model.modules() if isinstance(m, MultiheadAttentionBase) and m.attention != "favor"
+            ]
+            if exact:
+                raise ValueError(
+                    f"context_parallel needs FAVOR attention; the model has {exact[0].attention!r} attention"
+                )
+
+            device = next(model.parameters()).device.type
+            mesh = init_device_mesh(device, (self.data_world, context), mesh_dim_names=("data", "context"))
+            self.context_group = mesh.get_group("context")
+        if config.batch_size % self.data_world:
             raise ValueError(
-                f"batch_size {config.batch_size} (global) must be divisible by {self.world} processes"
+                f"batch_size {config.batch_size} (global) must be divisible by {self.data_world} "
+                "data-parallel processes"
             )
         self.train_model = (
             DistributedDataParallel(model, broadcast_buffers=False) if self.world > 1 else model
@@ -177,8 +216,8 @@ class Trainer:
                 seed=c.seed,
                 epoch=self.epoch,
                 position=self.position,
-                rank=self.rank,
-                world=self.world,
+                rank=self.data_rank,
+                world=self.data_world,
                 num_workers=c.num_workers,
             )
         batch = next(self._batches)
@@ -196,8 +235,11 @@ class Trainer:
         squared error over sequences for ``"regression"``) is divided by the number of labelled
         tokens (sequences) in the *global* batch and multiplied by the process count, which
         DistributedDataParallel divides the summed gradients by: every process count gives the
-        gradient of the same global mean.
+        gradient of the same global mean. Under context parallelism each process scores its
+        shard of the sequences, with causal labels shifted across shard boundaries first.
         """
+        if self.context_group is not None:
+            return self._context_parallel_loss(batch)
         output = logits_of(self.train_model(batch["input_ids"], batch["attention_mask"]))
         if self.config.task == "regression":
             target = batch["targets"].to(torch.float32)
@@ -211,6 +253,27 @@ class Trainer:
                 output.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
             )
             count = float((labels != IGNORE_INDEX).sum())
+        return self._normalized(total, count)
+
+    def _context_parallel_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, float]:
+        labels = batch["labels"]
+        if self.config.causal:
+            # Position t predicts token t+1, which may sit on the next shard: shift, then cut.
+            ignored = torch.full_like(labels[:, :1], IGNORE_INDEX)
+            labels = torch.cat([labels[:, 1:], ignored], dim=1)
+        group = self.context_group
+        input_ids, attention_mask, labels = (
+            shard_of(t, group) for t in (batch["input_ids"], batch["attention_mask"], labels)
+        )
+        output = logits_of(self.train_model(input_ids, attention_mask, context_group=group))
+        total = nn.functional.cross_entropy(
+            output.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return self._normalized(total, float((labels != IGNORE_INDEX).sum()))
+
+    def _normalized(self, total: Tensor, count: float) -> tuple[Tensor, float]:
+        """``total`` (this process's summed loss) over the global count, times the process count;
+        and the global mean loss."""
         stats = torch.tensor([count, total.item()])
         if self.world > 1:
             dist.all_reduce(stats)

@@ -7,6 +7,7 @@ import argparse
 from performers.cli.bench import (
     approximation,
     compat,
+    context_parallel,
     embed_score,
     generate,
     loader,
@@ -23,7 +24,18 @@ HELP = "reproducible measurements"
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("bench", help=HELP, description=HELP)
     bench = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-    for module in (approximation, generate, speed, compat, embed_score, prepare, loader, zero_shot):
+    modules = (
+        approximation,
+        generate,
+        speed,
+        compat,
+        embed_score,
+        prepare,
+        loader,
+        zero_shot,
+        context_parallel,
+    )
+    for module in modules:
         register(module.add_parser(bench), module.run)
     proteins.add_parsers(bench)
     return parser

@@ -1,0 +1,230 @@
+r"""Context-parallel FAVOR attention: one sequence split into contiguous shards over processes.
+
+FAVOR+ needs a fixed-size summary of the keys, not the keys: bidirectionally every query reads
+``Σ_j φ(k_j)[v_j, 1]ᵀ`` (``M' × (Dv+1)``), so the shards exchange one all-reduce of that size
+per call whatever the sequence length; causally shard ``r`` reads the same sum over the shards
+before it, from one all-gather of every shard's summary (:mod:`performers.distributed.prefix`).
+Backward mirrors forward: an all-reduce, or an all-gather of the prefix gradients.
+
+Stabilizers stay exact and causal-safe: the bidirectional key maximum is an all-reduce max;
+causally each summary carries its offset and shard ``r`` continues from the running maximum of
+the shards before it, exactly as the single-process algorithm crosses its chunk boundaries, so
+no output reads a later token. Kernels with an exponential form run the fused paths (a key
+summary, then the readout or the causal pass from the prefix state); the others the generic
+feature path, whose data-dependent parameters (FAVOR++'s ``A``) come from statistics combined
+over the shards.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from performers.distributed.checks import agree_on_call
+from performers.distributed.collectives import all_reduce_max, all_reduce_sum
+from performers.distributed.layout import resolve_group
+from performers.distributed.prefix import exclusive_prefix, offset_weights
+from performers.distributed.shards import ContextShards
+from performers.ops import DEFAULT_CHUNK_SIZE, FavorState, KernelLike, get_kernel
+from performers.ops.bidirectional_fused import exp_key_summary, exp_query_readout
+from performers.ops.causal_fused import fused_causal_exp_attention
+from performers.ops.causal_generic import causal_linear_attention
+from performers.ops.checks import check_positive_int, validate_mask, validate_projection, validate_qkv
+from performers.ops.generic_features import attention_features, state_params
+from performers.ops.numerics import guarded_divide, with_ones
+
+__all__ = ["favor_attention"]
+
+
+def _finite(offset: Tensor) -> Tensor:
+    """A raw offset as states store it: ``-inf`` (no key) becomes the placeholder 0."""
+    return torch.where(torch.isfinite(offset), offset, torch.zeros_like(offset))
+
+
+def favor_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    projection: Tensor | None = None,
+    *,
+    causal: bool = False,
+    kernel: KernelLike = "softmax",
+    scale: float | None = None,
+    key_padding_mask: Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    initial_state: FavorState | None = None,
+    return_state: bool = False,
+    eps: float | None = None,
+    block_size: int | None = None,
+    group=None,
+    shard_offset: int | None = None,
+) -> Tensor | tuple[Tensor, FavorState]:
+    """:func:`performers.favor_attention` of a sequence split over the processes of ``group``.
+
+    Every process passes its contiguous shard of the sequence — the processes hold the shards
+    in the order of their rank in ``group`` — and gets back its shard of the output, equal (up
+    to rounding) to the matching rows of the single-process result. Shards may differ in
+    length (a shard of one position is fine). Gradients of ``q``, ``k``, ``v`` are those of the
+    sum of every process's loss (collectives run backwards too, so every process must call
+    backward); a tensor every process holds, such as ``projection`` or ``initial_state``,
+    receives this process's share, and the shares sum to the single-process gradient (as
+    DistributedDataParallel's gradient all-reduce does, up to its averaging).
+
+    Args:
+        q: ``(B, H, Lq_r, D)``, k: ``(B, H, Lk_r, D)``, v: ``(B, H, Lk_r, Dv)``: this process's
+            shard (causal: ``Lq_r == Lk_r``; bidirectional: query and key shards may differ).
+        projection, causal, kernel, scale, chunk_size, eps, block_size: as in
+            :func:`performers.favor_attention`, the same on every process (checked).
+        key_padding_mask: ``(B, Lk_r)`` bool, True marks a padded key of this shard; padding may
+            sit anywhere, and a shard may be entirely padding.
+        initial_state: causal only, the state before the whole sequence (the same on every
+            process), e.g. from an earlier call.
+        return_state: causal only, also return the state after the *whole* sequence (the same
+            on every process): decoding continues from it with
+            :func:`performers.favor_attention_step` on one process.
+        group: the process group (a ``ProcessGroup``, a one-dimensional ``DeviceMesh`` such as
+            ``mesh["context"]``, or None for the default group).
+        shard_offset: optional position of this shard's first key in the sequence; when given
+            (on every process) the shards are checked to be contiguous in rank order.
+
+    Returns:
+        ``(B, H, Lq_r, Dv)``, and the :class:`~performers.FavorState` after the sequence if
+        ``return_state``.
+
+    Raises:
+        ValueError: bad shapes or options on this process, or processes that disagree on
+            shapes, kernel, scale, dtype, projection values or state options, or non-contiguous
+            shards (the same error on every process, before any other collective).
+        RuntimeError: torch.distributed is not initialized.
+    """
+    validate_qkv(q, k, v, causal=causal)
+    kern = get_kernel(kernel)
+    validate_projection(projection, kern, q.shape[-1])
+    validate_mask(key_padding_mask, k.shape[0], k.shape[2])
+    check_positive_int("chunk_size", chunk_size)
+    check_positive_int("block_size", block_size, optional=True)
+    if (initial_state is not None or return_state) and not causal:
+        raise ValueError("initial_state and return_state are only defined for causal=True")
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            "performers.distributed.favor_attention needs torch.distributed to be initialized "
+            "(torch.distributed.init_process_group, e.g. under torchrun)"
+        )
+    group = resolve_group(group)
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    layout = agree_on_call(
+        q, k, v, projection,
+        kernel_name=kern.name, causal=causal, scale=float(scale),
+        initial_state=initial_state is not None, return_state=return_state,
+        shard_offset=shard_offset, group=group, rank=dist.get_rank(group),
+    )  # fmt: skip
+    input_scale = float(scale) ** 0.5
+    out_dtype = torch.promote_types(q.dtype, v.dtype)
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if kern.exp_form is not None and projection is not None:
+            out, state = _exponential(
+                q, k, v, kern.exp_form(projection.to(dtype)), input_scale, key_padding_mask,
+                causal, chunk_size, block_size, eps, initial_state, return_state, group,
+            )  # fmt: skip
+        else:
+            shards = ContextShards(
+                group,
+                causal=causal,
+                self_attention=layout.self_attention,
+                initial_offset=None if initial_state is None else initial_state.log_offset.to(dtype),
+            )
+            out, state = _generic(
+                q, k, v, projection, kern, input_scale, key_padding_mask, causal, chunk_size, eps,
+                initial_state, return_state, shards, dtype,
+            )  # fmt: skip
+    if return_state:
+        return out.to(out_dtype), state
+    return out.to(out_dtype)
+
+
+def _initial(initial_state: FavorState | None, dtype) -> tuple[Tensor | None, Tensor | None]:
+    if initial_state is None:
+        return None, None
+    state = torch.cat([initial_state.kv, initial_state.normalizer.unsqueeze(-1)], dim=-1)
+    return state.to(dtype), initial_state.log_offset.to(dtype)
+
+
+def _as_state(total: Tensor, offset: Tensor, params: Tensor | None = None) -> FavorState:
+    return FavorState(total[..., :-1], total[..., -1], _finite(offset), params)
+
+
+def _exponential(
+    q, k, v, form, input_scale, mask, causal, chunk_size, block_size, eps, initial_state, return_state, group
+) -> tuple[Tensor, FavorState | None]:
+    """The fused paths: this shard's key summary, exchanged, then read (bidirectional) or
+    continued (causal)."""
+    kv, normalizer, offset = exp_key_summary(
+        k, v, form, scale=input_scale, key_padding_mask=mask, block_size=block_size
+    )
+    summary = torch.cat([kv, normalizer.unsqueeze(-1)], dim=-1)  # (B, H, M', Dv+1)
+    if not causal:
+        # Bring every shard's summary to the global key maximum, then add them up.
+        top = all_reduce_max(offset, group)
+        summary = all_reduce_sum(summary * offset_weights(offset, top)[..., None, None], group)
+        out = exp_query_readout(
+            q, summary[..., :-1], summary[..., -1], form, scale=input_scale, block_size=block_size, eps=eps
+        )
+        return out, None
+    initial, initial_offset = _initial(initial_state, q.dtype)
+    exchanged = exclusive_prefix(
+        summary, offset, group=group, initial=initial, initial_offset=initial_offset, with_total=return_state
+    )
+    prefix, prefix_offset = exchanged[0], exchanged[1]
+    out, _, _ = fused_causal_exp_attention(
+        q, k, v, form, scale=input_scale, key_padding_mask=mask, chunk_size=chunk_size, eps=eps,
+        initial_state=prefix, initial_offset=prefix_offset,
+    )  # fmt: skip
+    return out, _as_state(exchanged[2], exchanged[3]) if return_state else None
+
+
+def _generic(
+    q, k, v, projection, kern, input_scale, mask, causal, chunk_size, eps, initial_state, return_state,
+    shards: ContextShards, dtype,
+) -> tuple[Tensor, FavorState | None]:  # fmt: skip
+    """Materialized features of any kernel; offsets and parameters completed over the shards."""
+    q_features, k_features, offsets, params = attention_features(
+        kern, q, k, projection, input_scale,
+        causal=causal, key_padding_mask=mask, initial_offset=shards.key_offset_start,
+        params=state_params(kern, initial_state, dtype), shards=shards,
+    )  # fmt: skip
+    if offsets is None:
+        # Plain features (no exponential part): every summary is in units of exp(0).
+        end_offset = k_features.new_zeros(k_features.shape[:2])
+        key_weights = None
+    else:
+        end_offset = shards.end_offset
+        # Key j is in units of exp(m_j); the shard's summary in those of its last offset.
+        key_weights = offset_weights(offsets, end_offset[..., None])[..., None]
+    values = with_ones(v)
+    weighted = values if key_weights is None else values * key_weights
+    summary = torch.matmul(k_features.transpose(-2, -1), weighted)  # (B, H, M', Dv+1)
+    if not causal:
+        # Offsets are the global key maximum already: the summaries add up as they are.
+        summary = shards.sum(summary)
+        out = torch.matmul(q_features, summary)
+        return guarded_divide(out[..., :-1], out[..., -1], eps), None
+    initial, initial_offset = _initial(initial_state, dtype)
+    exchanged = exclusive_prefix(
+        summary, end_offset, group=shards.group, initial=initial, initial_offset=initial_offset,
+        with_total=return_state,
+    )  # fmt: skip
+    prefix, prefix_offset = exchanged[0], exchanged[1]
+    if offsets is None:
+        prefix_offset = _finite(prefix_offset)
+    out = causal_linear_attention(
+        q_features, k_features, v, key_log_offsets=offsets, chunk_size=chunk_size,
+        initial_state=FavorState(prefix[..., :-1], prefix[..., -1], prefix_offset), eps=eps,
+    )  # fmt: skip
+    return out, _as_state(exchanged[2], exchanged[3], params) if return_state else None
