@@ -206,7 +206,7 @@ def case_errors(rank, world, lengths):
     import pytest
 
     lo, hi = _bounds(lengths, rank)
-    q, k, v, w, _mask = _data(lengths)
+    q, k, v, w, mask = _data(lengths)
     shard = [t[:, :, lo:hi] for t in (q, k, v)]
     if rank == 1:
         bad = [t[..., :3] for t in shard[:2]] + [shard[2]]
@@ -223,6 +223,11 @@ def case_errors(rank, world, lengths):
         favor_attention(*shard, other if rank == 1 else w)
     with pytest.raises(ValueError, match=r"disagree on the causal"):
         favor_attention(*shard, w, causal=rank == 1)
+    # Inputs one process rejects: its own error there, the rank named everywhere else.
+    bad_mask = mask[:, lo:hi] if rank != 1 else mask[:, : hi - lo + 1]
+    expected = r"key_padding_mask" if rank == 1 else r"rank 1 rejected its inputs"
+    with pytest.raises(ValueError, match=expected):
+        favor_attention(*shard, w, causal=True, key_padding_mask=bad_mask)
     # Shards given out of order: rank 0 holds the second half.
     swapped = sum(lengths[1:]) if rank == 0 else 0
     with pytest.raises(ValueError, match=r"not contiguous in group-rank order: rank 1 starts at position 0"):

@@ -225,9 +225,10 @@ def longest_sequence(
     base: Spec, *, budget_gib: float, start: int, max_length: int | None = None, log=print
 ) -> list[Point]:
     """Double ``L`` from ``start`` (up to ``max_length``) while the total memory, predicted by a
-    line through the last two points (through 0 after the first), fits ``budget_gib``; returns
-    the points measured (the longest that fits is the answer). Nothing is run that is predicted
-    not to fit: this machine's memory is the budget's neighbour."""
+    line through the last two points (through 0 after the first), fits ``budget_gib``, then try
+    once the longest ``L`` that line puts within 95% of the budget; returns the points measured
+    (the longest that fits is the answer). Nothing is run that is predicted not to fit: this
+    machine's memory is the budget's neighbour."""
     points: list[Point] = []
     totals: list[float] = []
     length = start
@@ -247,6 +248,21 @@ def longest_sequence(
         if predicted > budget_gib:
             break
         length *= 2
+    if len(totals) >= 2 and not points[-1].error:
+        # One refinement: the longest L the line predicts within 95% of the budget, rounded
+        # down to a multiple of 4096 per process, if it is longer than the last fitting point.
+        fitted = [p.spec.length for p in points if p.peak_mib and sum(p.peak_mib) / 1024 <= budget_gib]
+        last = fitted[-1]
+        i = [p.spec.length for p in points].index(last)
+        low = points[i - 1].spec.length
+        slope = (totals[i] - totals[i - 1]) / (last - low)
+        step = 4096 * base.world
+        target = int((last + (0.95 * budget_gib - totals[i]) / slope) // step * step) if slope > 0 else 0
+        if target > last and (max_length is None or target <= max_length):
+            point = measure(replace(base, length=target))
+            points.append(point)
+            total = sum(point.peak_mib) / 1024 if point.peak_mib else None
+            log(f"longest world={base.world} L={target}: {total and f'{total:.2f} GiB'} {point.error or ''}")
     return points
 
 
@@ -351,6 +367,13 @@ def format_report(results: dict) -> str:
             )
         for world, best in results.get("longest_fit", {}).items():
             lines.append(f"\nLongest that fits with {world} process(es): **L = {best:,}**." if best else "")
+        lines += [
+            "",
+            "The processes of one machine share its memory and each holds its own runtime, so more "
+            "processes here do not fit a longer sequence in the same total; what shrinks is the "
+            "memory of each process (the per-process column), which is what lets processes on "
+            "separate devices or machines hold a proportionally longer sequence.",
+        ]
     return "\n".join(lines) + "\n"
 
 

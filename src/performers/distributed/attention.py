@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from performers.distributed.checks import agree_on_call
+from performers.distributed.checks import agree_on_call, call_row
 from performers.distributed.collectives import all_reduce_max, all_reduce_sum
 from performers.distributed.layout import resolve_group
 from performers.distributed.prefix import exclusive_prefix, offset_weights
@@ -93,35 +93,43 @@ def favor_attention(
         ``return_state``.
 
     Raises:
-        ValueError: bad shapes or options on this process, or processes that disagree on
-            shapes, kernel, scale, dtype, projection values or state options, or non-contiguous
-            shards (the same error on every process, before any other collective).
+        ValueError: bad shapes or options on this process (and, on the others, an error naming
+            the rank that rejected its inputs), or processes that disagree on shapes, kernel,
+            scale, dtype, projection values or state options, or non-contiguous shards: on every
+            process, before any other collective, so none is left waiting.
         RuntimeError: torch.distributed is not initialized.
     """
-    validate_qkv(q, k, v, causal=causal)
-    kern = get_kernel(kernel)
-    validate_projection(projection, kern, q.shape[-1])
-    validate_mask(key_padding_mask, k.shape[0], k.shape[2])
-    check_positive_int("chunk_size", chunk_size)
-    check_positive_int("block_size", block_size, optional=True)
-    if (initial_state is not None or return_state) and not causal:
-        raise ValueError("initial_state and return_state are only defined for causal=True")
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "performers.distributed.favor_attention needs torch.distributed to be initialized "
             "(torch.distributed.init_process_group, e.g. under torchrun)"
         )
     group = resolve_group(group)
-    if scale is None:
-        scale = q.shape[-1] ** -0.5
-    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
-    layout = agree_on_call(
-        q, k, v, projection,
-        kernel_name=kern.name, causal=causal, scale=float(scale),
-        initial_state=initial_state is not None, return_state=return_state,
-        shard_offset=shard_offset, group=group, rank=dist.get_rank(group),
-    )  # fmt: skip
+    # Input errors of one process must reach the others (which would otherwise wait for it in
+    # the first collective): they travel with the call's description.
+    row, error = None, None
+    try:
+        validate_qkv(q, k, v, causal=causal)
+        kern = get_kernel(kernel)
+        validate_projection(projection, kern, q.shape[-1])
+        validate_mask(key_padding_mask, k.shape[0], k.shape[2])
+        check_positive_int("chunk_size", chunk_size)
+        check_positive_int("block_size", block_size, optional=True)
+        if (initial_state is not None or return_state) and not causal:
+            raise ValueError("initial_state and return_state are only defined for causal=True")
+        if scale is None:
+            scale = q.shape[-1] ** -0.5
+        elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        row = call_row(
+            q, k, v, projection,
+            kernel_name=kern.name, causal=causal, scale=float(scale),
+            initial_state=initial_state is not None, return_state=return_state, shard_offset=shard_offset,
+        )  # fmt: skip
+    except (TypeError, ValueError) as caught:
+        error = caught
+    device = q.device if isinstance(q, Tensor) else torch.device("cpu")
+    layout = agree_on_call(row, error, group=group, rank=dist.get_rank(group), device=device)
     input_scale = float(scale) ** 0.5
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)

@@ -1,6 +1,6 @@
 """What the processes of a context-parallel call must agree on, checked with one small
-all-gather before any other collective: a mismatch raises the same error on every process
-instead of hanging one of them in a collective the others never enter."""
+all-gather before any other collective: a mismatch — or inputs one process rejects — raises on
+every process instead of leaving the others waiting in a collective it never enters."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import Tensor
 
 from performers.distributed.collectives import all_gather
 
-__all__ = ["ShardLayout", "agree_on_call"]
+__all__ = ["ShardLayout", "agree_on_call", "call_row"]
 
 _DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
@@ -67,7 +67,7 @@ def _projection_digest(projection: Tensor | None) -> int:
     return _float_bits(float((values * weights.sin()).sum()))
 
 
-def agree_on_call(
+def call_row(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -79,10 +79,9 @@ def agree_on_call(
     initial_state: bool,
     return_state: bool,
     shard_offset: int | None,
-    group,
-    rank: int,
-) -> ShardLayout:
-    """Gather every process's call description; raise ValueError naming the first mismatch."""
+) -> list[int]:
+    """This process's description of its call: the shared fields, then its query and key
+    lengths and its ``shard_offset`` (-1: not given)."""
     mine = {
         "batch": q.shape[0],
         "heads": q.shape[1],
@@ -97,9 +96,28 @@ def agree_on_call(
         "initial_state": int(initial_state),
         "return_state": int(return_state),
     }
-    row = [mine[name] for name, _ in _SHARED]
-    row += [q.shape[2], k.shape[2], -1 if shard_offset is None else shard_offset]
-    table = all_gather(torch.tensor(row, dtype=torch.int64, device=q.device), group).cpu().tolist()
+    return [mine[name] for name, _ in _SHARED] + [
+        q.shape[2],
+        k.shape[2],
+        -1 if shard_offset is None else shard_offset,
+    ]
+
+
+def agree_on_call(row: list[int] | None, error: Exception | None, *, group, rank: int, device) -> ShardLayout:
+    """Gather every process's :func:`call_row` (None with the ``error`` its input checks raised);
+    raise on every process if any process's checks failed or the processes disagree."""
+    width = len(_SHARED) + 3
+    mine = [0, *row] if error is None else [1] + [-1] * width
+    table = all_gather(torch.tensor(mine, dtype=torch.int64, device=device), group).cpu().tolist()
+    failed = [r for r, values in enumerate(table) if values[0]]
+    if error is not None:
+        raise error
+    if failed:
+        raise ValueError(
+            f"context-parallel favor_attention: rank {failed[0]} rejected its inputs (its own error says "
+            "why); no process ran the attention"
+        )
+    table = [values[1:] for values in table]
     for index, (name, words) in enumerate(_SHARED):
         values = [r[index] for r in table]
         if len(set(values)) > 1:
