@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run on CPU tensors through the Triton interpreter; it must be
+# chosen before triton compiles (decorates) them, i.e. before they are first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Statistical tests declare their false-alarm rate through Z: a two-sided normal tail of
 # 4.5 standard errors has probability 6.8e-6, so a suite of ~50 such checks fails by chance

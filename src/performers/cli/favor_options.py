@@ -10,6 +10,7 @@ from dataclasses import fields
 from performers.layers import FavorConfig
 from performers.layers.favor_config import PROJECTIONS, ROW_NORMS
 from performers.ops import KERNELS
+from performers.ops.attention import BACKENDS
 
 __all__ = ["FAVOR_OPTIONS", "add_favor_options", "favor_config_from_args"]
 
@@ -31,7 +32,7 @@ def add_favor_options(
     only: tuple[str, ...] = FAVOR_OPTIONS,
 ) -> None:
     """Add ``--num-features --kernel --projection --row-norms --redraw-every --projection-seed
-    --chunk-size --block-size`` (or the subset ``only``, by field name) to ``parser``.
+    --chunk-size --block-size --backend`` (or the subset ``only``, by field name) to ``parser``.
 
     Defaults come from ``defaults`` (``FavorConfig()``: one default everywhere, e.g. M = 256).
     ``--projection-seed`` defaults to the command's own ``--seed`` when it has one.
@@ -90,6 +91,12 @@ def add_favor_options(
             type=_count_or_none,
             default=d.block_size,
             help="positions per block of the fused bidirectional path (default: sized for the cache)",
+        ),
+        "backend": lambda: group.add_argument(
+            "--backend",
+            choices=BACKENDS,
+            default=d.backend,
+            help=f"auto (Triton on CUDA if installed), torch, triton (default {d.backend})",
         ),
     }
     for name in only:

@@ -194,7 +194,7 @@ class FavorAttention(nn.Module):
         )
         if context_group is not None:
             return distributed.favor_attention(q, k, v, self.projection, **options, group=context_group)
-        return favor_attention(q, k, v, self.projection, **options)
+        return favor_attention(q, k, v, self.projection, **options, backend=self.config.backend)
 
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: FavorState | None) -> tuple[Tensor, FavorState]:
         """One causal position from the recurrent state: ``q, k`` ``(B, H, 1, D)``, ``v`` ``(B, H, 1, Dv)``.
@@ -203,7 +203,15 @@ class FavorAttention(nn.Module):
         Dv), new_state)``.
         """
         return favor_attention_step(
-            q, k, v, state, self.projection, kernel=self.kernel, scale=self.scale, eps=self.eps
+            q,
+            k,
+            v,
+            state,
+            self.projection,
+            kernel=self.kernel,
+            scale=self.scale,
+            eps=self.eps,
+            backend=self.config.backend,
         )
 
     def extra_repr(self) -> str:

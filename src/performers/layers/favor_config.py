@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from performers.ops import DEFAULT_CHUNK_SIZE, KERNELS
+from performers.ops.attention import BACKENDS
 
 __all__ = ["LEGACY_FIELDS", "PROJECTIONS", "ROW_NORMS", "FavorConfig"]
 
@@ -65,6 +66,9 @@ class FavorConfig:
         chunk_size: positions per chunk of the causal algorithm.
         block_size: positions per block of the fused bidirectional path; None sizes it for the
             cache.
+        backend: ``"auto"`` (Triton kernels for CUDA tensors when triton is installed and the
+            kernel has an exponential form, PyTorch otherwise), ``"torch"`` or ``"triton"``;
+            see :func:`performers.favor_attention`.
     """
 
     num_features: int | None = 256
@@ -75,6 +79,7 @@ class FavorConfig:
     seed: int = 0
     chunk_size: int = DEFAULT_CHUNK_SIZE
     block_size: int | None = None
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.kernel, str):
@@ -102,6 +107,7 @@ class FavorConfig:
         _check_int("chunk_size", self.chunk_size, 1)
         if self.block_size is not None:
             _check_int("block_size", self.block_size, 1)
+        _check_choice("backend", self.backend, BACKENDS)
 
     @property
     def has_projection(self) -> bool:

@@ -21,6 +21,8 @@ Import from here (``performers.ops``); the submodules are one algorithm each:
 ``attention``               ``favor_attention`` / ``favor_attention_step`` / ``linear_attention``:
                             checks and the choice of path only
 ``theory``                  Lemma 2 / Theorem 2 / FAVOR++ closed forms
+``triton``                  the same paths as Triton kernels for CUDA (bidirectional, chunked
+                            causal, decode; exponential and generalized maps), imported lazily
 ==========================  ==================================================================
 """
 

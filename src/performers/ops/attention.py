@@ -11,13 +11,16 @@ Paths (every one is tested against :mod:`performers.ops.naive`):
   and a projection run hand-written autograd Functions, bidirectional
   (:mod:`~performers.ops.bidirectional_fused`) or causal (:mod:`~performers.ops.causal_fused`,
   from any initial state, with a differentiable final state).
+* ``"triton"`` (``backend=``): the same exponential kernels as Triton kernels
+  (:mod:`performers.ops.triton`), for CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
 * ``"generic"``: any kernel, any state; materialized stabilized features
   (:mod:`~performers.ops.generic_features`) into :mod:`~performers.ops.bidirectional_generic`,
   :mod:`~performers.ops.causal_generic` or, one position at a time,
   :mod:`~performers.ops.causal_recurrent`.
 
-:func:`favor_attention` picks the fused path whenever it can serve the inputs; tests pick a
-path by name through the private :func:`_favor_attention`.
+:func:`favor_attention` picks the fused path whenever it can serve the inputs (the Triton
+kernels for CUDA tensors with ``backend="auto"``); tests pick a path by name through the
+private :func:`_favor_attention`.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ __all__ = ["favor_attention", "favor_attention_step", "linear_attention"]
 
 PathName = Literal["fused", "generic"]
 PATHS: tuple[str, ...] = ("fused", "generic")
+BackendName = Literal["auto", "torch", "triton"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
 
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
@@ -131,6 +136,7 @@ def favor_attention(
     return_state: bool = False,
     eps: float | None = None,
     block_size: int | None = None,
+    backend: BackendName = "auto",
 ) -> Tensor | tuple[Tensor, FavorState]:
     """FAVOR attention: softmax (or generalized-kernel) attention in ``O(L·M·D)`` time.
 
@@ -160,6 +166,12 @@ def favor_attention(
         block_size: None or an int >= 1; bidirectional exponential kernels only: positions per
             block of the fused path (:mod:`performers.ops.bidirectional_fused`); default sized
             for the cache.
+        backend: ``"auto"`` (the Triton kernels of :mod:`performers.ops.triton` for CUDA
+            tensors when triton is installed and the kernel has an exponential form, the
+            PyTorch paths otherwise), ``"torch"``, or ``"triton"`` (those kernels, also for CPU
+            tensors under ``TRITON_INTERPRET=1``; a ValueError saying why when they cannot serve
+            the inputs). The Triton kernels choose their own tiles (``chunk_size`` and
+            ``block_size`` are ignored); results agree within the dtype's rounding.
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs, and the :class:`FavorState` (float32 or
@@ -179,7 +191,25 @@ def favor_attention(
         return_state=return_state,
         eps=eps,
         block_size=block_size,
+        backend=backend,
     )
+
+
+def _triton_map(backend: str, kernel: Kernel, projection: Tensor | None, q: Tensor):
+    """The feature map the Triton kernels run for this call (:mod:`performers.ops.triton.paths`),
+    or None for the PyTorch paths; ValueError saying why when ``backend="triton"`` cannot."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if backend == "torch" or (backend == "auto" and q.device.type != "cuda"):
+        return None
+    from performers.ops.triton import triton_unavailable_reason
+    from performers.ops.triton.paths import triton_map
+
+    found = triton_map(kernel, projection, q)
+    reason = found if isinstance(found, str) else triton_unavailable_reason(q.device)
+    if backend == "triton" and reason is not None:
+        raise ValueError(f"backend='triton' cannot serve these inputs: {reason}")
+    return None if reason is not None else found
 
 
 def _fused_unavailable(kernel: Kernel, projection: Tensor | None) -> str | None:
@@ -208,6 +238,7 @@ def _favor_attention(
     return_state: bool = False,
     eps: float | None = None,
     block_size: int | None = None,
+    backend: BackendName = "auto",
 ) -> Tensor | tuple[Tensor, FavorState]:
     """:func:`favor_attention` on a path chosen by name (private: for tests and benchmarks).
 
@@ -234,6 +265,15 @@ def _favor_attention(
 
     input_scale = _input_scale(scale, q.shape[-1]) ** 0.5
     out_dtype = torch.promote_types(q.dtype, v.dtype)
+    triton_map = _triton_map(backend, kern, projection, q) if path is None else None
+    if triton_map is not None and q.shape[2] and k.shape[2]:
+        from performers.ops.triton.paths import triton_attention
+
+        result = triton_attention(
+            q, k, v, triton_map, causal=causal, scale=input_scale, key_padding_mask=key_padding_mask,
+            initial_state=initial_state, return_state=return_state, eps=eps,
+        )  # fmt: skip
+        return (result[0].to(out_dtype), result[1]) if return_state else result.to(out_dtype)
     dtype = _compute_dtype(q, k, v)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     with torch.autocast(device_type=q.device.type, enabled=False):
@@ -310,6 +350,7 @@ def favor_attention_step(
     kernel: KernelLike = "softmax",
     scale: float | None = None,
     eps: float | None = None,
+    backend: BackendName = "auto",
 ) -> tuple[Tensor, FavorState]:
     """Causal FAVOR attention for one new position, from the recurrent state: ``O(M·D)``.
 
@@ -318,6 +359,9 @@ def favor_attention_step(
         state: the state after the previous positions (from ``favor_attention(...,
             causal=True, return_state=True)`` or an earlier step), or None at the start.
         projection, kernel, scale, eps: as in :func:`favor_attention`.
+        backend: as in :func:`favor_attention`; the Triton step is one fused kernel without
+            autograd, so ``"auto"`` uses it only when no gradient is being recorded and
+            ``"triton"`` refuses inputs that require one.
 
     Returns:
         ``(out, state)``: ``out`` of shape ``(B, H, 1, Dv)`` equal (up to rounding) to position
@@ -332,6 +376,17 @@ def favor_attention_step(
     validate_projection(projection, kern, q.shape[-1])
     input_scale = _input_scale(scale, q.shape[-1]) ** 0.5
     out_dtype = torch.promote_types(q.dtype, v.dtype)
+    recording = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, projection, *(state or ()))
+    )
+    if backend == "triton" and recording:
+        raise ValueError("backend='triton' cannot serve these inputs: the Triton step has no backward")
+    triton_map = None if recording else _triton_map(backend, kern, projection, q)
+    if triton_map is not None:
+        from performers.ops.triton.paths import triton_step
+
+        out, new_state = triton_step(q, k, v, state, triton_map, scale=input_scale, eps=eps)
+        return out.to(out_dtype), new_state
     dtype = _compute_dtype(q, k, v)
     with torch.autocast(device_type=q.device.type, enabled=False):
         q_features, k_features, offsets, params = attention_features(

@@ -61,6 +61,7 @@ from torch import Tensor
 from performers.ops.numerics import key_offsets
 
 __all__ = [
+    "GENERALIZED_EPS",
     "ExpForm",
     "FeatureMapOutput",
     "exp_form",
@@ -271,8 +272,12 @@ def gaussian_trigonometric_features(x: Tensor, projection: Tensor | None) -> Fea
     return FeatureMapOutput(log=None, linear=_fourier(x, projection) * projection.shape[-2] ** -0.5)
 
 
+# The constant added to generalized features (keeps the normalizer away from 0).
+GENERALIZED_EPS = 1e-3
+
+
 def generalized_features(
-    x: Tensor, projection: Tensor | None, *, f: Callable[[Tensor], Tensor], eps: float = 1e-3
+    x: Tensor, projection: Tensor | None, *, f: Callable[[Tensor], Tensor], eps: float = GENERALIZED_EPS
 ) -> FeatureMapOutput:
     """Generalized kernel features ``f(Wx) + eps``, or ``f(x) + eps`` when ``projection`` is None.
 

@@ -10,6 +10,7 @@ from performers.cli.bench import (
     context_parallel,
     embed_score,
     generate,
+    gpu,
     loader,
     prepare,
     proteins,
@@ -34,6 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         loader,
         zero_shot,
         context_parallel,
+        gpu,
     )
     for module in modules:
         register(module.add_parser(bench), module.run)

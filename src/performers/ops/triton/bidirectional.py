@@ -1,0 +1,326 @@
+r"""Bidirectional FAVOR attention for exponential maps as Triton kernels, forward and backward.
+
+The same algorithm and stabilizers as :mod:`performers.ops.bidirectional_fused`
+(``out = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1)``, queries by their row maximum, keys by the maximum over
+every non-padded key and feature), written as two kernels that never hold an ``L×M`` tensor:
+
+* a **row pass** (one program per tile of positions, features streamed in tiles): the query
+  readout ``φ(q)S / φ(q)z`` in forward; in backward the input gradients
+  ``(A Rᵀ + a₂r₂ᵀ)⊙φ · P − a·s·rowsum·x`` (and, for keys, ``∂v = φ(k) ∂S``);
+* a **feature pass** (one program per tile of features, positions streamed): the key summary
+  ``S = φ(K)ᵀV``, ``z = φ(K)ᵀ1`` in forward; in backward ``∂S, ∂z`` and the gradient of ``P``.
+
+Backward recomputes every feature tile (queries from their stored row maxima) instead of
+storing ``L×M`` features: on a GPU the recomputation is cheaper than the memory traffic.
+The gradient of ``P`` is written per batch·head and summed on the host (deterministic, no atomics).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from performers.ops.triton.launch import (
+    Blocks,
+    accumulation_dtype,
+    activation_code,
+    compute_types,
+    flat,
+    pow2,
+)
+from performers.ops.triton.tiles import (
+    EXP,
+    feature_tile,
+    load_rows,
+    load_vector,
+    log_features,
+    mm,
+    store_rows,
+    store_vector,
+)
+
+__all__ = ["triton_bidirectional_attention"]
+
+# Row-pass modes (constexpr globals, readable inside kernels; launches pass ``.value``).
+READOUT, QUERY_GRAD, KEY_GRAD, ROW_MAX = (tl.constexpr(i) for i in range(4))
+# Feature-pass modes.
+SUMMARY, QUERY_PARAMS, KEY_PARAMS = (tl.constexpr(i) for i in range(3))
+
+
+@triton.jit
+def row_pass(
+    x_ptr, p_ptr, off_ptr, off_bh, off_l, pad_ptr, heads,
+    r_ptr, r2_ptr, a_ptr, a2_ptr, out_ptr, inv_ptr, gx_ptr,
+    L, M, D, DV, half_norm, eps,
+    MODE: tl.constexpr, HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    start = tl.program_id(0) * BL
+    bh = tl.program_id(1)
+    rows = start + tl.arange(0, BL)
+    valid = rows < L
+    if HAS_PAD:
+        padded = tl.load(pad_ptr + (bh // heads) * L + rows, mask=valid, other=1)
+        valid = valid & (padded == 0)
+    x = load_rows(x_ptr + bh * L * D, start, L, D, BL, BD, ACC)
+    norm_x = half_norm * tl.sum(x * x, 1)
+    if MODE == READOUT or MODE == ROW_MAX:
+        # Row maxima (queries: for their own stabilization; keys: for the global maximum);
+        # generalized kernels are not stabilized (offsets 0).
+        top = tl.zeros((BL,), ACC)
+        if ACT == EXP:
+            top = tl.full((BL,), float("-inf"), ACC)
+            for m0 in range(0, M, BM):
+                cols = m0 + tl.arange(0, BM)
+                log = log_features(x, load_rows(p_ptr, m0, M, D, BM, BD, ACC), norm_x, LOW, IN)
+                log = tl.where(valid[:, None] & (cols[None, :] < M), log, float("-inf"))
+                top = tl.maximum(top, tl.max(log, 1))
+        store_vector(off_ptr + bh * L, top, start, L, BL)
+        offset = tl.where(valid, top, 0.0)
+    else:
+        offset = tl.load(off_ptr + bh * off_bh + rows * off_l, mask=rows < L, other=0.0).to(ACC)
+    if MODE != ROW_MAX:
+        num = tl.zeros((BL, BV), ACC)
+        den = tl.zeros((BL,), ACC)
+        grad_x = tl.zeros((BL, BD), ACC)
+        row_sum = tl.zeros((BL,), ACC)
+        if MODE != READOUT:
+            a = load_rows(a_ptr + bh * L * DV, start, L, DV, BL, BV, ACC)
+            if MODE == QUERY_GRAD:
+                a2 = load_vector(a2_ptr + bh * L, start, L, BL, ACC, 0.0)
+            else:
+                a2 = tl.full((BL,), 1.0, ACC)
+        for m0 in range(0, M, BM):
+            cols = m0 + tl.arange(0, BM)
+            p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+            keep = valid[:, None] & (cols[None, :] < M)
+            features, slope = feature_tile(log_features(x, p, norm_x, LOW, IN), offset, keep, ACT, FEPS)
+            r = load_rows(r_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
+            r2 = load_vector(r2_ptr + bh * M, m0, M, BM, ACC, 0.0)
+            if MODE != QUERY_GRAD:
+                num += mm(features, r, LOW, IN)
+            if MODE == READOUT:
+                den += tl.sum(features * r2[None, :], 1)
+            else:
+                grad_log = (mm(a, tl.trans(r), LOW, IN) + a2[:, None] * r2[None, :]) * slope
+                grad_x += mm(grad_log, p, LOW, IN)
+                row_sum += tl.sum(grad_log, 1)
+        if MODE == READOUT:
+            inverse = tl.where(tl.abs(den) < eps, 0.0, 1.0 / tl.where(tl.abs(den) < eps, 1.0, den))
+            store_rows(out_ptr + bh * L * DV, num * inverse[:, None], start, L, DV, BL, BV)
+            store_vector(inv_ptr + bh * L, inverse, start, L, BL)
+        else:
+            grad_x -= (2.0 * half_norm) * row_sum[:, None] * x
+            store_rows(gx_ptr + bh * L * D, grad_x, start, L, D, BL, BD)
+            if MODE == KEY_GRAD:
+                store_rows(out_ptr + bh * L * DV, num, start, L, DV, BL, BV)
+
+
+@triton.jit
+def feature_pass(
+    x_ptr, p_ptr, off_ptr, off_bh, off_l, pad_ptr, heads,
+    a_ptr, a2_ptr, r_ptr, r2_ptr, s_ptr, z_ptr, gp_ptr,
+    L, M, D, DV, half_norm,
+    MODE: tl.constexpr, HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    m0 = tl.program_id(0) * BM
+    bh = tl.program_id(1)
+    cols = m0 + tl.arange(0, BM)
+    p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+    if MODE != SUMMARY:
+        r = load_rows(r_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
+        r2 = load_vector(r2_ptr + bh * M, m0, M, BM, ACC, 0.0)
+    s = tl.zeros((BM, BV), ACC)
+    z = tl.zeros((BM,), ACC)
+    grad_p = tl.zeros((BM, BD), ACC)
+    for l0 in range(0, L, BL):
+        rows = l0 + tl.arange(0, BL)
+        valid = rows < L
+        if HAS_PAD:
+            padded = tl.load(pad_ptr + (bh // heads) * L + rows, mask=valid, other=1)
+            valid = valid & (padded == 0)
+        x = load_rows(x_ptr + bh * L * D, l0, L, D, BL, BD, ACC)
+        offset = tl.load(off_ptr + bh * off_bh + rows * off_l, mask=rows < L, other=0.0).to(ACC)
+        keep = valid[:, None] & (cols[None, :] < M)
+        u = log_features(x, p, half_norm * tl.sum(x * x, 1), LOW, IN)
+        features, slope = feature_tile(u, offset, keep, ACT, FEPS)
+        a = load_rows(a_ptr + bh * L * DV, l0, L, DV, BL, BV, ACC)
+        if MODE == QUERY_PARAMS:
+            a2 = load_vector(a2_ptr + bh * L, l0, L, BL, ACC, 0.0)
+        else:
+            a2 = tl.full((BL,), 1.0, ACC)
+        if MODE != KEY_PARAMS:
+            s += mm(tl.trans(features), a, LOW, IN)
+            z += tl.sum(features * a2[:, None], 0)
+        if MODE != SUMMARY:
+            grad_log = (mm(a, tl.trans(r), LOW, IN) + a2[:, None] * r2[None, :]) * slope
+            grad_p += mm(tl.trans(grad_log), x, LOW, IN)
+    if MODE != KEY_PARAMS:
+        store_rows(s_ptr + bh * M * DV, s, m0, M, DV, BM, BV)
+        store_vector(z_ptr + bh * M, z, m0, M, BM)
+    if MODE != SUMMARY:
+        store_rows(gp_ptr + bh * M * D, grad_p, m0, M, D, BM, BD)
+
+
+class _Launch:
+    """Shapes, tiles and dtypes of one call, shared by its forward and backward launches."""
+
+    def __init__(
+        self, q: Tensor, k: Tensor, v: Tensor, rows: Tensor, blocks: Blocks, act: int, feps: float
+    ) -> None:
+        self.batch, self.heads, self.lq, self.d = q.shape
+        self.lk, self.dv, self.m = k.shape[2], v.shape[-1], rows.shape[0]
+        self.bh = self.batch * self.heads
+        self.acc = accumulation_dtype(q.dtype)
+        self.meta = dict(
+            BL=blocks.rows,
+            BM=blocks.features,
+            BD=pow2(self.d),
+            BV=pow2(self.dv),
+            ACT=act,
+            FEPS=feps,
+            **compute_types(q.dtype),
+        )
+
+    def rows_grid(self, length: int) -> tuple[int, int]:
+        return (triton.cdiv(length, self.meta["BL"]), self.bh)
+
+    def features_grid(self) -> tuple[int, int]:
+        return (triton.cdiv(self.m, self.meta["BM"]), self.bh)
+
+
+class _TritonBidirectional(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rows, half_norm, pad, eps, blocks, act, feps):
+        run = _Launch(q, k, v, rows, blocks, act, feps)
+        qf, kf, vf, rows_c = flat(q), flat(k), flat(v), rows.contiguous()
+        pad_arg = pad if pad is not None else qf
+        acc = dict(device=q.device, dtype=run.acc)
+        offset = torch.zeros(run.bh, **acc)  # generalized kernels: no stabilizer
+        if act == EXP.value:
+            key_max = torch.empty(run.bh, run.lk, **acc)
+            row_pass[run.rows_grid(run.lk)](
+                kf, rows_c, key_max, 0, 0, pad_arg, run.heads, kf, kf, kf, kf, kf, kf, kf,
+                run.lk, run.m, run.d, run.dv, half_norm, 0.0,
+                MODE=ROW_MAX.value, HAS_PAD=pad is not None, **run.meta,
+            )  # fmt: skip
+            top = key_max.amax(dim=1) if run.lk else key_max.new_full((run.bh,), -math.inf)
+            # All keys padded: an empty summary; any finite offset serves.
+            offset = torch.where(torch.isfinite(top), top, offset).contiguous()
+        s = torch.empty(run.bh, run.m, run.dv, **acc)
+        z = torch.empty(run.bh, run.m, **acc)
+        feature_pass[run.features_grid()](
+            kf, rows_c, offset, 1, 0, pad_arg, run.heads, vf, vf, vf, vf, s, z, s,
+            run.lk, run.m, run.d, run.dv, half_norm, MODE=SUMMARY.value, HAS_PAD=pad is not None, **run.meta,
+        )  # fmt: skip
+        out = torch.empty(run.bh, run.lq, run.dv, **acc)
+        inverse = torch.empty(run.bh, run.lq, **acc)
+        query_max = torch.empty(run.bh, run.lq, **acc)
+        row_pass[run.rows_grid(run.lq)](
+            qf, rows_c, query_max, 0, 0, qf, run.heads, s, z, qf, qf, out, inverse, qf,
+            run.lq, run.m, run.d, run.dv, 0.0, eps, MODE=READOUT.value, HAS_PAD=False, **run.meta,
+        )  # fmt: skip
+        ctx.save_for_backward(qf, kf, vf, rows_c, offset, query_max, s, z, out, inverse, pad)
+        ctx.run, ctx.half_norm = run, half_norm
+        return out.reshape(run.batch, run.heads, run.lq, run.dv)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        qf, kf, vf, rows, offset, query_max, s, z, out, inverse, pad = ctx.saved_tensors
+        run, half_norm = ctx.run, ctx.half_norm
+        acc = dict(device=qf.device, dtype=run.acc)
+        # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (0 where the guard was active).
+        grad_num = (flat(grad_out).to(run.acc) * inverse[..., None]).contiguous()
+        grad_den = -(grad_num * out).sum(-1).contiguous()
+        grad_s = torch.empty_like(s)
+        grad_z = torch.empty_like(z)
+        grad_p_q = torch.empty(run.bh, run.m, run.d, **acc)
+        feature_pass[run.features_grid()](
+            qf, rows, query_max, run.lq, 1, qf, run.heads, grad_num, grad_den, s, z, grad_s, grad_z, grad_p_q,
+            run.lq, run.m, run.d, run.dv, 0.0, MODE=QUERY_PARAMS.value, HAS_PAD=False, **run.meta,
+        )  # fmt: skip
+        grad_q = torch.empty(run.bh, run.lq, run.d, **acc)
+        row_pass[run.rows_grid(run.lq)](
+            qf, rows, query_max, run.lq, 1, qf, run.heads, s, z, grad_num, grad_den, qf, qf, grad_q,
+            run.lq, run.m, run.d, run.dv, 0.0, 0.0, MODE=QUERY_GRAD.value, HAS_PAD=False, **run.meta,
+        )  # fmt: skip
+        pad_arg = pad if pad is not None else kf
+        grad_p_k = torch.empty(run.bh, run.m, run.d, **acc)
+        feature_pass[run.features_grid()](
+            kf, rows, offset, 1, 0, pad_arg, run.heads, vf, vf, grad_s, grad_z, kf, kf, grad_p_k,
+            run.lk, run.m, run.d, run.dv, half_norm,
+            MODE=KEY_PARAMS.value, HAS_PAD=pad is not None, **run.meta,
+        )  # fmt: skip
+        grad_k = torch.empty(run.bh, run.lk, run.d, **acc)
+        grad_v = torch.empty(run.bh, run.lk, run.dv, **acc)
+        row_pass[run.rows_grid(run.lk)](
+            kf, rows, offset, 1, 0, pad_arg, run.heads, grad_s, grad_z, vf, vf, grad_v, kf, grad_k,
+            run.lk, run.m, run.d, run.dv, half_norm, 0.0,
+            MODE=KEY_GRAD.value, HAS_PAD=pad is not None, **run.meta,
+        )  # fmt: skip
+        shape = (run.batch, run.heads)
+        return (
+            grad_q.reshape(*shape, run.lq, run.d),
+            grad_k.reshape(*shape, run.lk, run.d),
+            grad_v.reshape(*shape, run.lk, run.dv),
+            (grad_p_q + grad_p_k).sum(0),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def triton_bidirectional_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rows: Tensor,
+    *,
+    scale: float,
+    activation: str = "exp",
+    norm: float = 0.0,
+    feature_eps: float = 1e-3,
+    key_padding_mask: Tensor | None = None,
+    eps: float | None = None,
+    blocks: Blocks | None = None,
+) -> Tensor:
+    """Bidirectional FAVOR attention (Triton) with features ``exp(P(√s·x) − a·s‖x‖²/2 − c)``
+    (``activation="exp"``) or ``f(P(√s·x)) + feature_eps`` (a generalized kernel: ``"relu"``,
+    ``"elu"`` (ELU + 1), ``"abs"``, ``"plain-exp"``).
+
+    Args:
+        q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``; one floating dtype
+            (float16/bfloat16 products accumulate in float32).
+        rows: ``P`` ``(M', D)`` (differentiable): the :class:`~performers.ops.features.ExpForm`'s
+            rows, a generalized kernel's projection, or the identity for "no projection".
+        scale: ``√s``, the factor applied to ``q`` and ``k``.
+        activation, norm (``a`` of the exponential form), feature_eps: the feature map.
+        key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
+        eps: denominator guard (default: the accumulation dtype's smallest normal number).
+        blocks: tile sizes (default :meth:`Blocks.for_dims`).
+
+    Returns:
+        ``(B, H, Lq, Dv)`` in float32 (float64 for float64 inputs).
+    """
+    act = activation_code(activation)
+    acc = accumulation_dtype(q.dtype)
+    eps = torch.finfo(acc).tiny if eps is None else eps
+    pad = None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous()
+    # The map of √s·x is computed on x with rows √s·P (autograd scales ∂P) and norm a·s; P
+    # stays in the accumulation dtype (compiled low-precision products round its tiles).
+    scaled_rows = (rows * scale).to(acc)
+    half_norm = 0.5 * norm * scale * scale if act == EXP.value else 0.0
+    blocks = blocks or Blocks.for_dims(q.shape[-1], v.shape[-1])
+    return _TritonBidirectional.apply(
+        q, k, v, scaled_rows, half_norm, pad, eps, blocks, act, float(feature_eps)
+    )

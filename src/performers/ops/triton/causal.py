@@ -1,0 +1,535 @@
+r"""Causal FAVOR attention for exponential maps as chunked Triton kernels, forward and backward.
+
+The chunked algorithm of :mod:`performers.ops.causal_fused` with the same causal-safe
+stabilizer: key ``j`` is read in units of the running maximum ``m_j`` of the key log-features
+up to ``j`` (computed once per position by the row pass of
+:mod:`performers.ops.triton.bidirectional` and a cumulative maximum); query ``i`` reads key
+``j ≤ i`` scaled by ``exp(m_j − m_i) ≤ 1``, and the state entering chunk ``c`` is kept in units
+of the offset at the end of chunk ``c − 1``. Four kernels:
+
+* ``state_pass`` (one program per feature tile, chunks in order): the state before every chunk
+  ``S_c`` ``(M × Dv)``, ``z_c`` ``(M)`` and the final state, from an optional initial state;
+* ``output_pass`` (one program per chunk): the masked intra-chunk block plus the read of
+  ``S_c``, normalized;
+* ``adjoint_pass`` (per feature tile, chunks in reverse): the gradient of the state entering
+  every chunk, and of the initial state;
+* ``input_grad_pass`` (per chunk) and ``param_grad_pass`` (per feature tile): ``∂q, ∂k, ∂v``
+  and ``∂P`` from recomputed feature tiles.
+
+Memory is ``O(L·(D + Dv) + (L/C)·M·Dv)``: no ``L×M`` tensor exists in forward or backward.
+The chunk length is the kernel's tile (``Blocks.rows``); results do not depend on it.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from performers.ops.numerics import key_offsets
+from performers.ops.triton.bidirectional import ROW_MAX, row_pass
+from performers.ops.triton.launch import (
+    Blocks,
+    accumulation_dtype,
+    activation_code,
+    compute_types,
+    flat,
+    pow2,
+)
+from performers.ops.triton.tiles import (
+    EXP,
+    feature_tile,
+    load_rows,
+    load_vector,
+    log_features,
+    mm,
+    store_rows,
+    store_vector,
+)
+
+__all__ = ["triton_causal_attention"]
+
+
+@triton.jit
+def _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD: tl.constexpr, BC: tl.constexpr):
+    """Positions of a chunk, whether they exist, and whether they are real (unpadded) keys."""
+    rows = l0 + tl.arange(0, BC)
+    exists = rows < L
+    real = exists
+    if HAS_PAD:
+        padded = tl.load(pad_ptr + (bh // heads) * L + rows, mask=exists, other=1)
+        real = exists & (padded == 0)
+    return rows, exists, real
+
+
+@triton.jit
+def _features(
+    x, p, norm_x, offset, keep, ACT: tl.constexpr, FEPS: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr
+):
+    """``(φ, ∂φ/∂u)`` of a tile where ``keep`` (else 0): ``exp(log φ(x) − offset)`` or ``f(u) + eps``."""
+    return feature_tile(log_features(x, p, norm_x, LOW, IN), offset, keep, ACT, FEPS)
+
+
+@triton.jit
+def _grad_scores(gn, gd, v, m, rows, real, LOW: tl.constexpr, IN: tl.constexpr):
+    """``within ⊙ (gn Vᵀ + gd)`` of a chunk, and ``within``: ``exp(m_j − m_i)`` for real keys
+    ``j ≤ i``, else 0."""
+    causal = (rows[None, :] <= rows[:, None]) & real[None, :]
+    within = tl.where(causal, tl.exp(tl.minimum(m[None, :] - m[:, None], 0.0)), 0.0)
+    return (mm(gn, tl.trans(v), LOW, IN) + gd[:, None]) * within, within
+
+
+@triton.jit
+def state_pass(
+    k_ptr, v_ptr, p_ptr, end_ptr, before_ptr, pad_ptr, heads,
+    init_s_ptr, init_z_ptr, states_s_ptr, states_z_ptr, final_s_ptr, final_z_ptr,
+    L, M, D, DV, N, half_norm,
+    HAS_INIT: tl.constexpr, HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    m0 = tl.program_id(0) * BM
+    bh = tl.program_id(1)
+    cols = m0 + tl.arange(0, BM)
+    p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+    if HAS_INIT:
+        s = load_rows(init_s_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
+        z = load_vector(init_z_ptr + bh * M, m0, M, BM, ACC, 0.0)
+    else:
+        s = tl.zeros((BM, BV), ACC)
+        z = tl.zeros((BM,), ACC)
+    for c in range(0, N):
+        store_rows(states_s_ptr + (bh * N + c) * M * DV, s, m0, M, DV, BM, BV)
+        store_vector(states_z_ptr + (bh * N + c) * M, z, m0, M, BM)
+        end = tl.load(end_ptr + bh * N + c).to(ACC)
+        decay = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - end, 0.0))
+        _, _, real = _chunk_rows(pad_ptr, bh, heads, c * BC, L, HAS_PAD, BC)
+        x = load_rows(k_ptr + bh * L * D, c * BC, L, D, BC, BD, ACC)
+        # Keys in units of the chunk's last offset (≥ their own): exp(log − m_end) ≤ 1.
+        keep = real[:, None] & (cols[None, :] < M)
+        f, _ = _features(
+            x, p, half_norm * tl.sum(x * x, 1), tl.zeros((BC,), ACC) + end, keep, ACT, FEPS, LOW, IN
+        )
+        v = load_rows(v_ptr + bh * L * DV, c * BC, L, DV, BC, BV, ACC)
+        s = s * decay + mm(tl.trans(f), v, LOW, IN)
+        z = z * decay + tl.sum(f, 0)
+    store_rows(final_s_ptr + bh * M * DV, s, m0, M, DV, BM, BV)
+    store_vector(final_z_ptr + bh * M, z, m0, M, BM)
+
+
+@triton.jit
+def output_pass(
+    q_ptr, k_ptr, v_ptr, p_ptr, off_ptr, before_ptr, pad_ptr, heads,
+    states_s_ptr, states_z_ptr, out_ptr, inv_ptr, qmax_ptr,
+    L, M, D, DV, N, half_norm, eps,
+    HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    l0 = c * BC
+    rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
+    xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+    xk = load_rows(k_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+    norm_k = half_norm * tl.sum(xk * xk, 1)
+    zero = tl.zeros((BC,), ACC)
+    m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    top = tl.zeros((BC,), ACC)  # generalized kernels: queries are not stabilized
+    if ACT == EXP:
+        top = tl.full((BC,), float("-inf"), ACC)
+        for m0 in range(0, M, BM):
+            cols = m0 + tl.arange(0, BM)
+            log = log_features(xq, load_rows(p_ptr, m0, M, D, BM, BD, ACC), zero, LOW, IN)
+            top = tl.maximum(top, tl.max(tl.where(cols[None, :] < M, log, float("-inf")), 1))
+    scores = tl.zeros((BC, BC), ACC)
+    inter_num = tl.zeros((BC, BV), ACC)
+    inter_den = tl.zeros((BC,), ACC)
+    base = (bh * N + c) * M
+    for m0 in range(0, M, BM):
+        cols = m0 + tl.arange(0, BM)
+        p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+        fq, _ = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        fk, _ = _features(xk, p, norm_k, m, real[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        scores += mm(fq, tl.trans(fk), LOW, IN)
+        inter_num += mm(fq, load_rows(states_s_ptr + base * DV, m0, M, DV, BM, BV, ACC), LOW, IN)
+        inter_den += tl.sum(fq * load_vector(states_z_ptr + base, m0, M, BM, ACC, 0.0)[None, :], 1)
+    causal = (rows[None, :] <= rows[:, None]) & real[None, :]
+    scores = scores * tl.where(causal, tl.exp(tl.minimum(m[None, :] - m[:, None], 0.0)), 0.0)
+    to_query = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - m, 0.0))
+    v = load_rows(v_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
+    num = mm(scores, v, LOW, IN) + to_query[:, None] * inter_num
+    den = tl.sum(scores, 1) + to_query * inter_den
+    inverse = tl.where(tl.abs(den) < eps, 0.0, 1.0 / tl.where(tl.abs(den) < eps, 1.0, den))
+    store_rows(out_ptr + bh * L * DV, num * inverse[:, None], l0, L, DV, BC, BV)
+    store_vector(inv_ptr + bh * L, inverse, l0, L, BC)
+    store_vector(qmax_ptr + bh * L, top, l0, L, BC)
+
+
+@triton.jit
+def adjoint_pass(
+    q_ptr, p_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, gn_ptr, gd_ptr,
+    final_gs_ptr, final_gz_ptr, adj_s_ptr, adj_z_ptr, init_gs_ptr, init_gz_ptr,
+    L, M, D, DV, N,
+    HAS_FINAL_GRAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    m0 = tl.program_id(0) * BM
+    bh = tl.program_id(1)
+    cols = m0 + tl.arange(0, BM)
+    p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+    # g: ∂loss/∂(state after the chunk being visited), starting from the final state's gradient.
+    if HAS_FINAL_GRAD:
+        g = load_rows(final_gs_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
+        gz = load_vector(final_gz_ptr + bh * M, m0, M, BM, ACC, 0.0)
+    else:
+        g = tl.zeros((BM, BV), ACC)
+        gz = tl.zeros((BM,), ACC)
+    zero = tl.zeros((BC,), ACC)
+    for i in range(0, N):
+        c = N - 1 - i
+        store_rows(adj_s_ptr + (bh * N + c) * M * DV, g, m0, M, DV, BM, BV)
+        store_vector(adj_z_ptr + (bh * N + c) * M, gz, m0, M, BM)
+        before = tl.load(before_ptr + bh * N + c).to(ACC)
+        decay = tl.exp(tl.minimum(before - tl.load(end_ptr + bh * N + c).to(ACC), 0.0))
+        l0 = c * BC
+        rows = l0 + tl.arange(0, BC)
+        exists = rows < L
+        xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+        top = load_vector(qmax_ptr + bh * L, l0, L, BC, ACC, 0.0)
+        fq, _ = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        to_query = tl.exp(tl.minimum(before - load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0), 0.0))
+        gn = load_rows(gn_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC) * to_query[:, None]
+        gd = load_vector(gd_ptr + bh * L, l0, L, BC, ACC, 0.0) * to_query
+        g = g * decay + mm(tl.trans(fq), gn, LOW, IN)
+        gz = gz * decay + tl.sum(fq * gd[:, None], 0)
+    store_rows(init_gs_ptr + bh * M * DV, g, m0, M, DV, BM, BV)
+    store_vector(init_gz_ptr + bh * M, gz, m0, M, BM)
+
+
+@triton.jit
+def input_grad_pass(
+    q_ptr, k_ptr, v_ptr, p_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, heads,
+    states_s_ptr, states_z_ptr, adj_s_ptr, adj_z_ptr, gn_ptr, gd_ptr, gq_ptr, gk_ptr, gv_ptr,
+    L, M, D, DV, N, half_norm,
+    HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    bh = tl.program_id(1)
+    l0 = c * BC
+    rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
+    xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+    xk = load_rows(k_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+    v = load_rows(v_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
+    gn = load_rows(gn_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
+    gd = load_vector(gd_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    norm_k = half_norm * tl.sum(xk * xk, 1)
+    zero = tl.zeros((BC,), ACC)
+    m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    top = load_vector(qmax_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    to_query = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - m, 0.0))
+    to_end = tl.exp(tl.minimum(m - tl.load(end_ptr + bh * N + c).to(ACC), 0.0))
+    grad_scores, within = _grad_scores(gn, gd, v, m, rows, real, LOW, IN)
+    # The intra-chunk scores are needed whole for ∂v: one pass to build them, one for the rest.
+    scores = tl.zeros((BC, BC), ACC)
+    for m0 in range(0, M, BM):
+        cols = m0 + tl.arange(0, BM)
+        p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+        fq, _ = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        fk, _ = _features(xk, p, norm_k, m, real[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        scores += mm(fq, tl.trans(fk), LOW, IN)
+    grad_v = mm(tl.trans(scores * within), gn, LOW, IN)
+    grad_q = tl.zeros((BC, BD), ACC)
+    grad_k = tl.zeros((BC, BD), ACC)
+    row_sum_k = tl.zeros((BC,), ACC)
+    base = (bh * N + c) * M
+    for m0 in range(0, M, BM):
+        cols = m0 + tl.arange(0, BM)
+        p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+        fq, slope_q = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        fk, slope_k = _features(xk, p, norm_k, m, real[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        s = load_rows(states_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
+        z = load_vector(states_z_ptr + base, m0, M, BM, ACC, 0.0)
+        g = load_rows(adj_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
+        gz = load_vector(adj_z_ptr + base, m0, M, BM, ACC, 0.0)
+        read = mm(gn, tl.trans(s), LOW, IN) + gd[:, None] * z[None, :]
+        grad_log_q = (mm(grad_scores, fk, LOW, IN) + to_query[:, None] * read) * slope_q
+        grad_q += mm(grad_log_q, p, LOW, IN)
+        carried = mm(v, tl.trans(g), LOW, IN) + gz[None, :]
+        grad_log_k = (mm(tl.trans(grad_scores), fq, LOW, IN) + to_end[:, None] * carried) * slope_k
+        grad_k += mm(grad_log_k, p, LOW, IN)
+        row_sum_k += tl.sum(grad_log_k, 1)
+        grad_v += to_end[:, None] * mm(fk, g, LOW, IN)
+    grad_k -= (2.0 * half_norm) * row_sum_k[:, None] * xk
+    store_rows(gq_ptr + bh * L * D, grad_q, l0, L, D, BC, BD)
+    store_rows(gk_ptr + bh * L * D, grad_k, l0, L, D, BC, BD)
+    store_rows(gv_ptr + bh * L * DV, grad_v, l0, L, DV, BC, BV)
+
+
+@triton.jit
+def param_grad_pass(
+    q_ptr, k_ptr, v_ptr, p_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, heads,
+    states_s_ptr, states_z_ptr, adj_s_ptr, adj_z_ptr, gn_ptr, gd_ptr, gp_ptr,
+    L, M, D, DV, N, half_norm,
+    HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    m0 = tl.program_id(0) * BM
+    bh = tl.program_id(1)
+    cols = m0 + tl.arange(0, BM)
+    p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+    zero = tl.zeros((BC,), ACC)
+    grad_p = tl.zeros((BM, BD), ACC)
+    for c in range(0, N):
+        l0 = c * BC
+        rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
+        xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+        xk = load_rows(k_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+        v = load_rows(v_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
+        gn = load_rows(gn_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
+        gd = load_vector(gd_ptr + bh * L, l0, L, BC, ACC, 0.0)
+        m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
+        top = load_vector(qmax_ptr + bh * L, l0, L, BC, ACC, 0.0)
+        to_query = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - m, 0.0))
+        to_end = tl.exp(tl.minimum(m - tl.load(end_ptr + bh * N + c).to(ACC), 0.0))
+        grad_scores, _ = _grad_scores(gn, gd, v, m, rows, real, LOW, IN)
+        fq, slope_q = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        fk, slope_k = _features(
+            xk, p, half_norm * tl.sum(xk * xk, 1), m, real[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN
+        )
+        base = (bh * N + c) * M
+        s = load_rows(states_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
+        z = load_vector(states_z_ptr + base, m0, M, BM, ACC, 0.0)
+        g = load_rows(adj_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
+        gz = load_vector(adj_z_ptr + base, m0, M, BM, ACC, 0.0)
+        read = mm(gn, tl.trans(s), LOW, IN) + gd[:, None] * z[None, :]
+        grad_log_q = (mm(grad_scores, fk, LOW, IN) + to_query[:, None] * read) * slope_q
+        carried = mm(v, tl.trans(g), LOW, IN) + gz[None, :]
+        grad_log_k = (mm(tl.trans(grad_scores), fq, LOW, IN) + to_end[:, None] * carried) * slope_k
+        grad_p += mm(tl.trans(grad_log_q), xq, LOW, IN) + mm(tl.trans(grad_log_k), xk, LOW, IN)
+    store_rows(gp_ptr + bh * M * D, grad_p, m0, M, D, BM, BD)
+
+
+class _TritonCausal(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rows, init_s, init_z, init_offset, half_norm, pad, eps, blocks, act, feps):
+        batch, heads, length, d = q.shape
+        dv, m = v.shape[-1], rows.shape[0]
+        bh = batch * heads
+        acc_dtype = accumulation_dtype(q.dtype)
+        acc = dict(device=q.device, dtype=acc_dtype)
+        meta = dict(
+            BC=blocks.rows,
+            BM=blocks.features,
+            BD=pow2(d),
+            BV=pow2(dv),
+            ACT=act,
+            FEPS=feps,
+            **compute_types(q.dtype),
+        )
+        chunk = meta["BC"]
+        row_meta = {**{key: value for key, value in meta.items() if key != "BC"}, "BL": chunk}
+        n = triton.cdiv(length, chunk)
+        qf, kf, vf, rows_c = flat(q), flat(k), flat(v), rows.contiguous()
+        pad_arg = pad if pad is not None else qf
+        has_pad = pad is not None
+        start = None if init_offset is None else init_offset.reshape(bh).to(acc_dtype)
+        if act == EXP.value:
+            key_max = torch.empty(bh, length, **acc)
+            row_pass[(triton.cdiv(length, chunk), bh)](
+                kf, rows_c, key_max, 0, 0, pad_arg, heads, kf, kf, kf, kf, kf, kf, kf,
+                length, m, d, dv, half_norm, 0.0, MODE=ROW_MAX.value, HAS_PAD=has_pad, **row_meta,
+            )  # fmt: skip
+            offsets, _ = key_offsets(key_max[..., None], causal=True, start=start)
+            offsets = offsets.contiguous()
+        else:
+            # Generalized kernels are not stabilized: every offset is 0 (the wrapper brings an
+            # initial state to those units).
+            offsets = torch.zeros(bh, length, **acc)
+        ends = offsets[:, torch.clamp(torch.arange(1, n + 1, device=q.device) * chunk, max=length) - 1]
+        first = offsets[:, 0] if start is None else start
+        befores = torch.cat([first[:, None], ends[:, :-1]], dim=1).contiguous()
+        ends = ends.contiguous()
+        states_s = torch.empty(bh, n, m, dv, **acc)
+        states_z = torch.empty(bh, n, m, **acc)
+        final_s = torch.empty(bh, m, dv, **acc)
+        final_z = torch.empty(bh, m, **acc)
+        has_init = init_s is not None
+        init_s_arg = init_s.reshape(bh, m, dv).to(acc_dtype).contiguous() if has_init else final_s
+        init_z_arg = init_z.reshape(bh, m).to(acc_dtype).contiguous() if has_init else final_z
+        features_grid = (triton.cdiv(m, meta["BM"]), bh)
+        state_pass[features_grid](
+            kf, vf, rows_c, ends, befores, pad_arg, heads, init_s_arg, init_z_arg,
+            states_s, states_z, final_s, final_z,
+            length, m, d, dv, n, half_norm, HAS_INIT=has_init, HAS_PAD=has_pad, **meta,
+        )  # fmt: skip
+        out = torch.empty(bh, length, dv, **acc)
+        inverse = torch.empty(bh, length, **acc)
+        query_max = torch.empty(bh, length, **acc)
+        output_pass[(n, bh)](
+            qf, kf, vf, rows_c, offsets, befores, pad_arg, heads, states_s, states_z, out, inverse, query_max,
+            length, m, d, dv, n, half_norm, eps, HAS_PAD=has_pad, **meta,
+        )  # fmt: skip
+        ctx.save_for_backward(
+            qf, kf, vf, rows_c, offsets, ends, befores, states_s, states_z, out, inverse, query_max, pad
+        )
+        ctx.shape, ctx.meta, ctx.half_norm, ctx.has_init = (
+            (batch, heads, length, d, dv, m, n),
+            meta,
+            half_norm,
+            has_init,
+        )
+        # The final state is in units of the last position's (finite) offset.
+        final_offset = offsets[:, -1].clone()
+        ctx.mark_non_differentiable(final_offset)
+        shape = (batch, heads)
+        return (
+            out.reshape(*shape, length, dv),
+            final_s.reshape(*shape, m, dv),
+            final_z.reshape(*shape, m),
+            final_offset.reshape(shape),
+        )
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_final_s, grad_final_z, _grad_offset):
+        qf, kf, vf, rows, offsets, ends, befores, states_s, states_z, out, inverse, query_max, pad = (
+            ctx.saved_tensors
+        )
+        batch, heads, length, d, dv, m, n = ctx.shape
+        meta, half_norm = ctx.meta, ctx.half_norm
+        bh = batch * heads
+        acc = dict(device=qf.device, dtype=out.dtype)
+        grad_num = (flat(grad_out).to(out.dtype) * inverse[..., None]).contiguous()
+        grad_den = -(grad_num * out).sum(-1).contiguous()
+        has_final = grad_final_s is not None or grad_final_z is not None
+        final_gs = (
+            torch.zeros(bh, m, dv, **acc)
+            if grad_final_s is None
+            else grad_final_s.reshape(bh, m, dv).to(out.dtype)
+        ).contiguous()
+        final_gz = (
+            torch.zeros(bh, m, **acc) if grad_final_z is None else grad_final_z.reshape(bh, m).to(out.dtype)
+        ).contiguous()
+        adj_s = torch.empty_like(states_s)
+        adj_z = torch.empty_like(states_z)
+        init_gs = torch.empty(bh, m, dv, **acc)
+        init_gz = torch.empty(bh, m, **acc)
+        features_grid = (triton.cdiv(m, meta["BM"]), bh)
+        adjoint_pass[features_grid](
+            qf, rows, query_max, offsets, ends, befores, grad_num, grad_den, final_gs, final_gz,
+            adj_s, adj_z, init_gs, init_gz, length, m, d, dv, n, HAS_FINAL_GRAD=has_final, **meta,
+        )  # fmt: skip
+        pad_arg = pad if pad is not None else qf
+        grad_q = torch.empty(bh, length, d, **acc)
+        grad_k = torch.empty(bh, length, d, **acc)
+        grad_v = torch.empty(bh, length, dv, **acc)
+        common = (
+            qf,
+            kf,
+            vf,
+            rows,
+            query_max,
+            offsets,
+            ends,
+            befores,
+            pad_arg,
+            heads,
+            states_s,
+            states_z,
+            adj_s,
+            adj_z,
+        )
+        input_grad_pass[(n, bh)](
+            *common, grad_num, grad_den, grad_q, grad_k, grad_v,
+            length, m, d, dv, n, half_norm, HAS_PAD=pad is not None, **meta,
+        )  # fmt: skip
+        grad_p = torch.empty(bh, m, d, **acc)
+        param_grad_pass[features_grid](
+            *common, grad_num, grad_den, grad_p,
+            length, m, d, dv, n, half_norm, HAS_PAD=pad is not None, **meta,
+        )  # fmt: skip
+        shape = (batch, heads)
+        return (
+            grad_q.reshape(*shape, length, d),
+            grad_k.reshape(*shape, length, d),
+            grad_v.reshape(*shape, length, dv),
+            grad_p.sum(0),
+            init_gs.reshape(*shape, m, dv) if ctx.has_init else None,
+            init_gz.reshape(*shape, m) if ctx.has_init else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def triton_causal_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rows: Tensor,
+    *,
+    scale: float,
+    activation: str = "exp",
+    norm: float = 0.0,
+    feature_eps: float = 1e-3,
+    key_padding_mask: Tensor | None = None,
+    eps: float | None = None,
+    initial_kv: Tensor | None = None,
+    initial_normalizer: Tensor | None = None,
+    initial_offset: Tensor | None = None,
+    blocks: Blocks | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Causal FAVOR attention (Triton, chunked) with features ``exp(P(√s·x) − a·s‖x‖²/2 − c)``
+    (``activation="exp"``) or ``f(P(√s·x)) + feature_eps`` (``"relu"``, ``"elu"``, ``"abs"``,
+    ``"plain-exp"``).
+
+    Args:
+        q, k: ``(B, H, L, D)``; v: ``(B, H, L, Dv)``; one floating dtype.
+        rows: ``P`` ``(M', D)`` (differentiable); scale: ``√s``.
+        activation, norm (``a``), feature_eps: the feature map, as in
+            :func:`~performers.ops.triton.bidirectional.triton_bidirectional_attention`.
+        key_padding_mask: ``(B, L)`` bool, True marks a padded key.
+        eps: denominator guard (default: the accumulation dtype's smallest normal number).
+        initial_kv ``(B, H, M', Dv)``, initial_normalizer ``(B, H, M')`` (differentiable) and
+            initial_offset ``(B, H)``: the state of a preceding prefix in the units of
+            ``P x̃ − a‖x̃‖²/2`` (without the map's constant ``c``), or None.
+        blocks: tile sizes; ``blocks.rows`` is the chunk length.
+
+    Returns:
+        ``(out (B, H, L, Dv), kv (B, H, M', Dv), normalizer (B, H, M'), log_offset (B, H))``:
+        the output and the final state (differentiable), in the same units (offset 0 for the
+        generalized kernels).
+    """
+    if (initial_kv is None) != (initial_offset is None) or (initial_kv is None) != (
+        initial_normalizer is None
+    ):
+        raise ValueError("initial_kv, initial_normalizer and initial_offset are given together or not at all")
+    act = activation_code(activation)
+    acc = accumulation_dtype(q.dtype)
+    eps = torch.finfo(acc).tiny if eps is None else eps
+    pad = None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous()
+    scaled_rows = (rows * scale).to(acc)
+    offset = None if initial_offset is None else initial_offset.detach()
+    if offset is not None and act != EXP.value:
+        # Generalized features are in units of exp(0): bring the state there.
+        factor = torch.exp(offset.to(acc))
+        initial_kv, initial_normalizer = (
+            initial_kv * factor[..., None, None],
+            initial_normalizer * factor[..., None],
+        )
+        offset = torch.zeros_like(factor)
+    half_norm = 0.5 * norm * scale * scale if act == EXP.value else 0.0
+    blocks = blocks or Blocks.for_dims(q.shape[-1], v.shape[-1])
+    return _TritonCausal.apply(
+        q, k, v, scaled_rows, initial_kv, initial_normalizer, offset, half_norm, pad, eps, blocks, act,
+        float(feature_eps),
+    )  # fmt: skip

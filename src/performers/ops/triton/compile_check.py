@@ -1,0 +1,122 @@
+"""Compile every FAVOR Triton kernel for a CUDA architecture, without a GPU.
+
+The Triton interpreter (``TRITON_INTERPRET=1``) checks what the kernels compute; it does not
+check that they *compile*: typing rules, loop-carried types and constexpr globals are enforced
+only by the compiler. ``triton.compile`` lowers a kernel through TTIR, TTGIR, LLVM IR and PTX to
+a cubin on any machine (``ptxas`` ships with triton), so this runs in ``make test`` on CPU.
+
+    python -m performers.ops.triton.compile_check [--arch 90] [--dtype bfloat16]
+
+Must run without ``TRITON_INTERPRET`` (interpreted kernels cannot be compiled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+__all__ = ["compile_all"]
+
+_INTS = {"L", "M", "D", "DV", "N", "heads", "off_bh", "off_l"}
+_FLOATS = {"half_norm", "eps"}
+# Pointers that carry the inputs (in their dtype); the others are float32 buffers.
+_INPUTS = {"x_ptr", "q_ptr", "k_ptr", "v_ptr"}
+
+
+def _variants():
+    from performers.ops.triton import bidirectional, causal, decode
+
+    for mode in (0, 1, 2, 3):
+        yield bidirectional.row_pass, {"MODE": mode, "HAS_PAD": True, "BL": 64}
+    for mode in (0, 1, 2):
+        yield bidirectional.feature_pass, {"MODE": mode, "HAS_PAD": True, "BL": 64}
+    yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": True, "BC": 64}
+    yield causal.output_pass, {"HAS_PAD": True, "BC": 64}
+    yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64}
+    yield causal.input_grad_pass, {"HAS_PAD": True, "BC": 64}
+    yield causal.param_grad_pass, {"HAS_PAD": True, "BC": 64}
+    yield decode.step_kernel, {}
+
+
+def compile_all(
+    arch: int = 90,
+    dtype: str = "bfloat16",
+    dim: int = 64,
+    tile: int | None = None,
+    features_tile: int | None = None,
+    activation: str = "exp",
+) -> list[dict]:
+    """Compile each kernel (every mode) to a cubin for ``sm_{arch}`` with inputs of ``dtype``
+    (``"float32"``, ``"float16"`` or ``"bfloat16"``) and head dimension ``dim``, with ``tile``
+    positions and ``features_tile`` features per tile (default: the launch's choice for ``dim``,
+    :meth:`~performers.ops.triton.launch.Blocks.for_dims`) and the feature map ``activation``
+    (``"exp"`` or a generalized one, :data:`~performers.ops.triton.launch.ACTIVATIONS`); returns
+    one record per kernel (name, constexprs, seconds, cubin bytes, shared memory per program).
+    Raises the compiler's error."""
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from performers.ops.triton.launch import Blocks, activation_code
+
+    default = Blocks.for_dims(dim, dim)
+    tile = tile or default.rows
+    features_tile = features_tile or default.features
+    pointer = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}[dtype]
+    types = {
+        "ACC": tl.float32,
+        "LOW": dtype != "float32",
+        "IN": {"float32": tl.float32, "float16": tl.float16, "bfloat16": tl.bfloat16}[dtype],
+        "ACT": activation_code(activation),
+        "FEPS": 1e-3,
+    }
+    records = []
+    for kernel, options in _variants():
+        options = {key: (tile if key in ("BL", "BC") else value) for key, value in options.items()}
+        constexprs = {"BM": features_tile, "BD": dim, "BV": dim, **types, **options}
+        signature = {}
+        for name in kernel.arg_names:
+            if name in constexprs:
+                signature[name] = "constexpr"
+            elif name in _INTS:
+                signature[name] = "i32"
+            elif name in _FLOATS:
+                signature[name] = "fp32"
+            elif name == "pad_ptr":
+                signature[name] = "*i8"
+            else:
+                signature[name] = pointer if name in _INPUTS else "*fp32"
+        start = time.perf_counter()
+        compiled = triton.compile(
+            ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+            target=GPUTarget("cuda", arch, 32),
+        )
+        records.append(
+            {
+                "kernel": kernel.__name__,
+                "options": {k: v for k, v in options.items()},
+                "seconds": round(time.perf_counter() - start, 2),
+                "cubin_bytes": len(compiled.asm["cubin"]),
+                "shared_bytes": compiled.metadata.shared,
+            }
+        )
+    return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability ×10 (80, 90, ...)")
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--tile", type=int, default=None, help="positions per tile (default: the launch's)")
+    parser.add_argument("--dim", type=int, default=64, help="head dimension (a power of two)")
+    parser.add_argument("--features-tile", type=int, default=None, help="default: the launch's choice")
+    parser.add_argument("--activation", default="exp", help="exp, relu, elu, abs or plain-exp")
+    args = parser.parse_args(argv)
+    records = compile_all(args.arch, args.dtype, args.dim, args.tile, args.features_tile, args.activation)
+    print(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""What :func:`performers.favor_attention` runs when it chooses the Triton kernels: which
+feature maps have a Triton form, and the calls in :class:`~performers.ops.state.FavorState`
+units. The kernel modules (and ``triton``) are imported only when a kernel runs."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from performers.ops.features import GENERALIZED_EPS
+from performers.ops.kernels import KERNELS, Kernel
+from performers.ops.state import FavorState
+
+__all__ = ["TritonMap", "triton_attention", "triton_map", "triton_step"]
+
+# The registry's generalized kernels f(x Pᵀ) + eps with a Triton form, by name → activation.
+GENERALIZED = {"relu": "relu", "elu": "elu", "abs": "abs", "exp": "plain-exp"}
+
+
+class TritonMap(NamedTuple):
+    """A feature map as the kernels take it: rows ``P`` (``(M', D)``; the identity when a
+    generalized kernel has no projection), the activation, the exponential form's norm weight
+    ``a`` and constant ``c`` (the units of a :class:`FavorState`'s offset), and ``eps``."""
+
+    rows: Tensor
+    activation: str
+    norm: float = 0.0
+    log_const: float = 0.0
+    feature_eps: float = GENERALIZED_EPS
+
+
+def triton_map(kernel: Kernel, projection: Tensor | None, q: Tensor) -> TritonMap | str:
+    """The :class:`TritonMap` of ``kernel`` with ``projection``, or why it has none."""
+    if kernel.exp_form is not None:
+        if projection is None:
+            return "the exponential kernels need a projection"
+        form = kernel.exp_form(projection)
+        return TritonMap(form.rows, "exp", form.norm, form.log_const)
+    if kernel.name in GENERALIZED and KERNELS.get(kernel.name) is kernel:
+        if projection is None:
+            projection = torch.eye(q.shape[-1], device=q.device, dtype=torch.float32)
+        return TritonMap(projection, GENERALIZED[kernel.name])
+    return (
+        f"kernel {kernel.name!r} has no Triton form (the exponential-form kernels and the "
+        f"generalized {', '.join(sorted(GENERALIZED))} have one)"
+    )
+
+
+def _one_dtype(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    # float16/bfloat16 stay so: products in that dtype, accumulation in float32.
+    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def triton_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    feature_map: TritonMap,
+    *,
+    causal: bool,
+    scale: float,
+    key_padding_mask: Tensor | None,
+    initial_state: FavorState | None,
+    return_state: bool,
+    eps: float | None,
+) -> Tensor | tuple[Tensor, FavorState]:
+    """Bidirectional or causal attention on the Triton kernels; the output in float32 (float64
+    for float64 inputs), states in :class:`FavorState` units."""
+    from performers.ops.triton.bidirectional import triton_bidirectional_attention
+    from performers.ops.triton.causal import triton_causal_attention
+
+    q, k, v = _one_dtype(q, k, v)
+    fm = feature_map
+    options = dict(
+        scale=scale, activation=fm.activation, norm=fm.norm, feature_eps=fm.feature_eps,
+        key_padding_mask=key_padding_mask, eps=eps,
+    )  # fmt: skip
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if not causal:
+            return triton_bidirectional_attention(q, k, v, fm.rows, **options)
+        if initial_state is not None:
+            # FavorState offsets include the map's constant c; the kernels' units do not.
+            options.update(
+                initial_kv=initial_state.kv,
+                initial_normalizer=initial_state.normalizer,
+                initial_offset=initial_state.log_offset + fm.log_const,
+            )
+        out, kv, normalizer, offset = triton_causal_attention(q, k, v, fm.rows, **options)
+    return (out, FavorState(kv, normalizer, offset - fm.log_const)) if return_state else out
+
+
+def triton_step(
+    q: Tensor, k: Tensor, v: Tensor, state: FavorState | None, feature_map: TritonMap, *, scale: float, eps
+) -> tuple[Tensor, FavorState]:
+    """One causal position on the fused Triton step (no autograd)."""
+    from performers.ops.triton.decode import triton_attention_step
+
+    fm = feature_map
+    previous = (None,) * 3 if state is None else (state.kv, state.normalizer, state.log_offset + fm.log_const)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        out, kv, normalizer, offset = triton_attention_step(
+            *_one_dtype(q, k, v), fm.rows, *previous, scale=scale, activation=fm.activation,
+            norm=fm.norm, feature_eps=fm.feature_eps, eps=eps,
+        )  # fmt: skip
+    return out, FavorState(kv, normalizer, offset - fm.log_const)
