@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
     not INTERPRETED and not torch.cuda.is_available(), reason="needs CUDA or TRITON_INTERPRET=1"
 )
 EXP_KERNELS = ["softmax", "softmax-hyperbolic", "gaussian", "gaussian-hyperbolic"]
-SMALL = Blocks(16, 16)  # several tiles along positions and features on small shapes
+SMALL = Blocks(16, 16, span=32)  # several tiles along positions and features, and split sums
 
 
 def _inputs(b, h, lq, lk, d, m, dv=None, *, dtype=torch.float64, seed=0):

@@ -16,14 +16,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("gpu", help=HELP, description=HELP)
     p.add_argument("--out", default="docs/results/gpu", help="directory for gpu.json, gpu.md, gpu.png")
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu (small sizes, for testing)")
-    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384, 65536, 131072])
+    p.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=[1024, 4096, 16384, 65536, 131072],
+        help="sequence lengths L",
+    )
     p.add_argument("--dims", type=int, nargs="+", default=[64, 128], help="head dimensions D")
     p.add_argument("--features", type=int, nargs="+", default=[128, 256], help="random features M")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--decode-contexts", type=int, nargs="*", default=[1024, 16384, 131072])
-    p.add_argument("--training-lengths", type=int, nargs="*", default=[1024, 8192])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="what to measure")
+    p.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="input dtype"
+    )
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
+    p.add_argument(
+        "--decode-contexts",
+        type=int,
+        nargs="*",
+        default=[1024, 16384, 131072],
+        help="contexts of the decode points",
+    )
+    p.add_argument(
+        "--training-lengths",
+        type=int,
+        nargs="*",
+        default=[1024, 8192],
+        help="L of the training-throughput points",
+    )
     p.add_argument("--wide-heads-length", type=int, default=4096, help="L of the H=32 points (0: none)")
     p.add_argument("--tests", default="tests", help="the tests directory of a checkout ('' to skip)")
     p.add_argument("--budget", type=float, default=420.0, help="seconds; later points are skipped")

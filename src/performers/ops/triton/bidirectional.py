@@ -125,13 +125,16 @@ def row_pass(
 def feature_pass(
     x_ptr, p_ptr, off_ptr, off_bh, off_l, pad_ptr, heads,
     a_ptr, a2_ptr, r_ptr, r2_ptr, s_ptr, z_ptr, gp_ptr,
-    L, M, D, DV, half_norm,
+    L, M, D, DV, half_norm, span,
     MODE: tl.constexpr, HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
     BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
     bh = tl.program_id(1)
+    # This program's part of the sequence; its partial sums go to slot (split, bh).
+    split = tl.program_id(2)
+    slot = split * tl.num_programs(1) + bh
     cols = m0 + tl.arange(0, BM)
     p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
     if MODE != SUMMARY:
@@ -140,7 +143,7 @@ def feature_pass(
     s = tl.zeros((BM, BV), ACC)
     z = tl.zeros((BM,), ACC)
     grad_p = tl.zeros((BM, BD), ACC)
-    for l0 in range(0, L, BL):
+    for l0 in range(split * span, tl.minimum(split * span + span, L), BL):
         rows = l0 + tl.arange(0, BL)
         valid = rows < L
         if HAS_PAD:
@@ -163,10 +166,10 @@ def feature_pass(
             grad_log = (mm(a, tl.trans(r), LOW, IN) + a2[:, None] * r2[None, :]) * slope
             grad_p += mm(tl.trans(grad_log), x, LOW, IN)
     if MODE != KEY_PARAMS:
-        store_rows(s_ptr + bh * M * DV, s, m0, M, DV, BM, BV)
-        store_vector(z_ptr + bh * M, z, m0, M, BM)
+        store_rows(s_ptr + slot * M * DV, s, m0, M, DV, BM, BV)
+        store_vector(z_ptr + slot * M, z, m0, M, BM)
     if MODE != SUMMARY:
-        store_rows(gp_ptr + bh * M * D, grad_p, m0, M, D, BM, BD)
+        store_rows(gp_ptr + slot * M * D, grad_p, m0, M, D, BM, BD)
 
 
 class _Launch:
@@ -179,6 +182,7 @@ class _Launch:
         self.lk, self.dv, self.m = k.shape[2], v.shape[-1], rows.shape[0]
         self.bh = self.batch * self.heads
         self.acc = accumulation_dtype(q.dtype)
+        self.blocks = blocks
         self.meta = dict(
             BL=blocks.rows,
             BM=blocks.features,
@@ -192,8 +196,8 @@ class _Launch:
     def rows_grid(self, length: int) -> tuple[int, int]:
         return (triton.cdiv(length, self.meta["BL"]), self.bh)
 
-    def features_grid(self) -> tuple[int, int]:
-        return (triton.cdiv(self.m, self.meta["BM"]), self.bh)
+    def features_grid(self, length: int) -> tuple[int, int, int]:
+        return (triton.cdiv(self.m, self.meta["BM"]), self.bh, self.blocks.splits(length))
 
 
 class _TritonBidirectional(torch.autograd.Function):
@@ -214,12 +218,15 @@ class _TritonBidirectional(torch.autograd.Function):
             top = key_max.amax(dim=1) if run.lk else key_max.new_full((run.bh,), -math.inf)
             # All keys padded: an empty summary; any finite offset serves.
             offset = torch.where(torch.isfinite(top), top, offset).contiguous()
-        s = torch.empty(run.bh, run.m, run.dv, **acc)
-        z = torch.empty(run.bh, run.m, **acc)
-        feature_pass[run.features_grid()](
+        grid = run.features_grid(run.lk)
+        s = torch.empty(grid[2], run.bh, run.m, run.dv, **acc)
+        z = torch.empty(grid[2], run.bh, run.m, **acc)
+        feature_pass[grid](
             kf, rows_c, offset, 1, 0, pad_arg, run.heads, vf, vf, vf, vf, s, z, s,
-            run.lk, run.m, run.d, run.dv, half_norm, MODE=SUMMARY.value, HAS_PAD=pad is not None, **run.meta,
+            run.lk, run.m, run.d, run.dv, half_norm, run.blocks.span,
+            MODE=SUMMARY.value, HAS_PAD=pad is not None, **run.meta,
         )  # fmt: skip
+        s, z = s.sum(0), z.sum(0)
         out = torch.empty(run.bh, run.lq, run.dv, **acc)
         inverse = torch.empty(run.bh, run.lq, **acc)
         query_max = torch.empty(run.bh, run.lq, **acc)
@@ -239,23 +246,27 @@ class _TritonBidirectional(torch.autograd.Function):
         # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (0 where the guard was active).
         grad_num = (flat(grad_out).to(run.acc) * inverse[..., None]).contiguous()
         grad_den = -(grad_num * out).sum(-1).contiguous()
-        grad_s = torch.empty_like(s)
-        grad_z = torch.empty_like(z)
-        grad_p_q = torch.empty(run.bh, run.m, run.d, **acc)
-        feature_pass[run.features_grid()](
+        grid = run.features_grid(run.lq)
+        grad_s = torch.empty(grid[2], *s.shape, **acc)
+        grad_z = torch.empty(grid[2], *z.shape, **acc)
+        grad_p_q = torch.empty(grid[2], run.bh, run.m, run.d, **acc)
+        feature_pass[grid](
             qf, rows, query_max, run.lq, 1, qf, run.heads, grad_num, grad_den, s, z, grad_s, grad_z, grad_p_q,
-            run.lq, run.m, run.d, run.dv, 0.0, MODE=QUERY_PARAMS.value, HAS_PAD=False, **run.meta,
+            run.lq, run.m, run.d, run.dv, 0.0, run.blocks.span,
+            MODE=QUERY_PARAMS.value, HAS_PAD=False, **run.meta,
         )  # fmt: skip
+        grad_s, grad_z = grad_s.sum(0).contiguous(), grad_z.sum(0).contiguous()
         grad_q = torch.empty(run.bh, run.lq, run.d, **acc)
         row_pass[run.rows_grid(run.lq)](
             qf, rows, query_max, run.lq, 1, qf, run.heads, s, z, grad_num, grad_den, qf, qf, grad_q,
             run.lq, run.m, run.d, run.dv, 0.0, 0.0, MODE=QUERY_GRAD.value, HAS_PAD=False, **run.meta,
         )  # fmt: skip
         pad_arg = pad if pad is not None else kf
-        grad_p_k = torch.empty(run.bh, run.m, run.d, **acc)
-        feature_pass[run.features_grid()](
+        grid = run.features_grid(run.lk)
+        grad_p_k = torch.empty(grid[2], run.bh, run.m, run.d, **acc)
+        feature_pass[grid](
             kf, rows, offset, 1, 0, pad_arg, run.heads, vf, vf, grad_s, grad_z, kf, kf, grad_p_k,
-            run.lk, run.m, run.d, run.dv, half_norm,
+            run.lk, run.m, run.d, run.dv, half_norm, run.blocks.span,
             MODE=KEY_PARAMS.value, HAS_PAD=pad is not None, **run.meta,
         )  # fmt: skip
         grad_k = torch.empty(run.bh, run.lk, run.d, **acc)
@@ -270,7 +281,7 @@ class _TritonBidirectional(torch.autograd.Function):
             grad_q.reshape(*shape, run.lq, run.d),
             grad_k.reshape(*shape, run.lk, run.d),
             grad_v.reshape(*shape, run.lk, run.dv),
-            (grad_p_q + grad_p_k).sum(0),
+            grad_p_q.sum((0, 1)) + grad_p_k.sum((0, 1)),
             None,
             None,
             None,

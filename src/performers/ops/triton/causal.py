@@ -81,6 +81,25 @@ def _grad_scores(gn, gd, v, m, rows, real, LOW: tl.constexpr, IN: tl.constexpr):
 
 
 @triton.jit
+def _grad_logs(
+    states_s_ptr, states_z_ptr, adj_z_ptr, g, base, m0, M, DV, fq, slope_q, fk, slope_k,
+    grad_scores, gn, gd, v, to_query, to_end,
+    BM: tl.constexpr, BV: tl.constexpr, ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    """``∂loss/∂u`` of a chunk's query and key pre-activations on one feature tile: the
+    intra-chunk block, the read of the state entering the chunk (queries) and the state after
+    it (keys, through its adjoint ``g``, ``gz``)."""
+    s = load_rows(states_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
+    z = load_vector(states_z_ptr + base, m0, M, BM, ACC, 0.0)
+    gz = load_vector(adj_z_ptr + base, m0, M, BM, ACC, 0.0)
+    read = mm(gn, tl.trans(s), LOW, IN) + gd[:, None] * z[None, :]
+    grad_log_q = (mm(grad_scores, fk, LOW, IN) + to_query[:, None] * read) * slope_q
+    carried = mm(v, tl.trans(g), LOW, IN) + gz[None, :]
+    grad_log_k = (mm(tl.trans(grad_scores), fq, LOW, IN) + to_end[:, None] * carried) * slope_k
+    return grad_log_q, grad_log_k
+
+
+@triton.jit
 def state_pass(
     k_ptr, v_ptr, p_ptr, end_ptr, before_ptr, pad_ptr, heads,
     init_s_ptr, init_z_ptr, states_s_ptr, states_z_ptr, final_s_ptr, final_z_ptr,
@@ -252,15 +271,12 @@ def input_grad_pass(
         p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
         fq, slope_q = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
         fk, slope_k = _features(xk, p, norm_k, m, real[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
-        s = load_rows(states_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
-        z = load_vector(states_z_ptr + base, m0, M, BM, ACC, 0.0)
         g = load_rows(adj_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
-        gz = load_vector(adj_z_ptr + base, m0, M, BM, ACC, 0.0)
-        read = mm(gn, tl.trans(s), LOW, IN) + gd[:, None] * z[None, :]
-        grad_log_q = (mm(grad_scores, fk, LOW, IN) + to_query[:, None] * read) * slope_q
+        grad_log_q, grad_log_k = _grad_logs(
+            states_s_ptr, states_z_ptr, adj_z_ptr, g, base, m0, M, DV, fq, slope_q, fk, slope_k,
+            grad_scores, gn, gd, v, to_query, to_end, BM, BV, ACC, LOW, IN,
+        )  # fmt: skip
         grad_q += mm(grad_log_q, p, LOW, IN)
-        carried = mm(v, tl.trans(g), LOW, IN) + gz[None, :]
-        grad_log_k = (mm(tl.trans(grad_scores), fq, LOW, IN) + to_end[:, None] * carried) * slope_k
         grad_k += mm(grad_log_k, p, LOW, IN)
         row_sum_k += tl.sum(grad_log_k, 1)
         grad_v += to_end[:, None] * mm(fk, g, LOW, IN)
@@ -274,18 +290,21 @@ def input_grad_pass(
 def param_grad_pass(
     q_ptr, k_ptr, v_ptr, p_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, heads,
     states_s_ptr, states_z_ptr, adj_s_ptr, adj_z_ptr, gn_ptr, gd_ptr, gp_ptr,
-    L, M, D, DV, N, half_norm,
+    L, M, D, DV, N, half_norm, span_chunks,
     HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
     BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
     bh = tl.program_id(1)
+    # This program's chunks; its partial gradient goes to slot (split, bh).
+    split = tl.program_id(2)
+    slot = split * tl.num_programs(1) + bh
     cols = m0 + tl.arange(0, BM)
     p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
     zero = tl.zeros((BC,), ACC)
     grad_p = tl.zeros((BM, BD), ACC)
-    for c in range(0, N):
+    for c in range(split * span_chunks, tl.minimum(split * span_chunks + span_chunks, N)):
         l0 = c * BC
         rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
         xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
@@ -303,16 +322,13 @@ def param_grad_pass(
             xk, p, half_norm * tl.sum(xk * xk, 1), m, real[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN
         )
         base = (bh * N + c) * M
-        s = load_rows(states_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
-        z = load_vector(states_z_ptr + base, m0, M, BM, ACC, 0.0)
         g = load_rows(adj_s_ptr + base * DV, m0, M, DV, BM, BV, ACC)
-        gz = load_vector(adj_z_ptr + base, m0, M, BM, ACC, 0.0)
-        read = mm(gn, tl.trans(s), LOW, IN) + gd[:, None] * z[None, :]
-        grad_log_q = (mm(grad_scores, fk, LOW, IN) + to_query[:, None] * read) * slope_q
-        carried = mm(v, tl.trans(g), LOW, IN) + gz[None, :]
-        grad_log_k = (mm(tl.trans(grad_scores), fq, LOW, IN) + to_end[:, None] * carried) * slope_k
+        grad_log_q, grad_log_k = _grad_logs(
+            states_s_ptr, states_z_ptr, adj_z_ptr, g, base, m0, M, DV, fq, slope_q, fk, slope_k,
+            grad_scores, gn, gd, v, to_query, to_end, BM, BV, ACC, LOW, IN,
+        )  # fmt: skip
         grad_p += mm(tl.trans(grad_log_q), xq, LOW, IN) + mm(tl.trans(grad_log_k), xk, LOW, IN)
-    store_rows(gp_ptr + bh * M * D, grad_p, m0, M, D, BM, BD)
+    store_rows(gp_ptr + slot * M * D, grad_p, m0, M, D, BM, BD)
 
 
 class _TritonCausal(torch.autograd.Function):
@@ -378,6 +394,7 @@ class _TritonCausal(torch.autograd.Function):
         ctx.save_for_backward(
             qf, kf, vf, rows_c, offsets, ends, befores, states_s, states_z, out, inverse, query_max, pad
         )
+        ctx.blocks = blocks
         ctx.shape, ctx.meta, ctx.half_norm, ctx.has_init = (
             (batch, heads, length, d, dv, m, n),
             meta,
@@ -448,17 +465,19 @@ class _TritonCausal(torch.autograd.Function):
             *common, grad_num, grad_den, grad_q, grad_k, grad_v,
             length, m, d, dv, n, half_norm, HAS_PAD=pad is not None, **meta,
         )  # fmt: skip
-        grad_p = torch.empty(bh, m, d, **acc)
-        param_grad_pass[features_grid](
+        blocks = ctx.blocks
+        splits = blocks.splits(length)
+        grad_p = torch.empty(splits, bh, m, d, **acc)
+        param_grad_pass[(*features_grid, splits)](
             *common, grad_num, grad_den, grad_p,
-            length, m, d, dv, n, half_norm, HAS_PAD=pad is not None, **meta,
+            length, m, d, dv, n, half_norm, blocks.span // blocks.rows, HAS_PAD=pad is not None, **meta,
         )  # fmt: skip
         shape = (batch, heads)
         return (
             grad_q.reshape(*shape, length, d),
             grad_k.reshape(*shape, length, d),
             grad_v.reshape(*shape, length, dv),
-            grad_p.sum(0),
+            grad_p.sum((0, 1)),
             init_gs.reshape(*shape, m, dv) if ctx.has_init else None,
             init_gz.reshape(*shape, m) if ctx.has_init else None,
             None,

@@ -18,7 +18,7 @@ import time
 
 __all__ = ["compile_all"]
 
-_INTS = {"L", "M", "D", "DV", "N", "heads", "off_bh", "off_l"}
+_INTS = {"L", "M", "D", "DV", "N", "heads", "off_bh", "off_l", "span", "span_chunks"}
 _FLOATS = {"half_norm", "eps"}
 # Pointers that carry the inputs (in their dtype); the others are float32 buffers.
 _INPUTS = {"x_ptr", "q_ptr", "k_ptr", "v_ptr"}

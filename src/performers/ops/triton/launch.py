@@ -43,8 +43,16 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 class Blocks:
     """Tile sizes: positions per tile ``rows``, features per tile ``features`` (powers of two)."""
 
-    def __init__(self, rows: int = 64, features: int = 64) -> None:
+    def __init__(self, rows: int = 64, features: int = 64, span: int = 4096) -> None:
         self.rows, self.features = pow2(rows), pow2(features)
+        # Positions per program of the reductions over the sequence (the key summary and the
+        # projection's gradient): they run on (feature tiles × batch·heads × L/span) programs
+        # whose partial sums the host adds, so that long sequences fill the GPU.
+        self.span = max(self.rows, span // self.rows * self.rows)
+
+    def splits(self, length: int) -> int:
+        """Programs along the sequence for a reduction over ``length`` positions."""
+        return max(1, triton.cdiv(length, self.span))
 
     @classmethod
     def for_dims(cls, dim: int, value_dim: int) -> Blocks:
@@ -53,7 +61,7 @@ class Blocks:
         it, bfloat16, sm_90) peaks in the causal backward kernels: 144 KiB at D = 64 with 64×64
         tiles, 137 KiB at D = 128 with 32×32 — within an A100's 164 KiB and an H100's 227 KiB,
         where D = 128 with 64×64 tiles needs 280 KiB."""
-        return cls(64, 64) if max(dim, value_dim) <= 64 else cls(32, 32)
+        return cls(64, 64) if max(dim, value_dim) <= 64 else cls(32, 32, span=2048)
 
 
 def flat(t: Tensor) -> Tensor:
