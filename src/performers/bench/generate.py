@@ -146,7 +146,7 @@ def measure(
     contexts: tuple[int, ...] = DEFAULT_CONTEXTS,
     backends: tuple[str, ...] = ("favor", "exact"),
     new_tokens: int = 32,
-    warmup: int = 4,
+    warmup: int = 16,
     batch: int = 1,
     cache: str = "synthetic",
     seed: int = 0,

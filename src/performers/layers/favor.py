@@ -200,19 +200,13 @@ class FavorAttention(nn.Module):
         """One causal position from the recurrent state: ``q, k`` ``(B, H, 1, D)``, ``v`` ``(B, H, 1, Dv)``.
 
         Costs ``O(M·D)`` per head whatever the length of the prefix; returns ``(out (B, H, 1,
-        Dv), new_state)``.
+        Dv), new_state)``. Outside autograd the state's tensors are updated in place (as a KV
+        cache is appended to): the returned state shares them.
         """
         return favor_attention_step(
-            q,
-            k,
-            v,
-            state,
-            self.projection,
-            kernel=self.kernel,
-            scale=self.scale,
-            eps=self.eps,
-            backend=self.config.backend,
-        )
+            q, k, v, state, self.projection, kernel=self.kernel, scale=self.scale, eps=self.eps,
+            backend=self.config.backend, inplace=True, check_inputs=False,
+        )  # fmt: skip
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, layer_index={self.layer_index}, {self.config}"

@@ -150,7 +150,9 @@ class PerformerModel(PerformerPreTrainedModel):
             position_ids: ``(B, L)``; default counts from each row's first real token, and
                 continues ``past_key_values.next_position``.
             past_key_values: cache of the preceding positions (causal only); with it, the masks
-                describe the new tokens only.
+                describe the new tokens only. It is advanced in place, as decoding loops use it
+                (a KV cache is appended to; a FAVOR+ state of one new token is updated in place
+                outside autograd): ``copy.deepcopy`` it to continue the same prefix twice.
             use_cache: return the cache after these positions (implied by ``past_key_values``).
             is_causal: unidirectional attention.
             output_hidden_states: also return every layer's hidden states ``(B, L, E)``: the

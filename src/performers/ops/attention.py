@@ -34,7 +34,7 @@ from performers.ops.bidirectional_fused import fused_bidirectional_exp_attention
 from performers.ops.bidirectional_generic import bidirectional_linear_attention
 from performers.ops.causal_fused import SEGMENT_CHUNKS, fused_causal_exp_attention
 from performers.ops.causal_generic import causal_linear_attention
-from performers.ops.causal_recurrent import causal_linear_attention_step
+from performers.ops.causal_recurrent import causal_linear_attention_step, exp_attention_step
 from performers.ops.checks import (
     check_positive_int,
     shape_str,
@@ -351,6 +351,8 @@ def favor_attention_step(
     scale: float | None = None,
     eps: float | None = None,
     backend: BackendName = "auto",
+    inplace: bool = False,
+    check_inputs: bool = True,
 ) -> tuple[Tensor, FavorState]:
     """Causal FAVOR attention for one new position, from the recurrent state: ``O(M·D)``.
 
@@ -362,18 +364,24 @@ def favor_attention_step(
         backend: as in :func:`favor_attention`; the Triton step is one fused kernel without
             autograd, so ``"auto"`` uses it only when no gradient is being recorded and
             ``"triton"`` refuses inputs that require one.
+        inplace: update ``state``'s tensors in place and return them in the new state, as a
+            decoding loop does with its cache (no new ``M×Dv`` tensor per token); exponential
+            kernels on the PyTorch path, outside autograd; elsewhere the update is out of place.
+        check_inputs: False skips the shape and projection checks, for a decoding loop whose
+            inputs were checked once (per token they cost as much as a few tensor operations).
 
     Returns:
         ``(out, state)``: ``out`` of shape ``(B, H, 1, Dv)`` equal (up to rounding) to position
         ``t`` of the parallel causal output, and the updated state.
     """
-    validate_qkv(q, k, v, causal=True)
-    if q.shape[2] != 1:
-        raise ValueError(
-            f"favor_attention_step takes one position: q must be (B, H, 1, D), got {shape_str(q)}"
-        )
     kern = get_kernel(kernel)
-    validate_projection(projection, kern, q.shape[-1])
+    if check_inputs:
+        validate_qkv(q, k, v, causal=True)
+        if q.shape[2] != 1:
+            raise ValueError(
+                f"favor_attention_step takes one position: q must be (B, H, 1, D), got {shape_str(q)}"
+            )
+        validate_projection(projection, kern, q.shape[-1])
     input_scale = _input_scale(scale, q.shape[-1]) ** 0.5
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     recording = torch.is_grad_enabled() and any(
@@ -388,6 +396,14 @@ def favor_attention_step(
         out, new_state = triton_step(q, k, v, state, triton_map, scale=input_scale, eps=eps)
         return out.to(out_dtype), new_state
     dtype = _compute_dtype(q, k, v)
+    if kern.exp_form is not None and projection is not None:
+        # Exponential maps: the few-op step (decoding is dominated by the number of ops).
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k, v, projection = (t if t.dtype == dtype else t.to(dtype) for t in (q, k, v, projection))
+            out, new_state = exp_attention_step(
+                q, k, v, state, kern.exp_form(projection), scale=input_scale, eps=eps, inplace=inplace
+            )
+        return (out if out.dtype == out_dtype else out.to(out_dtype)), new_state
     with torch.autocast(device_type=q.device.type, enabled=False):
         q_features, k_features, offsets, params = attention_features(
             kern,

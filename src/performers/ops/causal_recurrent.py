@@ -9,10 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from performers.ops.features import ExpForm
 from performers.ops.numerics import guarded_divide
 from performers.ops.state import FavorState
 
-__all__ = ["causal_linear_attention_step"]
+__all__ = ["causal_linear_attention_step", "exp_attention_step"]
 
 
 def causal_linear_attention_step(
@@ -50,3 +51,72 @@ def causal_linear_attention_step(
     numerator = torch.matmul(q_features.unsqueeze(-2), kv).squeeze(-2)
     denominator = (q_features * normalizer).sum(-1)
     return guarded_divide(numerator, denominator, eps), FavorState(kv, normalizer, offset)
+
+
+def exp_attention_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: FavorState | None,
+    form: ExpForm,
+    *,
+    scale: float,
+    eps: float | None = None,
+    inplace: bool = False,
+) -> tuple[Tensor, FavorState]:
+    """One causal position for an exponential map ``exp(P(√s·x) − a·s‖x‖²/2 − c)``, in few ops.
+
+    The same result as features from :func:`performers.ops.features.stabilized_exp_features`
+    followed by :func:`causal_linear_attention_step` (tested), written for decoding, where each
+    tensor is small and the cost is the number of operations: both log-features come from one
+    product, the state moves to the new running maximum ``max(m, max_f log φ_f(k))`` and takes
+    the key in one ``addcmul``.
+
+    Args:
+        q, k: ``(B, H, 1, D)``; v: ``(B, H, 1, Dv)``, in one floating dtype.
+        state: the state before this position (:class:`FavorState` units), or None.
+        form: the map; scale: ``√s``; eps: denominator guard.
+        inplace: update ``state``'s tensors in place and return them (decoding loops: no new
+            ``M'×Dv`` tensor per token); only outside autograd and when the state is already in
+            the compute dtype, otherwise the update is out of place.
+
+    Returns:
+        ``(out (B, H, 1, Dv), new_state)``.
+    """
+    dtype = q.dtype
+    rows = form.rows if form.rows.dtype == dtype else form.rows.to(dtype)
+    # One product for both rows, scaled after (fewer elements than the rows).
+    log_q, log_k = torch.matmul(torch.cat([q, k], dim=2), rows.t()).mul_(scale).unbind(2)  # (B, H, M')
+    if form.norm:
+        log_k = log_k - (0.5 * form.norm * scale * scale) * k.square().sum(-1)
+    key_max = log_k.amax(dim=-1, keepdim=True)  # (B, H, 1)
+    if state is None:
+        k_features = (log_k - key_max).exp_()
+        kv, normalizer = k_features.unsqueeze(-1) * v, k_features
+        new_state = FavorState(kv, normalizer, key_max.squeeze(-1) - form.log_const)
+        return _readout(log_q, kv, normalizer, eps), new_state
+    previous = state.log_offset.unsqueeze(-1) + form.log_const
+    offset = torch.maximum(previous, key_max)
+    decay = (previous - offset).exp_()  # (B, H, 1), ≤ 1
+    k_features = (log_k - offset).exp_()
+    kv, normalizer = state.kv, state.normalizer
+    if inplace and not torch.is_grad_enabled() and kv.dtype == dtype == normalizer.dtype:
+        kv.mul_(decay.unsqueeze(-1)).addcmul_(k_features.unsqueeze(-1), v)
+        normalizer.mul_(decay).add_(k_features)
+        log_offset = state.log_offset.copy_(offset.squeeze(-1) - form.log_const)
+    else:
+        kv = torch.addcmul(kv.to(dtype) * decay.unsqueeze(-1), k_features.unsqueeze(-1), v)
+        normalizer = torch.addcmul(k_features, normalizer.to(dtype), decay)
+        log_offset = offset.squeeze(-1) - form.log_const
+    return _readout(log_q, kv, normalizer, eps), FavorState(kv, normalizer, log_offset)
+
+
+def _readout(log_q: Tensor, kv: Tensor, normalizer: Tensor, eps: float | None) -> Tensor:
+    """``φ(q)kv / φ(q)z`` for row-stabilized query features: ``(B, H, 1, Dv)``."""
+    q_features = (log_q - log_q.amax(dim=-1, keepdim=True)).exp_()
+    numerator = torch.matmul(q_features.unsqueeze(-2), kv)
+    denominator = (q_features * normalizer).sum(-1)
+    # Positive features: the denominator is >= 0, and the guard of safe_reciprocal is this.
+    eps = torch.finfo(denominator.dtype).tiny if eps is None else eps
+    inverse = torch.where(denominator >= eps, denominator.reciprocal(), 0.0)
+    return numerator.mul_(inverse[..., None, None])

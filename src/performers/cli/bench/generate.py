@@ -27,7 +27,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="FAVOR+ recurrent state and/or exact attention with a KV cache",
     )
     p.add_argument("--new-tokens", type=int, default=32, help="timed decoding steps per point (default 32)")
-    p.add_argument("--warmup", type=int, default=4, help="untimed decoding steps first (default 4)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=16,
+        help="untimed decoding steps first, per point (default 16: fewer leave the first point slow)",
+    )
     p.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     p.add_argument(
         "--cache",
