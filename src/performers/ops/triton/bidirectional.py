@@ -30,6 +30,7 @@ from performers.ops.triton.launch import (
     activation_code,
     compute_types,
     flat,
+    kernel_eps,
     pow2,
 )
 from performers.ops.triton.tiles import (
@@ -325,7 +326,7 @@ def triton_bidirectional_attention(
     """
     act = activation_code(activation)
     acc = accumulation_dtype(q.dtype)
-    eps = torch.finfo(acc).tiny if eps is None else eps
+    eps = kernel_eps(eps, acc)
     pad = None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous()
     # The map of √s·x is computed on x with rows √s·P (autograd scales ∂P) and norm a·s; P
     # stays in the accumulation dtype (compiled low-precision products round its tiles).

@@ -35,6 +35,7 @@ from performers.ops.triton.launch import (
     activation_code,
     compute_types,
     flat,
+    kernel_eps,
     pow2,
 )
 from performers.ops.triton.tiles import (
@@ -534,7 +535,7 @@ def triton_causal_attention(
         raise ValueError("initial_kv, initial_normalizer and initial_offset are given together or not at all")
     act = activation_code(activation)
     acc = accumulation_dtype(q.dtype)
-    eps = torch.finfo(acc).tiny if eps is None else eps
+    eps = kernel_eps(eps, acc)
     pad = None if key_padding_mask is None else key_padding_mask.to(torch.int8).contiguous()
     scaled_rows = (rows * scale).to(acc)
     offset = None if initial_offset is None else initial_offset.detach()

@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from performers.ops.triton.launch import accumulation_dtype, activation_code, compute_types, pow2
+from performers.ops.triton.launch import accumulation_dtype, activation_code, compute_types, kernel_eps, pow2
 from performers.ops.triton.tiles import EXP, feature_tile, load_rows, load_vector, store_rows, store_vector
 
 __all__ = ["triton_attention_step"]
@@ -115,7 +115,7 @@ def triton_attention_step(
     bh = batch * heads
     acc_dtype = accumulation_dtype(q.dtype)
     acc = dict(device=q.device, dtype=acc_dtype)
-    eps = torch.finfo(acc_dtype).tiny if eps is None else eps
+    eps = kernel_eps(eps, acc_dtype)
     if kv is None:
         kv, normalizer = torch.zeros(bh, m, dv, **acc), torch.zeros(bh, m, **acc)
         offset = torch.full((bh,), float("-inf"), **acc)

@@ -73,3 +73,11 @@ def activation_code(activation: str) -> int:
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
     return ACTIVATIONS[activation]
+
+
+def kernel_eps(eps: float | None, dtype: torch.dtype) -> float:
+    """The denominator guard as a kernel argument: float scalars reach kernels as float32, where
+    float64's smallest normal number would flush to 0 (and the guard would never fire), so the
+    guard is at least float32's."""
+    eps = torch.finfo(dtype).tiny if eps is None else eps
+    return max(float(eps), torch.finfo(torch.float32).tiny)
