@@ -3,7 +3,8 @@
 ``favor_attention`` mirrors the keyword style of ``F.scaled_dot_product_attention``: inputs
 ``(B, H, L, D)``, an optional ``scale`` (default ``1/√D``), ``causal`` for the unidirectional
 form. Inputs in float16/bfloat16 are computed in float32 (with autocast disabled inside) and
-the output is returned in the input dtype.
+the output is returned in the input dtype — except bfloat16 inputs on the fused bidirectional
+path, whose products run in bfloat16 (sums, maxima and normalizers in float32).
 
 Paths (every one is tested against :mod:`performers.ops.naive`):
 
@@ -275,6 +276,9 @@ def _favor_attention(
         )  # fmt: skip
         return (result[0].to(out_dtype), result[1]) if return_state else result.to(out_dtype)
     dtype = _compute_dtype(q, k, v)
+    if fused and not causal and q.dtype == k.dtype == v.dtype == torch.bfloat16:
+        # bfloat16 products (float32 sums and maxima) on the fused bidirectional path.
+        dtype = torch.bfloat16
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     with torch.autocast(device_type=q.device.type, enabled=False):
         if fused:

@@ -33,9 +33,8 @@ from performers.ops.features import (
     exp_log_features,
     exp_log_input_grad,
     exp_query_features,
-    outer_sum,
 )
-from performers.ops.numerics import safe_reciprocal
+from performers.ops.numerics import accumulation_dtype, safe_reciprocal
 
 __all__ = [
     "default_block_size",
@@ -55,6 +54,23 @@ def _blocks(length: int, block: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + block, length)
 
 
+def _transposed_product(a: Tensor, b: Tensor) -> Tensor:
+    """``aᵀ b`` over a block of positions: ``(..., n, X)``, ``(..., n, Y)`` → ``(..., X, Y)``.
+
+    float16/bfloat16 products copy their transposed operand (float32 ones read it in place), so
+    there the narrower operand is the one transposed: ``(bᵀ a)ᵀ`` when ``b`` is narrower.
+    """
+    if a.dtype in (torch.float16, torch.bfloat16) and b.shape[-1] < a.shape[-1]:
+        return torch.matmul(b.transpose(-2, -1), a).transpose(-2, -1)
+    return torch.matmul(a.transpose(-2, -1), b)
+
+
+def _outer_sum(grad_log: Tensor, x: Tensor) -> Tensor:
+    """:func:`~performers.ops.features.outer_sum` (``(M', D)``), transposing the narrower operand."""
+    flat_grad, flat_x = grad_log.reshape(-1, grad_log.shape[-1]), x.reshape(-1, x.shape[-1])
+    return _transposed_product(flat_grad, flat_x)
+
+
 class _ExpKeySummary(torch.autograd.Function):
     """Keys and values → the summary ``kv = K'ᵀV`` ``(B, H, M', Dv)`` and normalizer ``z = K'ᵀ1``
     ``(B, H, 1, M')``, in units of the largest key log-feature (returned, not differentiable).
@@ -71,22 +87,24 @@ class _ExpKeySummary(torch.autograd.Function):
         scaled_norm = norm * scale * scale
         b, h, lk, _ = k.shape
         m = scaled_rows.shape[0]
-        kv = k.new_zeros(b, h, m, v.shape[-1])
-        normalizer = k.new_zeros(b, h, 1, m)
-        key_max = k.new_full((b, h, 1, 1), -math.inf)
+        acc = accumulation_dtype(k.dtype)
+        kv = k.new_zeros(b, h, m, v.shape[-1], dtype=acc)
+        normalizer = k.new_zeros(b, h, 1, m, dtype=acc)
+        key_max = k.new_full((b, h, 1, 1), -math.inf, dtype=acc)
         for start, stop in _blocks(lk, block):
             log = exp_log_features(k[:, :, start:stop], scaled_rows, scaled_norm)
             if pad is not None:
                 log.masked_fill_(pad[:, :, start:stop], -math.inf)
-            new_max = torch.maximum(key_max, log.amax(dim=(-2, -1), keepdim=True))
+            # (An offset in the log's dtype: low-precision blocks subtract exactly this value.)
+            new_max = torch.maximum(key_max, log.amax(dim=(-2, -1), keepdim=True).to(acc))
             # A still-empty summary (everything padded so far) needs no rescaling.
             safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
             if start > 0:
                 rescale = torch.exp(key_max - safe_max)
                 kv.mul_(rescale)
                 normalizer.mul_(rescale)
-            features = log.sub_(safe_max).exp_()
-            kv.add_(torch.matmul(features.transpose(-2, -1), v[:, :, start:stop]))
+            features = log.sub_(safe_max.to(log.dtype)).exp_()
+            kv.add_(_transposed_product(features, v[:, :, start:stop]))
             normalizer.add_(features.sum(dim=-2, keepdim=True))
             key_max = new_max
         ctx.save_for_backward(k, v, rows, torch.where(torch.isfinite(key_max), key_max, 0.0))
@@ -105,9 +123,11 @@ class _ExpKeySummary(torch.autograd.Function):
             grad_kv = k.new_zeros(*k.shape[:2], rows.shape[0], v.shape[-1])
         if grad_normalizer is None:
             grad_normalizer = k.new_zeros(*k.shape[:2], 1, rows.shape[0])
+        # Products in the inputs' dtype; the projection's gradient accumulates in float32.
+        grad_kv, grad_normalizer, key_max = (t.to(k.dtype) for t in (grad_kv, grad_normalizer, key_max))
         grad_k = torch.empty_like(k) if need_k else None
         grad_v = torch.empty_like(v) if need_v else None
-        grad_rows = torch.zeros_like(rows) if need_rows else None
+        grad_rows = torch.zeros_like(rows, dtype=accumulation_dtype(rows.dtype)) if need_rows else None
         for start, stop in _blocks(k.shape[2], block):
             kb = k[:, :, start:stop]
             features = exp_log_features(kb, scaled_rows, scaled_norm).sub_(key_max).exp_()
@@ -122,8 +142,8 @@ class _ExpKeySummary(torch.autograd.Function):
                     grad_k[:, :, start:stop] = exp_log_input_grad(grad_log, kb, scaled_rows, scaled_norm)
                 if need_rows:
                     # ∂/∂P of x̃ᵀP (the norm term does not involve P).
-                    grad_rows.add_(outer_sum(grad_log, kb), alpha=scale)
-        return grad_k, grad_v, grad_rows, None, None, None, None
+                    grad_rows.add_(_outer_sum(grad_log, kb), alpha=scale)
+        return grad_k, grad_v, None if grad_rows is None else grad_rows.to(rows.dtype), None, None, None, None
 
 
 class _ExpQueryReadout(torch.autograd.Function):
@@ -134,8 +154,11 @@ class _ExpQueryReadout(torch.autograd.Function):
         scaled_rows = rows * scale
         b, h, lq, _ = q.shape
         m, dv = scaled_rows.shape[0], kv.shape[-1]
+        acc = accumulation_dtype(q.dtype)
         out = q.new_empty(b, h, lq, dv)
-        inverse_denominator = q.new_empty(b, h, lq, 1)
+        inverse_denominator = q.new_empty(b, h, lq, 1, dtype=acc)
+        # The summary (accumulated in float32) enters the products in the queries' dtype.
+        kv_in, normalizer_in = kv.to(q.dtype), normalizer.to(q.dtype)
         # Query features are kept for backward (one (B, H, Lq, M) tensor): writing and
         # reading them back costs far less than recomputing them (a matmul and an exp).
         keep = any(ctx.needs_input_grad[:4])
@@ -144,10 +167,10 @@ class _ExpQueryReadout(torch.autograd.Function):
             features = exp_query_features(q[:, :, start:stop], scaled_rows)
             if keep:
                 q_features[:, :, start:stop] = features
-            den = (features * normalizer).sum(-1)
+            den = torch.matmul(features, normalizer_in.transpose(-2, -1)).squeeze(-1).to(acc)
             inverse = safe_reciprocal(den, eps).unsqueeze(-1)
             inverse_denominator[:, :, start:stop] = inverse
-            out[:, :, start:stop] = torch.matmul(features, kv).mul_(inverse)
+            out[:, :, start:stop] = torch.matmul(features, kv_in).mul_(inverse)
         ctx.save_for_backward(q, rows, kv, normalizer, inverse_denominator, out, q_features)
         ctx.block, ctx.scale = block, scale
         return out
@@ -158,32 +181,37 @@ class _ExpQueryReadout(torch.autograd.Function):
         block, scale = ctx.block, ctx.scale
         scaled_rows = rows * scale
         need_q, need_rows, need_kv, need_normalizer = ctx.needs_input_grad[:4]
+        acc = accumulation_dtype(q.dtype)
+        low = q.dtype != acc  # float16/bfloat16 products, float32 sums
+        kv_in, normalizer_in = kv.to(q.dtype), normalizer.to(q.dtype)
         grad_kv = torch.zeros_like(kv)
         grad_normalizer = torch.zeros_like(normalizer)
         grad_q = torch.empty_like(q) if need_q else None
-        grad_rows = torch.zeros_like(rows) if need_rows else None
+        grad_rows = torch.zeros_like(rows, dtype=acc) if need_rows else None
         for start, stop in _blocks(q.shape[2], block):
             features = q_features[:, :, start:stop]
             inverse = inverse_denominator[:, :, start:stop]
             # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (zero where the guard was active).
             grad_num = grad_out[:, :, start:stop] * inverse
             grad_den = -(grad_num * out[:, :, start:stop]).sum(-1, keepdim=True)
+            if low:
+                grad_num, grad_den = grad_num.to(q.dtype), grad_den.to(q.dtype)
             if need_kv:
-                grad_kv.add_(torch.matmul(features.transpose(-2, -1), grad_num))
+                grad_kv.add_(_transposed_product(features, grad_num))
             if need_normalizer:
-                grad_normalizer.add_((features * grad_den).sum(dim=-2, keepdim=True))
+                grad_normalizer.add_(_transposed_product(grad_den, features))
             if need_q or need_rows:
-                grad_log = torch.matmul(grad_num, kv.transpose(-2, -1))
-                grad_log.addcmul_(grad_den, normalizer).mul_(features)
+                grad_log = torch.matmul(grad_num, kv_in.transpose(-2, -1))
+                grad_log.addcmul_(grad_den, normalizer_in).mul_(features)
                 qb = q[:, :, start:stop]
                 if need_q:
                     # Query features are row-stabilized: no norm term (it cancels).
                     grad_q[:, :, start:stop] = exp_log_input_grad(grad_log, qb, scaled_rows)
                 if need_rows:
-                    grad_rows.add_(outer_sum(grad_log, qb), alpha=scale)
+                    grad_rows.add_(_outer_sum(grad_log, qb), alpha=scale)
         return (
             grad_q,
-            grad_rows,
+            None if grad_rows is None else grad_rows.to(rows.dtype),
             grad_kv if need_kv else None,
             grad_normalizer if need_normalizer else None,
             None,

@@ -24,6 +24,12 @@ from torch import Tensor
 __all__ = ["chunk_rescale_factors", "guarded_divide", "key_offsets", "safe_reciprocal", "with_ones"]
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where sums over positions accumulate: float32 for float16/bfloat16 inputs (whose products
+    run in their own dtype), the inputs' dtype otherwise."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def safe_reciprocal(denominator: Tensor, eps: float | None = None) -> Tensor:
     """``1 / denominator`` where ``|denominator| >= eps``, else 0 (see :func:`guarded_divide`)."""
     if eps is None:
