@@ -167,7 +167,10 @@ class _ExpQueryReadout(torch.autograd.Function):
             features = exp_query_features(q[:, :, start:stop], scaled_rows)
             if keep:
                 q_features[:, :, start:stop] = features
-            den = torch.matmul(features, normalizer_in.transpose(-2, -1)).squeeze(-1).to(acc)
+            if q.dtype == acc:
+                den = (features * normalizer_in).sum(-1)
+            else:  # a product: a sum in float32 would first copy the block to float32
+                den = torch.matmul(features, normalizer_in.transpose(-2, -1)).squeeze(-1).to(acc)
             inverse = safe_reciprocal(den, eps).unsqueeze(-1)
             inverse_denominator[:, :, start:stop] = inverse
             out[:, :, start:stop] = torch.matmul(features, kv_in).mul_(inverse)
@@ -199,7 +202,10 @@ class _ExpQueryReadout(torch.autograd.Function):
             if need_kv:
                 grad_kv.add_(_transposed_product(features, grad_num))
             if need_normalizer:
-                grad_normalizer.add_(_transposed_product(grad_den, features))
+                if low:
+                    grad_normalizer.add_(_transposed_product(grad_den, features))
+                else:
+                    grad_normalizer.add_((features * grad_den).sum(dim=-2, keepdim=True))
             if need_q or need_rows:
                 grad_log = torch.matmul(grad_num, kv_in.transpose(-2, -1))
                 grad_log.addcmul_(grad_den, normalizer_in).mul_(features)
