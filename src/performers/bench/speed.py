@@ -329,10 +329,10 @@ def _describe(p: Point) -> str:
 # ----------------------------------------------------------------------------- reports
 
 
-def matmul_peak_gflops(threads: int, size: int = 2048) -> float:
-    """Measured float32 GEMM throughput of this machine (square ``size`` matrices)."""
+def matmul_peak_gflops(threads: int, size: int = 2048, dtype: str = "float32") -> float:
+    """Measured GEMM throughput of this machine in ``dtype`` (square ``size`` matrices)."""
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
     a @ b
     return 2 * size**3 / _median_time(lambda: a @ b, 5) / 1e9
 

@@ -35,7 +35,12 @@ def crossover(points: list[Point], ours: str, theirs: str) -> int | None:
     return result
 
 
-def markdown(points: list[Point], peak: float, command: str) -> str:
+def _peaks(peak: float | dict) -> dict[str, float]:
+    """GEMM peaks by dtype (results written before peaks were per dtype hold one float32 number)."""
+    return peak if isinstance(peak, dict) else {"float32": peak}
+
+
+def markdown(points: list[Point], peak: float | dict, command: str) -> str:
     lengths = sorted({p.spec.length for p in points})
     methods = [m for m in METHODS if any(p.spec.method == m for p in points) and not m.startswith("model-")]
     by = {(p.spec.method, p.spec.length): p for p in points}
@@ -47,7 +52,9 @@ def markdown(points: list[Point], peak: float, command: str) -> str:
         "",
         f"B={spec.batch}, H={spec.heads}, D={spec.dim}, M={spec.num_features}, {spec.dtype}, "
         f"{spec.threads} threads, forward+backward w.r.t. q, k, v (median of {spec.repeats}); "
-        f"peak = growth of peak RSS in one forward+backward. Measured GEMM peak: {peak:.0f} GFLOP/s.",
+        f"peak = growth of peak RSS in one forward+backward. Measured GEMM peak: "
+        + ", ".join(f"{value:.0f} GFLOP/s in {dtype}" for dtype, value in _peaks(peak).items())
+        + ".",
         "",
     ]
     for title, key, fmt in (
@@ -65,6 +72,9 @@ def markdown(points: list[Point], peak: float, command: str) -> str:
             lines.append(f"| {length} | " + " | ".join(cells) + " |")
         lines.append("")
     favor = [p for p in points if p.spec.method == "favor" and not p.error]
+    peaks = _peaks(peak)
+    # Against the peak of the points' dtype (float32 when that was not measured).
+    own_peak = peaks.get(spec.dtype, peaks["float32"])
     if favor:
         lines += [
             "",
@@ -80,7 +90,7 @@ def markdown(points: list[Point], peak: float, command: str) -> str:
             lines.append(
                 f"| {p.spec.length} | {p.forward_s:.3f} | {p.floor_forward_s:.3f} | "
                 f"{p.forward_backward_s:.3f} | {p.floor_forward_backward_s:.3f} | "
-                f"{gflops:.0f} | {100 * gflops / peak:.0f}% |"
+                f"{gflops:.0f} | {100 * gflops / own_peak:.0f}% |"
             )
     models = {
         name: {p.spec.length: p for p in points if p.spec.method == f"model-{name}" and not p.error}
@@ -215,7 +225,7 @@ def run_speed(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     points = measure(methods, lengths, base=base, max_seconds=max_seconds, log=log)
-    peak = matmul_peak_gflops(base.threads)
+    peak = {dtype: matmul_peak_gflops(base.threads, dtype=dtype) for dtype in ("float32", "bfloat16")}
     commands = [command]
     previous = out_dir / "speed.json"
     if merge and previous.exists():
