@@ -26,11 +26,11 @@ from performers.distributed.collectives import all_reduce_max, all_reduce_sum
 from performers.distributed.layout import resolve_group
 from performers.distributed.prefix import exclusive_prefix, offset_weights
 from performers.distributed.shards import ContextShards
-from performers.ops import DEFAULT_CHUNK_SIZE, FavorState, KernelLike, get_kernel
+from performers.ops import DEFAULT_CHUNK_SIZE, FavorState, KernelLike
+from performers.ops.attention import check_favor_call
 from performers.ops.bidirectional_fused import exp_key_summary, exp_query_readout
 from performers.ops.causal_fused import fused_causal_exp_attention
 from performers.ops.causal_generic import causal_linear_attention
-from performers.ops.checks import check_positive_int, validate_mask, validate_projection, validate_qkv
 from performers.ops.generic_features import attention_features, state_params
 from performers.ops.numerics import guarded_divide, with_ones
 
@@ -109,18 +109,11 @@ def favor_attention(
     # the first collective): they travel with the call's description.
     row, error = None, None
     try:
-        validate_qkv(q, k, v, causal=causal)
-        kern = get_kernel(kernel)
-        validate_projection(projection, kern, q.shape[-1])
-        validate_mask(key_padding_mask, k.shape[0], k.shape[2])
-        check_positive_int("chunk_size", chunk_size)
-        check_positive_int("block_size", block_size, optional=True)
-        if (initial_state is not None or return_state) and not causal:
-            raise ValueError("initial_state and return_state are only defined for causal=True")
-        if scale is None:
-            scale = q.shape[-1] ** -0.5
-        elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        kern, scale = check_favor_call(
+            q, k, v, projection, kernel=kernel, causal=causal, scale=scale,
+            key_padding_mask=key_padding_mask, chunk_size=chunk_size, block_size=block_size,
+            initial_state=initial_state, return_state=return_state,
+        )  # fmt: skip
         row = call_row(
             q, k, v, projection,
             kernel_name=kern.name, causal=causal, scale=float(scale),

@@ -75,6 +75,34 @@ def _check_state_options(causal: bool, initial_state: FavorState | None, return_
         raise ValueError("initial_state and return_state are only defined for causal=True")
 
 
+def check_favor_call(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    projection: Tensor | None,
+    *,
+    kernel: KernelLike,
+    causal: bool,
+    scale: float | None,
+    key_padding_mask: Tensor | None,
+    chunk_size: int,
+    block_size: int | None,
+    initial_state: FavorState | None,
+    return_state: bool,
+) -> tuple[Kernel, float]:
+    """The input checks of :func:`favor_attention` (typed errors naming the argument); returns
+    the resolved kernel and softmax temperature ``scale``. Also used by
+    :func:`performers.distributed.favor_attention`."""
+    validate_qkv(q, k, v, causal=causal)
+    kern = get_kernel(kernel)
+    validate_projection(projection, kern, q.shape[-1])
+    validate_mask(key_padding_mask, k.shape[0], k.shape[2])
+    check_positive_int("chunk_size", chunk_size)
+    check_positive_int("block_size", block_size, optional=True)
+    _check_state_options(causal, initial_state, return_state)
+    return kern, _input_scale(scale, q.shape[-1])
+
+
 def linear_attention(
     q_features: Tensor,
     k_features: Tensor,
@@ -249,14 +277,11 @@ def _favor_attention(
         segment_chunks: chunks per segment of the fused causal path.
         the rest: as in :func:`favor_attention`.
     """
-    validate_qkv(q, k, v, causal=causal)
-    kern = get_kernel(kernel)
-    validate_projection(projection, kern, q.shape[-1])
-    validate_mask(key_padding_mask, k.shape[0], k.shape[2])
-    check_positive_int("chunk_size", chunk_size)
-    check_positive_int("block_size", block_size, optional=True)
+    kern, scale = check_favor_call(
+        q, k, v, projection, kernel=kernel, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
+        chunk_size=chunk_size, block_size=block_size, initial_state=initial_state, return_state=return_state,
+    )  # fmt: skip
     check_positive_int("segment_chunks", segment_chunks)
-    _check_state_options(causal, initial_state, return_state)
     if path is not None and path not in PATHS:
         raise ValueError(f"path must be None, 'fused' or 'generic', got {path!r}")
     unavailable = _fused_unavailable(kern, projection)
@@ -264,7 +289,7 @@ def _favor_attention(
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
     fused = unavailable is None if path is None else path == "fused"
 
-    input_scale = _input_scale(scale, q.shape[-1]) ** 0.5
+    input_scale = scale**0.5
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     triton_map = _triton_map(backend, kern, projection, q) if path is None else None
     if triton_map is not None and q.shape[2] and k.shape[2]:
