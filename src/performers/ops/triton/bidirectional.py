@@ -24,9 +24,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from performers.ops.numerics import accumulation_dtype
 from performers.ops.triton.launch import (
     Blocks,
-    accumulation_dtype,
     activation_code,
     compute_types,
     flat,

@@ -27,11 +27,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from performers.ops.numerics import key_offsets
+from performers.ops.numerics import accumulation_dtype, key_offsets
 from performers.ops.triton.bidirectional import ROW_MAX, row_pass
 from performers.ops.triton.launch import (
     Blocks,
-    accumulation_dtype,
     activation_code,
     compute_types,
     flat,

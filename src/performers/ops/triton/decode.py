@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from performers.ops.triton.launch import accumulation_dtype, activation_code, compute_types, kernel_eps, pow2
+from performers.ops.numerics import accumulation_dtype
+from performers.ops.triton.launch import activation_code, compute_types, kernel_eps, pow2
 from performers.ops.triton.tiles import EXP, feature_tile, load_rows, load_vector, store_rows, store_vector
 
 __all__ = ["triton_attention_step"]

@@ -14,8 +14,6 @@ __all__ = ["ACTIVATIONS", "Blocks", "activation_code", "compute_types", "flat", 
 # Feature maps the kernels compute (codes of ``tiles.feature_tile``): the exponential form, and
 # the generalized kernels f(x Pᵀ) + eps of the registry by name (f(x) + eps without projection).
 ACTIVATIONS = {"exp": 0, "relu": 1, "elu": 2, "abs": 3, "plain-exp": 4}
-# The registry's generalized kernel names → activation names.
-GENERALIZED = {"relu": "relu", "elu": "elu", "abs": "abs", "exp": "plain-exp"}
 
 
 def pow2(n: int, floor: int = 16) -> int:
@@ -34,10 +32,6 @@ def compute_types(dtype: torch.dtype) -> dict:
         # products of bfloat16 tiles run in float32; compiled kernels multiply in bfloat16.
         return {"ACC": tl.float32, "LOW": not interpreter_enabled(), "IN": tl.bfloat16}
     return {"ACC": tl.float32, "LOW": False, "IN": tl.float32}
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class Blocks:
