@@ -6,10 +6,9 @@ and with exact softmax attention against the float32 path's error."""
 import pytest
 import torch
 
+from conftest import bf16_relative_bound
 from performers import favor_attention, orthogonal_projection
 from performers.ops.naive import exact_attention, naive_favor_attention
-
-U = 2.0**-8  # bfloat16 unit roundoff (8 significand bits)
 
 
 def _inputs(length=96, dim=32, features=64, seed=0, scale=1.0):
@@ -19,16 +18,6 @@ def _inputs(length=96, dim=32, features=64, seed=0, scale=1.0):
     w = orthogonal_projection(features, dim, generator=g)
     # Work on bfloat16 values throughout so that the reference sees the same inputs.
     return [t.bfloat16() for t in (q, k, v)], w.bfloat16()
-
-
-def _relative_bound(q, k, norm):
-    """Error of the bf16 path relative to the output scale, to first order: each rounding of a
-    log-feature costs ≤ u·|log|, and |log| is dominated by the norm term a·‖x̃‖²/2 (the random
-    part x̃·ω has mean 0 and averages over the M features of the normalized weights); the
-    products, the rounded summary and the output add ~2u."""
-    x_sq = max(q.float().square().sum(-1).max().item(), k.float().square().sum(-1).max().item())
-    x_sq *= q.shape[-1] ** -0.5  # x̃ = x·D^(-1/4)
-    return U * (2 + norm * x_sq / 2)
 
 
 def test_bf16_inputs_take_the_bf16_path_and_return_bf16():
@@ -49,7 +38,7 @@ def test_bf16_outputs_and_gradients_within_derived_bounds(kernel):
     out = favor_attention(*inputs, w.float(), kernel=kernel, key_padding_mask=pad)
     reference = [t.double().requires_grad_() for t in (q, k, v)]
     expected = naive_favor_attention(*reference, w.double(), kernel=kernel, key_padding_mask=pad)
-    bound = _relative_bound(q, k, 2.0 if "gaussian" in kernel else 1.0)
+    bound = bf16_relative_bound(q, k, 2.0 if "gaussian" in kernel else 1.0)
     assert (out.double() - expected).abs().max().item() <= bound * expected.abs().max().item()
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
     grads = torch.autograd.grad((out.float() * g).sum(), inputs)
