@@ -100,6 +100,31 @@ def _grad_logs(
 
 
 @triton.jit
+def _backward_chunk(
+    q_ptr, k_ptr, v_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, gn_ptr, gd_ptr,
+    bh, heads, c, L, D, DV, N,
+    HAS_PAD: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    """What both backward kernels read of chunk ``c``: its positions and masks, q, k, v, the
+    output's gradients (``gn``, ``gd``), the offsets and query maxima, the rescaling factors
+    to the query and to the chunk's end, and the masked ``∂scores`` block with ``within``."""
+    l0 = c * BC
+    rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
+    xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+    xk = load_rows(k_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+    v = load_rows(v_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
+    gn = load_rows(gn_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
+    gd = load_vector(gd_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    top = load_vector(qmax_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    to_query = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - m, 0.0))
+    to_end = tl.exp(tl.minimum(m - tl.load(end_ptr + bh * N + c).to(ACC), 0.0))
+    grad_scores, within = _grad_scores(gn, gd, v, m, rows, real, LOW, IN)
+    return rows, exists, real, xq, xk, v, gn, gd, m, top, to_query, to_end, grad_scores, within
+
+
+@triton.jit
 def state_pass(
     k_ptr, v_ptr, p_ptr, end_ptr, before_ptr, pad_ptr, heads,
     init_s_ptr, init_z_ptr, states_s_ptr, states_z_ptr, final_s_ptr, final_z_ptr,
@@ -240,19 +265,12 @@ def input_grad_pass(
     c = tl.program_id(0)
     bh = tl.program_id(1)
     l0 = c * BC
-    rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
-    xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
-    xk = load_rows(k_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
-    v = load_rows(v_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
-    gn = load_rows(gn_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
-    gd = load_vector(gd_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    _rows, exists, real, xq, xk, v, gn, gd, m, top, to_query, to_end, grad_scores, within = _backward_chunk(
+        q_ptr, k_ptr, v_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, gn_ptr, gd_ptr,
+        bh, heads, c, L, D, DV, N, HAS_PAD, BC, BD, BV, ACC, LOW, IN,
+    )  # fmt: skip
     norm_k = half_norm * tl.sum(xk * xk, 1)
     zero = tl.zeros((BC,), ACC)
-    m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
-    top = load_vector(qmax_ptr + bh * L, l0, L, BC, ACC, 0.0)
-    to_query = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - m, 0.0))
-    to_end = tl.exp(tl.minimum(m - tl.load(end_ptr + bh * N + c).to(ACC), 0.0))
-    grad_scores, within = _grad_scores(gn, gd, v, m, rows, real, LOW, IN)
     # The intra-chunk scores are needed whole for ∂v: one pass to build them, one for the rest.
     scores = tl.zeros((BC, BC), ACC)
     for m0 in range(0, M, BM):
@@ -305,18 +323,11 @@ def param_grad_pass(
     zero = tl.zeros((BC,), ACC)
     grad_p = tl.zeros((BM, BD), ACC)
     for c in range(split * span_chunks, tl.minimum(split * span_chunks + span_chunks, N)):
-        l0 = c * BC
-        rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
-        xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
-        xk = load_rows(k_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
-        v = load_rows(v_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
-        gn = load_rows(gn_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
-        gd = load_vector(gd_ptr + bh * L, l0, L, BC, ACC, 0.0)
-        m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
-        top = load_vector(qmax_ptr + bh * L, l0, L, BC, ACC, 0.0)
-        to_query = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - m, 0.0))
-        to_end = tl.exp(tl.minimum(m - tl.load(end_ptr + bh * N + c).to(ACC), 0.0))
-        grad_scores, _ = _grad_scores(gn, gd, v, m, rows, real, LOW, IN)
+        chunk = _backward_chunk(
+            q_ptr, k_ptr, v_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, gn_ptr, gd_ptr,
+            bh, heads, c, L, D, DV, N, HAS_PAD, BC, BD, BV, ACC, LOW, IN,
+        )  # fmt: skip
+        _rows, exists, real, xq, xk, v, gn, gd, m, top, to_query, to_end, grad_scores, _within = chunk
         fq, slope_q = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
         fk, slope_k = _features(
             xk, p, half_norm * tl.sum(xk * xk, 1), m, real[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN
