@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 
 from performers.bench import speed, speed_report
 
@@ -84,3 +85,38 @@ def test_the_speed_command_is_one_parser_with_its_options(capsys):
         build_parser().parse_args(["bench", "speed", "--help"])
     assert exit_info.value.code == 0
     assert "--max-seconds" in capsys.readouterr().out
+
+
+def test_autocast_points_run_bf16_and_merge_as_their_own_columns(tmp_path):
+    from performers.cli import main
+
+    out = tmp_path / "speed"
+    common = ["bench", "speed", "--methods", "favor", "exact", "--lengths", "32", "--heads", "1"]
+    common += ["--dim", "8", "--num-features", "8", "--repeats", "1", "--threads", "1", "--out", str(out)]
+    assert main(common) == 0
+    assert main([*common, "--autocast", "--merge"]) == 0
+    assert main([*common, "--dtype", "bfloat16", "--merge"]) == 0
+    data = json.loads((out / "speed.json").read_text())
+    kinds = {(p["spec"]["method"], p["spec"]["dtype"], p["spec"]["autocast"]) for p in data["points"]}
+    assert kinds == {
+        (m, d, a)
+        for m in ("favor", "exact")
+        for d, a in (("float32", False), ("float32", True), ("bfloat16", False))
+    }
+    text = (out / "speed.md").read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| L | favor"))
+    assert "favor (autocast bfloat16)" in header and "exact (bfloat16)" in header
+    assert "`favor (bfloat16)`" in text or "not faster" in text  # a crossover line per precision
+    with pytest.raises(SystemExit, match="--autocast needs --dtype float32"):
+        main([*common, "--autocast", "--dtype", "bfloat16"])
+
+
+def test_run_point_under_autocast_computes_in_bf16():
+    spec = speed.Spec(
+        method="favor", length=64, heads=2, dim=8, num_features=16, repeats=1, threads=1, autocast=True
+    )
+    fn = speed._build(spec, torch.Generator().manual_seed(0))
+    q, k, v = speed._inputs(spec, torch.Generator().manual_seed(0), requires_grad=False)
+    with speed._autocast(spec):
+        assert fn(q, k, v).dtype == torch.bfloat16
+    assert speed.run_point(spec).error is None

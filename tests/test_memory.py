@@ -1,5 +1,6 @@
 """No tensor of L·M·D elements is ever created by the causal path, forward or backward."""
 
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
@@ -24,9 +25,9 @@ class LargestTensor(TorchDispatchMode):
         return out
 
 
-def run_forward_backward(length, m, d, chunk):
+def run_forward_backward(length, m, d, chunk, dtype=torch.float32):
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 1, length, d, generator=g, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(1, 1, length, d, generator=g).to(dtype).requires_grad_() for _ in range(3))
     w = orthogonal_projection(m, d, generator=g)
     forward, backward = LargestTensor(), LargestTensor()
     with forward:
@@ -38,9 +39,10 @@ def run_forward_backward(length, m, d, chunk):
     return forward, backward
 
 
-def test_causal_never_builds_an_l_m_d_tensor():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_causal_never_builds_an_l_m_d_tensor(dtype):
     length, m, d, chunk = 16384, 256, 64, 64
-    forward, backward = run_forward_backward(length, m, d, chunk)
+    forward, backward = run_forward_backward(length, m, d, chunk, dtype)
     assert forward.ops > 0 and backward.ops > 0  # the watcher saw both passes
     # Largest legitimate tensors: features L·M and chunk states (L/C)·M·(D+1), both ≤ L·M·D/C·(1+1/D).
     allowed = length * m * (d + 1) // chunk

@@ -63,6 +63,7 @@ class Spec:
     dim: int = 64
     num_features: int = 256
     dtype: str = "float32"
+    autocast: bool = False  # float32 inputs under torch.autocast("cpu", torch.bfloat16)
     threads: int = 2
     repeats: int = 5
     kernel: str = "softmax"
@@ -227,6 +228,10 @@ def _floor(spec: Spec, generator: torch.Generator) -> tuple[float, float]:
     return f, f + b
 
 
+def _autocast(spec: Spec) -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.autocast)
+
+
 def run_point(spec: Spec) -> Point:
     """Measure one point in this process (called in a fresh subprocess by :func:`measure`)."""
     torch.set_num_threads(spec.threads)
@@ -236,10 +241,11 @@ def run_point(spec: Spec) -> Point:
         model_step = _build_model_step(spec)
 
         def forward_backward():
-            model_step(True)
+            with _autocast(spec):
+                model_step(True)
 
         def forward():
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(spec):
                 model_step(False)
 
     else:
@@ -247,12 +253,13 @@ def run_point(spec: Spec) -> Point:
         q, k, v = _inputs(spec, generator, requires_grad=True)
 
         def forward_backward():
-            out = fn(q, k, v)
+            with _autocast(spec):
+                out = fn(q, k, v)
             out.backward(torch.ones_like(out))
             q.grad = k.grad = v.grad = None
 
         def forward():
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(spec):
                 fn(q, k, v)
 
     start = time.perf_counter()

@@ -12,7 +12,7 @@ import torch
 
 from performers.bench.speed import CAUSAL, METHODS, Point, Spec, matmul_peak_gflops, measure
 
-__all__ = ["crossover", "favor_flops", "markdown", "plot", "report_only", "run_speed"]
+__all__ = ["crossover", "favor_flops", "markdown", "plot", "precision", "report_only", "run_speed"]
 
 
 def favor_flops(spec: Spec, backward: bool) -> float:
@@ -40,17 +40,39 @@ def _peaks(peak: float | dict) -> dict[str, float]:
     return peak if isinstance(peak, dict) else {"float32": peak}
 
 
+def precision(spec: Spec) -> str:
+    """How a point computes: its dtype, or ``"autocast bfloat16"`` (float32 inputs under autocast)."""
+    return "autocast bfloat16" if spec.autocast else spec.dtype
+
+
+def _series(points: list[Point]) -> list[tuple[str, str, str]]:
+    """``(label, method, precision)`` of every attention series, in method order; the label is
+    the method at the first point's precision and ``method (precision)`` at any other."""
+    base = precision(points[0].spec)
+    found = {(p.spec.method, precision(p.spec)) for p in points if not p.spec.method.startswith("model-")}
+    result = []
+    for method in METHODS:
+        for prec in sorted((q for m, q in found if m == method), key=lambda q: (q != base, q)):
+            result.append((method if prec == base else f"{method} ({prec})", method, prec))
+    return result
+
+
+def _key(p: Point) -> tuple[str, int, str]:
+    return p.spec.method, p.spec.length, precision(p.spec)
+
+
 def markdown(points: list[Point], peak: float | dict, command: str) -> str:
     lengths = sorted({p.spec.length for p in points})
-    methods = [m for m in METHODS if any(p.spec.method == m for p in points) and not m.startswith("model-")]
-    by = {(p.spec.method, p.spec.length): p for p in points}
+    series = _series(points)
+    methods = [label for label, _, _ in series]
+    by = {_key(p): p for p in points}
     spec = points[0].spec
     lines = [
         "# Attention speed and memory vs sequence length",
         "",
         f"Command: `{command}`",
         "",
-        f"B={spec.batch}, H={spec.heads}, D={spec.dim}, M={spec.num_features}, {spec.dtype}, "
+        f"B={spec.batch}, H={spec.heads}, D={spec.dim}, M={spec.num_features}, {precision(spec)}, "
         f"{spec.threads} threads, forward+backward w.r.t. q, k, v (median of {spec.repeats}); "
         f"peak = growth of peak RSS in one forward+backward. Measured GEMM peak: "
         + ", ".join(f"{value:.0f} GFLOP/s in {dtype}" for dtype, value in _peaks(peak).items())
@@ -65,16 +87,14 @@ def markdown(points: list[Point], peak: float | dict, command: str) -> str:
         lines += [f"## {title}", "", "| L | " + " | ".join(methods) + " |", "|---:|" + "---:|" * len(methods)]
         for length in lengths:
             cells = []
-            for m in methods:
-                p = by.get((m, length))
+            for _, method, prec in series:
+                p = by.get((method, length, prec))
                 value = None if p is None or p.error else getattr(p, key)
                 cells.append("—" if value is None else format(value, fmt))
             lines.append(f"| {length} | " + " | ".join(cells) + " |")
         lines.append("")
     favor = [p for p in points if p.spec.method == "favor" and not p.error]
     peaks = _peaks(peak)
-    # Against the peak of the points' dtype (float32 when that was not measured).
-    own_peak = peaks.get(spec.dtype, peaks["float32"])
     if favor:
         lines += [
             "",
@@ -82,13 +102,17 @@ def markdown(points: list[Point], peak: float | dict, command: str) -> str:
             "",
             "Floor: the matmuls and exps of its shapes run back to back (see `_floor`).",
             "",
-            "| L | fwd | floor fwd | fwd+bwd | floor fwd+bwd | GFLOP/s fwd+bwd | % of GEMM peak |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
+            "| L | precision | fwd | floor fwd | fwd+bwd | floor fwd+bwd | GFLOP/s fwd+bwd "
+            "| % of GEMM peak |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
         ]
-        for p in favor:
+        for p in sorted(favor, key=lambda p: (precision(p.spec), p.spec.length)):
             gflops = favor_flops(p.spec, True) / p.forward_backward_s / 1e9
+            # Against the peak of the point's product dtype (float32 when that was not measured).
+            product_dtype = "bfloat16" if p.spec.autocast else p.spec.dtype
+            own_peak = peaks.get(product_dtype, peaks["float32"])
             lines.append(
-                f"| {p.spec.length} | {p.forward_s:.3f} | {p.floor_forward_s:.3f} | "
+                f"| {p.spec.length} | {precision(p.spec)} | {p.forward_s:.3f} | {p.floor_forward_s:.3f} | "
                 f"{p.forward_backward_s:.3f} | {p.floor_forward_backward_s:.3f} | "
                 f"{gflops:.0f} | {100 * gflops / own_peak:.0f}% |"
             )
@@ -124,17 +148,20 @@ def markdown(points: list[Point], peak: float | dict, command: str) -> str:
                 f"{cell('identity', length, 'peak_extra_mib', '.0f')} |"
             )
     lines += ["", "## Crossover", ""]
-    for ours, theirs in (
-        ("favor", "exact"),
-        ("favor-causal", "exact-causal"),
-        ("model-favor", "model-exact"),
-    ):
-        c = crossover(points, ours, theirs)
+    pairs = (("favor", "exact"), ("favor-causal", "exact-causal"), ("model-favor", "model-exact"))
+    precisions = sorted({precision(p.spec) for p in points})
+    for ours, theirs, prec in ((o, t, prec) for o, t in pairs for prec in precisions):
+        same = [p for p in points if precision(p.spec) == prec]
+        c = crossover(same, ours, theirs)
+        if prec != precision(spec):
+            ours, theirs = f"{ours} ({prec})", f"{theirs} ({prec})"
         if c is not None:
             lines.append(
                 f"- `{ours}` is faster than `{theirs}` (fwd+bwd) from L = {c} on, at every measured length."
             )
-        elif any(p.spec.method == ours for p in points) and any(p.spec.method == theirs for p in points):
+        elif any(p.spec.method == ours.split(" (")[0] for p in same) and any(
+            p.spec.method == theirs.split(" (")[0] for p in same
+        ):
             lines.append(
                 f"- `{ours}` is not faster than `{theirs}` at the longest lengths measured for both."
             )
@@ -154,19 +181,23 @@ def plot(points: list[Point], out_dir: Path) -> list[Path]:
         ("forward_backward_s", "forward+backward time (s)", "speed_time.png"),
         ("peak_extra_mib", "peak extra memory (MiB)", "speed_memory.png"),
     ):
+        # Whole-model times are not plotted: see the markdown table.
         series = {
-            method: [
-                p for p in points if p.spec.method == method and not p.error and (getattr(p, key) or 0) > 0
+            label: [
+                p
+                for p in points
+                if (p.spec.method, precision(p.spec)) == (method, prec)
+                and not p.error
+                and (getattr(p, key) or 0) > 0
             ]
-            for method in METHODS
-            if not method.startswith("model-")  # whole-model times: see the markdown table
+            for label, method, prec in _series(points)
         }
         if not any(series.values()):
             continue
         fig, ax = plt.subplots(figsize=(7, 5))
         for method, pts in series.items():
             if pts:
-                style = "--" if method in CAUSAL else "-"
+                style = "--" if method.split(" (")[0] in CAUSAL else "-"
                 ax.plot(
                     [p.spec.length for p in pts],
                     [getattr(p, key) for p in pts],
@@ -213,7 +244,8 @@ def run_speed(
 
     ``base`` holds everything but the method and length; the peer methods are skipped when
     performer-pytorch is not installed. ``merge`` adds these points to an existing
-    ``speed.json`` (replacing the same method and L); ``command`` is recorded with the results.
+    ``speed.json`` (replacing the same method, L and precision; other precisions become their
+    own columns, e.g. ``favor (bfloat16)``); ``command`` is recorded with the results.
     """
     methods = list(methods)
     if any(m.startswith("peer") for m in methods):
@@ -230,12 +262,9 @@ def run_speed(
     previous = out_dir / "speed.json"
     if merge and previous.exists():
         old = json.loads(previous.read_text())
-        fresh = {(p.spec.method, p.spec.length) for p in points}
-        kept = [
-            Point(**{**p, "spec": Spec(**p["spec"])})
-            for p in old["points"]
-            if (p["spec"]["method"], p["spec"]["length"]) not in fresh
-        ]
+        fresh = {_key(p) for p in points}
+        old_points = [Point(**{**p, "spec": Spec(**p["spec"])}) for p in old["points"]]
+        kept = [p for p in old_points if _key(p) not in fresh]
         points = kept + points
         commands = old.get("commands", [old.get("command", "")]) + commands
     payload = {

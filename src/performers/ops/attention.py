@@ -3,8 +3,9 @@
 ``favor_attention`` mirrors the keyword style of ``F.scaled_dot_product_attention``: inputs
 ``(B, H, L, D)``, an optional ``scale`` (default ``1/√D``), ``causal`` for the unidirectional
 form. Inputs in float16/bfloat16 are computed in float32 (with autocast disabled inside) and
-the output is returned in the input dtype — except bfloat16 inputs on the fused bidirectional
-path, whose products run in bfloat16 (sums, maxima and normalizers in float32).
+the output is returned in the input dtype — except bfloat16 inputs on the fused paths
+(bidirectional and causal), whose products run in bfloat16 (sums, maxima, normalizers and the
+causal state in float32; the returned state is float32).
 
 Paths (every one is tested against :mod:`performers.ops.naive`):
 
@@ -45,6 +46,7 @@ from performers.ops.checks import (
 )
 from performers.ops.generic_features import attention_features, state_params
 from performers.ops.kernels import Kernel, KernelLike, get_kernel
+from performers.ops.numerics import accumulation_dtype
 from performers.ops.state import DEFAULT_CHUNK_SIZE, FavorState
 
 __all__ = ["favor_attention", "favor_attention_step", "linear_attention"]
@@ -203,8 +205,9 @@ def favor_attention(
             ``block_size`` are ignored); results agree within the dtype's rounding.
 
     Returns:
-        ``(B, H, Lq, Dv)`` in the dtype of the inputs, and the :class:`FavorState` (float32 or
-        float64) if ``return_state``.
+        ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
+        run as bfloat16 and return bfloat16, as SDPA does), and the :class:`FavorState`
+        (float32 or float64) if ``return_state``.
     """
     return _favor_attention(
         q,
@@ -239,6 +242,16 @@ def _triton_map(backend: str, kernel: Kernel, projection: Tensor | None, q: Tens
     if backend == "triton" and reason is not None:
         raise ValueError(f"backend='triton' cannot serve these inputs: {reason}")
     return None if reason is not None else found
+
+
+def _autocast_inputs(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Under bfloat16 autocast, float32 inputs run as bfloat16 (and the output is bfloat16), as
+    autocast's matmuls and SDPA do: the fused paths then compute their products in bfloat16."""
+    device = q.device.type
+    if not torch.is_autocast_enabled(device) or torch.get_autocast_dtype(device) != torch.bfloat16:
+        return q, k, v
+    low = [t.to(torch.bfloat16) if t.dtype == torch.float32 else t for t in (q, k, v)]
+    return low[0], low[1], low[2]
 
 
 def _fused_unavailable(kernel: Kernel, projection: Tensor | None) -> str | None:
@@ -282,6 +295,7 @@ def _favor_attention(
         chunk_size=chunk_size, block_size=block_size, initial_state=initial_state, return_state=return_state,
     )  # fmt: skip
     check_positive_int("segment_chunks", segment_chunks)
+    q, k, v = _autocast_inputs(q, k, v)
     if path is not None and path not in PATHS:
         raise ValueError(f"path must be None, 'fused' or 'generic', got {path!r}")
     unavailable = _fused_unavailable(kern, projection)
@@ -301,8 +315,9 @@ def _favor_attention(
         )  # fmt: skip
         return (result[0].to(out_dtype), result[1]) if return_state else result.to(out_dtype)
     dtype = _compute_dtype(q, k, v)
-    if fused and not causal and q.dtype == k.dtype == v.dtype == torch.bfloat16:
-        # bfloat16 products (float32 sums and maxima) on the fused bidirectional path.
+    if fused and q.dtype == k.dtype == v.dtype == torch.bfloat16:
+        # bfloat16 products on the fused paths; sums, maxima, normalizers and the causal state
+        # stay in float32 there.
         dtype = torch.bfloat16
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     with torch.autocast(device_type=q.device.type, enabled=False):
@@ -323,7 +338,8 @@ def _favor_attention(
             initial = initial_offset = None
             if initial_state is not None:
                 initial = torch.cat([initial_state.kv, initial_state.normalizer.unsqueeze(-1)], dim=-1)
-                initial, initial_offset = initial.to(dtype), initial_state.log_offset.to(dtype)
+                acc = accumulation_dtype(dtype)
+                initial, initial_offset = initial.to(acc), initial_state.log_offset.to(acc)
             out, final, final_offset = fused_causal_exp_attention(
                 q,
                 k,

@@ -33,6 +33,8 @@ from performers.ops.features import (
     exp_log_features,
     exp_log_input_grad,
     exp_query_features,
+    outer_sum,
+    transposed_product,
 )
 from performers.ops.numerics import accumulation_dtype, safe_reciprocal
 
@@ -52,23 +54,6 @@ def default_block_size(batch_heads: int, feature_dim: int) -> int:
 def _blocks(length: int, block: int) -> Iterator[tuple[int, int]]:
     for start in range(0, length, block):
         yield start, min(start + block, length)
-
-
-def _transposed_product(a: Tensor, b: Tensor) -> Tensor:
-    """``aᵀ b`` over a block of positions: ``(..., n, X)``, ``(..., n, Y)`` → ``(..., X, Y)``.
-
-    float16/bfloat16 products copy their transposed operand (float32 ones read it in place), so
-    there the narrower operand is the one transposed: ``(bᵀ a)ᵀ`` when ``b`` is narrower.
-    """
-    if a.dtype in (torch.float16, torch.bfloat16) and b.shape[-1] < a.shape[-1]:
-        return torch.matmul(b.transpose(-2, -1), a).transpose(-2, -1)
-    return torch.matmul(a.transpose(-2, -1), b)
-
-
-def _outer_sum(grad_log: Tensor, x: Tensor) -> Tensor:
-    """:func:`~performers.ops.features.outer_sum` (``(M', D)``), transposing the narrower operand."""
-    flat_grad, flat_x = grad_log.reshape(-1, grad_log.shape[-1]), x.reshape(-1, x.shape[-1])
-    return _transposed_product(flat_grad, flat_x)
 
 
 class _ExpKeySummary(torch.autograd.Function):
@@ -104,7 +89,7 @@ class _ExpKeySummary(torch.autograd.Function):
                 kv.mul_(rescale)
                 normalizer.mul_(rescale)
             features = log.sub_(safe_max.to(log.dtype)).exp_()
-            kv.add_(_transposed_product(features, v[:, :, start:stop]))
+            kv.add_(transposed_product(features, v[:, :, start:stop]))
             normalizer.add_(features.sum(dim=-2, keepdim=True))
             key_max = new_max
         ctx.save_for_backward(k, v, rows, torch.where(torch.isfinite(key_max), key_max, 0.0))
@@ -142,7 +127,7 @@ class _ExpKeySummary(torch.autograd.Function):
                     grad_k[:, :, start:stop] = exp_log_input_grad(grad_log, kb, scaled_rows, scaled_norm)
                 if need_rows:
                     # ∂/∂P of x̃ᵀP (the norm term does not involve P).
-                    grad_rows.add_(_outer_sum(grad_log, kb), alpha=scale)
+                    grad_rows.add_(outer_sum(grad_log, kb), alpha=scale)
         return grad_k, grad_v, None if grad_rows is None else grad_rows.to(rows.dtype), None, None, None, None
 
 
@@ -200,10 +185,10 @@ class _ExpQueryReadout(torch.autograd.Function):
             if low:
                 grad_num, grad_den = grad_num.to(q.dtype), grad_den.to(q.dtype)
             if need_kv:
-                grad_kv.add_(_transposed_product(features, grad_num))
+                grad_kv.add_(transposed_product(features, grad_num))
             if need_normalizer:
                 if low:
-                    grad_normalizer.add_(_transposed_product(grad_den, features))
+                    grad_normalizer.add_(transposed_product(grad_den, features))
                 else:
                     grad_normalizer.add_((features * grad_den).sum(dim=-2, keepdim=True))
             if need_q or need_rows:
@@ -214,7 +199,7 @@ class _ExpQueryReadout(torch.autograd.Function):
                     # Query features are row-stabilized: no norm term (it cancels).
                     grad_q[:, :, start:stop] = exp_log_input_grad(grad_log, qb, scaled_rows)
                 if need_rows:
-                    grad_rows.add_(_outer_sum(grad_log, qb), alpha=scale)
+                    grad_rows.add_(outer_sum(grad_log, qb), alpha=scale)
         return (
             grad_q,
             None if grad_rows is None else grad_rows.to(rows.dtype),

@@ -32,8 +32,15 @@ from performers.ops.features import (
     exp_log_input_grad,
     exp_query_features,
     outer_sum,
+    transposed_product,
 )
-from performers.ops.numerics import chunk_rescale_factors, key_offsets, safe_reciprocal, with_ones
+from performers.ops.numerics import (
+    accumulation_dtype,
+    chunk_rescale_factors,
+    key_offsets,
+    safe_reciprocal,
+    with_ones,
+)
 from performers.ops.state import DEFAULT_CHUNK_SIZE
 
 __all__ = ["SEGMENT_CHUNKS", "fused_causal_exp_attention"]
@@ -68,6 +75,9 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 [pad if pad is not None else tail.new_zeros(q.shape[0], 1, length, 1), tail], dim=2
             )
         b, h, padded, _ = q.shape
+        # float16/bfloat16 inputs: products in their dtype (`low`), while offsets, the running
+        # state, the normalizers and every sum over chunks stay in float32 (`acc`).
+        acc = accumulation_dtype(q.dtype)
         # The map of x̃ = √s·x is computed on x with rows √s·P and norm weight a·s.
         scaled_rows = rows * scale
         scaled_norm = norm * scale * scale
@@ -76,17 +86,20 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         num_segments = -(-padded // span)
         # One contiguous block of chunk states per segment, so a segment's slice is a plain
         # (B, H, n, M, E) tensor that bmm reads without a copy.
-        states = q.new_empty(num_segments, b, h, segment, m, e)
+        states = q.new_empty(num_segments, b, h, segment, m, e, dtype=acc)
         # The intra-chunk blocks (L·C values) are kept: cheaper than recomputing them.
         keep = any(ctx.needs_input_grad[:4])
         blocks = q.new_empty(b, h, padded // chunk, chunk, chunk) if keep else None
-        offsets = q.new_empty(b, h, padded)
-        inverse = q.new_empty(b, h, padded, 1)
+        offsets = q.new_empty(b, h, padded, dtype=acc)
+        inverse = q.new_empty(b, h, padded, 1, dtype=acc)
         out = q.new_empty(b, h, padded, e - 1)
         # The state entering the first chunk, and the offset it is expressed in (that offset
         # starts the running maximum, so every later key is in units >= it).
-        state = q.new_zeros(b, h, m, e) if initial is None else initial
-        running = q.new_full((b, h), -math.inf) if initial_offset is None else initial_offset
+        state = q.new_zeros(b, h, m, e, dtype=acc) if initial is None else initial.to(acc)
+        if initial_offset is None:
+            running = q.new_full((b, h), -math.inf, dtype=acc)
+        else:
+            running = initial_offset.to(acc)
         state_offset = initial_offset
         for lo in range(0, padded, span):
             hi = min(lo + span, padded)
@@ -95,6 +108,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             offs, running = key_offsets(
                 log_k, causal=True, pad=None if pad_s is None else pad_s[..., 0], start=running
             )
+            offs = offs.to(acc)
             offsets[:, :, lo:hi] = offs
             if state_offset is None:
                 state_offset = offs[..., 0]
@@ -104,19 +118,20 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             q_feat = exp_query_features(q[:, :, lo:hi], scaled_rows)
             v_aug = with_ones(v[:, :, lo:hi])
             within, to_end, decay, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
+            within, to_end, to_query = (t.to(q.dtype) for t in (within, to_end, to_query))
             qc, kc, vc = _split(q_feat, chunk), _split(k_feat, chunk), _split(v_aug, chunk)
             scores = torch.matmul(qc, kc.transpose(-2, -1)).mul_(within)
             if keep:
                 blocks[:, :, lo // chunk : hi // chunk] = scores
-            read = torch.matmul(scores, vc)
+            read = torch.matmul(scores, vc).to(acc)
             del scores
-            summaries = torch.matmul(kc.transpose(-2, -1), vc * to_end)
+            summaries = transposed_product(kc, vc * to_end)
             n = summaries.shape[2]
             prefix = states[lo // span, :, :, :n]
             for j in range(n):
                 prefix[:, :, j] = state
-                state = torch.addcmul(summaries[:, :, j], state, decay[:, :, j, None, None])
-            read.add_(torch.matmul(qc, prefix).mul_(to_query))
+                state = torch.addcmul(summaries[:, :, j].to(acc), state, decay[:, :, j, None, None])
+            read.add_(torch.matmul(qc, prefix.to(q.dtype)).mul_(to_query))
             read = read.reshape(b, h, hi - lo, e)
             inv = safe_reciprocal(read[..., -1], eps).unsqueeze(-1)
             inverse[:, :, lo:hi] = inv
@@ -137,13 +152,17 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         if padded != length:
             grad_out = F.pad(grad_out, (0, 0, 0, padded - length))
         scaled_rows = rows * scale
+        acc, low = accumulation_dtype(q.dtype), q.dtype
         need_q, need_k, need_v, need_rows = ctx.needs_input_grad[:4]
         grad_q = q.new_empty(q.shape) if need_q else None
         grad_k = k.new_empty(k.shape) if need_k else None
         grad_v = v.new_empty(v.shape) if need_v else None
-        grad_rows = torch.zeros_like(rows) if need_rows else None
+        grad_rows = torch.zeros_like(rows, dtype=acc) if need_rows else None
         # ∂L/∂(state after the current segment); after the loop, ∂L/∂(initial state).
-        adjoint = torch.zeros_like(states[0, :, :, 0]) if grad_state is None else grad_state.clone()
+        if grad_state is None:
+            adjoint = torch.zeros_like(states[0, :, :, 0])
+        else:
+            adjoint = grad_state.to(acc, copy=True)
         span = chunk * segment
         for lo in reversed(range(0, padded, span)):
             hi = min(lo + span, padded)
@@ -159,12 +178,13 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             q_feat = exp_query_features(qb, scaled_rows)
             v_aug = with_ones(v[:, :, lo:hi])
             within, to_end, decay, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
+            within, to_end, to_query = (t.to(low) for t in (within, to_end, to_query))
             g = grad_out[:, :, lo:hi]
             inv = inverse[:, :, lo:hi]
             # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (0 where the guard was active).
             grad_read = torch.cat([g * inv, -(g * out[:, :, lo:hi]).sum(-1, keepdim=True) * inv], dim=-1)
-            qc, kc, vc, gc = (_split(t, chunk) for t in (q_feat, k_feat, v_aug, grad_read))
-            prefix = states[lo // span, :, :, : (hi - lo) // chunk]
+            qc, kc, vc, gc = (_split(t, chunk) for t in (q_feat, k_feat, v_aug, grad_read.to(low)))
+            prefix = states[lo // span, :, :, : (hi - lo) // chunk].to(low)
             grad_scores = torch.matmul(gc, vc.transpose(-2, -1)).mul_(within)
             grad_qc = torch.matmul(grad_scores, kc)
             grad_kc = torch.matmul(grad_scores.transpose(-2, -1), qc)
@@ -173,11 +193,12 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 grad_vc = torch.matmul(blocks[:, :, lo // chunk : hi // chunk].transpose(-2, -1), gc)
             g_state = gc * to_query
             grad_qc.add_(torch.matmul(g_state, prefix.transpose(-2, -1)))
-            grad_prefix = torch.matmul(qc.transpose(-2, -1), g_state)
-            grad_summaries = torch.empty_like(grad_prefix)
+            grad_prefix = transposed_product(qc, g_state)
+            grad_summaries = torch.empty_like(grad_prefix, dtype=acc)
             for j in range(grad_prefix.shape[2] - 1, -1, -1):
                 grad_summaries[:, :, j] = adjoint
-                adjoint = torch.addcmul(grad_prefix[:, :, j], adjoint, decay[:, :, j, None, None])
+                adjoint = torch.addcmul(grad_prefix[:, :, j].to(acc), adjoint, decay[:, :, j, None, None])
+            grad_summaries = grad_summaries.to(low)
             scaled_v = vc * to_end
             grad_kc.add_(torch.matmul(scaled_v, grad_summaries.transpose(-2, -1)))
             if need_v:
@@ -192,6 +213,8 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 grad_k[:, :, lo:hi] = exp_log_input_grad(grad_k_log, kb, scaled_rows, scaled_norm)
             if need_rows:
                 grad_rows.add_(outer_sum(grad_q_log, qb) + outer_sum(grad_k_log, kb), alpha=scale)
+        if grad_rows is not None:
+            grad_rows = grad_rows.to(rows.dtype)
         return (
             None if grad_q is None else grad_q[:, :, :length],
             None if grad_k is None else grad_k[:, :, :length],

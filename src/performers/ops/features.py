@@ -76,6 +76,7 @@ __all__ = [
     "stabilize_keys",
     "stabilize_queries",
     "stabilized_exp_features",
+    "transposed_product",
     "trigonometric_softmax_features",
 ]
 
@@ -197,9 +198,20 @@ def exp_query_features(q: Tensor, rows: Tensor) -> Tensor:
     return log.sub_(log.amax(dim=-1, keepdim=True)).exp_()
 
 
+def transposed_product(a: Tensor, b: Tensor) -> Tensor:
+    """``aᵀ b`` over a block of positions: ``(..., n, X)``, ``(..., n, Y)`` → ``(..., X, Y)``.
+
+    float16/bfloat16 products copy their transposed operand (float32 ones read it in place), so
+    there the narrower operand is the one transposed: ``(bᵀ a)ᵀ`` when ``b`` is narrower.
+    """
+    if a.dtype in (torch.float16, torch.bfloat16) and b.shape[-1] < a.shape[-1]:
+        return torch.matmul(b.transpose(-2, -1), a).transpose(-2, -1)
+    return torch.matmul(a.transpose(-2, -1), b)
+
+
 def outer_sum(grad_log: Tensor, x: Tensor) -> Tensor:
     """``Σ_{b,h,l} grad_log[..., l, :]ᵀ x[..., l, :]``: ``(M', D)``, the gradient w.r.t. ``P``."""
-    return torch.matmul(grad_log.reshape(-1, grad_log.shape[-1]).transpose(0, 1), x.reshape(-1, x.shape[-1]))
+    return transposed_product(grad_log.reshape(-1, grad_log.shape[-1]), x.reshape(-1, x.shape[-1]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,6 +26,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", default="float32", choices=["float32", "float64", "bfloat16"], help="dtype"
     )
+    parser.add_argument(
+        "--autocast",
+        action="store_true",
+        help="float32 inputs under torch.autocast('cpu', torch.bfloat16) (needs --dtype float32)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads of every measurement")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per point (median)")
     parser.add_argument(
@@ -48,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
         for path in report_only(args.out):
             print(f"wrote {path}")
         return 0
+    if args.autocast and args.dtype != "float32":
+        raise SystemExit(f"performers bench speed: error: --autocast needs --dtype float32, got {args.dtype}")
     favor = favor_config_from_args(args)
     base = Spec(
         method="favor",
@@ -57,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         dim=args.dim,
         num_features=favor.num_features,
         dtype=args.dtype,
+        autocast=args.autocast,
         threads=args.threads,
         repeats=args.repeats,
         kernel=favor.kernel,
