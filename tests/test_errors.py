@@ -1,5 +1,7 @@
 """Bad input raises ValueError/TypeError naming the argument and the expected shape."""
 
+import math
+
 import pytest
 import torch
 
@@ -55,7 +57,16 @@ W = orthogonal_projection(16, 8, generator=torch.Generator().manual_seed(0))
         ),
         ({"kernel": "laplace"}, ValueError, r"kernel: unknown name 'laplace'; known kernels are"),
         ({"kernel": 3}, TypeError, r"kernel must be a registry name"),
-        ({"scale": -1.0}, ValueError, r"scale must be a positive number"),
+        ({"scale": -1.0}, ValueError, r"scale must be a positive finite number"),
+        ({"scale": math.inf}, ValueError, r"scale must be a positive finite number, got inf"),
+        ({"scale": math.nan}, ValueError, r"scale must be a positive finite number, got nan"),
+        # A meta projection with CPU inputs used to return uninitialised memory.
+        ({"projection": W.to("meta")}, ValueError, r"projection is on device meta but q is on cpu"),
+        (
+            {"key_padding_mask": torch.zeros(2, 10, dtype=torch.bool, device="meta")},
+            ValueError,
+            r"key_padding_mask is on device meta but q is on cpu",
+        ),
         ({"chunk_size": 0}, ValueError, r"chunk_size must be an int >= 1"),
         # A negative block size used to leave the fused loops empty and return uninitialised
         # memory; 0 silently meant "default"; True passed as 1.

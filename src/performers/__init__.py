@@ -22,6 +22,7 @@ from performers.models import (
 from performers.ops import (
     KERNELS,
     FavorState,
+    FavorUnderflowWarning,
     exact_attention,
     favor_attention,
     favor_attention_step,
@@ -41,6 +42,7 @@ __all__ = [
     "FavorAttention",
     "FavorConfig",
     "FavorState",
+    "FavorUnderflowWarning",
     "FeatureRedrawer",
     "MultiheadFavorAttention",
     "PerformerConfig",

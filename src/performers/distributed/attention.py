@@ -166,17 +166,20 @@ def _exponential(
 ) -> tuple[Tensor, FavorState | None]:
     """The fused paths: this shard's key summary, exchanged, then read (bidirectional) or
     continued (causal)."""
+    # Bidirectional: one key maximum per feature (moved to the query side by the readout, so no
+    # query row underflows); causal: one per (batch, head), the units of a FavorState.
     kv, normalizer, offset = exp_key_summary(
-        k, v, form, scale=input_scale, key_padding_mask=mask, block_size=block_size
+        k, v, form, scale=input_scale, key_padding_mask=mask, block_size=block_size, per_feature=not causal
     )
     summary = torch.cat([kv, normalizer.unsqueeze(-1)], dim=-1)  # (B, H, M', Dv+1)
     if not causal:
-        # Bring every shard's summary to the global key maximum, then add them up.
+        # Bring every shard's summary to the global per-feature key maxima, then add them up.
         top = all_reduce_max(offset, group)
-        summary = all_reduce_sum(summary * offset_weights(offset, top)[..., None, None], group)
+        summary = all_reduce_sum(summary * offset_weights(offset, top)[..., None], group)
         out = exp_query_readout(
-            q, summary[..., :-1], summary[..., -1], form, scale=input_scale, block_size=block_size, eps=eps
-        )
+            q, summary[..., :-1], summary[..., -1], form, scale=input_scale, block_size=block_size, eps=eps,
+            key_offsets=top,
+        )  # fmt: skip
         return out, None
     initial, initial_offset = _initial(initial_state, q.dtype)
     exchanged = exclusive_prefix(

@@ -12,6 +12,8 @@ Import from here (``performers.ops``); the submodules are one algorithm each:
 ``naive``                   quadratic references every fast path is tested against
 ``state``                   ``FavorState`` (the causal recurrent state), ``DEFAULT_CHUNK_SIZE``
 ``checks``                  input checks: typed errors naming the argument and its shape
+``underflow``               query rows that underflowed to zero: counted and reported
+                            (``FavorUnderflowWarning``)
 ``generic_features``        stabilized features of any kernel for the generic paths
 ``bidirectional_generic``   ``Q'(K'ᵀ[V 1])`` on materialized features
 ``bidirectional_fused``     exponential kernels, keys streamed in blocks, hand-written backward
@@ -62,12 +64,14 @@ from performers.ops.projections import (
     orthogonal_projection,
 )
 from performers.ops.state import DEFAULT_CHUNK_SIZE, FavorState
+from performers.ops.underflow import FavorUnderflowWarning, count_zero_rows
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "KERNELS",
     "ExpForm",
     "FavorState",
+    "FavorUnderflowWarning",
     "FeatureMapOutput",
     "Kernel",
     "KernelLike",
@@ -75,6 +79,7 @@ __all__ = [
     "RowNorms",
     "causal_linear_attention",
     "causal_linear_attention_step",
+    "count_zero_rows",
     "exact_attention",
     "exp_form",
     "favor_attention",

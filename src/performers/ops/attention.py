@@ -27,9 +27,11 @@ private :func:`_favor_attention`.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from performers.ops.bidirectional_fused import fused_bidirectional_exp_attention
@@ -40,6 +42,7 @@ from performers.ops.causal_recurrent import causal_linear_attention_step, exp_at
 from performers.ops.checks import (
     check_positive_int,
     shape_str,
+    validate_devices,
     validate_mask,
     validate_projection,
     validate_qkv,
@@ -48,6 +51,7 @@ from performers.ops.generic_features import attention_features, state_params
 from performers.ops.kernels import Kernel, KernelLike, get_kernel
 from performers.ops.numerics import accumulation_dtype
 from performers.ops.state import DEFAULT_CHUNK_SIZE, FavorState
+from performers.ops.underflow import warn_zero_rows
 
 __all__ = ["favor_attention", "favor_attention_step", "linear_attention"]
 
@@ -67,8 +71,8 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
 def _input_scale(scale: float | None, dim: int) -> float:
     if scale is None:
         return dim**-0.5
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
-        raise ValueError(f"scale must be a positive number, got {scale!r}")
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < math.inf:
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     return float(scale)
 
 
@@ -102,6 +106,8 @@ def check_favor_call(
     check_positive_int("chunk_size", chunk_size)
     check_positive_int("block_size", block_size, optional=True)
     _check_state_options(causal, initial_state, return_state)
+    state_tensors = {} if initial_state is None else {"initial_state": initial_state.kv}
+    validate_devices(q=q, k=k, v=v, projection=projection, key_padding_mask=key_padding_mask, **state_tensors)
     return kern, _input_scale(scale, q.shape[-1])
 
 
@@ -135,10 +141,21 @@ def linear_attention(
     """
     validate_qkv(q_features, k_features, v, causal=causal)
     validate_mask(key_padding_mask, k_features.shape[0], k_features.shape[2])
+    validate_devices(
+        q_features=q_features, k_features=k_features, v=v, key_padding_mask=key_padding_mask,
+        **({} if initial_state is None else {"initial_state": initial_state.kv}),
+    )  # fmt: skip
     check_positive_int("chunk_size", chunk_size)
     _check_state_options(causal, initial_state, return_state)
     if key_padding_mask is not None:
         k_features = k_features.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+    if causal and q_features.shape[2] == 0:
+        # No positions: one zero-feature position (it adds nothing to the state), then dropped.
+        one = [F.pad(t, (0, 0, 0, 1)) for t in (q_features, k_features, v)]
+        result = causal_linear_attention(
+            *one, chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, eps=eps
+        )
+        return (result[0][:, :, :0], result[1]) if return_state else result[:, :, :0]
     if causal:
         return causal_linear_attention(
             q_features,
@@ -303,6 +320,59 @@ def _favor_attention(
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
     fused = unavailable is None if path is None else path == "fused"
 
+    if causal and q.shape[2] == 0:
+        # No positions: the result of one padded position, less that position (the output is
+        # empty and the state is the initial one), still connected to q, k and v.
+        one = [F.pad(t, (0, 0, 0, 1)) for t in (q, k, v)]
+        empty = torch.ones(q.shape[0], 1, dtype=torch.bool, device=q.device)
+        result = _run_path(
+            *one, projection, kern, scale, fused=fused, path=path, segment_chunks=segment_chunks,
+            causal=True, key_padding_mask=empty, chunk_size=chunk_size, initial_state=initial_state,
+            return_state=return_state, eps=eps, block_size=block_size, backend=backend,
+        )  # fmt: skip
+        return (result[0][:, :, :0], result[1]) if return_state else result[:, :, :0]
+    result = _run_path(
+        q, k, v, projection, kern, scale, fused=fused, path=path, segment_chunks=segment_chunks,
+        causal=causal, key_padding_mask=key_padding_mask, chunk_size=chunk_size,
+        initial_state=initial_state, return_state=return_state, eps=eps, block_size=block_size,
+        backend=backend,
+    )  # fmt: skip
+    if causal or _served_by_triton(backend, kern, projection, q, path):
+        # Causal keys are stored under their running maximum (and the Triton kernels keep one
+        # key maximum per head): at large logits a query row can underflow to zero, which is
+        # reported. The PyTorch bidirectional paths cannot underflow a row.
+        out = result[0] if return_state else result
+        warn_zero_rows(out, v, key_padding_mask, initial_state, causal=causal, stacklevel=4)
+    return result
+
+
+def _served_by_triton(
+    backend: str, kern: Kernel, projection: Tensor | None, q: Tensor, path: str | None
+) -> bool:
+    return path is None and backend != "torch" and _triton_map(backend, kern, projection, q) is not None
+
+
+def _run_path(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    projection: Tensor | None,
+    kern: Kernel,
+    scale: float,
+    *,
+    fused: bool,
+    path: str | None,
+    segment_chunks: int,
+    causal: bool,
+    key_padding_mask: Tensor | None,
+    chunk_size: int,
+    initial_state: FavorState | None,
+    return_state: bool,
+    eps: float | None,
+    block_size: int | None,
+    backend: BackendName,
+) -> Tensor | tuple[Tensor, FavorState]:
+    """The computation of :func:`_favor_attention` on checked inputs."""
     input_scale = scale**0.5
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     triton_map = _triton_map(backend, kern, projection, q) if path is None else None

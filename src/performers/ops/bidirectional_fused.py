@@ -66,7 +66,7 @@ class _ExpKeySummary(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, k, v, rows, scale, norm, pad, block):
+    def forward(ctx, k, v, rows, scale, norm, pad, block, per_feature):
         # The map of x̃ = √s·x is computed on x with rows √s·P and norm weight a·s.
         scaled_rows = rows * scale
         scaled_norm = norm * scale * scale
@@ -75,18 +75,20 @@ class _ExpKeySummary(torch.autograd.Function):
         acc = accumulation_dtype(k.dtype)
         kv = k.new_zeros(b, h, m, v.shape[-1], dtype=acc)
         normalizer = k.new_zeros(b, h, 1, m, dtype=acc)
-        key_max = k.new_full((b, h, 1, 1), -math.inf, dtype=acc)
+        # One maximum per (batch, head), or one per feature (the query side takes it back).
+        key_max = k.new_full((b, h, 1, m if per_feature else 1), -math.inf, dtype=acc)
+        reduced = (-2,) if per_feature else (-2, -1)
         for start, stop in _blocks(lk, block):
             log = exp_log_features(k[:, :, start:stop], scaled_rows, scaled_norm)
             if pad is not None:
                 log.masked_fill_(pad[:, :, start:stop], -math.inf)
             # (An offset in the log's dtype: low-precision blocks subtract exactly this value.)
-            new_max = torch.maximum(key_max, log.amax(dim=(-2, -1), keepdim=True).to(acc))
+            new_max = torch.maximum(key_max, log.amax(dim=reduced, keepdim=True).to(acc))
             # A still-empty summary (everything padded so far) needs no rescaling.
             safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
             if start > 0:
                 rescale = torch.exp(key_max - safe_max)
-                kv.mul_(rescale)
+                kv.mul_(rescale.transpose(-2, -1))
                 normalizer.mul_(rescale)
             features = log.sub_(safe_max.to(log.dtype)).exp_()
             kv.add_(transposed_product(features, v[:, :, start:stop]))
@@ -94,7 +96,7 @@ class _ExpKeySummary(torch.autograd.Function):
             key_max = new_max
         ctx.save_for_backward(k, v, rows, torch.where(torch.isfinite(key_max), key_max, 0.0))
         ctx.pad, ctx.block, ctx.scale, ctx.scaled_norm = pad, block, scale, scaled_norm
-        key_max = key_max[..., 0, 0]
+        key_max = key_max[..., 0, :] if per_feature else key_max[..., 0, 0]
         ctx.mark_non_differentiable(key_max)
         return kv, normalizer, key_max
 
@@ -128,14 +130,17 @@ class _ExpKeySummary(torch.autograd.Function):
                 if need_rows:
                     # ∂/∂P of x̃ᵀP (the norm term does not involve P).
                     grad_rows.add_(outer_sum(grad_log, kb), alpha=scale)
-        return grad_k, grad_v, None if grad_rows is None else grad_rows.to(rows.dtype), None, None, None, None
+        grad_rows = None if grad_rows is None else grad_rows.to(rows.dtype)
+        return grad_k, grad_v, grad_rows, None, None, None, None, None
 
 
 class _ExpQueryReadout(torch.autograd.Function):
-    """Queries and a key summary → ``out = φ(Q)kv / φ(Q)z`` ``(B, H, Lq, Dv)``, block by block."""
+    """Queries and a key summary → ``out = φ(Q)kv / φ(Q)z`` ``(B, H, Lq, Dv)``, block by block;
+    ``shift`` ``(B, H, 1, M')`` (or None) is added to the query log-features: the per-feature
+    key maxima taken out of a summary (a constant: no gradient)."""
 
     @staticmethod
-    def forward(ctx, q, rows, kv, normalizer, scale, block, eps):
+    def forward(ctx, q, rows, kv, normalizer, scale, block, eps, shift):
         scaled_rows = rows * scale
         b, h, lq, _ = q.shape
         m, dv = scaled_rows.shape[0], kv.shape[-1]
@@ -149,7 +154,7 @@ class _ExpQueryReadout(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:4])
         q_features = q.new_empty(b, h, lq, m) if keep else None
         for start, stop in _blocks(lq, block):
-            features = exp_query_features(q[:, :, start:stop], scaled_rows)
+            features = exp_query_features(q[:, :, start:stop], scaled_rows, shift)
             if keep:
                 q_features[:, :, start:stop] = features
             if q.dtype == acc:
@@ -208,6 +213,7 @@ class _ExpQueryReadout(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -225,6 +231,7 @@ def exp_key_summary(
     scale: float,
     key_padding_mask: Tensor | None = None,
     block_size: int | None = None,
+    per_feature: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The key summary of bidirectional attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``.
 
@@ -234,17 +241,23 @@ def exp_key_summary(
         scale: ``√s``, the factor applied to ``k``.
         key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
         block_size: keys per block (default :func:`default_block_size`).
+        per_feature: one offset per feature instead of one per (batch, head): every feature's
+            largest key term is then 1, so no feature underflows next to a larger one. Give the
+            offsets to :func:`exp_query_readout` as ``key_offsets`` (exact: the product of a
+            query and a key feature is unchanged).
 
     Returns:
-        ``(kv (B, H, M', Dv), normalizer (B, H, M'), log_offset (B, H))``: ``Σ_j φ(k_j)v_jᵀ`` and
-        ``Σ_j φ(k_j)`` divided by ``exp(log_offset)``, the largest key log-feature (in
+        ``(kv (B, H, M', Dv), normalizer (B, H, M'), log_offset)``: ``Σ_j φ(k_j)v_jᵀ`` and
+        ``Σ_j φ(k_j)`` divided by ``exp(log_offset)``, the largest key log-feature, ``(B, H)``
+        (or ``(B, H, M')`` per feature, dividing the rows of ``kv`` and ``normalizer``), in
         :class:`~performers.ops.state.FavorState` units; ``-inf`` where every key is padded, and
-        the sums are zero). Also the final state of causal attention over these keys.
+        the sums are zero. With one offset per (batch, head) also the final state of causal
+        attention over these keys.
     """
     b, h = k.shape[:2]
     block = _block_size(block_size, b * h, form.rows.shape[0])
     pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
-    kv, normalizer, key_max = _ExpKeySummary.apply(k, v, form.rows, scale, form.norm, pad, block)
+    kv, normalizer, key_max = _ExpKeySummary.apply(k, v, form.rows, scale, form.norm, pad, block, per_feature)
     return kv, normalizer.squeeze(-2), key_max - form.log_const
 
 
@@ -257,6 +270,7 @@ def exp_query_readout(
     scale: float,
     block_size: int | None = None,
     eps: float | None = None,
+    key_offsets: Tensor | None = None,
 ) -> Tensor:
     """``φ(Q)kv / φ(Q)z`` for row-stabilized query features of the map ``form``.
 
@@ -266,6 +280,10 @@ def exp_query_readout(
             it cancels), e.g. from :func:`exp_key_summary`.
         form, scale, block_size: as in :func:`exp_key_summary`.
         eps: denominator guard (default: the dtype's smallest normal number).
+        key_offsets: ``(B, H, M')`` per-feature offsets of the summary (``exp_key_summary(...,
+            per_feature=True)``), added to the query log-features; then the largest term of
+            every query row is exactly 1 and no row underflows to zero. ``-inf`` (a feature of
+            padded keys only) counts as 0.
 
     Returns:
         ``(B, H, Lq, Dv)``.
@@ -273,7 +291,11 @@ def exp_query_readout(
     b, h = q.shape[:2]
     block = _block_size(block_size, b * h, form.rows.shape[0])
     eps = torch.finfo(q.dtype).tiny if eps is None else eps
-    return _ExpQueryReadout.apply(q, form.rows, kv, normalizer.unsqueeze(-2), scale, block, eps)
+    shift = None
+    if key_offsets is not None:
+        # (The map's constant c is a common factor of every feature: it cancels.)
+        shift = torch.nan_to_num(key_offsets.detach(), neginf=0.0).unsqueeze(-2)
+    return _ExpQueryReadout.apply(q, form.rows, kv, normalizer.unsqueeze(-2), scale, block, eps, shift)
 
 
 def fused_bidirectional_exp_attention(
@@ -302,7 +324,12 @@ def fused_bidirectional_exp_attention(
     Returns:
         ``(B, H, Lq, Dv)``.
     """
-    kv, normalizer, _ = exp_key_summary(
-        k, v, form, scale=scale, key_padding_mask=key_padding_mask, block_size=block_size
+    # Per-feature key maxima moved to the query side: at large logits one maximum per head
+    # would underflow whole query rows to zero in float32 (every feature the row weighs is
+    # tiny next to the largest key log-feature elsewhere).
+    kv, normalizer, offsets = exp_key_summary(
+        k, v, form, scale=scale, key_padding_mask=key_padding_mask, block_size=block_size, per_feature=True
     )
-    return exp_query_readout(q, kv, normalizer, form, scale=scale, block_size=block_size, eps=eps)
+    return exp_query_readout(
+        q, kv, normalizer, form, scale=scale, block_size=block_size, eps=eps, key_offsets=offsets
+    )

@@ -11,6 +11,7 @@ __all__ = [
     "check_float",
     "check_positive_int",
     "shape_str",
+    "validate_devices",
     "validate_mask",
     "validate_projection",
     "validate_qkv",
@@ -95,3 +96,19 @@ def validate_projection(projection: Tensor | None, kernel: Kernel, dim: int) -> 
             f"projection must have shape (M, D) with D = {dim} (the head dimension), "
             f"got {shape_str(projection)}"
         )
+
+
+def validate_devices(**tensors: Tensor | None) -> None:
+    """Every given tensor (None entries skipped) is on the device of the first one (ValueError
+    naming both otherwise): a ``meta`` projection with CPU inputs would otherwise compute on
+    uninitialised memory, and mixed CPU/CUDA inputs fail deep inside a kernel."""
+    named = [(name, t) for name, t in tensors.items() if t is not None]
+    if not named:
+        return
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise ValueError(
+                f"{name} is on device {t.device} but {first_name} is on {first.device}; "
+                "move every input to one device"
+            )

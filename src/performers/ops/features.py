@@ -189,12 +189,15 @@ def exp_log_input_grad(grad_log: Tensor, x: Tensor, rows: Tensor, norm: float = 
     return grad
 
 
-def exp_query_features(q: Tensor, rows: Tensor) -> Tensor:
-    """Row-stabilized ``exp(q Pᵀ − max)``: ``(..., L, D)`` → ``(..., L, M')``.
+def exp_query_features(q: Tensor, rows: Tensor, shift: Tensor | None = None) -> Tensor:
+    """Row-stabilized ``exp(q Pᵀ + shift − max)``: ``(..., L, D)`` → ``(..., L, M')``.
 
     The norm term and ``c`` are per-row factors and cancel with the row maximum (see above).
+    ``shift`` ``(..., 1, M')``: per-feature constants moved over from the keys (or None).
     """
     log = exp_log_features(q, rows)
+    if shift is not None:
+        log.add_(shift)
     return log.sub_(log.amax(dim=-1, keepdim=True)).exp_()
 
 

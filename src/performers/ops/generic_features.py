@@ -60,7 +60,7 @@ def attention_features(
         params (B, H) or None)``.
     """
     w = None if projection is None else projection.to(q.dtype)
-    if kernel.exp_form is not None and w is not None:
+    if kernel.exp_form is not None and w is not None and causal:
         form = kernel.exp_form(w)
         q_features, _ = stabilized_exp_features(q, form, scale=input_scale, role="query")
         k_features, offsets = stabilized_exp_features(
@@ -85,7 +85,9 @@ def attention_features(
         # gives them the same (zero) contribution.
         feature_params = torch.nan_to_num(params, nan=0.0)
     q_map, k_map = kernel(q_scaled, w, feature_params), kernel(k_scaled, w, feature_params)
-    if kernel.parameters is not None and not causal and q_map.log is not None and k_map.log is not None:
+    if not causal and q_map.log is not None and k_map.log is not None:
+        # Bidirectional exponential maps: per-feature key maxima to the query side, so no
+        # query row underflows to zero in float32 at large logits.
         q_map, k_map = _balance_columns(q_map, k_map, key_padding_mask, shards)
     q_features = stabilize_queries(q_map)
     k_features, offsets = stabilize_keys(
@@ -130,9 +132,10 @@ def _balance_columns(
 ) -> tuple[FeatureMapOutput, FeatureMapOutput]:
     """Move each feature's largest key log ``c_f`` from the keys to the queries (bidirectional).
 
-    ``φ_f(q)·φ_f(k)`` is unchanged, so this is exact. FAVOR++'s features carry a per-feature
-    constant ``A‖ω_f‖²`` that spreads them by hundreds of nats when ``A`` is very negative; with
-    ``c_f`` moved, the query row maximum is ``max_{j,f}`` of the row's products, so the largest
+    ``φ_f(q)·φ_f(k)`` is unchanged, so this is exact. Large logits spread the key log-features
+    by hundreds of nats across features (and FAVOR++'s features carry a per-feature constant
+    ``A‖ω_f‖²`` that does the same when ``A`` is very negative); with ``c_f`` moved, the query
+    row maximum is ``max_{j,f}`` of the row's products, so the largest
     term of every row is exactly 1 and float32 cannot underflow a whole row. Bidirectional only:
     ``c_f`` reads every key (causal attention keeps its running key maximum).
     """
