@@ -81,3 +81,36 @@ def test_a_config_file_sets_options_of_a_nested_bench_command(tmp_path):
     parser = build_parser()
     args = with_config_file(parser, argv, parser.parse_args(argv))
     assert (args.d_model, args.minutes, args.layers) == (48, 2.5, 3)
+
+
+def test_precision_trains_float32_and_bf16_per_seed_interleaved_and_reports_them(tmp_path):
+    args = [*TINY, "--seeds", "0", "1", "--tail", "2", "--out", str(tmp_path)]
+    assert main(["bench", "proteins-precision", *args]) == 0
+    record = json.loads((tmp_path / "precision.json").read_text())
+    order = [(r["precision"], r["seed"]) for r in record["runs"]]
+    assert order == [("float32", 0), ("bfloat16", 0), ("float32", 1), ("bfloat16", 1)]
+    for run in record["runs"]:
+        lines = (
+            (tmp_path / f"{run['precision']}-seed{run['seed']}" / "metrics.jsonl").read_text().splitlines()
+        )
+        losses = [json.loads(line)["loss"] for line in lines]
+        assert run["steps"] == len(losses) and math.isclose(run["final_loss"], sum(losses[-2:]) / 2)
+    # Same seed, different precision: the same data and initial weights, nearly the same loss.
+    first = {(r["precision"], r["seed"]): r["final_loss"] for r in record["runs"]}
+    assert abs(first["float32", 0] - first["bfloat16", 0]) < 0.05 * first["float32", 0]
+    summary = record["summary"]
+    assert math.isclose(
+        summary["speedup"], summary["bfloat16"]["tokens_per_second"] / summary["float32"]["tokens_per_second"]
+    )
+    assert "float32's seed-to-seed spread" in (tmp_path / "precision.md").read_text()
+
+
+def test_precision_summary_judges_the_spread():
+    from performers.experiments.precision import PrecisionRun, summarize_precision
+
+    runs = [PrecisionRun("float32", s, 1.0, 100.0, loss, 10) for s, loss in enumerate((2.0, 2.2, 2.4))]
+    runs += [PrecisionRun("bfloat16", s, 0.5, 200.0, loss, 10) for s, loss in enumerate((2.25, 2.3, 2.35))]
+    summary = summarize_precision(runs)
+    assert math.isclose(summary["speedup"], 2.0) and summary["within_spread"]  # |0.1| <= sd 0.2
+    runs[3:] = [PrecisionRun("bfloat16", s, 0.5, 200.0, loss, 10) for s, loss in enumerate((2.6, 2.7, 2.8))]
+    assert not summarize_precision(runs)["within_spread"]

@@ -1,5 +1,6 @@
-"""``performers bench proteins-table | proteins-long | proteins-backcompat``: the paper's protein
-experiments (:mod:`performers.experiments.protein_benchmarks`)."""
+"""``performers bench proteins-table | proteins-long | proteins-precision | proteins-backcompat``:
+the paper's protein experiments (:mod:`performers.experiments.protein_benchmarks`) and bfloat16
+against float32 training (:mod:`performers.experiments.precision`)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from performers.cli.options import (
     training_config_from_args,
 )
 from performers.experiments import backward_compatibility, long_context, table2
+from performers.experiments.precision import precision_comparison
 
 TABLE_HELP = "the paper's Table 2 here: UNI and BID; exact, FAVOR+ softmax and ReLU; equal steps"
 LONG_HELP = "concatenated long windows: tokens/s, peak memory and accuracy in equal wall-clock time"
+PRECISION_HELP = "bfloat16 autocast vs float32 training: tokens/s and the final loss over seeds"
 BACKCOMPAT_HELP = "convert a trained exact-softmax protein MLM to FAVOR+ and fine-tune it (vs from scratch)"
 
 
@@ -40,6 +43,12 @@ def add_parsers(subparsers) -> None:
         "--probe-steps", type=int, default=4, help="steps of the speed/memory probe run (first is warm-up)"
     )
     register(long, run_long)
+
+    precision = subparsers.add_parser("proteins-precision", help=PRECISION_HELP, description=PRECISION_HELP)
+    add_training_options(precision, steps=200, out="runs/precision")
+    precision.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (at least 2)")
+    precision.add_argument("--tail", type=int, default=20, help="final loss: mean over the last N steps")
+    register(precision, run_precision)
 
     backcompat = subparsers.add_parser(
         "proteins-backcompat", help=BACKCOMPAT_HELP, description=BACKCOMPAT_HELP
@@ -85,6 +94,17 @@ def run_long(args: argparse.Namespace) -> int:
         model_config_from_args(args),
         minutes=args.minutes,
         probe_steps=args.probe_steps,
+    )
+
+
+def run_precision(args: argparse.Namespace) -> int:
+    return _report(
+        args,
+        precision_comparison,
+        "precision.md, precision.json",
+        model_config_from_args(args),
+        seeds=tuple(args.seeds),
+        tail=args.tail,
     )
 
 
