@@ -82,12 +82,12 @@ def test_finetune_secondary_structure_from_pretrained_and_random(tmp_path, capsy
         "--test-limit",
         "4",
     ]
-    assert main(["finetune", "--pretrained", str(tmp_path / "favor"), *small]) == 0
+    out = ["--out", str(tmp_path / "finetune")]
+    assert main(["finetune", "--pretrained", str(tmp_path / "favor"), *small, *out]) == 0
     assert "test Q3" in capsys.readouterr().out
-    assert (
-        main(["finetune", *small, "--d-model", "16", "--layers", "1", "--heads", "2", "--num-features", "8"])
-        == 0
-    )
+    random_init = ["--d-model", "16", "--layers", "1", "--heads", "2", "--num-features", "8"]
+    out = ["--out", str(tmp_path / "finetune-random")]  # a fresh run never lands on another's files
+    assert main(["finetune", *small, *random_init, *out]) == 0
     assert "random initialization: test Q3" in capsys.readouterr().out
 
 

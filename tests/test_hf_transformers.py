@@ -519,7 +519,10 @@ def test_a_bert_converted_by_performers_0_1_0_still_loads():
     expected, _ = load_safetensors(directory / "expected.safetensors")
     with torch.no_grad():
         hidden = model(input_ids=expected["input_ids"], attention_mask=expected["attention_mask"])
-    torch.testing.assert_close(hidden.last_hidden_state, expected["last_hidden_state"], rtol=0, atol=0)
+    # Same outputs up to float32 rounding (per-feature key maxima since: a different rounding order).
+    reference = expected["last_hidden_state"]
+    bound = 16 * torch.finfo(torch.float32).eps * reference.abs().max().item()
+    torch.testing.assert_close(hidden.last_hidden_state, reference, rtol=0, atol=bound)
     favor = hf.favor_settings(model.config)
     assert favor == FavorConfig(8, "softmax-hyperbolic", seed=4, redraw_every=3, chunk_size=16)
     assert model.config.favor_redraw_counts == {"1": 1}

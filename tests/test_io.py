@@ -192,7 +192,10 @@ def test_models_saved_by_performers_0_1_0_still_load(name):
     expected, _ = load_safetensors(directory / "expected.safetensors")
     with torch.no_grad():
         logits = model(expected["input_ids"]).logits
-    assert torch.equal(logits, expected["logits"])
+    # Same outputs up to float32 rounding: the bidirectional paths now keep one key maximum per
+    # feature (no zero rows at large logits), which changes the order of rounding, not the value.
+    bound = 16 * torch.finfo(torch.float32).eps * expected["logits"].abs().max().item()
+    torch.testing.assert_close(logits, expected["logits"], rtol=0, atol=bound)
     # Saved again, it is written in today's layout and reads back the same.
     assert PerformerConfig.from_dict(json.loads(model.config.to_json())) == model.config
 

@@ -18,7 +18,13 @@ from performers.proteins import (
     UnigramBaseline,
     prepare,
 )
-from performers.training import Trainer, TrainingConfig, latest_checkpoint, save_checkpoint
+from performers.training import (
+    RunDirectoryError,
+    Trainer,
+    TrainingConfig,
+    latest_checkpoint,
+    save_checkpoint,
+)
 
 TOK = ProteinTokenizer()
 
@@ -225,23 +231,33 @@ def test_no_tensorboard_files_when_turned_off(tmp_path):
     assert not (tmp_path / "tensorboard").exists()
 
 
-def test_a_fresh_run_in_a_used_directory_starts_its_own_metrics(tmp_path):
+def test_a_fresh_run_in_a_used_directory_refuses_or_moves_the_old_run_aside(tmp_path):
     lines = []
     run(tmp_path, "clm", max_steps=3)
-    model = tiny_model("clm")
-    trainer = protein_trainer(
-        model,
-        TOK,
-        motif_proteins(64),
-        motif_proteins(8, seed=1),
-        config(max_steps=2),
-        tmp_path,
-        log=lines.append,
-    )
-    trainer.fit()
+
+    def fresh(**fit):
+        trainer = protein_trainer(
+            tiny_model("clm"),
+            TOK,
+            motif_proteins(64),
+            motif_proteins(8, seed=1),
+            config(max_steps=2),
+            tmp_path,
+            log=lines.append,
+        )
+        trainer.fit(**fit)
+
+    with pytest.raises(RunDirectoryError, match=r"earlier run \(checkpoints step-00000003\).*--overwrite"):
+        fresh(overwrite=False)
+    with pytest.warns(UserWarning, match=r"held an earlier run \(checkpoints step-00000003\), moved to"):
+        fresh()  # the Python default: moved aside, with a warning
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # not [1, 2, 3, 1, 2]
-    assert any("fresh run over existing checkpoints" in line for line in lines)
+    (old,) = tmp_path.parent.glob(f"{tmp_path.name}.old-*")
+    assert any(f"moved the earlier run to {old}" in line for line in lines)
+    assert [p.name for p in (old / "checkpoints").iterdir()] == ["step-00000003"]  # kept, not lost
+    fresh(overwrite=True)  # asked for: no warning
+    assert len(list(tmp_path.parent.glob(f"{tmp_path.name}.old-*"))) == 2
     _, stopped = run(tmp_path / "zero", "clm", stop_at=0)
     assert stopped.step == 0  # stop_at=0 means "stop before the first step", not "no stop"
 

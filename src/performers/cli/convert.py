@@ -1,5 +1,10 @@
 """``performers convert``: switch a Hugging Face model directory to FAVOR attention and save it
-(:func:`performers.integrations.transformers.performerize`; the ``[hf]`` extra)."""
+(:func:`performers.integrations.transformers.performerize`; the ``[hf]`` extra).
+
+The saved ``config.json`` holds ``favor_config`` and ``attn_implementation: "favor"``: reloading
+it with ``from_pretrained`` runs FAVOR+ (after ``import performers.integrations.transformers``),
+and without that import Hugging Face refuses the unknown attention instead of silently running
+softmax."""
 
 from __future__ import annotations
 
@@ -32,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
         tokenizer.save_pretrained(args.out)
     print(
         f"wrote {args.out}: {type(model).__name__} with FAVOR+ attention (kernel {favor.kernel}, "
-        f"M = {favor.num_features}); load it with "
-        "AutoModel.from_pretrained(path, attn_implementation='favor') after importing "
-        "performers.integrations.transformers"
+        f"M = {favor.num_features}); load it with AutoModel.from_pretrained(path) after importing "
+        "performers.integrations.transformers (it runs FAVOR+; attn_implementation='sdpa' runs softmax)"
     )
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from performers.cli.common import UsageError
 from performers.experiments import (
     corpus_split,
     evaluate_model,
@@ -34,7 +35,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--split", choices=["train", "valid", "test"], default="test", help="split of the corpus or dataset"
     )
-    parser.add_argument("--max-length", type=int, default=256, help="tokens per protein (crop at start)")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="tokens per protein (crop at start); default the model's own maximum (max_position_embeddings)",
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="proteins per forward pass")
     parser.add_argument("--limit", type=int, default=None, help="first N proteins")
     parser.add_argument("--attention", choices=["favor", "exact"], default=None, help="override the backend")
@@ -63,13 +69,32 @@ def _proteins(args: argparse.Namespace) -> tuple[object, list[str], str]:
     return [r.sequence for r in records], [r.id for r in records], str(path)
 
 
+def max_length_of(model, requested: int | None) -> int:
+    """Tokens per protein: ``requested``, or the model's own maximum when None. A model with
+    learned positions cannot read more than ``max_position_embeddings`` tokens: asking for more
+    is a UsageError naming both numbers (not an index error in the middle of evaluation)."""
+    config = model.config
+    limit = config.max_position_embeddings
+    if requested is None:
+        return limit
+    if requested < 3:
+        raise UsageError(f"--max-length must be >= 3 (<cls>, a residue, <eos>), got {requested}")
+    if config.position == "learned" and requested > limit:
+        raise UsageError(
+            f"--max-length {requested} exceeds the model's maximum length {limit} "
+            "(max_position_embeddings of its learned positions); omit --max-length to use it"
+        )
+    return requested
+
+
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_trained(args.model, attention=args.attention)
     task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
+    max_length = max_length_of(model, args.max_length)
     sequences, ids, what = _proteins(args)
     if len(sequences) == 0:
         raise SystemExit(f"performers evaluate: {what}: no protein to evaluate")
-    options = {"task": task, "max_length": args.max_length, "batch_size": args.batch_size}
+    options = {"task": task, "max_length": max_length, "batch_size": args.batch_size}
     result = evaluate_model(model, tokenizer, sequences, **options)
     scored = "masked positions" if task == "mlm" else "next tokens"
     print(

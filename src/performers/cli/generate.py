@@ -7,8 +7,10 @@ import argparse
 
 import torch
 
+from performers.cli.common import UsageError
 from performers.experiments import load_trained
 from performers.models import PerformerForCausalLM
+from performers.proteins import ProteinTokenizer, UnknownResidueError
 
 HELP = "continue protein prompts with a trained causal LM"
 
@@ -23,14 +25,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
     parser.add_argument("--top-p", type=float, default=None, help="nucleus sampling probability mass")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
+    parser.add_argument(
+        "--allow-unknown",
+        action="store_true",
+        help="map characters outside the model's residues to <unk> instead of refusing the prompt",
+    )
     return parser
+
+
+def encode_prompts(tokenizer: ProteinTokenizer, prompts: list[str], *, allow_unknown: bool):
+    """``(ids, mask)`` of the prompts, left-padded; a character the tokenizer has no residue for
+    is a UsageError naming the prompt, the character and its position, unless ``allow_unknown``
+    (then it becomes ``<unk>``, which the model was never trained to continue)."""
+    unknown = "unk" if allow_unknown else "error"
+    for number, prompt in enumerate(prompts, start=1):
+        try:
+            tokenizer.encode(prompt, unknown=unknown)
+        except UnknownResidueError as error:
+            raise UsageError(
+                f"prompt {number} {prompt!r}: {error.char!r} at position {error.position + 1} is not a "
+                f"residue of this model ({tokenizer.residues}); pass --allow-unknown to map it to <unk>"
+            ) from None
+    return tokenizer.batch_encode(prompts, padding_side="left", unknown=unknown)
 
 
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_trained(args.model)
     if not isinstance(model, PerformerForCausalLM):
         raise SystemExit(f"{args.model}: generation needs a causal LM (train with --task clm)")
-    ids, mask = tokenizer.batch_encode(args.prompts, padding_side="left")
+    ids, mask = encode_prompts(tokenizer, args.prompts, allow_unknown=args.allow_unknown)
     ids, mask = ids[:, :-1], mask[:, :-1]  # drop <eos>: the model continues the prompt
     tokens = model.generate(
         ids,

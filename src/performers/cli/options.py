@@ -20,6 +20,7 @@ from performers.training import SCHEDULES, TrainingConfig
 __all__ = [
     "add_data_options",
     "add_model_options",
+    "add_overwrite_option",
     "add_run_options",
     "add_training_options",
     "data_from_args",
@@ -81,6 +82,17 @@ def add_run_options(parser: argparse.ArgumentParser, *, out: str) -> None:
         default=None,
         help='JSON file of option values (keys as the long options, e.g. {"d_model": 256}); '
         "options given on the command line win",
+    )
+
+
+def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: start afresh in an ``--out`` that holds an earlier run, moving that run's
+    files aside (never deleting them; see :func:`performers.training.run_directory.move_aside`)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh although --out holds an earlier run: its checkpoints, metrics and final/ "
+        "are moved to OUT.old-<time> (without it a fresh run refuses such a directory)",
     )
 
 

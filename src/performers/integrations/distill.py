@@ -16,7 +16,10 @@ The loop is plain PyTorch with the project's shared training core — AdamW with
 matrices only (:func:`performers.training.build_optimizer`), linear warm-up then cosine decay
 (:func:`performers.training.lr_factor`), gradient clipping — a tqdm progress bar or log lines,
 and atomic checkpoints with exact resume (:mod:`performers.training.checkpoint`: model,
-optimizer, scheduler, RNG and data position).
+optimizer, scheduler, RNG and data position). As with the trainer, ``out_dir`` is locked for the
+run, a fresh run refuses a directory holding an earlier one unless ``overwrite``, and a resume
+refuses options that change the computation
+(:data:`~performers.training.run_config.SAFE_ON_RESUME` lists what may change).
 The FAVOR+ projections stay fixed during distillation (they are regenerated from the config,
 see :mod:`performers.integrations.transformers`).
 """
@@ -29,7 +32,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +42,20 @@ from tqdm.auto import tqdm
 
 from performers.integrations.transformers import performerize
 from performers.layers import FavorConfig
-from performers.training import build_optimizer, latest_checkpoint, make_scheduler, restore, save_checkpoint
+from performers.training import (
+    NoUsableCheckpointError,
+    build_optimizer,
+    check_resume,
+    describe_run,
+    format_changes,
+    latest_checkpoint,
+    make_scheduler,
+    owned,
+    recorded_run,
+    restore,
+    save_checkpoint,
+    start_fresh,
+)
 from performers.utils import IGNORE_INDEX
 
 __all__ = [
@@ -75,6 +91,9 @@ class DistillConfig:
     # False: the student runs without dropout while it learns (a deterministic target match);
     # True: in training mode, dropout included.
     dropout: bool = False
+    # What the teacher and the texts are, as JSON values (e.g. their SHA-256): not read by the
+    # loop; recorded in checkpoints and compared on resume.
+    data_identity: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "checkpoint_every", "log_every"):
@@ -88,6 +107,8 @@ class DistillConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if not isinstance(self.data_identity, dict):
+            raise TypeError(f"data_identity must be a dict, got {type(self.data_identity).__name__}")
 
 
 def make_student(teacher: nn.Module, config: FavorConfig | None = None) -> nn.Module:
@@ -198,6 +219,10 @@ def distillation_loss(
     return total, {name: float(value.detach()) for name, value in parts.items()}
 
 
+# What the loop's own state in a distillation checkpoint must hold.
+_STATE_SCHEMA = {"history": list, "running": (float, int, type(None))}
+
+
 def distill(
     teacher: nn.Module,
     student: nn.Module,
@@ -206,6 +231,7 @@ def distill(
     *,
     out_dir: str | Path | None = None,
     resume: bool = False,
+    overwrite: bool | None = None,
     stop_at: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -219,28 +245,77 @@ def distill(
             optionally ``labels``), e.g. :class:`TextBatches`.
         config: :class:`DistillConfig`.
         out_dir: checkpoints go to ``out_dir/checkpoints`` every ``config.checkpoint_every``
-            steps (none when None).
+            steps (none when None); ``out_dir`` is locked for the call.
         resume: continue from the newest checkpoint in ``out_dir`` (exactly: same result as an
-            uninterrupted run).
+            uninterrupted run); refused when an option that changes the computation differs.
+        overwrite: what a fresh run does with an earlier run in ``out_dir``: False refuses
+            (:class:`~performers.training.RunDirectoryError`), True moves it aside, None (the
+            default) moves it aside with a warning.
         stop_at: stop after this step (checkpointed), as if interrupted; None runs to the end.
         log: where progress lines go when stderr is not a terminal.
+
+    Raises:
+        performers.utils.DirectoryLockedError: another process runs in ``out_dir``.
+        performers.training.RunDirectoryError: a fresh run over an earlier one, ``overwrite=False``.
+        performers.training.ResumeMismatchError: ``resume`` with other options (each listed).
+        performers.training.NoUsableCheckpointError: ``resume``, but every checkpoint is corrupt.
     """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs an out_dir")
+    if out_dir is None:
+        return _distill(teacher, student, batches, config, None, resume, stop_at, log)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with owned(out_dir, log=log):
+        if not resume:
+            start_fresh(out_dir, overwrite=overwrite, log=log)
+        return _distill(teacher, student, batches, config, Path(out_dir), resume, stop_at, log)
+
+
+def _resume(
+    checkpoints: Path, student: nn.Module, optimizer, scheduler, config: DistillConfig, log
+) -> tuple[int, list, float | None]:
+    """Restore the newest usable checkpoint (checked against this run); ``(step, history,
+    running)``, ``(0, [], None)`` when there is none."""
+    try:
+        found = latest_checkpoint(checkpoints, state_schema=_STATE_SCHEMA, raise_if_unusable=True)
+    except NoUsableCheckpointError as error:
+        raise NoUsableCheckpointError(
+            f"{error}; nothing to resume: start afresh with --overwrite (overwrite=True), which moves "
+            "them aside"
+        ) from None
+    if found is None:
+        return 0, [], None
+    stored = recorded_run(found.path, found.run, found.state, "distill")
+    safe = check_resume(found.path, stored, describe_run("distill", config, student))
+    restore(found, student, optimizer, scheduler)
+    log(f"resumed from {found.path} (step {found.step})")
+    if safe:
+        log(f"changed on resume: {format_changes(safe)}")
+    return found.step, list(found.state["history"]), found.state["running"]
+
+
+def _distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    batches: Callable[[int], dict[str, Tensor]],
+    config: DistillConfig,
+    out_dir: Path | None,
+    resume: bool,
+    stop_at: int | None,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """The loop of :func:`distill` (``out_dir`` already owned and ready)."""
     teacher.eval()  # run under no_grad below; its parameters are left as they are
     student.train(config.dropout)
     parameters = [p for p in student.parameters() if p.requires_grad]
     optimizer = build_optimizer(student, learning_rate=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = make_scheduler(optimizer, warmup_steps=config.warmup_steps, total_steps=config.steps)
-    checkpoints = None if out_dir is None else Path(out_dir) / "checkpoints"
+    checkpoints = None if out_dir is None else out_dir / "checkpoints"
     step, history, running = 0, [], None
     if resume:
-        if checkpoints is None:
-            raise ValueError("resume=True needs an out_dir")
-        found = latest_checkpoint(checkpoints)
-        if found is not None:
-            restore(found, student, optimizer, scheduler)
-            step, history = found.step, list(found.state.get("history", []))
-            running = found.state.get("running")
-            log(f"resumed from {found.path} (step {step})")
+        step, history, running = _resume(checkpoints, student, optimizer, scheduler, config, log)
     if step == 0:
         torch.manual_seed(config.seed)
 
@@ -280,7 +355,8 @@ def distill(
                 model=student,
                 optimizer=optimizer,
                 scheduler=scheduler,
-                state={"history": history, "running": running, "config": asdict(config)},
+                state={"history": history, "running": running},
+                run=describe_run("distill", config, student),
                 keep_last=config.keep_last,
             )
     bar.close()

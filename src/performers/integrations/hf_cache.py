@@ -22,6 +22,9 @@ _PENDING: contextvars.ContextVar[tuple[FavorCacheLayer, Tensor] | None] = contex
 )
 
 
+_ADVICE = "a FavorCache continues one batch of sequences: pass a new FavorCache() (or call cache.reset())"
+
+
 class FavorCacheLayer(CacheLayerMixin):
     """One layer of :class:`FavorCache`: the FAVOR+ recurrent state instead of keys and values.
 
@@ -33,6 +36,11 @@ class FavorCacheLayer(CacheLayerMixin):
     (``kv (B, H, M', D)``, ``normalizer (B, H, M')``, ``log_offset (B, H)``, and FAVOR++'s
     ``kernel_params (B, H)``) and stores the
     result. The state's size does not depend on the number of tokens seen.
+
+    A cache continues the sequences it has seen (as every HF cache does): reusing it for another
+    batch, or for a call that adds no position, is a ``ValueError`` saying so — pass a new
+    :class:`FavorCache` (or call ``cache.reset()``) for each new ``generate()`` call. A call
+    that fails leaves the state as it was before the call.
     """
 
     is_sliding = False
@@ -58,11 +66,29 @@ class FavorCacheLayer(CacheLayerMixin):
                 "FavorCache was updated twice without a 'favor' attention call in between: it only works "
                 "with attn_implementation='favor'"
             )
+        self._check_continues(key_states)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         self._pending = key_states
         _PENDING.set((self, key_states))
         return key_states, value_states
+
+    def _check_continues(self, key_states: Tensor) -> None:
+        """Refuse keys that cannot continue this state (a reused cache), before any reshape fails."""
+        if key_states.dim() != 4 or key_states.shape[-2] == 0:
+            raise ValueError(
+                f"FavorCache: no new position to add (keys of shape {tuple(key_states.shape)}; the cache "
+                f"has seen {self.seen} tokens and input_ids must extend them); {_ADVICE}"
+            )
+        if self.state is not None and self.state.kv.shape[0] != key_states.shape[0]:
+            raise ValueError(
+                f"FavorCache: it holds the state of {self.state.kv.shape[0]} sequence(s) ({self.seen} tokens "
+                f"seen), this call has a batch of {key_states.shape[0]}; {_ADVICE}"
+            )
+
+    def abandon(self) -> None:
+        """Forget the pending keys of a call that failed (the state is still that before it)."""
+        self._pending = None
 
     def commit(self, state: FavorState, new_tokens: int) -> None:
         """Store the state after the pending keys (called by the attention function)."""
@@ -116,11 +142,25 @@ class FavorCache(Cache):
 
     Use it for decoding with the ``"favor"`` attention: ``model.generate(ids, cache=FavorCache())``
     (``past_key_values=`` in transformers < 5) or ``model(ids, cache=FavorCache(), use_cache=True)``.
-    Per-token cost and memory are constant in the context length.
+    Per-token cost and memory are constant in the context length. One cache per ``generate()``
+    call: it keeps a running sum, not the tokens, so it cannot check that a later call's
+    ``input_ids`` start with the tokens it has seen; another batch size is refused with a
+    ``ValueError``.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(layer_class_to_replicate=FavorCacheLayer)
+
+    def get_mask_sizes(self, query_length: int, layer_idx: int = 0) -> tuple[int, int]:
+        # The model asks for the mask sizes before any attention module reshapes its inputs: the
+        # place to refuse a call with no new position (``generate()`` with a cache that has seen
+        # as many tokens as the prompt holds) before it becomes a reshape error.
+        if isinstance(query_length, int) and query_length == 0:
+            raise ValueError(
+                f"FavorCache: no new position to add (the cache has seen {self.get_seq_length()} tokens "
+                f"and input_ids must extend them); {_ADVICE}"
+            )
+        return super().get_mask_sizes(query_length, layer_idx)
 
 
 def take_pending(key: Tensor) -> FavorCacheLayer | None:

@@ -41,7 +41,9 @@ def favor_mask(
 
     Raises:
         ValueError: for a pattern FAVOR+ cannot represent (sliding window, chunked, packed
-            sequences, custom overlays) or a static cache (more key slots than tokens).
+            sequences, custom overlays), a static cache (more key slots than tokens), or a
+            causal mask shorter than the cached plus new positions (inputs that do not continue
+            the cache).
     """
     if mask_function is not causal_mask_function and mask_function is not bidirectional_mask_function:
         raise ValueError(
@@ -66,6 +68,16 @@ def favor_mask(
         raise ValueError(f"expected a 2D padding mask (B, L), got shape {tuple(attention_mask.shape)}")
     keep = attention_mask.to(torch.bool)
     if keep.shape[-1] < kv_offset + kv_length:
+        if mask_function is causal_mask_function:
+            # A decoder's mask covers the cached positions and the new ones; a shorter one means
+            # the inputs do not continue what the cache has seen (e.g. a cache reused for a new
+            # prompt), which padding would silently turn into masked-out new tokens.
+            seen = kv_offset + kv_length - q_length
+            raise ValueError(
+                f"attention_mask covers {keep.shape[-1]} positions, but the cache has seen {seen} and this "
+                f"call adds {q_length}: the inputs must continue the cached sequence (a cache serves one "
+                "generation: pass a new FavorCache() for a new prompt)"
+            )
         keep = nn.functional.pad(keep, (0, kv_offset + kv_length - keep.shape[-1]), value=False)
     keep = keep[:, kv_offset : kv_offset + kv_length]
     if bool(keep.all()):

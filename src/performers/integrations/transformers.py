@@ -14,10 +14,26 @@ or decoder (GPT-2, Llama: causal, :class:`FavorCache` for ``generate()``) with F
 (:func:`performers.favor_attention`): ``O(L·M·D)`` instead of ``O(L²·D)``.
 
 **Settings** are a :class:`performers.FavorConfig`, kept in ``model.config.favor_config`` as its
-JSON dict (saved in ``config.json`` by ``save_pretrained``), with the draw number of each
-layer's projection in ``model.config.favor_redraw_counts``. A model whose config has none gets
-``FavorConfig()``. Configs written by performers 0.1.0 (flat options with ``projection_kind``
-and ``redraw_counts`` inside ``favor_config``) are read too.
+JSON dict (saved in ``config.json`` by ``save_pretrained``) with its format number in
+``favor_config_format``, and the draw number of each layer's projection in
+``model.config.favor_redraw_counts``. A model whose config has none gets ``FavorConfig()``. A
+saved ``favor_config`` is read without guessing: a missing field is a
+:class:`~performers.layers.ConfigError` naming it
+(:func:`~performers.layers.favor_config.favor_config_from_saved`); configs written by performers
+0.1.0 (flat options with ``projection_kind`` and ``redraw_counts`` inside ``favor_config``) and
+before ``favor_config_format`` existed are read with the values they were computed with.
+
+**Reloading a converted model runs FAVOR+ by default.** :func:`performerize` also records
+``attn_implementation: "favor"`` in the config, which ``save_pretrained`` writes to
+``config.json``, so ``AutoModel.from_pretrained(path)`` (this module imported) runs FAVOR+ with
+the saved projections, and *refuses* to load (HF's "attn_implementation='favor' is not
+supported") when this module was not imported — it never silently runs softmax. An explicit
+``from_pretrained(path, attn_implementation="sdpa")`` is honoured (same weights, softmax; the
+``favor_config`` is kept, :func:`performerize` switches back). Directories converted before
+this (no ``attn_implementation`` key) load as FAVOR+ through :func:`load_hf_model` or with
+``attn_implementation="favor"``; re-saving them writes the key. Saving a model loaded this way
+*before* its first forward call: call :func:`performerize` (no options) first, as for
+:class:`~performers.FeatureRedrawer`, since HF consumes the key when loading.
 
 **Projections** are buffers of a :class:`performers.FavorAttention` submodule ``favor`` attached
 to each attention module (by :func:`performerize`, or on the first forward call when the model
@@ -73,6 +89,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 from performers.integrations.hf_cache import FavorCache, FavorCacheLayer, take_pending
 from performers.integrations.hf_masks import favor_mask, key_padding
 from performers.layers import FavorAttention, FavorConfig
+from performers.layers.favor_config import FAVOR_FORMAT, favor_config_from_saved
 from performers.ops import favor_attention
 
 __all__ = [
@@ -119,10 +136,14 @@ def favor_settings(config: Any) -> FavorConfig:
     """The :class:`~performers.FavorConfig` of a Hugging Face ``config`` (``FavorConfig()`` if it
     has none, which is then recorded in it, so it is saved).
 
-    A performers 0.1.0 ``favor_config`` (flat options, the redraw counts inside) is converted
-    in place to today's layout.
+    A saved ``favor_config`` must hold every field of its format (``favor_config_format``;
+    absent: written before the number existed); a performers 0.1.0 ``favor_config`` (flat
+    options, the redraw counts inside) is converted in place to today's layout. The config is
+    marked to load with the ``"favor"`` attention (``attn_implementation``, see the module
+    docstring).
 
     Raises:
+        ConfigError: a field of the saved format is missing (named) or the format is unknown.
         ValueError / TypeError: ``config.favor_config`` is not a valid FAVOR configuration
             (the message names the field).
     """
@@ -134,7 +155,8 @@ def favor_settings(config: Any) -> FavorConfig:
     elif isinstance(current, dict):
         current = dict(current)
         legacy_counts = current.pop("redraw_counts", None)
-        favor = FavorConfig.from_dict(current)
+        saved_format = getattr(config, "favor_config_format", None)
+        favor = favor_config_from_saved(current, format=saved_format, prefix="favor_config.")
         if legacy_counts is not None:
             if not isinstance(legacy_counts, dict):
                 raise ValueError(
@@ -143,11 +165,23 @@ def favor_settings(config: Any) -> FavorConfig:
             config.favor_redraw_counts = {str(k): int(v) for k, v in legacy_counts.items()}
     else:
         raise TypeError(f"config.favor_config must be a dict, got {type(current).__name__}")
-    config.favor_config = favor.to_dict()
+    _record(config, favor)
     counts = getattr(config, "favor_redraw_counts", None)
     if not isinstance(counts, dict):
         config.favor_redraw_counts = {}
     return favor
+
+
+def _record(config: Any, favor: FavorConfig) -> None:
+    """Write ``favor`` into an HF config in today's format, marked to reload as FAVOR+.
+
+    ``attn_implementation`` is the key HF's config reads when loading (then consumes): saved in
+    ``config.json`` it makes a plain ``from_pretrained`` run (or, without this module, refuse)
+    the ``"favor"`` attention instead of silently running softmax.
+    """
+    config.favor_config = favor.to_dict()
+    config.favor_config_format = FAVOR_FORMAT
+    config.attn_implementation = ATTENTION_NAME
 
 
 # --------------------------------------------------------------------------------------------
@@ -325,22 +359,7 @@ def favor_attention_forward(
     projection = favor.projection
 
     if layer is not None:
-        if not causal:
-            raise ValueError("FavorCache is for causal self-attention; this module is not causal")
-        if k_len != q_len:
-            raise ValueError(f"FavorCache: expected as many new keys as queries, got {k_len} and {q_len}")
-        out, state = favor_attention(
-            query,
-            key,
-            value,
-            projection,
-            causal=True,
-            key_padding_mask=pad,
-            initial_state=layer.state,
-            return_state=True,
-            **common,
-        )
-        layer.commit(state, k_len)
+        out = _continue_cache(layer, query, key, value, projection, pad, causal, common)
     elif causal and k_len != q_len:
         if k_len < q_len:
             raise ValueError(f"causal attention with fewer keys ({k_len}) than queries ({q_len})")
@@ -383,6 +402,43 @@ def favor_attention_forward(
     else:
         out = favor_attention(query, key, value, projection, causal=causal, key_padding_mask=pad, **common)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _continue_cache(
+    layer: FavorCacheLayer,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    projection: Tensor | None,
+    pad: Tensor | None,
+    causal: bool,
+    common: dict[str, Any],
+) -> Tensor:
+    """Attention of the new positions from ``layer``'s state; the state moves on only on success
+    (a failed call leaves the cache usable, not "updated twice")."""
+    try:
+        if not causal:
+            raise ValueError("FavorCache is for causal self-attention; this module is not causal")
+        if key.shape[2] != query.shape[2]:
+            raise ValueError(
+                f"FavorCache: expected as many new keys as queries, got {key.shape[2]} and {query.shape[2]}"
+            )
+        out, state = favor_attention(
+            query,
+            key,
+            value,
+            projection,
+            causal=True,
+            key_padding_mask=pad,
+            initial_state=layer.state,
+            return_state=True,
+            **common,
+        )
+    except BaseException:
+        layer.abandon()
+        raise
+    layer.commit(state, key.shape[2])
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +496,7 @@ def performerize(model: nn.Module, config: FavorConfig | None = None) -> nn.Modu
     configs = {id(m.config): m.config for _, m in modules}
     configs[id(model.config)] = model.config
     for hf_config in configs.values():
-        hf_config.favor_config = favor.to_dict()
+        _record(hf_config, favor)
         hf_config.favor_redraw_counts = counts  # one dict: redraws of every layer record here
     previous = getattr(model.config, "_attn_implementation", None)
     if previous not in (None, ATTENTION_NAME):  # what unperformerize() goes back to
@@ -459,10 +515,14 @@ def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     """``(model, tokenizer or None)`` from a ``save_pretrained`` directory, offline, eval mode.
 
     The class is the one named in ``config.architectures`` (e.g. ``BertModel``,
-    ``GPT2LMHeadModel``), so heads are kept; ``AutoModel`` when none is named.
+    ``GPT2LMHeadModel``), so heads are kept; ``AutoModel`` when none is named. A model converted
+    by :func:`performerize` (its config holds ``favor_config``) loads with the ``"favor"``
+    attention and its saved projections, also when it was saved before ``config.json``
+    recorded ``attn_implementation``.
 
     Raises:
         FileNotFoundError: ``path`` has no ``config.json``.
+        ConfigError: the saved ``favor_config`` misses a field of its format (named).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers
@@ -474,7 +534,12 @@ def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     config = AutoConfig.from_pretrained(path)
     names = getattr(config, "architectures", None) or []
     cls = getattr(transformers, names[0], None) if names else None
-    model = (cls or AutoModel).from_pretrained(path).eval()
+    options: dict[str, Any] = {}
+    if getattr(config, "favor_config", None) is not None:
+        favor_settings(config)  # refuses an incomplete favor_config before the weights load
+        register()
+        options["attn_implementation"] = ATTENTION_NAME
+    model = (cls or AutoModel).from_pretrained(path, **options).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError):
@@ -504,7 +569,7 @@ def unperformerize(model: nn.Module, attn_implementation: str | None = None) -> 
     configs = {id(m.config): m.config for _, m in attention_modules(model)}
     configs[id(model.config)] = model.config
     for config in configs.values():
-        for name in ("favor_config", "favor_redraw_counts"):
+        for name in ("favor_config", "favor_config_format", "favor_redraw_counts", "attn_implementation"):
             if hasattr(config, name):
                 delattr(config, name)
     model.set_attn_implementation(attn_implementation)

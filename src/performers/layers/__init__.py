@@ -10,7 +10,7 @@ from performers.layers.attention import (
     PerformerSelfAttention,
 )
 from performers.layers.favor import FavorAttention, projection_seed
-from performers.layers.favor_config import FavorConfig
+from performers.layers.favor_config import ConfigError, FavorConfig
 from performers.layers.kv_cache import KVCache
 from performers.layers.multihead import MultiheadFavorAttention
 from performers.layers.redraw import FeatureRedrawer, favor_modules
@@ -20,6 +20,7 @@ from performers.layers.sdpa import sdpa_attention
 
 __all__ = [
     "BACKENDS",
+    "ConfigError",
     "FavorAttention",
     "FavorConfig",
     "FeatureRedrawer",

@@ -6,18 +6,40 @@ command line (:func:`performers.cli.favor_options.favor_config_from_args`), a mo
 layer, and a Hugging Face model converted by
 :func:`performers.integrations.transformers.performerize` (``config.favor_config``). It is
 validated once, here, with messages that name the field.
+
+**Saved configurations never guess.** A configuration read back from a file
+(:func:`favor_config_from_saved`: a model's ``config.json``, a converted Hugging Face model's
+``favor_config``) must hold every field that existed in the format it was written in; a missing
+one is a :class:`ConfigError` naming it, never a silent default (a missing ``kernel`` would
+otherwise load a different model). Fields added by a later format get the value every model of
+the older format was computed with, listed per format in :data:`ADDED_FIELDS`:
+
+* format 1: performers 0.1.0, flat fields (``projection_kind``, ``num_features`` 0 for none,
+  ``redraw_every`` null for never); ``block_size`` and ``backend`` did not exist.
+* format 2: a nested ``favor`` dict written before formats were numbered; ``backend`` was added
+  during it (files without it ran ``"auto"``).
+* format 3 (:data:`FAVOR_FORMAT`, current): every field, and the number is written.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from performers.ops import DEFAULT_CHUNK_SIZE, KERNELS
 from performers.ops.attention import BACKENDS
 
-__all__ = ["LEGACY_FIELDS", "PROJECTIONS", "ROW_NORMS", "FavorConfig"]
+__all__ = [
+    "ADDED_FIELDS",
+    "FAVOR_FORMAT",
+    "LEGACY_FIELDS",
+    "PROJECTIONS",
+    "ROW_NORMS",
+    "ConfigError",
+    "FavorConfig",
+    "favor_config_from_saved",
+]
 
 PROJECTIONS = ("orthogonal", "iid")
 ROW_NORMS = ("chi", "sqrt_d")
@@ -33,6 +55,22 @@ LEGACY_FIELDS = {
     "seed": "seed",
     "chunk_size": "chunk_size",
 }
+
+# The format of saved configurations this version writes (see the module docstring).
+FAVOR_FORMAT = 3
+# Format → the fields its files may lack, with the value every model of that format computed
+# with. A field added in a later version goes here, for every older format, with that value.
+ADDED_FIELDS: dict[int, dict[str, Any]] = {
+    1: {"block_size": None, "backend": "auto"},
+    2: {"backend": "auto"},
+    3: {},
+}
+
+
+class ConfigError(ValueError):
+    """A saved configuration that cannot be read as written: a field that changes the
+    computation is missing, or the format is unknown. The message names the field (and the file
+    where the caller knows it)."""
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -124,21 +162,15 @@ class FavorConfig:
 
         Also reads the flat options written by performers 0.1.0 (:data:`LEGACY_FIELDS`:
         ``projection_kind``; ``num_features`` 0 for "no projection"; ``redraw_every`` None for
-        "never"), so every model saved before this class existed still loads.
+        "never"), so every model saved before this class existed still loads. Missing fields
+        take the class defaults: this builds a config in code; a *saved* one is read with
+        :func:`favor_config_from_saved`, which refuses missing fields.
         """
         if isinstance(data, FavorConfig):
             return data
         if not isinstance(data, dict):
             raise TypeError(f"FavorConfig.from_dict needs a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            name = LEGACY_FIELDS.get(key, key)
-            if name not in known:
-                raise ValueError(f"unknown FavorConfig field {key!r}; known fields are {sorted(known)}")
-            if key != name and name in data:
-                raise ValueError(f"FavorConfig: both {key!r} (old name) and {name!r} are given")
-            values[name] = value
+        values = _current_names(data)
         # 0.1.0 spellings of "none" / "never".
         if values.get("num_features") == 0 and not isinstance(values.get("num_features"), bool):
             values["num_features"] = None
@@ -158,3 +190,61 @@ class FavorConfig:
         except json.JSONDecodeError as err:
             raise ValueError(f"FavorConfig JSON is not valid JSON: {err}") from None
         return cls.from_dict(data)
+
+
+def _current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with 0.1.0's names replaced by today's; ValueError for an unknown field or a
+    field given under both names."""
+    known = {f.name for f in fields(FavorConfig)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = LEGACY_FIELDS.get(key, key)
+        if name not in known:
+            raise ValueError(f"unknown FavorConfig field {key!r}; known fields are {sorted(known)}")
+        if key != name and name in data:
+            raise ValueError(f"FavorConfig: both {key!r} (old name) and {name!r} are given")
+        values[name] = value
+    return values
+
+
+def _saved_format(data: dict[str, Any], declared: Any) -> int:
+    """The format of a saved FAVOR dict: ``declared`` if given, else 1 (0.1.0's flat names) or 2."""
+    if declared is None:
+        return 1 if "projection_kind" in data else 2
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared not in ADDED_FIELDS:
+        raise ConfigError(
+            f"unknown configuration format {declared!r}; this version of performers reads formats "
+            f"{sorted(ADDED_FIELDS)} (written by a newer version?)"
+        )
+    return declared
+
+
+def favor_config_from_saved(data: Any, *, format: Any = None, prefix: str = "") -> FavorConfig:
+    """A :class:`FavorConfig` from a saved dict that must hold every field of its format.
+
+    Args:
+        data: the saved dict (today's names, or 0.1.0's flat names for format 1).
+        format: the format number saved next to it; None for files written before formats were
+            numbered (then 0.1.0's ``projection_kind`` means format 1, anything else format 2).
+        prefix: how the caller names the dict in messages, e.g. ``"favor."``.
+
+    Raises:
+        ConfigError: a field of that format is missing (named), or the format is unknown.
+        ValueError / TypeError: an unknown field or an invalid value (as :meth:`FavorConfig.from_dict`).
+    """
+    if not isinstance(data, dict):
+        raise TypeError(
+            f"{prefix.rstrip('.') or 'the FAVOR configuration'} must be a dict, got {type(data).__name__}"
+        )
+    version = _saved_format(data, format)
+    present = _current_names(data)  # an unknown field is the first error
+    added = ADDED_FIELDS[version]
+    missing = [f.name for f in fields(FavorConfig) if f.name not in present and f.name not in added]
+    if missing:
+        names = ", ".join(repr(prefix + name) for name in missing)
+        raise ConfigError(
+            f"missing field {names} (configuration format {version}); performers does not guess a value "
+            "that changes the computation: add it with the value the model was made with"
+        )
+    defaults = {name: value for name, value in added.items() if name not in present}
+    return replace(FavorConfig.from_dict(data), **defaults)

@@ -1,4 +1,14 @@
-"""``PerformerConfig``: every size and option of the Performer models, JSON round-trippable."""
+"""``PerformerConfig``: every size and option of the Performer models, JSON round-trippable.
+
+A saved config (``config.json`` of :func:`~performers.save_pretrained`, :meth:`PerformerConfig.save`)
+records its format number (``"config_format"``, :data:`CONFIG_FORMAT`) and is read back by
+:meth:`PerformerConfig.from_saved`, which never guesses: every field that existed in that format
+must be present (a missing ``activation`` or ``kernel`` is a
+:class:`~performers.layers.favor_config.ConfigError` naming the field), and fields added by later
+formats take the values the older models computed with (:data:`ADDED_MODEL_FIELDS`,
+:data:`performers.layers.favor_config.ADDED_FIELDS`). Files without a number are formats 1
+(performers 0.1.0: flat FAVOR fields) and 2 (a nested ``favor`` dict), told apart by their layout.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +19,24 @@ from pathlib import Path
 from typing import Any
 
 from performers.layers import BACKENDS, FavorConfig
-from performers.layers.favor_config import LEGACY_FIELDS
+from performers.layers.favor_config import (
+    ADDED_FIELDS,
+    FAVOR_FORMAT,
+    LEGACY_FIELDS,
+    ConfigError,
+    favor_config_from_saved,
+)
 
-__all__ = ["PerformerConfig"]
+__all__ = ["ADDED_MODEL_FIELDS", "CONFIG_FORMAT", "CONFIG_FORMAT_KEY", "ConfigError", "PerformerConfig"]
 
-# Keys io.save_pretrained adds to config.json next to the fields; from_dict skips them.
-METADATA_KEYS = ("architectures", "model_type", "performers_version")
+# The format number written into saved configs (shared with the FAVOR fields' format).
+CONFIG_FORMAT = FAVOR_FORMAT
+CONFIG_FORMAT_KEY = "config_format"
+# Format → PerformerConfig fields its files may lack, with the value its models computed with.
+# Every field of today existed in format 1; a field added later goes here for older formats.
+ADDED_MODEL_FIELDS: dict[int, dict[str, Any]] = {version: {} for version in ADDED_FIELDS}
+# Keys saved next to the fields (io.save_pretrained, to_json); from_dict / from_saved skip them.
+METADATA_KEYS = ("architectures", "model_type", "performers_version", CONFIG_FORMAT_KEY)
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:
@@ -161,18 +183,46 @@ class PerformerConfig:
             values["favor"] = FavorConfig.from_dict(values["favor"])
         return cls(**values)
 
+    def to_saved_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` with the format number first: what a saved config holds."""
+        return {CONFIG_FORMAT_KEY: CONFIG_FORMAT, **self.to_dict()}
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> PerformerConfig:
+        """Read a saved config (:meth:`to_saved_dict`, or a ``config.json`` of any earlier
+        version) without guessing: see the module docstring.
+
+        Raises:
+            ConfigError: a field of the file's format is missing (named, ``favor.kernel`` for a
+                FAVOR option), or the format number is unknown.
+            ValueError / TypeError: unknown fields or invalid values, as :meth:`from_dict`.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"a saved PerformerConfig must be a JSON object, got {type(data).__name__}")
+        values = {k: v for k, v in data.items() if k not in METADATA_KEYS}
+        flat = {k: values.pop(k) for k in list(values) if k in LEGACY_FIELDS}
+        version = _saved_format(data.get(CONFIG_FORMAT_KEY), flat=flat, nested="favor" in values)
+        _check_saved_fields(values, flat=bool(flat), version=version)
+        if flat:
+            favor = favor_config_from_saved(flat, format=version)
+        else:
+            favor = favor_config_from_saved(values.pop("favor"), format=version, prefix="favor.")
+        added = ADDED_MODEL_FIELDS[version]
+        defaults = {name: value for name, value in added.items() if name not in values}
+        return cls(**values, **defaults, favor=favor)
+
     def to_json(self) -> str:
-        """The config as a JSON document (indented, keys in field order)."""
-        return json.dumps(self.to_dict(), indent=2) + "\n"
+        """The config as a JSON document (indented: the format number, then the fields in order)."""
+        return json.dumps(self.to_saved_dict(), indent=2) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> PerformerConfig:
-        """Parse :meth:`to_json` output."""
+        """Parse :meth:`to_json` output (a saved config: :meth:`from_saved`'s rules)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"PerformerConfig JSON is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_saved(data)
 
     def save(self, path: str | Path) -> None:
         """Write :meth:`to_json` to ``path``."""
@@ -183,6 +233,48 @@ class PerformerConfig:
         """Read a config written by :meth:`save` (or a ``config.json`` of :func:`save_pretrained`)."""
         path = Path(path)
         try:
-            return cls.from_json(path.read_text())
+            return cls.from_json(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text ({err})") from None
         except (ValueError, TypeError) as err:
             raise type(err)(f"{path}: {err}") from None
+
+
+def _saved_format(declared: Any, *, flat: dict[str, Any], nested: bool) -> int:
+    """The format of a saved config: the number it declares, else 1 (flat FAVOR fields) or 2."""
+    if flat and nested:
+        raise ValueError(
+            f"PerformerConfig: FAVOR options {sorted(flat)} given both flat (performers 0.1.0) and in 'favor'"
+        )
+    if declared is None:
+        return 1 if flat else 2
+    if isinstance(declared, bool) or not isinstance(declared, int) or declared not in ADDED_MODEL_FIELDS:
+        raise ConfigError(
+            f"unknown {CONFIG_FORMAT_KEY} {declared!r}; this version of performers reads formats "
+            f"{sorted(ADDED_MODEL_FIELDS)} (written by a newer version?)"
+        )
+    if flat and declared != 1:
+        raise ConfigError(f"flat FAVOR fields {sorted(flat)} belong to format 1, not format {declared}")
+    return declared
+
+
+def _check_saved_fields(values: dict[str, Any], *, flat: bool, version: int) -> None:
+    """Unknown fields are a ValueError; fields of ``version`` that are missing a ConfigError."""
+    known = {f.name for f in fields(PerformerConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown PerformerConfig field(s) {unknown}; known fields are {sorted(known)}")
+    added = ADDED_MODEL_FIELDS[version]
+    missing = [
+        f.name
+        for f in fields(PerformerConfig)
+        if f.name not in values and f.name not in added and f.name != "favor"
+    ]
+    if not flat and "favor" not in values:
+        missing.append("favor")
+    if missing:
+        raise ConfigError(
+            f"missing field {', '.join(map(repr, missing))} (configuration format {version}); "
+            "performers does not guess a value that changes the model: add it with the value the "
+            "model was trained with"
+        )

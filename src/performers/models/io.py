@@ -8,7 +8,13 @@
   into place with ``os.replace`` (atomic on POSIX and Windows): a crash leaves either the old
   file or the new one, never a partial file.
 * A checkpoint that is unreadable, truncated, missing a tensor, holding an extra one, or
-  holding one of the wrong shape/kind raises ``ValueError`` naming the file and the tensor.
+  holding one of the wrong shape/kind raises :class:`ModelLoadError` (a ``ValueError``) naming
+  the file and the tensor.
+* Loading never guesses: ``config.json`` records its format number (``"config_format"``) and
+  must hold every field of that format; a missing one (``activation``, ``favor.kernel``, ...)
+  is a :class:`ModelLoadError` naming the file and the field. Models written by earlier versions
+  (formats 1 and 2, without the number) load with the values they were computed with
+  (:meth:`PerformerConfig.from_saved`).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ __all__ = [
     "CONFIG_NAME",
     "MODEL_CLASSES",
     "WEIGHTS_NAME",
+    "ModelLoadError",
     "from_pretrained",
     "load_safetensors",
     "save_pretrained",
@@ -38,6 +45,12 @@ WEIGHTS_NAME = "model.safetensors"
 # Class name (as recorded in config.json "architectures") → class; the Performer model classes
 # add themselves when they are defined (PerformerPreTrainedModel.__init_subclass__).
 MODEL_CLASSES: dict[str, type[nn.Module]] = {}
+
+
+class ModelLoadError(ValueError):
+    """A model directory that cannot be loaded as written: invalid or incomplete ``config.json``
+    (a missing field is named), unreadable weights, or tensors that do not fit the model. The
+    message starts with the file's path."""
 
 
 def _check_model(model: nn.Module) -> None:
@@ -63,7 +76,7 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> None:
     metadata = {"format": "pt", "architecture": architecture, "performers_version": version}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
-    config = {**model.config.to_dict(), "architectures": [architecture], "performers_version": version}
+    config = {**model.config.to_saved_dict(), "architectures": [architecture], "performers_version": version}
     text = json.dumps(config, indent=2) + "\n"
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(text))
 
@@ -72,36 +85,36 @@ def _read_config(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such config file")
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
+        raise ModelLoadError(f"{path}: not valid JSON: {err}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+        raise ModelLoadError(f"{path}: expected a JSON object, got {type(raw).__name__}")
     return raw
 
 
 def _check_tensors(path: Path, stored: dict[str, Tensor], expected: dict[str, Tensor], saved_as: str) -> None:
-    """Same names, shapes and kinds (floating / integer) as the model's ``state_dict``, or ValueError."""
+    """Same names, shapes and kinds (floating / integer) as the model's ``state_dict``, or ModelLoadError."""
     hint = f" (the checkpoint was saved from {saved_as})" if saved_as else ""
     missing = [name for name in expected if name not in stored]
     if missing:
         name = missing[0]
-        raise ValueError(
+        raise ModelLoadError(
             f"{path}: tensor {name!r} is missing (expected shape {tuple(expected[name].shape)}); "
             f"{len(missing)} missing in all{hint}"
         )
     unexpected = sorted(set(stored) - set(expected))
     if unexpected:
-        raise ValueError(f"{path}: unexpected tensor(s) {unexpected} not in the model{hint}")
+        raise ModelLoadError(f"{path}: unexpected tensor(s) {unexpected} not in the model{hint}")
     for name, target in expected.items():
         tensor = stored[name]
         if tensor.shape != target.shape:
-            raise ValueError(
+            raise ModelLoadError(
                 f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, the model expects "
                 f"{tuple(target.shape)} (does config.json match the weights?)"
             )
         if tensor.is_floating_point() != target.is_floating_point():
-            raise ValueError(
+            raise ModelLoadError(
                 f"{path}: tensor {name!r} has dtype {tensor.dtype}, the model expects {target.dtype}"
             )
 
@@ -126,8 +139,10 @@ def from_pretrained(
 
     Raises:
         FileNotFoundError: a file is missing.
-        ValueError: unreadable/truncated files, invalid config, or tensors that are missing,
-            unexpected or of the wrong shape (the message names the file and the tensor).
+        ModelLoadError: unreadable/truncated files, an invalid config or one missing a field of
+            its format (named: performers never guesses a value that changes the model), or
+            tensors that are missing, unexpected or of the wrong shape (the message names the
+            file and the tensor).
     """
     directory = Path(directory)
     config_path = directory / CONFIG_NAME
@@ -137,19 +152,22 @@ def from_pretrained(
     saved_as = architectures[0] if isinstance(architectures, list) and architectures else None
     if model_class is None:
         if saved_as not in MODEL_CLASSES:
-            raise ValueError(
+            raise ModelLoadError(
                 f"{config_path}: 'architectures' names {saved_as!r}, not one of {sorted(MODEL_CLASSES)}; "
                 "pass model_class="
             )
         model_class = MODEL_CLASSES[saved_as]
     try:
-        config = PerformerConfig.from_dict(raw)
-        if config_overrides:
-            config = replace(config, **config_overrides)
+        config = PerformerConfig.from_saved(raw)
     except (TypeError, ValueError) as err:
-        raise type(err)(f"{config_path}: {err}") from None
+        raise ModelLoadError(f"{config_path}: {err}") from None
+    if config_overrides:
+        config = replace(config, **config_overrides)  # the caller's own values: their errors stay theirs
 
-    tensors, _ = load_safetensors(weights_path)
+    try:
+        tensors, _ = load_safetensors(weights_path)
+    except ValueError as err:  # unreadable or truncated: already names the file
+        raise ModelLoadError(str(err)) from None
     model = model_class(config)
     _check_tensors(weights_path, tensors, model.state_dict(), saved_as or "")
     if dtype is None:

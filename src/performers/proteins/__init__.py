@@ -31,7 +31,7 @@ from performers.proteins.prepared_dataset import (
     is_prepared,
     read_manifest,
 )
-from performers.proteins.tokenizer import ProteinTokenizer
+from performers.proteins.tokenizer import ProteinTokenizer, UnknownResidueError
 
 __all__ = [
     "SHIPPED_TASKS",
@@ -49,6 +49,7 @@ __all__ = [
     "ResidueLabels",
     "SequenceTargets",
     "UnigramBaseline",
+    "UnknownResidueError",
     "default_corpus",
     "evaluation_batches",
     "first_records",

@@ -192,7 +192,12 @@ def _first_problem(residues: str, record: str, rules: _Rules) -> str | None:
     """What is wrong with the first bad character of a cleaned line of ``record``, or None."""
     for column, char in enumerate(residues, start=1):
         if char not in rules.allowed:
-            what = "a stop '*' inside the sequence" if char == "*" else f"illegal character {char!r}"
+            if char == "*":
+                what = "a stop '*' inside the sequence"
+            elif char == "\ufffd":  # how the reader decodes a non-ASCII byte
+                what = "a non-ASCII character (the file is not plain ASCII FASTA)"
+            else:
+                what = f"illegal character {char!r}"
             return f"{what} in record {record!r} (column {column})"
         if not rules.labels and char in RARE_RESIDUES and rules.rare == "reject":
             return f"rare residue {char!r} in record {record!r} (column {column}) rejected in strict mode"
@@ -269,6 +274,24 @@ def _parse_piece(
     batch.extend(_parse_lines(enumerate(lines, start=line), name, rules, on_invalid))
 
 
+def _text_lines(stream: IO[str], name: str) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a text stream, without a leading byte-order mark; a stream that cannot
+    be decoded is a FastaError naming it (not a bare UnicodeDecodeError)."""
+    number = 0
+    try:
+        for number, line in enumerate(stream, start=1):
+            yield number, line.removeprefix("\ufeff") if number == 1 else line
+    except UnicodeDecodeError as error:
+        byte = error.object[error.start : error.start + 1].hex()
+        where = f"after line {number}" if number else "in its first line"
+        raise FastaError(
+            f"{name}: not {error.encoding} text {where} (byte 0x{byte}: {error.reason}); pass the path "
+            "or a binary stream instead (a non-ASCII byte is then reported by line and column)"
+        ) from None
+    except EOFError as error:  # a gzip/bz2/lzma stream that ends early
+        raise FastaError(f"{name}: truncated compressed file after line {number} ({error})") from None
+
+
 def read_fasta_batches(
     source: str | os.PathLike | IO,
     *,
@@ -294,7 +317,7 @@ def read_fasta_batches(
     rules = _Rules(rare, strict, alphabet)
     if isinstance(source, io.TextIOBase):
         name = str(getattr(source, "name", "<stream>"))
-        records = _parse_lines(enumerate(source, start=1), name, rules, on_invalid)
+        records = _parse_lines(_text_lines(source, name), name, rules, on_invalid)
         while batch := [record for _, record in zip(range(_TEXT_BATCH), records, strict=False)]:
             yield batch
         return

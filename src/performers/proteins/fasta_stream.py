@@ -15,6 +15,8 @@ bytes, not residues:
   and what is wrong.
 * ``\\r\\n`` and lone ``\\r`` become ``\\n`` (text mode's universal newlines, which the line
   numbers of error messages follow).
+* A UTF-8 byte-order mark at the start of the text (as some Windows editors write) is dropped;
+  a UTF-16 one is a :class:`FastaError` (FASTA is ASCII text).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ _OTHER_FORMATS = {
 _BINARY = bytes(range(0x00, 0x09)) + bytes(range(0x0E, 0x1C)) + b"\x7f"
 _BINARY_SET = frozenset(_BINARY)
 _SNIFF_BYTES = 1 << 16
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 class FastaError(ValueError):
@@ -47,11 +51,20 @@ class FastaError(ValueError):
     problem of the file as a whole: truncated or corrupt gzip, binary data)."""
 
 
-def _raw_blocks(handle: IO[bytes], on_raw: Callable[[bytes], None] | None) -> Iterator[bytes]:
-    while block := handle.read(_RAW_BYTES):
+def _raw_blocks(handle: IO[bytes], on_raw: Callable[[bytes], None] | None, name: str) -> Iterator[bytes]:
+    while block := _read(handle, name):
         if on_raw is not None:
             on_raw(block)
         yield block
+
+
+def _read(handle: IO[bytes], name: str) -> bytes:
+    """One raw block; a stream that decompresses itself (``gzip.open(path, "rb")``) and ends
+    early is a FastaError naming it, not a bare EOFError."""
+    try:
+        return handle.read(_RAW_BYTES)
+    except EOFError as error:
+        raise FastaError(f"{name}: truncated compressed file ({error})") from None
 
 
 def _gunzip(raw: Iterator[bytes], name: str) -> Iterator[bytes]:
@@ -127,13 +140,34 @@ def text_blocks(
     """
     if isinstance(source, (str, os.PathLike)):
         with open(source, "rb") as handle:
-            yield from _normalized(_decoded(handle, name, on_raw), name)
+            yield from _normalized(_without_bom(_decoded(handle, name, on_raw), name), name)
     else:
-        yield from _normalized(_decoded(source, name, on_raw), name)
+        yield from _normalized(_without_bom(_decoded(source, name, on_raw), name), name)
+
+
+def _without_bom(blocks: Iterator[bytes], name: str) -> Iterator[bytes]:
+    """The text without a leading UTF-8 byte-order mark (which may span tiny blocks); a UTF-16
+    mark is refused by name rather than reported as binary data or a missing header."""
+    head: bytes | None = b""
+    for block in blocks:
+        if head is None:
+            yield block
+            continue
+        head += block
+        if len(head) < len(_UTF8_BOM) and _UTF8_BOM.startswith(head):
+            continue  # could still be a BOM: wait for more bytes
+        if head.startswith(_UTF16_BOMS):
+            raise FastaError(
+                f"{name}: UTF-16 text (byte-order mark {head[:2].hex()}); FASTA must be ASCII/UTF-8"
+            )
+        yield head.removeprefix(_UTF8_BOM)
+        head = None
+    if head:
+        yield head.removeprefix(_UTF8_BOM)
 
 
 def _decoded(handle: IO[bytes], name: str, on_raw: Callable[[bytes], None] | None) -> Iterator[bytes]:
-    raw = _raw_blocks(handle, on_raw)
+    raw = _raw_blocks(handle, on_raw, name)
     first = b""
     while len(first) < 8 and (block := next(raw, b"")):  # enough bytes to recognize a format
         first += block

@@ -18,9 +18,20 @@ from torch import Tensor
 from performers.proteins.fasta import RARE_RESIDUES, STANDARD_RESIDUES
 from performers.utils import atomic_write
 
-__all__ = ["SPECIAL_TOKENS", "ProteinTokenizer"]
+__all__ = ["SPECIAL_TOKENS", "ProteinTokenizer", "UnknownResidueError"]
 
 SPECIAL_TOKENS = ("<pad>", "<mask>", "<cls>", "<eos>", "<unk>")
+UNKNOWN_MODES = ("unk", "error")
+
+
+class UnknownResidueError(ValueError):
+    """A residue string holding a character the tokenizer has no token for (with
+    ``unknown="error"``); the message names the character, its position and the sequence, which
+    are also its attributes ``char``, ``position`` (0-based) and ``sequence``."""
+
+    def __init__(self, message: str, *, char: str, position: int, sequence: str) -> None:
+        super().__init__(message)
+        self.char, self.position, self.sequence = char, position, sequence
 
 
 class ProteinTokenizer:
@@ -29,14 +40,14 @@ class ProteinTokenizer:
     Args:
         residues: the residue letters, in id order after the special tokens.
         unknown: ``"unk"`` maps a letter outside the vocabulary to ``<unk>``; ``"error"``
-            raises ``ValueError`` naming it.
+            raises :class:`UnknownResidueError` (a ``ValueError``) naming it. ``encode`` and
+            ``batch_encode`` can override it per call.
     """
 
     def __init__(self, residues: str = STANDARD_RESIDUES + RARE_RESIDUES, *, unknown: str = "unk") -> None:
         if len(set(residues)) != len(residues) or not residues.isalpha() or not residues.isupper():
             raise ValueError(f"residues must be distinct upper-case letters, got {residues!r}")
-        if unknown not in ("unk", "error"):
-            raise ValueError(f"unknown must be 'unk' or 'error', got {unknown!r}")
+        _check_unknown(unknown)
         self.residues = residues
         self.unknown = unknown
         self.tokens = list(SPECIAL_TOKENS) + list(residues)
@@ -65,14 +76,27 @@ class ProteinTokenizer:
         """Ids of the residue tokens (what MLM may sample as random replacements)."""
         return range(len(SPECIAL_TOKENS), len(self.tokens))
 
-    def encode(self, sequence: str, *, add_special_tokens: bool = True) -> list[int]:
-        """``"MKV"`` → ``[<cls>, M, K, V, <eos>]`` (upper-cases first)."""
+    def encode(
+        self, sequence: str, *, add_special_tokens: bool = True, unknown: str | None = None
+    ) -> list[int]:
+        """``"MKV"`` → ``[<cls>, M, K, V, <eos>]`` (upper-cases first).
+
+        ``unknown`` overrides the tokenizer's policy for a character outside the vocabulary
+        (``"unk"`` or ``"error"``: :class:`UnknownResidueError`).
+        """
+        unknown = self.unknown if unknown is None else _check_unknown(unknown)
         ids = []
-        for position, char in enumerate(sequence.upper()):
-            token = self._ids.get(char)
+        for position, char in enumerate(sequence):
+            token = self._ids.get(char.upper())
             if token is None or token < len(SPECIAL_TOKENS):
-                if self.unknown == "error":
-                    raise ValueError(f"unknown residue {char!r} at position {position} of the sequence")
+                if unknown == "error":
+                    raise UnknownResidueError(
+                        f"unknown residue {char!r} at position {position} of the sequence "
+                        f"{sequence!r} (0-based; residues are {self.residues})",
+                        char=char,
+                        position=position,
+                        sequence=sequence,
+                    )
                 token = self.unk_id
             ids.append(token)
         if add_special_tokens:
@@ -101,14 +125,16 @@ class ProteinTokenizer:
         add_special_tokens: bool = True,
         padding_side: str = "right",
         max_length: int | None = None,
+        unknown: str | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Encode and pad: ``(input_ids (B, L) int64, attention_mask (B, L) int64, 1 = token)``.
 
-        ``max_length`` truncates (keeping the start); ``padding_side="left"`` suits generation.
+        ``max_length`` truncates (keeping the start); ``padding_side="left"`` suits generation;
+        ``unknown`` as for :meth:`encode`.
         """
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-        encoded = [self.encode(s, add_special_tokens=add_special_tokens) for s in sequences]
+        encoded = [self.encode(s, add_special_tokens=add_special_tokens, unknown=unknown) for s in sequences]
         if max_length is not None:
             encoded = [e[:max_length] for e in encoded]
         length = max((len(e) for e in encoded), default=0)
@@ -130,12 +156,17 @@ class ProteinTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ProteinTokenizer:
-        """Read a tokenizer saved by :meth:`save`; a file that does not describe one is an error."""
+        """Read a tokenizer saved by :meth:`save`; a file that does not describe one is a
+        ``ValueError`` naming it (a missing file: ``FileNotFoundError``)."""
         try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as error:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise ValueError(f"{path}: not a valid tokenizer file ({error})") from None
-        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{path}: not a ProteinTokenizer file (a JSON {type(data).__name__}, not an object)"
+            )
+        tokens = data.get("tokens")
         if data.get("type") != "ProteinTokenizer" or not isinstance(tokens, list):
             raise ValueError(f"{path}: not a ProteinTokenizer file (missing 'type' or 'tokens')")
         if tuple(tokens[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
@@ -147,3 +178,9 @@ class ProteinTokenizer:
 
     def __repr__(self) -> str:
         return f"ProteinTokenizer(vocab_size={len(self)}, residues={self.residues!r})"
+
+
+def _check_unknown(unknown: str) -> str:
+    if unknown not in UNKNOWN_MODES:
+        raise ValueError(f"unknown must be 'unk' or 'error', got {unknown!r}")
+    return unknown

@@ -1,10 +1,12 @@
 """Plain-PyTorch training that knows no proteins: the loop (:class:`Trainer`) over any
 :class:`ExampleSource`, one optimizer, one learning-rate schedule, token-level evaluation, and
-atomic checkpoints with exact resume (shared by fine-tuning and distillation)."""
+atomic checkpoints with exact resume (shared by fine-tuning and distillation): a run directory
+belongs to one run at a time, and a resume refuses options that would change the computation."""
 
 from performers.training.checkpoint import (
     Checkpoint,
     CheckpointError,
+    NoUsableCheckpointError,
     latest_checkpoint,
     load_checkpoint,
     restore,
@@ -20,30 +22,51 @@ from performers.training.evaluation import (
 )
 from performers.training.metrics import ranks, spearman
 from performers.training.optim import build_optimizer
+from performers.training.run_config import (
+    SAFE_ON_RESUME,
+    Change,
+    ResumeMismatchError,
+    check_resume,
+    describe_run,
+    format_changes,
+    recorded_run,
+)
+from performers.training.run_directory import RunDirectoryError, owned, start_fresh
 from performers.training.schedule import SCHEDULES, lr_factor, make_scheduler
 from performers.training.trainer import TASKS, Trainer, TrainingConfig
 
 __all__ = [
+    "SAFE_ON_RESUME",
     "SCHEDULES",
     "TASKS",
+    "Change",
     "Checkpoint",
     "CheckpointError",
     "ExampleSource",
+    "NoUsableCheckpointError",
     "RandomStreams",
+    "ResumeMismatchError",
+    "RunDirectoryError",
     "Trainer",
     "TrainingConfig",
     "build_optimizer",
+    "check_resume",
+    "describe_run",
     "evaluate_regression",
     "evaluate_tokens",
     "evaluation_mode",
+    "format_changes",
     "latest_checkpoint",
     "load_checkpoint",
     "logits_of",
     "lr_factor",
     "make_scheduler",
     "masked_accuracy",
+    "owned",
     "ranks",
+    "recorded_run",
     "restore",
     "save_checkpoint",
     "spearman",
+    "start_fresh",
 ]

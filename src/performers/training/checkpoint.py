@@ -8,20 +8,29 @@ A checkpoint is a directory ``step-00000120/`` holding
 * ``rng.safetensors`` — the global torch RNG state and the state of every named generator the
   loop uses (data order, crops, masking);
 * ``meta.json`` — step, the optimizer's non-tensor state (param groups), the scheduler's
-  ``state_dict``, the loop's own state (data position, metrics) and the SHA-256 of each file.
+  ``state_dict``, the loop's own state (data position, metrics), the run's configuration
+  (:mod:`performers.training.run_config`), the SHA-256 of each tensor file and the SHA-256 of
+  its own other contents (``checksum``).
 
 It is written in a temporary directory that is renamed into place (atomic, with the user's umask
 for its files), the last ``keep_last`` are kept, and :func:`latest_checkpoint` skips — with a
-warning — a newest checkpoint that is incomplete or corrupt, falling back to the previous one. Nothing is ever
-unpickled.
+warning naming the file and the reason — a newest checkpoint that is incomplete or corrupt (a
+truncated tensor file, an edited or torn ``meta.json``, a missing key, a value of the wrong
+type), falling back to the previous one. Nothing is ever unpickled.
+
+``meta.json`` of a checkpoint written before it carried ``format`` and ``checksum`` (format 1)
+is still read: checked against the older schema, with a warning that its contents cannot be
+verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +38,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from performers.training.run_config import Change, ResumeMismatchError
 from performers.utils import atomic_directory, load_safetensors, sha256
 
 __all__ = [
+    "FORMAT",
     "PREFIX",
     "Checkpoint",
     "CheckpointError",
+    "NoUsableCheckpointError",
     "latest_checkpoint",
     "load_checkpoint",
     "restore",
@@ -43,10 +55,33 @@ __all__ = [
 
 PREFIX = "step-"
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
+# The version of meta.json: 2 adds "format", "run" and "checksum" (1: none of them).
+FORMAT = 2
+
+# A schema: key -> the type(s) its value must have. ``int`` never accepts a bool.
+Schema = Mapping[str, type | tuple[type, ...]]
+_META_SCHEMA: Schema = {
+    "format": int,
+    "step": int,
+    "optimizer": dict,
+    "scheduler": (dict, type(None)),
+    "state": dict,
+    "run": (dict, type(None)),
+    "sha256": dict,
+    "checksum": str,
+}
+_LEGACY_META_SCHEMA: Schema = {"step": int, "optimizer": dict, "sha256": dict}
+_LEGACY_OPTIONAL: Schema = {"scheduler": (dict, type(None)), "state": dict}
+_OPTIMIZER_SCHEMA: Schema = {"param_groups": list, "plain_state": dict}
 
 
 class CheckpointError(ValueError):
     """A checkpoint directory that cannot be used; the message names it and the problem."""
+
+
+class NoUsableCheckpointError(CheckpointError):
+    """A directory holds checkpoints but every one of them is unusable; the message lists each
+    one with its problem."""
 
 
 @dataclass
@@ -59,6 +94,9 @@ class Checkpoint:
     torch_rng: Tensor
     generators: dict[str, Tensor]
     state: dict[str, Any]
+    # The run's configuration (run_config.describe_run); None in a format-1 checkpoint.
+    run: dict[str, Any] | None = None
+    format: int = FORMAT
 
 
 def _flatten_optimizer(state_dict: dict) -> tuple[dict[str, Tensor], dict]:
@@ -92,9 +130,14 @@ def save_checkpoint(
     scheduler: Any | None = None,
     generators: dict[str, torch.Generator] | None = None,
     state: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
     keep_last: int = 3,
 ) -> Path:
-    """Write checkpoint ``step`` under ``directory`` atomically; returns its path."""
+    """Write checkpoint ``step`` under ``directory`` atomically; returns its path.
+
+    ``state`` is the loop's own JSON state (data position, history); ``run`` the run's
+    configuration (:func:`~performers.training.run_config.describe_run`), compared on resume.
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -109,32 +152,111 @@ def save_checkpoint(
             rng[f"generator.{name}"] = generator.get_state()
         save_file(rng, str(tmp / "rng.safetensors"))
         meta = {
+            "format": FORMAT,
             "step": step,
             "optimizer": optimizer_meta,
             "scheduler": None if scheduler is None else scheduler.state_dict(),
             "state": state or {},
+            "run": run,
             "sha256": {name: sha256(tmp / name) for name in FILES},
         }
+        # Round-trip first: the checksum is of the values as they read back from the file.
+        meta = json.loads(json.dumps(meta))
+        meta["checksum"] = _meta_checksum(meta)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     for old in sorted(directory.glob(f"{PREFIX}*"))[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read and verify one checkpoint directory; :class:`CheckpointError` names what is wrong."""
-    path = Path(path)
+def _meta_checksum(meta: Mapping[str, Any]) -> str:
+    """SHA-256 of ``meta`` without its ``checksum`` key, as canonical JSON (sorted keys): any
+    edit of a value, a key or the structure changes it; re-indenting does not."""
+    body = {key: value for key, value in meta.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _type_name(types: type | tuple[type, ...]) -> str:
+    types = types if isinstance(types, tuple) else (types,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _check_schema(values: Any, schema: Schema, where: str, *, optional: Schema | None = None) -> None:
+    """Raise :class:`CheckpointError` naming ``where`` and the key when ``values`` lacks a key of
+    ``schema`` or holds a value of another type (an int is never a bool)."""
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{where}: must be a JSON object, got {type(values).__name__}")
+    for key, types in {**schema, **(optional or {})}.items():
+        if key not in values:
+            if key in schema:
+                raise CheckpointError(f"{where}: missing key {key!r}")
+            continue
+        value = values[key]
+        wrong_bool = isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,))
+        if wrong_bool or not isinstance(value, types):
+            raise CheckpointError(
+                f"{where}: {key!r} must be {_type_name(types)}, got {type(value).__name__} {value!r:.40}"
+            )
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """``meta.json`` of checkpoint ``path``, verified (checksum, schema, step) or
+    :class:`CheckpointError` naming the file and the reason."""
+    file = path / "meta.json"
     try:
-        meta = json.loads((path / "meta.json").read_text())
+        meta = json.loads(file.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: meta.json is missing (incomplete checkpoint)") from None
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path / 'meta.json'}: not valid JSON ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{file}: not valid JSON ({error})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{file}: must be a JSON object, got {type(meta).__name__}")
+    if "format" in meta:
+        version = meta["format"]
+        if version != FORMAT:
+            raise CheckpointError(f"{file}: format {version!r}, this version reads format {FORMAT} and 1")
+        _check_schema(meta, _META_SCHEMA, str(file))
+        unknown = sorted(set(meta) - set(_META_SCHEMA))
+        if unknown:
+            raise CheckpointError(f"{file}: unexpected key(s) {unknown}")
+    elif "checksum" in meta or "run" in meta:  # format 2 with its "format" removed
+        raise CheckpointError(f"{file}: missing key 'format'")
+    else:  # format 1: no checksum to verify
+        _check_schema(meta, _LEGACY_META_SCHEMA, str(file), optional=_LEGACY_OPTIONAL)
+        warnings.warn(
+            f"{file}: written before checkpoints checksummed meta.json; its contents are not verified",
+            stacklevel=4,
+        )
+    _check_schema(meta["optimizer"], _OPTIMIZER_SCHEMA, f"{file}: 'optimizer'")
+    if not all(isinstance(group, dict) for group in meta["optimizer"]["param_groups"]):
+        raise CheckpointError(f"{file}: 'optimizer.param_groups' must hold JSON objects")
+    _check_schema(meta["sha256"], dict.fromkeys(FILES, str), f"{file}: 'sha256'")
+    step = meta["step"]
+    if step < 0:
+        raise CheckpointError(f"{file}: 'step' must be >= 0, got {step}")
+    if path.name.startswith(PREFIX) and path.name != f"{PREFIX}{step:08d}":
+        raise CheckpointError(f"{file}: says step {step}, its directory is {path.name}")
+    # Last: a file that is well-formed but edited (a step, a learning rate, a position).
+    if "checksum" in meta and meta["checksum"] != _meta_checksum(meta):
+        raise CheckpointError(f"{file}: checksum mismatch (edited or corrupt)")
+    return meta
+
+
+def load_checkpoint(path: str | os.PathLike, *, state_schema: Schema | None = None) -> Checkpoint:
+    """Read and verify one checkpoint directory; :class:`CheckpointError` names what is wrong.
+
+    ``state_schema`` (key -> type) is what the loop's own ``state`` must hold (e.g. the data
+    position), checked like the rest of ``meta.json``.
+    """
+    path = Path(path)
+    meta = _read_meta(path)
+    if state_schema:
+        _check_schema(meta.get("state", {}), state_schema, f"{path / 'meta.json'}: 'state'")
     for name in FILES:
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file}: missing")
-        if sha256(file) != meta.get("sha256", {}).get(name):
+        if sha256(file) != meta["sha256"][name]:
             raise CheckpointError(f"{file}: checksum mismatch (corrupt or truncated)")
     try:
         model, _ = load_safetensors(path / "model.safetensors")
@@ -142,33 +264,66 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         rng, _ = load_safetensors(path / "rng.safetensors")
     except ValueError as error:
         raise CheckpointError(str(error)) from error
+    try:
+        optimizer = _unflatten_optimizer(optimizer_tensors, meta["optimizer"])
+    except (ValueError, TypeError, AttributeError) as error:  # names or plain state malformed
+        raise CheckpointError(f"{path}: optimizer state does not read back ({error})") from error
+    if "torch" not in rng:
+        raise CheckpointError(f"{path / 'rng.safetensors'}: holds no torch RNG state")
     generators = {k.removeprefix("generator."): v for k, v in rng.items() if k.startswith("generator.")}
     return Checkpoint(
         path=path,
-        step=int(meta["step"]),
+        step=meta["step"],
         model=model,
-        optimizer=_unflatten_optimizer(optimizer_tensors, meta["optimizer"]),
+        optimizer=optimizer,
         scheduler=meta.get("scheduler"),
         torch_rng=rng["torch"],
         generators=generators,
         state=meta.get("state", {}),
+        run=meta.get("run"),
+        format=meta.get("format", 1),
     )
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> Checkpoint | None:
+def latest_checkpoint(
+    directory: str | os.PathLike,
+    *,
+    state_schema: Schema | None = None,
+    raise_if_unusable: bool = False,
+) -> Checkpoint | None:
     """The newest usable checkpoint under ``directory`` (None if there is none).
 
-    A newer checkpoint that fails verification is skipped with a warning naming it.
+    A newer checkpoint that fails verification is skipped with a warning naming the file and
+    the reason. When checkpoints exist but none is usable: None, or with ``raise_if_unusable``
+    a :class:`NoUsableCheckpointError` listing each one's problem. ``state_schema``: see
+    :func:`load_checkpoint`.
     """
     directory = Path(directory)
     if not directory.is_dir():
         return None
+    problems = []
     for path in sorted(directory.glob(f"{PREFIX}*"), reverse=True):
         try:
-            return load_checkpoint(path)
+            return load_checkpoint(path, state_schema=state_schema)
         except CheckpointError as error:
             warnings.warn(f"skipping unusable checkpoint: {error}", stacklevel=2)
+            problems.append(str(error))
+    if problems and raise_if_unusable:
+        raise NoUsableCheckpointError(f"{directory}: every checkpoint is unusable ({'; '.join(problems)})")
     return None
+
+
+def _model_changes(stored: dict[str, Tensor], model: nn.Module) -> list[Change]:
+    """The parameters and buffers whose presence or shape differ between a checkpoint and
+    ``model``, as :class:`Change` entries (``model.state.<name>``)."""
+    current = model.state_dict()
+    changes = []
+    for name in sorted(set(stored) | set(current)):
+        old = tuple(stored[name].shape) if name in stored else "absent"
+        new = tuple(current[name].shape) if name in current else "absent"
+        if old != new:
+            changes.append(Change(f"model.state.{name}", str(old), str(new)))
+    return changes
 
 
 def restore(
@@ -181,7 +336,17 @@ def restore(
 
     With the loop's own state (``checkpoint.state``: data position, history) restored by the
     caller, the run continues exactly as if it had not been interrupted.
+
+    Raises:
+        ResumeMismatchError: ``model`` has other parameters or shapes than the checkpoint (each
+            one listed, e.g. after a change of ``d_model``).
     """
+    changes = _model_changes(checkpoint.model, model)
+    if changes:
+        more = f" and {len(changes) - 5} more" if len(changes) > 5 else ""
+        raise ResumeMismatchError(
+            checkpoint.path, changes[:5], what=f"the model's parameters differ{more} (shapes)"
+        )
     model.load_state_dict(checkpoint.model)
     optimizer.load_state_dict(checkpoint.optimizer)
     if scheduler is not None:

@@ -9,22 +9,26 @@ accumulation, optional bf16 autocast, feature redraws, periodic evaluation, JSON
 TensorBoard scalars and atomic checkpoints. Resuming from a checkpoint continues *exactly*:
 model, optimizer, scheduler, global RNG and the data position are restored, and the crops and
 masks of every example are pure functions of ``(seed, epoch, slot)``, so a resumed run ends with
-the same parameters, bit for bit, as an uninterrupted one (CPU). Under ``torchrun`` every process
-takes its share of each global batch (DistributedDataParallel); with ``context_parallel = N`` the
-processes form a ``data × context`` DeviceMesh and the ``N`` processes of a context group split
-each sequence of their share into contiguous shards (FAVOR attention exchanges ``O(M·D)``
-summaries per layer, :mod:`performers.distributed`).
+the same parameters, bit for bit, as an uninterrupted one (CPU). A resume refuses options that
+would continue another computation (:mod:`performers.training.run_config`), and the output
+directory belongs to one run at a time (:mod:`performers.training.run_directory`). Under
+``torchrun`` every process takes its share of each global batch (DistributedDataParallel); with
+``context_parallel = N`` the processes form a ``data × context`` DeviceMesh and the ``N``
+processes of a context group split each sequence of their share into contiguous shards (FAVOR
+attention exchanges ``O(M·D)`` summaries per layer, :mod:`performers.distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -34,12 +38,18 @@ from tqdm.auto import tqdm
 
 from performers.distributed import shard_of
 from performers.layers import FeatureRedrawer, MultiheadAttentionBase
-from performers.training.checkpoint import PREFIX as CHECKPOINT_PREFIX
-from performers.training.checkpoint import latest_checkpoint, restore, save_checkpoint
+from performers.training.checkpoint import (
+    NoUsableCheckpointError,
+    latest_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from performers.training.data import ExampleSource
 from performers.training.evaluation import logits_of
 from performers.training.loader import batch_loader, next_batch_start
 from performers.training.optim import build_optimizer
+from performers.training.run_config import check_resume, describe_run, format_changes, recorded_run
+from performers.training.run_directory import keep_metrics_through, owned, start_fresh
 from performers.training.schedule import SCHEDULES, make_scheduler
 from performers.utils import IGNORE_INDEX
 
@@ -88,6 +98,10 @@ class TrainingConfig:
     # Processes that split each sequence into contiguous shards (context parallelism, FAVOR
     # attention only); the process count must be a multiple of it (the rest is data parallel).
     context_parallel: int = 1
+    # What the examples are, as JSON values (e.g. {"train_sha256": ..., "train_limit": 500}
+    # for a prepared dataset): not read by the loop; recorded in checkpoints and compared on
+    # resume, so a run is never continued on other data.
+    data_identity: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -111,6 +125,8 @@ class TrainingConfig:
         for name in ("warmup_steps", "num_workers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not isinstance(self.data_identity, dict):
+            raise TypeError(f"data_identity must be a dict, got {type(self.data_identity).__name__}")
 
     @property
     def causal(self) -> bool:
@@ -280,6 +296,13 @@ class Trainer:
         count = max(stats[0].item(), 1.0)
         return total * (self.world / count), stats[1].item() / count
 
+    # What the loop's own state in a checkpoint must hold (checked with the rest of meta.json).
+    STATE_SCHEMA: ClassVar[Mapping[str, type]] = MappingProxyType({"epoch": int, "position": int})
+
+    def run_description(self) -> dict[str, Any]:
+        """This run's configuration as checkpoints record it (:func:`describe_run`)."""
+        return describe_run("training", self.config, self.model)
+
     def _checkpoint(self) -> None:
         save_checkpoint(
             self.out_dir / "checkpoints",
@@ -287,44 +310,76 @@ class Trainer:
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            state={"epoch": self.epoch, "position": self.position, "config": asdict(self.config)},
+            state={"epoch": self.epoch, "position": self.position},
+            run=self.run_description(),
             keep_last=self.config.keep_last,
         )
 
     def resume(self) -> bool:
-        """Restore the newest usable checkpoint under ``out_dir``; False if there is none."""
-        checkpoint = latest_checkpoint(self.out_dir / "checkpoints")
+        """Restore the newest usable checkpoint under ``out_dir``; False if there is none.
+
+        Raises:
+            ResumeMismatchError: the checkpoint's run has other options than this one (other
+                than those of :data:`~performers.training.run_config.SAFE_ON_RESUME`), or its
+                model other parameter shapes; every difference is listed.
+            NoUsableCheckpointError: there are checkpoints, but every one is corrupt.
+        """
+        try:
+            checkpoint = latest_checkpoint(
+                self.out_dir / "checkpoints", state_schema=self.STATE_SCHEMA, raise_if_unusable=True
+            )
+        except NoUsableCheckpointError as error:
+            raise NoUsableCheckpointError(
+                f"{error}; nothing to resume: start afresh with --overwrite (overwrite=True), which "
+                "moves them aside"
+            ) from None
         if checkpoint is None:
             return False
+        stored = recorded_run(checkpoint.path, checkpoint.run, checkpoint.state, "training")
+        safe = check_resume(checkpoint.path, stored, self.run_description())
         restore(checkpoint, self.model, self.optimizer, self.scheduler)
         self.step = checkpoint.step
         self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
         self._close_loader()  # batches restart from the restored position
-        # Metrics written after this checkpoint by the interrupted run are dropped.
-        metrics = self.out_dir / "metrics.jsonl"
-        if metrics.exists():
-            lines = metrics.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line)["step"] <= self.step]
-            metrics.write_text("".join(line + "\n" for line in kept))
+        if self.rank == 0:  # metrics written after this checkpoint by the interrupted run are dropped
+            keep_metrics_through(self.out_dir / "metrics.jsonl", self.step)
         self.log(f"resumed from {checkpoint.path} at step {self.step}")
+        if safe:
+            self.log(f"changed on resume: {format_changes(safe)}")
         return True
 
-    def fit(self, *, resume: bool = False, stop_at: int | None = None) -> dict[str, float]:
+    def fit(
+        self, *, resume: bool = False, overwrite: bool | None = None, stop_at: int | None = None
+    ) -> dict[str, float]:
         """Train until ``config.max_steps`` (or until step ``stop_at``, e.g. to split a run in
-        parts without changing its schedule); returns the last evaluation."""
-        c = self.config
+        parts without changing its schedule); returns the last evaluation.
+
+        ``out_dir`` is locked for the whole call (rank 0). ``resume``: continue the newest
+        checkpoint (:meth:`resume`; a fresh start when there is none). A fresh run into a
+        directory that holds an earlier run refuses with ``overwrite=False``; ``True`` moves the
+        earlier run aside, and so does the default ``None``, with a warning
+        (:func:`~performers.training.run_directory.start_fresh`).
+
+        Raises:
+            performers.utils.DirectoryLockedError: another process is running in ``out_dir``.
+            RunDirectoryError: a fresh run over an earlier one with ``overwrite=False``.
+            ResumeMismatchError, NoUsableCheckpointError: see :meth:`resume`.
+        """
+        if resume and overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        ownership = owned(self.out_dir, log=self.log) if self.rank == 0 else contextlib.nullcontext()
+        with ownership:
+            resumed = self.resume() if resume else False
+            if not resumed and self.step == 0:
+                # Every process refuses alike; only rank 0 moves or clears files.
+                start_fresh(self.out_dir, overwrite=overwrite, clear=self.rank == 0, log=self.log)
+            return self._train(stop_at)
+
+    def _train(self, stop_at: int | None) -> dict[str, float]:
+        """The loop of :meth:`fit`, from ``self.step``."""
+        c = self.config
         metrics_path = self.out_dir / "metrics.jsonl"
-        resumed = self.resume() if resume else False
-        if not resumed and self.step == 0 and self.rank == 0:
-            # A fresh run owns its metrics: never mix them with those of an earlier run here.
-            metrics_path.unlink(missing_ok=True)
-            shutil.rmtree(self.out_dir / "tensorboard", ignore_errors=True)
-            if any((self.out_dir / "checkpoints").glob(f"{CHECKPOINT_PREFIX}*")):
-                self.log(
-                    f"{self.out_dir}: starting a fresh run over existing checkpoints "
-                    "(pass resume=True / --resume to continue them)"
-                )
         self.model.train()
         start, tokens, stepping = time.perf_counter(), 0, 0.0  # stepping: time in training steps
         # A live bar on a terminal (rank 0); log lines otherwise (files, CI, other ranks).

@@ -1,17 +1,21 @@
-"""Helpers with no knowledge of attention or models: memory measurement, atomic files, seed
-derivation, label conventions and the location of the data shipped with the package.
+"""Helpers with no knowledge of attention or models: memory measurement, atomic files,
+directory locks, seed derivation, label conventions and the location of the data shipped with
+the package.
 
 This is the bottom of the package: it imports nothing else from ``performers``.
 """
 
 from performers.utils.files import atomic_directory, atomic_write, load_safetensors, sha256, write_csv
 from performers.utils.labels import IGNORE_INDEX
+from performers.utils.locking import DirectoryLock, DirectoryLockedError
 from performers.utils.memory import peak_rss_reset, rss_kib
 from performers.utils.resources import package_version, shipped_data
 from performers.utils.seeding import derive_seed
 
 __all__ = [
     "IGNORE_INDEX",
+    "DirectoryLock",
+    "DirectoryLockedError",
     "atomic_directory",
     "atomic_write",
     "derive_seed",
