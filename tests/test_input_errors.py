@@ -377,3 +377,20 @@ def test_a_failed_call_leaves_the_favor_cache_usable(monkeypatch):
     with torch.no_grad():  # not "updated twice": the failed call left no pending keys
         model(prompt[:, :1], cache=cache, use_cache=True)
     assert cache.layers[-1].seen == seen + 1
+
+
+def test_distill_texts_name_the_file_for_bad_encoding_truncated_gzip_and_drop_a_bom(tmp_path):
+    from performers.integrations.distill import read_texts
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.txt: not UTF-8 text"):
+        read_texts(latin)
+    whole = gzip.compress(b"one sentence\nanother sentence\n" * 200)
+    cut = tmp_path / "cut.txt.gz"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match=r"cut\.txt\.gz: truncated or corrupt gzip file"):
+        read_texts(cut)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbffirst\nsecond\n")
+    assert read_texts(bom) == ["first", "second"]

@@ -166,12 +166,18 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     """Non-empty lines of a text file (plain or ``.gz``), one text per line.
 
     Raises:
-        ValueError: the file holds no text.
+        ValueError: the file holds no text, is not UTF-8, or is a truncated gzip file (the
+            message names the file). A UTF-8 byte-order mark is dropped.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        texts = [line.strip() for line in handle if line.strip()]
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as handle:
+            texts = [line.strip() for line in handle if line.strip()]
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except (EOFError, gzip.BadGzipFile) as error:
+        raise ValueError(f"{path}: truncated or corrupt gzip file ({error})") from None
     if not texts:
         raise ValueError(f"{path}: no texts")
     return texts
