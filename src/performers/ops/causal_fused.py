@@ -39,6 +39,7 @@ from performers.ops.numerics import (
     chunk_rescale_factors,
     key_offsets,
     safe_reciprocal,
+    state_carry_factors,
     with_ones,
 )
 from performers.ops.state import DEFAULT_CHUNK_SIZE
@@ -50,6 +51,13 @@ __all__ = ["SEGMENT_CHUNKS", "fused_causal_exp_attention"]
 # 8 to 16 chunks per segment beat one chunk at a time (the loop overhead) and whole-sequence
 # vectorization (memory traffic of L·M tensors).
 SEGMENT_CHUNKS = 16
+
+
+def _in_dtype(offsets: Tensor, log: Tensor, exact: bool) -> Tensor:
+    """Offsets in the dtype of the log-features they are subtracted from, when that is exact (a
+    mixed-dtype in-place op would compute in float32 and copy back). Offsets are maxima of those
+    very logs unless an initial state's offset started them (``exact`` False): kept float32."""
+    return offsets.to(log.dtype) if exact else offsets
 
 
 def _split(t: Tensor, chunk: int) -> Tensor:
@@ -112,12 +120,12 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             offsets[:, :, lo:hi] = offs
             if state_offset is None:
                 state_offset = offs[..., 0]
-            k_feat = log_k.sub_(offs.unsqueeze(-1)).exp_()
+            k_feat = log_k.sub_(_in_dtype(offs, log_k, initial_offset is None).unsqueeze(-1)).exp_()
             if pad_s is not None:
                 k_feat.masked_fill_(pad_s, 0.0)
             q_feat = exp_query_features(q[:, :, lo:hi], scaled_rows)
             v_aug = with_ones(v[:, :, lo:hi])
-            within, to_end, decay, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
+            within, to_end, _, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
             within, to_end, to_query = (t.to(q.dtype) for t in (within, to_end, to_query))
             qc, kc, vc = _split(q_feat, chunk), _split(k_feat, chunk), _split(v_aug, chunk)
             scores = torch.matmul(qc, kc.transpose(-2, -1)).mul_(within)
@@ -125,12 +133,17 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 blocks[:, :, lo // chunk : hi // chunk] = scores
             read = torch.matmul(scores, vc).to(acc)
             del scores
-            summaries = transposed_product(kc, vc * to_end)
+            summaries = transposed_product(kc, vc * to_end).to(acc)
             n = summaries.shape[2]
+            # The states entering each chunk and leaving the last, as one product (see
+            # state_carry_factors): sources are the incoming state and the chunk summaries.
+            carry = state_carry_factors(offs[:, :, chunk - 1 :: chunk], state_offset)
+            carried = torch.matmul(carry[..., 1:], summaries.flatten(-2))
+            carried.addcmul_(carry[..., :1], state.flatten(-2).unsqueeze(2))
+            carried = carried.view(b, h, n + 1, m, e)
             prefix = states[lo // span, :, :, :n]
-            for j in range(n):
-                prefix[:, :, j] = state
-                state = torch.addcmul(summaries[:, :, j].to(acc), state, decay[:, :, j, None, None])
+            prefix.copy_(carried[:, :, :n])
+            state = carried[:, :, n]
             read.add_(torch.matmul(qc, prefix.to(q.dtype)).mul_(to_query))
             read = read.reshape(b, h, hi - lo, e)
             inv = safe_reciprocal(read[..., -1], eps).unsqueeze(-1)
@@ -172,12 +185,13 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             else:
                 state_offset = offsets[:, :, 0] if initial_offset is None else initial_offset
             kb, qb = k[:, :, lo:hi], q[:, :, lo:hi]
-            k_feat = exp_log_features(kb, scaled_rows, scaled_norm).sub_(offs.unsqueeze(-1)).exp_()
+            k_feat = exp_log_features(kb, scaled_rows, scaled_norm)
+            k_feat.sub_(_in_dtype(offs, k_feat, initial_offset is None).unsqueeze(-1)).exp_()
             if pad is not None:
                 k_feat.masked_fill_(pad[:, :, lo:hi], 0.0)
             q_feat = exp_query_features(qb, scaled_rows)
             v_aug = with_ones(v[:, :, lo:hi])
-            within, to_end, decay, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
+            within, to_end, _, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
             within, to_end, to_query = (t.to(low) for t in (within, to_end, to_query))
             g = grad_out[:, :, lo:hi]
             inv = inverse[:, :, lo:hi]
@@ -194,11 +208,14 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             g_state = gc * to_query
             grad_qc.add_(torch.matmul(g_state, prefix.transpose(-2, -1)))
             grad_prefix = transposed_product(qc, g_state)
-            grad_summaries = torch.empty_like(grad_prefix, dtype=acc)
-            for j in range(grad_prefix.shape[2] - 1, -1, -1):
-                grad_summaries[:, :, j] = adjoint
-                adjoint = torch.addcmul(grad_prefix[:, :, j].to(acc), adjoint, decay[:, :, j, None, None])
-            grad_summaries = grad_summaries.to(low)
+            # The adjoint of the forward's one product: rows 1.. are the summaries' gradients,
+            # row 0 the incoming state's (carried on to the previous segment).
+            n = grad_prefix.shape[2]
+            carry = state_carry_factors(offs[:, :, chunk - 1 :: chunk], state_offset)
+            adjoints = torch.cat([grad_prefix.to(acc).flatten(-2), adjoint.flatten(-2).unsqueeze(2)], dim=2)
+            carried = torch.matmul(carry.transpose(-2, -1), adjoints).view(b, h, n + 1, *adjoint.shape[-2:])
+            adjoint = carried[:, :, 0]
+            grad_summaries = carried[:, :, 1:].to(low)
             scaled_v = vc * to_end
             grad_kc.add_(torch.matmul(scaled_v, grad_summaries.transpose(-2, -1)))
             if need_v:

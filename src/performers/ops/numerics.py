@@ -21,7 +21,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["chunk_rescale_factors", "guarded_divide", "key_offsets", "safe_reciprocal", "with_ones"]
+__all__ = [
+    "chunk_rescale_factors",
+    "guarded_divide",
+    "key_offsets",
+    "safe_reciprocal",
+    "state_carry_factors",
+    "with_ones",
+]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -116,3 +123,26 @@ def chunk_rescale_factors(
     decay = torch.exp((before - chunk_end).clamp_max(0.0))
     to_query = torch.exp((before.unsqueeze(-1) - chunk_offsets).clamp_max(0.0)).unsqueeze(-1)
     return within, to_end, decay, to_query
+
+
+def state_carry_factors(chunk_ends: Tensor, state_offset: Tensor) -> Tensor:
+    """How the chunked causal state moves through ``n`` chunks, as one matrix (all entries ``≤ 1``).
+
+    With sources ``[s₀, S₀, …, S_{n−1}]`` — the incoming state (offset ``state_offset``) and the
+    summary of each chunk (offset ``chunk_ends[i]``, its last key offset) — row ``j < n`` of
+    ``factors @ sources`` is the state entering chunk ``j`` and row ``n`` the state after the
+    last one, each in the units of the offset ``R_j`` it is read in, ``R = [state_offset,
+    chunk_ends]``: ``factors[j, i] = exp(R_i − R_j)`` for ``i ≤ j`` (offsets never decrease),
+    0 above the diagonal. One product instead of ``n`` sequential updates; a row only reads
+    earlier chunks (the zeros make later ones contribute an exact 0).
+
+    Args:
+        chunk_ends: ``(B, H, n)``; state_offset: ``(B, H)``.
+
+    Returns:
+        ``(B, H, n+1, n+1)``. Exponents are clamped at 0 as in :func:`chunk_rescale_factors`.
+    """
+    offsets = torch.cat([state_offset.unsqueeze(-1), chunk_ends], dim=-1)
+    size = offsets.shape[-1]
+    lower = torch.ones(size, size, dtype=torch.bool, device=offsets.device).tril()
+    return torch.exp((offsets.unsqueeze(-2) - offsets.unsqueeze(-1)).clamp_max(0.0)).mul_(lower)
