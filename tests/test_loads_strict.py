@@ -309,6 +309,6 @@ def test_a_converted_model_missing_a_favor_field_is_refused(tmp_path, field):
     hf.performerize(_bert(), FavorConfig(8)).save_pretrained(current)
     edit_config(current, lambda raw: raw["favor_config"].pop("backend"))
     with pytest.raises(
-        ConfigError, match=r"missing field 'favor_config\.backend' \(configuration format 3\)"
+        ConfigError, match=rf"missing field 'favor_config\.backend' \(configuration format {FAVOR_FORMAT}\)"
     ):
         hf.load_hf_model(current)

@@ -2,7 +2,7 @@
 layer over a documented Python function of the library.
 
 Commands: ``demo``, ``prepare``, ``train``, ``evaluate``, ``embed``, ``score``, ``generate``,
-``finetune`` (proteins), ``convert``,
+``finetune`` (proteins), ``convert``, ``diagnose`` (FAVOR's error on a model's own attention),
 ``distill`` (Hugging Face models), ``bench ...`` (measurements). The FAVOR options of every
 command come from :func:`performers.cli.favor_options.add_favor_options`.
 
@@ -39,6 +39,7 @@ from performers.cli import (
     bench,
     convert,
     demo,
+    diagnose,
     distill,
     embed,
     evaluate,
@@ -52,7 +53,20 @@ from performers.cli.common import USER_ERRORS, CommandParser, Option, UsageError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
-COMMANDS = (demo, prepare, train, evaluate, embed, score, generate, finetune, convert, distill, bench)
+COMMANDS = (
+    demo,
+    prepare,
+    train,
+    evaluate,
+    embed,
+    score,
+    generate,
+    finetune,
+    convert,
+    distill,
+    diagnose,
+    bench,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

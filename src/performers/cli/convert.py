@@ -4,13 +4,21 @@
 The saved ``config.json`` holds ``favor_config`` and ``attn_implementation: "favor"``: reloading
 it with ``from_pretrained`` runs FAVOR+ (after ``import performers.integrations.transformers``),
 and without that import Hugging Face refuses the unknown attention instead of silently running
-softmax."""
+softmax.
+
+``--check`` first runs :func:`performers.experiments.diagnose_model` on a small sample
+(``--check-limit`` sentences, the shipped STS-B test sentences unless ``--check-data``) and
+prints its recommendation and how the chosen kernel and M fare, then converts.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from performers.cli.diagnose import add_diagnosis_options, run_diagnosis
 from performers.cli.favor_options import add_favor_options, favor_config_from_args
+from performers.experiments.diagnose import DEFAULT_FEATURES, DEFAULT_KERNELS
+from performers.experiments.diagnose_report import format_summary
 
 HELP = "switch a Hugging Face model directory to FAVOR+ attention and save it"
 
@@ -20,13 +28,47 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("model", help="a save_pretrained directory (BERT, RoBERTa, GPT-2 or Llama)")
     parser.add_argument("out", help="output directory (config.json with favor_config, weights, tokenizer)")
     add_favor_options(parser)
+    check = parser.add_argument_group("check before converting (performers diagnose on a sample)")
+    check.add_argument(
+        "--check", action="store_true", help="diagnose FAVOR's error on a small sample first and print it"
+    )
+    check.add_argument("--check-limit", type=int, default=32, help="sentences of the sample (default 32)")
+    add_diagnosis_options(check, prefix="check-")
     return parser
+
+
+def _check(args: argparse.Namespace, kernel: str, num_features: int | None) -> None:
+    """Print the diagnosis of ``args.model`` and the verdict on the chosen kernel and M."""
+    features = sorted({*DEFAULT_FEATURES, *([num_features] if num_features else [])})
+    kernels = list(dict.fromkeys([*args.check_kernels, *([kernel] if kernel in DEFAULT_KERNELS else [])]))
+    report = run_diagnosis(
+        args.model,
+        data=args.check_data,
+        limit=args.check_limit,
+        max_length=args.check_max_length,
+        kernels=kernels,
+        feature_counts=features,
+        tolerance=args.check_tolerance,
+        draws=args.check_draws,
+        projection=args.check_projection,
+        max_queries=16,
+    )
+    print(format_summary(report))
+    chosen = [h for h in report.heads if h.kernel == kernel]
+    if chosen and num_features:
+        meeting = sum(1 for h in chosen if h.smallest_m is not None and h.smallest_m <= num_features)
+        print(
+            f"check: this conversion (kernel {kernel!r}, M = {num_features}): {meeting} of {len(chosen)} "
+            f"heads meet the tolerance {args.check_tolerance} on the sample"
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     from performers.integrations.transformers import load_hf_model, performerize
 
     favor = favor_config_from_args(args)
+    if args.check:
+        _check(args, favor.kernel, favor.num_features)
     try:
         model, tokenizer = load_hf_model(args.model)
     except FileNotFoundError as error:

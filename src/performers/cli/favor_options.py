@@ -32,7 +32,8 @@ def add_favor_options(
     only: tuple[str, ...] = FAVOR_OPTIONS,
 ) -> None:
     """Add ``--num-features --kernel --projection --row-norms --redraw-every --projection-seed
-    --chunk-size --block-size --backend`` (or the subset ``only``, by field name) to ``parser``.
+    --chunk-size --block-size --backend --recompute-features`` (or the subset ``only``, by field
+    name) to ``parser``.
 
     Defaults come from ``defaults`` (``FavorConfig()``: one default everywhere, e.g. M = 256).
     ``--projection-seed`` defaults to the command's own ``--seed`` when it has one.
@@ -97,6 +98,12 @@ def add_favor_options(
             choices=BACKENDS,
             default=d.backend,
             help=f"auto (Triton on CUDA if installed), torch, triton (default {d.backend})",
+        ),
+        "recompute_features": lambda: group.add_argument(
+            "--recompute-features",
+            action="store_true",
+            default=d.recompute_features,
+            help="recompute query features in backward instead of keeping them (less memory)",
         ),
     }
     for name in only:

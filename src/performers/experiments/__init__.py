@@ -1,8 +1,11 @@
 """The experiments, above the generic training loop: the protein main job and its demo, the
 paper's protein tables (Table 2, long context, backward compatibility), fine-tuning on labelled
 proteins (per-residue classes, sequence-level regression), embeddings and likelihood scores of
-trained models (zero-shot variant effects). Each is a documented function the CLI calls."""
+trained models (zero-shot variant effects), and the diagnosis of FAVOR's error on a model's own
+attention (:func:`diagnose_model`). Each is a documented function the CLI calls."""
 
+from performers.experiments.diagnose import DiagnoseError, DiagnosisReport, diagnose, diagnose_model
+from performers.experiments.diagnose_report import write_report as write_diagnosis
 from performers.experiments.embedding import embed_proteins, write_embeddings
 from performers.experiments.finetuning import SequenceRegressor, TokenClassifier, evaluate_labelled, finetune
 from performers.experiments.protein_benchmarks import backward_compatibility, long_context, table2
@@ -40,6 +43,8 @@ __all__ = [
     "DEMO_MODEL",
     "DEMO_VARIANTS",
     "TABLE2_VARIANTS",
+    "DiagnoseError",
+    "DiagnosisReport",
     "Mutation",
     "RunResult",
     "SequenceRegressor",
@@ -49,6 +54,8 @@ __all__ = [
     "compare",
     "corpus_split",
     "corpus_splits",
+    "diagnose",
+    "diagnose_model",
     "embed_proteins",
     "evaluate_labelled",
     "evaluate_model",
@@ -68,5 +75,6 @@ __all__ = [
     "unigram_baseline",
     "variant_effects",
     "write_csv",
+    "write_diagnosis",
     "write_embeddings",
 ]

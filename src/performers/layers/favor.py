@@ -194,7 +194,10 @@ class FavorAttention(nn.Module):
         )
         if context_group is not None:
             return distributed.favor_attention(q, k, v, self.projection, **options, group=context_group)
-        return favor_attention(q, k, v, self.projection, **options, backend=self.config.backend)
+        return favor_attention(
+            q, k, v, self.projection, **options, backend=self.config.backend,
+            recompute_features=self.config.recompute_features,
+        )  # fmt: skip
 
     def step(self, q: Tensor, k: Tensor, v: Tensor, state: FavorState | None) -> tuple[Tensor, FavorState]:
         """One causal position from the recurrent state: ``q, k`` ``(B, H, 1, D)``, ``v`` ``(B, H, 1, Dv)``.

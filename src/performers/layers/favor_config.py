@@ -18,7 +18,9 @@ the older format was computed with, listed per format in :data:`ADDED_FIELDS`:
   ``redraw_every`` null for never); ``block_size`` and ``backend`` did not exist.
 * format 2: a nested ``favor`` dict written before formats were numbered; ``backend`` was added
   during it (files without it ran ``"auto"``).
-* format 3 (:data:`FAVOR_FORMAT`, current): every field, and the number is written.
+* format 3: every field of its time, and the number is written.
+* format 4 (:data:`FAVOR_FORMAT`, current): ``recompute_features`` added (format 1–3 models kept
+  their query features: False; it changes memory, not values).
 """
 
 from __future__ import annotations
@@ -57,13 +59,14 @@ LEGACY_FIELDS = {
 }
 
 # The format of saved configurations this version writes (see the module docstring).
-FAVOR_FORMAT = 3
+FAVOR_FORMAT = 4
 # Format → the fields its files may lack, with the value every model of that format computed
 # with. A field added in a later version goes here, for every older format, with that value.
 ADDED_FIELDS: dict[int, dict[str, Any]] = {
-    1: {"block_size": None, "backend": "auto"},
-    2: {"backend": "auto"},
-    3: {},
+    1: {"block_size": None, "backend": "auto", "recompute_features": False},
+    2: {"backend": "auto", "recompute_features": False},
+    3: {"recompute_features": False},
+    4: {},
 }
 
 
@@ -107,6 +110,9 @@ class FavorConfig:
         backend: ``"auto"`` (Triton kernels for CUDA tensors when triton is installed and the
             kernel has an exponential form, PyTorch otherwise), ``"torch"`` or ``"triton"``;
             see :func:`performers.favor_attention`.
+        recompute_features: bidirectional layers recompute their query features in backward
+            instead of keeping a ``(B, H, L, M)`` tensor per layer (less memory, a little more
+            time; same values); see :func:`performers.favor_attention`.
     """
 
     num_features: int | None = 256
@@ -118,6 +124,7 @@ class FavorConfig:
     chunk_size: int = DEFAULT_CHUNK_SIZE
     block_size: int | None = None
     backend: str = "auto"
+    recompute_features: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.kernel, str):
@@ -146,6 +153,11 @@ class FavorConfig:
         if self.block_size is not None:
             _check_int("block_size", self.block_size, 1)
         _check_choice("backend", self.backend, BACKENDS)
+        if not isinstance(self.recompute_features, bool):
+            raise TypeError(
+                "FavorConfig.recompute_features must be a bool, got "
+                f"{type(self.recompute_features).__name__} {self.recompute_features!r}"
+            )
 
     @property
     def has_projection(self) -> bool:

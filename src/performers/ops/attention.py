@@ -185,6 +185,7 @@ def favor_attention(
     eps: float | None = None,
     block_size: int | None = None,
     backend: BackendName = "auto",
+    recompute_features: bool = False,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """FAVOR attention: softmax (or generalized-kernel) attention in ``O(L·M·D)`` time.
 
@@ -220,6 +221,10 @@ def favor_attention(
             tensors under ``TRITON_INTERPRET=1``; a ValueError saying why when they cannot serve
             the inputs). The Triton kernels choose their own tiles (``chunk_size`` and
             ``block_size`` are ignored); results agree within the dtype's rounding.
+        recompute_features: the fused bidirectional path recomputes the query features in
+            backward instead of keeping the ``(B, H, Lq, M)`` tensor (with ``M`` above the head
+            dimension the largest one a layer keeps): less memory, about one more feature pass
+            of time. Gradients are identical. Other paths already recompute or need autograd.
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
@@ -241,6 +246,7 @@ def favor_attention(
         eps=eps,
         block_size=block_size,
         backend=backend,
+        recompute_features=recompute_features,
     )
 
 
@@ -298,6 +304,7 @@ def _favor_attention(
     eps: float | None = None,
     block_size: int | None = None,
     backend: BackendName = "auto",
+    recompute_features: bool = False,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """:func:`favor_attention` on a path chosen by name (private: for tests and benchmarks).
 
@@ -329,13 +336,14 @@ def _favor_attention(
             *one, projection, kern, scale, fused=fused, path=path, segment_chunks=segment_chunks,
             causal=True, key_padding_mask=empty, chunk_size=chunk_size, initial_state=initial_state,
             return_state=return_state, eps=eps, block_size=block_size, backend=backend,
+            recompute_features=recompute_features,
         )  # fmt: skip
         return (result[0][:, :, :0], result[1]) if return_state else result[:, :, :0]
     result = _run_path(
         q, k, v, projection, kern, scale, fused=fused, path=path, segment_chunks=segment_chunks,
         causal=causal, key_padding_mask=key_padding_mask, chunk_size=chunk_size,
         initial_state=initial_state, return_state=return_state, eps=eps, block_size=block_size,
-        backend=backend,
+        backend=backend, recompute_features=recompute_features,
     )  # fmt: skip
     if causal or _served_by_triton(backend, kern, projection, q, path):
         # Causal keys are stored under their running maximum (and the Triton kernels keep one
@@ -371,6 +379,7 @@ def _run_path(
     eps: float | None,
     block_size: int | None,
     backend: BackendName,
+    recompute_features: bool,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """The computation of :func:`_favor_attention` on checked inputs."""
     input_scale = scale**0.5
@@ -403,6 +412,7 @@ def _run_path(
                     key_padding_mask=key_padding_mask,
                     block_size=block_size,
                     eps=eps,
+                    recompute_features=recompute_features,
                 )
                 return out.to(out_dtype)
             initial = initial_offset = None

@@ -137,10 +137,11 @@ class _ExpKeySummary(torch.autograd.Function):
 class _ExpQueryReadout(torch.autograd.Function):
     """Queries and a key summary → ``out = φ(Q)kv / φ(Q)z`` ``(B, H, Lq, Dv)``, block by block;
     ``shift`` ``(B, H, 1, M')`` (or None) is added to the query log-features: the per-feature
-    key maxima taken out of a summary (a constant: no gradient)."""
+    key maxima taken out of a summary (a constant: no gradient). ``recompute``: backward
+    recomputes the query features instead of keeping them (no ``(B, H, Lq, M')`` tensor)."""
 
     @staticmethod
-    def forward(ctx, q, rows, kv, normalizer, scale, block, eps, shift):
+    def forward(ctx, q, rows, kv, normalizer, scale, block, eps, shift, recompute):
         scaled_rows = rows * scale
         b, h, lq, _ = q.shape
         m, dv = scaled_rows.shape[0], kv.shape[-1]
@@ -149,9 +150,10 @@ class _ExpQueryReadout(torch.autograd.Function):
         inverse_denominator = q.new_empty(b, h, lq, 1, dtype=acc)
         # The summary (accumulated in float32) enters the products in the queries' dtype.
         kv_in, normalizer_in = kv.to(q.dtype), normalizer.to(q.dtype)
-        # Query features are kept for backward (one (B, H, Lq, M) tensor): writing and
-        # reading them back costs far less than recomputing them (a matmul and an exp).
-        keep = any(ctx.needs_input_grad[:4])
+        # Query features are kept for backward (one (B, H, Lq, M) tensor) unless `recompute`:
+        # writing and reading them back costs less than recomputing them (a matmul and an exp),
+        # but it is the largest tensor a layer keeps when M exceeds the head dimension.
+        keep = any(ctx.needs_input_grad[:4]) and not recompute
         q_features = q.new_empty(b, h, lq, m) if keep else None
         for start, stop in _blocks(lq, block):
             features = exp_query_features(q[:, :, start:stop], scaled_rows, shift)
@@ -164,13 +166,13 @@ class _ExpQueryReadout(torch.autograd.Function):
             inverse = safe_reciprocal(den, eps).unsqueeze(-1)
             inverse_denominator[:, :, start:stop] = inverse
             out[:, :, start:stop] = torch.matmul(features, kv_in).mul_(inverse)
-        ctx.save_for_backward(q, rows, kv, normalizer, inverse_denominator, out, q_features)
+        ctx.save_for_backward(q, rows, kv, normalizer, inverse_denominator, out, q_features, shift)
         ctx.block, ctx.scale = block, scale
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        q, rows, kv, normalizer, inverse_denominator, out, q_features = ctx.saved_tensors
+        q, rows, kv, normalizer, inverse_denominator, out, q_features, shift = ctx.saved_tensors
         block, scale = ctx.block, ctx.scale
         scaled_rows = rows * scale
         need_q, need_rows, need_kv, need_normalizer = ctx.needs_input_grad[:4]
@@ -182,7 +184,10 @@ class _ExpQueryReadout(torch.autograd.Function):
         grad_q = torch.empty_like(q) if need_q else None
         grad_rows = torch.zeros_like(rows, dtype=acc) if need_rows else None
         for start, stop in _blocks(q.shape[2], block):
-            features = q_features[:, :, start:stop]
+            if q_features is None:  # the forward's own operations: the same values
+                features = exp_query_features(q[:, :, start:stop], scaled_rows, shift)
+            else:
+                features = q_features[:, :, start:stop]
             inverse = inverse_denominator[:, :, start:stop]
             # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (zero where the guard was active).
             grad_num = grad_out[:, :, start:stop] * inverse
@@ -210,6 +215,7 @@ class _ExpQueryReadout(torch.autograd.Function):
             None if grad_rows is None else grad_rows.to(rows.dtype),
             grad_kv if need_kv else None,
             grad_normalizer if need_normalizer else None,
+            None,
             None,
             None,
             None,
@@ -271,6 +277,7 @@ def exp_query_readout(
     block_size: int | None = None,
     eps: float | None = None,
     key_offsets: Tensor | None = None,
+    recompute_features: bool = False,
 ) -> Tensor:
     """``φ(Q)kv / φ(Q)z`` for row-stabilized query features of the map ``form``.
 
@@ -284,6 +291,8 @@ def exp_query_readout(
             per_feature=True)``), added to the query log-features; then the largest term of
             every query row is exactly 1 and no row underflows to zero. ``-inf`` (a feature of
             padded keys only) counts as 0.
+        recompute_features: backward recomputes the query features (a matmul and an exp per
+            block) instead of keeping the ``(B, H, Lq, M')`` tensor: less memory, more time.
 
     Returns:
         ``(B, H, Lq, Dv)``.
@@ -295,7 +304,9 @@ def exp_query_readout(
     if key_offsets is not None:
         # (The map's constant c is a common factor of every feature: it cancels.)
         shift = torch.nan_to_num(key_offsets.detach(), neginf=0.0).unsqueeze(-2)
-    return _ExpQueryReadout.apply(q, form.rows, kv, normalizer.unsqueeze(-2), scale, block, eps, shift)
+    return _ExpQueryReadout.apply(
+        q, form.rows, kv, normalizer.unsqueeze(-2), scale, block, eps, shift, recompute_features
+    )
 
 
 def fused_bidirectional_exp_attention(
@@ -308,6 +319,7 @@ def fused_bidirectional_exp_attention(
     key_padding_mask: Tensor | None = None,
     block_size: int | None = None,
     eps: float | None = None,
+    recompute_features: bool = False,
 ) -> Tensor:
     """Bidirectional FAVOR attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``:
     :func:`exp_key_summary` then :func:`exp_query_readout`.
@@ -320,6 +332,7 @@ def fused_bidirectional_exp_attention(
         key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
         block_size: positions per block, an int >= 1 (default :func:`default_block_size`).
         eps: denominator guard (default: the dtype's smallest normal number).
+        recompute_features: see :func:`exp_query_readout` (key features are always recomputed).
 
     Returns:
         ``(B, H, Lq, Dv)``.
@@ -331,5 +344,6 @@ def fused_bidirectional_exp_attention(
         k, v, form, scale=scale, key_padding_mask=key_padding_mask, block_size=block_size, per_feature=True
     )
     return exp_query_readout(
-        q, kv, normalizer, form, scale=scale, block_size=block_size, eps=eps, key_offsets=offsets
-    )
+        q, kv, normalizer, form, scale=scale, block_size=block_size, eps=eps, key_offsets=offsets,
+        recompute_features=recompute_features,
+    )  # fmt: skip

@@ -67,6 +67,8 @@ SAFE_ON_RESUME: frozenset[str] = frozenset(
         "model.config.favor_config.backend",
         "model.config.favor_config.block_size",
         "model.config.favor_config.chunk_size",
+        "model.config.favor.recompute_features",
+        "model.config.favor_config.recompute_features",
     }
 )
 
