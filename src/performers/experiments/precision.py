@@ -3,10 +3,11 @@ number of steps, over several seeds (``performers bench proteins-precision``).
 
 For every seed, a float32 run and a ``bf16`` (autocast) run of the same model, data order and
 masks are trained back to back (interleaved, so a change of the machine's load hits both), each
-in a fresh process. Speed is the median step time with the first (warm-up) step left out; the
-loss is the mean training loss of the last ``tail`` steps. bfloat16 is "within the seed-to-seed
-spread" when its mean final loss differs from float32's by no more than the standard deviation
-of float32's final losses over the seeds.
+in a fresh process. Speed: the run's real (non-padding) training tokens per second of stepping,
+and the median step time with the first (warm-up) step left out. Loss: the mean training loss
+of the last ``tail`` steps. bfloat16 is "within the seed-to-seed spread" when its mean final
+loss differs from float32's by no more than the standard deviation of float32's final losses
+over the seeds.
 """
 
 from __future__ import annotations
@@ -30,17 +31,18 @@ class PrecisionRun:
     precision: str
     seed: int
     step_seconds: float  # median, warm-up step excluded
-    tokens_per_second: float
+    tokens_per_second: float  # real (non-padding) training tokens per second of stepping
     final_loss: float  # mean training loss of the last `tail` steps
     steps: int
 
 
-def _read_run(directory: Path, precision: str, seed: int, tokens_per_step: int, tail: int) -> PrecisionRun:
+def _read_run(
+    directory: Path, precision: str, seed: int, tokens_per_second: float, tail: int
+) -> PrecisionRun:
     records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     times = [r["step_seconds"] for r in records[1:]] or [records[0]["step_seconds"]]
-    step = statistics.median(times)
     final = statistics.fmean(r["loss"] for r in records[-tail:])
-    return PrecisionRun(precision, seed, step, tokens_per_step / step, final, len(records))
+    return PrecisionRun(precision, seed, statistics.median(times), tokens_per_second, final, len(records))
 
 
 def summarize_precision(runs: list[PrecisionRun]) -> dict:
@@ -82,13 +84,12 @@ def precision_comparison(
         raise ValueError(f"seeds: the seed-to-seed spread needs at least 2 seeds, got {list(seeds)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokens_per_step = training.batch_size * training.accumulation * training.max_length
     runs = []
     for seed in seeds:
         for precision in PRECISIONS:  # interleaved: a change of load hits both precisions
             directory = f"{precision}-seed{seed}"
             config = replace(training, seed=seed, bf16=precision == "bfloat16", eval_every=10**9)
-            train_variants(
+            (result,) = train_variants(
                 (Variant(f"{precision} seed {seed}", directory),),
                 model_config,
                 config,
@@ -98,7 +99,7 @@ def precision_comparison(
                 test_limit=test_limit,
                 evaluate=False,
             )
-            runs.append(_read_run(out_dir / directory, precision, seed, tokens_per_step, tail))
+            runs.append(_read_run(out_dir / directory, precision, seed, result.tokens_per_second, tail))
     summary = summarize_precision(runs)
     f32, b16 = summary["float32"], summary["bfloat16"]
     lines = [
