@@ -31,6 +31,9 @@ TINY = [
     "--threads",
     "1",
 ]
+# A two-step causal `performers train` on the same tiny sizes (later options win).
+TINY_TRAIN = ["train", "--task", "clm", *TINY, "--steps", "2", "--train-limit", "16", "--test-limit", "4"]
+TINY_TRAIN += ["--workers", "0"]
 
 
 def test_demo_trains_both_twins_and_writes_the_report(tmp_path, capsys):

@@ -17,6 +17,7 @@ from performers.cli import main
 from performers.experiments.proteins import protein_trainer
 from performers.training import SAFE_ON_RESUME, ResumeMismatchError, TrainingConfig
 from performers.training.checkpoint import _meta_checksum
+from test_cli_proteins import TINY_TRAIN as TINY
 from test_training import TOK, config, motif_proteins
 
 
@@ -147,39 +148,6 @@ def test_a_checkpoint_without_a_stored_run_still_resumes(tmp_path):
     with pytest.warns(UserWarning, match="only the training options are compared|not verified"):
         error = refused(tmp_path / "older", d_model=64)
     assert "the model's parameters differ" in str(error) and "(32,) → (64,)" in str(error)
-
-
-TINY = [
-    "train",
-    "--task",
-    "clm",
-    "--steps",
-    "2",
-    "--batch-size",
-    "4",
-    "--max-length",
-    "32",
-    "--d-model",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--d-ff",
-    "32",
-    "--num-features",
-    "8",
-    "--eval-every",
-    "2",
-    "--train-limit",
-    "16",
-    "--test-limit",
-    "4",
-    "--threads",
-    "1",
-    "--workers",
-    "0",
-]
 
 
 def test_cli_resume_names_the_options_that_differ(tmp_path, capsys):

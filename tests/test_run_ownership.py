@@ -18,6 +18,7 @@ from performers.experiments.proteins import protein_trainer
 from performers.training import RunDirectoryError, owned, start_fresh
 from performers.training.run_directory import move_aside
 from performers.utils import DirectoryLock, DirectoryLockedError
+from test_cli_proteins import TINY_TRAIN
 from test_training import TOK, config, motif_proteins, run, tiny_model
 
 HOLD = """
@@ -28,38 +29,6 @@ lock.acquire()
 print("held", flush=True)
 time.sleep(600)
 """
-
-TINY_TRAIN = [
-    "train",
-    "--task",
-    "clm",
-    "--steps",
-    "2",
-    "--batch-size",
-    "4",
-    "--max-length",
-    "32",
-    "--d-model",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--d-ff",
-    "32",
-    "--num-features",
-    "8",
-    "--eval-every",
-    "2",
-    "--train-limit",
-    "16",
-    "--test-limit",
-    "4",
-    "--threads",
-    "1",
-    "--workers",
-    "0",
-]
 
 
 @pytest.fixture
