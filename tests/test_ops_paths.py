@@ -317,3 +317,16 @@ def test_a_user_kernel_with_an_exponential_form_takes_the_fused_path():
     w = projection()
     out = _favor_attention(q, k, v, w, path="fused", kernel=mine, causal=True, chunk_size=4)
     torch.testing.assert_close(out, naive_favor_attention(q, k, v, w, kernel=mine, causal=True))
+
+
+def test_state_carry_factors_with_an_empty_incoming_state():
+    """An incoming state of offset -inf (nothing before: context parallelism's first shard) is
+    carried with factor 1 on the diagonal and 0 below, never NaN."""
+    from performers.ops.numerics import state_carry_factors
+
+    ends = torch.tensor([[[0.5, 1.0, 1.0]]])
+    factors = state_carry_factors(ends, torch.tensor([[float("-inf")]]))
+    assert torch.isfinite(factors).all()
+    assert torch.equal(factors[0, 0].diagonal(), torch.ones(4))
+    assert (factors[0, 0, 1:, 0] == 0).all() and (factors[0, 0].triu(1) == 0).all()
+    assert torch.allclose(factors[0, 0, 3, 1:], torch.exp(ends[0, 0] - 1.0))

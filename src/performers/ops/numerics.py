@@ -145,4 +145,8 @@ def state_carry_factors(chunk_ends: Tensor, state_offset: Tensor) -> Tensor:
     offsets = torch.cat([state_offset.unsqueeze(-1), chunk_ends], dim=-1)
     size = offsets.shape[-1]
     lower = torch.ones(size, size, dtype=torch.bool, device=offsets.device).tril()
-    return torch.exp((offsets.unsqueeze(-2) - offsets.unsqueeze(-1)).clamp_max(0.0)).mul_(lower)
+    factors = torch.exp((offsets.unsqueeze(-2) - offsets.unsqueeze(-1)).clamp_max(0.0)).mul_(lower)
+    # The diagonal is exp(0) = 1, also for an empty incoming state of offset -inf (-inf - -inf
+    # would be NaN); below it, exp(-inf - finite) = 0: an empty state contributes nothing.
+    factors.diagonal(dim1=-2, dim2=-1).fill_(1.0)
+    return factors
