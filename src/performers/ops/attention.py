@@ -197,7 +197,8 @@ def favor_attention(
             may be None only for generalized kernels, which then use ``f(x)`` directly.
         causal: unidirectional attention (query ``i`` sees keys ``j ≤ i``); needs ``Lq == Lk``.
         kernel: a registry name (``"softmax"``, ``"softmax-hyperbolic"``, ``"trig"``,
-            ``"favor++"``, ``"relu"``, ``"elu"``, ``"abs"``, ``"exp"``, the Gaussian-kernel
+            ``"favor++"``, ``"relu"``, ``"elu"``, ``"abs"``, ``"exp"``, ``"sigmoid"``,
+            ``"gelu"``, ``"tanh"``, ``"cos"``, ``"identity"`` (the paper's kernel sweep), the Gaussian-kernel
             ``"gaussian"``, ``"gaussian-hyperbolic"``, ``"gaussian-trig"``,
             ``"gaussian-favor++"``), a :class:`Kernel`, or a callable ``f``. ``"favor++"``
             computes its parameter ``A`` per (batch, head) from ``q`` and ``k`` (causal: from

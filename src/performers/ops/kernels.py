@@ -124,6 +124,10 @@ def _elu_plus_one(u: Tensor) -> Tensor:
     return F.elu(u) + 1.0
 
 
+def _identity(u: Tensor) -> Tensor:
+    return u
+
+
 def _generalized(f: Callable[[Tensor], Tensor]) -> FeatureFn:
     return partial(generalized_features, f=f)
 
@@ -152,6 +156,13 @@ for _kernel in (
     Kernel("elu", _generalized(_elu_plus_one), False, True),
     Kernel("abs", _generalized(torch.abs), False, True),
     Kernel("exp", _generalized(torch.exp), False, True),
+    # The rest of the paper's Appendix D.3 sweep. Their features can be negative: the normalizer
+    # of a row may then vanish (guarded to 0) — part of what the sweep measures.
+    Kernel("sigmoid", _generalized(torch.sigmoid), False, True),
+    Kernel("gelu", _generalized(F.gelu), False, False),
+    Kernel("tanh", _generalized(torch.tanh), False, False),
+    Kernel("cos", _generalized(torch.cos), False, False),
+    Kernel("identity", _generalized(_identity), False, False),
 ):
     register_kernel(_kernel)
 
