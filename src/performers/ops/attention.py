@@ -28,7 +28,7 @@ private :func:`_favor_attention`.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,9 @@ from performers.ops.kernels import Kernel, KernelLike, get_kernel
 from performers.ops.numerics import accumulation_dtype
 from performers.ops.state import DEFAULT_CHUNK_SIZE, FavorState
 from performers.ops.underflow import warn_zero_rows
+
+if TYPE_CHECKING:
+    from performers.ops.triton.paths import TritonMap
 
 __all__ = ["favor_attention", "favor_attention_step", "linear_attention"]
 
@@ -327,6 +330,8 @@ def _favor_attention(
     if path == "fused" and unavailable is not None:
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
     fused = unavailable is None if path is None else path == "fused"
+    # The Triton kernels serve the call (computed once: the run and the underflow report use it).
+    triton_map = _triton_map(backend, kern, projection, q) if path is None else None
 
     if causal and q.shape[2] == 0:
         # No positions: the result of one padded position, less that position (the output is
@@ -334,31 +339,25 @@ def _favor_attention(
         one = [F.pad(t, (0, 0, 0, 1)) for t in (q, k, v)]
         empty = torch.ones(q.shape[0], 1, dtype=torch.bool, device=q.device)
         result = _run_path(
-            *one, projection, kern, scale, fused=fused, path=path, segment_chunks=segment_chunks,
-            causal=True, key_padding_mask=empty, chunk_size=chunk_size, initial_state=initial_state,
-            return_state=return_state, eps=eps, block_size=block_size, backend=backend,
+            *one, projection, kern, scale, fused=fused, triton_map=triton_map,
+            segment_chunks=segment_chunks, causal=True, key_padding_mask=empty, chunk_size=chunk_size,
+            initial_state=initial_state, return_state=return_state, eps=eps, block_size=block_size,
             recompute_features=recompute_features,
         )  # fmt: skip
         return (result[0][:, :, :0], result[1]) if return_state else result[:, :, :0]
     result = _run_path(
-        q, k, v, projection, kern, scale, fused=fused, path=path, segment_chunks=segment_chunks,
-        causal=causal, key_padding_mask=key_padding_mask, chunk_size=chunk_size,
-        initial_state=initial_state, return_state=return_state, eps=eps, block_size=block_size,
-        backend=backend, recompute_features=recompute_features,
+        q, k, v, projection, kern, scale, fused=fused, triton_map=triton_map,
+        segment_chunks=segment_chunks, causal=causal, key_padding_mask=key_padding_mask,
+        chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, eps=eps,
+        block_size=block_size, recompute_features=recompute_features,
     )  # fmt: skip
-    if causal or _served_by_triton(backend, kern, projection, q, path):
+    if causal or (triton_map is not None and k.shape[2]):
         # Causal keys are stored under their running maximum (and the Triton kernels keep one
         # key maximum per head): at large logits a query row can underflow to zero, which is
         # reported. The PyTorch bidirectional paths cannot underflow a row.
         out = result[0] if return_state else result
         warn_zero_rows(out, v, key_padding_mask, initial_state, causal=causal, stacklevel=4)
     return result
-
-
-def _served_by_triton(
-    backend: str, kern: Kernel, projection: Tensor | None, q: Tensor, path: str | None
-) -> bool:
-    return path is None and backend != "torch" and _triton_map(backend, kern, projection, q) is not None
 
 
 def _run_path(
@@ -370,7 +369,7 @@ def _run_path(
     scale: float,
     *,
     fused: bool,
-    path: str | None,
+    triton_map: TritonMap | None,
     segment_chunks: int,
     causal: bool,
     key_padding_mask: Tensor | None,
@@ -379,13 +378,12 @@ def _run_path(
     return_state: bool,
     eps: float | None,
     block_size: int | None,
-    backend: BackendName,
     recompute_features: bool,
 ) -> Tensor | tuple[Tensor, FavorState]:
-    """The computation of :func:`_favor_attention` on checked inputs."""
+    """The computation of :func:`_favor_attention` on checked inputs (``triton_map``: the
+    Triton kernels' map when they serve the call, else None)."""
     input_scale = scale**0.5
     out_dtype = torch.promote_types(q.dtype, v.dtype)
-    triton_map = _triton_map(backend, kern, projection, q) if path is None else None
     if triton_map is not None and q.shape[2] and k.shape[2]:
         from performers.ops.triton.paths import triton_attention
 
