@@ -196,7 +196,7 @@ def hf_tokenizer():
 
 
 def tiny_bert(tmp_path: Path, tokenizer, name="bert", model_type="bert") -> Path:
-    from transformers import BertConfig, BertModel, OPTConfig, OPTModel
+    from transformers import OPTConfig, OPTModel
 
     torch.manual_seed(0)
     if model_type == "opt":
@@ -211,15 +211,9 @@ def tiny_bert(tmp_path: Path, tokenizer, name="bert", model_type="bert") -> Path
             )
         )
     else:
-        config = BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
-        model = BertModel(config)
+        from test_hf_transformers import _bert
+
+        model = _bert(vocab_size=len(tokenizer))
     directory = tmp_path / name
     model.eval().save_pretrained(directory)
     tokenizer.save_pretrained(directory)

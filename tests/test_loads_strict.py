@@ -206,22 +206,9 @@ def test_config_overrides_still_apply_after_a_strict_load(tmp_path):
 # Hugging Face models converted by performerize / performers convert
 
 transformers = pytest.importorskip("transformers", reason="needs the [hf] extra (Hugging Face transformers)")
+from test_hf_transformers import _bert  # noqa: E402  (a tiny BERT, after the skip)
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _bert():
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30,
-        hidden_size=16,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=32,
-    )
-    return BertModel(config).eval()
 
 
 def _hidden(model, ids):
