@@ -41,3 +41,43 @@ def test_a_uniform_model_costs_log2_v_bits_per_character():
     # A model that is certain and right costs nothing.
     certain = torch.full((len(targets), len(vocabulary)), -1e4).scatter_(1, targets[:, None], 0.0)
     assert bits_per_character(F.cross_entropy(certain, targets)) < 1e-6
+
+
+def test_training_windows_are_cuts_of_the_text_reproducible_from_their_streams():
+    from performers.text import TextWindows
+    from performers.training.data import RandomStreams
+
+    ids = torch.arange(1000)
+    windows = TextWindows(ids, 64)
+    assert len(windows) == 1000 // 64
+    first = windows.example(3, RandomStreams(0, 0, 3))["input_ids"][0]
+    again = windows.example(3, RandomStreams(0, 0, 3))["input_ids"][0]
+    other_epoch = windows.example(3, RandomStreams(0, 1, 3))["input_ids"][0]
+    assert torch.equal(first, again) and first.shape == (64,)
+    assert torch.equal(first, torch.arange(int(first[0]), int(first[0]) + 64))  # contiguous
+    assert 3 * 64 <= int(first[0]) < 4 * 64
+    assert not torch.equal(first, other_epoch) or int(first[0]) == 3 * 64
+    last = windows.example(len(windows) - 1, RandomStreams(0, 0, 99))["input_ids"][0]
+    assert int(last[-1]) <= 999  # clipped to the text's end
+    with pytest.raises(ValueError, match="fewer than one window"):
+        TextWindows(ids[:10], 64)
+
+
+def test_validation_windows_do_not_overlap_and_a_uniform_model_costs_log2_v():
+    from performers.experiments.paper_tasks import causal_scores
+    from performers.text import window_batches
+
+    ids = torch.arange(100) % 7
+    batches = list(window_batches(ids, 10, batch_size=4))
+    rows = torch.cat([b["input_ids"] for b in batches])
+    assert rows.shape == (10, 10) and torch.equal(rows.flatten(), ids)
+    spread = torch.cat([b["input_ids"] for b in window_batches(ids, 10, max_windows=3)])
+    assert torch.equal(spread[:, 0], torch.tensor([0, 40, 90]) % 7)  # windows 0, 4 and 9 of 10
+
+    class Uniform(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return torch.zeros(*input_ids.shape, 65)
+
+    scores = causal_scores(Uniform(), window_batches(ids, 10))
+    assert scores["count"] == 10 * 9  # the first character of each window has no context
+    assert math.isclose(bits_per_character(scores["nll"]), math.log2(65), rel_tol=1e-6)

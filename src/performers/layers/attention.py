@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from performers.layers.favor import FavorAttention
 from performers.layers.favor_config import FavorConfig
 from performers.layers.kv_cache import KVCache
+from performers.layers.local import band_bias, local_attention
 from performers.layers.rotary import RotaryEmbedding
 from performers.layers.sdpa import sdpa_attention
 from performers.ops import FavorState
@@ -43,9 +44,10 @@ __all__ = [
     "check_padding_mask",
 ]
 
+# "local" is sliding-window softmax attention (layers/local.py), the efficient-attention baseline;
 # "identity" returns V unchanged: the paper's "OPT" model, an upper bound on the speed any
 # attention can reach inside a model (used by the benchmarks).
-BACKENDS = ("favor", "exact", "identity")
+BACKENDS = ("favor", "exact", "local", "identity")
 
 
 LayerCache = FavorState | KVCache
@@ -69,7 +71,10 @@ class MultiheadAttentionBase(nn.Module):
         num_heads: number of heads ``H``.
         kdim, vdim: input sizes of keys and values (default ``E``).
         bias: biases in the four projections.
-        attention: ``"favor"`` (FAVOR+, linear time) or ``"exact"`` (softmax via SDPA).
+        attention: ``"favor"`` (FAVOR+, linear time), ``"exact"`` (softmax via SDPA) or
+            ``"local"`` (softmax over a sliding window of ``window`` keys, a baseline).
+        window: the window of ``attention="local"`` (query ``i`` sees ``i − window < j ≤ i``
+            when causal, ``|i − j| < window`` otherwise); unused by the other backends.
         dropout: dropout on attention weights, exact backend only (FAVOR+ never forms the
             weights, so there is nothing to drop; it is ignored there).
         favor: the FAVOR options (:class:`~performers.FavorConfig`, default ``FavorConfig()``).
@@ -86,6 +91,7 @@ class MultiheadAttentionBase(nn.Module):
         vdim: int | None = None,
         bias: bool = True,
         attention: str = "favor",
+        window: int = 256,
         dropout: float = 0.0,
         favor: FavorConfig | None = None,
         layer_index: int = 0,
@@ -100,6 +106,9 @@ class MultiheadAttentionBase(nn.Module):
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be an int >= 1, got {window!r}")
+        self.window = window
         factory = {"device": device, "dtype": dtype}
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -116,7 +125,7 @@ class MultiheadAttentionBase(nn.Module):
 
     @property
     def attention(self) -> str:
-        """The backend, ``"favor"``, ``"exact"`` or ``"identity"``; assignable at any time."""
+        """The backend, ``"favor"``, ``"exact"``, ``"local"`` or ``"identity"``; assignable at any time."""
         return self._attention
 
     @attention.setter
@@ -191,15 +200,44 @@ class MultiheadAttentionBase(nn.Module):
                 context_group=context_group,
             )
 
+        local = self.attention == "local"
+        if local and (q.shape[2] != k.shape[2] or attn_bias is not None) and cache is None:
+            raise ValueError(
+                "local attention is self-attention with key padding and causal masks only "
+                "(equal query and key lengths, no attn_bias); use attention='exact' otherwise"
+            )
+        if local and cache is None and not use_cache:
+            out = local_attention(
+                q,
+                k,
+                v,
+                window=self.window,
+                causal=causal,
+                key_padding_mask=key_padding_mask,
+                scale=self.favor.scale,
+            )
+            return out, None
         past_length = 0
         if cache is not None:
             if not isinstance(cache, KVCache):
-                raise TypeError(f"the exact backend continues from a KVCache, got {type(cache).__name__}")
+                raise TypeError(
+                    f"the {self.attention} backend continues from a KVCache, got {type(cache).__name__}"
+                )
             past_length = cache.length
             cache.append(k, v, key_padding_mask)
             k, v, key_padding_mask = cache.key, cache.value, cache.key_padding_mask
         elif use_cache:
             cache = KVCache(k, v, key_padding_mask)
+        if local:  # decoding: the band of the cached keys each new query sees
+            attn_bias = band_bias(
+                q.shape[2],
+                k.shape[2],
+                self.window,
+                causal=True,
+                past_length=past_length,
+                device=q.device,
+                dtype=q.dtype,
+            )
         out = sdpa_attention(
             q,
             k,
@@ -245,7 +283,8 @@ class MultiheadAttentionBase(nn.Module):
             self.out_proj.bias.copy_(mha.out_proj.bias)
 
     def extra_repr(self) -> str:
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, attention={self.attention!r}"
+        window = f", window={self.window}" if self.attention == "local" else ""
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, attention={self.attention!r}{window}"
 
 
 class PerformerSelfAttention(MultiheadAttentionBase):

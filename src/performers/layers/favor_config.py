@@ -19,8 +19,10 @@ the older format was computed with, listed per format in :data:`ADDED_FIELDS`:
 * format 2: a nested ``favor`` dict written before formats were numbered; ``backend`` was added
   during it (files without it ran ``"auto"``).
 * format 3: every field of its time, and the number is written.
-* format 4 (:data:`FAVOR_FORMAT`, current): ``recompute_features`` added (format 1–3 models kept
-  their query features: False; it changes memory, not values).
+* format 4: ``recompute_features`` added (format 1–3 models kept their query features: False; it
+  changes memory, not values).
+* format 5 (:data:`FAVOR_FORMAT`, current): no FAVOR field added; the model config gained
+  ``attention_window`` (the ``"local"`` backend).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ LEGACY_FIELDS = {
 }
 
 # The format of saved configurations this version writes (see the module docstring).
-FAVOR_FORMAT = 4
+FAVOR_FORMAT = 5
 # Format → the fields its files may lack, with the value every model of that format computed
 # with. A field added in a later version goes here, for every older format, with that value.
 ADDED_FIELDS: dict[int, dict[str, Any]] = {
@@ -67,6 +69,7 @@ ADDED_FIELDS: dict[int, dict[str, Any]] = {
     2: {"backend": "auto", "recompute_features": False},
     3: {"recompute_features": False},
     4: {},
+    5: {},
 }
 
 

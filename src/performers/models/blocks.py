@@ -55,6 +55,7 @@ class PerformerBlock(nn.Module):
             rotary_base=config.rotary_base,
             bias=config.bias,
             attention=config.attention,
+            window=config.attention_window,
             favor=config.favor,
             layer_index=layer_index,
         )

@@ -33,8 +33,11 @@ __all__ = ["ADDED_MODEL_FIELDS", "CONFIG_FORMAT", "CONFIG_FORMAT_KEY", "ConfigEr
 CONFIG_FORMAT = FAVOR_FORMAT
 CONFIG_FORMAT_KEY = "config_format"
 # Format → PerformerConfig fields its files may lack, with the value its models computed with.
-# Every field of today existed in format 1; a field added later goes here for older formats.
-ADDED_MODEL_FIELDS: dict[int, dict[str, Any]] = {version: {} for version in ADDED_FIELDS}
+# A field added later goes here for older formats: attention_window came with format 5 (with the
+# "local" backend; older models never read it).
+ADDED_MODEL_FIELDS: dict[int, dict[str, Any]] = {
+    version: {} if version >= 5 else {"attention_window": 256} for version in ADDED_FIELDS
+}
 # Keys saved next to the fields (io.save_pretrained, to_json); from_dict / from_saved skip them.
 METADATA_KEYS = ("architectures", "model_type", "performers_version", CONFIG_FORMAT_KEY)
 
@@ -81,7 +84,10 @@ class PerformerConfig:
         dropout: dropout on embeddings and residual branches.
         activation: feed-forward nonlinearity, ``"gelu"``, ``"relu"`` or ``"silu"``.
         layer_norm_eps: LayerNorm epsilon.
-        attention: ``"favor"`` (FAVOR+) or ``"exact"`` (softmax via SDPA); same weights either way.
+        attention: ``"favor"`` (FAVOR+), ``"exact"`` (softmax via SDPA) or ``"local"`` (softmax over
+            a sliding window, a baseline); same weights either way.
+        attention_window: the window of ``attention="local"``: position ``i`` sees ``i − W < j ≤ i``
+            (causal) or ``|i − j| < W`` (bidirectional).
         favor: every FAVOR option (:class:`~performers.FavorConfig`: kernel, features, projection,
             redraw schedule, seed, chunk size), shared by all layers (each layer draws its own
             projection from ``(favor.seed, layer index)``).
@@ -103,6 +109,7 @@ class PerformerConfig:
     activation: str = "gelu"
     layer_norm_eps: float = 1e-5
     attention: str = "favor"
+    attention_window: int = 256
     favor: FavorConfig = field(default_factory=FavorConfig)
     tie_embeddings: bool = True
     bias: bool = True
@@ -112,7 +119,15 @@ class PerformerConfig:
     initializer_range: float = 0.02
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_position_embeddings"):
+        for name in (
+            "vocab_size",
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "d_ff",
+            "max_position_embeddings",
+            "attention_window",
+        ):
             _require_int(name, getattr(self, name), 1)
         if self.d_model % self.num_heads:
             raise ValueError(

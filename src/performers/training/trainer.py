@@ -403,7 +403,8 @@ class Trainer:
                 loss_sum += mean_loss / c.accumulation
                 tokens += int(batch["attention_mask"].sum())
                 self.tokens_seen += int(batch["attention_mask"].sum())
-            nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+            # The norm before clipping: the record of the run's stability (spikes, NaN).
+            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -419,6 +420,7 @@ class Trainer:
                 "loss": loss_sum,
                 "lr": self.scheduler.get_last_lr()[0],
                 "step_seconds": step_seconds,
+                "grad_norm": grad_norm,
             }
             if self.evaluate is not None and (self.step % c.eval_every == 0 or self.step == c.max_steps):
                 result = self.evaluate(self.model)

@@ -12,6 +12,7 @@ from performers.cli.bench import (
     generate,
     gpu,
     loader,
+    paper,
     prepare,
     proteins,
     speed,
@@ -40,4 +41,5 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     for module in modules:
         register(module.add_parser(bench), module.run)
     proteins.add_parsers(bench)
+    paper.add_parsers(bench)
     return parser
