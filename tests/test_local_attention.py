@@ -129,7 +129,41 @@ def test_the_window_is_saved_and_older_configs_load_without_it(tmp_path):
     raw["config_format"], raw["attention"] = 4, "favor"
     del raw["attention_window"]
     (tmp_path / "m" / "config.json").write_text(json.dumps(raw))
-    assert from_pretrained(tmp_path / "m").config.attention == "favor"  # format 4 had no window
+    old = from_pretrained(tmp_path / "m").config  # format 4 had no window: the default, unused
+    assert (old.attention, old.attention_window) == ("favor", 256)
+
+
+def test_local_attention_refuses_cross_attention_and_extra_masks_also_when_decoding():
+    from performers.layers.attention import PerformerCrossAttention
+    from performers.layers.kv_cache import KVCache
+
+    cross = PerformerCrossAttention(8, 2, attention="local", window=2)
+    x = torch.randn(1, 5, 8)
+    with pytest.raises(ValueError, match="PerformerCrossAttention got keys from another sequence"):
+        cross(x, x)
+    layer = PerformerSelfAttention(8, 2, attention="local", window=2)
+    q = torch.randn(1, 2, 1, 4)
+    cache = KVCache(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4))
+    bias = torch.zeros(1, 1, 1, 4)
+    with pytest.raises(ValueError, match="got an attn_bias"):
+        layer._attend(q, q, q, causal=True, attn_bias=bias, cache=cache)
+    with pytest.raises(ValueError, match="got an attn_bias"):
+        layer._attend(q, q, q, causal=True, attn_bias=bias[..., :1])
+
+
+def test_one_decoded_token_reads_only_the_last_window_keys():
+    from performers.layers.kv_cache import KVCache
+
+    layer = PerformerSelfAttention(8, 2, attention="local", window=3).eval()
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(1, 2, 9, 4, generator=g), torch.randn(1, 2, 9, 4, generator=g)
+    q = torch.randn(1, 2, 1, 4, generator=g)
+    out, cache = layer._attend(
+        q, k[:, :, 8:], v[:, :, 8:], causal=True, cache=KVCache(k[:, :, :8], v[:, :, :8])
+    )
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k[:, :, 6:], v[:, :, 6:])
+    torch.testing.assert_close(out, expected)
+    assert cache.length == 9  # the cache keeps every key; the step reads the last 3
 
 
 def test_errors_name_the_problem():

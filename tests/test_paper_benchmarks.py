@@ -4,6 +4,7 @@ weights across variants, reports, JSON and plots written, budgets honoured."""
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -53,7 +54,7 @@ def test_variant_names_select_the_attention_and_kernel():
 def test_every_variant_of_a_task_starts_from_the_same_weights():
     size = ModelSize(d_model=16, num_layers=1, num_heads=2, d_ff=32, num_features=8)
     states = []
-    for name in ("exact", "local", "favor-softmax", "favor-relu"):
+    for name in ("exact", "local", "linear", "favor-softmax", "favor++", "favor-relu"):
         torch.manual_seed(0)
         model = build_model(task_model_config("text", size, name, max_length=32), "clm")
         states.append({k: v for k, v in model.state_dict().items() if "projection" not in k})
@@ -113,9 +114,16 @@ def test_baselines_end_to_end_with_equal_steps_and_equal_wall_clock(tmp_path):
         ("linear", "wall-clock"),
     ]
     assert all(r["steps"] == 3 for r in rows[:2])
-    for row in rows[2:]:  # steps = budget / probed step time: about the budget in training time
-        assert row["steps"] >= 1
-    assert all(r["peak_extra_mib"] >= 0 for r in rows)
+    data = json.loads((out / "baselines.json").read_text())["tasks"]["text"]["runs"]
+    for variant in ("local", "linear"):  # steps = budget / the probe's median step time
+        probe = [json.loads(line) for line in (out / "text" / "probe" / variant / "metrics.jsonl").open()]
+        median = statistics.median(r["step_seconds"] for r in probe[1:])
+        run = next(r for r in data if r["variant"] == variant and r["budget"] == "wall-clock")
+        assert run["steps"] == max(1, int(0.5 / median))
+        assert "final" in run and not (out / "text" / "probe" / variant / "final").exists()
+    assert all(r["peak_extra_mib"] > 0 for r in rows)
+    curve = data[0]["extra"]["curve"]
+    assert all(math.isfinite(point["grad_norm"]) for point in curve) and curve[-1]["step"] == 3
     assert "wall-clock" in (out / "baselines.md").read_text()
 
 
@@ -130,7 +138,7 @@ def test_pixels_end_to_end_reports_bits_per_dim_and_samples_images(tmp_path):
         assert run["extra"]["sampling"]["seconds"] > 0
     assert (out / "pixels.png").stat().st_size > 0
     report = (out / "pixels.md").read_text()
-    assert "sampling 2 images" in report and "bits/dim" in report
+    assert "sampling 2 images" in report and "bits/dim" in report and "trained on 8 images" in report
 
 
 def test_text_end_to_end_at_two_contexts_with_samples(tmp_path):
@@ -160,6 +168,8 @@ def test_text_end_to_end_at_two_contexts_with_samples(tmp_path):
     assert "ROMEO:" in report
 
 
-def test_task_spec_refuses_unknown_tasks():
+def test_task_spec_refuses_unknown_tasks_and_empty_limits():
     with pytest.raises(ValueError, match="task must be one of"):
         TaskSpec("audio")
+    with pytest.raises(ValueError, match=r"TaskSpec\.final_limit must be an int >= 1"):
+        TaskSpec("pixels", final_limit=0)

@@ -77,13 +77,16 @@ def test_the_wheel_installs_the_package_and_its_data(wheel_env, tmp_path):
     code = (
         "import performers, pathlib;"
         "from performers.proteins import default_corpus;"
-        "from performers.text import load_stsb;"
-        "print(performers.__file__); print(default_corpus()); print(len(load_stsb('test')[0]))"
+        "from performers.text import load_stsb, load_tiny_shakespeare;"
+        "from performers.images import load_mnist;"
+        "print(performers.__file__); print(default_corpus()); print(len(load_stsb('test')[0]));"
+        "print(len(load_tiny_shakespeare()[1])); print(len(load_mnist()[1]))"
     )
-    module, corpus, pairs = _run([str(python), "-c", code], cwd=tmp_path).stdout.split()
+    module, corpus, pairs, characters, images = _run([str(python), "-c", code], cwd=tmp_path).stdout.split()
     assert Path(module).is_relative_to(wheel_env) and not Path(module).is_relative_to(ROOT)
     assert Path(corpus).is_relative_to(wheel_env) and Path(corpus).stat().st_size > 1_000_000
     assert int(pairs) == 1379
+    assert int(characters) == 1_115_394 - int(0.9 * 1_115_394) and int(images) == 1000
 
 
 def test_the_demo_runs_from_the_installed_wheel_in_another_directory(wheel_env, tmp_path):

@@ -6,8 +6,9 @@ For every seed, every variant starts from the same initial weights (``torch.manu
 before the model is built; the exact, local and FAVOR models have the same parameters) and
 sees the same examples in the same order. A run records its learning curve, its speed (steps/s
 and tokens/s of training steps only, evaluation excluded), the growth of the process's peak
-memory during training (evaluation batches are no larger than training batches), the final
-evaluation, and its stability (:func:`stability`): non-finite losses or
+memory (the growth of the process's peak resident set from before the run loads its data: data,
+model, optimizer and training, whose evaluation batches are no larger than its training
+batches), the final evaluation, and its stability (:func:`stability`): non-finite losses or
 gradient norms, gradient-norm spikes (a step whose norm exceeds ``SPIKE_FACTOR`` × the median of
 the ``SPIKE_WINDOW`` steps before it), and divergence (any non-finite value, or a final loss
 above the first). A run that raises is recorded as failed with the error, never dropped.
@@ -130,11 +131,12 @@ def train_run(
     """Train ``variant`` on ``task`` with ``training`` (its seed also seeds the projections) into
     ``out_dir`` and evaluate it; ``save`` keeps the model in ``out_dir/final``."""
     out_dir = Path(out_dir)
-    start_rss = peak_rss_reset()
     config = task_model_config(task.name, size, variant, max_length=task.max_length)
     config = replace(config, favor=replace(config.favor, seed=training.seed))
-    error, final, trainer, peak = None, {}, None, None
+    error, final, trainer, peak, start_rss = None, {}, None, None, None
     try:
+        # The peak's growth from here: the run's data, model, optimizer and training.
+        start_rss = peak_rss_reset()
         built = task.build(training)
         torch.manual_seed(training.seed)  # the same initial weights for every variant
         model = build_model(config, built.objective)
@@ -149,8 +151,8 @@ def train_run(
         trainer.fit(overwrite=True)
         peak = rss_kib("VmHWM")  # training (and its evaluations, batches no larger) only
         records = read_curve(out_dir)
-        if records and math.isfinite(records[-1]["loss"]):
-            final = built.final_evaluate(model)
+        if records and math.isfinite(records[-1]["loss"]) and budget != "probe":
+            final = built.final_evaluate(model)  # a probe only times steps: no test data
         if save:
             model.save_pretrained(out_dir / "final")
     except Exception as exc:  # recorded, not raised: one broken variant must not end a sweep
@@ -175,9 +177,12 @@ def train_run(
         train_seconds=seconds,
         steps_per_second=len(records) / seconds if seconds else 0.0,
         tokens_per_second=tokens / seconds if seconds else 0.0,
-        peak_extra_mib=((rss_kib("VmHWM") if peak is None else peak) - start_rss) / 1024,
+        peak_extra_mib=math.nan
+        if start_rss is None
+        else ((rss_kib("VmHWM") if peak is None else peak) - start_rss) / 1024,
         final=final,
-        stability=stability(records) if records else {"diverged": True, "nonfinite_steps": 0},
+        # A run that failed before its first step did not diverge: it is counted as failed.
+        stability=stability(records) if records else {"diverged": None, "nonfinite_steps": 0},
         directory=str(out_dir),
         error=error,
         extra={"curve": curve},

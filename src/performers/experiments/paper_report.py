@@ -84,10 +84,13 @@ def plot_curves(runs: list[SweepRun], metric: str, path: Path, title: str) -> Pa
         points = min(len(e) for e in evals)
         if points:
             xs = [evals[0][i][0] for i in range(points)]
-            ys = [statistics.fmean(e[i][1] for e in evals) for i in range(points)]
+            scale = 100.0 if metric == "accuracy" else 1.0
+            ys = [scale * statistics.fmean(e[i][1] for e in evals) for i in range(points)]
             right.plot(xs, ys, marker="o", label=variant)
     left.set(xlabel="step", ylabel="training loss", title=f"{title}: training loss (mean over seeds)")
-    right.set(xlabel="step", ylabel=LABELS.get(metric, metric), title=f"{title}: validation")
+    # Held-out data: validation proteins / text; for pixels the first test images (curves only;
+    # nothing is selected on them).
+    right.set(xlabel="step", ylabel=LABELS.get(metric, metric), title=f"{title}: held-out (mean over seeds)")
     if metric != "accuracy":
         left.set_yscale("log")
     for ax in (left, right):

@@ -175,6 +175,14 @@ class TaskSpec:
     def __post_init__(self) -> None:
         if self.name not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.name!r}")
+        for name in ("max_length", "eval_limit", "final_limit", "train_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(
+                    f"TaskSpec.{name} must be an int >= 1 (or None where allowed), got {value!r}"
+                )
+        if self.name == "text" and self.max_length < 2:
+            raise ValueError(f"TaskSpec.max_length must be >= 2 for text windows, got {self.max_length}")
 
     @property
     def metric(self) -> tuple[str, bool]:

@@ -2,8 +2,9 @@
 task of autoregressive pixel prediction with a 256-way softmax per pixel.
 
 The shipped file holds MNIST's 10,000 test-set images (``performers/data/images/mnist``, see
-its SOURCE.md). :func:`load_mnist` splits them by index: the first 9,000 train, the last 1,000
-test (the images are distinct, so none occurs in both). A sequence is
+its SOURCE.md). :func:`load_mnist` splits them by a fixed permutation (``torch.randperm`` seeded
+with :data:`SPLIT_SEED`): 9,000 train, 1,000 test (the images are distinct, so none occurs in
+both). A sequence is
 ``[BOS, p_0, …, p_783]`` with ``BOS = 256`` (vocabulary 257): a causal model reads the start
 token and predicts every pixel, so all 784 are scored. Bits per dimension: the mean negative
 log-likelihood per pixel in bits (a model that spreads its probability evenly over the 256
@@ -28,11 +29,13 @@ __all__ = ["BOS_ID", "PIXEL_LEVELS", "PixelSequences", "bits_per_dimension", "lo
 PIXEL_LEVELS = 256
 BOS_ID = PIXEL_LEVELS  # the start token; vocabulary = PIXEL_LEVELS + 1
 TRAIN_IMAGES = 9000
+SPLIT_SEED = 0  # the permutation that splits the images (torch.randperm with this seed)
 IMAGE_SHAPE = (28, 28)
 
 
 def load_mnist(path: str | Path | None = None, *, train_images: int = TRAIN_IMAGES) -> tuple[Tensor, Tensor]:
-    """``(train, test)`` uint8 images ``(N, 28, 28)``: the first ``train_images`` and the rest.
+    """``(train, test)`` uint8 images ``(N, 28, 28)``: ``train_images`` of them and the rest, split by
+    a fixed permutation (the same on every machine).
 
     ``path`` defaults to the shipped ``mnist_test10k.npz``; any ``.npz`` with one uint8 array
     ``data`` of shape ``(N, 28, 28)`` works.
@@ -58,7 +61,10 @@ def load_mnist(path: str | Path | None = None, *, train_images: int = TRAIN_IMAG
             f"train_images must be in [1, {len(data) - 1}] for {len(data)} images, got {train_images}"
         )
     images = torch.from_numpy(np.ascontiguousarray(data))
-    return images[:train_images].clone(), images[train_images:].clone()
+    # A fixed permutation, not the file's order: MNIST's test set puts its cleaner writers first
+    # and its harder ones last, so a cut by index would test on one kind of writer.
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    return images[order[:train_images]].clone(), images[order[train_images:]].clone()
 
 
 def _sequence(image: Tensor) -> Tensor:

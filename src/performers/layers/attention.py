@@ -82,6 +82,9 @@ class MultiheadAttentionBase(nn.Module):
         device, dtype: of parameters and buffers.
     """
 
+    # Whether keys come from the queries' own sequence (local attention needs it).
+    self_attention = False
+
     def __init__(
         self,
         embed_dim: int,
@@ -201,10 +204,12 @@ class MultiheadAttentionBase(nn.Module):
             )
 
         local = self.attention == "local"
-        if local and (q.shape[2] != k.shape[2] or attn_bias is not None) and cache is None:
+        if local and (not self.self_attention or attn_bias is not None):
             raise ValueError(
-                "local attention is self-attention with key padding and causal masks only "
-                "(equal query and key lengths, no attn_bias); use attention='exact' otherwise"
+                f"local attention is self-attention with key padding and causal masks only; "
+                f"{type(self).__name__} got "
+                + ("an attn_bias" if attn_bias is not None else "keys from another sequence")
+                + ": use attention='exact' for these"
             )
         if local and cache is None and not use_cache:
             out = local_attention(
@@ -214,6 +219,7 @@ class MultiheadAttentionBase(nn.Module):
                 window=self.window,
                 causal=causal,
                 key_padding_mask=key_padding_mask,
+                dropout_p=self.dropout if self.training else 0.0,
                 scale=self.favor.scale,
             )
             return out, None
@@ -228,7 +234,12 @@ class MultiheadAttentionBase(nn.Module):
             k, v, key_padding_mask = cache.key, cache.value, cache.key_padding_mask
         elif use_cache:
             cache = KVCache(k, v, key_padding_mask)
-        if local:  # decoding: the band of the cached keys each new query sees
+        if local and q.shape[2] == 1:  # one new token: it sees the last `window` keys, O(window)
+            k, v = k[:, :, -self.window :], v[:, :, -self.window :]
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask[:, -self.window :]
+            past_length = k.shape[2] - 1
+        elif local:  # a prompt continuing a cache: the band of the cached keys each query sees
             attn_bias = band_bias(
                 q.shape[2],
                 k.shape[2],
@@ -295,6 +306,8 @@ class PerformerSelfAttention(MultiheadAttentionBase):
         rotary: rotate queries and keys by their positions (RoPE) before attention.
         rotary_base: RoPE frequency base.
     """
+
+    self_attention = True
 
     def __init__(
         self,

@@ -45,11 +45,14 @@ def local_attention_reference(
     window: int,
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
     scale: float | None = None,
 ) -> Tensor:
     """The naive ``O(L²)`` local attention: SDPA with the full band mask (see :func:`local_attention`)."""
     bias = band_bias(q.shape[-2], k.shape[-2], window, causal=causal, device=q.device, dtype=q.dtype)
-    return sdpa_attention(q, k, v, key_padding_mask=key_padding_mask, attn_bias=bias, scale=scale)
+    return sdpa_attention(
+        q, k, v, key_padding_mask=key_padding_mask, attn_bias=bias, dropout_p=dropout_p, scale=scale
+    )
 
 
 def local_attention(
@@ -60,6 +63,7 @@ def local_attention(
     window: int,
     causal: bool = False,
     key_padding_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
     scale: float | None = None,
 ) -> Tensor:
     """Sliding-window softmax attention in ``O(L · window)`` time and memory.
@@ -69,6 +73,7 @@ def local_attention(
         window: query ``i`` sees keys ``i − window < j ≤ i`` (causal) or ``|i − j| < window``.
         causal: see ``window``.
         key_padding_mask: ``(B, L)`` bool, True = padded key.
+        dropout_p: dropout on the attention weights (as SDPA's).
         scale: default ``1/√D``.
 
     Returns:
@@ -82,7 +87,14 @@ def local_attention(
     b, _h, length, _ = q.shape
     if length <= 2 * window:  # one or two blocks: the band mask is no larger than the blocks
         return local_attention_reference(
-            q, k, v, window=window, causal=causal, key_padding_mask=key_padding_mask, scale=scale
+            q,
+            k,
+            v,
+            window=window,
+            causal=causal,
+            key_padding_mask=key_padding_mask,
+            dropout_p=dropout_p,
+            scale=scale,
         )
     n = -(-length // window)
     pad = n * window - length
@@ -111,6 +123,8 @@ def local_attention(
     # A query that sees no key would be NaN: let it see all, then zero it (as sdpa_attention).
     dead = ~visible.any(dim=-1, keepdim=True)
     qb = F.pad(q, (0, 0, 0, pad)).unflatten(2, (n, window)).transpose(1, 2).flatten(0, 1)
-    out = F.scaled_dot_product_attention(qb, blocks(k), blocks(v), attn_mask=visible | dead, scale=scale)
+    out = F.scaled_dot_product_attention(
+        qb, blocks(k), blocks(v), attn_mask=visible | dead, dropout_p=dropout_p, scale=scale
+    )
     out = out.masked_fill(dead, 0.0)  # (B·n, H, W, Dv)
     return out.unflatten(0, (b, n)).transpose(1, 2).flatten(2, 3)[:, :, :length]
