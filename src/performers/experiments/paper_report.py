@@ -71,14 +71,16 @@ def plot_curves(runs: list[SweepRun], metric: str, path: Path, title: str) -> Pa
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     variants = list(dict.fromkeys(r.variant for r in runs))
-    for variant in variants:
+    colors = plt.cm.tab20.colors if len(variants) > 10 else plt.cm.tab10.colors  # one per variant
+    for index, variant in enumerate(variants):
+        color = colors[(2 * index) % 20 + (2 * index) // 20] if len(variants) > 10 else colors[index % 10]
         curves = [read_curve(r.directory) for r in runs if r.variant == variant]
         curves = [c for c in curves if c]
         if not curves:
             continue
         steps = min(len(c) for c in curves)
         loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(steps)]
-        left.plot(range(1, steps + 1), loss, label=variant, alpha=0.85)
+        left.plot(range(1, steps + 1), loss, label=variant, alpha=0.85, color=color)
         key = f"valid_{metric}"
         evals = [[(r["step"], r[key]) for r in c if key in r] for c in curves]
         points = min(len(e) for e in evals)
@@ -86,7 +88,7 @@ def plot_curves(runs: list[SweepRun], metric: str, path: Path, title: str) -> Pa
             xs = [evals[0][i][0] for i in range(points)]
             scale = 100.0 if metric == "accuracy" else 1.0
             ys = [scale * statistics.fmean(e[i][1] for e in evals) for i in range(points)]
-            right.plot(xs, ys, marker="o", label=variant)
+            right.plot(xs, ys, marker="o", label=variant, color=color)
     left.set(xlabel="step", ylabel="training loss", title=f"{title}: training loss (mean over seeds)")
     # Held-out data: validation proteins / text; for pixels the first test images (curves only;
     # nothing is selected on them).
