@@ -148,28 +148,20 @@ def baselines(
     payload: dict = {"size": asdict(size), "training": asdict(training), "seconds": seconds, "tasks": {}}
     for task in tasks:
         task_training = task.training_config(**_options(training))
-        runs = compare_attention(
-            task,
-            variants,
-            size,
-            task_training,
-            out_dir=out_dir / task.name,
-            seeds=seeds,
-            isolate=True,
-            log=log,
-        )
-        runs += compare_attention(
-            task,
-            variants,
-            size,
-            task_training,
-            out_dir=out_dir / task.name,
-            seeds=seeds,
-            seconds=seconds,
-            probe_steps=probe_steps,
-            isolate=True,
-            log=log,
-        )
+        runs = []
+        for budget in (None, seconds):  # equal steps, then equal wall-clock
+            runs += compare_attention(
+                task,
+                variants,
+                size,
+                task_training,
+                out_dir=out_dir / task.name,
+                seeds=seeds,
+                seconds=budget,
+                probe_steps=probe_steps,
+                isolate=True,
+                log=log,
+            )
         section, rows = _task_section(task, runs, out_dir, "baselines", memory=True)
         lines += section
         payload["tasks"][task.name] = {"spec": asdict(task), "rows": rows, "runs": [asdict(r) for r in runs]}
