@@ -95,7 +95,7 @@ def read_curve(directory: str | Path) -> list[dict]:
 def stability(records: list[dict]) -> dict:
     """Non-finite steps, gradient-norm spikes, the largest norm and divergence of one run."""
     losses = [float(r["loss"]) for r in records]
-    norms = [float(r.get("grad_norm", math.nan)) for r in records if "grad_norm" in r]
+    norms = [float(r["grad_norm"]) for r in records if "grad_norm" in r]
     nonfinite = sum(
         1 for r in records if not (math.isfinite(r["loss"]) and math.isfinite(r.get("grad_norm", 0.0)))
     )

@@ -17,21 +17,26 @@ kernel with a random projection (``favor-softmax`` is FAVOR+, ``favor++`` is FAV
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
 from performers.experiments.protein_evaluation import corpus_splits, protein_evaluator
-from performers.images import BOS_ID, PIXEL_LEVELS, PixelSequences, load_mnist, pixel_batches
+from performers.images import PIXEL_LEVELS, PixelSequences, bits_per_dimension, load_mnist, pixel_batches
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig
 from performers.ops import KERNELS
 from performers.proteins import LanguageModelExamples, ProteinTokenizer
-from performers.text import CharVocabulary, TextWindows, load_tiny_shakespeare, window_batches
+from performers.text import (
+    CharVocabulary,
+    TextWindows,
+    bits_per_character,
+    load_tiny_shakespeare,
+    window_batches,
+)
 from performers.training import TrainingConfig
-from performers.training.evaluation import evaluation_mode, logits_of
+from performers.training.evaluation import evaluation_mode, logits_of, masked_accuracy
 
 __all__ = [
     "TASKS",
@@ -122,13 +127,11 @@ def causal_scores(
     nll, correct, count = 0.0, 0, 0
     with evaluation_mode(model):
         for batch in batches:
-            logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))[:, :-1].float()
+            logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
             if classes is not None:
                 logits = logits[..., :classes]
-            target = batch["labels"][:, 1:]
-            nll += float(nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))
-            correct += int((logits.argmax(-1) == target).sum())
-            count += target.numel()
+            right, counted, summed = masked_accuracy(logits, batch["labels"], causal=True)
+            nll, correct, count = nll + summed, correct + right, count + counted
     return {"nll": nll / count, "accuracy": correct / count, "count": count}
 
 
@@ -145,14 +148,14 @@ class BuiltTask:
 
 def _text_metrics(scores: dict[str, float]) -> dict[str, float]:
     return {
-        "bits_per_character": scores["nll"] / math.log(2),
+        "bits_per_character": bits_per_character(scores["nll"]),
         "accuracy": scores["accuracy"],
         "loss": scores["nll"],
     }
 
 
 def _pixel_metrics(scores: dict[str, float]) -> dict[str, float]:
-    return {"bits_per_dimension": scores["nll"] / math.log(2), "loss": scores["nll"]}
+    return {"bits_per_dimension": bits_per_dimension(scores["nll"]), "loss": scores["nll"]}
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,3 @@ class TaskSpec:
             lambda model: evaluate_pixels(model, self.final_limit),
             "clm",
         )
-
-
-# The start token of a pixel sequence, for samplers.
-PIXEL_BOS = BOS_ID
