@@ -112,9 +112,18 @@ def test_linear_attention_of_zero_positions_is_empty(causal):
     assert out.shape == (2, 3, 0, 8)
 
 
-def test_triton_bidirectional_rows_that_underflow_are_reported():
-    # The Triton kernels keep one key maximum per (batch, head) (run here by the interpreter).
+@pytest.mark.parametrize("scale", [30.0, 100.0])
+def test_triton_bidirectional_float32_matches_float64_at_large_norms(scale):
+    # The Triton kernels (run here by the interpreter) also keep one key maximum per feature.
     pytest.importorskip("triton")
-    q, k, v, w = _large(30.0, length=40, dim=16)
-    with pytest.warns(FavorUnderflowWarning, match=r"^bidirectional FAVOR attention: \d+ of 80 query rows"):
-        favor_attention(q[:1, :2], k[:1, :2], v[:1, :2], w, backend="triton")
+    q, k, v, w = _large(scale, length=40, dim=16)
+    q, k, v = (t[:1, :2] for t in (q, k, v))
+    pad = torch.zeros(1, 40, dtype=torch.bool)
+    pad[0, -7:] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FavorUnderflowWarning)
+        out = favor_attention(q, k, v, w, key_padding_mask=pad, backend="triton")
+    reference = favor_attention(*(t.double() for t in (q, k, v, w)), key_padding_mask=pad, backend="torch")
+    assert (out.abs().amax(-1) > 0).all()
+    bound = 8 * torch.finfo(torch.float32).eps * max(1.0, scale**2 * 4)
+    assert _relative_error(out, reference) <= bound

@@ -351,10 +351,9 @@ def _favor_attention(
         chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, eps=eps,
         block_size=block_size, recompute_features=recompute_features,
     )  # fmt: skip
-    if causal or (triton_map is not None and k.shape[2]):
-        # Causal keys are stored under their running maximum (and the Triton kernels keep one
-        # key maximum per head): at large logits a query row can underflow to zero, which is
-        # reported. The PyTorch bidirectional paths cannot underflow a row.
+    if causal:
+        # Causal keys are stored under their running maximum: at large logits a query row can
+        # underflow to zero, which is reported. Bidirectional paths cannot underflow a row.
         out = result[0] if return_state else result
         warn_zero_rows(out, v, key_padding_mask, initial_state, causal=causal, stacklevel=4)
     return result

@@ -6,8 +6,7 @@ the offset a key is stored in is the running maximum over the positions before i
 whose features weigh only keys far below that maximum gets a denominator below the smallest
 normal float — its output is then the guarded 0 with a zero gradient. Such rows are reported
 with a :class:`FavorUnderflowWarning` (shown once per call site by Python's default warning
-filter), never returned silently; so are bidirectional rows of the Triton kernels, which keep
-one key maximum per (batch, head).
+filter), never returned silently. (This holds for the PyTorch paths and the Triton kernels.)
 """
 
 from __future__ import annotations

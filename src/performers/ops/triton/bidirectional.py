@@ -1,14 +1,21 @@
 r"""Bidirectional FAVOR attention for exponential maps as Triton kernels, forward and backward.
 
 The same algorithm and stabilizers as :mod:`performers.ops.bidirectional_fused`
-(``out = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1)``, queries by their row maximum, keys by the maximum over
-every non-padded key and feature), written as two kernels that never hold an ``L×M`` tensor:
+(``out = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1)``; keys by one maximum per feature over the non-padded
+keys, moved to the query side, queries by their row maximum after that shift — so the largest
+term of every query row is exactly 1 and no row underflows), written as two kernels that never
+hold an ``L×M`` tensor:
 
 * a **row pass** (one program per tile of positions, features streamed in tiles): the query
   readout ``φ(q)S / φ(q)z`` in forward; in backward the input gradients
   ``(A Rᵀ + a₂r₂ᵀ)⊙φ · P − a·s·rowsum·x`` (and, for keys, ``∂v = φ(k) ∂S``);
-* a **feature pass** (one program per tile of features, positions streamed): the key summary
-  ``S = φ(K)ᵀV``, ``z = φ(K)ᵀ1`` in forward; in backward ``∂S, ∂z`` and the gradient of ``P``.
+* a **feature pass** (one program per tile of features, positions streamed): the keys'
+  per-feature maxima and the key summary ``S = φ(K)ᵀV``, ``z = φ(K)ᵀ1`` in forward; in backward
+  ``∂S, ∂z`` and the gradient of ``P``.
+
+Both take per-feature offsets ``col`` (``(B·H, M)``, subtracted from every log-feature of that
+feature; constants, so no gradient flows through them): the keys' maxima on the key side, their
+negation on the query side.
 
 Backward recomputes every feature tile (queries from their stored row maxima) instead of
 storing ``L×M`` features: on a GPU the recomputation is cheaper than the memory traffic.
@@ -16,8 +23,6 @@ The gradient of ``P`` is written per batch·head and summed on the host (determi
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import triton
@@ -49,15 +54,29 @@ __all__ = ["triton_bidirectional_attention"]
 # Row-pass modes (constexpr globals, readable inside kernels; launches pass ``.value``).
 READOUT, QUERY_GRAD, KEY_GRAD, ROW_MAX = (tl.constexpr(i) for i in range(4))
 # Feature-pass modes.
-SUMMARY, QUERY_PARAMS, KEY_PARAMS = (tl.constexpr(i) for i in range(3))
+SUMMARY, QUERY_PARAMS, KEY_PARAMS, COLUMN_MAX = (tl.constexpr(i) for i in range(4))
+
+
+@triton.jit
+def shifted_log_features(
+    x, p, half_norm_x, col_ptr, m0, M, HAS_COL: tl.constexpr, BM: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+):  # fmt: skip
+    """Log-features of a row tile less the per-feature offsets ``col`` of features
+    ``m0 .. m0+BM`` (``col_ptr`` already points at this batch·head's row) when ``HAS_COL``."""
+    log = log_features(x, p, half_norm_x, LOW, IN)
+    if HAS_COL:
+        log -= load_vector(col_ptr, m0, M, BM, ACC, 0.0)[None, :]
+    return log
 
 
 @triton.jit
 def row_pass(
-    x_ptr, p_ptr, off_ptr, off_bh, off_l, pad_ptr, heads,
+    x_ptr, p_ptr, off_ptr, off_bh, off_l, col_ptr, pad_ptr, heads,
     r_ptr, r2_ptr, a_ptr, a2_ptr, out_ptr, inv_ptr, gx_ptr,
     L, M, D, DV, half_norm, eps,
-    MODE: tl.constexpr, HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    MODE: tl.constexpr, HAS_PAD: tl.constexpr, HAS_COL: tl.constexpr,
+    ACT: tl.constexpr, FEPS: tl.constexpr,
     BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
@@ -70,6 +89,7 @@ def row_pass(
         valid = valid & (padded == 0)
     x = load_rows(x_ptr + bh * L * D, start, L, D, BL, BD, ACC)
     norm_x = half_norm * tl.sum(x * x, 1)
+    col_ptr += bh * M
     if MODE == READOUT or MODE == ROW_MAX:
         # Row maxima (queries: for their own stabilization; keys: for the global maximum);
         # generalized kernels are not stabilized (offsets 0).
@@ -78,7 +98,8 @@ def row_pass(
             top = tl.full((BL,), float("-inf"), ACC)
             for m0 in range(0, M, BM):
                 cols = m0 + tl.arange(0, BM)
-                log = log_features(x, load_rows(p_ptr, m0, M, D, BM, BD, ACC), norm_x, LOW, IN)
+                p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+                log = shifted_log_features(x, p, norm_x, col_ptr, m0, M, HAS_COL, BM, ACC, LOW, IN)
                 log = tl.where(valid[:, None] & (cols[None, :] < M), log, float("-inf"))
                 top = tl.maximum(top, tl.max(log, 1))
         store_vector(off_ptr + bh * L, top, start, L, BL)
@@ -100,7 +121,8 @@ def row_pass(
             cols = m0 + tl.arange(0, BM)
             p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
             keep = valid[:, None] & (cols[None, :] < M)
-            features, slope = feature_tile(log_features(x, p, norm_x, LOW, IN), offset, keep, ACT, FEPS)
+            u = shifted_log_features(x, p, norm_x, col_ptr, m0, M, HAS_COL, BM, ACC, LOW, IN)
+            features, slope = feature_tile(u, offset, keep, ACT, FEPS)
             r = load_rows(r_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
             r2 = load_vector(r2_ptr + bh * M, m0, M, BM, ACC, 0.0)
             if MODE != QUERY_GRAD:
@@ -124,10 +146,11 @@ def row_pass(
 
 @triton.jit
 def feature_pass(
-    x_ptr, p_ptr, off_ptr, off_bh, off_l, pad_ptr, heads,
+    x_ptr, p_ptr, off_ptr, off_bh, off_l, col_ptr, pad_ptr, heads,
     a_ptr, a2_ptr, r_ptr, r2_ptr, s_ptr, z_ptr, gp_ptr,
     L, M, D, DV, half_norm, span,
-    MODE: tl.constexpr, HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
+    MODE: tl.constexpr, HAS_PAD: tl.constexpr, HAS_COL: tl.constexpr,
+    ACT: tl.constexpr, FEPS: tl.constexpr,
     BL: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
@@ -138,11 +161,17 @@ def feature_pass(
     slot = split * tl.num_programs(1) + bh
     cols = m0 + tl.arange(0, BM)
     p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
-    if MODE != SUMMARY:
+    if HAS_COL:
+        col = load_vector(col_ptr + bh * M, m0, M, BM, ACC, 0.0)
+    if MODE != SUMMARY and MODE != COLUMN_MAX:
         r = load_rows(r_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
         r2 = load_vector(r2_ptr + bh * M, m0, M, BM, ACC, 0.0)
     s = tl.zeros((BM, BV), ACC)
-    z = tl.zeros((BM,), ACC)
+    # z: the normalizer, or in COLUMN_MAX mode the largest log-feature of each feature.
+    if MODE == COLUMN_MAX:
+        z = tl.full((BM,), float("-inf"), ACC)
+    else:
+        z = tl.zeros((BM,), ACC)
     grad_p = tl.zeros((BM, BD), ACC)
     for l0 in range(split * span, tl.minimum(split * span + span, L), BL):
         rows = l0 + tl.arange(0, BL)
@@ -151,26 +180,34 @@ def feature_pass(
             padded = tl.load(pad_ptr + (bh // heads) * L + rows, mask=valid, other=1)
             valid = valid & (padded == 0)
         x = load_rows(x_ptr + bh * L * D, l0, L, D, BL, BD, ACC)
-        offset = tl.load(off_ptr + bh * off_bh + rows * off_l, mask=rows < L, other=0.0).to(ACC)
         keep = valid[:, None] & (cols[None, :] < M)
         u = log_features(x, p, half_norm * tl.sum(x * x, 1), LOW, IN)
-        features, slope = feature_tile(u, offset, keep, ACT, FEPS)
-        a = load_rows(a_ptr + bh * L * DV, l0, L, DV, BL, BV, ACC)
-        if MODE == QUERY_PARAMS:
-            a2 = load_vector(a2_ptr + bh * L, l0, L, BL, ACC, 0.0)
+        if HAS_COL:
+            u -= col[None, :]
+        if MODE == COLUMN_MAX:
+            z = tl.maximum(z, tl.max(tl.where(keep, u, float("-inf")), 0))
         else:
-            a2 = tl.full((BL,), 1.0, ACC)
-        if MODE != KEY_PARAMS:
-            s += mm(tl.trans(features), a, LOW, IN)
-            z += tl.sum(features * a2[:, None], 0)
-        if MODE != SUMMARY:
-            grad_log = (mm(a, tl.trans(r), LOW, IN) + a2[:, None] * r2[None, :]) * slope
-            grad_p += mm(tl.trans(grad_log), x, LOW, IN)
-    if MODE != KEY_PARAMS:
-        store_rows(s_ptr + slot * M * DV, s, m0, M, DV, BM, BV)
+            offset = tl.load(off_ptr + bh * off_bh + rows * off_l, mask=rows < L, other=0.0).to(ACC)
+            features, slope = feature_tile(u, offset, keep, ACT, FEPS)
+            a = load_rows(a_ptr + bh * L * DV, l0, L, DV, BL, BV, ACC)
+            if MODE == QUERY_PARAMS:
+                a2 = load_vector(a2_ptr + bh * L, l0, L, BL, ACC, 0.0)
+            else:
+                a2 = tl.full((BL,), 1.0, ACC)
+            if MODE != KEY_PARAMS:
+                s += mm(tl.trans(features), a, LOW, IN)
+                z += tl.sum(features * a2[:, None], 0)
+            if MODE != SUMMARY:
+                grad_log = (mm(a, tl.trans(r), LOW, IN) + a2[:, None] * r2[None, :]) * slope
+                grad_p += mm(tl.trans(grad_log), x, LOW, IN)
+    if MODE == COLUMN_MAX:
         store_vector(z_ptr + slot * M, z, m0, M, BM)
-    if MODE != SUMMARY:
-        store_rows(gp_ptr + slot * M * D, grad_p, m0, M, D, BM, BD)
+    else:
+        if MODE != KEY_PARAMS:
+            store_rows(s_ptr + slot * M * DV, s, m0, M, DV, BM, BV)
+            store_vector(z_ptr + slot * M, z, m0, M, BM)
+        if MODE != SUMMARY:
+            store_rows(gp_ptr + slot * M * D, grad_p, m0, M, D, BM, BD)
 
 
 class _Launch:
@@ -208,42 +245,50 @@ class _TritonBidirectional(torch.autograd.Function):
         qf, kf, vf, rows_c = flat(q), flat(k), flat(v), rows.contiguous()
         pad_arg = pad if pad is not None else qf
         acc = dict(device=q.device, dtype=run.acc)
-        offset = torch.zeros(run.bh, **acc)  # generalized kernels: no stabilizer
-        if act == EXP.value:
-            key_max = torch.empty(run.bh, run.lk, **acc)
-            row_pass[run.rows_grid(run.lk)](
-                kf, rows_c, key_max, 0, 0, pad_arg, run.heads, kf, kf, kf, kf, kf, kf, kf,
-                run.lk, run.m, run.d, run.dv, half_norm, 0.0,
-                MODE=ROW_MAX.value, HAS_PAD=pad is not None, **run.meta,
+        zero = torch.zeros(run.bh, **acc)  # the keys' row offsets (and every offset of
+        key_col = query_col = zero  # generalized kernels, which are not stabilized)
+        stabilized = act == EXP.value
+        if stabilized:
+            grid = run.features_grid(run.lk)
+            column_max = torch.empty(grid[2], run.bh, run.m, **acc)
+            feature_pass[grid](
+                kf, rows_c, zero, 1, 0, zero, pad_arg, run.heads, kf, kf, kf, kf, kf, column_max, kf,
+                run.lk, run.m, run.d, run.dv, half_norm, run.blocks.span,
+                MODE=COLUMN_MAX.value, HAS_PAD=pad is not None, HAS_COL=False, **run.meta,
             )  # fmt: skip
-            top = key_max.amax(dim=1) if run.lk else key_max.new_full((run.bh,), -math.inf)
-            # All keys padded: an empty summary; any finite offset serves.
-            offset = torch.where(torch.isfinite(top), top, offset).contiguous()
+            # One offset per feature (a feature of padded keys only is empty: any offset serves);
+            # the queries take it back, so a product of a query and a key feature is unchanged.
+            key_col = column_max.amax(dim=0)
+            key_col = torch.where(torch.isfinite(key_col), key_col, 0.0).contiguous()
+            query_col = (-key_col).contiguous()
+        columns = dict(HAS_COL=stabilized, **run.meta)
         grid = run.features_grid(run.lk)
         s = torch.empty(grid[2], run.bh, run.m, run.dv, **acc)
         z = torch.empty(grid[2], run.bh, run.m, **acc)
         feature_pass[grid](
-            kf, rows_c, offset, 1, 0, pad_arg, run.heads, vf, vf, vf, vf, s, z, s,
+            kf, rows_c, zero, 1, 0, key_col, pad_arg, run.heads, vf, vf, vf, vf, s, z, s,
             run.lk, run.m, run.d, run.dv, half_norm, run.blocks.span,
-            MODE=SUMMARY.value, HAS_PAD=pad is not None, **run.meta,
+            MODE=SUMMARY.value, HAS_PAD=pad is not None, **columns,
         )  # fmt: skip
         s, z = s.sum(0), z.sum(0)
         out = torch.empty(run.bh, run.lq, run.dv, **acc)
         inverse = torch.empty(run.bh, run.lq, **acc)
         query_max = torch.empty(run.bh, run.lq, **acc)
         row_pass[run.rows_grid(run.lq)](
-            qf, rows_c, query_max, 0, 0, qf, run.heads, s, z, qf, qf, out, inverse, qf,
-            run.lq, run.m, run.d, run.dv, 0.0, eps, MODE=READOUT.value, HAS_PAD=False, **run.meta,
+            qf, rows_c, query_max, 0, 0, query_col, qf, run.heads, s, z, qf, qf, out, inverse, qf,
+            run.lq, run.m, run.d, run.dv, 0.0, eps, MODE=READOUT.value, HAS_PAD=False, **columns,
         )  # fmt: skip
-        ctx.save_for_backward(qf, kf, vf, rows_c, offset, query_max, s, z, out, inverse, pad)
-        ctx.run, ctx.half_norm = run, half_norm
+        saved = (qf, kf, vf, rows_c, zero, key_col, query_col, query_max, s, z, out, inverse, pad)
+        ctx.save_for_backward(*saved)
+        ctx.run, ctx.half_norm, ctx.stabilized = run, half_norm, stabilized
         return out.reshape(run.batch, run.heads, run.lq, run.dv)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qf, kf, vf, rows, offset, query_max, s, z, out, inverse, pad = ctx.saved_tensors
+        qf, kf, vf, rows, zero, key_col, query_col, query_max, s, z, out, inverse, pad = ctx.saved_tensors
         run, half_norm = ctx.run, ctx.half_norm
         acc = dict(device=qf.device, dtype=run.acc)
+        columns = dict(HAS_COL=ctx.stabilized, **run.meta)
         # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (0 where the guard was active).
         grad_num = (flat(grad_out).to(run.acc) * inverse[..., None]).contiguous()
         grad_den = -(grad_num * out).sum(-1).contiguous()
@@ -252,30 +297,31 @@ class _TritonBidirectional(torch.autograd.Function):
         grad_z = torch.empty(grid[2], *z.shape, **acc)
         grad_p_q = torch.empty(grid[2], run.bh, run.m, run.d, **acc)
         feature_pass[grid](
-            qf, rows, query_max, run.lq, 1, qf, run.heads, grad_num, grad_den, s, z, grad_s, grad_z, grad_p_q,
-            run.lq, run.m, run.d, run.dv, 0.0, run.blocks.span,
-            MODE=QUERY_PARAMS.value, HAS_PAD=False, **run.meta,
+            qf, rows, query_max, run.lq, 1, query_col, qf, run.heads, grad_num, grad_den, s, z,
+            grad_s, grad_z, grad_p_q, run.lq, run.m, run.d, run.dv, 0.0, run.blocks.span,
+            MODE=QUERY_PARAMS.value, HAS_PAD=False, **columns,
         )  # fmt: skip
         grad_s, grad_z = grad_s.sum(0).contiguous(), grad_z.sum(0).contiguous()
         grad_q = torch.empty(run.bh, run.lq, run.d, **acc)
         row_pass[run.rows_grid(run.lq)](
-            qf, rows, query_max, run.lq, 1, qf, run.heads, s, z, grad_num, grad_den, qf, qf, grad_q,
-            run.lq, run.m, run.d, run.dv, 0.0, 0.0, MODE=QUERY_GRAD.value, HAS_PAD=False, **run.meta,
+            qf, rows, query_max, run.lq, 1, query_col, qf, run.heads, s, z, grad_num, grad_den,
+            qf, qf, grad_q, run.lq, run.m, run.d, run.dv, 0.0, 0.0,
+            MODE=QUERY_GRAD.value, HAS_PAD=False, **columns,
         )  # fmt: skip
         pad_arg = pad if pad is not None else kf
         grid = run.features_grid(run.lk)
         grad_p_k = torch.empty(grid[2], run.bh, run.m, run.d, **acc)
         feature_pass[grid](
-            kf, rows, offset, 1, 0, pad_arg, run.heads, vf, vf, grad_s, grad_z, kf, kf, grad_p_k,
+            kf, rows, zero, 1, 0, key_col, pad_arg, run.heads, vf, vf, grad_s, grad_z, kf, kf, grad_p_k,
             run.lk, run.m, run.d, run.dv, half_norm, run.blocks.span,
-            MODE=KEY_PARAMS.value, HAS_PAD=pad is not None, **run.meta,
+            MODE=KEY_PARAMS.value, HAS_PAD=pad is not None, **columns,
         )  # fmt: skip
         grad_k = torch.empty(run.bh, run.lk, run.d, **acc)
         grad_v = torch.empty(run.bh, run.lk, run.dv, **acc)
         row_pass[run.rows_grid(run.lk)](
-            kf, rows, offset, 1, 0, pad_arg, run.heads, grad_s, grad_z, vf, vf, grad_v, kf, grad_k,
+            kf, rows, zero, 1, 0, key_col, pad_arg, run.heads, grad_s, grad_z, vf, vf, grad_v, kf, grad_k,
             run.lk, run.m, run.d, run.dv, half_norm, 0.0,
-            MODE=KEY_GRAD.value, HAS_PAD=pad is not None, **run.meta,
+            MODE=KEY_GRAD.value, HAS_PAD=pad is not None, **columns,
         )  # fmt: skip
         shape = (run.batch, run.heads)
         return (

@@ -28,9 +28,9 @@ def _variants():
     from performers.ops.triton import bidirectional, causal, decode
 
     for mode in (0, 1, 2, 3):
-        yield bidirectional.row_pass, {"MODE": mode, "HAS_PAD": True, "BL": 64}
-    for mode in (0, 1, 2):
-        yield bidirectional.feature_pass, {"MODE": mode, "HAS_PAD": True, "BL": 64}
+        yield bidirectional.row_pass, {"MODE": mode, "HAS_PAD": True, "HAS_COL": mode != 3, "BL": 64}
+    for mode in (0, 1, 2, 3):
+        yield bidirectional.feature_pass, {"MODE": mode, "HAS_PAD": True, "HAS_COL": mode != 3, "BL": 64}
     yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": True, "BC": 64}
     yield causal.output_pass, {"HAS_PAD": True, "BC": 64}
     yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64}
@@ -75,6 +75,8 @@ def compile_all(
     records = []
     for kernel, options in _variants():
         options = {key: (tile if key in ("BL", "BC") else value) for key, value in options.items()}
+        if activation != "exp" and "HAS_COL" in options:
+            options["HAS_COL"] = False  # generalized kernels have no offsets
         constexprs = {"BM": features_tile, "BD": dim, "BV": dim, **types, **options}
         signature = {}
         for name in kernel.arg_names:
