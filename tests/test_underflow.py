@@ -9,8 +9,9 @@ import torch
 
 from conftest import generator
 from performers import favor_attention, linear_attention, orthogonal_projection
+from performers.ops import underflow
 from performers.ops.attention import _favor_attention
-from performers.ops.underflow import FavorUnderflowWarning, count_zero_rows
+from performers.ops.underflow import FavorUnderflowWarning, count_zero_rows, flush_underflow_warnings
 
 
 def _large(scale, length=200, dim=64, seed=0):
@@ -127,3 +128,54 @@ def test_triton_bidirectional_float32_matches_float64_at_large_norms(scale):
     assert (out.abs().amax(-1) > 0).all()
     bound = 8 * torch.finfo(torch.float32).eps * max(1.0, scale**2 * 4)
     assert _relative_error(out, reference) <= bound
+
+
+def test_counts_queued_on_a_gpu_are_reported_when_ready_or_flushed(monkeypatch):
+    # The queue of counts a CUDA call leaves (underflow._defer), here with counts whose arrival
+    # the test controls: a later call reports those that have arrived, in order; a flush waits.
+    arrived, waited = [False, False], []
+    queue = underflow._PENDING.__class__()
+    monkeypatch.setattr(underflow, "_PENDING", queue)
+
+    def pending(count, i, ready):
+        return underflow._Pending(
+            torch.tensor(count), ready, lambda: waited.append(i), 40, torch.float32, True
+        )
+
+    for i, count in enumerate((3, 5)):
+        queue.append(pending(count, i, lambda i=i: arrived[i]))
+    q, k, v, w = _large(1.0, length=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FavorUnderflowWarning)
+        favor_attention(q, k, v, w, causal=True)  # nothing has arrived: nothing reported yet
+    assert len(queue) == 2
+    arrived[1] = True  # the second cannot be reported before the first
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FavorUnderflowWarning)
+        favor_attention(q, k, v, w, causal=True)
+    arrived[0] = True
+    later = r"^causal FAVOR attention: \d of 40 .* at a later call"
+    with pytest.warns(FavorUnderflowWarning, match=later) as record:
+        favor_attention(q, k, v, w, causal=True)
+    assert [str(r.message).split(":")[1].split(" of")[0] for r in record] == [" 3", " 5"]
+    assert not queue and not waited
+    queue.append(pending(7, 2, lambda: False))
+    with pytest.warns(FavorUnderflowWarning, match=r"7 of 40"):
+        assert flush_underflow_warnings() == 7
+    assert waited == [2] and not queue
+    assert flush_underflow_warnings() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_counts_are_reported_without_waiting_for_the_gpu():
+    q, k, v, w = (t.cuda() for t in _large(30.0))
+    with warnings.catch_warnings(record=True) as early:
+        warnings.simplefilter("always", FavorUnderflowWarning)
+        out = favor_attention(q, k, v, w, causal=True)
+    expected = count_zero_rows(out, v)
+    assert expected > 0
+    with warnings.catch_warnings(record=True) as late:
+        warnings.simplefilter("always", FavorUnderflowWarning)
+        flush_underflow_warnings()
+    messages = [str(r.message) for r in early + late]
+    assert len(messages) == 1 and f": {expected} of " in messages[0]

@@ -64,7 +64,7 @@ from performers.ops.projections import (
     orthogonal_projection,
 )
 from performers.ops.state import DEFAULT_CHUNK_SIZE, FavorState
-from performers.ops.underflow import FavorUnderflowWarning, count_zero_rows
+from performers.ops.underflow import FavorUnderflowWarning, count_zero_rows, flush_underflow_warnings
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -88,6 +88,7 @@ __all__ = [
     "favor_plus_plus_parameters",
     "favor_plus_plus_statistics",
     "feature_map",
+    "flush_underflow_warnings",
     "gaussian_hyperbolic_features",
     "gaussian_positive_features",
     "gaussian_projection",

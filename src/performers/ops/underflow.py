@@ -7,22 +7,44 @@ whose features weigh only keys far below that maximum gets a denominator below t
 normal float — its output is then the guarded 0 with a zero gradient. Such rows are reported
 with a :class:`FavorUnderflowWarning` (shown once per call site by Python's default warning
 filter), never returned silently. (This holds for the PyTorch paths and the Triton kernels.)
+
+On CUDA the count is not read at once: reading it would make the host wait for the GPU at every
+attention call (a synchronization per layer, which stalls the queue of kernels ahead of it). It
+is copied to host memory without waiting and reported by a later attention call once the GPU
+has produced it, or by :func:`flush_underflow_warnings` (the training loop calls it whenever it
+logs, where it waits for the GPU anyway).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from performers.ops.state import FavorState
 
-__all__ = ["FavorUnderflowWarning", "count_zero_rows", "warn_zero_rows"]
+__all__ = ["FavorUnderflowWarning", "count_zero_rows", "flush_underflow_warnings", "warn_zero_rows"]
 
 
 class FavorUnderflowWarning(RuntimeWarning):
     """Some query rows of causal FAVOR attention underflowed to an all-zero output."""
+
+
+def _zero_rows(
+    out: Tensor, v: Tensor, key_padding_mask: Tensor | None, initial_state: FavorState | None, causal: bool
+) -> Tensor:
+    """:func:`count_zero_rows` as a 0-d int64 tensor on ``out``'s device (nothing is read)."""
+    valued = (v != 0).any(dim=-1)  # (B, H, L)
+    if key_padding_mask is not None:
+        valued = valued & ~key_padding_mask[:, None, :]
+    seen = valued.cumsum(dim=-1) > 0 if causal else valued.any(dim=-1, keepdim=True)
+    if initial_state is not None:
+        seen = seen | (initial_state.kv != 0).flatten(-2).any(dim=-1)[..., None]
+    return ((out == 0).all(dim=-1) & seen).sum()
 
 
 def count_zero_rows(
@@ -45,13 +67,65 @@ def count_zero_rows(
         The number of such rows: a convex combination of values that are not all zero is only
         exactly zero when the weights underflowed.
     """
-    valued = (v != 0).any(dim=-1)  # (B, H, L)
-    if key_padding_mask is not None:
-        valued = valued & ~key_padding_mask[:, None, :]
-    seen = valued.cumsum(dim=-1) > 0 if causal else valued.any(dim=-1, keepdim=True)
-    if initial_state is not None:
-        seen = seen | (initial_state.kv != 0).flatten(-2).any(dim=-1)[..., None]
-    return int(((out == 0).all(dim=-1) & seen).sum())
+    return int(_zero_rows(out, v, key_padding_mask, initial_state, causal))
+
+
+class _Pending(NamedTuple):
+    """A count on its way from the GPU: ``count`` (pinned host memory) is valid once ``ready()``."""
+
+    count: Tensor
+    ready: Callable[[], bool]
+    wait: Callable[[], None]
+    rows: int
+    dtype: torch.dtype
+    causal: bool
+
+
+_PENDING: deque[_Pending] = deque()
+
+
+def _warn(count: int, rows: int, dtype: torch.dtype, causal: bool, stacklevel: int, later: bool) -> None:
+    direction = "causal" if causal else "bidirectional"
+    when = " (counted on the GPU, reported at a later call)" if later else ""
+    warnings.warn(
+        f"{direction} FAVOR attention: {count} of {rows} query rows underflowed to an all-zero "
+        f"output in {dtype}{when} (query/key logits too large for the key maximum the features "
+        "are stored under); scale q and k down, compute in float64, or use the PyTorch "
+        "bidirectional paths",
+        FavorUnderflowWarning,
+        stacklevel=stacklevel + 1,
+    )
+
+
+def _report_pending(*, wait: bool, stacklevel: int) -> int:
+    """Report the pending counts the GPU has produced (all of them when ``wait``), in order."""
+    total = 0
+    while _PENDING and (wait or _PENDING[0].ready()):
+        item = _PENDING.popleft()
+        if wait:
+            item.wait()
+        count = int(item.count)
+        if count:
+            _warn(count, item.rows, item.dtype, item.causal, stacklevel + 1, later=True)
+        total += count
+    return total
+
+
+def flush_underflow_warnings() -> int:
+    """Wait for the zero-row counts still being computed on a GPU and report them (a
+    :class:`FavorUnderflowWarning` for each call that had some); returns their total. A no-op
+    for CPU tensors, whose counts are reported by the call itself."""
+    return _report_pending(wait=True, stacklevel=2)
+
+
+def _defer(count: Tensor, rows: int, dtype: torch.dtype, causal: bool) -> None:
+    """Queue a count computed on a CUDA device: copied to pinned memory behind the kernels that
+    produce it; an event says when it has arrived."""
+    host = torch.empty((), dtype=count.dtype, pin_memory=True)
+    host.copy_(count, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(count.device))
+    _PENDING.append(_Pending(host, event.query, event.synchronize, rows, dtype, causal))
 
 
 def warn_zero_rows(
@@ -62,21 +136,23 @@ def warn_zero_rows(
     *,
     causal: bool = True,
     stacklevel: int = 3,
-) -> int:
+) -> int | None:
     """:func:`count_zero_rows`, and a :class:`FavorUnderflowWarning` naming the count when it is
-    not 0. Skipped (returns 0) while compiling or tracing, where it would break the graph."""
+    not 0. Skipped (returns 0) while compiling or tracing, where it would break the graph. For
+    CUDA tensors the count is queued instead (returns None) and reported once the GPU has made
+    it: by a later call, or :func:`flush_underflow_warnings`."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or out.numel() == 0:
         return 0
-    count = count_zero_rows(out.detach(), v.detach(), key_padding_mask, initial_state, causal=causal)
-    if count:
-        rows = out.shape[0] * out.shape[1] * out.shape[2]
-        direction = "causal" if causal else "bidirectional"
-        warnings.warn(
-            f"{direction} FAVOR attention: {count} of {rows} query rows underflowed to an all-zero "
-            f"output in {out.dtype} (query/key logits too large for the key maximum the features "
-            "are stored under); scale q and k down, compute in float64, or use the PyTorch "
-            "bidirectional paths",
-            FavorUnderflowWarning,
-            stacklevel=stacklevel,
-        )
-    return count
+    count = _zero_rows(out.detach(), v.detach(), key_padding_mask, initial_state, causal)
+    rows = out.shape[0] * out.shape[1] * out.shape[2]
+    if out.device.type == "cuda":
+        _defer(count, rows, out.dtype, causal)
+        _report_pending(wait=False, stacklevel=stacklevel)
+        return None
+    # Counts queued by earlier CUDA calls come first (then the order of the warnings is the
+    # order of the calls).
+    _report_pending(wait=False, stacklevel=stacklevel)
+    found = int(count)
+    if found:
+        _warn(found, rows, out.dtype, causal, stacklevel, later=False)
+    return found

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 
 from performers.distributed import shard_of
 from performers.layers import FeatureRedrawer, MultiheadAttentionBase
+from performers.ops import flush_underflow_warnings
 from performers.training.checkpoint import (
     NoUsableCheckpointError,
     latest_checkpoint,
@@ -405,6 +406,8 @@ class Trainer:
                 self.tokens_seen += int(batch["attention_mask"].sum())
             # The norm before clipping: the record of the run's stability (spikes, NaN).
             grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
+            # Underflow counts made on a GPU during this step (the host has waited for it above).
+            flush_underflow_warnings()
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
