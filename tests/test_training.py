@@ -68,9 +68,9 @@ def config(**overrides) -> TrainingConfig:
     return TrainingConfig(**{**base, **overrides})
 
 
-def run(tmp, task="clm", resume=False, stop_at=None, prepared=None, **overrides):
+def run(tmp, task="clm", resume=False, stop_at=None, prepared=None, device="cpu", **overrides):
     """Train the tiny model on the motif proteins, in memory or from a prepared copy of them."""
-    model = tiny_model(task)
+    model = tiny_model(task).to(device)
     train, valid = motif_proteins(64), motif_proteins(8, seed=1)
     if prepared is not None:
         train, valid = PreparedDataset(prepared, "train"), PreparedDataset(prepared, "valid")
@@ -98,6 +98,21 @@ def test_resume_is_bit_identical(tmp_path, task):
         json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("bf16", [False, True])
+def test_training_on_a_gpu_resumes_bit_identically(tmp_path, bf16):
+    # Batches move to the model's device, autocast follows it, and checkpoints keep the GPU's
+    # generator (dropout masks) beside the CPU's.
+    full, _ = run(tmp_path / "full", "mlm", device="cuda", bf16=bf16)
+    run(tmp_path / "split", "mlm", device="cuda", bf16=bf16, stop_at=3)
+    resumed, trainer = run(tmp_path / "split", "mlm", device="cuda", bf16=bf16, resume=True)
+    assert trainer.step == 6 and next(resumed.parameters()).is_cuda
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert evaluate(trainer, motif_proteins(8, seed=1))["tokens"] > 0
 
 
 def test_training_beats_the_unigram_baseline(tmp_path):

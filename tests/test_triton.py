@@ -30,9 +30,12 @@ from performers.ops.triton.launch import Blocks
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DEVICE = "cpu" if INTERPRETED else "cuda"
-pytestmark = pytest.mark.skipif(
-    not INTERPRETED and not torch.cuda.is_available(), reason="needs CUDA or TRITON_INTERPRET=1"
-)
+pytestmark = [
+    pytest.mark.cuda,  # on a GPU every test here runs on CUDA tensors
+    pytest.mark.skipif(
+        not INTERPRETED and not torch.cuda.is_available(), reason="needs CUDA or TRITON_INTERPRET=1"
+    ),
+]
 EXP_KERNELS = ["softmax", "softmax-hyperbolic", "gaussian", "gaussian-hyperbolic"]
 SMALL = Blocks(16, 16, span=32)  # several tiles along positions and features, and split sums
 

@@ -166,6 +166,7 @@ def test_counts_queued_on_a_gpu_are_reported_when_ready_or_flushed(monkeypatch):
     assert flush_underflow_warnings() == 0
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_counts_are_reported_without_waiting_for_the_gpu():
     q, k, v, w = (t.cuda() for t in _large(30.0))

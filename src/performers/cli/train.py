@@ -38,6 +38,7 @@ from performers.training import (
     RunDirectoryError,
     format_changes,
     owned,
+    resolve_device,
     start_fresh,
 )
 from performers.utils import DirectoryLockedError, sha256
@@ -90,6 +91,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "computation differs; --steps, --eval-every, --workers, --threads may change)",
     )
     add_overwrite_option(parser)
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the model trains: auto (default: CUDA when available, under torchrun each "
+        "process's cuda:LOCAL_RANK; else the CPU), cpu, cuda, cuda:N",
+    )
     parser.add_argument(
         "--context-parallel",
         type=int,
@@ -144,8 +151,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.resume and args.overwrite:
         raise SystemExit("performers: error: give --resume (continue the run) or --overwrite, not both")
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f"performers train: error: --device: {error}") from None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and the default CUDA stream of this process
     if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     set_threads(args)
     rank = dist.get_rank() if distributed else 0
     try:
@@ -167,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 train_limit=args.train_limit,
                 test_limit=args.test_limit,
                 resume=args.resume,
+                device=device,
             )
     finally:
         if distributed:

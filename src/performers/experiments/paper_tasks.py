@@ -36,7 +36,7 @@ from performers.text import (
     window_batches,
 )
 from performers.training import TrainingConfig
-from performers.training.evaluation import evaluation_mode, logits_of, masked_accuracy
+from performers.training.evaluation import evaluation_mode, logits_of, masked_accuracy, model_batches
 
 __all__ = [
     "TASKS",
@@ -126,7 +126,7 @@ def causal_scores(
     """
     nll, correct, count = 0.0, 0, 0
     with evaluation_mode(model):
-        for batch in batches:
+        for batch in model_batches(model, batches):
             logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
             if classes is not None:
                 logits = logits[..., :classes]

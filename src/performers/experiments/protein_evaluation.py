@@ -17,7 +17,7 @@ from performers.proteins import (
 )
 from performers.proteins.prepared_dataset import PreparedDataset, is_prepared, read_manifest
 from performers.training import TrainingConfig, evaluate_tokens, evaluation_mode, logits_of
-from performers.training.evaluation import row_token_metrics
+from performers.training.evaluation import model_batches, row_token_metrics
 
 __all__ = [
     "corpus_split",
@@ -109,7 +109,7 @@ def evaluate_per_sequence(
     )
     rows: list[dict] = []
     with evaluation_mode(model):
-        for batch in batches:
+        for batch in model_batches(model, batches):
             logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
             correct, counted, nll = row_token_metrics(logits, batch["labels"], causal=task == "clm")
             residues = batch["attention_mask"].sum(-1) - 2

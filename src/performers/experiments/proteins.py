@@ -27,7 +27,7 @@ from performers.proteins import (
     ProteinTokenizer,
     UnigramBaseline,
 )
-from performers.training import Trainer, TrainingConfig
+from performers.training import Trainer, TrainingConfig, resolve_device
 from performers.utils import peak_rss_reset, rss_kib
 
 __all__ = [
@@ -129,6 +129,7 @@ def run_training(
     test_limit: int | None = None,
     resume: bool = False,
     evaluate: bool = True,
+    device: str | torch.device = "cpu",
     log=print,
 ) -> RunResult:
     """Train one model on the corpus's train split and evaluate it on its test split.
@@ -140,6 +141,9 @@ def run_training(
     tokens of the training batches over the time spent in training steps (forward, backward,
     optimizer), without evaluation or checkpoints; ``peak_extra_mib`` is the growth of the
     process's peak resident memory during the run. ``corpus`` defaults to the shipped one.
+    ``device``: where the model trains and is evaluated (``"cuda"``, ``"auto"``: see
+    :func:`~performers.training.resolve_device`); it is initialized on the CPU first, so every
+    device starts from the same weights.
     """
     out_dir = Path(out_dir)
     train, valid, test = corpus_splits(corpus, training, train_limit, test_limit)
@@ -150,7 +154,7 @@ def run_training(
             )
     tokenizer = ProteinTokenizer()
     torch.manual_seed(training.seed)  # the same initial weights for every attention
-    model = build_model(model_config, training.task)
+    model = build_model(model_config, training.task).to(resolve_device(device))
     trainer = protein_trainer(
         model, tokenizer, train, valid, training, out_dir, log=lambda line: log(f"[{name}] {line}")
     )

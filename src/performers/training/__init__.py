@@ -13,6 +13,7 @@ from performers.training.checkpoint import (
     save_checkpoint,
 )
 from performers.training.data import ExampleSource, RandomStreams
+from performers.training.devices import model_device, resolve_device, to_device
 from performers.training.evaluation import (
     evaluate_regression,
     evaluate_tokens,
@@ -62,11 +63,14 @@ __all__ = [
     "lr_factor",
     "make_scheduler",
     "masked_accuracy",
+    "model_device",
     "owned",
     "ranks",
     "recorded_run",
+    "resolve_device",
     "restore",
     "save_checkpoint",
     "spearman",
     "start_fresh",
+    "to_device",
 ]

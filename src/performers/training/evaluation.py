@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from performers.training.devices import model_device, to_device
 from performers.training.metrics import spearman
 from performers.utils import IGNORE_INDEX
 
@@ -18,6 +19,7 @@ __all__ = [
     "evaluation_mode",
     "logits_of",
     "masked_accuracy",
+    "model_batches",
     "row_token_metrics",
 ]
 
@@ -32,6 +34,13 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
+
+
+def model_batches(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Iterator[dict[str, Tensor]]:
+    """``batches`` (built on the CPU) one by one on the device of ``model``'s parameters."""
+    device = model_device(model)
+    for batch in batches:
+        yield to_device(batch, device)
 
 
 def logits_of(output) -> Tensor:
@@ -82,7 +91,7 @@ def evaluate_tokens(
     correct = counted = 0
     nll = 0.0
     with evaluation_mode(model):
-        for batch in batches:
+        for batch in model_batches(model, batches):
             logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
             right, n, loss = masked_accuracy(logits, batch["labels"], causal=causal)
             correct, counted, nll = correct + right, counted + n, nll + loss
@@ -96,7 +105,7 @@ def evaluate_regression(model: nn.Module, batches: Iterable[dict[str, Tensor]]) 
     each batch's ``targets`` ``(B,)``. Returns ``{"spearman", "mse", "count"}``."""
     predictions, targets = [], []
     with evaluation_mode(model):
-        for batch in batches:
+        for batch in model_batches(model, batches):
             predictions.append(logits_of(model(batch["input_ids"], batch["attention_mask"])).double())
             targets.append(batch["targets"].double())
     if not predictions:

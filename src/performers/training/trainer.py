@@ -46,6 +46,7 @@ from performers.training.checkpoint import (
     save_checkpoint,
 )
 from performers.training.data import ExampleSource
+from performers.training.devices import model_device, to_device
 from performers.training.evaluation import logits_of
 from performers.training.loader import batch_loader, next_batch_start
 from performers.training.optim import build_optimizer
@@ -160,6 +161,8 @@ class Trainer:
         log: Callable[[str], None] = print,
     ) -> None:
         self.model, self.data, self.config, self.log = model, data, config, log
+        # Batches are built on the CPU and moved to where the model is (model.to(device) first).
+        self.device = model_device(model)
         self.evaluate = evaluate
         self.out_dir = Path(out_dir)
         # Multi-process (torchrun): every rank sees the same global batch order and takes its
@@ -192,8 +195,12 @@ class Trainer:
                 f"batch_size {config.batch_size} (global) must be divisible by {self.data_world} "
                 "data-parallel processes"
             )
+        # One GPU per process: DDP's buckets live there (device_ids None on the CPU).
+        device_ids = [self.device] if self.device.type == "cuda" else None
         self.train_model = (
-            DistributedDataParallel(model, broadcast_buffers=False) if self.world > 1 else model
+            DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+            if self.world > 1
+            else model
         )
         if len(data) < config.batch_size:
             raise ValueError(
@@ -291,7 +298,8 @@ class Trainer:
     def _normalized(self, total: Tensor, count: float) -> tuple[Tensor, float]:
         """``total`` (this process's summed loss) over the global count, times the process count;
         and the global mean loss."""
-        stats = torch.tensor([count, total.item()])
+        # (On the model's device: NCCL reduces GPU tensors only.)
+        stats = torch.tensor([count, total.item()], device=self.device)
         if self.world > 1:
             dist.all_reduce(stats)
         count = max(stats[0].item(), 1.0)
@@ -314,7 +322,15 @@ class Trainer:
             state={"epoch": self.epoch, "position": self.position},
             run=self.run_description(),
             keep_last=self.config.keep_last,
+            generators=self._device_generators(),
         )
+
+    def _device_generators(self) -> dict[str, torch.Generator]:
+        """The random generator of the model's GPU (its dropout masks), kept in checkpoints
+        beside the CPU's so that a resumed run on the GPU draws the same masks."""
+        if self.device.type != "cuda":
+            return {}
+        return {"cuda": torch.cuda.default_generators[self.device.index or 0]}
 
     def resume(self) -> bool:
         """Restore the newest usable checkpoint under ``out_dir``; False if there is none.
@@ -339,6 +355,9 @@ class Trainer:
         stored = recorded_run(checkpoint.path, checkpoint.run, checkpoint.state, "training")
         safe = check_resume(checkpoint.path, stored, self.run_description())
         restore(checkpoint, self.model, self.optimizer, self.scheduler)
+        for name, generator in self._device_generators().items():
+            if name in checkpoint.generators:  # (absent: the run was checkpointed on the CPU)
+                generator.set_state(checkpoint.generators[name])
         self.step = checkpoint.step
         self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
         self._close_loader()  # batches restart from the restored position
@@ -398,12 +417,14 @@ class Trainer:
             loss_sum = 0.0
             for _ in range(c.accumulation):
                 batch = self._next_batch()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=c.bf16):
+                batch_tokens = int(batch["attention_mask"].sum())  # counted on the CPU
+                batch = to_device(batch, self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.bf16):
                     loss, mean_loss = self._loss(batch)
                 (loss / c.accumulation).backward()
                 loss_sum += mean_loss / c.accumulation
-                tokens += int(batch["attention_mask"].sum())
-                self.tokens_seen += int(batch["attention_mask"].sum())
+                tokens += batch_tokens
+                self.tokens_seen += batch_tokens
             # The norm before clipping: the record of the run's stability (spikes, NaN).
             grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip))
             # Underflow counts made on a GPU during this step (the host has waited for it above).

@@ -1,0 +1,59 @@
+"""Where a run computes: choosing the device, and bringing batches to the model's device.
+
+Batches are built on the CPU (the loader and its worker processes); the training loop and the
+evaluation functions move each one to the device of the model's parameters, so a model moved
+with ``model.to("cuda")`` trains and evaluates there with no other change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["model_device", "resolve_device", "to_device"]
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first parameter (or buffer); the CPU for a module with none."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch`` with every tensor on ``device`` (other values unchanged). Copies from pinned
+    memory to a GPU do not wait for the host."""
+    return {
+        key: value.to(device, non_blocking=value.is_pinned()) if isinstance(value, Tensor) else value
+        for key, value in batch.items()
+    }
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device a run asked for: ``None``/``"auto"`` is CUDA when available (under torchrun the
+    process's ``cuda:LOCAL_RANK``), else the CPU; ``"cuda"`` under torchrun also names the
+    process's own GPU.
+
+    Raises:
+        ValueError: the name is not a device, or names a CUDA device this machine lacks.
+    """
+    if device is None or device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device must be a torch device, e.g. 'cpu' or 'cuda:0', got {device!r}") from error
+    if chosen.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(chosen)!r}: this machine has no CUDA device (use 'cpu')")
+        if chosen.index is None:
+            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if chosen.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {str(chosen)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return chosen
