@@ -4,6 +4,7 @@ section is measured or says why not, and the reports are written."""
 import json
 
 from performers.bench.gpu import run_gpu_suite
+from performers.bench.gpu_report import targets
 
 
 def test_gpu_suite_runs_on_cpu_and_writes_reports(tmp_path):
@@ -40,3 +41,64 @@ def test_gpu_suite_runs_on_cpu_and_writes_reports(tmp_path):
     report = (tmp_path / "gpu.md").read_text()
     assert "| causal | 32 | 8 | 16 | 16 | favor-torch |" in report
     assert (tmp_path / "gpu.png").stat().st_size > 0
+
+
+def test_the_targets_points_come_first_and_partial_results_are_written(tmp_path):
+    seen = []
+
+    def log(line):
+        seen.append(line)
+        if line.startswith("decode"):  # the file already holds the attention points measured so far
+            saved = json.loads((tmp_path / "gpu.json").read_text())
+            assert saved["complete"] is False and saved["attention"]
+
+    results = run_gpu_suite(
+        tmp_path, device="cpu", lengths=[32, 16384], dims=[64], features=[256],
+        methods=["favor-torch", "sdpa"], dtype="float32", repeats=1, decode_contexts=[32],
+        decode_methods=["favor-torch"], training_lengths=[], tests=None, wide_heads_length=None,
+        budget_s=0.0, log=log,
+    )  # fmt: skip
+    # With the budget spent at once every point is skipped, in order of importance: the L = 16k
+    # points of the target configuration first.
+    assert [p["spec"]["length"] for p in results["attention"]][:4] == [16384] * 4
+    assert all(p["note"] == "skipped: time budget spent" for p in results["attention"])
+    assert json.loads((tmp_path / "gpu.json").read_text())["complete"] is True
+    assert (
+        "| decode step time flat from 1k to 128k of context (within 1.2×) | — | not measured |"
+        in (tmp_path / "gpu.md").read_text()
+    )
+
+
+def _point(method, causal, length, ms, peak=None, features=256):
+    spec = {"method": method, "causal": causal, "length": length, "heads": 8, "dim": 64, "features": features}
+    return {"spec": spec, "forward_ms": ms / 3, "forward_backward_ms": ms, "peak_mib": peak, "note": None}
+
+
+def test_targets_are_judged_from_the_measured_points():
+    results = {
+        "attention": [
+            _point("favor-triton", False, 16384, 10.0, peak=100.0),
+            _point("favor-triton", False, 131072, 90.0, peak=900.0),  # 1.125× per position: linear
+            _point("favor-triton", True, 16384, 20.0, peak=100.0),
+            _point("favor-triton", True, 131072, 200.0, peak=2000.0),  # 2.5× per position: not linear
+            _point("sdpa", False, 16384, 25.0, features=128),  # 2.5×: missed
+            _point("fla-chunk", True, 16384, 15.0),  # ours 1.33× (causal): met; bidir 0.67×: met
+            _point("performer-pytorch", True, 16384, 300.0),  # 15×: met
+        ],
+        "decode": [
+            {"context": 1024, "method": "favor-triton", "step_ms": 0.10},
+            {"context": 131072, "method": "favor-triton", "step_ms": 0.11},
+        ],
+    }
+    judged = [(t["target"].split(" (")[0], t["value"], t["status"]) for t in targets(results)]
+    per_position = "× the MiB per position of 16k at 131,072"
+    assert judged == [
+        ("bidirectional 16k: ≥ 3× faster than SDPA-flash", "2.50× faster", "missed"),
+        ("bidirectional 16k: within 1.5× of FLA chunk_linear_attn, K = 256", "0.67× the time", "met"),
+        ("causal 16k: within 1.5× of FLA chunk_linear_attn, K = 256", "1.33× the time", "met"),
+        ("bidirectional 16k: ≥ 10× faster than performer-pytorch", None, "not measured"),
+        ("causal 16k: ≥ 10× faster than performer-pytorch", "15.00× faster", "met"),
+        ("bidirectional: peak memory linear in L up to 128k", "1.12" + per_position, "met"),
+        ("causal: peak memory linear in L up to 128k", "2.50" + per_position, "missed"),
+        ("decode step time flat from 1k to 128k of context", "1.10×", "met"),
+    ]

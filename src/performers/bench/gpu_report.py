@@ -4,11 +4,116 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["format_report", "plot"]
+__all__ = ["format_report", "plot", "targets"]
+
+# The issue's targets are stated at B = 1, H = 8, D = 64, M = 256, bf16, forward+backward.
+_LENGTH, _DIM, _FEATURES, _HEADS = 16384, 64, 256, 8
 
 
 def _ms(value) -> str:
     return "—" if value is None else f"{value:,.2f}"
+
+
+def _sorted(points: list[dict]) -> list[dict]:
+    """Attention points in reading order (they are measured in order of importance)."""
+
+    def key(p):
+        s = p["spec"]
+        return (s["causal"], s["heads"], s["dim"], s["features"], s["length"], s["method"])
+
+    return sorted(points, key=key)
+
+
+def _point(results: dict, method: str, causal: bool, length: int = _LENGTH) -> dict | None:
+    """The measured point of ``method`` at the target configuration and ``length``, or None."""
+    for p in results["attention"]:
+        s = p["spec"]
+        if (s["method"], s["causal"], s["length"], s["dim"], s["heads"]) == (
+            method,
+            causal,
+            length,
+            _DIM,
+            _HEADS,
+        ):
+            if (method == "sdpa" or s["features"] == _FEATURES) and p.get("forward_backward_ms"):
+                return p
+    return None
+
+
+def targets(results: dict) -> list[dict]:
+    """Each target of the GPU work with the numbers behind it: ``{"target", "value", "status"}``
+    where status is ``"met"``, ``"missed"`` or ``"not measured"`` (a point missing or failed)."""
+    rows = []
+
+    def speed(name: str, ours: dict | None, other: dict | None, bound: float, faster: bool) -> None:
+        # faster: ours must be >= bound times faster; else ours must be within bound times the other.
+        if ours is None or other is None:
+            rows.append({"target": name, "value": None, "status": "not measured"})
+            return
+        ratio = other["forward_backward_ms"] / ours["forward_backward_ms"]
+        if faster:
+            value, met = f"{ratio:.2f}× faster", ratio >= bound
+        else:
+            value, met = f"{1 / ratio:.2f}× the time", 1 / ratio <= bound
+        rows.append({"target": name, "value": value, "status": "met" if met else "missed"})
+
+    ours_bidir, ours_causal = _point(results, "favor-triton", False), _point(results, "favor-triton", True)
+    fla_causal = _point(results, "fla-chunk", True)
+    speed(
+        "bidirectional 16k: ≥ 3× faster than SDPA-flash",
+        ours_bidir,
+        _point(results, "sdpa", False),
+        3.0,
+        True,
+    )
+    speed(
+        "bidirectional 16k: within 1.5× of FLA chunk_linear_attn, K = 256 (FLA's is causal: it has "
+        "no bidirectional kernel)",
+        ours_bidir, fla_causal, 1.5, False,
+    )  # fmt: skip
+    speed("causal 16k: within 1.5× of FLA chunk_linear_attn, K = 256", ours_causal, fla_causal, 1.5, False)
+    for causal, ours in ((False, ours_bidir), (True, ours_causal)):
+        direction = "causal" if causal else "bidirectional"
+        peer = _point(results, "performer-pytorch", causal)
+        speed(f"{direction} 16k: ≥ 10× faster than performer-pytorch", ours, peer, 10.0, True)
+    # Memory linear in L: the peak per position at the longest length within 1.25× of that at 16k.
+    for causal in (False, True):
+        direction = "causal" if causal else "bidirectional"
+        points = [
+            p for p in results["attention"]
+            if p["spec"]["method"] == "favor-triton" and p["spec"]["causal"] == causal
+            and (p["spec"]["dim"], p["spec"]["features"], p["spec"]["heads"]) == (_DIM, _FEATURES, _HEADS)
+            and p["spec"]["length"] >= _LENGTH and p.get("peak_mib")
+        ]  # fmt: skip
+        longest = max(points, key=lambda p: p["spec"]["length"], default=None)
+        base = next((p for p in points if p["spec"]["length"] == _LENGTH), None)
+        name = f"{direction}: peak memory linear in L up to 128k"
+        if longest is None or base is None or longest is base:
+            rows.append({"target": name, "value": None, "status": "not measured"})
+            continue
+        growth = (longest["peak_mib"] / longest["spec"]["length"]) / (base["peak_mib"] / _LENGTH)
+        reached = longest["spec"]["length"] >= 131072
+        rows.append(
+            {
+                "target": name,
+                "value": f"{growth:.2f}× the MiB per position of 16k at {longest['spec']['length']:,}",
+                "status": "met" if growth <= 1.25 and reached else "missed",
+            }
+        )
+    steps = {
+        r["context"]: r["step_ms"]
+        for r in results["decode"]
+        if r["method"] == "favor-triton" and r.get("step_ms")
+    }
+    name = "decode step time flat from 1k to 128k of context (within 1.2×)"
+    if 1024 in steps and 131072 in steps:
+        growth = steps[131072] / steps[1024]
+        rows.append(
+            {"target": name, "value": f"{growth:.2f}×", "status": "met" if growth <= 1.2 else "missed"}
+        )
+    else:
+        rows.append({"target": name, "value": None, "status": "not measured"})
+    return rows
 
 
 def _attention_rows(results: dict) -> list[str]:
@@ -16,7 +121,7 @@ def _attention_rows(results: dict) -> list[str]:
         "| direction | L | H | D | M | method | forward ms | fwd+bwd ms | peak MiB | note |",
         "|---|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
-    for p in results["attention"]:
+    for p in _sorted(results["attention"]):
         s = p["spec"]
         direction = "causal" if s["causal"] else "bidirectional"
         features = s["features"] if s["method"] != "sdpa" else "—"
@@ -46,7 +151,9 @@ def _ratios(results: dict) -> list[str]:
         t = ours["forward_backward_ms"]
         return f"{(t / other['forward_backward_ms'] if invert else other['forward_backward_ms'] / t):.2f}×"
 
-    for (causal, length, heads, dim, features, method), ours in sorted(index.items()):
+    for (causal, length, heads, dim, features, method), ours in sorted(
+        index.items(), key=lambda kv: kv[0][:5]
+    ):
         if method != "favor-triton" or heads != 8 or not ours["forward_backward_ms"]:
             continue
 
@@ -71,8 +178,15 @@ def format_report(results: dict) -> str:
         f"{results.get('gpu', results['device'])}; torch {env['torch']}; {results['dtype']}; "
         f"Triton kernels: {results['triton']}; suite time {results['elapsed_s']} s.",
         "",
-        f"Tests (`tests/test_triton.py`): **{tests['status']}** — "
+        f"Tests (`pytest -m cuda tests`): **{tests['status']}** — "
         f"{tests.get('summary', tests.get('reason', ''))}",
+        "",
+        *([] if results.get("complete", True) else ["**Partial: the suite was still running.**", ""]),
+        "## Targets (B = 1, H = 8, D = 64, M = 256, bf16, forward+backward)",
+        "",
+        "| target | measured | status |",
+        "|---|---|---|",
+        *(f"| {t['target']} | {t['value'] or '—'} | {t['status']} |" for t in targets(results)),
         "",
         "## Ratios of forward+backward time (> 1× favours our Triton kernels, except in the FLA "
         "column: ours / FLA)",
@@ -100,7 +214,7 @@ def format_report(results: dict) -> str:
     for r in results["training"]:
         tokens = "—" if r.get("tokens_per_s") is None else f"{r['tokens_per_s']:,.0f}"
         lines.append(
-            f"| {r['length']:,} | {r['attention']} | {r['batch']} | {tokens} | "
+            f"| {r['length']:,} | {r['attention']} | {r['batch'] or '—'} | {tokens} | "
             f"{_ms(r.get('peak_mib'))} | {r.get('note', '')} |"
         )
     return "\n".join(lines) + "\n"
@@ -113,8 +227,8 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    dim = min(p["spec"]["dim"] for p in results["attention"])
-    features = max(p["spec"]["features"] for p in results["attention"])
+    dim = min((p["spec"]["dim"] for p in results["attention"]), default=_DIM)
+    features = max((p["spec"]["features"] for p in results["attention"]), default=_FEATURES)
     for ax, causal in zip(axes[:2], (False, True), strict=True):
         methods = sorted({p["spec"]["method"] for p in results["attention"]})
         for method in methods:
@@ -125,6 +239,7 @@ def plot(results: dict, path: Path) -> None:
                 and p["spec"]["dim"] == dim and (method == "sdpa" or p["spec"]["features"] == features)
                 and p["forward_backward_ms"]
             ]  # fmt: skip
+            rows.sort(key=lambda p: p["spec"]["length"])
             if rows:
                 ax.loglog(
                     [p["spec"]["length"] for p in rows],
@@ -145,6 +260,7 @@ def plot(results: dict, path: Path) -> None:
             and p["spec"]["heads"] == 8 and (method == "sdpa" or p["spec"]["features"] == features)
             and p["peak_mib"]
         ]  # fmt: skip
+        rows.sort(key=lambda p: p["spec"]["length"])
         if rows:
             ax.loglog([p["spec"]["length"] for p in rows], [p["peak_mib"] for p in rows], "o-", label=method)
     ax.set_title("causal fwd+bwd peak memory (MiB)")

@@ -46,7 +46,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--wide-heads-length", type=int, default=4096, help="L of the H=32 points (0: none)")
     p.add_argument("--tests", default="tests", help="the tests directory of a checkout ('' to skip)")
-    p.add_argument("--budget", type=float, default=420.0, help="seconds; later points are skipped")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=450.0,
+        help="seconds from the start, tests included; the points not reached by then are skipped",
+    )
+    p.add_argument("--tests-timeout", type=float, default=240.0, help="seconds for the cuda tests")
     return p
 
 
@@ -73,6 +79,7 @@ def run(args: argparse.Namespace) -> None:
         training_lengths=args.training_lengths,
         tests=args.tests or None,
         budget_s=args.budget,
+        tests_timeout_s=args.tests_timeout,
         wide_heads_length=args.wide_heads_length or None,
         command="performers " + shlex.join(sys.argv[1:]),
     )
