@@ -177,6 +177,30 @@ def test_backend_triton_equals_torch_in_float32():
         torch.testing.assert_close(out, ref, rtol=0, atol=2e-5 * ref.abs().max().item())
 
 
+@pytest.fixture
+def tf32_matmuls():
+    """PyTorch's float32 matmuls allowed to use TF32 for the test (as users say it)."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
+def test_float32_products_follow_pytorchs_tf32_setting(tf32_matmuls):
+    from performers.ops.triton.launch import compute_types
+
+    assert compute_types(torch.float32, tf32=False)["LOW"] is False
+    assert compute_types(torch.float32) == compute_types(torch.float32, tf32=True)
+    assert compute_types(torch.float32)["LOW"] is True
+    # TF32 keeps 10 mantissa bits: products are good to ~2⁻¹¹ relative, far below float32's
+    # 2⁻²⁴ but far above bfloat16's 2⁻⁸ (on CPU the interpreter multiplies in float32).
+    q, k, v, w = (t.detach().float() for t in _inputs(1, 2, 50, 50, 16, 32))
+    for causal in (False, True):
+        out = favor_attention(q, k, v, w, causal=causal, backend="triton")
+        ref = favor_attention(*(t.double() for t in (q, k, v, w)), causal=causal, backend="torch")
+        torch.testing.assert_close(out.double(), ref, rtol=0, atol=32 * 2**-11 * ref.abs().max().item())
+
+
 def test_causal_continues_a_state_and_returns_one_with_gradients_through_both():
     q, k, v, w = _inputs(1, 2, 40, 40, 16, 16, dv=8)
     cut = 23
@@ -293,11 +317,16 @@ def test_backend_choice_and_errors(monkeypatch):
     favor_attention(q, k, v, w)
 
 
-@pytest.mark.parametrize("dim, activation", [(64, "exp"), (128, "exp"), (64, "elu")])
-def test_kernels_compile_for_sm90_without_a_gpu_within_shared_memory(dim, activation):
-    """Every kernel and mode lowers to a cubin for sm_90 with bfloat16 inputs (the compiler
-    enforces typing rules the interpreter does not), with the default tiles for ``dim``, and
-    needs no more shared memory per program than an A100 offers (163 KiB; an H100 has 227)."""
+@pytest.mark.parametrize(
+    "dim, activation, dtype",
+    [(64, "exp", "bfloat16"), (128, "exp", "bfloat16"), (64, "elu", "bfloat16"), (128, "exp", "float32"),
+     (64, "exp", "float64")],
+)  # fmt: skip
+def test_kernels_compile_for_sm90_without_a_gpu_within_shared_memory(dim, activation, dtype):
+    """Every kernel and mode lowers to a cubin for sm_90 (the compiler enforces typing rules the
+    interpreter does not), with the default tiles for ``dim`` and ``dtype`` (float32 products in
+    TF32, the faster and larger of its two forms), and needs no more shared memory per program
+    than an A100 offers (163 KiB; an H100 has 227)."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     command = [
@@ -308,6 +337,9 @@ def test_kernels_compile_for_sm90_without_a_gpu_within_shared_memory(dim, activa
         str(dim),
         "--activation",
         activation,
+        "--dtype",
+        dtype,
+        *(["--tf32"] if dtype == "float32" else []),
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

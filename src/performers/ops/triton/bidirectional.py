@@ -378,7 +378,7 @@ def triton_bidirectional_attention(
     # stays in the accumulation dtype (compiled low-precision products round its tiles).
     scaled_rows = (rows * scale).to(acc)
     half_norm = 0.5 * norm * scale * scale if act == EXP.value else 0.0
-    blocks = blocks or Blocks.for_dims(q.shape[-1], v.shape[-1])
+    blocks = blocks or Blocks.for_dims(q.shape[-1], v.shape[-1], q.dtype)
     return _TritonBidirectional.apply(
         q, k, v, scaled_rows, half_norm, pad, eps, blocks, act, float(feature_eps)
     )

@@ -559,7 +559,7 @@ def triton_causal_attention(
         )
         offset = torch.zeros_like(factor)
     half_norm = 0.5 * norm * scale * scale if act == EXP.value else 0.0
-    blocks = blocks or Blocks.for_dims(q.shape[-1], v.shape[-1])
+    blocks = blocks or Blocks.for_dims(q.shape[-1], v.shape[-1], q.dtype)
     return _TritonCausal.apply(
         q, k, v, scaled_rows, initial_kv, initial_normalizer, offset, half_norm, pad, eps, blocks, act,
         float(feature_eps),

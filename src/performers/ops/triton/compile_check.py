@@ -46,32 +46,30 @@ def compile_all(
     tile: int | None = None,
     features_tile: int | None = None,
     activation: str = "exp",
+    tf32: bool = False,
 ) -> list[dict]:
     """Compile each kernel (every mode) to a cubin for ``sm_{arch}`` with inputs of ``dtype``
-    (``"float32"``, ``"float16"`` or ``"bfloat16"``) and head dimension ``dim``, with ``tile``
+    (``"float64"``, ``"float32"``, ``"float16"`` or ``"bfloat16"``) and head dimension ``dim``, with ``tile``
     positions and ``features_tile`` features per tile (default: the launch's choice for ``dim``,
     :meth:`~performers.ops.triton.launch.Blocks.for_dims`) and the feature map ``activation``
-    (``"exp"`` or a generalized one, :data:`~performers.ops.triton.launch.ACTIVATIONS`); returns
+    (``"exp"`` or a generalized one, :data:`~performers.ops.triton.launch.ACTIVATIONS`), float32
+    products in TF32 when ``tf32`` (else IEEE); returns
     one record per kernel (name, constexprs, seconds, cubin bytes, shared memory per program).
     Raises the compiler's error."""
+    import torch
     import triton
-    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from performers.ops.triton.launch import Blocks, activation_code
+    from performers.ops.triton.launch import Blocks, activation_code, compute_types
 
-    default = Blocks.for_dims(dim, dim)
+    torch_dtype = getattr(torch, dtype)
+    default = Blocks.for_dims(dim, dim, torch_dtype)
     tile = tile or default.rows
     features_tile = features_tile or default.features
-    pointer = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}[dtype]
-    types = {
-        "ACC": tl.float32,
-        "LOW": dtype != "float32",
-        "IN": {"float32": tl.float32, "float16": tl.float16, "bfloat16": tl.bfloat16}[dtype],
-        "ACT": activation_code(activation),
-        "FEPS": 1e-3,
-    }
+    pointer = {"float64": "*fp64", "float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}[dtype]
+    buffer = "*fp64" if dtype == "float64" else "*fp32"  # the accumulation dtype's buffers
+    types = {**compute_types(torch_dtype, tf32), "ACT": activation_code(activation), "FEPS": 1e-3}
     records = []
     for kernel, options in _variants():
         options = {key: (tile if key in ("BL", "BC") else value) for key, value in options.items()}
@@ -89,7 +87,7 @@ def compile_all(
             elif name == "pad_ptr":
                 signature[name] = "*i8"
             else:
-                signature[name] = pointer if name in _INPUTS else "*fp32"
+                signature[name] = pointer if name in _INPUTS else buffer
         start = time.perf_counter()
         compiled = triton.compile(
             ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
@@ -110,13 +108,16 @@ def compile_all(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability ×10 (80, 90, ...)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["float64", "float32", "float16", "bfloat16"])
     parser.add_argument("--tile", type=int, default=None, help="positions per tile (default: the launch's)")
     parser.add_argument("--dim", type=int, default=64, help="head dimension (a power of two)")
     parser.add_argument("--features-tile", type=int, default=None, help="default: the launch's choice")
     parser.add_argument("--activation", default="exp", help="exp, relu, elu, abs or plain-exp")
+    parser.add_argument("--tf32", action="store_true", help="float32 products in TF32 (else IEEE)")
     args = parser.parse_args(argv)
-    records = compile_all(args.arch, args.dtype, args.dim, args.tile, args.features_tile, args.activation)
+    records = compile_all(
+        args.arch, args.dtype, args.dim, args.tile, args.features_tile, args.activation, args.tf32
+    )
     print(json.dumps(records, indent=1))
 
 

@@ -21,8 +21,10 @@ def pow2(n: int, floor: int = 16) -> int:
     return max(floor, triton.next_power_of_2(max(1, n)))
 
 
-def compute_types(dtype: torch.dtype) -> dict:
-    """``ACC`` (accumulation), ``LOW`` (products in ``IN`` = the input dtype) for an input dtype."""
+def compute_types(dtype: torch.dtype, tf32: bool | None = None) -> dict:
+    """``ACC`` (accumulation), ``LOW`` (products in ``IN`` = the input dtype) for an input dtype;
+    ``tf32``: float32 products in TF32 (default: as PyTorch's float32 matmuls,
+    ``torch.backends.cuda.matmul.allow_tf32``)."""
     if dtype == torch.float64:
         return {"ACC": tl.float64, "LOW": False, "IN": tl.float64}
     if dtype == torch.float16:
@@ -31,7 +33,9 @@ def compute_types(dtype: torch.dtype) -> dict:
         # The interpreter has no bfloat16 arithmetic (numpy stores it as raw 16-bit words): its
         # products of bfloat16 tiles run in float32; compiled kernels multiply in bfloat16.
         return {"ACC": tl.float32, "LOW": not interpreter_enabled(), "IN": tl.bfloat16}
-    return {"ACC": tl.float32, "LOW": False, "IN": tl.float32}
+    # float32: IEEE products, or TF32 where PyTorch's own float32 matmuls may use it.
+    tf32 = torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32
+    return {"ACC": tl.float32, "LOW": bool(tf32), "IN": tl.float32}
 
 
 class Blocks:
@@ -49,13 +53,31 @@ class Blocks:
         return max(1, triton.cdiv(length, self.span))
 
     @classmethod
-    def for_dims(cls, dim: int, value_dim: int) -> Blocks:
-        """The default tiles for head dimensions ``dim``/``value_dim``: 64 positions × 64 features
-        up to 64, 32 × 32 above. The shared memory each kernel needs (``compile_check`` reports
-        it, bfloat16, sm_90) peaks in the causal backward kernels: 144 KiB at D = 64 with 64×64
-        tiles, 137 KiB at D = 128 with 32×32 — within an A100's 164 KiB and an H100's 227 KiB,
-        where D = 128 with 64×64 tiles needs 280 KiB."""
-        return cls(64, 64) if max(dim, value_dim) <= 64 else cls(32, 32, span=2048)
+    def for_dims(cls, dim: int, value_dim: int, dtype: torch.dtype = torch.bfloat16) -> Blocks:
+        """The default tiles for head dimensions ``dim``/``value_dim`` and inputs of ``dtype``.
+
+        Shared memory per program grows with the element size, the positions per tile and the
+        head dimension (tiles span all of it); it peaks in the causal backward kernels. Measured
+        with ``compile_check`` for sm_90 (maximum over the kernels):
+
+        ========  =====  ==============  ===========
+        dtype     D      tiles (L × M)   shared KiB
+        ========  =====  ==============  ===========
+        bf16/f16  ≤ 64   64 × 64         147
+        bf16/f16  128    32 × 32         137
+        float32   ≤ 64   32 × 32         108 (IEEE), 112 (TF32)
+        float32   128    16 × 32         145, 146
+        float64   ≤ 64   16 × 16         112
+        float64   128    16 × 16         216 (an H100's 227, not an A100's 163)
+        ========  =====  ==============  ===========
+
+        Twice the positions per tile would need 241–280 KiB (more than any GPU offers) in each
+        row but the last."""
+        size = torch.empty((), dtype=dtype).element_size()
+        width = max(dim, value_dim)
+        rows = max(16, 64 // max(1, size // 2) // max(1, pow2(width) // 64))
+        features = max(rows, 32 if size <= 4 else 16)
+        return cls(rows, features, span=4096 if width <= 64 else 2048)
 
 
 def flat(t: Tensor) -> Tensor:

@@ -4,7 +4,9 @@ Conventions of every kernel here: tensors are contiguous ``(B·H, L, ·)``; the 
 ``(M', D)`` arrive already multiplied by ``√s`` and its norm weight as ``a·s/2`` (``half_norm``),
 so the log-features of a row ``x`` are ``x Pᵀ − half_norm·‖x‖²``. Tiles are computed in
 ``ACC`` (float32, or float64 for float64 inputs); products of float16/bfloat16 inputs run in
-that dtype with float32 accumulation (``LOW``), float32 products in IEEE precision (no TF32).
+that dtype with float32 accumulation (``LOW``); float32 products in IEEE precision, or in TF32
+(``LOW`` with ``IN`` float32) when PyTorch's float32 matmuls may use it
+(``torch.backends.cuda.matmul.allow_tf32``, e.g. ``torch.set_float32_matmul_precision("high")``).
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import triton.language as tl
 
 @triton.jit
 def mm(a, b, LOW: tl.constexpr, IN: tl.constexpr):
-    """``a @ b`` accumulated in float32/float64: in ``IN`` precision when ``LOW``, else IEEE."""
+    """``a @ b`` accumulated in float32/float64: in ``IN`` precision when ``LOW`` (TF32 for
+    ``IN`` float32), else IEEE."""
     if LOW:
+        if IN == tl.float32:
+            return tl.dot(a, b, input_precision="tf32")
         return tl.dot(a.to(IN), b.to(IN))
     else:
         return tl.dot(a, b, input_precision="ieee")
