@@ -294,6 +294,10 @@ def test_backend_choice_and_errors(monkeypatch):
         favor_attention(q, k, v, w, kernel="trig", backend="triton")
     with pytest.raises(ValueError, match=r"kernel 'favor\+\+' has no Triton form"):
         favor_attention(q, k, v, w, kernel="favor++", backend="triton")
+    # More batch·heads than a CUDA grid axis holds: said, before any kernel runs.
+    many = torch.zeros(65536, 1, 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match=r"B·H = 65,536 exceeds the 65,535 programs of a CUDA grid axis"):
+        favor_attention(many, many, many, w, backend="triton")
     # "auto" keeps CPU tensors on the PyTorch paths (bit for bit).
     if DEVICE == "cpu":
         auto = favor_attention(q, k, v, w, causal=True, backend="auto")

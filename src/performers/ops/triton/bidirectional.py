@@ -81,7 +81,7 @@ def row_pass(
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     start = tl.program_id(0) * BL
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: (B·H)·L·D may exceed 2³¹
     rows = start + tl.arange(0, BL)
     valid = rows < L
     if HAS_PAD:
@@ -155,7 +155,7 @@ def feature_pass(
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)
     # This program's part of the sequence; its partial sums go to slot (split, bh).
     split = tl.program_id(2)
     slot = split * tl.num_programs(1) + bh

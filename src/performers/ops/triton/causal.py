@@ -134,7 +134,7 @@ def state_pass(
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: (B·H)·L·D may exceed 2³¹
     cols = m0 + tl.arange(0, BM)
     p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
     if HAS_INIT:
@@ -172,7 +172,7 @@ def output_pass(
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)
     l0 = c * BC
     rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
     xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
@@ -221,7 +221,7 @@ def adjoint_pass(
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)
     cols = m0 + tl.arange(0, BM)
     p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
     # g: ∂loss/∂(state after the chunk being visited), starting from the final state's gradient.
@@ -263,7 +263,7 @@ def input_grad_pass(
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     c = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)
     l0 = c * BC
     _rows, exists, real, xq, xk, v, gn, gd, m, top, to_query, to_end, grad_scores, within = _backward_chunk(
         q_ptr, k_ptr, v_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, gn_ptr, gd_ptr,
@@ -314,7 +314,7 @@ def param_grad_pass(
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)
     # This program's chunks; its partial gradient goes to slot (split, bh).
     split = tl.program_id(2)
     slot = split * tl.num_programs(1) + bh

@@ -30,7 +30,7 @@ def step_kernel(
     BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
-    bh = tl.program_id(0)
+    bh = tl.program_id(0).to(tl.int64)  # 64-bit offsets: (B·H)·L·D may exceed 2³¹
     d = tl.arange(0, BD)
     q = tl.load(q_ptr + bh * D + d, mask=d < D, other=0.0).to(ACC)
     k = tl.load(k_ptr + bh * D + d, mask=d < D, other=0.0).to(ACC)

@@ -31,8 +31,16 @@ class TritonMap(NamedTuple):
     feature_eps: float = GENERALIZED_EPS
 
 
+# CUDA grids hold at most 65,535 programs along their second and third axes (batch·heads).
+MAX_BATCH_HEADS = 65535
+
+
 def triton_map(kernel: Kernel, projection: Tensor | None, q: Tensor) -> TritonMap | str:
-    """The :class:`TritonMap` of ``kernel`` with ``projection``, or why it has none."""
+    """The :class:`TritonMap` of ``kernel`` with ``projection``, or why the kernels cannot serve
+    these inputs."""
+    batch_heads = q.shape[0] * q.shape[1]
+    if batch_heads > MAX_BATCH_HEADS:
+        return f"B·H = {batch_heads:,} exceeds the {MAX_BATCH_HEADS:,} programs of a CUDA grid axis"
     if kernel.exp_form is not None:
         if projection is None:
             return "the exponential kernels need a projection"
