@@ -53,22 +53,10 @@ def test_evaluation_brings_each_batch_to_the_model():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
-def test_train_refuses_a_cuda_device_this_machine_lacks(tmp_path):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "performers",
-            "train",
-            "--device",
-            "cuda",
-            "--steps",
-            "1",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-    )
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_training_commands_refuse_a_cuda_device_this_machine_lacks(tmp_path, command):
+    arguments = [command, "--device", "cuda", "--steps", "1", "--out", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-m", "performers", *arguments], capture_output=True, text=True)
     assert result.returncode != 0
-    assert "--device: device 'cuda': this machine has no CUDA device" in result.stderr
+    expected = f"performers {command}: error: --device: device 'cuda': this machine has no CUDA device"
+    assert expected in result.stderr

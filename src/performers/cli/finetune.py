@@ -9,7 +9,14 @@ import argparse
 
 import torch
 
-from performers.cli.options import add_model_options, add_run_options, model_config_from_args, set_threads
+from performers.cli.options import (
+    add_device_option,
+    add_model_options,
+    add_run_options,
+    device_from_args,
+    model_config_from_args,
+    set_threads,
+)
 from performers.experiments import finetune, load_trained
 from performers.models import PerformerModel
 from performers.proteins import SHIPPED_TASKS, ResidueLabels, SequenceTargets, load_shipped_task
@@ -22,6 +29,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("finetune", help=HELP, description=HELP)
     parser.add_argument("--pretrained", default=None, help="trained model directory (default: random init)")
     parser.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
+    add_device_option(parser)
     parser.add_argument(
         "--random-init",
         action="store_true",
@@ -125,7 +133,10 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise SystemExit(f"performers: error: fine-tuning options: {error}") from None
-    result = finetune(encoder, training, **splits, out_dir=args.out, freeze_encoder=args.freeze)
+    device = device_from_args(args, "finetune")
+    result = finetune(
+        encoder, training, **splits, out_dir=args.out, freeze_encoder=args.freeze, device=device
+    )
     test = result["test"]
     if "spearman" in test:
         summary = f"test Spearman {test['spearman']:.4f}, MSE {test['mse']:.4g} over {test['count']} proteins"

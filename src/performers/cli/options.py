@@ -15,15 +15,17 @@ from performers.layers import FavorConfig
 from performers.models import PerformerConfig
 from performers.proteins.cache import prepared_cache
 from performers.proteins.prepared_dataset import is_prepared
-from performers.training import SCHEDULES, TrainingConfig
+from performers.training import SCHEDULES, TrainingConfig, resolve_device
 
 __all__ = [
     "add_data_options",
+    "add_device_option",
     "add_model_options",
     "add_overwrite_option",
     "add_run_options",
     "add_training_options",
     "data_from_args",
+    "device_from_args",
     "model_config_from_args",
     "set_threads",
     "training_config_from_args",
@@ -83,6 +85,23 @@ def add_run_options(parser: argparse.ArgumentParser, *, out: str) -> None:
         help='JSON file of option values (keys as the long options, e.g. {"d_model": 256}); '
         "options given on the command line win",
     )
+
+
+def add_device_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the model trains: auto (default: CUDA when available, under torchrun each "
+        "process's cuda:LOCAL_RANK; else the CPU), cpu, cuda, cuda:N",
+    )
+
+
+def device_from_args(args: argparse.Namespace, command: str) -> torch.device:
+    """``--device`` as a device; a name this machine cannot honour ends the command, naming it."""
+    try:
+        return resolve_device(args.device)
+    except ValueError as error:
+        raise SystemExit(f"performers {command}: error: --device: {error}") from None
 
 
 def add_overwrite_option(parser: argparse.ArgumentParser) -> None:

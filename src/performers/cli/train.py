@@ -22,9 +22,11 @@ import torch.distributed as dist
 
 from performers.cli.favor_options import FAVOR_OPTIONS
 from performers.cli.options import (
+    add_device_option,
     add_overwrite_option,
     add_training_options,
     data_from_args,
+    device_from_args,
     model_config_from_args,
     set_threads,
     training_config_from_args,
@@ -38,7 +40,6 @@ from performers.training import (
     RunDirectoryError,
     format_changes,
     owned,
-    resolve_device,
     start_fresh,
 )
 from performers.utils import DirectoryLockedError, sha256
@@ -91,12 +92,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "computation differs; --steps, --eval-every, --workers, --threads may change)",
     )
     add_overwrite_option(parser)
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="where the model trains: auto (default: CUDA when available, under torchrun each "
-        "process's cuda:LOCAL_RANK; else the CPU), cpu, cuda, cuda:N",
-    )
+    add_device_option(parser)
     parser.add_argument(
         "--context-parallel",
         type=int,
@@ -151,10 +147,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.resume and args.overwrite:
         raise SystemExit("performers: error: give --resume (continue the run) or --overwrite, not both")
-    try:
-        device = resolve_device(args.device)
-    except ValueError as error:
-        raise SystemExit(f"performers train: error: --device: {error}") from None
+    device = device_from_args(args, "train")
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL and the default CUDA stream of this process
     if distributed and not dist.is_initialized():

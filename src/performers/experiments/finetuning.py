@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from performers.models import PerformerModel
 from performers.proteins import LabelledExamples, ProteinTokenizer, ResidueLabels, SequenceTargets
-from performers.training import Trainer, TrainingConfig, evaluate_regression, evaluate_tokens
+from performers.training import Trainer, TrainingConfig, evaluate_regression, evaluate_tokens, resolve_device
 
 __all__ = ["SequenceRegressor", "TokenClassifier", "evaluate_labelled", "finetune"]
 
@@ -74,13 +74,16 @@ def finetune(
     out_dir: str | Path,
     freeze_encoder: bool = False,
     resume: bool = False,
+    device: str | torch.device = "cpu",
     log=print,
 ) -> dict:
     """Train a head (and the encoder unless frozen) on ``train``; evaluate on ``valid`` every
     ``training.eval_every`` steps (at most ``eval_batches`` batches) and on ``test`` at the end.
 
     ``training.task`` is set from the data (``"tokens"`` or ``"regression"``); checkpoints and
-    metrics go under ``out_dir``. The head is initialized after ``torch.manual_seed(training.seed)``.
+    metrics go under ``out_dir``. The head is initialized after ``torch.manual_seed(training.seed)``
+    (on the CPU), then the model moves to ``device`` (``"cuda"``, ``"auto"``:
+    :func:`~performers.training.resolve_device`), where it trains and is evaluated.
 
     Returns:
         ``{"test": metrics, "valid": the last validation metrics, "steps": steps trained}``;
@@ -101,6 +104,7 @@ def finetune(
         model = TokenClassifier(encoder, len(train.classes))
     if freeze_encoder:
         encoder.requires_grad_(False)
+    model.to(resolve_device(device))
 
     def validate(model: nn.Module) -> dict[str, float]:
         return evaluate_labelled(model, examples["valid"], training.batch_size, training.eval_batches)
