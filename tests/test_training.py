@@ -105,7 +105,9 @@ def deterministic_cuda(monkeypatch):
     """PyTorch's deterministic CUDA algorithms (embedding backward adds with atomics otherwise,
     in an order that differs between runs); cuBLAS needs a fixed workspace for it."""
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    # (warn_only: an operation without a deterministic form is named in a warning; the
+    # comparison then says whether it mattered.)
+    torch.use_deterministic_algorithms(True, warn_only=True)
     yield
     torch.use_deterministic_algorithms(False)
 
