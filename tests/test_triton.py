@@ -263,10 +263,15 @@ def test_half_precision_inputs_round_like_the_torch_path(dtype):
     for causal in (False, True):
         out = favor_attention(q, k, v, w, causal=causal, backend="triton")
         # The float32 computation on the same (rounded) inputs, rounded once.
-        ref = favor_attention(q.float(), k.float(), v.float(), w, causal=causal, backend="torch").to(dtype)
+        ref = favor_attention(q.float(), k.float(), v.float(), w, causal=causal, backend="torch")
         assert out.dtype == dtype
         ulp = torch.finfo(dtype).eps * ref.abs().max().item()
-        torch.testing.assert_close(out.float(), ref.float(), rtol=0, atol=2 * ulp)
+        # Within 2 ulps of it, or within twice the PyTorch paths' own error on these inputs
+        # where products run in the input dtype (compiled bfloat16 kernels, and the PyTorch
+        # bfloat16 paths; the interpreter multiplies bfloat16 in float32).
+        torch_error = (favor_attention(q, k, v, w, causal=causal, backend="torch").float() - ref).abs().max()
+        tolerance = 2 * ulp + 2 * torch_error.item()
+        torch.testing.assert_close(out.float(), ref.to(dtype).float(), rtol=0, atol=tolerance)
 
 
 def test_gradcheck_float64():
