@@ -30,6 +30,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -417,27 +418,30 @@ def run_gpu_suite(
             results["attention"].append(asdict(point))
             save()
 
-    skipped = {"note": "skipped: time budget spent"}
+    def point(section: str, keys: dict, measure: Callable[[], dict], label: str, value: str) -> None:
+        """One decode or training point: measured, or recorded as skipped once the budget is spent."""
+        record = {**keys, "note": "skipped: time budget spent"} if budget.spent() else measure()
+        log(f"{label}: {record.get(value)} {value} {record.get('note', '')}")
+        results[section].append(record)
+        save()
+
     attention(0)
     for context in decode_contexts:
         for method in decode_methods:
-            if budget.spent():
-                record = {"context": context, "method": method, **skipped}
-            else:
-                record = measure_decode(context, method, dev, dtype=dtype)
-            log(f"decode {method} context {context}: {record.get('step_ms')} ms {record.get('note', '')}")
-            results["decode"].append(record)
-            save()
+            measure = partial(measure_decode, context, method, dev, dtype=dtype)
+            point(
+                "decode",
+                {"context": context, "method": method},
+                measure,
+                f"decode {method} {context}",
+                "step_ms",
+            )
     attention(1)
     for length in training_lengths:
         for name in ("favor", "exact"):
-            if budget.spent():
-                record = {"length": length, "attention": name, "batch": None, **skipped}
-            else:
-                record = measure_training(length, name, dev, tokens_per_step=training_tokens)
-            log(f"training {name} L={length}: {record.get('tokens_per_s')} tokens/s {record.get('note', '')}")
-            results["training"].append(record)
-            save()
+            measure = partial(measure_training, length, name, dev, tokens_per_step=training_tokens)
+            keys = {"length": length, "attention": name, "batch": None}
+            point("training", keys, measure, f"training {name} L={length}", "tokens_per_s")
     attention(2)
     save(final=True)
     return results
