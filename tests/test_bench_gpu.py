@@ -102,3 +102,24 @@ def test_targets_are_judged_from_the_measured_points():
         ("causal: peak memory linear in L up to 128k", "2.50" + per_position, "missed"),
         ("decode step time flat from 1k to 128k of context", "1.10×", "met"),
     ]
+
+
+def test_the_suite_runs_only_files_with_cuda_tests_and_stops_them_on_time(tmp_path):
+    import time
+
+    from performers.bench.gpu import run_tests
+
+    (tmp_path / "test_other.py").write_text("import a_package_the_gpu_machine_lacks\n")
+    (tmp_path / "test_slow.py").write_text(
+        "import subprocess, sys, time\nimport pytest\n\n\n@pytest.mark.cuda\ndef test_slow():\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n    time.sleep(60)\n"
+    )
+    start = time.perf_counter()
+    result = run_tests(tmp_path, timeout_s=8)
+    assert result["status"] == "timeout" and result["files"] == ["test_slow.py"]
+    assert time.perf_counter() - start < 30
+    (tmp_path / "test_slow.py").write_text(
+        "import pytest\n\n\n@pytest.mark.cuda\ndef test_quick():\n    pass\n"
+    )
+    result = run_tests(tmp_path, timeout_s=60)
+    assert result["status"] == "passed" and "1 passed" in result["summary"]

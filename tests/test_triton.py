@@ -192,6 +192,22 @@ def test_float32_products_follow_pytorchs_tf32_setting(tf32_matmuls):
     assert compute_types(torch.float32, tf32=False)["LOW"] is False
     assert compute_types(torch.float32) == compute_types(torch.float32, tf32=True)
     assert compute_types(torch.float32)["LOW"] is True
+    # The precision API of torch >= 2.9 (in a fresh process: torch refuses to read the legacy
+    # flag once it is used, for the rest of the process).
+    script = (
+        "import torch\n"
+        "from performers.ops.triton.launch import tf32_matmuls\n"
+        "assert not tf32_matmuls()\n"
+        "torch.backends.cuda.matmul.fp32_precision = 'tf32'\n"
+        "assert tf32_matmuls()\n"
+        "torch.backends.cuda.matmul.fp32_precision = 'ieee'\n"
+        "assert not tf32_matmuls()\n"
+        "torch.backends.cuda.matmul.fp32_precision = 'none'\n"
+        "torch.backends.fp32_precision = 'tf32'\n"
+        "assert tf32_matmuls()\n"
+    )
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
     # TF32 keeps 10 mantissa bits: products are good to ~2⁻¹¹ relative, far below float32's
     # 2⁻²⁴ but far above bfloat16's 2⁻⁸ (on CPU the interpreter multiplies in float32).
     q, k, v, w = (t.detach().float() for t in _inputs(1, 2, 50, 50, 16, 32))
@@ -326,6 +342,7 @@ def test_backend_choice_and_errors(monkeypatch):
     favor_attention(q, k, v, w)
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize(
     "dim, activation, dtype",
     [(64, "exp", "bfloat16"), (128, "exp", "bfloat16"), (64, "elu", "bfloat16"), (128, "exp", "float32"),

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from performers.ops.triton import interpreter_enabled
 
-__all__ = ["ACTIVATIONS", "Blocks", "activation_code", "compute_types", "flat", "pow2"]
+__all__ = ["ACTIVATIONS", "Blocks", "activation_code", "compute_types", "flat", "pow2", "tf32_matmuls"]
 
 # Feature maps the kernels compute (codes of ``tiles.feature_tile``): the exponential form, and
 # the generalized kernels f(x Pᵀ) + eps of the registry by name (f(x) + eps without projection).
@@ -21,10 +21,29 @@ def pow2(n: int, floor: int = 16) -> int:
     return max(floor, triton.next_power_of_2(max(1, n)))
 
 
+def tf32_matmuls() -> bool:
+    """Whether PyTorch's float32 CUDA matmuls may use TF32: the precision API of torch >= 2.9
+    (``torch.backends.cuda.matmul.fp32_precision``, or ``torch.backends.fp32_precision`` which
+    it inherits), else the legacy flag (``allow_tf32``, ``set_float32_matmul_precision``).
+    Reading the legacy flag after the new API was used raises in torch, so it is read last."""
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    if precision is None:  # torch < 2.9
+        return bool(matmul.allow_tf32)
+    if precision == "none":
+        precision = getattr(torch.backends, "fp32_precision", "none")
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    try:
+        return bool(matmul.allow_tf32)
+    except RuntimeError:  # the two APIs mixed: torch itself refuses to say
+        return False
+
+
 def compute_types(dtype: torch.dtype, tf32: bool | None = None) -> dict:
     """``ACC`` (accumulation), ``LOW`` (products in ``IN`` = the input dtype) for an input dtype;
     ``tf32``: float32 products in TF32 (default: as PyTorch's float32 matmuls,
-    ``torch.backends.cuda.matmul.allow_tf32``)."""
+    :func:`tf32_matmuls`)."""
     if dtype == torch.float64:
         return {"ACC": tl.float64, "LOW": False, "IN": tl.float64}
     if dtype == torch.float16:
@@ -34,7 +53,7 @@ def compute_types(dtype: torch.dtype, tf32: bool | None = None) -> dict:
         # products of bfloat16 tiles run in float32; compiled kernels multiply in bfloat16.
         return {"ACC": tl.float32, "LOW": not interpreter_enabled(), "IN": tl.bfloat16}
     # float32: IEEE products, or TF32 where PyTorch's own float32 matmuls may use it.
-    tf32 = torch.backends.cuda.matmul.allow_tf32 if tf32 is None else tf32
+    tf32 = tf32_matmuls() if tf32 is None else tf32
     return {"ACC": tl.float32, "LOW": bool(tf32), "IN": tl.float32}
 
 
