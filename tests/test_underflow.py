@@ -169,14 +169,46 @@ def test_counts_queued_on_a_gpu_are_reported_when_ready_or_flushed(monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_counts_are_reported_without_waiting_for_the_gpu():
+    flush_underflow_warnings()  # nothing left over from earlier tests
     q, k, v, w = (t.cuda() for t in _large(30.0))
     with warnings.catch_warnings(record=True) as early:
         warnings.simplefilter("always", FavorUnderflowWarning)
         out = favor_attention(q, k, v, w, causal=True)
+        # The count of a CUDA call is queued, not read (no host synchronization) ...
+        assert underflow.warn_zero_rows(out, v) is None and len(underflow._PENDING) >= 1
     expected = count_zero_rows(out, v)
     assert expected > 0
     with warnings.catch_warnings(record=True) as late:
         warnings.simplefilter("always", FavorUnderflowWarning)
-        flush_underflow_warnings()
+        assert flush_underflow_warnings() >= expected  # ... and reported once it has arrived
     messages = [str(r.message) for r in early + late]
-    assert len(messages) == 1 and f": {expected} of " in messages[0]
+    assert len(messages) == 2 and all(f": {expected} of " in m for m in messages)
+    assert not underflow._PENDING
+
+
+def test_evaluation_and_generation_report_the_counts_still_queued(monkeypatch):
+    from performers import PerformerConfig, PerformerForCausalLM
+    from performers.training import evaluation_mode
+
+    waited = []
+    queue = underflow._PENDING.__class__()
+    monkeypatch.setattr(underflow, "_PENDING", queue)
+
+    def queue_one(count):
+        queue.append(
+            underflow._Pending(
+                torch.tensor(count), lambda: False, lambda: waited.append(count), 9, torch.float32, True
+            )
+        )
+
+    model = PerformerForCausalLM(
+        PerformerConfig(vocab_size=11, d_model=16, num_layers=1, num_heads=2, d_ff=32)
+    )
+    queue_one(4)
+    with pytest.warns(FavorUnderflowWarning, match=r"4 of 9"):
+        with evaluation_mode(model):
+            pass
+    queue_one(6)
+    with pytest.warns(FavorUnderflowWarning, match=r"6 of 9"):
+        model.generate(torch.ones(1, 3, dtype=torch.long), max_new_tokens=2)
+    assert waited == [4, 6] and not queue

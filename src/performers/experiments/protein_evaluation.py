@@ -111,8 +111,10 @@ def evaluate_per_sequence(
     with evaluation_mode(model):
         for batch in model_batches(model, batches):
             logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
-            correct, counted, nll = row_token_metrics(logits, batch["labels"], causal=task == "clm")
-            residues = batch["attention_mask"].sum(-1) - 2
+            # One copy per batch to the CPU, not one wait per row.
+            metrics = row_token_metrics(logits, batch["labels"], causal=task == "clm")
+            correct, counted, nll = (t.cpu() for t in metrics)
+            residues = (batch["attention_mask"].sum(-1) - 2).cpu()
             for row in range(len(counted)):
                 n = int(counted[row])
                 loss = float(nll[row]) / n if n else math.nan

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from performers.models.masks import position_ids_from_padding
+from performers.ops import flush_underflow_warnings
 
 __all__ = ["GenerationMixin", "generate", "sample_next_token"]
 
@@ -212,4 +213,6 @@ def generate(
             cache = out.past_key_values
     finally:
         model.train(was_training)
+    # Underflow counts the GPU made while generating are reported now (the tokens are read).
+    flush_underflow_warnings()
     return torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

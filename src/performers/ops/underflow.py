@@ -11,12 +11,15 @@ filter), never returned silently. (This holds for the PyTorch paths and the Trit
 On CUDA the count is not read at once: reading it would make the host wait for the GPU at every
 attention call (a synchronization per layer, which stalls the queue of kernels ahead of it). It
 is copied to host memory without waiting and reported by a later attention call once the GPU
-has produced it, or by :func:`flush_underflow_warnings` (the training loop calls it whenever it
-logs, where it waits for the GPU anyway).
+has produced it, or by :func:`flush_underflow_warnings` — which the training loop calls every
+step and the evaluation and generation functions at their end (they wait for the GPU anyway),
+and which runs once more when the interpreter exits.
 """
 
 from __future__ import annotations
 
+import atexit
+import threading
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -82,6 +85,7 @@ class _Pending(NamedTuple):
 
 
 _PENDING: deque[_Pending] = deque()
+_LOCK = threading.Lock()  # (several threads may call attention, e.g. nn.DataParallel)
 
 
 def _warn(count: int, rows: int, dtype: torch.dtype, causal: bool, stacklevel: int, later: bool) -> None:
@@ -100,15 +104,17 @@ def _warn(count: int, rows: int, dtype: torch.dtype, causal: bool, stacklevel: i
 def _report_pending(*, wait: bool, stacklevel: int) -> int:
     """Report the pending counts the GPU has produced (all of them when ``wait``), in order."""
     total = 0
-    while _PENDING and (wait or _PENDING[0].ready()):
-        item = _PENDING.popleft()
+    while True:
+        with _LOCK:
+            if not _PENDING or not (wait or _PENDING[0].ready()):
+                return total
+            item = _PENDING.popleft()
         if wait:
             item.wait()
         count = int(item.count)
         if count:
             _warn(count, item.rows, item.dtype, item.causal, stacklevel + 1, later=True)
         total += count
-    return total
 
 
 def flush_underflow_warnings() -> int:
@@ -125,7 +131,18 @@ def _defer(count: Tensor, rows: int, dtype: torch.dtype, causal: bool) -> None:
     host.copy_(count, non_blocking=True)
     event = torch.cuda.Event()
     event.record(torch.cuda.current_stream(count.device))
-    _PENDING.append(_Pending(host, event.query, event.synchronize, rows, dtype, causal))
+    with _LOCK:
+        _PENDING.append(_Pending(host, event.query, event.synchronize, rows, dtype, causal))
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # The last calls of a script that never flushed (a forward pass, an evaluation) still warn.
+    if _PENDING:
+        try:
+            flush_underflow_warnings()
+        except Exception:  # CUDA may already be shut down
+            pass
 
 
 def warn_zero_rows(

@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
+from performers.ops import flush_underflow_warnings
 from performers.training.devices import model_device, to_device
 from performers.training.metrics import spearman
 from performers.utils import IGNORE_INDEX
@@ -26,7 +27,8 @@ __all__ = [
 
 @contextlib.contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd inside the block; the training flag is restored."""
+    """Eval mode (no dropout) and no autograd inside the block; the training flag is restored,
+    and underflow counts made on a GPU inside it are reported at its end."""
     was_training = model.training
     model.eval()
     try:
@@ -34,6 +36,7 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
+        flush_underflow_warnings()
 
 
 def model_batches(model: nn.Module, batches: Iterable[dict[str, Tensor]]) -> Iterator[dict[str, Tensor]]:
@@ -106,8 +109,9 @@ def evaluate_regression(model: nn.Module, batches: Iterable[dict[str, Tensor]]) 
     predictions, targets = [], []
     with evaluation_mode(model):
         for batch in model_batches(model, batches):
-            predictions.append(logits_of(model(batch["input_ids"], batch["attention_mask"])).double())
-            targets.append(batch["targets"].double())
+            # (On the CPU: the rank correlation walks its values one by one.)
+            predictions.append(logits_of(model(batch["input_ids"], batch["attention_mask"])).double().cpu())
+            targets.append(batch["targets"].double().cpu())
     if not predictions:
         raise ValueError("evaluation set is empty")
     prediction, target = torch.cat(predictions), torch.cat(targets)
