@@ -27,6 +27,7 @@ pytest.importorskip("triton")
 from performers.ops.triton.bidirectional import triton_bidirectional_attention
 from performers.ops.triton.causal import triton_causal_attention
 from performers.ops.triton.launch import Blocks
+from performers.ops.triton.paths import SHARED_KIB, shared_memory_reason
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 DEVICE = "cpu" if INTERPRETED else "cuda"
@@ -305,6 +306,16 @@ def test_gradcheck_float64():
         assert torch.autograd.gradcheck(fn, (q, k, v, form_rows), fast_mode=True)
 
 
+def test_inputs_whose_tiles_exceed_the_gpus_shared_memory_are_said():
+    assert shared_memory_reason(64, 64, torch.bfloat16, 163) is None  # an A100
+    assert shared_memory_reason(128, 128, torch.float64, 227) is None  # an H100
+    assert shared_memory_reason(128, 128, torch.float64, 163) == (
+        "torch.float64 with head dimension 128 needs 217 KiB of shared memory per program; "
+        "this GPU offers 163 KiB"
+    )
+    assert "above the 256" in shared_memory_reason(512, 64, torch.bfloat16, 227)
+
+
 def test_backend_choice_and_errors(monkeypatch):
     q, k, v, w = (t.detach().float() for t in _inputs(1, 1, 8, 8, 16, 16))
     with pytest.raises(ValueError, match=r"backend must be 'auto', 'torch' or 'triton', got 'cuda'"):
@@ -372,6 +383,9 @@ def test_kernels_compile_for_sm90_without_a_gpu_within_shared_memory(dim, activa
     records = json.loads(result.stdout)
     assert len(records) == 14 and all(r["cubin_bytes"] > 0 for r in records)
     assert max(r["shared_bytes"] for r in records) <= 163 * 1024, records
+    # The table the dispatcher compares with a GPU's shared memory holds at least this.
+    size = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    assert max(r["shared_bytes"] for r in records) <= SHARED_KIB[(size, max(64, dim))] * 1024
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

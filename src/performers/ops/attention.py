@@ -254,7 +254,9 @@ def favor_attention(
     )
 
 
-def _triton_map(backend: str, kernel: Kernel, projection: Tensor | None, q: Tensor):
+def _triton_map(
+    backend: str, kernel: Kernel, projection: Tensor | None, q: Tensor, v: Tensor, *, step: bool = False
+):
     """The feature map the Triton kernels run for this call (:mod:`performers.ops.triton.paths`),
     or None for the PyTorch paths; ValueError saying why when ``backend="triton"`` cannot."""
     if backend not in BACKENDS:
@@ -264,7 +266,7 @@ def _triton_map(backend: str, kernel: Kernel, projection: Tensor | None, q: Tens
     from performers.ops.triton import triton_unavailable_reason
     from performers.ops.triton.paths import triton_map
 
-    found = triton_map(kernel, projection, q)
+    found = triton_map(kernel, projection, q, v, step=step)
     reason = found if isinstance(found, str) else triton_unavailable_reason(q.device)
     if backend == "triton" and reason is not None:
         raise ValueError(f"backend='triton' cannot serve these inputs: {reason}")
@@ -331,7 +333,7 @@ def _favor_attention(
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
     fused = unavailable is None if path is None else path == "fused"
     # The Triton kernels serve the call (computed once: the run and the underflow report use it).
-    triton_map = _triton_map(backend, kern, projection, q) if path is None else None
+    triton_map = _triton_map(backend, kern, projection, q, v) if path is None else None
 
     if causal and q.shape[2] == 0:
         # No positions: the result of one padded position, less that position (the output is
@@ -512,7 +514,7 @@ def favor_attention_step(
     )
     if backend == "triton" and recording:
         raise ValueError("backend='triton' cannot serve these inputs: the Triton step has no backward")
-    triton_map = None if recording else _triton_map(backend, kern, projection, q)
+    triton_map = None if recording else _triton_map(backend, kern, projection, q, v, step=True)
     if triton_map is not None:
         from performers.ops.triton.paths import triton_step
 

@@ -76,22 +76,13 @@ class Blocks:
         """The default tiles for head dimensions ``dim``/``value_dim`` and inputs of ``dtype``.
 
         Shared memory per program grows with the element size, the positions per tile and the
-        head dimension (tiles span all of it); it peaks in the causal backward kernels. Measured
-        with ``compile_check`` for sm_90 (maximum over the kernels):
-
-        ========  =====  ==============  ===========
-        dtype     D      tiles (L × M)   shared KiB
-        ========  =====  ==============  ===========
-        bf16/f16  ≤ 64   64 × 64         147
-        bf16/f16  128    32 × 32         137
-        float32   ≤ 64   32 × 32         108 (IEEE), 112 (TF32)
-        float32   128    16 × 32         145, 146
-        float64   ≤ 64   16 × 16         112
-        float64   128    16 × 16         216 (an H100's 227, not an A100's 163)
-        ========  =====  ==============  ===========
-
-        Twice the positions per tile would need 241–280 KiB (more than any GPU offers) in each
-        row but the last."""
+        head dimension (tiles span all of it); it peaks in the causal backward kernels. The
+        tiles: 64 × 64 (positions × features) for 2-byte inputs up to D = 64, halved per doubling
+        of the element size or of D above 64, at least 16 (features at least 32 up to 4 bytes).
+        What they need is measured with ``compile_check`` and kept in
+        :data:`performers.ops.triton.paths.SHARED_KIB` (e.g. 147 KiB for bfloat16 at D = 64;
+        float32 at D = 64 with 64-position tiles would need 241–280 KiB, more than any GPU has).
+        """
         size = torch.empty((), dtype=dtype).element_size()
         width = max(dim, value_dim)
         rows = max(16, 64 // max(1, size // 2) // max(1, pow2(width) // 64))

@@ -13,7 +13,7 @@ from performers.ops.features import GENERALIZED_EPS
 from performers.ops.kernels import KERNELS, Kernel
 from performers.ops.state import FavorState
 
-__all__ = ["TritonMap", "triton_attention", "triton_map", "triton_step"]
+__all__ = ["SHARED_KIB", "TritonMap", "shared_memory_reason", "triton_attention", "triton_map", "triton_step"]
 
 # The registry's generalized kernels f(x Pᵀ) + eps with a Triton form, by name → activation.
 GENERALIZED = {"relu": "relu", "elu": "elu", "abs": "abs", "exp": "plain-exp"}
@@ -31,16 +31,51 @@ class TritonMap(NamedTuple):
     feature_eps: float = GENERALIZED_EPS
 
 
+# Shared memory per program in KiB (the largest over the kernels, sm_90, measured with
+# compile_check, rounded up) with the default tiles (launch.Blocks.for_dims), by (bytes per
+# element, head dimension rounded up to a power of two, at least 64); larger D: not measured.
+SHARED_KIB = {
+    (2, 64): 148, (2, 128): 138, (2, 256): 219,
+    (4, 64): 113, (4, 128): 147, (4, 256): 291,
+    (8, 64): 113, (8, 128): 217, (8, 256): 425,
+}  # fmt: skip
+
+
+def shared_memory_reason(dim: int, value_dim: int, dtype: torch.dtype, available_kib: float) -> str | None:
+    """Why the kernels cannot run with head dimensions ``dim``/``value_dim`` and inputs of
+    ``dtype`` on a GPU that gives a program ``available_kib`` of shared memory (None: they can)."""
+    size = torch.empty((), dtype=dtype).element_size()
+    width = max(64, 1 << (max(dim, value_dim) - 1).bit_length())
+    need = SHARED_KIB.get((size, width))
+    if need is None:
+        return f"head dimension {max(dim, value_dim)} is above the 256 the kernels' tiles were sized for"
+    if need > available_kib:
+        return (
+            f"{dtype} with head dimension {max(dim, value_dim)} needs {need} KiB of shared memory per "
+            f"program; this GPU offers {available_kib:.0f} KiB"
+        )
+    return None
+
+
 # CUDA grids hold at most 65,535 programs along their second and third axes (batch·heads).
 MAX_BATCH_HEADS = 65535
 
 
-def triton_map(kernel: Kernel, projection: Tensor | None, q: Tensor) -> TritonMap | str:
+def triton_map(
+    kernel: Kernel, projection: Tensor | None, q: Tensor, v: Tensor, *, step: bool = False
+) -> TritonMap | str:
     """The :class:`TritonMap` of ``kernel`` with ``projection``, or why the kernels cannot serve
-    these inputs."""
-    batch_heads = q.shape[0] * q.shape[1]
-    if batch_heads > MAX_BATCH_HEADS:
-        return f"B·H = {batch_heads:,} exceeds the {MAX_BATCH_HEADS:,} programs of a CUDA grid axis"
+    these inputs (``step``: the one-position decode kernel, whose grid and tiles are smaller)."""
+    if not step:
+        batch_heads = q.shape[0] * q.shape[1]
+        if batch_heads > MAX_BATCH_HEADS:
+            return f"B·H = {batch_heads:,} exceeds the {MAX_BATCH_HEADS:,} programs of a CUDA grid axis"
+        if q.device.type == "cuda":
+            optin = getattr(torch.cuda.get_device_properties(q.device), "shared_memory_per_block_optin", 0)
+            dtype = torch.promote_types(q.dtype, v.dtype)
+            reason = optin and shared_memory_reason(q.shape[-1], v.shape[-1], dtype, optin / 1024)
+            if reason:
+                return reason
     if kernel.exp_form is not None:
         if projection is None:
             return "the exponential kernels need a projection"
