@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from performers.cli.options import device_from_args
 from performers.experiments import load_trained
 from performers.experiments.embedding import (
     DEFAULT_MAX_TOKENS,
@@ -73,8 +74,7 @@ def load_model(args: argparse.Namespace, command: str):
         model, tokenizer = load_trained(args.model, attention=args.attention)
     except (OSError, ValueError) as error:
         raise SystemExit(f"performers {command}: cannot load the model: {error}") from None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device=device, dtype=DTYPES[args.dtype]), tokenizer
+    return model.to(device=device_from_args(args, command), dtype=DTYPES[args.dtype]), tokenizer
 
 
 def read_records(path: str, command: str, option: str = "input") -> list[FastaRecord]:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from performers.models import PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
 from performers.proteins import FastaRecord, ProteinTokenizer
-from performers.training import evaluation_mode
+from performers.training import evaluation_mode, model_device
 from performers.utils import atomic_write
 
 __all__ = [
@@ -203,10 +203,6 @@ class Progress:
         self.bar.close()
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def embed_proteins(
     model: nn.Module,
     tokenizer: ProteinTokenizer,
@@ -251,7 +247,7 @@ def embed_proteins(
     pairs, _ = crop_proteins(protein_pairs(records), encoder, max_length)
     lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for _, sequence in pairs]
     batches = token_batches(lengths, max_tokens)
-    device = _model_device(encoder)
+    device = model_device(encoder)
     results: list[Tensor | None] = [None] * len(pairs)
     bar = Progress(sum(len(s) for _, s in pairs), desc="embed", unit="residues", enabled=progress)
     try:

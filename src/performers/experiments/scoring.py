@@ -46,7 +46,7 @@ from performers.experiments.embedding import (
     token_batches,
 )
 from performers.proteins import FastaRecord, ProteinTokenizer
-from performers.training import evaluation_mode
+from performers.training import evaluation_mode, model_device
 
 __all__ = [
     "Mutation",
@@ -143,7 +143,7 @@ def sequence_log_likelihoods(
     _, is_causal = encoder_of(model)
     if not is_causal:
         raise TypeError(f"exact log-likelihoods need a causal model, got {type(model).__name__}")
-    device = next(model.parameters()).device
+    device = model_device(model)
     lengths = [len(s) + SPECIAL_TOKENS_PER_PROTEIN for s in sequences]
     results = [0.0] * len(sequences)
     with evaluation_mode(model):
@@ -174,7 +174,7 @@ def masked_log_probs(
     residues and return the model's log-probabilities there, ``(len(positions), V)`` (at least
     float32, on the CPU). Jobs are batched by ``max_tokens`` padded tokens; ``progress``
     advances by one per job."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     lengths = [len(ids) for ids, _ in jobs]
     results: list[Tensor | None] = [None] * len(jobs)
     with evaluation_mode(model):

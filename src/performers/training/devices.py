@@ -35,8 +35,8 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """The device a run asked for: ``None``/``"auto"`` is CUDA when available (under torchrun the
-    process's ``cuda:LOCAL_RANK``), else the CPU; ``"cuda"`` under torchrun also names the
-    process's own GPU.
+    process's ``cuda:LOCAL_RANK``, modulo the GPUs it sees; else the current one), else the
+    CPU; ``"cuda"`` without an index names that same GPU.
 
     Raises:
         ValueError: the name is not a device, or names a CUDA device this machine lacks.
@@ -51,7 +51,11 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(chosen)!r}: this machine has no CUDA device (use 'cpu')")
         if chosen.index is None:
-            chosen = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            # One process per GPU under torchrun: its own. When each process sees only its own
+            # GPU (CUDA_VISIBLE_DEVICES per process), LOCAL_RANK counts past what it sees.
+            local_rank = os.environ.get("LOCAL_RANK")
+            index = torch.cuda.current_device() if local_rank is None else int(local_rank)
+            chosen = torch.device("cuda", index % torch.cuda.device_count())
         if chosen.index >= torch.cuda.device_count():
             raise ValueError(
                 f"device {str(chosen)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"

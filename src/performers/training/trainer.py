@@ -187,8 +187,9 @@ class Trainer:
                     f"context_parallel needs FAVOR attention; the model has {exact[0].attention!r} attention"
                 )
 
-            device = next(model.parameters()).device.type
-            mesh = init_device_mesh(device, (self.data_world, context), mesh_dim_names=("data", "context"))
+            mesh = init_device_mesh(
+                self.device.type, (self.data_world, context), mesh_dim_names=("data", "context")
+            )
             self.context_group = mesh.get_group("context")
         if config.batch_size % self.data_world:
             raise ValueError(

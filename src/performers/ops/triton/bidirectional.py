@@ -91,8 +91,9 @@ def row_pass(
     norm_x = half_norm * tl.sum(x * x, 1)
     col_ptr += bh * M
     if MODE == READOUT or MODE == ROW_MAX:
-        # Row maxima (queries: for their own stabilization; keys: for the global maximum);
-        # generalized kernels are not stabilized (offsets 0).
+        # Row maxima: a query's own stabilizer (after the keys' per-feature shift), or the key
+        # row maxima the causal path builds its running maximum from; generalized kernels are
+        # not stabilized (offsets 0).
         top = tl.zeros((BL,), ACC)
         if ACT == EXP:
             top = tl.full((BL,), float("-inf"), ACC)
