@@ -191,7 +191,7 @@ def format_report(results: dict) -> str:
         f"{results.get('gpu', results['device'])}; torch {env['torch']}; {results['dtype']}; "
         f"Triton kernels: {results['triton']}; suite time {results['elapsed_s']} s.",
         "",
-        f"Tests (`pytest -m cuda tests`): **{tests['status']}** — "
+        f'Tests (`pytest -m "cuda and not compile"`): **{tests["status"]}** — '
         f"{tests.get('summary', tests.get('reason', ''))}",
         "",
         *([] if results.get("complete", True) else ["**Partial: the suite was still running.**", ""]),
