@@ -24,12 +24,33 @@ import os
 
 import torch
 
-__all__ = ["interpreter_enabled", "triton_available", "triton_unavailable_reason"]
+__all__ = [
+    "FLOAT64_TRITON",
+    "interpreter_enabled",
+    "triton_available",
+    "triton_unavailable_reason",
+    "triton_version",
+]
+
+# The first triton whose compiler lowers float64 matrix products (3.6–3.8 stop at "fp64 don't
+# support largeK MMA", checked with compile_check): float64 inputs need it on a GPU.
+FLOAT64_TRITON = (3, 9)
 
 
 def triton_available() -> bool:
     """Whether the ``triton`` package can be imported (without importing it)."""
     return importlib.util.find_spec("triton") is not None
+
+
+def triton_version() -> tuple[int, int] | None:
+    """``(major, minor)`` of the installed triton (read from its metadata), or None."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major, minor, *_ = version("triton").split(".")
+        return int(major), int(minor)
+    except (PackageNotFoundError, ValueError):
+        return None
 
 
 def interpreter_enabled() -> bool:

@@ -12,8 +12,17 @@ from torch import Tensor
 from performers.ops.features import GENERALIZED_EPS
 from performers.ops.kernels import KERNELS, Kernel
 from performers.ops.state import FavorState
+from performers.ops.triton import FLOAT64_TRITON, triton_version
 
-__all__ = ["SHARED_KIB", "TritonMap", "shared_memory_reason", "triton_attention", "triton_map", "triton_step"]
+__all__ = [
+    "SHARED_KIB",
+    "TritonMap",
+    "float64_reason",
+    "shared_memory_reason",
+    "triton_attention",
+    "triton_map",
+    "triton_step",
+]
 
 # The registry's generalized kernels f(x Pᵀ) + eps with a Triton form, by name → activation.
 GENERALIZED = {"relu": "relu", "elu": "elu", "abs": "abs", "exp": "plain-exp"}
@@ -57,6 +66,17 @@ def shared_memory_reason(dim: int, value_dim: int, dtype: torch.dtype, available
     return None
 
 
+def float64_reason(installed: tuple[int, int] | None) -> str | None:
+    """Why the compiled kernels cannot take float64 inputs with triton ``installed`` (None: they
+    can, or triton is missing, which is said elsewhere)."""
+    if installed is None or installed >= FLOAT64_TRITON:
+        return None
+    return (
+        f"float64 products need triton >= {'.'.join(map(str, FLOAT64_TRITON))} "
+        f"(installed: {'.'.join(map(str, installed))})"
+    )
+
+
 # CUDA grids hold at most 65,535 programs along their second and third axes (batch·heads).
 MAX_BATCH_HEADS = 65535
 
@@ -66,13 +86,16 @@ def triton_map(
 ) -> TritonMap | str:
     """The :class:`TritonMap` of ``kernel`` with ``projection``, or why the kernels cannot serve
     these inputs (``step``: the one-position decode kernel, whose grid and tiles are smaller)."""
-    if not step:
+    dtype = torch.promote_types(q.dtype, v.dtype)
+    if not step:  # (the step kernel has no matrix products and a one-axis grid)
+        reason = dtype == torch.float64 and q.device.type == "cuda" and float64_reason(triton_version())
+        if reason:
+            return reason
         batch_heads = q.shape[0] * q.shape[1]
         if batch_heads > MAX_BATCH_HEADS:
             return f"B·H = {batch_heads:,} exceeds the {MAX_BATCH_HEADS:,} programs of a CUDA grid axis"
         if q.device.type == "cuda":
             optin = getattr(torch.cuda.get_device_properties(q.device), "shared_memory_per_block_optin", 0)
-            dtype = torch.promote_types(q.dtype, v.dtype)
             reason = optin and shared_memory_reason(q.shape[-1], v.shape[-1], dtype, optin / 1024)
             if reason:
                 return reason
