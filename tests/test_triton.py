@@ -340,10 +340,10 @@ def test_float64_needs_a_triton_that_compiles_its_products():
 
 def test_inputs_whose_tiles_exceed_the_gpus_shared_memory_are_said():
     assert shared_memory_reason(64, 64, torch.bfloat16, 163) is None  # an A100
-    assert shared_memory_reason(128, 128, torch.float64, 227) is None  # an H100
-    assert shared_memory_reason(128, 128, torch.float64, 163) == (
-        "torch.float64 with head dimension 128 needs 217 KiB of shared memory per program; "
-        "this GPU offers 163 KiB"
+    assert shared_memory_reason(128, 128, torch.float32, 163) is None
+    assert shared_memory_reason(128, 128, torch.float64, 227) == (  # 217 KiB and a 10 % margin
+        "torch.float64 with head dimension 128 needs about 217 KiB of shared memory per program; "
+        "this GPU offers 227 KiB"
     )
     assert "above the 256" in shared_memory_reason(512, 64, torch.bfloat16, 227)
 

@@ -50,6 +50,9 @@ SHARED_KIB = {
 }  # fmt: skip
 
 
+SHARED_MARGIN = 1.1
+
+
 def shared_memory_reason(dim: int, value_dim: int, dtype: torch.dtype, available_kib: float) -> str | None:
     """Why the kernels cannot run with head dimensions ``dim``/``value_dim`` and inputs of
     ``dtype`` on a GPU that gives a program ``available_kib`` of shared memory (None: they can)."""
@@ -58,10 +61,12 @@ def shared_memory_reason(dim: int, value_dim: int, dtype: torch.dtype, available
     need = SHARED_KIB.get((size, width))
     if need is None:
         return f"head dimension {max(dim, value_dim)} is above the 256 the kernels' tiles were sized for"
-    if need > available_kib:
+    # A margin: the compiler's choices differ between triton versions (3.6 needs up to 4 % more
+    # than the 3.9 these were measured with).
+    if need * SHARED_MARGIN > available_kib:
         return (
-            f"{dtype} with head dimension {max(dim, value_dim)} needs {need} KiB of shared memory per "
-            f"program; this GPU offers {available_kib:.0f} KiB"
+            f"{dtype} with head dimension {max(dim, value_dim)} needs about {need} KiB of shared "
+            f"memory per program; this GPU offers {available_kib:.0f} KiB"
         )
     return None
 
