@@ -397,7 +397,6 @@ def run_gpu_suite(
 
     results["triton"] = triton_package.triton_unavailable_reason(dev) or "available"
     results.update(attention=[], decode=[], training=[], elapsed_s=0.0)
-    results["tests"] = {"status": "running"}
 
     def save(final: bool = False) -> None:
         results["elapsed_s"] = round(time.perf_counter() - budget.start, 1)

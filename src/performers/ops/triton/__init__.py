@@ -19,6 +19,7 @@ interpreter on CPU). :func:`performers.favor_attention` chooses them with ``back
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -42,6 +43,7 @@ def triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.cache
 def triton_version() -> tuple[int, int] | None:
     """``(major, minor)`` of the installed triton (read from its metadata), or None."""
     from importlib.metadata import PackageNotFoundError, version

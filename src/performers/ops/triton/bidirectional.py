@@ -279,16 +279,16 @@ class _TritonBidirectional(torch.autograd.Function):
             qf, rows_c, query_max, 0, 0, query_col, qf, run.heads, s, z, qf, qf, out, inverse, qf,
             run.lq, run.m, run.d, run.dv, 0.0, eps, MODE=READOUT.value, HAS_PAD=False, **columns,
         )  # fmt: skip
-        saved = (qf, kf, vf, rows_c, zero, key_col, query_col, query_max, s, z, out, inverse, pad)
-        ctx.save_for_backward(*saved)
+        ctx.save_for_backward(qf, kf, vf, rows_c, key_col, query_max, s, z, out, inverse, pad)
         ctx.run, ctx.half_norm, ctx.stabilized = run, half_norm, stabilized
         return out.reshape(run.batch, run.heads, run.lq, run.dv)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qf, kf, vf, rows, zero, key_col, query_col, query_max, s, z, out, inverse, pad = ctx.saved_tensors
+        qf, kf, vf, rows, key_col, query_max, s, z, out, inverse, pad = ctx.saved_tensors
         run, half_norm = ctx.run, ctx.half_norm
         acc = dict(device=qf.device, dtype=run.acc)
+        zero, query_col = torch.zeros(run.bh, **acc), (-key_col).contiguous()  # as in forward
         columns = dict(HAS_COL=ctx.stabilized, **run.meta)
         # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (0 where the guard was active).
         grad_num = (flat(grad_out).to(run.acc) * inverse[..., None]).contiguous()

@@ -83,7 +83,7 @@ class Blocks:
         :data:`performers.ops.triton.paths.SHARED_KIB` (e.g. 147 KiB for bfloat16 at D = 64;
         float32 at D = 64 with 64-position tiles would need 241–280 KiB, more than any GPU has).
         """
-        size = torch.empty((), dtype=dtype).element_size()
+        size = dtype.itemsize
         width = max(dim, value_dim)
         rows = max(16, 64 // max(1, size // 2) // max(1, pow2(width) // 64))
         features = max(rows, 32 if size <= 4 else 16)

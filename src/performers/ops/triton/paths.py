@@ -56,7 +56,7 @@ SHARED_MARGIN = 1.1
 def shared_memory_reason(dim: int, value_dim: int, dtype: torch.dtype, available_kib: float) -> str | None:
     """Why the kernels cannot run with head dimensions ``dim``/``value_dim`` and inputs of
     ``dtype`` on a GPU that gives a program ``available_kib`` of shared memory (None: they can)."""
-    size = torch.empty((), dtype=dtype).element_size()
+    size = dtype.itemsize
     width = max(64, 1 << (max(dim, value_dim) - 1).bit_length())
     need = SHARED_KIB.get((size, width))
     if need is None:
