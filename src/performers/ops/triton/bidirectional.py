@@ -7,11 +7,17 @@ term of every query row is exactly 1 and no row underflows), written as two kern
 hold an ``L×M`` tensor:
 
 * a **row pass** (one program per tile of positions, features streamed in tiles): the query
-  readout ``φ(q)S / φ(q)z`` in forward; in backward the input gradients
-  ``(A Rᵀ + a₂r₂ᵀ)⊙φ · P − a·s·rowsum·x`` (and, for keys, ``∂v = φ(k) ∂S``);
-* a **feature pass** (one program per tile of features, positions streamed): the keys'
-  per-feature maxima and the key summary ``S = φ(K)ᵀV``, ``z = φ(K)ᵀ1`` in forward; in backward
-  ``∂S, ∂z`` and the gradient of ``P``.
+  readout ``φ(q)S / φ(q)z`` in forward, each query's row maximum found as the feature tiles
+  stream; in backward the input gradients ``(A Rᵀ + a₂r₂ᵀ)⊙φ · P − a·s·rowsum·x`` (and, for
+  keys, ``∂v = φ(k) ∂S``);
+* a **feature pass** (one program per tile of features, positions streamed): the key summary
+  ``S = φ(K)ᵀV``, ``z = φ(K)ᵀ1`` in forward, each feature's maximum over the keys found as the
+  position tiles stream; in backward ``∂S, ∂z`` and the gradient of ``P``.
+
+The forward finds its maxima online, as flash attention finds its softmax maxima: partial sums
+are kept in units of the maximum seen so far and rescaled by ``exp(old − new) ≤ 1`` when it
+grows, so each forward pass computes every feature tile once (two passes over the projections
+instead of four).
 
 Both take per-feature offsets ``col`` (``(B·H, M)``, subtracted from every log-feature of that
 feature; constants, so no gradient flows through them): the keys' maxima on the key side, their
@@ -54,7 +60,7 @@ __all__ = ["triton_bidirectional_attention"]
 # Row-pass modes (constexpr globals, readable inside kernels; launches pass ``.value``).
 READOUT, QUERY_GRAD, KEY_GRAD, ROW_MAX = (tl.constexpr(i) for i in range(4))
 # Feature-pass modes.
-SUMMARY, QUERY_PARAMS, KEY_PARAMS, COLUMN_MAX = (tl.constexpr(i) for i in range(4))
+SUMMARY, QUERY_PARAMS, KEY_PARAMS = (tl.constexpr(i) for i in range(3))
 
 
 @triton.jit
@@ -90,24 +96,27 @@ def row_pass(
     x = load_rows(x_ptr + bh * L * D, start, L, D, BL, BD, ACC)
     norm_x = half_norm * tl.sum(x * x, 1)
     col_ptr += bh * M
-    if MODE == READOUT or MODE == ROW_MAX:
-        # Row maxima: a query's own stabilizer (after the keys' per-feature shift), or the key
-        # row maxima the causal path builds its running maximum from; generalized kernels are
-        # not stabilized (offsets 0).
-        top = tl.zeros((BL,), ACC)
-        if ACT == EXP:
-            top = tl.full((BL,), float("-inf"), ACC)
-            for m0 in range(0, M, BM):
-                cols = m0 + tl.arange(0, BM)
-                p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
-                log = shifted_log_features(x, p, norm_x, col_ptr, m0, M, HAS_COL, BM, ACC, LOW, IN)
-                log = tl.where(valid[:, None] & (cols[None, :] < M), log, float("-inf"))
-                top = tl.maximum(top, tl.max(log, 1))
+    if MODE == ROW_MAX:
+        # The key row maxima the causal path builds its running maximum from (features
+        # streamed once, nothing else computed).
+        top = tl.full((BL,), float("-inf"), ACC)
+        for m0 in range(0, M, BM):
+            cols = m0 + tl.arange(0, BM)
+            p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+            log = shifted_log_features(x, p, norm_x, col_ptr, m0, M, HAS_COL, BM, ACC, LOW, IN)
+            log = tl.where(valid[:, None] & (cols[None, :] < M), log, float("-inf"))
+            top = tl.maximum(top, tl.max(log, 1))
         store_vector(off_ptr + bh * L, top, start, L, BL)
-        offset = tl.where(valid, top, 0.0)
     else:
-        offset = tl.load(off_ptr + bh * off_bh + rows * off_l, mask=rows < L, other=0.0).to(ACC)
-    if MODE != ROW_MAX:
+        if MODE == READOUT:
+            # A query's stabilizer (its row maximum after the keys' per-feature shift) is found
+            # while the features stream, as in flash attention: the partial sums are rescaled
+            # whenever it grows, so each feature tile is computed once. Generalized kernels are
+            # not stabilized (offset 0).
+            top = tl.full((BL,), float("-inf"), ACC)
+            offset = tl.zeros((BL,), ACC)
+        else:
+            offset = tl.load(off_ptr + bh * off_bh + rows * off_l, mask=rows < L, other=0.0).to(ACC)
         num = tl.zeros((BL, BV), ACC)
         den = tl.zeros((BL,), ACC)
         grad_x = tl.zeros((BL, BD), ACC)
@@ -123,6 +132,15 @@ def row_pass(
             p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
             keep = valid[:, None] & (cols[None, :] < M)
             u = shifted_log_features(x, p, norm_x, col_ptr, m0, M, HAS_COL, BM, ACC, LOW, IN)
+            if MODE == READOUT and ACT == EXP:
+                grown = tl.maximum(top, tl.max(tl.where(keep, u, float("-inf")), 1))
+                # exp(old − new) ≤ 1 (0 from −inf: the sums were empty); a row still without a
+                # feature (−inf) keeps its empty sums.
+                offset = tl.where(grown == float("-inf"), 0.0, grown)
+                rescale = tl.where(grown == float("-inf"), 1.0, tl.exp(top - offset))
+                top = grown
+                num *= rescale[:, None]
+                den *= rescale
             features, slope = feature_tile(u, offset, keep, ACT, FEPS)
             r = load_rows(r_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
             r2 = load_vector(r2_ptr + bh * M, m0, M, BM, ACC, 0.0)
@@ -138,6 +156,7 @@ def row_pass(
             inverse = tl.where(tl.abs(den) < eps, 0.0, 1.0 / tl.where(tl.abs(den) < eps, 1.0, den))
             store_rows(out_ptr + bh * L * DV, num * inverse[:, None], start, L, DV, BL, BV)
             store_vector(inv_ptr + bh * L, inverse, start, L, BL)
+            store_vector(off_ptr + bh * L, offset, start, L, BL)
         else:
             grad_x -= (2.0 * half_norm) * row_sum[:, None] * x
             store_rows(gx_ptr + bh * L * D, grad_x, start, L, D, BL, BD)
@@ -148,7 +167,7 @@ def row_pass(
 @triton.jit
 def feature_pass(
     x_ptr, p_ptr, off_ptr, off_bh, off_l, col_ptr, pad_ptr, heads,
-    a_ptr, a2_ptr, r_ptr, r2_ptr, s_ptr, z_ptr, gp_ptr,
+    a_ptr, a2_ptr, r_ptr, r2_ptr, s_ptr, z_ptr, gp_ptr, top_ptr,
     L, M, D, DV, half_norm, span,
     MODE: tl.constexpr, HAS_PAD: tl.constexpr, HAS_COL: tl.constexpr,
     ACT: tl.constexpr, FEPS: tl.constexpr,
@@ -162,17 +181,18 @@ def feature_pass(
     slot = split * tl.num_programs(1) + bh
     cols = m0 + tl.arange(0, BM)
     p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
+    # The key summary of the exponential form finds each feature's maximum over its keys while
+    # they stream (flash-attention style): its partial sums are kept in units of the maximum
+    # so far and rescaled when it grows; the host brings the splits to one maximum.
     if HAS_COL:
         col = load_vector(col_ptr + bh * M, m0, M, BM, ACC, 0.0)
-    if MODE != SUMMARY and MODE != COLUMN_MAX:
+    if MODE != SUMMARY:
         r = load_rows(r_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
         r2 = load_vector(r2_ptr + bh * M, m0, M, BM, ACC, 0.0)
     s = tl.zeros((BM, BV), ACC)
-    # z: the normalizer, or in COLUMN_MAX mode the largest log-feature of each feature.
-    if MODE == COLUMN_MAX:
-        z = tl.full((BM,), float("-inf"), ACC)
-    else:
-        z = tl.zeros((BM,), ACC)
+    z = tl.zeros((BM,), ACC)
+    top = tl.full((BM,), float("-inf"), ACC)
+    column_offset = tl.zeros((BM,), ACC)
     grad_p = tl.zeros((BM, BD), ACC)
     for l0 in range(split * span, tl.minimum(split * span + span, L), BL):
         rows = l0 + tl.arange(0, BL)
@@ -185,30 +205,36 @@ def feature_pass(
         u = log_features(x, p, half_norm * tl.sum(x * x, 1), LOW, IN)
         if HAS_COL:
             u -= col[None, :]
-        if MODE == COLUMN_MAX:
-            z = tl.maximum(z, tl.max(tl.where(keep, u, float("-inf")), 0))
+        if MODE == SUMMARY and ACT == EXP:
+            grown = tl.maximum(top, tl.max(tl.where(keep, u, float("-inf")), 0))
+            # exp(old − new) ≤ 1 (0 from −inf: the sums were empty); a feature without a real
+            # key yet (−inf) keeps its empty sums.
+            column_offset = tl.where(grown == float("-inf"), 0.0, grown)
+            rescale = tl.where(grown == float("-inf"), 1.0, tl.exp(top - column_offset))
+            top = grown
+            s *= rescale[:, None]
+            z *= rescale
+            u -= column_offset[None, :]
+        offset = tl.load(off_ptr + bh * off_bh + rows * off_l, mask=rows < L, other=0.0).to(ACC)
+        features, slope = feature_tile(u, offset, keep, ACT, FEPS)
+        a = load_rows(a_ptr + bh * L * DV, l0, L, DV, BL, BV, ACC)
+        if MODE == QUERY_PARAMS:
+            a2 = load_vector(a2_ptr + bh * L, l0, L, BL, ACC, 0.0)
         else:
-            offset = tl.load(off_ptr + bh * off_bh + rows * off_l, mask=rows < L, other=0.0).to(ACC)
-            features, slope = feature_tile(u, offset, keep, ACT, FEPS)
-            a = load_rows(a_ptr + bh * L * DV, l0, L, DV, BL, BV, ACC)
-            if MODE == QUERY_PARAMS:
-                a2 = load_vector(a2_ptr + bh * L, l0, L, BL, ACC, 0.0)
-            else:
-                a2 = tl.full((BL,), 1.0, ACC)
-            if MODE != KEY_PARAMS:
-                s += mm(tl.trans(features), a, LOW, IN)
-                z += tl.sum(features * a2[:, None], 0)
-            if MODE != SUMMARY:
-                grad_log = (mm(a, tl.trans(r), LOW, IN) + a2[:, None] * r2[None, :]) * slope
-                grad_p += mm(tl.trans(grad_log), x, LOW, IN)
-    if MODE == COLUMN_MAX:
-        store_vector(z_ptr + slot * M, z, m0, M, BM)
-    else:
+            a2 = tl.full((BL,), 1.0, ACC)
         if MODE != KEY_PARAMS:
-            store_rows(s_ptr + slot * M * DV, s, m0, M, DV, BM, BV)
-            store_vector(z_ptr + slot * M, z, m0, M, BM)
+            s += mm(tl.trans(features), a, LOW, IN)
+            z += tl.sum(features * a2[:, None], 0)
         if MODE != SUMMARY:
-            store_rows(gp_ptr + slot * M * D, grad_p, m0, M, D, BM, BD)
+            grad_log = (mm(a, tl.trans(r), LOW, IN) + a2[:, None] * r2[None, :]) * slope
+            grad_p += mm(tl.trans(grad_log), x, LOW, IN)
+    if MODE != KEY_PARAMS:
+        store_rows(s_ptr + slot * M * DV, s, m0, M, DV, BM, BV)
+        store_vector(z_ptr + slot * M, z, m0, M, BM)
+    if MODE == SUMMARY and ACT == EXP:
+        store_vector(top_ptr + slot * M, top, m0, M, BM)
+    if MODE != SUMMARY:
+        store_rows(gp_ptr + slot * M * D, grad_p, m0, M, D, BM, BD)
 
 
 class _Launch:
@@ -247,37 +273,35 @@ class _TritonBidirectional(torch.autograd.Function):
         pad_arg = pad if pad is not None else qf
         acc = dict(device=q.device, dtype=run.acc)
         zero = torch.zeros(run.bh, **acc)  # the keys' row offsets (and every offset of
-        key_col = query_col = zero  # generalized kernels, which are not stabilized)
+        key_col = zero  # generalized kernels, which are not stabilized)
         stabilized = act == EXP.value
-        if stabilized:
-            grid = run.features_grid(run.lk)
-            column_max = torch.empty(grid[2], run.bh, run.m, **acc)
-            feature_pass[grid](
-                kf, rows_c, zero, 1, 0, zero, pad_arg, run.heads, kf, kf, kf, kf, kf, column_max, kf,
-                run.lk, run.m, run.d, run.dv, half_norm, run.blocks.span,
-                MODE=COLUMN_MAX.value, HAS_PAD=pad is not None, HAS_COL=False, **run.meta,
-            )  # fmt: skip
-            # One offset per feature (a feature of padded keys only is empty: any offset serves);
-            # the queries take it back, so a product of a query and a key feature is unchanged.
-            key_col = column_max.amax(dim=0)
-            key_col = torch.where(torch.isfinite(key_col), key_col, 0.0).contiguous()
-            query_col = (-key_col).contiguous()
-        columns = dict(HAS_COL=stabilized, **run.meta)
         grid = run.features_grid(run.lk)
         s = torch.empty(grid[2], run.bh, run.m, run.dv, **acc)
         z = torch.empty(grid[2], run.bh, run.m, **acc)
+        column_max = torch.empty(grid[2], run.bh, run.m, **acc)
         feature_pass[grid](
-            kf, rows_c, zero, 1, 0, key_col, pad_arg, run.heads, vf, vf, vf, vf, s, z, s,
+            kf, rows_c, zero, 1, 0, zero, pad_arg, run.heads, vf, vf, vf, vf, s, z, s, column_max,
             run.lk, run.m, run.d, run.dv, half_norm, run.blocks.span,
-            MODE=SUMMARY.value, HAS_PAD=pad is not None, **columns,
+            MODE=SUMMARY.value, HAS_PAD=pad is not None, HAS_COL=False, **run.meta,
         )  # fmt: skip
-        s, z = s.sum(0), z.sum(0)
+        if stabilized:
+            # One offset per feature, the largest over the splits (a feature of padded keys only
+            # is empty: any offset serves); each split's sums come to it by exp(own − it) ≤ 1.
+            # The queries take it back, so a product of a query and a key feature is unchanged.
+            key_col = column_max.amax(dim=0)
+            key_col = torch.where(torch.isfinite(key_col), key_col, 0.0).contiguous()
+            weight = torch.exp(column_max - key_col)
+            s, z = (s * weight[..., None]).sum(0), (z * weight).sum(0)
+        else:
+            s, z = s.sum(0), z.sum(0)
+        columns = dict(HAS_COL=stabilized, **run.meta)
         out = torch.empty(run.bh, run.lq, run.dv, **acc)
         inverse = torch.empty(run.bh, run.lq, **acc)
         query_max = torch.empty(run.bh, run.lq, **acc)
         row_pass[run.rows_grid(run.lq)](
-            qf, rows_c, query_max, 0, 0, query_col, qf, run.heads, s, z, qf, qf, out, inverse, qf,
-            run.lq, run.m, run.d, run.dv, 0.0, eps, MODE=READOUT.value, HAS_PAD=False, **columns,
+            qf, rows_c, query_max, 0, 0, (-key_col).contiguous(), qf, run.heads, s, z, qf, qf, out,
+            inverse, qf, run.lq, run.m, run.d, run.dv, 0.0, eps, MODE=READOUT.value, HAS_PAD=False,
+            **columns,
         )  # fmt: skip
         ctx.save_for_backward(qf, kf, vf, rows_c, key_col, query_max, s, z, out, inverse, pad)
         ctx.run, ctx.half_norm, ctx.stabilized = run, half_norm, stabilized
@@ -299,7 +323,7 @@ class _TritonBidirectional(torch.autograd.Function):
         grad_p_q = torch.empty(grid[2], run.bh, run.m, run.d, **acc)
         feature_pass[grid](
             qf, rows, query_max, run.lq, 1, query_col, qf, run.heads, grad_num, grad_den, s, z,
-            grad_s, grad_z, grad_p_q, run.lq, run.m, run.d, run.dv, 0.0, run.blocks.span,
+            grad_s, grad_z, grad_p_q, grad_p_q, run.lq, run.m, run.d, run.dv, 0.0, run.blocks.span,
             MODE=QUERY_PARAMS.value, HAS_PAD=False, **columns,
         )  # fmt: skip
         grad_s, grad_z = grad_s.sum(0).contiguous(), grad_z.sum(0).contiguous()
@@ -313,7 +337,7 @@ class _TritonBidirectional(torch.autograd.Function):
         grid = run.features_grid(run.lk)
         grad_p_k = torch.empty(grid[2], run.bh, run.m, run.d, **acc)
         feature_pass[grid](
-            kf, rows, zero, 1, 0, key_col, pad_arg, run.heads, vf, vf, grad_s, grad_z, kf, kf, grad_p_k,
+            kf, rows, zero, 1, 0, key_col, pad_arg, run.heads, vf, vf, grad_s, grad_z, kf, kf, grad_p_k, kf,
             run.lk, run.m, run.d, run.dv, half_norm, run.blocks.span,
             MODE=KEY_PARAMS.value, HAS_PAD=pad is not None, **columns,
         )  # fmt: skip

@@ -10,7 +10,8 @@ of the offset at the end of chunk ``c − 1``. Four kernels:
 * ``state_pass`` (one program per feature tile, chunks in order): the state before every chunk
   ``S_c`` ``(M × Dv)``, ``z_c`` ``(M)`` and the final state, from an optional initial state;
 * ``output_pass`` (one program per chunk): the masked intra-chunk block plus the read of
-  ``S_c``, normalized;
+  ``S_c``, normalized; each query's row maximum is found as the feature tiles stream (partial
+  sums rescaled by ``exp(old − new)`` when it grows), so every feature tile is computed once;
 * ``adjoint_pass`` (per feature tile, chunks in reverse): the gradient of the state entering
   every chunk, and of the initial state;
 * ``input_grad_pass`` (per chunk) and ``param_grad_pass`` (per feature tile): ``∂q, ∂k, ∂v``
@@ -180,13 +181,11 @@ def output_pass(
     norm_k = half_norm * tl.sum(xk * xk, 1)
     zero = tl.zeros((BC,), ACC)
     m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
-    top = tl.zeros((BC,), ACC)  # generalized kernels: queries are not stabilized
-    if ACT == EXP:
-        top = tl.full((BC,), float("-inf"), ACC)
-        for m0 in range(0, M, BM):
-            cols = m0 + tl.arange(0, BM)
-            log = log_features(xq, load_rows(p_ptr, m0, M, D, BM, BD, ACC), zero, LOW, IN)
-            top = tl.maximum(top, tl.max(tl.where(cols[None, :] < M, log, float("-inf")), 1))
+    # A query's stabilizer, its row maximum, is found while the features stream (flash-attention
+    # style): the partial sums are rescaled whenever it grows, so each feature tile is computed
+    # once. Generalized kernels are not stabilized (offset 0).
+    top = tl.full((BC,), float("-inf"), ACC)
+    offset = tl.zeros((BC,), ACC)
     scores = tl.zeros((BC, BC), ACC)
     inter_num = tl.zeros((BC, BV), ACC)
     inter_den = tl.zeros((BC,), ACC)
@@ -194,7 +193,18 @@ def output_pass(
     for m0 in range(0, M, BM):
         cols = m0 + tl.arange(0, BM)
         p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
-        fq, _ = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
+        keep_q = exists[:, None] & (cols[None, :] < M)
+        log_q = log_features(xq, p, zero, LOW, IN)
+        if ACT == EXP:
+            grown = tl.maximum(top, tl.max(tl.where(keep_q, log_q, float("-inf")), 1))
+            # exp(old − new) ≤ 1 (0 from −inf: the sums were empty).
+            offset = tl.where(grown == float("-inf"), 0.0, grown)
+            rescale = tl.where(grown == float("-inf"), 1.0, tl.exp(top - offset))
+            top = grown
+            scores *= rescale[:, None]
+            inter_num *= rescale[:, None]
+            inter_den *= rescale
+        fq, _ = feature_tile(log_q, offset, keep_q, ACT, FEPS)
         fk, _ = _features(xk, p, norm_k, m, real[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
         scores += mm(fq, tl.trans(fk), LOW, IN)
         inter_num += mm(fq, load_rows(states_s_ptr + base * DV, m0, M, DV, BM, BV, ACC), LOW, IN)
@@ -208,7 +218,7 @@ def output_pass(
     inverse = tl.where(tl.abs(den) < eps, 0.0, 1.0 / tl.where(tl.abs(den) < eps, 1.0, den))
     store_rows(out_ptr + bh * L * DV, num * inverse[:, None], l0, L, DV, BC, BV)
     store_vector(inv_ptr + bh * L, inverse, l0, L, BC)
-    store_vector(qmax_ptr + bh * L, top, l0, L, BC)
+    store_vector(qmax_ptr + bh * L, offset, l0, L, BC)
 
 
 @triton.jit

@@ -27,10 +27,15 @@ _INPUTS = {"x_ptr", "q_ptr", "k_ptr", "v_ptr"}
 def _variants():
     from performers.ops.triton import bidirectional, causal, decode
 
-    for mode in (0, 1, 2, 3):
-        yield bidirectional.row_pass, {"MODE": mode, "HAS_PAD": True, "HAS_COL": mode != 3, "BL": 64}
-    for mode in (0, 1, 2, 3):
-        yield bidirectional.feature_pass, {"MODE": mode, "HAS_PAD": True, "HAS_COL": mode != 3, "BL": 64}
+    # Per-feature offsets are an input of every pass but the key row maxima (the causal path's)
+    # and the key summary (which finds them).
+    b = bidirectional
+    for mode in (b.READOUT, b.QUERY_GRAD, b.KEY_GRAD, b.ROW_MAX):
+        options = {"MODE": mode.value, "HAS_PAD": True, "HAS_COL": mode.value != b.ROW_MAX.value, "BL": 64}
+        yield b.row_pass, options
+    for mode in (b.SUMMARY, b.QUERY_PARAMS, b.KEY_PARAMS):
+        options = {"MODE": mode.value, "HAS_PAD": True, "HAS_COL": mode.value != b.SUMMARY.value, "BL": 64}
+        yield b.feature_pass, options
     yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": True, "BC": 64}
     yield causal.output_pass, {"HAS_PAD": True, "BC": 64}
     yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64}
