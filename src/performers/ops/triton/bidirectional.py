@@ -51,6 +51,7 @@ from performers.ops.triton.tiles import (
     load_vector,
     log_features,
     mm,
+    running_maximum,
     store_rows,
     store_vector,
 )
@@ -133,12 +134,7 @@ def row_pass(
             keep = valid[:, None] & (cols[None, :] < M)
             u = shifted_log_features(x, p, norm_x, col_ptr, m0, M, HAS_COL, BM, ACC, LOW, IN)
             if MODE == READOUT and ACT == EXP:
-                grown = tl.maximum(top, tl.max(tl.where(keep, u, float("-inf")), 1))
-                # exp(old − new) ≤ 1 (0 from −inf: the sums were empty); a row still without a
-                # feature (−inf) keeps its empty sums.
-                offset = tl.where(grown == float("-inf"), 0.0, grown)
-                rescale = tl.where(grown == float("-inf"), 1.0, tl.exp(top - offset))
-                top = grown
+                top, offset, rescale = running_maximum(top, tl.max(tl.where(keep, u, float("-inf")), 1))
                 num *= rescale[:, None]
                 den *= rescale
             features, slope = feature_tile(u, offset, keep, ACT, FEPS)
@@ -206,12 +202,7 @@ def feature_pass(
         if HAS_COL:
             u -= col[None, :]
         if MODE == SUMMARY and ACT == EXP:
-            grown = tl.maximum(top, tl.max(tl.where(keep, u, float("-inf")), 0))
-            # exp(old − new) ≤ 1 (0 from −inf: the sums were empty); a feature without a real
-            # key yet (−inf) keeps its empty sums.
-            column_offset = tl.where(grown == float("-inf"), 0.0, grown)
-            rescale = tl.where(grown == float("-inf"), 1.0, tl.exp(top - column_offset))
-            top = grown
+            top, column_offset, rescale = running_maximum(top, tl.max(tl.where(keep, u, float("-inf")), 0))
             s *= rescale[:, None]
             z *= rescale
             u -= column_offset[None, :]

@@ -45,6 +45,7 @@ from performers.ops.triton.tiles import (
     load_vector,
     log_features,
     mm,
+    running_maximum,
     store_rows,
     store_vector,
 )
@@ -196,11 +197,7 @@ def output_pass(
         keep_q = exists[:, None] & (cols[None, :] < M)
         log_q = log_features(xq, p, zero, LOW, IN)
         if ACT == EXP:
-            grown = tl.maximum(top, tl.max(tl.where(keep_q, log_q, float("-inf")), 1))
-            # exp(old − new) ≤ 1 (0 from −inf: the sums were empty).
-            offset = tl.where(grown == float("-inf"), 0.0, grown)
-            rescale = tl.where(grown == float("-inf"), 1.0, tl.exp(top - offset))
-            top = grown
+            top, offset, rescale = running_maximum(top, tl.max(tl.where(keep_q, log_q, float("-inf")), 1))
             scores *= rescale[:, None]
             inter_num *= rescale[:, None]
             inter_den *= rescale

@@ -63,6 +63,19 @@ def log_features(x, rows, half_norm_x, LOW: tl.constexpr, IN: tl.constexpr):
     return mm(x, tl.trans(rows), LOW, IN) - half_norm_x[:, None]
 
 
+@triton.jit
+def running_maximum(top, tile_top):
+    """One step of a maximum found while tiles stream (as flash attention finds its softmax
+    maxima): the new maximum, the offset to subtract from log-features (0 while nothing was
+    seen, −inf) and the factor ``exp(old − new) ≤ 1`` that brings the partial sums kept in the
+    old offset's units to the new one (0 from −inf: those sums were empty; 1 while nothing was
+    seen)."""
+    grown = tl.maximum(top, tile_top)
+    offset = tl.where(grown == float("-inf"), 0.0, grown)
+    rescale = tl.where(grown == float("-inf"), 1.0, tl.exp(top - offset))
+    return grown, offset, rescale
+
+
 # Feature maps (the ``ACT`` constexpr of every kernel): the exponential form, whose
 # pre-activation is a log-feature stabilized by an offset, or a generalized kernel
 # ``f(x Pᵀ) + eps`` (no offsets).
