@@ -23,6 +23,8 @@ def test_gpu_suite_runs_on_cpu_and_writes_reports(tmp_path):
         training_tokens=32,
         tests=None,
         wide_heads_length=None,
+        profile_methods=["favor-torch", "fla-chunk"],
+        profile_length=32,
         log=lambda *_: None,
     )
     saved = json.loads((tmp_path / "gpu.json").read_text())
@@ -38,7 +40,17 @@ def test_gpu_suite_runs_on_cpu_and_writes_reports(tmp_path):
     assert all(r["step_ms"] > 0 for r in saved["decode"])
     assert {r["attention"] for r in saved["training"]} == {"favor", "exact"}
     assert all(r["tokens_per_s"] > 0 for r in saved["training"])
+    # The profile: one forward+backward call per direction, its heaviest entries by self time.
+    profiles = {(r["method"], r["causal"]): r for r in saved["profile"]}
+    assert set(profiles) == {(m, c) for m in ("favor-torch", "fla-chunk") for c in (False, True)}
+    for causal in (False, True):
+        kernels = profiles[("favor-torch", causal)]["kernels"]
+        assert 0 < len(kernels) <= 10 and all(k["ms"] > 0 and k["calls"] >= 1 for k in kernels)
+        assert [k["ms"] for k in kernels] == sorted((k["ms"] for k in kernels), reverse=True)
+        assert 0 < sum(k["share"] for k in kernels) <= 1 + 1e-9
+    assert profiles[("fla-chunk", False)]["note"] == "FLA has no bidirectional linear attention"
     report = (tmp_path / "gpu.md").read_text()
+    assert "**favor-torch, causal, L = 32**" in report and "| kernel | calls | ms | share |" in report
     assert "| causal | 32 | 8 | 16 | 16 | favor-torch |" in report
     assert (tmp_path / "gpu.png").stat().st_size > 0
 

@@ -49,7 +49,7 @@ from performers.bench.gpu_report import (
 )
 from performers.utils import IGNORE_INDEX, atomic_write
 
-__all__ = ["METHODS", "AttentionSpec", "run_gpu_suite"]
+__all__ = ["METHODS", "AttentionSpec", "profile_kernels", "run_gpu_suite"]
 
 METHODS = ("favor-triton", "favor-torch", "sdpa", "fla-chunk", "fla-fused-chunk", "performer-pytorch")
 # Methods whose cost does not depend on M: measured once per (L, D, direction).
@@ -196,6 +196,57 @@ def measure_attention(spec: AttentionSpec, device: torch.device, repeats: int) -
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return point
+
+
+def profile_kernels(spec: AttentionSpec, device: torch.device, top: int = 10) -> dict:
+    """Where one forward+backward call of ``spec`` spends its time, kernel by kernel: the
+    ``top`` entries of ``torch.profiler`` by self time on the device (CUDA kernels; on CPU, the
+    operators), with their calls, milliseconds and share of the total — the profile behind a
+    target that is missed. Measured after a warm-up call (compilation excluded)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    record: dict = {"method": spec.method, "causal": spec.causal, "length": spec.length}
+    try:
+        built = _attention(spec, device)
+        if isinstance(built, str):
+            return {**record, "note": built}
+        inputs, forward = built
+        grad = torch.randn_like(forward())
+
+        def forward_backward():
+            forward().backward(grad)
+            for t in inputs:
+                t.grad = None
+
+        forward_backward()  # warm-up: compilation and the allocator stay out of the profile
+        _sync(device)
+        cuda = device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as profiler:
+            forward_backward()
+            _sync(device)
+        times = {}
+        for event in profiler.key_averages():
+            us = event.self_device_time_total if cuda else event.self_cpu_time_total
+            if us > 0:
+                name = event.key[:80]
+                calls, total = times.get(name, (0, 0.0))
+                times[name] = (calls + event.count, total + us)
+        total_us = sum(us for _, us in times.values())
+        ranked = sorted(times.items(), key=lambda item: -item[1][1])[:top]
+        record["total_ms"] = total_us / 1e3
+        record["kernels"] = [
+            {"name": name, "calls": calls, "ms": us / 1e3, "share": us / total_us if total_us else 0.0}
+            for name, (calls, us) in ranked
+        ]
+    except torch.cuda.OutOfMemoryError:
+        record["note"] = "out of memory"
+    except Exception as error:  # recorded: one failing point must not end the suite
+        record["note"] = f"{type(error).__name__}: {str(error)[:200]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return record
 
 
 def measure_decode(
@@ -375,6 +426,8 @@ def run_gpu_suite(
     budget_s: float = 450.0,
     tests_timeout_s: float = 240.0,
     wide_heads_length: int | None = 4096,
+    profile_methods=("favor-triton", "fla-chunk"),
+    profile_length: int = TARGET_LENGTH,
     command: str = "",
     log=print,
 ) -> dict:
@@ -382,8 +435,10 @@ def run_gpu_suite(
 
     ``budget_s`` counts from the start, the tests included; once it is spent the remaining
     points are recorded as skipped. The most important points run first: the CUDA tests, the
-    targets' points (L = 16k, D = 64, M = 256), decoding, the target configuration's other
-    lengths, training, then the rest of the grid. ``gpu.json`` and ``gpu.md`` are rewritten
+    targets' points (L = 16k, D = 64, M = 256), a kernel-by-kernel profile of
+    ``profile_methods`` at ``profile_length`` (H = 8, the first D, the last M: the targets'
+    configuration by default), decoding, the target configuration's other lengths, training,
+    then the rest of the grid. ``gpu.json`` and ``gpu.md`` are rewritten
     after every point, so a run stopped from outside leaves everything measured so far.
     """
     dev = torch.device(device)
@@ -396,7 +451,7 @@ def run_gpu_suite(
     import performers.ops.triton as triton_package
 
     results["triton"] = triton_package.triton_unavailable_reason(dev) or "available"
-    results.update(attention=[], decode=[], training=[], elapsed_s=0.0)
+    results.update(attention=[], profile=[], decode=[], training=[], elapsed_s=0.0)
 
     def save(final: bool = False) -> None:
         results["elapsed_s"] = round(time.perf_counter() - budget.start, 1)
@@ -438,13 +493,20 @@ def run_gpu_suite(
             save()
 
     def point(section: str, keys: dict, measure: Callable[[], dict], label: str, value: str) -> None:
-        """One decode or training point: measured, or recorded as skipped once the budget is spent."""
+        """One profile, decode or training point: measured, or recorded as skipped once the budget
+        is spent."""
         record = {**keys, "note": "skipped: time budget spent"} if budget.spent() else measure()
         log(f"{label}: {record.get(value)} {value} {record.get('note', '')}")
         results[section].append(record)
         save()
 
     attention(0)
+    for causal in (False, True):
+        for method in profile_methods:
+            spec = AttentionSpec(method, profile_length, causal, 8, dims[0], features[-1], dtype=dtype)
+            keys = {"method": method, "causal": causal, "length": profile_length}
+            label = f"profile {method} {'causal' if causal else 'bidir'}"
+            point("profile", keys, partial(profile_kernels, spec, dev), label, "total_ms")
     for context in decode_contexts:
         for method in decode_methods:
             measure = partial(measure_decode, context, method, dev, dtype=dtype)

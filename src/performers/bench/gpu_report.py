@@ -181,6 +181,26 @@ def _ratios(results: dict) -> list[str]:
     return lines
 
 
+def _profile_rows(results: dict) -> list[str]:
+    """Per profiled call, its kernels by self time on the device (the profile behind a target)."""
+    lines = []
+    for r in results.get("profile", []):
+        direction = "causal" if r["causal"] else "bidirectional"
+        head = f"**{r['method']}, {direction}, L = {r['length']:,}**"
+        if not r.get("kernels"):
+            lines += [f"{head}: {r.get('note') or 'nothing recorded'}", ""]
+            continue
+        lines += [
+            f"{head}: {_ms(r['total_ms'])} ms of self time in one forward+backward call",
+            "",
+            "| kernel | calls | ms | share |",
+            "|---|---:|---:|---:|",
+            *(f"| `{k['name']}` | {k['calls']} | {_ms(k['ms'])} | {k['share']:.0%} |" for k in r["kernels"]),
+            "",
+        ]
+    return lines
+
+
 def format_report(results: dict) -> str:
     env = results["environment"]
     tests = results["tests"]
@@ -207,6 +227,9 @@ def format_report(results: dict) -> str:
         "",
         *_ratios(results),
         "",
+        "## Where the time goes (profiler self time per kernel; H = 8, first D, last M)",
+        "",
+        *_profile_rows(results),
         "## Every attention point (B = 1)",
         "",
         *_attention_rows(results),

@@ -45,6 +45,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="L of the training-throughput points",
     )
     p.add_argument("--wide-heads-length", type=int, default=4096, help="L of the H=32 points (0: none)")
+    p.add_argument(
+        "--profile-methods",
+        nargs="*",
+        choices=METHODS,
+        default=["favor-triton", "fla-chunk"],
+        help="methods profiled kernel by kernel (one forward+backward call each direction)",
+    )
+    p.add_argument("--profile-length", type=int, default=16384, help="L of the profiled calls")
     p.add_argument("--tests", default="tests", help="the tests directory of a checkout ('' to skip)")
     p.add_argument(
         "--budget",
@@ -81,5 +89,7 @@ def run(args: argparse.Namespace) -> None:
         budget_s=args.budget,
         tests_timeout_s=args.tests_timeout,
         wide_heads_length=args.wide_heads_length or None,
+        profile_methods=args.profile_methods,
+        profile_length=args.profile_length,
         command="performers " + shlex.join(sys.argv[1:]),
     )
