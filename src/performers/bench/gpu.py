@@ -203,6 +203,7 @@ def profile_kernels(spec: AttentionSpec, device: torch.device, top: int = 10) ->
     ``top`` entries of ``torch.profiler`` by self time on the device (CUDA kernels; on CPU, the
     operators), with their calls, milliseconds and share of the total — the profile behind a
     target that is missed. Measured after a warm-up call (compilation excluded)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     record: dict = {"method": spec.method, "causal": spec.causal, "length": spec.length}
@@ -227,7 +228,14 @@ def profile_kernels(spec: AttentionSpec, device: torch.device, top: int = 10) ->
             _sync(device)
         times = {}
         for event in profiler.key_averages():
-            us = event.self_device_time_total if cuda else event.self_cpu_time_total
+            if cuda:
+                # Kernels (and copies) only: an operator's row repeats the time of the kernels
+                # it launched.
+                if event.device_type != DeviceType.CUDA:
+                    continue
+                us = event.self_device_time_total
+            else:
+                us = event.self_cpu_time_total
             if us > 0:
                 name = event.key[:80]
                 calls, total = times.get(name, (0, 0.0))
