@@ -135,3 +135,16 @@ def test_the_suite_runs_only_files_with_cuda_tests_and_stops_them_on_time(tmp_pa
     )
     result = run_tests(tmp_path, timeout_s=60)
     assert result["status"] == "passed" and "1 passed" in result["summary"]
+
+
+def test_a_failing_point_is_recorded_with_its_reason_and_the_suite_goes_on():
+    import torch
+
+    from performers.bench.gpu import AttentionSpec, measure_attention, measure_decode, profile_kernels
+
+    cpu = torch.device("cpu")
+    spec = AttentionSpec("no-such-method", 32, False, dim=16, features=16, dtype="float32")
+    assert measure_attention(spec, cpu, 1).note.startswith("ValueError: unknown method 'no-such-method'")
+    assert profile_kernels(spec, cpu)["note"].startswith("ValueError: unknown method")
+    decode = measure_decode(32, "favor-nowhere", cpu, dim=16, features=16, dtype="float32")
+    assert "step_ms" not in decode and decode["note"].startswith("ValueError: backend must be")

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -111,6 +112,29 @@ def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> 
     return statistics.median(times)
 
 
+@contextmanager
+def _recorded(point, device: torch.device):
+    """Run one point; a failure becomes its ``note`` (an :class:`AttentionPoint` or a dict), so
+    that one failing point cannot end the suite. The GPU's cache and peak statistics are reset
+    after it."""
+    note = None
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        note = "out of memory"
+    except Exception as error:
+        note = f"{type(error).__name__}: {str(error)[:200]}"
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+    if note is not None:
+        if isinstance(point, dict):
+            point["note"] = note
+        else:
+            point.note = note
+
+
 def _attention(spec: AttentionSpec, device: torch.device):
     """(inputs requiring grad, forward function) for one method, or a str saying why not."""
     from performers import favor_attention, orthogonal_projection
@@ -162,22 +186,31 @@ def _attention(spec: AttentionSpec, device: torch.device):
     raise ValueError(f"unknown method {spec.method!r}; choose from {METHODS}")
 
 
+def _calls(spec: AttentionSpec, device: torch.device):
+    """(forward, forward+backward) of one method's call, or a str saying why not."""
+    built = _attention(spec, device)
+    if isinstance(built, str):
+        return built
+    inputs, forward = built
+    grad = torch.randn_like(forward())
+
+    def forward_backward():
+        forward().backward(grad)
+        for t in inputs:
+            t.grad = None
+
+    return forward, forward_backward
+
+
 def measure_attention(spec: AttentionSpec, device: torch.device, repeats: int) -> AttentionPoint:
     """Forward and forward+backward time and peak memory of one attention call."""
     point = AttentionPoint(spec)
-    try:
-        built = _attention(spec, device)
-        if isinstance(built, str):
-            point.note = built
+    with _recorded(point, device):
+        calls = _calls(spec, device)
+        if isinstance(calls, str):
+            point.note = calls
             return point
-        inputs, forward = built
-        grad = torch.randn_like(forward())
-
-        def forward_backward():
-            forward().backward(grad)
-            for t in inputs:
-                t.grad = None
-
+        forward, forward_backward = calls
         with torch.no_grad():
             point.forward_ms = _median_ms(forward, device, repeats)
         point.forward_backward_ms = _median_ms(forward_backward, device, repeats)
@@ -188,13 +221,6 @@ def measure_attention(spec: AttentionSpec, device: torch.device, repeats: int) -
             forward_backward()
             torch.cuda.synchronize(device)
             point.peak_mib = (torch.cuda.max_memory_allocated(device) - base) / 2**20
-    except torch.cuda.OutOfMemoryError:
-        point.note = "out of memory"
-    except Exception as error:
-        point.note = f"{type(error).__name__}: {str(error)[:200]}"
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return point
 
 
@@ -207,18 +233,11 @@ def profile_kernels(spec: AttentionSpec, device: torch.device, top: int = 10) ->
     from torch.profiler import ProfilerActivity, profile
 
     record: dict = {"method": spec.method, "causal": spec.causal, "length": spec.length}
-    try:
-        built = _attention(spec, device)
-        if isinstance(built, str):
-            return {**record, "note": built}
-        inputs, forward = built
-        grad = torch.randn_like(forward())
-
-        def forward_backward():
-            forward().backward(grad)
-            for t in inputs:
-                t.grad = None
-
+    with _recorded(record, device):
+        calls = _calls(spec, device)
+        if isinstance(calls, str):
+            return {**record, "note": calls}
+        _, forward_backward = calls
         forward_backward()  # warm-up: compilation and the allocator stay out of the profile
         _sync(device)
         cuda = device.type == "cuda"
@@ -247,13 +266,6 @@ def profile_kernels(spec: AttentionSpec, device: torch.device, top: int = 10) ->
             {"name": name, "calls": calls, "ms": us / 1e3, "share": us / total_us if total_us else 0.0}
             for name, (calls, us) in ranked
         ]
-    except torch.cuda.OutOfMemoryError:
-        record["note"] = "out of memory"
-    except Exception as error:  # recorded: one failing point must not end the suite
-        record["note"] = f"{type(error).__name__}: {str(error)[:200]}"
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
     return record
 
 
@@ -276,7 +288,7 @@ def measure_decode(
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, heads, 1, dim, generator=g).to(device, dt) for _ in range(3))
     record = {"context": context, "method": method}
-    try:
+    with _recorded(record, device):
         with torch.no_grad():
             if method.startswith("favor"):
                 w = orthogonal_projection(features, dim, generator=g).to(device)
@@ -293,10 +305,6 @@ def measure_decode(
                 record["step_ms"] = _median_ms(
                     lambda: F.scaled_dot_product_attention(q, cache_k, cache_v), device, repeats
                 )
-    except torch.cuda.OutOfMemoryError:
-        record["note"] = "out of memory"
-    except Exception as error:  # recorded: one failing point must not end the suite
-        record["note"] = f"{type(error).__name__}: {str(error)[:200]}"
     return record
 
 
@@ -313,7 +321,7 @@ def measure_training(
         max_position_embeddings=length, attention=attention, favor=FavorConfig(num_features=256),
     )  # fmt: skip
     record = {"length": length, "attention": attention, "batch": batch}
-    try:
+    with _recorded(record, device):
         model = PerformerForMaskedLM(config).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
         g = torch.Generator().manual_seed(0)
@@ -331,14 +339,6 @@ def measure_training(
         record["tokens_per_s"] = batch * length / seconds
         if device.type == "cuda":
             record["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
-    except torch.cuda.OutOfMemoryError:
-        record["note"] = "out of memory"
-    except Exception as error:  # recorded: one failing point must not end the suite
-        record["note"] = f"{type(error).__name__}: {str(error)[:200]}"
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(device)
     return record
 
 
