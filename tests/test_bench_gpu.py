@@ -50,7 +50,8 @@ def test_gpu_suite_runs_on_cpu_and_writes_reports(tmp_path):
         assert 0 < sum(k["share"] for k in kernels) <= 1 + 1e-9
     assert profiles[("fla-chunk", False)]["note"] == "FLA has no bidirectional linear attention"
     report = (tmp_path / "gpu.md").read_text()
-    assert "**favor-torch, causal, L = 32**" in report and "| kernel | calls | ms | share |" in report
+    assert "**favor-torch, causal, L = 32, H = 8, D = 16, M = 16**" in report
+    assert "| kernel | calls | ms | share |" in report
     assert "| causal | 32 | 8 | 16 | 16 | favor-torch |" in report
     assert (tmp_path / "gpu.png").stat().st_size > 0
 

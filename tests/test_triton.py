@@ -125,14 +125,19 @@ def test_maxima_found_while_tiles_stream_match_when_they_keep_growing(causal):
     scale = d**-0.25
     with torch.no_grad():  # the inputs span many e-folds: the rescaling factors are far from 1
         logs = (k * scale) @ (form.rows * scale).T
-        assert (logs.amax(2) - logs[..., : SMALL.rows, :].amax(2)).amax() > 5
+        assert (logs.amax(2) - logs[..., : SMALL.rows, :].amax(2)).amax() > 5  # tile to tile
+        assert (logs.amax(2) - logs[..., : SMALL.span, :].amax(2)).amax() > 5  # split to split
         query_logs = (q * scale) @ (form.rows * scale).T
         assert (query_logs.amax(-1) - query_logs[..., : SMALL.features].amax(-1)).amax() > 5
+    # Leading padding: a whole first tile and split that see no key (maxima still −inf).
+    pad = torch.zeros(b, length, dtype=torch.bool, device=DEVICE)
+    pad[0, : SMALL.span + 5] = True
+    run = dict(scale=scale, norm=form.norm, key_padding_mask=pad, blocks=SMALL)
     if causal:
-        out, *_ = triton_causal_attention(q, k, v, form.rows, scale=scale, norm=form.norm, blocks=SMALL)
+        out, *_ = triton_causal_attention(q, k, v, form.rows, **run)
     else:
-        out = triton_bidirectional_attention(q, k, v, form.rows, scale=scale, norm=form.norm, blocks=SMALL)
-    ref = naive_favor_attention(q, k, v, w, causal=causal)
+        out = triton_bidirectional_attention(q, k, v, form.rows, **run)
+    ref = naive_favor_attention(q, k, v, w, causal=causal, key_padding_mask=pad)
     _assert_close([out, *_grads(out, [q, k, v, w])], [ref, *_grads(ref, [q, k, v, w])], 1e-10)
 
 

@@ -232,7 +232,10 @@ def profile_kernels(spec: AttentionSpec, device: torch.device, top: int = 10) ->
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    record: dict = {"method": spec.method, "causal": spec.causal, "length": spec.length}
+    record: dict = {
+        "method": spec.method, "causal": spec.causal, "length": spec.length,
+        "heads": spec.heads, "dim": spec.dim, "features": spec.features,
+    }  # fmt: skip
     with _recorded(record, device):
         calls = _calls(spec, device)
         if isinstance(calls, str):
@@ -246,19 +249,20 @@ def profile_kernels(spec: AttentionSpec, device: torch.device, top: int = 10) ->
             forward_backward()
             _sync(device)
         times = {}
-        for event in profiler.key_averages():
-            if cuda:
-                # Kernels (and copies) only: an operator's row repeats the time of the kernels
-                # it launched.
-                if event.device_type != DeviceType.CUDA:
-                    continue
-                us = event.self_device_time_total
-            else:
-                us = event.self_cpu_time_total
+        if cuda:
+            # Kernels (and copies) only, summed by name from the raw events: an operator's row
+            # would repeat the time of the kernels it launched.
+            entries = [
+                (e.name, 1, e.self_device_time_total)
+                for e in profiler.events()
+                if e.device_type == DeviceType.CUDA
+            ]
+        else:
+            entries = [(e.key, e.count, e.self_cpu_time_total) for e in profiler.key_averages()]
+        for name, count, us in entries:
             if us > 0:
-                name = event.key[:80]
-                calls, total = times.get(name, (0, 0.0))
-                times[name] = (calls + event.count, total + us)
+                calls, total = times.get(name[:80], (0, 0.0))
+                times[name[:80]] = (calls + count, total + us)
         total_us = sum(us for _, us in times.values())
         ranked = sorted(times.items(), key=lambda item: -item[1][1])[:top]
         record["total_ms"] = total_us / 1e3
@@ -512,7 +516,8 @@ def run_gpu_suite(
     for causal in (False, True):
         for method in profile_methods:
             spec = AttentionSpec(method, profile_length, causal, 8, dims[0], features[-1], dtype=dtype)
-            keys = {"method": method, "causal": causal, "length": profile_length}
+            keys = {"method": method, "causal": causal, "length": profile_length, "heads": 8}
+            keys.update(dim=dims[0], features=features[-1])
             label = f"profile {method} {'causal' if causal else 'bidir'}"
             point("profile", keys, partial(profile_kernels, spec, dev), label, "total_ms")
     for context in decode_contexts:

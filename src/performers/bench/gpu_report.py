@@ -186,7 +186,8 @@ def _profile_rows(results: dict) -> list[str]:
     lines = []
     for r in results.get("profile", []):
         direction = "causal" if r["causal"] else "bidirectional"
-        head = f"**{r['method']}, {direction}, L = {r['length']:,}**"
+        shape = f"H = {r.get('heads', '—')}, D = {r.get('dim', '—')}, M = {r.get('features', '—')}"
+        head = f"**{r['method']}, {direction}, L = {r['length']:,}, {shape}**"
         if not r.get("kernels"):
             lines += [f"{head}: {r.get('note') or 'nothing recorded'}", ""]
             continue
@@ -227,7 +228,7 @@ def format_report(results: dict) -> str:
         "",
         *_ratios(results),
         "",
-        "## Where the time goes (profiler self time per kernel; H = 8, first D, last M)",
+        "## Where the time goes (profiler self time per kernel, one forward+backward call)",
         "",
         *_profile_rows(results),
         "## Every attention point (B = 1)",

@@ -282,7 +282,7 @@ class _TritonBidirectional(torch.autograd.Function):
             key_col = column_max.amax(dim=0)
             key_col = torch.where(torch.isfinite(key_col), key_col, 0.0).contiguous()
             weight = torch.exp(column_max - key_col)
-            s, z = (s * weight[..., None]).sum(0), (z * weight).sum(0)
+            s, z = torch.einsum("sbm,sbmv->bmv", weight, s), torch.einsum("sbm,sbm->bm", weight, z)
         else:
             s, z = s.sum(0), z.sum(0)
         columns = dict(HAS_COL=stabilized, **run.meta)
