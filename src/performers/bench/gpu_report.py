@@ -258,6 +258,21 @@ def format_report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _curve(results: dict, method: str, causal: bool, dim: int, features: int, field: str):
+    """``(lengths, values of field)`` of one method's measured points at H = 8, ``dim`` and
+    ``features`` (SDPA has no M), by length."""
+    rows = sorted(
+        (
+            p for p in results["attention"]
+            if p["spec"]["method"] == method and p["spec"]["causal"] == causal and p["spec"]["heads"] == 8
+            and p["spec"]["dim"] == dim and (method == "sdpa" or p["spec"]["features"] == features)
+            and p[field]
+        ),
+        key=lambda p: p["spec"]["length"],
+    )  # fmt: skip
+    return [p["spec"]["length"] for p in rows], [p[field] for p in rows]
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -267,44 +282,23 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     dim = min((p["spec"]["dim"] for p in results["attention"]), default=TARGET_DIM)
     features = max((p["spec"]["features"] for p in results["attention"]), default=TARGET_FEATURES)
-    for ax, causal in zip(axes[:2], (False, True), strict=True):
-        methods = sorted({p["spec"]["method"] for p in results["attention"]})
+    methods = sorted({p["spec"]["method"] for p in results["attention"]})
+    panels = [
+        (False, "forward_backward_ms", f"bidirectional fwd+bwd, D={dim}, M={features}", "ms"),
+        (True, "forward_backward_ms", f"causal fwd+bwd, D={dim}, M={features}", "ms"),
+        (True, "peak_mib", "causal fwd+bwd peak memory (MiB)", None),
+    ]
+    for ax, (causal, field, title, ylabel) in zip(axes, panels, strict=True):
         for method in methods:
-            rows = [
-                p
-                for p in results["attention"]
-                if p["spec"]["method"] == method and p["spec"]["causal"] == causal and p["spec"]["heads"] == 8
-                and p["spec"]["dim"] == dim and (method == "sdpa" or p["spec"]["features"] == features)
-                and p["forward_backward_ms"]
-            ]  # fmt: skip
-            rows.sort(key=lambda p: p["spec"]["length"])
-            if rows:
-                ax.loglog(
-                    [p["spec"]["length"] for p in rows],
-                    [p["forward_backward_ms"] for p in rows],
-                    "o-",
-                    label=method,
-                )
-        ax.set_title(f"{'causal' if causal else 'bidirectional'} fwd+bwd, D={dim}, M={features}")
+            lengths, values = _curve(results, method, causal, dim, features, field)
+            if lengths:
+                ax.loglog(lengths, values, "o-", label=method)
+        ax.set_title(title)
         ax.set_xlabel("L")
-        ax.set_ylabel("ms")
+        if ylabel:
+            ax.set_ylabel(ylabel)
         if ax.lines:
             ax.legend(fontsize=7)
-    ax = axes[2]
-    for method in sorted({p["spec"]["method"] for p in results["attention"]}):
-        rows = [
-            p for p in results["attention"]
-            if p["spec"]["method"] == method and p["spec"]["causal"] and p["spec"]["dim"] == dim
-            and p["spec"]["heads"] == 8 and (method == "sdpa" or p["spec"]["features"] == features)
-            and p["peak_mib"]
-        ]  # fmt: skip
-        rows.sort(key=lambda p: p["spec"]["length"])
-        if rows:
-            ax.loglog([p["spec"]["length"] for p in rows], [p["peak_mib"] for p in rows], "o-", label=method)
-    ax.set_title("causal fwd+bwd peak memory (MiB)")
-    ax.set_xlabel("L")
-    if ax.lines:
-        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110, format="png")
     plt.close(fig)

@@ -57,16 +57,20 @@ def _common(
     parser.add_argument("--config", default=None, help="JSON file of option values (command line wins)")
 
 
-def add_parsers(subparsers) -> None:
-    sweep = subparsers.add_parser("kernel-sweep", help=SWEEP_HELP, description=SWEEP_HELP)
-    _common(sweep, steps=200, out="runs/kernel-sweep", variants=KERNEL_SWEEP_VARIANTS, batch=8, lr=1e-3)
-    sweep.add_argument(
+def _add_tasks(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--tasks",
         nargs="+",
         choices=["proteins", "text"],
         default=["proteins", "text"],
         help="tasks (default both)",
     )
+
+
+def add_parsers(subparsers) -> None:
+    sweep = subparsers.add_parser("kernel-sweep", help=SWEEP_HELP, description=SWEEP_HELP)
+    _common(sweep, steps=200, out="runs/kernel-sweep", variants=KERNEL_SWEEP_VARIANTS, batch=8, lr=1e-3)
+    _add_tasks(sweep)
     sweep.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
     sweep.add_argument("--max-length", type=int, default=256, help="protein crop / text window (default 256)")
     sweep.add_argument("--eval-limit", type=int, default=8, help="validation batches/windows during training")
@@ -78,13 +82,7 @@ def add_parsers(subparsers) -> None:
 
     base = subparsers.add_parser("baselines", help=BASELINES_HELP, description=BASELINES_HELP)
     _common(base, steps=200, out="runs/baselines", variants=BASELINE_VARIANTS, batch=8, lr=1e-3)
-    base.add_argument(
-        "--tasks",
-        nargs="+",
-        choices=["proteins", "text"],
-        default=["proteins", "text"],
-        help="tasks (default both)",
-    )
+    _add_tasks(base)
     base.add_argument("--seconds", type=float, default=60.0, help="wall-clock budget per run (default 60)")
     base.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (default 0)")
     base.add_argument(
