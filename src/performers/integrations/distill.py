@@ -57,6 +57,7 @@ from performers.training import (
     start_fresh,
 )
 from performers.utils import IGNORE_INDEX
+from performers.utils.validation import is_int
 
 __all__ = [
     "DistillConfig",
@@ -98,7 +99,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "checkpoint_every", "log_every"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         for name in ("hidden_weight", "logit_weight", "task_weight", "learning_rate", "weight_decay"):
             if getattr(self, name) < 0:

@@ -7,7 +7,7 @@ by :func:`register`, idempotently). Then::
 
     model = AutoModel.from_pretrained(path, attn_implementation="favor")   # or
     model.set_attn_implementation("favor")                                  # or
-    performerize(model, num_features=256, kernel="softmax")                 # options
+    performerize(model, FavorConfig(num_features=256, kernel="softmax"))  # options
 
 run every self-attention of an encoder (BERT, RoBERTa: bidirectional, padding honoured on keys)
 or decoder (GPT-2, Llama: causal, :class:`FavorCache` for ``generate()``) with FAVOR+
@@ -18,7 +18,7 @@ JSON dict (saved in ``config.json`` by ``save_pretrained``) with its format numb
 ``favor_config_format``, and the draw number of each layer's projection in
 ``model.config.favor_redraw_counts``. A model whose config has none gets ``FavorConfig()``. A
 saved ``favor_config`` is read without guessing: a missing field is a
-:class:`~performers.layers.ConfigError` naming it
+:class:`~performers.utils.validation.ConfigError` naming it
 (:func:`~performers.layers.favor_config.favor_config_from_saved`); configs written by performers
 0.1.0 (flat options with ``projection_kind`` and ``redraw_counts`` inside ``favor_config``) and
 before ``favor_config_format`` existed are read with the values they were computed with.

@@ -34,6 +34,7 @@ from performers.layers.local import band_bias, local_attention
 from performers.layers.rotary import RotaryEmbedding
 from performers.layers.sdpa import sdpa_attention
 from performers.ops import FavorState
+from performers.utils.validation import is_int
 
 __all__ = [
     "BACKENDS",
@@ -103,13 +104,13 @@ class MultiheadAttentionBase(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        if not is_int(window) or window < 1:
             raise ValueError(f"window must be an int >= 1, got {window!r}")
         self.window = window
         factory = {"device": device, "dtype": dtype}

@@ -28,6 +28,7 @@ from performers.ops import (
     make_projection,
 )
 from performers.utils import derive_seed
+from performers.utils.validation import is_int
 
 __all__ = ["FavorAttention", "projection_seed"]
 
@@ -36,7 +37,7 @@ def projection_seed(seed: int, layer_index: int, redraw_count: int) -> int:
     """The generator seed of draw ``redraw_count`` of layer ``layer_index`` under ``seed``
     (see :func:`performers.utils.derive_seed`: unrelated seeds for nearby triples)."""
     for name, value in (("seed", seed), ("layer_index", layer_index), ("redraw_count", redraw_count)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_int(value) or value < 0:
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
     return derive_seed(seed, layer_index, redraw_count)
 
@@ -79,7 +80,7 @@ class FavorAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+        if not is_int(head_dim) or head_dim < 1:
             raise ValueError(f"head_dim must be an int >= 1, got {head_dim!r}")
         config = FavorConfig() if config is None else config
         if not isinstance(config, FavorConfig):
@@ -146,7 +147,7 @@ class FavorAttention(nn.Module):
         """
         if every is None:
             every = self.config.redraw_every
-        elif isinstance(every, bool) or not isinstance(every, int) or every < 0:
+        elif not is_int(every) or every < 0:
             raise ValueError(f"every must be None or an int >= 0, got {every!r}")
         self.step_count += 1
         if every and int(self.step_count.item()) % every == 0:

@@ -33,6 +33,7 @@ from typing import Any
 
 from performers.ops import DEFAULT_CHUNK_SIZE, KERNELS
 from performers.ops.attention import BACKENDS
+from performers.utils.validation import ConfigError, check_format, require_choice, require_int
 
 __all__ = [
     "ADDED_FIELDS",
@@ -73,22 +74,12 @@ ADDED_FIELDS: dict[int, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
-    """A saved configuration that cannot be read as written: a field that changes the
-    computation is missing, or the format is unknown. The message names the field (and the file
-    where the caller knows it)."""
-
-
 def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"FavorConfig.{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"FavorConfig.{name} must be >= {minimum}, got {value}")
+    require_int(f"FavorConfig.{name}", value, minimum)
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"FavorConfig.{name} must be one of {choices}, got {value!r}")
+    require_choice(f"FavorConfig.{name}", value, choices)
 
 
 @dataclass(frozen=True)
@@ -226,12 +217,7 @@ def _saved_format(data: dict[str, Any], declared: Any) -> int:
     """The format of a saved FAVOR dict: ``declared`` if given, else 1 (0.1.0's flat names) or 2."""
     if declared is None:
         return 1 if "projection_kind" in data else 2
-    if isinstance(declared, bool) or not isinstance(declared, int) or declared not in ADDED_FIELDS:
-        raise ConfigError(
-            f"unknown configuration format {declared!r}; this version of performers reads formats "
-            f"{sorted(ADDED_FIELDS)} (written by a newer version?)"
-        )
-    return declared
+    return check_format(declared, ADDED_FIELDS)
 
 
 def favor_config_from_saved(data: Any, *, format: Any = None, prefix: str = "") -> FavorConfig:

@@ -16,12 +16,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from performers.layers.sdpa import sdpa_attention
+from performers.utils.validation import is_int
 
 __all__ = ["band_bias", "local_attention", "local_attention_reference"]
 
 
 def _check_window(window: int) -> None:
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+    if not is_int(window) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from performers.layers.favor import FavorAttention
+from performers.utils.validation import is_int
 
 __all__ = ["FeatureRedrawer", "favor_modules"]
 
@@ -39,7 +40,7 @@ class FeatureRedrawer:
     """
 
     def __init__(self, model: nn.Module, every: int | None = None) -> None:
-        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+        if every is not None and (not is_int(every) or every < 0):
             raise ValueError(f"every must be None or an int >= 0, got {every!r}")
         self.every = every
         self.modules = favor_modules(model)

@@ -4,7 +4,7 @@ A saved config (``config.json`` of :func:`~performers.save_pretrained`, :meth:`P
 records its format number (``"config_format"``, :data:`CONFIG_FORMAT`) and is read back by
 :meth:`PerformerConfig.from_saved`, which never guesses: every field that existed in that format
 must be present (a missing ``activation`` or ``kernel`` is a
-:class:`~performers.layers.favor_config.ConfigError` naming the field), and fields added by later
+:class:`~performers.utils.validation.ConfigError` naming the field), and fields added by later
 formats take the values the older models computed with (:data:`ADDED_MODEL_FIELDS`,
 :data:`performers.layers.favor_config.ADDED_FIELDS`). Files without a number are formats 1
 (performers 0.1.0: flat FAVOR fields) and 2 (a nested ``favor`` dict), told apart by their layout.
@@ -23,8 +23,14 @@ from performers.layers.favor_config import (
     ADDED_FIELDS,
     FAVOR_FORMAT,
     LEGACY_FIELDS,
-    ConfigError,
     favor_config_from_saved,
+)
+from performers.utils.validation import (
+    ConfigError,
+    check_format,
+    require_choice,
+    require_float,
+    require_int,
 )
 
 __all__ = ["ADDED_MODEL_FIELDS", "CONFIG_FORMAT", "CONFIG_FORMAT_KEY", "ConfigError", "PerformerConfig"]
@@ -43,25 +49,15 @@ METADATA_KEYS = ("architectures", "model_type", "performers_version", CONFIG_FOR
 
 
 def _require_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"PerformerConfig.{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"PerformerConfig.{name} must be >= {minimum}, got {value}")
+    require_int(f"PerformerConfig.{name}", value, minimum)
 
 
 def _require_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"PerformerConfig.{name} must be one of {choices}, got {value!r}")
+    require_choice(f"PerformerConfig.{name}", value, choices)
 
 
 def _require_float(name: str, value: Any, low: float, high: float, *, high_inclusive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"PerformerConfig.{name} must be a finite number, got {value!r}")
-    inside = low <= value <= high if high_inclusive else low <= value < high
-    if not inside:
-        bracket = "]" if high_inclusive else ")"
-        raise ValueError(f"PerformerConfig.{name} must be in [{low}, {high}{bracket}, got {value!r}")
-    return float(value)
+    return require_float(f"PerformerConfig.{name}", value, low, high, high_inclusive=high_inclusive)
 
 
 @dataclass
@@ -263,11 +259,7 @@ def _saved_format(declared: Any, *, flat: dict[str, Any], nested: bool) -> int:
         )
     if declared is None:
         return 1 if flat else 2
-    if isinstance(declared, bool) or not isinstance(declared, int) or declared not in ADDED_MODEL_FIELDS:
-        raise ConfigError(
-            f"unknown {CONFIG_FORMAT_KEY} {declared!r}; this version of performers reads formats "
-            f"{sorted(ADDED_MODEL_FIELDS)} (written by a newer version?)"
-        )
+    check_format(declared, ADDED_MODEL_FIELDS, what=CONFIG_FORMAT_KEY)
     if flat and declared != 1:
         raise ConfigError(f"flat FAVOR fields {sorted(flat)} belong to format 1, not format {declared}")
     return declared

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from performers.models.masks import position_ids_from_padding
 from performers.ops import flush_underflow_warnings
+from performers.utils.validation import is_int
 
 __all__ = ["GenerationMixin", "generate", "sample_next_token"]
 
@@ -41,7 +42,7 @@ def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) 
         raise TypeError(f"temperature must be a number, got {temperature!r}")
     if not (temperature > 0 and math.isfinite(temperature)):
         raise ValueError(f"temperature must be > 0 and finite, got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
     if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
@@ -86,7 +87,7 @@ def _eos_ids(eos_token_id: int | Sequence[int] | None, device: torch.device) -> 
     if eos_token_id is None:
         return None
     ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+    if not ids or any(not is_int(i) or i < 0 for i in ids):
         raise ValueError(f"eos_token_id must be an int >= 0 or a list of them, got {eos_token_id!r}")
     return torch.tensor(ids, dtype=torch.long, device=device)
 
@@ -156,7 +157,7 @@ def generate(
         raise ValueError("input_ids must be an integer tensor of shape (B, L)")
     if input_ids.shape[1] == 0:
         raise ValueError("generate needs a prompt of at least one token per row")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if not is_int(max_new_tokens) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     _check_sampling(temperature, top_k, top_p)
     config = model.config

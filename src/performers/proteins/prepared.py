@@ -71,6 +71,7 @@ from performers.proteins.prepared_dataset import (
 from performers.proteins.prepared_writer import SeenSequences, SplitWriter
 from performers.proteins.tokenizer import ProteinTokenizer
 from performers.utils import atomic_directory, package_version
+from performers.utils.validation import is_int
 
 __all__ = [
     "DEFAULT_SHARD_TOKENS",
@@ -207,7 +208,7 @@ def prepare(
         ValueError: bad options, or no record at all.
     """
     plan = _plan(sources, valid_fraction, test_fraction)
-    if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
+    if not is_int(shard_tokens) or shard_tokens < 1:
         raise ValueError(f"shard_tokens must be a positive integer, got {shard_tokens!r}")
     if rare not in ("keep", "map", "reject"):
         raise ValueError(f"rare must be 'keep', 'map' or 'reject', got {rare!r}")

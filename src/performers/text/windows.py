@@ -14,13 +14,15 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor
 
+from performers.utils.validation import is_int
+
 __all__ = ["TextWindows", "window_batches"]
 
 
 def _check(ids: Tensor, length: int) -> None:
     if ids.dim() != 1 or ids.dtype != torch.long:
         raise ValueError(f"ids must be a 1-D int64 tensor, got {ids.dtype} {tuple(ids.shape)}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+    if not is_int(length) or length < 2:
         raise ValueError(f"length must be an int >= 2, got {length!r}")
     if len(ids) < length:
         raise ValueError(f"the text has {len(ids)} characters, fewer than one window of {length}")

@@ -1,6 +1,6 @@
 """Helpers with no knowledge of attention or models: memory measurement, atomic files,
-directory locks, seed derivation, label conventions and the location of the data shipped with
-the package.
+directory locks, seed derivation, value checks (:mod:`~performers.utils.validation`), label
+conventions and the location of the data shipped with the package.
 
 This is the bottom of the package: it imports nothing else from ``performers``.
 """
@@ -11,14 +11,18 @@ from performers.utils.locking import DirectoryLock, DirectoryLockedError
 from performers.utils.memory import peak_rss_reset, rss_kib
 from performers.utils.resources import package_version, shipped_data
 from performers.utils.seeding import derive_seed
+from performers.utils.validation import ConfigError, is_int, is_number
 
 __all__ = [
     "IGNORE_INDEX",
+    "ConfigError",
     "DirectoryLock",
     "DirectoryLockedError",
     "atomic_directory",
     "atomic_write",
     "derive_seed",
+    "is_int",
+    "is_number",
     "load_safetensors",
     "package_version",
     "peak_rss_reset",

@@ -3,6 +3,8 @@ function of its coordinates (layer, redraw, epoch, batch slot) and needs no stor
 
 from __future__ import annotations
 
+from performers.utils.validation import is_int
+
 __all__ = ["derive_seed"]
 
 _MASK64 = (1 << 64) - 1
@@ -29,7 +31,7 @@ def derive_seed(seed: int, *indices: int) -> int:
     """
     state = None
     for position, value in enumerate((seed, *indices)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_int(value) or value < 0:
             name = "seed" if position == 0 else f"index {position - 1}"
             raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         state = _splitmix64(value & _MASK64) if state is None else _splitmix64(state ^ (value & _MASK64))
