@@ -96,6 +96,15 @@ def test_python_block_runs(block):
     exec(compile(code, str(block["page"]), "exec"), {"__name__": "docs_example"})
 
 
+SKIPPED = [b for page in PAGES for b in _blocks(page) if b["mode"] == "skip" and b["lang"] == "bash"]
+
+
+@pytest.mark.parametrize("block", SKIPPED, ids=lambda b: f"{_name(b['page'])}:{b['line']}")
+def test_bash_block_skipped(block):
+    """Bash blocks that cannot run here are listed among the skipped tests, with their reasons."""
+    pytest.skip(f"{_name(block['page'])}:{block['line']}: {block['reason']}")
+
+
 def _commands(page: Path) -> list[tuple[int, str]]:
     """The ``performers`` commands of the page's bash blocks that are not marked skip."""
     commands = []
