@@ -125,7 +125,7 @@ def _commands(page: Path) -> list[tuple[int, str]]:
     return commands
 
 
-BASH_PAGES = [page for page in PAGES if _commands(page)]
+BASH_PAGES = [p for p in PAGES if any(b["lang"] == "bash" and b["mode"] != "skip" for b in _blocks(p))]
 
 
 def _inputs():
