@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 TORCH_PIN = torch==2.13.0
+# --strict: a broken link, a missing page or a docstring the API reference cannot read fails.
+MKDOCS  = NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint docs venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_PIN)"
-	$(PY) -m pip install --quiet -e ".[test,bench,hf,sklearn]"
+	$(PY) -m pip install --quiet -e ".[test,bench,hf,sklearn,docs]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,11 +24,16 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m ruff check src tests
 	$(VENV)/bin/lint-imports
+	$(MKDOCS) --site-dir site
 	$(PY) -m pytest -q
+
+# The documentation site (README-linked guides under docs/ and the API reference) into site/.
+docs: $(VENV)/.installed
+	$(MKDOCS) --site-dir site
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests
 	$(VENV)/bin/lint-imports
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache .import_linter_cache
+	rm -rf $(VENV) site build dist *.egg-info src/*.egg-info .pytest_cache .import_linter_cache

@@ -322,8 +322,8 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
         """Next-token logits.
 
         Args:
-            input_ids, attention_mask, key_padding_mask, position_ids, past_key_values,
-                use_cache: as in :meth:`PerformerModel.forward` (always causal).
+            input_ids, attention_mask, key_padding_mask, position_ids, past_key_values, use_cache: as in
+                :meth:`PerformerModel.forward` (always causal).
             labels: ``(B, L)``; shifted inside (position ``t`` predicts ``labels[t+1]``),
                 -100 ignored, like Hugging Face causal LMs.
             logits_to_keep: if > 0, compute logits for the last this many positions only
