@@ -81,3 +81,47 @@ def test_the_ops_know_nothing_of_torch_distributed():
             elif isinstance(node, ast.ImportFrom):
                 names = [node.module or ""]
             assert not any(n.startswith("torch.distributed") for n in names), f"{path.relative_to(SRC)}"
+
+
+def test_the_ops_export_what_a_user_calls_and_each_direction_has_its_reference():
+    """performers.ops.__all__ names only things that exist and no internal helper; every
+    direction package (ops/bidirectional, ops/causal) holds a naive reference module whose
+    functions its paths are tested against."""
+    import importlib
+
+    import performers.ops as ops
+
+    assert len(ops.__all__) == len(set(ops.__all__))
+    assert [name for name in ops.__all__ if not hasattr(ops, name)] == []
+    internals = {
+        "guarded_divide",
+        "key_offsets",
+        "safe_reciprocal",
+        "stabilize_keys",
+        "stabilize_queries",
+        "exp_form",
+        "ExpForm",
+        "causal_linear_attention",
+        "causal_linear_attention_step",
+        "BACKENDS",
+        "FavorCall",
+        "check_favor_call",
+    }
+    assert internals.isdisjoint(ops.__all__)
+    directions = [p.name for p in (SRC / "ops").iterdir() if p.is_dir() and (p / "favor.py").exists()]
+    assert sorted(directions) == ["bidirectional", "causal"]
+    for direction in directions:
+        naive = importlib.import_module(f"performers.ops.{direction}.naive")
+        assert naive.__all__ and all(callable(getattr(naive, name)) for name in naive.__all__)
+        for path in ("generic", "fused"):
+            assert (SRC / "ops" / direction / f"{path}.py").exists(), (direction, path)
+
+
+def test_one_name_per_backend_idea():
+    """The ops' implementation choice and the layers' attention choice have different names."""
+    import performers.layers as layers
+    import performers.ops as ops
+
+    assert ops.OP_BACKENDS == ("auto", "torch", "triton")
+    assert layers.ATTENTION_BACKENDS == ("favor", "exact", "local", "identity")
+    assert "BACKENDS" not in ops.__all__ and "BACKENDS" not in layers.__all__

@@ -13,14 +13,9 @@ from performers import (
     linear_attention,
     orthogonal_projection,
 )
-from performers.ops import (
-    get_kernel,
-    kernel_attention,
-    naive_favor_attention,
-    stabilize_keys,
-    stabilize_queries,
-)
+from performers.ops import get_kernel, kernel_attention, naive_favor_attention
 from performers.ops.attention import _favor_attention
+from performers.ops.features import stabilize_keys, stabilize_queries
 
 DT = torch.float64
 ALL_KERNELS = ["softmax", "softmax-hyperbolic", "trig", "relu", "elu", "abs", "exp"]

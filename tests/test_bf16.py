@@ -1,5 +1,5 @@
 """bfloat16 inputs on the fused paths (bidirectional and causal): products in bfloat16, sums and maxima in
-float32 (ops.bidirectional_fused). Compared with the float64 computation of the same estimator
+float32 (ops.bidirectional.fused). Compared with the float64 computation of the same estimator
 on the same (bfloat16-valued) inputs, with tolerances derived from bfloat16's unit roundoff,
 and with exact softmax attention against the float32 path's error."""
 

@@ -1,11 +1,11 @@
-"""The few-op decoding step of the exponential kernels (ops.causal_recurrent.exp_attention_step):
+"""The few-op decoding step of the exponential kernels (ops.causal.recurrent.exp_attention_step):
 equal to the generic step (features, then causal_linear_attention_step), in place or not."""
 
 import pytest
 import torch
 
 from performers import favor_attention, favor_attention_step, orthogonal_projection
-from performers.ops.causal_recurrent import causal_linear_attention_step, exp_attention_step
+from performers.ops.causal.recurrent import causal_linear_attention_step, exp_attention_step
 from performers.ops.generic_features import attention_features
 from performers.ops.kernels import get_kernel
 

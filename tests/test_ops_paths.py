@@ -1,4 +1,5 @@
-"""Every path of favor_attention against the naive quadratic reference (performers.ops.naive).
+"""Every path of favor_attention against the naive references of its direction
+(performers.ops.bidirectional.naive, performers.ops.causal.naive; built on performers.ops.naive).
 
 Outputs and gradients (float64), path chosen by name through the private ``_favor_attention``;
 float64 gradchecks of every hand-written backward (fused bidirectional, fused causal across
@@ -22,7 +23,9 @@ from performers.ops import (
     orthogonal_projection,
 )
 from performers.ops.attention import _favor_attention
-from performers.ops.causal_generic import decayed_prefix_scan
+from performers.ops.bidirectional.naive import naive_bidirectional_attention
+from performers.ops.causal.generic import decayed_prefix_scan
+from performers.ops.causal.naive import naive_causal_attention, naive_recurrent_linear_attention
 from performers.ops.features import stabilized_exp_features
 
 DT = torch.float64
@@ -110,7 +113,7 @@ def test_automatic_path_is_fused_where_it_can_be(kernel):
 
 @pytest.mark.parametrize("kernel", ["softmax", "gaussian-hyperbolic", "favor++", "trig"])
 def test_recurrent_step_and_continuation_equal_naive(kernel):
-    # The step path (causal_recurrent) and a continued state (generic causal path).
+    # The step path (causal.recurrent) and a continued state (generic causal path).
     q, k, v = inputs(lq=9)
     w = projection()
     expected = naive_favor_attention(q, k, v, w, causal=True, kernel=kernel)
@@ -135,6 +138,51 @@ def test_recurrent_step_and_continuation_equal_naive(kernel):
         )
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 2), expected, rtol=1e-10, atol=1e-10)
+
+
+def _true_sums(state):
+    """A state's sums in units of exp(0)."""
+    scale = torch.exp(state.log_offset)
+    return state.kv * scale[..., None, None], state.normalizer * scale[..., None]
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "gaussian", "relu", "trig"])
+def test_the_direction_references_and_the_causal_recurrence(kernel):
+    # The references of each direction agree with the definitions; every causal path's output
+    # and state (parallel, continued, stepped) agree with the recurrence they stand for.
+    q, k, v = inputs(lq=9)
+    w = projection()
+    kern = get_kernel(kernel)
+    root = q.shape[-1] ** -0.25
+    q_features, k_features = feature_map(q * root, w, kern), feature_map(k * root, w, kern)
+    expected, expected_state = naive_recurrent_linear_attention(q_features, k_features, v)
+    torch.testing.assert_close(naive_causal_attention(q, k, v, w, kernel=kernel), expected)
+    torch.testing.assert_close(
+        naive_bidirectional_attention(q, k, v, w, kernel=kernel),
+        naive_favor_attention(q, k, v, w, kernel=kernel),
+    )
+    head_out, head_state = naive_recurrent_linear_attention(
+        q_features[:, :, :4], k_features[:, :, :4], v[:, :, :4]
+    )
+    tail_out, _ = naive_recurrent_linear_attention(
+        q_features[:, :, 4:], k_features[:, :, 4:], v[:, :, 4:], initial_state=head_state
+    )
+    torch.testing.assert_close(torch.cat([head_out, tail_out], 2), expected)
+    for path in ("fused", "generic") if kern.exp_form is not None else ("generic",):
+        cut = [t[:, :, :4] for t in (q, k, v)], [t[:, :, 4:] for t in (q, k, v)]
+        options = dict(path=path, causal=True, kernel=kernel, chunk_size=3, return_state=True)
+        head, state = _favor_attention(*cut[0], w, **options)
+        tail, state = _favor_attention(*cut[1], w, initial_state=state, **options)
+        torch.testing.assert_close(torch.cat([head, tail], 2), expected, rtol=1e-10, atol=1e-10)
+        for got, want in zip(_true_sums(state), expected_state[:2], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    state = None
+    for t in range(9):
+        _, state = favor_attention_step(
+            q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], state, w, kernel=kernel
+        )
+    for got, want in zip(_true_sums(state), expected_state[:2], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------------

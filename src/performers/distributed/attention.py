@@ -27,10 +27,11 @@ from performers.distributed.layout import resolve_group
 from performers.distributed.prefix import exclusive_prefix, offset_weights
 from performers.distributed.shards import ContextShards
 from performers.ops import DEFAULT_CHUNK_SIZE, FavorState, KernelLike
-from performers.ops.attention import check_favor_call
-from performers.ops.bidirectional_fused import exp_key_summary, exp_query_readout
-from performers.ops.causal_fused import fused_causal_exp_attention
-from performers.ops.causal_generic import causal_linear_attention
+from performers.ops.bidirectional.fused import exp_key_summary, exp_query_readout
+from performers.ops.call import FavorCall, check_favor_call, compute_dtype
+from performers.ops.causal.fused import fused_causal_exp_attention
+from performers.ops.causal.generic import causal_linear_attention
+from performers.ops.features import ExpForm
 from performers.ops.generic_features import attention_features, state_params
 from performers.ops.numerics import guarded_divide, with_ones
 
@@ -107,33 +108,29 @@ def favor_attention(
     group = resolve_group(group)
     # Input errors of one process must reach the others (which would otherwise wait for it in
     # the first collective): they travel with the call's description.
-    row, error = None, None
+    row, error, call = None, None, None
     try:
-        kern, scale = check_favor_call(
+        call = check_favor_call(
             q, k, v, projection, kernel=kernel, causal=causal, scale=scale,
             key_padding_mask=key_padding_mask, chunk_size=chunk_size, block_size=block_size,
-            initial_state=initial_state, return_state=return_state,
+            initial_state=initial_state, return_state=return_state, eps=eps,
         )  # fmt: skip
         row = call_row(
             q, k, v, projection,
-            kernel_name=kern.name, causal=causal, scale=float(scale),
+            kernel_name=call.kernel.name, causal=causal, scale=float(call.scale),
             initial_state=initial_state is not None, return_state=return_state, shard_offset=shard_offset,
         )  # fmt: skip
     except (TypeError, ValueError) as caught:
         error = caught
     device = q.device if isinstance(q, Tensor) else torch.device("cpu")
     layout = agree_on_call(row, error, group=group, rank=dist.get_rank(group), device=device)
-    input_scale = float(scale) ** 0.5
-    out_dtype = torch.promote_types(q.dtype, v.dtype)
-    dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    # (agree_on_call raised on every process if any rejected its inputs: `call` is set.)
+    out_dtype = call.out_dtype
+    dtype = compute_dtype(q, k, v)
+    call = call.replace(q=q.to(dtype), k=k.to(dtype), v=v.to(dtype))
     with torch.autocast(device_type=q.device.type, enabled=False):
-        if kern.exp_form is not None and projection is not None:
-            out, state = _exponential(
-                q, k, v, kern.exp_form(projection.to(dtype)), input_scale, key_padding_mask,
-                causal, chunk_size, block_size, eps, initial_state, return_state, group,
-            )  # fmt: skip
+        if call.kernel.exp_form is not None and projection is not None:
+            out, state = _exponential(call, call.kernel.exp_form(projection.to(dtype)), group)
         else:
             shards = ContextShards(
                 group,
@@ -141,10 +138,7 @@ def favor_attention(
                 self_attention=layout.self_attention,
                 initial_offset=None if initial_state is None else initial_state.log_offset.to(dtype),
             )
-            out, state = _generic(
-                q, k, v, projection, kern, input_scale, key_padding_mask, causal, chunk_size, eps,
-                initial_state, return_state, shards, dtype,
-            )  # fmt: skip
+            out, state = _generic(call, shards)
     if return_state:
         return out.to(out_dtype), state
     return out.to(out_dtype)
@@ -161,11 +155,11 @@ def _as_state(total: Tensor, offset: Tensor, params: Tensor | None = None) -> Fa
     return FavorState(total[..., :-1], total[..., -1], _finite(offset), params)
 
 
-def _exponential(
-    q, k, v, form, input_scale, mask, causal, chunk_size, block_size, eps, initial_state, return_state, group
-) -> tuple[Tensor, FavorState | None]:
+def _exponential(call: FavorCall, form: ExpForm, group) -> tuple[Tensor, FavorState | None]:
     """The fused paths: this shard's key summary, exchanged, then read (bidirectional) or
     continued (causal)."""
+    q, k, v, input_scale, mask = call.q, call.k, call.v, call.input_scale, call.key_padding_mask
+    causal, block_size, eps, return_state = call.causal, call.block_size, call.eps, call.return_state
     # Bidirectional: one key maximum per feature (moved to the query side by the readout, so no
     # query row underflows); causal: one per (batch, head), the units of a FavorState.
     kv, normalizer, offset = exp_key_summary(
@@ -181,26 +175,25 @@ def _exponential(
             key_offsets=top,
         )  # fmt: skip
         return out, None
-    initial, initial_offset = _initial(initial_state, q.dtype)
+    initial, initial_offset = _initial(call.initial_state, q.dtype)
     exchanged = exclusive_prefix(
         summary, offset, group=group, initial=initial, initial_offset=initial_offset, with_total=return_state
     )
     prefix, prefix_offset = exchanged[0], exchanged[1]
     out, _, _ = fused_causal_exp_attention(
-        q, k, v, form, scale=input_scale, key_padding_mask=mask, chunk_size=chunk_size, eps=eps,
+        q, k, v, form, scale=input_scale, key_padding_mask=mask, chunk_size=call.chunk_size, eps=eps,
         initial_state=prefix, initial_offset=prefix_offset,
     )  # fmt: skip
     return out, _as_state(exchanged[2], exchanged[3]) if return_state else None
 
 
-def _generic(
-    q, k, v, projection, kern, input_scale, mask, causal, chunk_size, eps, initial_state, return_state,
-    shards: ContextShards, dtype,
-) -> tuple[Tensor, FavorState | None]:  # fmt: skip
+def _generic(call: FavorCall, shards: ContextShards) -> tuple[Tensor, FavorState | None]:
     """Materialized features of any kernel; offsets and parameters completed over the shards."""
+    q, k, v, kern, mask, eps = call.q, call.k, call.v, call.kernel, call.key_padding_mask, call.eps
+    initial_state, dtype = call.initial_state, call.q.dtype
     q_features, k_features, offsets, params = attention_features(
-        kern, q, k, projection, input_scale,
-        causal=causal, key_padding_mask=mask, initial_offset=shards.key_offset_start,
+        kern, q, k, call.projection, call.input_scale,
+        causal=call.causal, key_padding_mask=mask, initial_offset=shards.key_offset_start,
         params=state_params(kern, initial_state, dtype), shards=shards,
     )  # fmt: skip
     if offsets is None:
@@ -214,7 +207,7 @@ def _generic(
     values = with_ones(v)
     weighted = values if key_weights is None else values * key_weights
     summary = torch.matmul(k_features.transpose(-2, -1), weighted)  # (B, H, M', Dv+1)
-    if not causal:
+    if not call.causal:
         # Offsets are the global key maximum already: the summaries add up as they are.
         summary = shards.sum(summary)
         out = torch.matmul(q_features, summary)
@@ -222,13 +215,13 @@ def _generic(
     initial, initial_offset = _initial(initial_state, dtype)
     exchanged = exclusive_prefix(
         summary, end_offset, group=shards.group, initial=initial, initial_offset=initial_offset,
-        with_total=return_state,
+        with_total=call.return_state,
     )  # fmt: skip
     prefix, prefix_offset = exchanged[0], exchanged[1]
     if offsets is None:
         prefix_offset = _finite(prefix_offset)
     out = causal_linear_attention(
-        q_features, k_features, v, key_log_offsets=offsets, chunk_size=chunk_size,
+        q_features, k_features, v, key_log_offsets=offsets, chunk_size=call.chunk_size,
         initial_state=FavorState(prefix[..., :-1], prefix[..., -1], prefix_offset), eps=eps,
     )  # fmt: skip
-    return out, _as_state(exchanged[2], exchanged[3], params) if return_state else None
+    return out, _as_state(exchanged[2], exchanged[3], params) if call.return_state else None

@@ -46,8 +46,8 @@ from performers.ops import (
     gaussian_positive_features,
     make_projection,
     optimal_positive_features,
-    pair_mean_sq_norm,
 )
+from performers.ops.favor_plus_plus import pair_mean_sq_norm
 from performers.ops.theory import optimal_positive_parameter
 
 __all__ = ["OptimalPositiveRandomFeatures", "PositiveRandomFeatures"]

@@ -3,7 +3,7 @@
 a switchable exact backend, feature redraw, rotary positions."""
 
 from performers.layers.attention import (
-    BACKENDS,
+    ATTENTION_BACKENDS,
     LayerCache,
     MultiheadAttentionBase,
     PerformerCrossAttention,
@@ -19,7 +19,7 @@ from performers.layers.rotary import RotaryEmbedding, apply_rotary
 from performers.layers.sdpa import sdpa_attention
 
 __all__ = [
-    "BACKENDS",
+    "ATTENTION_BACKENDS",
     "ConfigError",
     "FavorAttention",
     "FavorConfig",

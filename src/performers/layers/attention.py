@@ -1,4 +1,4 @@
-"""Multi-head attention with q/k/v/out projections and a FAVOR+ or exact softmax backend.
+"""Multi-head attention with q/k/v/out projections and a switchable backend (FAVOR+, exact softmax, ...).
 
 Three modules share one implementation (:class:`MultiheadAttentionBase`):
 
@@ -10,11 +10,14 @@ Three modules share one implementation (:class:`MultiheadAttentionBase`):
   :class:`torch.nn.MultiheadAttention`, for swapping attention inside existing models (see
   :mod:`performers.layers.replace`).
 
-The backend is one string attribute, ``attention = "favor" | "exact"``. Both backends use the
-same parameters and buffers (every module owns a :class:`FavorAttention` even when it runs
-exact attention), so one ``state_dict`` loads into either, and a model can be switched between
-softmax and FAVOR+ in place. The exact backend calls ``F.scaled_dot_product_attention`` and
-numerically equals ``nn.MultiheadAttention`` with the same weights.
+The backend is one string attribute, ``attention``, one of :data:`ATTENTION_BACKENDS`:
+``"favor"`` (FAVOR+), ``"exact"`` (softmax), ``"local"`` (sliding-window softmax, the
+efficient-attention baseline) or ``"identity"`` (returns ``V``: an upper bound on the speed of
+any attention, for the benchmarks). Every backend uses the same parameters and buffers (every
+module owns a :class:`FavorAttention` even when it runs another backend), so one ``state_dict``
+loads into any, and a model can be switched between softmax and FAVOR+ in place. The exact
+backend calls ``F.scaled_dot_product_attention`` and numerically equals
+``nn.MultiheadAttention`` with the same weights.
 
 Masks follow ``nn.MultiheadAttention``: ``key_padding_mask`` ``(B, Lk)`` bool with True = padded
 key; ``is_causal`` lets query ``i`` see keys ``j ≤ i``. One deliberate difference: a query
@@ -37,7 +40,7 @@ from performers.ops import FavorState
 from performers.utils.validation import is_int
 
 __all__ = [
-    "BACKENDS",
+    "ATTENTION_BACKENDS",
     "LayerCache",
     "MultiheadAttentionBase",
     "PerformerCrossAttention",
@@ -47,8 +50,9 @@ __all__ = [
 
 # "local" is sliding-window softmax attention (layers/local.py), the efficient-attention baseline;
 # "identity" returns V unchanged: the paper's "OPT" model, an upper bound on the speed any
-# attention can reach inside a model (used by the benchmarks).
-BACKENDS = ("favor", "exact", "local", "identity")
+# attention can reach inside a model (used by the benchmarks). (Not the `backend=` of the ops,
+# performers.ops.OP_BACKENDS, which picks the implementation of FAVOR attention.)
+ATTENTION_BACKENDS = ("favor", "exact", "local", "identity")
 
 
 LayerCache = FavorState | KVCache
@@ -134,8 +138,8 @@ class MultiheadAttentionBase(nn.Module):
 
     @attention.setter
     def attention(self, value: str) -> None:
-        if value not in BACKENDS:
-            raise ValueError(f"attention must be one of {BACKENDS}, got {value!r}")
+        if value not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention must be one of {ATTENTION_BACKENDS}, got {value!r}")
         self._attention = value
 
     def _split_heads(self, x: Tensor) -> Tensor:

@@ -31,8 +31,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from performers.ops import DEFAULT_CHUNK_SIZE, KERNELS
-from performers.ops.attention import BACKENDS
+from performers.ops import DEFAULT_CHUNK_SIZE, KERNELS, OP_BACKENDS
 from performers.utils.validation import ConfigError, check_format, require_choice, require_int
 
 __all__ = [
@@ -146,7 +145,7 @@ class FavorConfig:
         _check_int("chunk_size", self.chunk_size, 1)
         if self.block_size is not None:
             _check_int("block_size", self.block_size, 1)
-        _check_choice("backend", self.backend, BACKENDS)
+        _check_choice("backend", self.backend, OP_BACKENDS)
         if not isinstance(self.recompute_features, bool):
             raise TypeError(
                 "FavorConfig.recompute_features must be a bool, got "

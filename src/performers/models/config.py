@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from performers.layers import BACKENDS, FavorConfig
+from performers.layers import ATTENTION_BACKENDS, FavorConfig
 from performers.layers.favor_config import (
     ADDED_FIELDS,
     FAVOR_FORMAT,
@@ -141,7 +141,7 @@ class PerformerConfig:
         self.layer_norm_eps = _require_float("layer_norm_eps", self.layer_norm_eps, 0.0, 1.0)
         self.initializer_range = _require_float("initializer_range", self.initializer_range, 0.0, math.inf)
         _require_choice("activation", self.activation, ("gelu", "relu", "silu"))
-        _require_choice("attention", self.attention, BACKENDS)
+        _require_choice("attention", self.attention, ATTENTION_BACKENDS)
         if not isinstance(self.favor, FavorConfig):
             raise TypeError(
                 f"PerformerConfig.favor must be a FavorConfig, got {type(self.favor).__name__} "

@@ -7,18 +7,24 @@ the output is returned in the input dtype — except bfloat16 inputs on the fuse
 (bidirectional and causal), whose products run in bfloat16 (sums, maxima, normalizers and the
 causal state in float32; the returned state is float32).
 
-Paths (every one is tested against :mod:`performers.ops.naive`):
+The arguments are checked once into a :class:`~performers.ops.call.FavorCall`, which goes to
+the direction that runs it — :func:`performers.ops.bidirectional.favor.bidirectional_favor_attention`
+or :func:`performers.ops.causal.favor.causal_favor_attention` — with the path chosen here:
 
 * ``"fused"``: kernels with an exponential form (:attr:`Kernel.exp_form <performers.ops.Kernel>`)
-  and a projection run hand-written autograd Functions, bidirectional
-  (:mod:`~performers.ops.bidirectional_fused`) or causal (:mod:`~performers.ops.causal_fused`,
-  from any initial state, with a differentiable final state).
-* ``"triton"`` (``backend=``): the same exponential kernels as Triton kernels
+  and a projection run hand-written autograd Functions (:mod:`performers.ops.bidirectional.fused`,
+  :mod:`performers.ops.causal.fused`; causal from any initial state, with a differentiable
+  final state).
+* Triton (``backend=``): the same exponential kernels as Triton kernels
   (:mod:`performers.ops.triton`), for CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``.
 * ``"generic"``: any kernel, any state; materialized stabilized features
-  (:mod:`~performers.ops.generic_features`) into :mod:`~performers.ops.bidirectional_generic`,
-  :mod:`~performers.ops.causal_generic` or, one position at a time,
-  :mod:`~performers.ops.causal_recurrent`.
+  (:mod:`~performers.ops.generic_features`) into :mod:`performers.ops.bidirectional.generic` or
+  :mod:`performers.ops.causal.generic`.
+
+The decoding step (:func:`favor_attention_step`) runs :mod:`performers.ops.causal.recurrent` or
+the Triton step (:mod:`performers.ops.triton.decode`). Every path is tested against the naive
+references of its direction (:mod:`performers.ops.bidirectional.naive`,
+:mod:`performers.ops.causal.naive`; both built on :mod:`performers.ops.naive`).
 
 :func:`favor_attention` picks the fused path whenever it can serve the inputs (the Triton
 kernels for CUDA tensors with ``backend="auto"``); tests pick a path by name through the
@@ -27,18 +33,18 @@ private :func:`_favor_attention`.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from performers.ops.bidirectional_fused import fused_bidirectional_exp_attention
-from performers.ops.bidirectional_generic import bidirectional_linear_attention
-from performers.ops.causal_fused import SEGMENT_CHUNKS, fused_causal_exp_attention
-from performers.ops.causal_generic import causal_linear_attention
-from performers.ops.causal_recurrent import causal_linear_attention_step, exp_attention_step
+from performers.ops.bidirectional.favor import bidirectional_favor_attention
+from performers.ops.bidirectional.generic import bidirectional_linear_attention
+from performers.ops.call import FavorCall, check_favor_call, check_state_options, compute_dtype, input_scale
+from performers.ops.causal.favor import causal_favor_attention
+from performers.ops.causal.generic import causal_linear_attention
+from performers.ops.causal.recurrent import exp_attention_step, generic_attention_step
 from performers.ops.checks import (
     check_positive_int,
     shape_str,
@@ -47,71 +53,22 @@ from performers.ops.checks import (
     validate_projection,
     validate_qkv,
 )
-from performers.ops.generic_features import attention_features, state_params
 from performers.ops.kernels import Kernel, KernelLike, get_kernel
-from performers.ops.numerics import accumulation_dtype
-from performers.ops.state import DEFAULT_CHUNK_SIZE, FavorState
+from performers.ops.state import DEFAULT_CHUNK_SIZE, SEGMENT_CHUNKS, FavorState
 from performers.ops.underflow import warn_zero_rows
 
 if TYPE_CHECKING:
     from performers.ops.triton.paths import TritonMap
 
-__all__ = ["favor_attention", "favor_attention_step", "linear_attention"]
+__all__ = ["OP_BACKENDS", "favor_attention", "favor_attention_step", "linear_attention"]
 
 PathName = Literal["fused", "generic"]
 PATHS: tuple[str, ...] = ("fused", "generic")
 BackendName = Literal["auto", "torch", "triton"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
-
-
-def _compute_dtype(*tensors: Tensor) -> torch.dtype:
-    dtype = torch.promote_types(tensors[0].dtype, tensors[1].dtype)
-    for t in tensors[2:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _input_scale(scale: float | None, dim: int) -> float:
-    if scale is None:
-        return dim**-0.5
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < math.inf:
-        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-    return float(scale)
-
-
-def _check_state_options(causal: bool, initial_state: FavorState | None, return_state: bool) -> None:
-    if (initial_state is not None or return_state) and not causal:
-        raise ValueError("initial_state and return_state are only defined for causal=True")
-
-
-def check_favor_call(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    projection: Tensor | None,
-    *,
-    kernel: KernelLike,
-    causal: bool,
-    scale: float | None,
-    key_padding_mask: Tensor | None,
-    chunk_size: int,
-    block_size: int | None,
-    initial_state: FavorState | None,
-    return_state: bool,
-) -> tuple[Kernel, float]:
-    """The input checks of :func:`favor_attention` (typed errors naming the argument); returns
-    the resolved kernel and softmax temperature ``scale``. Also used by
-    :func:`performers.distributed.favor_attention`."""
-    validate_qkv(q, k, v, causal=causal)
-    kern = get_kernel(kernel)
-    validate_projection(projection, kern, q.shape[-1])
-    validate_mask(key_padding_mask, k.shape[0], k.shape[2])
-    check_positive_int("chunk_size", chunk_size)
-    check_positive_int("block_size", block_size, optional=True)
-    _check_state_options(causal, initial_state, return_state)
-    state_tensors = {} if initial_state is None else {"initial_state": initial_state.kv}
-    validate_devices(q=q, k=k, v=v, projection=projection, key_padding_mask=key_padding_mask, **state_tensors)
-    return kern, _input_scale(scale, q.shape[-1])
+# The `backend=` of favor_attention / favor_attention_step: which implementation runs a call
+# (not the attention of a layer, performers.layers.ATTENTION_BACKENDS).
+OP_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
+BACKENDS = OP_BACKENDS  # the former name, kept importable for callers not yet renamed
 
 
 def linear_attention(
@@ -136,7 +93,7 @@ def linear_attention(
         key_padding_mask: ``(B, Lk)`` bool, True marks a padded key: it is removed from both
             the numerator and the denominator.
         chunk_size, initial_state, return_state: causal form only, see
-            :func:`performers.ops.causal_generic.causal_linear_attention`.
+            :func:`performers.ops.causal.generic.causal_linear_attention`.
         eps: denominator guard (see :func:`performers.ops.numerics.guarded_divide`).
 
     Returns:
@@ -149,7 +106,7 @@ def linear_attention(
         **({} if initial_state is None else {"initial_state": initial_state.kv}),
     )  # fmt: skip
     check_positive_int("chunk_size", chunk_size)
-    _check_state_options(causal, initial_state, return_state)
+    check_state_options(causal, initial_state, return_state)
     if key_padding_mask is not None:
         k_features = k_features.masked_fill(key_padding_mask[:, None, :, None], 0.0)
     if causal and q_features.shape[2] == 0:
@@ -217,7 +174,7 @@ def favor_attention(
         return_state: causal only, also return the state after the last position.
         eps: denominator guard, default the dtype's smallest normal number.
         block_size: None or an int >= 1; bidirectional exponential kernels only: positions per
-            block of the fused path (:mod:`performers.ops.bidirectional_fused`); default sized
+            block of the fused path (:mod:`performers.ops.bidirectional.fused`); default sized
             for the cache.
         backend: ``"auto"`` (the Triton kernels of :mod:`performers.ops.triton` for CUDA
             tensors when triton is installed and the kernel has an exponential form, the
@@ -235,31 +192,20 @@ def favor_attention(
         run as bfloat16 and return bfloat16, as SDPA does), and the :class:`FavorState`
         (float32 or float64) if ``return_state``.
     """
-    return _favor_attention(
-        q,
-        k,
-        v,
-        projection,
-        causal=causal,
-        kernel=kernel,
-        scale=scale,
-        key_padding_mask=key_padding_mask,
-        chunk_size=chunk_size,
-        initial_state=initial_state,
-        return_state=return_state,
-        eps=eps,
-        block_size=block_size,
-        backend=backend,
-        recompute_features=recompute_features,
-    )
+    call = check_favor_call(
+        q, k, v, projection, causal=causal, kernel=kernel, scale=scale, key_padding_mask=key_padding_mask,
+        chunk_size=chunk_size, block_size=block_size, initial_state=initial_state, return_state=return_state,
+        eps=eps, backend=backend, recompute_features=recompute_features,
+    )  # fmt: skip
+    return _run(call, path=None)
 
 
-def _triton_map(
+def triton_map_for(
     backend: str, kernel: Kernel, projection: Tensor | None, q: Tensor, v: Tensor, *, step: bool = False
-):
+) -> TritonMap | None:
     """The feature map the Triton kernels run for this call (:mod:`performers.ops.triton.paths`),
     or None for the PyTorch paths; ValueError saying why when ``backend="triton"`` cannot."""
-    if backend not in BACKENDS:
+    if backend not in OP_BACKENDS:
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     if backend == "torch" or (backend == "auto" and q.device.type != "cuda"):
         return None
@@ -300,169 +246,53 @@ def _favor_attention(
     *,
     path: PathName | None = None,
     segment_chunks: int = SEGMENT_CHUNKS,
-    causal: bool = False,
-    kernel: KernelLike = "softmax",
-    scale: float | None = None,
-    key_padding_mask: Tensor | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    initial_state: FavorState | None = None,
-    return_state: bool = False,
-    eps: float | None = None,
-    block_size: int | None = None,
-    backend: BackendName = "auto",
-    recompute_features: bool = False,
+    **options,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """:func:`favor_attention` on a path chosen by name (private: for tests and benchmarks).
 
     Args:
         path: ``"fused"``, ``"generic"`` or None (automatic: fused whenever it can serve the
-            inputs). ``"fused"`` raises ValueError saying why when it cannot.
+            inputs, the Triton kernels as ``backend`` says). ``"fused"`` raises ValueError
+            saying why when it cannot.
         segment_chunks: chunks per segment of the fused causal path.
-        the rest: as in :func:`favor_attention`.
+        options: the keywords of :func:`favor_attention`.
     """
-    kern, scale = check_favor_call(
-        q, k, v, projection, kernel=kernel, causal=causal, scale=scale, key_padding_mask=key_padding_mask,
-        chunk_size=chunk_size, block_size=block_size, initial_state=initial_state, return_state=return_state,
-    )  # fmt: skip
-    check_positive_int("segment_chunks", segment_chunks)
-    q, k, v = _autocast_inputs(q, k, v)
+    call = check_favor_call(q, k, v, projection, segment_chunks=segment_chunks, **options)
+    return _run(call, path=path)
+
+
+def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, FavorState]:
+    """The choice of path for a checked call, and the call to its direction."""
+    q, k, v = _autocast_inputs(call.q, call.k, call.v)
+    if q is not call.q or k is not call.k or v is not call.v:
+        call = call.replace(q=q, k=k, v=v)
     if path is not None and path not in PATHS:
         raise ValueError(f"path must be None, 'fused' or 'generic', got {path!r}")
-    unavailable = _fused_unavailable(kern, projection)
+    unavailable = _fused_unavailable(call.kernel, call.projection)
     if path == "fused" and unavailable is not None:
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
     fused = unavailable is None if path is None else path == "fused"
     # The Triton kernels serve the call (computed once: the run and the underflow report use it).
-    triton_map = _triton_map(backend, kern, projection, q, v) if path is None else None
+    triton_map = None
+    if path is None:
+        triton_map = triton_map_for(call.backend, call.kernel, call.projection, call.q, call.v)
 
-    if causal and q.shape[2] == 0:
+    if not call.causal:
+        return bidirectional_favor_attention(call, fused=fused, triton_map=triton_map)
+    if call.q.shape[2] == 0:
         # No positions: the result of one padded position, less that position (the output is
         # empty and the state is the initial one), still connected to q, k and v.
-        one = [F.pad(t, (0, 0, 0, 1)) for t in (q, k, v)]
-        empty = torch.ones(q.shape[0], 1, dtype=torch.bool, device=q.device)
-        result = _run_path(
-            *one, projection, kern, scale, fused=fused, triton_map=triton_map,
-            segment_chunks=segment_chunks, causal=True, key_padding_mask=empty, chunk_size=chunk_size,
-            initial_state=initial_state, return_state=return_state, eps=eps, block_size=block_size,
-            recompute_features=recompute_features,
-        )  # fmt: skip
-        return (result[0][:, :, :0], result[1]) if return_state else result[:, :, :0]
-    result = _run_path(
-        q, k, v, projection, kern, scale, fused=fused, triton_map=triton_map,
-        segment_chunks=segment_chunks, causal=causal, key_padding_mask=key_padding_mask,
-        chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, eps=eps,
-        block_size=block_size, recompute_features=recompute_features,
-    )  # fmt: skip
-    if causal:
-        # Causal keys are stored under their running maximum: at large logits a query row can
-        # underflow to zero, which is reported. Bidirectional paths cannot underflow a row.
-        out = result[0] if return_state else result
-        warn_zero_rows(out, v, key_padding_mask, initial_state, causal=causal, stacklevel=4)
+        one = [F.pad(t, (0, 0, 0, 1)) for t in (call.q, call.k, call.v)]
+        empty = torch.ones(call.q.shape[0], 1, dtype=torch.bool, device=call.q.device)
+        padded = call.replace(q=one[0], k=one[1], v=one[2], key_padding_mask=empty)
+        result = causal_favor_attention(padded, fused=fused, triton_map=triton_map)
+        return (result[0][:, :, :0], result[1]) if call.return_state else result[:, :, :0]
+    result = causal_favor_attention(call, fused=fused, triton_map=triton_map)
+    # Causal keys are stored under their running maximum: at large logits a query row can
+    # underflow to zero, which is reported. Bidirectional paths cannot underflow a row.
+    out = result[0] if call.return_state else result
+    warn_zero_rows(out, call.v, call.key_padding_mask, call.initial_state, causal=True, stacklevel=4)
     return result
-
-
-def _run_path(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    projection: Tensor | None,
-    kern: Kernel,
-    scale: float,
-    *,
-    fused: bool,
-    triton_map: TritonMap | None,
-    segment_chunks: int,
-    causal: bool,
-    key_padding_mask: Tensor | None,
-    chunk_size: int,
-    initial_state: FavorState | None,
-    return_state: bool,
-    eps: float | None,
-    block_size: int | None,
-    recompute_features: bool,
-) -> Tensor | tuple[Tensor, FavorState]:
-    """The computation of :func:`_favor_attention` on checked inputs (``triton_map``: the
-    Triton kernels' map when they serve the call, else None)."""
-    input_scale = scale**0.5
-    out_dtype = torch.promote_types(q.dtype, v.dtype)
-    if triton_map is not None and q.shape[2] and k.shape[2]:
-        from performers.ops.triton.paths import triton_attention
-
-        result = triton_attention(
-            q, k, v, triton_map, causal=causal, scale=input_scale, key_padding_mask=key_padding_mask,
-            initial_state=initial_state, return_state=return_state, eps=eps,
-        )  # fmt: skip
-        return (result[0].to(out_dtype), result[1]) if return_state else result.to(out_dtype)
-    dtype = _compute_dtype(q, k, v)
-    if fused and q.dtype == k.dtype == v.dtype == torch.bfloat16:
-        # bfloat16 products on the fused paths; sums, maxima, normalizers and the causal state
-        # stay in float32 there.
-        dtype = torch.bfloat16
-    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        if fused:
-            form = kern.exp_form(projection.to(dtype))
-            if not causal:
-                out = fused_bidirectional_exp_attention(
-                    q,
-                    k,
-                    v,
-                    form,
-                    scale=input_scale,
-                    key_padding_mask=key_padding_mask,
-                    block_size=block_size,
-                    eps=eps,
-                    recompute_features=recompute_features,
-                )
-                return out.to(out_dtype)
-            initial = initial_offset = None
-            if initial_state is not None:
-                initial = torch.cat([initial_state.kv, initial_state.normalizer.unsqueeze(-1)], dim=-1)
-                acc = accumulation_dtype(dtype)
-                initial, initial_offset = initial.to(acc), initial_state.log_offset.to(acc)
-            out, final, final_offset = fused_causal_exp_attention(
-                q,
-                k,
-                v,
-                form,
-                scale=input_scale,
-                key_padding_mask=key_padding_mask,
-                chunk_size=chunk_size,
-                segment_chunks=segment_chunks,
-                eps=eps,
-                initial_state=initial,
-                initial_offset=initial_offset,
-            )
-            if return_state:
-                return out.to(out_dtype), FavorState(final[..., :-1], final[..., -1], final_offset)
-            return out.to(out_dtype)
-        q_features, k_features, offsets, params = attention_features(
-            kern,
-            q,
-            k,
-            projection,
-            input_scale,
-            causal=causal,
-            key_padding_mask=key_padding_mask,
-            initial_offset=None if initial_state is None else initial_state.log_offset.to(dtype),
-            params=state_params(kern, initial_state, dtype),
-        )
-        if not causal:
-            return bidirectional_linear_attention(q_features, k_features, v, eps).to(out_dtype)
-        result = causal_linear_attention(
-            q_features,
-            k_features,
-            v,
-            key_log_offsets=offsets,
-            chunk_size=chunk_size,
-            initial_state=initial_state,
-            return_state=return_state,
-            eps=eps,
-        )
-    if return_state:
-        out, state = result
-        return out.to(out_dtype), state._replace(kernel_params=params)
-    return result.to(out_dtype)
 
 
 def favor_attention_step(
@@ -507,46 +337,29 @@ def favor_attention_step(
                 f"favor_attention_step takes one position: q must be (B, H, 1, D), got {shape_str(q)}"
             )
         validate_projection(projection, kern, q.shape[-1])
-    input_scale = _input_scale(scale, q.shape[-1]) ** 0.5
+    root_scale = input_scale(scale, q.shape[-1]) ** 0.5
     out_dtype = torch.promote_types(q.dtype, v.dtype)
     recording = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, v, projection, *(state or ()))
     )
     if backend == "triton" and recording:
         raise ValueError("backend='triton' cannot serve these inputs: the Triton step has no backward")
-    triton_map = None if recording else _triton_map(backend, kern, projection, q, v, step=True)
+    triton_map = None if recording else triton_map_for(backend, kern, projection, q, v, step=True)
     if triton_map is not None:
         from performers.ops.triton.paths import triton_step
 
-        out, new_state = triton_step(q, k, v, state, triton_map, scale=input_scale, eps=eps)
+        out, new_state = triton_step(q, k, v, state, triton_map, scale=root_scale, eps=eps)
         return out.to(out_dtype), new_state
-    dtype = _compute_dtype(q, k, v)
-    if kern.exp_form is not None and projection is not None:
-        # Exponential maps: the few-op step (decoding is dominated by the number of ops).
-        with torch.autocast(device_type=q.device.type, enabled=False):
+    dtype = compute_dtype(q, k, v)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if kern.exp_form is not None and projection is not None:
+            # Exponential maps: the few-op step (decoding is dominated by the number of ops).
             q, k, v, projection = (t if t.dtype == dtype else t.to(dtype) for t in (q, k, v, projection))
             out, new_state = exp_attention_step(
-                q, k, v, state, kern.exp_form(projection), scale=input_scale, eps=eps, inplace=inplace
+                q, k, v, state, kern.exp_form(projection), scale=root_scale, eps=eps, inplace=inplace
             )
-        return (out if out.dtype == out_dtype else out.to(out_dtype)), new_state
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        q_features, k_features, offsets, params = attention_features(
-            kern,
-            q.to(dtype),
-            k.to(dtype),
-            projection,
-            input_scale,
-            causal=True,
-            key_padding_mask=None,
-            initial_offset=None if state is None else state.log_offset.to(dtype),
-            params=state_params(kern, state, dtype),
-        )
-        out, new_state = causal_linear_attention_step(
-            q_features[:, :, 0],
-            k_features[:, :, 0],
-            v[:, :, 0].to(dtype),
-            state,
-            key_log_offset=None if offsets is None else offsets[..., 0],
-            eps=eps,
-        )
-    return out.unsqueeze(2).to(out_dtype), new_state._replace(kernel_params=params)
+        else:
+            out, new_state = generic_attention_step(
+                q.to(dtype), k.to(dtype), v.to(dtype), state, kern, projection, scale=root_scale, eps=eps
+            )
+    return (out if out.dtype == out_dtype else out.to(out_dtype)), new_state

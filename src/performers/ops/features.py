@@ -20,7 +20,7 @@ The positive and hyperbolic maps of both the softmax and the Gaussian kernel are
 ``[W; −W]`` (hyperbolic, ``[e^{Wx}, e^{−Wx}]``), ``c = ½ log M'``. Each such kernel describes
 itself by its form (``Kernel.exp_form``). :func:`exp_log_features` computes the log: the maps
 here, the fused stabilized features below and both fused attention paths
-(:mod:`performers.ops.bidirectional_fused`, :mod:`performers.ops.causal_fused`) call it; the
+(:mod:`performers.ops.bidirectional.fused`, :mod:`performers.ops.causal.fused`) call it; the
 hand-written backward passes all take its derivative from :func:`exp_log_input_grad`.
 
 Stabilization, and why it is exact

@@ -1,7 +1,7 @@
 """The feature stage of the generic paths: stabilized query and key features of any kernel.
 
-:mod:`performers.ops.bidirectional_generic`, :mod:`performers.ops.causal_generic` and
-:mod:`performers.ops.causal_recurrent` take materialized features; this module computes them
+:mod:`performers.ops.bidirectional.generic`, :mod:`performers.ops.causal.generic` and
+:mod:`performers.ops.causal.recurrent` take materialized features; this module computes them
 from ``q`` and ``k`` for every registry kernel, with the stabilizers of
 :mod:`performers.ops.features` and the data-dependent parameters of FAVOR++
 (:mod:`performers.ops.favor_plus_plus`).

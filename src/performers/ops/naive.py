@@ -5,6 +5,10 @@ exact softmax attention, attention with the explicit kernel matrix ``φ(Q)φ(K)�
 and causal, with key padding), and the naive FAVOR estimator (plain, unstabilized feature maps
 fed to the explicit kernel matrix). This module imports no fast path: only the feature maps,
 the kernel registry and the shared numeric helpers.
+
+Each direction names its references beside its paths, built on these:
+:mod:`performers.ops.bidirectional.naive` and :mod:`performers.ops.causal.naive` (which adds
+the recurrence a causal state stands for).
 """
 
 from __future__ import annotations

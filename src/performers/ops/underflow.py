@@ -14,6 +14,13 @@ is copied to host memory without waiting and reported by a later attention call 
 has produced it, or by :func:`flush_underflow_warnings` — which the training loop calls every
 step and the evaluation and generation functions at their end (they wait for the GPU anyway),
 and which runs once more when the interpreter exits.
+
+State: unlike the rest of :mod:`performers.ops`, this module keeps process-wide state, for the
+reason above — a queue of counts still on their way from a GPU (``_PENDING``: pinned host
+tensors with the CUDA event that says when each has arrived), a lock around it (several threads
+may call attention, e.g. ``nn.DataParallel``), and an :mod:`atexit` hook that reports what is
+still queued when the interpreter exits. CPU tensors never enter the queue: their count is read
+and reported by the call itself.
 """
 
 from __future__ import annotations

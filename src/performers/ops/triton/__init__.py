@@ -11,7 +11,7 @@ without it. The entry points are
 for the exponential feature maps (:class:`~performers.ops.features.ExpForm`: the positive and
 hyperbolic maps of the softmax and Gaussian kernels) and the registry's generalized kernels
 ``f(x Pᵀ) + eps`` (relu, elu + 1, abs, exp; with or without a projection). They compute what
-:mod:`performers.ops.bidirectional_fused` and :mod:`performers.ops.causal_fused` compute, with
+:mod:`performers.ops.bidirectional.fused` and :mod:`performers.ops.causal.fused` compute, with
 the same stabilizers, and are tested against :mod:`performers.ops.naive` (through the Triton
 interpreter on CPU). :func:`performers.favor_attention` chooses them with ``backend=``
 (:mod:`performers.ops.triton.paths`).

@@ -1,6 +1,6 @@
 r"""Bidirectional FAVOR attention for exponential maps as Triton kernels, forward and backward.
 
-The same algorithm and stabilizers as :mod:`performers.ops.bidirectional_fused`
+The same algorithm and stabilizers as :mod:`performers.ops.bidirectional.fused`
 (``out = φ(Q)(φ(K)ᵀV) / φ(Q)(φ(K)ᵀ1)``; keys by one maximum per feature over the non-padded
 keys, moved to the query side, queries by their row maximum after that shift — so the largest
 term of every query row is exactly 1 and no row underflows), written as two kernels that never

@@ -1,6 +1,6 @@
 r"""Causal FAVOR attention for exponential maps as chunked Triton kernels, forward and backward.
 
-The chunked algorithm of :mod:`performers.ops.causal_fused` with the same causal-safe
+The chunked algorithm of :mod:`performers.ops.causal.fused` with the same causal-safe
 stabilizer: key ``j`` is read in units of the running maximum ``m_j`` of the key log-features
 up to ``j`` (computed once per position by the row pass of
 :mod:`performers.ops.triton.bidirectional` and a cumulative maximum); query ``i`` reads key

@@ -4,7 +4,7 @@ r"""One causal FAVOR step as one Triton kernel (generation; no autograd).
 log-features and the query's row maximum (one pass over feature tiles), the running offset
 ``m' = max(m, max_f log φ_f(k_t))``, the state rescaled by ``exp(m − m')`` plus
 ``φ(k_t)[v_t 1]ᵀ`` in units of ``m'``, and the readout ``φ(q_t)S' / φ(q_t)z'`` (a second pass),
-as :func:`performers.ops.causal_recurrent.causal_linear_attention_step` computes it. Generalized
+as :func:`performers.ops.causal.recurrent.causal_linear_attention_step` computes it. Generalized
 kernels (``f(x Pᵀ) + eps``) keep offset 0.
 """
 

@@ -17,8 +17,8 @@ Query ``i`` then reads every key scaled by ``exp(m_j - m_i) ≤ 1`` and the stat
 ``exp(m_i)``; the common factor ``exp(-m_i)`` cancels between numerator and denominator.
 
 Serves every kernel and every state (``initial_state``, a returned state that gradients flow
-through); the exponential kernels otherwise take :mod:`performers.ops.causal_fused`. The
-one-position step is :mod:`performers.ops.causal_recurrent`.
+through); the exponential kernels otherwise take :mod:`performers.ops.causal.fused`. The
+one-position step is :mod:`performers.ops.causal.recurrent`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 r"""Fused causal FAVOR attention for exponential feature maps (:class:`~performers.ops.features.ExpForm`).
 
-The chunked algorithm of :mod:`performers.ops.causal_generic`, written as one autograd Function that
+The chunked algorithm of :mod:`performers.ops.causal.generic`, written as one autograd Function that
 streams over *segments* of ``segment_chunks`` chunks (default ``SEGMENT_CHUNKS``): inside a
 segment everything is batched
 over its chunks (features, masked ``C×C`` blocks, chunk summaries); across segments the
@@ -42,15 +42,9 @@ from performers.ops.numerics import (
     state_carry_factors,
     with_ones,
 )
-from performers.ops.state import DEFAULT_CHUNK_SIZE
+from performers.ops.state import DEFAULT_CHUNK_SIZE, SEGMENT_CHUNKS
 
 __all__ = ["SEGMENT_CHUNKS", "fused_causal_exp_attention"]
-
-# Chunks per segment: the Python loop runs once per segment (a few dozen ops) and the tensors
-# of one segment, (B, H, SEGMENT_CHUNKS·C, M), stay a few MiB. Measured at L = 16384, C = 64:
-# 8 to 16 chunks per segment beat one chunk at a time (the loop overhead) and whole-sequence
-# vectorization (memory traffic of L·M tensors).
-SEGMENT_CHUNKS = 16
 
 
 def _in_dtype(offsets: Tensor, log: Tensor, exact: bool) -> Tensor:

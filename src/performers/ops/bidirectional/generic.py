@@ -1,7 +1,7 @@
 """Generic bidirectional linear attention on materialized features: ``Q'(K'ᵀ[V 1])``.
 
 Serves every kernel (any features, signed or not); the exponential kernels take the fused path
-(:mod:`performers.ops.bidirectional_fused`) unless an explicit path is requested.
+(:mod:`performers.ops.bidirectional.fused`) unless an explicit path is requested.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ summary can be combined with others before it is read (context parallelism sums 
 of every shard of a sequence, :mod:`performers.distributed`). Each feature block is small
 enough to stay in cache while it is exponentiated, scaled and multiplied, which is where a
 plain implementation spends its time on memory traffic. The generic path on materialized
-features is :mod:`performers.ops.bidirectional_generic`.
+features is :mod:`performers.ops.bidirectional.generic`.
 
 Stabilization is the same as :func:`performers.ops.features.stabilize_keys`: queries by their
 row maximum, keys by the maximum over all non-padded keys. Keys are streamed, so the summary is

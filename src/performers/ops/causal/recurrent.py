@@ -1,7 +1,10 @@
 """Causal linear attention for one new position, from the recurrent state (decoding), ``O(M'·Dv)``.
 
-The step form of :mod:`performers.ops.causal_generic`: a parallel pass followed by steps gives
+The step form of :mod:`performers.ops.causal.generic`: a parallel pass followed by steps gives
 the outputs of one parallel pass over the whole sequence (up to rounding), and the states agree.
+:func:`exp_attention_step` serves the exponential kernels in few ops, :func:`generic_attention_step`
+every kernel (its features from :mod:`performers.ops.generic_features`); the Triton step is
+:mod:`performers.ops.triton.decode`. :func:`performers.ops.favor_attention_step` chooses.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import torch
 from torch import Tensor
 
 from performers.ops.features import ExpForm
+from performers.ops.generic_features import attention_features, state_params
+from performers.ops.kernels import Kernel
 from performers.ops.numerics import guarded_divide
 from performers.ops.state import FavorState
 
-__all__ = ["causal_linear_attention_step", "exp_attention_step"]
+__all__ = ["causal_linear_attention_step", "exp_attention_step", "generic_attention_step"]
 
 
 def causal_linear_attention_step(
@@ -120,3 +125,47 @@ def _readout(log_q: Tensor, kv: Tensor, normalizer: Tensor, eps: float | None) -
     eps = torch.finfo(denominator.dtype).tiny if eps is None else eps
     inverse = torch.where(denominator >= eps, denominator.reciprocal(), 0.0)
     return numerator.mul_(inverse[..., None, None])
+
+
+def generic_attention_step(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    state: FavorState | None,
+    kernel: Kernel,
+    projection: Tensor | None,
+    *,
+    scale: float,
+    eps: float | None = None,
+) -> tuple[Tensor, FavorState]:
+    """One causal position of any kernel: its stabilized features, then
+    :func:`causal_linear_attention_step`.
+
+    Args:
+        q, k: ``(B, H, 1, D)``; v: ``(B, H, 1, Dv)``, in one floating dtype.
+        state: the state before this position, or None; kernel, projection: the feature map.
+        scale: ``√s``; eps: denominator guard.
+
+    Returns:
+        ``(out (B, H, 1, Dv), new_state)``, the state with the map's parameters (FAVOR++'s ``A``).
+    """
+    q_features, k_features, offsets, params = attention_features(
+        kernel,
+        q,
+        k,
+        projection,
+        scale,
+        causal=True,
+        key_padding_mask=None,
+        initial_offset=None if state is None else state.log_offset.to(q.dtype),
+        params=state_params(kernel, state, q.dtype),
+    )
+    out, new_state = causal_linear_attention_step(
+        q_features[:, :, 0],
+        k_features[:, :, 0],
+        v[:, :, 0],
+        state,
+        key_log_offset=None if offsets is None else offsets[..., 0],
+        eps=eps,
+    )
+    return out.unsqueeze(2), new_state._replace(kernel_params=params)

@@ -1,0 +1,156 @@
+"""One checked call of FAVOR attention, as it travels from the entry point to the path that runs it.
+
+:func:`check_favor_call` checks the arguments of :func:`performers.ops.favor_attention` once
+(typed errors naming the argument) and returns a :class:`FavorCall`: the inputs with the kernel
+and the softmax temperature resolved. The direction packages
+(:mod:`performers.ops.bidirectional`, :mod:`performers.ops.causal`) and
+:func:`performers.distributed.favor_attention` take that one object instead of a list of
+keywords.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from performers.ops.checks import (
+    check_positive_int,
+    validate_devices,
+    validate_mask,
+    validate_projection,
+    validate_qkv,
+)
+from performers.ops.kernels import Kernel, KernelLike, get_kernel
+from performers.ops.state import DEFAULT_CHUNK_SIZE, SEGMENT_CHUNKS, FavorState
+
+__all__ = [
+    "FavorCall",
+    "check_favor_call",
+    "check_state_options",
+    "compute_dtype",
+    "input_scale",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class FavorCall:
+    """The checked arguments of one :func:`~performers.ops.favor_attention` call.
+
+    Attributes:
+        q, k, v: ``(B, H, Lq, D)``, ``(B, H, Lk, D)``, ``(B, H, Lk, Dv)``.
+        projection: ``(M, D)`` or None (generalized kernels only).
+        kernel: the resolved :class:`~performers.ops.Kernel`.
+        scale: the softmax temperature (resolved: ``1/√D`` when not given).
+        causal, key_padding_mask, chunk_size, block_size, initial_state, return_state, eps,
+        backend, recompute_features: as passed to :func:`~performers.ops.favor_attention`.
+        segment_chunks: chunks per segment of the fused causal path (tests and benchmarks set it).
+    """
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    projection: Tensor | None
+    kernel: Kernel
+    scale: float
+    causal: bool = False
+    key_padding_mask: Tensor | None = None
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    block_size: int | None = None
+    initial_state: FavorState | None = None
+    return_state: bool = False
+    eps: float | None = None
+    backend: str = "auto"
+    recompute_features: bool = False
+    segment_chunks: int = SEGMENT_CHUNKS
+
+    @property
+    def input_scale(self) -> float:
+        """``√scale``: the factor ``q`` and ``k`` are multiplied by before the feature map."""
+        return self.scale**0.5
+
+    @property
+    def out_dtype(self) -> torch.dtype:
+        """The dtype of the output: that of ``q`` and ``v`` promoted."""
+        return torch.promote_types(self.q.dtype, self.v.dtype)
+
+    def replace(self, **changes) -> FavorCall:
+        """This call with some fields changed (inputs already checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def compute_inputs(self, fused: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """``q``, ``k``, ``v`` in the dtype the PyTorch paths compute in: float32 for float16 and
+        bfloat16 inputs, except bfloat16 inputs on the fused paths, whose products run in
+        bfloat16 (their sums, maxima, normalizers and causal state stay in float32)."""
+        q, k, v = self.q, self.k, self.v
+        dtype = compute_dtype(q, k, v)
+        if fused and q.dtype == k.dtype == v.dtype == torch.bfloat16:
+            dtype = torch.bfloat16
+        return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def compute_dtype(*tensors: Tensor) -> torch.dtype:
+    """The promoted dtype of ``tensors``, float32 in place of float16 and bfloat16."""
+    dtype = torch.promote_types(tensors[0].dtype, tensors[1].dtype)
+    for t in tensors[2:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def input_scale(scale: float | None, dim: int) -> float:
+    """The softmax temperature: ``1/√dim`` when None, else a checked positive finite number."""
+    if scale is None:
+        return dim**-0.5
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not 0 < scale < math.inf:
+        raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+    return float(scale)
+
+
+def check_state_options(causal: bool, initial_state: FavorState | None, return_state: bool) -> None:
+    """``initial_state`` and ``return_state`` only with ``causal`` (ValueError otherwise)."""
+    if (initial_state is not None or return_state) and not causal:
+        raise ValueError("initial_state and return_state are only defined for causal=True")
+
+
+def check_favor_call(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    projection: Tensor | None,
+    *,
+    kernel: KernelLike = "softmax",
+    causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    block_size: int | None = None,
+    initial_state: FavorState | None = None,
+    return_state: bool = False,
+    eps: float | None = None,
+    backend: str = "auto",
+    recompute_features: bool = False,
+    segment_chunks: int = SEGMENT_CHUNKS,
+) -> FavorCall:
+    """The input checks of :func:`~performers.ops.favor_attention` (typed errors naming the
+    argument); returns the checked :class:`FavorCall`. Also used by
+    :func:`performers.distributed.favor_attention`. (``backend`` is checked where it is
+    resolved, :func:`performers.ops.attention.triton_map_for`.)"""
+    validate_qkv(q, k, v, causal=causal)
+    kern = get_kernel(kernel)
+    validate_projection(projection, kern, q.shape[-1])
+    validate_mask(key_padding_mask, k.shape[0], k.shape[2])
+    check_positive_int("chunk_size", chunk_size)
+    check_positive_int("block_size", block_size, optional=True)
+    check_state_options(causal, initial_state, return_state)
+    state_tensors = {} if initial_state is None else {"initial_state": initial_state.kv}
+    validate_devices(q=q, k=k, v=v, projection=projection, key_padding_mask=key_padding_mask, **state_tensors)
+    check_positive_int("segment_chunks", segment_chunks)
+    return FavorCall(
+        q, k, v, projection, kern, input_scale(scale, q.shape[-1]),
+        causal=causal, key_padding_mask=key_padding_mask, chunk_size=chunk_size, block_size=block_size,
+        initial_state=initial_state, return_state=return_state, eps=eps, backend=backend,
+        recompute_features=recompute_features, segment_chunks=segment_chunks,
+    )  # fmt: skip

@@ -1,0 +1,99 @@
+"""Causal FAVOR attention of a checked call on the path :mod:`performers.ops.attention` chose.
+
+* fused (:mod:`~performers.ops.causal.fused`): exponential kernels with a projection, from any
+  initial state, with a differentiable final state;
+* Triton (:mod:`performers.ops.triton.causal`, through
+  :func:`performers.ops.triton.paths.triton_attention`): the same kernels on CUDA;
+* generic (:mod:`~performers.ops.causal.generic`): any kernel and state, on features from
+  :mod:`performers.ops.generic_features`.
+
+The one-position step (decoding) is :mod:`~performers.ops.causal.recurrent`. Every path is
+tested against :mod:`~performers.ops.causal.naive`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from performers.ops.call import FavorCall
+from performers.ops.causal.fused import fused_causal_exp_attention
+from performers.ops.causal.generic import causal_linear_attention
+from performers.ops.generic_features import attention_features, state_params
+from performers.ops.numerics import accumulation_dtype
+from performers.ops.state import FavorState
+
+if TYPE_CHECKING:
+    from performers.ops.triton.paths import TritonMap
+
+__all__ = ["causal_favor_attention"]
+
+
+def causal_favor_attention(
+    call: FavorCall, *, fused: bool, triton_map: TritonMap | None
+) -> Tensor | tuple[Tensor, FavorState]:
+    """``(B, H, L, Dv)`` in ``call.out_dtype`` (and the final :class:`FavorState` if
+    ``call.return_state``): on the Triton kernels when ``triton_map`` is given (and there are
+    positions), else on the fused path when ``fused``, else generic."""
+    out_dtype = call.out_dtype
+    if triton_map is not None and call.q.shape[2] and call.k.shape[2]:
+        from performers.ops.triton.paths import triton_attention
+
+        result = triton_attention(
+            call.q, call.k, call.v, triton_map, causal=True, scale=call.input_scale,
+            key_padding_mask=call.key_padding_mask, initial_state=call.initial_state,
+            return_state=call.return_state, eps=call.eps,
+        )  # fmt: skip
+        return (result[0].to(out_dtype), result[1]) if call.return_state else result.to(out_dtype)
+    q, k, v = call.compute_inputs(fused)
+    dtype, initial_state = q.dtype, call.initial_state
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if fused:
+            initial = initial_offset = None
+            if initial_state is not None:
+                initial = torch.cat([initial_state.kv, initial_state.normalizer.unsqueeze(-1)], dim=-1)
+                acc = accumulation_dtype(dtype)
+                initial, initial_offset = initial.to(acc), initial_state.log_offset.to(acc)
+            out, final, final_offset = fused_causal_exp_attention(
+                q,
+                k,
+                v,
+                call.kernel.exp_form(call.projection.to(dtype)),
+                scale=call.input_scale,
+                key_padding_mask=call.key_padding_mask,
+                chunk_size=call.chunk_size,
+                segment_chunks=call.segment_chunks,
+                eps=call.eps,
+                initial_state=initial,
+                initial_offset=initial_offset,
+            )
+            if call.return_state:
+                return out.to(out_dtype), FavorState(final[..., :-1], final[..., -1], final_offset)
+            return out.to(out_dtype)
+        q_features, k_features, offsets, params = attention_features(
+            call.kernel,
+            q,
+            k,
+            call.projection,
+            call.input_scale,
+            causal=True,
+            key_padding_mask=call.key_padding_mask,
+            initial_offset=None if initial_state is None else initial_state.log_offset.to(dtype),
+            params=state_params(call.kernel, initial_state, dtype),
+        )
+        result = causal_linear_attention(
+            q_features,
+            k_features,
+            v,
+            key_log_offsets=offsets,
+            chunk_size=call.chunk_size,
+            initial_state=initial_state,
+            return_state=call.return_state,
+            eps=call.eps,
+        )
+    if call.return_state:
+        out, state = result
+        return out.to(out_dtype), state._replace(kernel_params=params)
+    return result.to(out_dtype)
