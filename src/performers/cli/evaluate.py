@@ -16,7 +16,7 @@ from performers.experiments import (
     write_csv,
 )
 from performers.models import PerformerForCausalLM
-from performers.proteins import FastaError, default_corpus, read_fasta
+from performers.proteins import default_corpus, read_fasta
 from performers.proteins.data import split_of
 from performers.proteins.prepared_dataset import is_prepared
 
@@ -43,7 +43,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="proteins per forward pass")
     parser.add_argument("--limit", type=int, default=None, help="first N proteins")
-    parser.add_argument("--attention", choices=["favor", "exact"], default=None, help="override the backend")
+    parser.add_argument(
+        "--attention",
+        choices=["favor", "exact"],
+        default=None,
+        help="run the model's FAVOR+ or exact-softmax twin (same weights; default: as trained)",
+    )
     parser.add_argument(
         "--per-sequence",
         default=None,
@@ -61,11 +66,8 @@ def _proteins(args: argparse.Namespace) -> tuple[object, list[str], str]:
         return split, ids, f"{args.data or 'shipped corpus'} {args.split}"
     path = Path(args.data)
     if not path.is_file():
-        raise SystemExit(f"performers evaluate: {path}: not a FASTA file or a prepared dataset directory")
-    try:
-        records = list(read_fasta(path))[: args.limit]
-    except FastaError as error:
-        raise SystemExit(f"performers evaluate: {error}") from None
+        raise UsageError(f"--data {path}: not a FASTA file or a prepared dataset directory")
+    records = list(read_fasta(path))[: args.limit]  # FastaError: a malformed file, naming the line
     return [r.sequence for r in records], [r.id for r in records], str(path)
 
 
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     max_length = max_length_of(model, args.max_length)
     sequences, ids, what = _proteins(args)
     if len(sequences) == 0:
-        raise SystemExit(f"performers evaluate: {what}: no protein to evaluate")
+        raise UsageError(f"{what}: no protein to evaluate")
     options = {"task": task, "max_length": max_length, "batch_size": args.batch_size}
     result = evaluate_model(model, tokenizer, sequences, **options)
     scored = "masked positions" if task == "mlm" else "next tokens"

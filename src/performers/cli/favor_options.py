@@ -1,20 +1,26 @@
 """The FAVOR options of every command, declared once: :func:`add_favor_options` puts them on a
-parser (kernel names from the registry) and :func:`favor_config_from_args` turns them into the
-:class:`~performers.FavorConfig` the command passes on."""
+parser (kernel names from the registry; one default for each, ``FavorConfig()``'s, e.g. M = 256,
+shown in ``--help``) and :func:`favor_config_from_args` turns them into the
+:class:`~performers.FavorConfig` the command passes on. :data:`FAVOR_FIELDS` maps each field to
+the ``dest`` of its option (how a saved run's ``favor`` fields are named by option)."""
 
 from __future__ import annotations
 
 import argparse
 from dataclasses import fields
 
+from performers.cli.common import user_errors_named
 from performers.layers import FavorConfig
 from performers.layers.favor_config import PROJECTIONS, ROW_NORMS
 from performers.ops import KERNELS
 from performers.ops.attention import BACKENDS
 
-__all__ = ["FAVOR_OPTIONS", "add_favor_options", "favor_config_from_args"]
+__all__ = ["FAVOR_FIELDS", "FAVOR_OPTIONS", "add_favor_options", "favor_config_from_args"]
 
 FAVOR_OPTIONS = tuple(f.name for f in fields(FavorConfig))
+
+# FavorConfig field -> dest of its option (the seed's option is --projection-seed).
+FAVOR_FIELDS: dict[str, str] = {name: "projection_seed" if name == "seed" else name for name in FAVOR_OPTIONS}
 
 
 def _count_or_none(text: str) -> int | None:
@@ -113,14 +119,17 @@ def add_favor_options(
 
 def favor_config_from_args(args: argparse.Namespace) -> FavorConfig:
     """The :class:`FavorConfig` of parsed options (fields not on the parser keep the defaults
-    given to :func:`add_favor_options`); errors name the option."""
+    given to :func:`add_favor_options`).
+
+    Raises:
+        UsageError: a combination FavorConfig refuses, naming the option (``--num-features: ...``).
+    """
     values = {name: getattr(args, name) for name in args._favor_options if name != "seed"}
     if "seed" in args._favor_options:
         seed = args.projection_seed if args.projection_seed is not None else getattr(args, "seed", None)
         if seed is not None:
             values["seed"] = seed
     defaults = args._favor_defaults.to_dict()
-    try:
+    names = {name: "--" + dest.replace("_", "-") for name, dest in FAVOR_FIELDS.items()}
+    with user_errors_named(names, "FAVOR options"):
         return FavorConfig.from_dict({**defaults, **values})
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"performers: error: FAVOR options: {error}") from None

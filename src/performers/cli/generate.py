@@ -52,7 +52,7 @@ def encode_prompts(tokenizer: ProteinTokenizer, prompts: list[str], *, allow_unk
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_trained(args.model)
     if not isinstance(model, PerformerForCausalLM):
-        raise SystemExit(f"{args.model}: generation needs a causal LM (train with --task clm)")
+        raise UsageError(f"{args.model}: generation needs a causal LM (train with --task clm)")
     ids, mask = encode_prompts(tokenizer, args.prompts, allow_unknown=args.allow_unknown)
     ids, mask = ids[:, :-1], mask[:, :-1]  # drop <eos>: the model continues the prompt
     tokens = model.generate(
