@@ -115,7 +115,7 @@ def test_a_missing_model_directory(argv, expected, tmp_path, capsys):
         (["embed", "{model}", "{missing}", "--out", "{tmp}/e.npz"], "input {missing}: No such file"),
         (["score", "{model}", "{missing}", "--out", "{tmp}/s.csv"], "input {missing}: No such file"),
         (["prepare", "{missing}", "--out", "{tmp}/p"], "{missing}"),
-        (["evaluate", "{model}", "--data", "{missing}"], "--data {missing}: not a FASTA file"),
+        (["evaluate", "{model}", "--data", "{missing}"], "{missing}: not a FASTA file"),
         (["train", "--train", "{missing}", "--valid", "{missing}", "--steps", "1"], "{missing}"),
     ],
 )
@@ -165,6 +165,19 @@ def test_a_bad_option_value_names_the_option(model_dir, capsys):
     assert "--num-features: " in line and "softmax" in line
     line = one_error_line(capsys, ["train", "--resume", "--overwrite"], "train")
     assert line.endswith("error: give --resume (continue the run) or --overwrite, not both")
+
+
+def test_a_command_line_that_cannot_be_parsed_is_one_line_too(capsys):
+    for argv, expected in (
+        (["train", "--steps", "abc"], "argument --steps: invalid int value: 'abc'"),
+        (["embed", "model.pt"], "the following arguments are required: input, --out"),
+        (["score", "m", "in.fa", "--out", "x.csv", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ):
+        with pytest.raises(SystemExit) as caught:
+            main(argv)
+        assert caught.value.code == 2
+        err = capsys.readouterr().err
+        assert err.splitlines() == [f"performers {argv[0]}: error: {expected}"], err
 
 
 def test_debug_keeps_the_traceback(capsys, monkeypatch):
@@ -238,4 +251,4 @@ def test_help_shows_defaults_and_what_train_accepts(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "prepared dataset" in text and "FASTA" in text
     assert "(default: 1000)" in text  # --steps
-    assert "(default 256;" in text  # --num-features: the one default of M
+    assert "generalized kernels only) (default: 256)" in text  # --num-features: the one default of M

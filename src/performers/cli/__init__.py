@@ -15,8 +15,8 @@ model directory that cannot be loaded as written, an unsupported model family, a
 model cannot honour, a refused resume, ...) is printed as one line on stderr,
 ``performers CMD: error: MESSAGE``, with exit status 2 and no traceback; anything else is a bug
 and keeps its traceback. ``performers --debug CMD ...`` (or ``PERFORMERS_DEBUG=1``) shows the
-traceback of every error. Errors of the command line's syntax (an unknown option, a value that
-is not a number) are argparse's: the usage, then the same ``performers CMD: error:`` line, status 2.
+traceback of every error. A command line that cannot be parsed (an unknown option, a value that
+is not a number) gives the same one line and status 2.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's own parser: "performers CMD: error: ..."
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if getattr(args, "config", None):
             args = with_config_file(parser, argv, args)

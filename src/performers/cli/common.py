@@ -12,9 +12,10 @@ judge, :class:`UsageError`::
 :func:`performers.cli.main` catches :data:`USER_ERRORS` and prints one line on stderr,
 ``performers CMD: error: MESSAGE`` (CMD the command's ``prog``, e.g. ``performers bench
 speed``), and returns 2; ``--debug`` or ``PERFORMERS_DEBUG=1`` re-raise it with its traceback.
-Anything else is a bug and keeps its traceback. :func:`option_error` turns a library
-``ValueError`` about a config field (``max_steps must be >= 1``) into a UsageError naming the
-option (``--steps: max_steps must be >= 1``).
+Anything else is a bug and keeps its traceback. A command line argparse cannot parse (an unknown
+option, ``--steps abc``) is the same one line, from :meth:`CommandParser.error`.
+:func:`option_error` turns a library ``ValueError`` about a config field (``max_steps must be
+>= 1``) into a UsageError naming the option (``--steps: max_steps must be >= 1``).
 """
 
 from __future__ import annotations
@@ -135,6 +136,11 @@ class CommandParser(argparse.ArgumentParser):
         action = super().add_argument(*args, **kwargs)
         self.options.append(Option(action, kwargs.get("action", "store")))
         return action
+
+    def error(self, message: str):  # type: ignore[override]
+        """A command line argparse cannot parse (an unknown option, a value of the wrong type):
+        one line, ``performers CMD: error: MESSAGE``, like every user error; exit status 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
     def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
         return _Group(super().add_argument_group(*args, **kwargs), self.options)

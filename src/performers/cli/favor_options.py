@@ -41,7 +41,8 @@ def add_favor_options(
     --chunk-size --block-size --backend --recompute-features`` (or the subset ``only``, by field
     name) to ``parser``.
 
-    Defaults come from ``defaults`` (``FavorConfig()``: one default everywhere, e.g. M = 256).
+    Defaults come from ``defaults`` (``FavorConfig()``: one default everywhere, e.g. M = 256;
+    ``--help`` states it, through :class:`~performers.cli.common.HelpFormatter`).
     ``--projection-seed`` defaults to the command's own ``--seed`` when it has one.
     """
     d = defaults or FavorConfig()
@@ -54,32 +55,31 @@ def add_favor_options(
             "--num-features",
             type=_count_or_none,
             default=d.num_features,
-            help=f"random features M per layer (default {d.num_features}; 0: no projection, "
-            "generalized kernels only)",
+            help="random features M per layer (0: no projection, generalized kernels only)",
         ),
         "kernel": lambda: group.add_argument(
             "--kernel",
             choices=sorted(KERNELS),
             default=d.kernel,
-            help=f"FAVOR estimator (default {d.kernel})",
+            help="FAVOR estimator",
         ),
         "projection": lambda: group.add_argument(
             "--projection",
             choices=PROJECTIONS,
             default=d.projection,
-            help=f"random projection: block-orthogonal (FAVOR+) or iid Gaussian (default {d.projection})",
+            help="random projection: block-orthogonal (FAVOR+) or iid Gaussian",
         ),
         "row_norms": lambda: group.add_argument(
             "--row-norms",
             choices=ROW_NORMS,
             default=d.row_norms,
-            help=f"orthogonal row norms: chi (unbiased) or sqrt_d (regularized) (default {d.row_norms})",
+            help="orthogonal row norms: chi (unbiased) or sqrt_d (regularized)",
         ),
         "redraw_every": lambda: group.add_argument(
             "--redraw-every",
             type=int,
             default=d.redraw_every,
-            help=f"draw new projections every N training steps, 0 = never (default {d.redraw_every})",
+            help="draw new projections every N training steps, 0 = never",
         ),
         "seed": lambda: group.add_argument(
             "--projection-seed",
@@ -91,7 +91,7 @@ def add_favor_options(
             "--chunk-size",
             type=int,
             default=d.chunk_size,
-            help=f"positions per chunk of the causal algorithm (default {d.chunk_size})",
+            help="positions per chunk of the causal algorithm",
         ),
         "block_size": lambda: group.add_argument(
             "--block-size",
@@ -103,7 +103,7 @@ def add_favor_options(
             "--backend",
             choices=BACKENDS,
             default=d.backend,
-            help=f"auto (Triton on CUDA if installed), torch, triton (default {d.backend})",
+            help="auto (Triton on CUDA if installed), torch, triton",
         ),
         "recompute_features": lambda: group.add_argument(
             "--recompute-features",

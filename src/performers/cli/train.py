@@ -1,8 +1,9 @@
 """``performers train``: one protein language model on the shipped corpus, a prepared dataset
 (``--data``) or FASTA files (``--train/--valid/--test``)
-(:func:`performers.experiments.run_training`); under ``torchrun --nproc_per_node=N -m performers
-train ...`` every process takes its share of each batch (gloo on CPU, nccl on GPU), and with
-``--context-parallel C`` groups of ``C`` processes split each sequence between them.
+(:func:`performers.experiments.proteins.train_protein_model`); under ``torchrun
+--nproc_per_node=N -m performers train ...`` every process takes its share of each batch (gloo
+on CPU, nccl on GPU), and with ``--context-parallel C`` groups of ``C`` processes split each
+sequence between them.
 
 ``--out`` belongs to the run (a lock, :mod:`performers.training.run_directory`); ``--resume``
 refuses options that would continue another computation, naming each as its option (the table,
@@ -11,11 +12,7 @@ refuses options that would continue another computation, naming each as its opti
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-
-import torch
-import torch.distributed as dist
 
 from performers.cli.common import UsageError
 from performers.cli.favor_options import FAVOR_FIELDS
@@ -35,9 +32,9 @@ from performers.cli.options import (
     set_threads,
     training_config_from_args,
 )
-from performers.experiments import run_training
+from performers.experiments.proteins import train_protein_model
 from performers.proteins import training_data_identity
-from performers.training import owned, start_fresh
+from performers.training import process_group
 
 HELP = (
     "train a protein language model on the shipped corpus, a prepared dataset or FASTA files "
@@ -84,7 +81,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    distributed = world > 1
     if args.context_parallel > 1 and args.attention != "favor":
         raise UsageError("--context-parallel needs FAVOR+ attention (--attention favor)")
     if args.context_parallel < 1 or world % args.context_parallel:
@@ -94,24 +90,13 @@ def run(args: argparse.Namespace) -> int:
         )
     check_resume_overwrite(args)
     device = device_from_args(args)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL and the default CUDA stream of this process
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    set_threads(args)
-    rank = dist.get_rank() if distributed else 0
-    try:
+    with process_group(device):
+        set_threads(args)
         corpus = data_from_args(args)
         identity = training_data_identity(corpus, args.train_limit)
         training = training_config_from_args(args, data_identity=identity)
-        # Rank 0 owns --out from the overwrite to the saved model (the trainer locks it again).
-        ownership = owned(args.out) if rank == 0 else contextlib.nullcontext()
-        with refusals_as_errors(option_of(args.command_parser)), ownership:
-            if not args.resume:  # an earlier run in --out: refused, or moved aside (--overwrite)
-                start_fresh(args.out, overwrite=args.overwrite, clear=rank == 0)
-            if distributed:
-                dist.barrier()  # the earlier run is moved before any process looks
-            result = run_training(
+        with refusals_as_errors(option_of(args.command_parser)):
+            result = train_protein_model(
                 model_config_from_args(args, attention=args.attention),
                 training,
                 out_dir=args.out,
@@ -120,11 +105,9 @@ def run(args: argparse.Namespace) -> int:
                 train_limit=args.train_limit,
                 test_limit=args.test_limit,
                 resume=args.resume,
+                overwrite=args.overwrite,
                 device=device,
             )
-    finally:
-        if distributed:
-            dist.destroy_process_group()
     if not result.test:  # a rank other than 0
         return 0
     print(

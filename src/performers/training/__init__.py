@@ -14,7 +14,13 @@ from performers.training.checkpoint import (
     save_checkpoint,
 )
 from performers.training.data import ExampleSource, RandomStreams
-from performers.training.devices import model_device, once_per_job, resolve_device, to_device
+from performers.training.devices import (
+    model_device,
+    once_per_job,
+    process_group,
+    resolve_device,
+    to_device,
+)
 from performers.training.evaluation import (
     evaluate_regression,
     evaluate_tokens,
@@ -68,6 +74,7 @@ __all__ = [
     "model_device",
     "once_per_job",
     "owned",
+    "process_group",
     "ranks",
     "recorded_run",
     "resolve_device",
