@@ -17,6 +17,12 @@ model cannot honour, a refused resume, ...) is printed as one line on stderr,
 and keeps its traceback. ``performers --debug CMD ...`` (or ``PERFORMERS_DEBUG=1``) shows the
 traceback of every error. A command line that cannot be parsed (an unknown option, a value that
 is not a number) gives the same one line and status 2.
+
+Adding a command: a module ``performers/cli/NAME.py`` with ``HELP``, ``add_parser(subparsers)``
+(options from the helpers above; ``--help`` shows each default) and ``run(args) -> int`` that
+calls one documented function of :mod:`performers.experiments` (or below) and prints; it raises
+:class:`~performers.cli.common.UsageError` (or lets the library's typed errors through) for what
+the user must fix. Add it to :data:`COMMANDS` and to the ``cli-commands`` import-linter contract.
 """
 
 from __future__ import annotations
