@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from performers import FavorConfig, PerformerConfig, PerformerForMaskedLM
+from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
 from performers.cli import build_parser, main
 from performers.cli.common import USER_ERRORS, UsageError
 from performers.proteins import ProteinTokenizer
@@ -21,9 +21,7 @@ from performers.proteins import ProteinTokenizer
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny trained-model directory (save_pretrained + tokenizer.json)."""
+def _model_dir(tmp_path_factory, cls) -> Path:
     tokenizer = ProteinTokenizer()
     torch.manual_seed(0)
     config = PerformerConfig(
@@ -37,9 +35,21 @@ def model_dir(tmp_path_factory) -> Path:
         favor=FavorConfig(8, chunk_size=8),
     )
     directory = tmp_path_factory.mktemp("model")
-    PerformerForMaskedLM(config).save_pretrained(directory)
+    cls(config).save_pretrained(directory)
     tokenizer.save(directory / "tokenizer.json")
     return directory
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny trained masked-LM directory (save_pretrained + tokenizer.json)."""
+    return _model_dir(tmp_path_factory, PerformerForMaskedLM)
+
+
+@pytest.fixture(scope="module")
+def causal_dir(tmp_path_factory) -> Path:
+    """A tiny trained causal-LM directory."""
+    return _model_dir(tmp_path_factory, PerformerForCausalLM)
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +166,29 @@ def test_convert_refuses_an_unsupported_hugging_face_family(unsupported_hf, tmp_
     line = one_error_line(capsys, ["convert", str(unsupported_hf), str(tmp_path / "out")], "convert")
     assert "does not support" in line and "'opt'" in line and "supported model types" in line
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["generate", "{clm}", "MKV", "--max-new-tokens", "-1"], "--max-new-tokens: max_new_tokens must be"),
+        (["generate", "{clm}", "MKV", "--sample", "--top-p", "2"], "--top-p: top_p must be"),
+        (["generate", "{mlm}", "MKV"], "generation needs a causal LM"),
+        (["evaluate", "{mlm}", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+        (["evaluate", "{mlm}", "--limit", "-1"], "--limit must be >= 0, got -1"),
+        (["embed", "{mlm}", "{fasta}", "--out", "{tmp}/e.npz", "--max-tokens", "0"], "--max-tokens: "),
+        (["score", "{mlm}", "{fasta}", "--out", "{tmp}/s.csv", "--max-length", "2"], "--max-length: "),
+        (["prepare", "{fasta}", "--out", "{tmp}/p", "--valid-fraction", "2"], "--valid-fraction: "),
+        (["train", "--batch-size", "0"], "--batch-size: batch_size must be >= 1, got 0"),
+        (["train", "--d-model", "15"], "--d-model: "),
+        (["distill", "m", "--temperature", "0"], "--temperature: "),
+    ],
+)
+def test_a_bad_value_names_its_option(argv, expected, model_dir, causal_dir, tmp_path, capsys):
+    fasta = tmp_path / "ok.fa"
+    fasta.write_text(">a\nMKVLA\n")
+    argv = [a.format(mlm=model_dir, clm=causal_dir, fasta=fasta, tmp=tmp_path) for a in argv]
+    assert expected in one_error_line(capsys, argv, argv[0])
 
 
 def test_a_bad_option_value_names_the_option(model_dir, capsys):

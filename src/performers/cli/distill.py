@@ -71,7 +71,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--hidden-weight",
         type=float,
         default=1.0,
-        help="weight of the hidden-state MSE, every layer (default 1)",
+        help="weight of the hidden-state MSE, every layer",
     )
     p.add_argument(
         "--logit-weight", type=float, default=1.0, help="weight of the logit KL when the model has logits"

@@ -69,6 +69,10 @@ def max_length_of(model, requested: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit must be >= 0, got {args.limit}")
     model, tokenizer = load_trained(args.model, attention=args.attention)
     task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
     max_length = max_length_of(model, args.max_length)
