@@ -181,14 +181,17 @@ def test_convert_refuses_an_unsupported_hugging_face_family(unsupported_hf, tmp_
         (["prepare", "{fasta}", "--out", "{tmp}/p", "--valid-fraction", "2"], "--valid-fraction: "),
         (["train", "--batch-size", "0"], "--batch-size: batch_size must be >= 1, got 0"),
         (["train", "--d-model", "15"], "--d-model: "),
+        (["train", "--max-length", "1"], "--max-length: max_length must be >= 3"),
+        (["score", "{mlm}", "{fasta}", "--out", "{tmp}/no/s.csv"], "--out {tmp}/no/s.csv: no such directory"),
         (["distill", "m", "--temperature", "0"], "--temperature: "),
     ],
 )
 def test_a_bad_value_names_its_option(argv, expected, model_dir, causal_dir, tmp_path, capsys):
     fasta = tmp_path / "ok.fa"
     fasta.write_text(">a\nMKVLA\n")
-    argv = [a.format(mlm=model_dir, clm=causal_dir, fasta=fasta, tmp=tmp_path) for a in argv]
-    assert expected in one_error_line(capsys, argv, argv[0])
+    values = {"mlm": model_dir, "clm": causal_dir, "fasta": fasta, "tmp": tmp_path}
+    argv = [a.format(**values) for a in argv]
+    assert expected.format(**values) in one_error_line(capsys, argv, argv[0])
 
 
 def test_a_bad_option_value_names_the_option(model_dir, capsys):

@@ -7,7 +7,13 @@ import argparse
 import time
 
 from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
-from performers.cli.options import add_crop_option, add_protein_model_options, load_model, read_records
+from performers.cli.options import (
+    add_crop_option,
+    add_protein_model_options,
+    check_output_file,
+    load_model,
+    read_records,
+)
 from performers.experiments.embedding import (
     crop_proteins,
     embed_proteins,
@@ -52,6 +58,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith((".npz", ".safetensors")):
         raise UsageError(f"--out {args.out}: must end in .npz or .safetensors")
+    check_output_file(args.out)
     records = read_records(args.input)
     model, tokenizer = load_model(args)
     num_layers = model.config.num_layers

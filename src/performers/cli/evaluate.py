@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from performers.cli.common import UsageError
+from performers.cli.options import check_output_file
 from performers.experiments import evaluate_model, evaluate_per_sequence, load_trained, write_csv
 from performers.experiments.protein_evaluation import evaluation_proteins, protein_ids
 from performers.models import PerformerForCausalLM
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 0:
         raise UsageError(f"--limit must be >= 0, got {args.limit}")
+    check_output_file(args.per_sequence, "--per-sequence")
     model, tokenizer = load_trained(args.model, attention=args.attention)
     task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
     max_length = max_length_of(model, args.max_length)

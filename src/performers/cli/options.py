@@ -56,6 +56,7 @@ __all__ = [
     "add_resume_option",
     "add_run_options",
     "add_training_options",
+    "check_output_file",
     "check_resume_overwrite",
     "data_from_args",
     "device_from_args",
@@ -126,7 +127,7 @@ def model_config_from_args(args: argparse.Namespace, *, attention: str = "favor"
         UsageError: a value the model cannot take, naming its option.
     """
     favor = favor_config_from_args(args)
-    names = options_named(args.command_parser, MODEL_FIELDS)
+    names = options_named(args.command_parser, {**MODEL_FIELDS, "max_length": "max_length"})
     with user_errors_named(names, "model options"):
         return protein_model_config(
             d_model=args.d_model,
@@ -383,6 +384,12 @@ def load_model(args: argparse.Namespace):
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load the model: {error}") from None
     return model.to(device=device_from_args(args), dtype=DTYPES[args.dtype]), tokenizer
+
+
+def check_output_file(path: str | None, option: str = "--out") -> None:
+    """Refuse an output file whose directory does not exist (before any work is done)."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise UsageError(f"{option} {path}: no such directory {Path(path).parent}")
 
 
 def read_records(path: str, option: str = "input") -> list[FastaRecord]:

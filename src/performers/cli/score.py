@@ -7,7 +7,13 @@ import argparse
 import time
 
 from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
-from performers.cli.options import add_crop_option, add_protein_model_options, load_model, read_records
+from performers.cli.options import (
+    add_crop_option,
+    add_protein_model_options,
+    check_output_file,
+    load_model,
+    read_records,
+)
 from performers.experiments.scoring import score_proteins, variant_effects
 from performers.models import PerformerForCausalLM
 from performers.utils import write_csv
@@ -49,6 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.wildtype is not None and args.max_length is not None:
         raise UsageError("--max-length cannot crop variants (mutations must keep their positions)")
+    check_output_file(args.out)
     records = read_records(args.input)
     wildtype = None
     if args.wildtype is not None:

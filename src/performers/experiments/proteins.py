@@ -65,7 +65,14 @@ def protein_model_config(
     """A :class:`~performers.PerformerConfig` for protein sequences: the vocabulary and padding id
     of ``tokenizer`` (default :class:`ProteinTokenizer`) and the given sizes (defaults: the demo's
     small model). ``position="learned"`` limits the model to ``max_length`` tokens;
-    ``"rotary"`` has no limit (embed or score proteins of any length)."""
+    ``"rotary"`` has no limit (embed or score proteins of any length).
+
+    Raises:
+        ValueError: ``max_length`` below 3 (``<cls>``, a residue, ``<eos>``), or a field
+            :class:`~performers.PerformerConfig` refuses.
+    """
+    if max_length < 3:
+        raise ValueError(f"max_length must be >= 3 (<cls>, a residue, <eos>), got {max_length}")
     tokenizer = tokenizer or ProteinTokenizer()
     return PerformerConfig(
         vocab_size=len(tokenizer),
