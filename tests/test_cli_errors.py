@@ -182,6 +182,8 @@ def test_convert_refuses_an_unsupported_hugging_face_family(unsupported_hf, tmp_
         (["train", "--batch-size", "0"], "--batch-size: batch_size must be >= 1, got 0"),
         (["train", "--d-model", "15"], "--d-model: "),
         (["train", "--max-length", "1"], "--max-length: max_length must be >= 3"),
+        (["train", "--lr", "-1"], "--lr: learning_rate must be >= 0, got -1.0"),
+        (["finetune", "--lr", "-1"], "--lr: learning_rate must be >= 0, got -1.0"),
         (["score", "{mlm}", "{fasta}", "--out", "{tmp}/no/s.csv"], "--out {tmp}/no/s.csv: no such directory"),
         (["distill", "m", "--temperature", "0"], "--temperature: "),
     ],
