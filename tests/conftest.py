@@ -39,3 +39,28 @@ def bf16_relative_bound(q: torch.Tensor, k: torch.Tensor, norm: float) -> float:
     x_sq = max(q.float().square().sum(-1).max().item(), k.float().square().sum(-1).max().item())
     x_sq *= q.shape[-1] ** -0.5  # x̃ = x·D^(-1/4)
     return BF16_UNIT_ROUNDOFF * (2 + norm * x_sq / 2)
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(argv, match=None)``: run ``performers.cli.main(argv)`` expecting a user error —
+    exit status 2, one line ``performers CMD: error: MESSAGE`` last on stderr, no traceback —
+    and return that line (``match``: a regular expression it must contain)."""
+    import re
+
+    from performers.cli import main
+
+    def run(argv: list[str], match: str | None = None) -> str:
+        capsys.readouterr()
+        status = main(argv)
+        err = capsys.readouterr().err
+        # The error is the last line (a progress bar, e.g. of Hugging Face weights, may precede it).
+        lines = err.strip().splitlines()
+        assert status == 2, (status, err)
+        assert lines and lines[-1].startswith("performers ") and ": error: " in lines[-1], err
+        assert sum(": error: " in line for line in lines) == 1 and "Traceback" not in err, err
+        if match is not None:
+            assert re.search(match, lines[-1]), (match, lines[-1])
+        return lines[-1]
+
+    return run

@@ -1,8 +1,6 @@
 import json
 from pathlib import Path
 
-import pytest
-
 from performers.cli import main
 
 TINY = [
@@ -117,16 +115,14 @@ def test_finetune_random_init_control_has_the_pretrained_architecture_and_fresh_
     assert "random initialization (architecture of" in capsys.readouterr().out
 
 
-def test_config_file_sets_options_and_the_command_line_wins(tmp_path, capsys):
+def test_config_file_sets_options_and_the_command_line_wins(tmp_path, capsys, cli_error):
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"steps": 2, "d_model": 16, "task": "clm", "out": str(tmp_path / "a")}))
     assert main(["train", *TINY, "--config", str(config)]) == 0  # TINY says --steps 4 and --d-model 16
     steps = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     config.write_text(json.dumps({"stepz": 2}))
-    with pytest.raises(SystemExit):
-        main(["train", "--config", str(config)])
-    assert "unknown option(s) stepz" in capsys.readouterr().err
+    assert "unknown option(s) stepz" in cli_error(["train", "--config", str(config)])
 
 
 def test_two_processes_data_or_context_parallel_match_one_process_with_the_same_global_batch(tmp_path):
@@ -164,11 +160,15 @@ def test_two_processes_data_or_context_parallel_match_one_process_with_the_same_
         assert (tmp_path / name / "metrics.jsonl").read_text().count("\n") == 4  # rank 0 logs once per step
 
 
-def test_context_parallel_options_are_checked(capsys):
-    with pytest.raises(SystemExit, match=r"--context-parallel 2 must divide the number of processes \(1\)"):
-        main(["train", *TINY, "--context-parallel", "2"])
-    with pytest.raises(SystemExit, match=r"--context-parallel needs FAVOR\+ attention"):
-        main(["train", *TINY, "--context-parallel", "2", "--attention", "exact"])
+def test_context_parallel_options_are_checked(capsys, cli_error):
+    cli_error(
+        ["train", *TINY, "--context-parallel", "2"],
+        match=r"--context-parallel 2 must divide the number of processes \(1\)",
+    )
+    cli_error(
+        ["train", *TINY, "--context-parallel", "2", "--attention", "exact"],
+        match=r"--context-parallel needs FAVOR\+ attention",
+    )
 
 
 def test_every_option_of_every_command_has_help():
@@ -190,7 +190,7 @@ def test_every_option_of_every_command_has_help():
     assert not missing, f"options without --help text: {missing}"
 
 
-def test_finetune_on_your_own_labelled_fasta_and_on_gb1(tmp_path, capsys):
+def test_finetune_on_your_own_labelled_fasta_and_on_gb1(tmp_path, capsys, cli_error):
     sequences = tmp_path / "s.fasta"
     labels = tmp_path / "l.fasta"
     records = [(f"p{i}", "MKVACDEFGHIK"[: 6 + i % 6]) for i in range(12)]
@@ -248,5 +248,4 @@ def test_finetune_on_your_own_labelled_fasta_and_on_gb1(tmp_path, capsys):
         == 0
     )
     assert "test Spearman" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="choose one of"):
-        main(["finetune", "--task", "gb1", "--targets", str(labels)])
+    cli_error(["finetune", "--task", "gb1", "--targets", str(labels)], match="choose one of")

@@ -229,27 +229,30 @@ def test_cli_writes_embeddings_and_says_what_it_wrote(tmp_path, capsys):
         torch.testing.assert_close(loaded[name], expected[name], rtol=1e-5, atol=1e-6)
 
 
-def test_cli_errors(tmp_path):
+def test_cli_errors(tmp_path, cli_error):
     directory = save_model(tiny_model("mlm", max_positions=12).float(), tmp_path / "model")
     fasta = write_fasta(tmp_path / "in.fasta", PROTEINS)
     out = str(tmp_path / "e.npz")
-    with pytest.raises(SystemExit, match=r"'P1' has 14 residues.*at most 10"):
-        main(["embed", str(directory), str(fasta), "--out", out])
+    cli_error(["embed", str(directory), str(fasta), "--out", out], match=r"'P1' has 14 residues.*at most 10")
     repeated = write_fasta(tmp_path / "rep.fasta", [*PROTEINS, ("P3", "MKV")])
-    with pytest.raises(SystemExit, match="'P3' appears twice"):
-        main(["embed", str(directory), str(repeated), "--out", out, "--max-length", "12"])
+    cli_error(
+        ["embed", str(directory), str(repeated), "--out", out, "--max-length", "12"],
+        match="'P3' appears twice",
+    )
     empty = tmp_path / "empty.fasta"
     empty.write_text("")
-    with pytest.raises(SystemExit, match=r"empty\.fasta: no FASTA records"):
-        main(["embed", str(directory), str(empty), "--out", out])
+    cli_error(["embed", str(directory), str(empty), "--out", out], match=r"empty\.fasta: no FASTA records")
     broken = tmp_path / "broken.fasta"
     broken.write_text("MKV\n")
-    with pytest.raises(SystemExit, match=r"broken\.fasta:1"):
-        main(["embed", str(directory), str(broken), "--out", out])
-    with pytest.raises(SystemExit, match=r"must end in \.npz or \.safetensors"):
-        main(["embed", str(directory), str(fasta), "--out", str(tmp_path / "e.txt")])
-    with pytest.raises(SystemExit, match="layer must be"):
-        main(["embed", str(directory), str(fasta), "--out", out, "--max-length", "12", "--layer", "5"])
+    cli_error(["embed", str(directory), str(broken), "--out", out], match=r"broken\.fasta:1")
+    cli_error(
+        ["embed", str(directory), str(fasta), "--out", str(tmp_path / "e.txt")],
+        match=r"must end in \.npz or \.safetensors",
+    )
+    cli_error(
+        ["embed", str(directory), str(fasta), "--out", out, "--max-length", "12", "--layer", "5"],
+        match="layer must be",
+    )
     assert not (tmp_path / "e.npz").exists()
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from performers import FavorConfig, PerformerConfig
 from performers.cli import build_parser
+from performers.cli.common import UsageError
 from performers.cli.favor_options import favor_config_from_args
 from performers.ops import DEFAULT_CHUNK_SIZE, KERNELS
 
@@ -110,5 +111,5 @@ def test_the_cli_declares_the_favor_options_once_with_registry_choices(capsys):
     assert "invalid choice: 'gauss'" in capsys.readouterr().err
     for name in KERNELS:
         assert build_parser().parse_args(["distill", "m", "--kernel", name]).kernel == name
-    with pytest.raises(SystemExit, match=r"FAVOR options: FavorConfig.num_features: kernel 'softmax' needs"):
+    with pytest.raises(UsageError, match=r"--num-features: FavorConfig.num_features: kernel 'softmax' needs"):
         favor_config_from_args(build_parser().parse_args(["train", "--num-features", "0"]))

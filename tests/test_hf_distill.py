@@ -121,7 +121,7 @@ def test_logit_and_task_losses_for_a_causal_lm():
         distillation_loss(t, s, None, DistillConfig(hidden_weight=0, logit_weight=0, task_weight=0))
 
 
-def test_cli_convert_and_distill(tokenizer, tmp_path, capsys):
+def test_cli_convert_and_distill(tokenizer, tmp_path, capsys, cli_error):
     source = tmp_path / "original"
     _tiny_bert(len(tokenizer)).save_pretrained(source)
     tokenizer.save_pretrained(source)
@@ -143,5 +143,7 @@ def test_cli_convert_and_distill(tokenizer, tmp_path, capsys):
     student = performerize(AutoModel.from_pretrained(out / "final", attn_implementation="favor"))
     assert [m.favor.projection.shape for _, m in attention_modules(student)] == [(8, 8), (8, 8)]
     assert (out / "checkpoints").is_dir()
-    with pytest.raises(SystemExit, match="already a FAVOR"):
-        main(["distill", str(tmp_path / "favor"), "--out", str(tmp_path / "x"), "--texts", str(texts)])
+    cli_error(
+        ["distill", str(tmp_path / "favor"), "--out", str(tmp_path / "x"), "--texts", str(texts)],
+        match="already a FAVOR",
+    )

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
-from performers.cli import build_parser, config_defaults, main
+from performers.cli import build_parser, main
 from performers.cli.common import UsageError
+from performers.cli.config_file import config_defaults
 from performers.proteins import (
     FastaError,
     ProteinTokenizer,
@@ -172,7 +173,7 @@ def test_config_values_of_the_right_type_are_taken():
     assert config_defaults(generate, {"allow_unknown": True}) == {"allow_unknown": True}
 
 
-def test_a_bad_config_value_is_one_line_from_the_command_line(tmp_path, capsys):
+def test_a_bad_config_value_is_one_line_from_the_command_line(tmp_path, cli_error):
     config = tmp_path / "run.json"
     for values, expected in (
         ({"resume": "no"}, "resume: expected true or false"),
@@ -180,15 +181,10 @@ def test_a_bad_config_value_is_one_line_from_the_command_line(tmp_path, capsys):
         ({"func": "main"}, "unknown option(s) func"),
     ):
         config.write_text(json.dumps(values))
-        with pytest.raises(SystemExit) as exit_info:
-            main(["train", "--config", str(config)])
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err
-        assert f"performers train: error: --config {config}: {expected}" in err and "Traceback" not in err
+        line = cli_error(["train", "--config", str(config)])
+        assert line.startswith(f"performers train: error: --config {config}: {expected}"), line
     config.write_bytes(b'{"steps": "caf\xe9"}')
-    with pytest.raises(SystemExit):
-        main(["train", "--config", str(config)])
-    assert "cannot read a JSON object" in capsys.readouterr().err
+    assert "cannot read a JSON object" in cli_error(["train", "--config", str(config)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,13 +259,11 @@ def test_a_tokenizer_file_that_is_not_utf8_or_not_an_object_names_the_file(tmp_p
         ProteinTokenizer.load(path)
 
 
-def test_evaluate_on_a_truncated_gzip_fasta_is_one_line(tmp_path, capsys):
+def test_evaluate_on_a_truncated_gzip_fasta_is_one_line(tmp_path, cli_error):
     directory = _model_dir(tmp_path, PerformerForMaskedLM)
     data = tmp_path / "x.fasta.gz"
     data.write_bytes(gzip.compress(b">a\nMKV\n" * 2000)[:-40])
-    with pytest.raises(SystemExit) as exit_info:
-        main(["evaluate", str(directory), "--data", str(data)])
-    assert "x.fasta.gz: truncated gzip file" in str(exit_info.value.code)
+    cli_error(["evaluate", str(directory), "--data", str(data)], match=r"x\.fasta\.gz: truncated gzip file")
 
 
 # ---------------------------------------------------------------------------------------------

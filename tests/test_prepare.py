@@ -341,7 +341,7 @@ def test_bad_arguments(tmp_path, sample):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_command_line_end_to_end(tmp_path, sample, capsys):
+def test_the_command_line_end_to_end(tmp_path, sample, capsys, cli_error):
     path = write_fasta(tmp_path / "x.fa.gz", sample, gz=True)
     assert (
         main(["prepare", str(path), "--out", str(tmp_path / "a"), "--dedupe", "--shard-tokens", "5000"]) == 0
@@ -353,13 +353,15 @@ def test_the_command_line_end_to_end(tmp_path, sample, capsys):
     assert main(args) == 0
     assert len(PreparedDataset(tmp_path / "b", "test")) == 150
     assert main(["prepare", str(path), "--out", str(tmp_path / "c"), "--valid-fraction", "0.5"]) == 0
-    with pytest.raises(SystemExit, match=r"performers prepare: .*already exists"):
-        main(["prepare", str(path), "--out", str(tmp_path / "c")])
-    with pytest.raises(SystemExit, match="not both"):
-        main(["prepare", str(path), "--out", str(tmp_path / "d"), "--train", str(path)])
+    cli_error(
+        ["prepare", str(path), "--out", str(tmp_path / "c")], match=r"performers prepare: .*already exists"
+    )
+    cli_error(["prepare", str(path), "--out", str(tmp_path / "d"), "--train", str(path)], match="not both")
     (tmp_path / "bad.fa").write_text(">a split=train\nMJ\n")
-    with pytest.raises(SystemExit, match=r"bad.fa:2: illegal character 'J'"):
-        main(["prepare", str(tmp_path / "bad.fa"), "--out", str(tmp_path / "d")])
+    cli_error(
+        ["prepare", str(tmp_path / "bad.fa"), "--out", str(tmp_path / "d")],
+        match=r"bad.fa:2: illegal character 'J'",
+    )
     assert (
         main(["prepare", str(tmp_path / "bad.fa"), str(path), "--out", str(tmp_path / "d"), "--skip-invalid"])
         == 0

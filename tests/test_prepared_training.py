@@ -47,7 +47,9 @@ def test_training_on_the_prepared_corpus_equals_training_on_the_fasta(tmp_path, 
     assert re.match(metrics, from_fasta).group() == re.match(metrics, from_prepared).group()
 
 
-def test_train_on_fasta_files_prepares_a_cache_once_and_evaluates_per_protein(tmp_path, monkeypatch, capsys):
+def test_train_on_fasta_files_prepares_a_cache_once_and_evaluates_per_protein(
+    tmp_path, monkeypatch, capsys, cli_error
+):
     monkeypatch.setenv("PERFORMERS_CACHE", str(tmp_path / "cache"))
     records = []
     with open(tmp_path / "all.fasta", "w") as handle:
@@ -89,10 +91,8 @@ def test_train_on_fasta_files_prepares_a_cache_once_and_evaluates_per_protein(tm
     assert [r["id"] for r in rows] == [name for name, _ in records]
     assert {"length", "tokens", "loss", "perplexity", "accuracy"} <= set(rows[0])
     assert int(rows[1]["length"]) == 20  # residues, not tokens
-    with pytest.raises(SystemExit, match="not a prepared dataset"):
-        main(["train", *small, "--data", str(tmp_path)])
-    with pytest.raises(SystemExit, match="are both needed"):
-        main(["train", *small, "--train", str(train)])
+    cli_error(["train", *small, "--data", str(tmp_path)], match="not a prepared dataset")
+    cli_error(["train", *small, "--train", str(train)], match="are both needed")
 
 
 def test_two_process_ddp_on_a_prepared_dataset_equals_one_process(tmp_path, corpus):

@@ -150,24 +150,22 @@ def test_a_checkpoint_without_a_stored_run_still_resumes(tmp_path):
     assert "the model's parameters differ" in str(error) and "(32,) → (64,)" in str(error)
 
 
-def test_cli_resume_names_the_options_that_differ(tmp_path, capsys):
+def test_cli_resume_names_the_options_that_differ(tmp_path, capsys, cli_error):
     out = ["--out", str(tmp_path)]
     assert main([*TINY, *out]) == 0
-    with pytest.raises(SystemExit) as caught:
-        main(
-            [*TINY, *out, "--resume", "--steps", "4", "--lr", "0.0003", "--d-model", "32", "--kernel", "relu"]
-        )
-    message = str(caught.value)
-    assert message.startswith("performers: error: ") and "\n" not in message
+    message = cli_error(
+        [*TINY, *out, "--resume", "--steps", "4", "--lr", "0.0003", "--d-model", "32", "--kernel", "relu"]
+    )
+    assert message.startswith("performers train: error: ")
     assert "--resume refused" in message
     for change in ("--lr 0.002 → 0.0003", "--d-model 16 → 32", "--kernel softmax → relu"):
         assert change in message, message
     assert "--steps" not in message  # may change
-    with pytest.raises(SystemExit, match=re.escape("--train-limit 16 → 8")):
-        main([*TINY, *out, "--resume", "--train-limit", "8"])
-    with pytest.raises(SystemExit, match=re.escape("--max-length 32 → 48")) as caught:
-        main([*TINY, *out, "--resume", "--max-length", "48"])
-    assert str(caught.value).count("--max-length") == 1  # one option, two fields: named once
+    cli_error([*TINY, *out, "--resume", "--train-limit", "8"], match=re.escape("--train-limit 16 → 8"))
+    message = cli_error(
+        [*TINY, *out, "--resume", "--max-length", "48"], match=re.escape("--max-length 32 → 48")
+    )
+    assert message.count("--max-length") == 1  # one option, two fields: named once
     assert main([*TINY, *out, "--resume", "--steps", "3", "--eval-every", "3", "--workers", "1"]) == 0
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]

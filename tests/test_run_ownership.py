@@ -43,13 +43,12 @@ def holder(tmp_path):
         proc.wait()
 
 
-def test_a_second_run_into_a_locked_directory_stops_at_once_naming_the_holder(holder):
+def test_a_second_run_into_a_locked_directory_stops_at_once_naming_the_holder(holder, cli_error):
     out, proc = holder
     with pytest.raises(DirectoryLockedError, match=rf"in use by another run \(pid {proc.pid} on host "):
         run(out, "clm", max_steps=1)
     assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
-    with pytest.raises(SystemExit, match=rf"pid {proc.pid} on host {socket.gethostname()}"):
-        main([*TINY_TRAIN, "--out", str(out)])
+    cli_error([*TINY_TRAIN, "--out", str(out)], match=rf"pid {proc.pid} on host {socket.gethostname()}")
 
 
 def test_the_lock_of_a_killed_run_is_taken_over(holder):
@@ -117,13 +116,14 @@ def test_overwrite_moves_only_the_earlier_run_aside(tmp_path):
     assert move_aside(out).name.startswith("run.old-") and len(list(tmp_path.glob("run.old-*"))) == 2
 
 
-def test_cli_train_refuses_a_used_directory_unless_resume_or_overwrite(tmp_path, capsys):
+def test_cli_train_refuses_a_used_directory_unless_resume_or_overwrite(tmp_path, capsys, cli_error):
     out = tmp_path / "out"
     assert main([*TINY_TRAIN, "--out", str(out)]) == 0
-    with pytest.raises(SystemExit, match=r"holds an earlier run \(checkpoints .*final/\).*--overwrite"):
-        main([*TINY_TRAIN, "--seed", "3", "--out", str(out)])
-    with pytest.raises(SystemExit, match="not both"):
-        main([*TINY_TRAIN, "--out", str(out), "--resume", "--overwrite"])
+    cli_error(
+        [*TINY_TRAIN, "--seed", "3", "--out", str(out)],
+        match=r"holds an earlier run \(checkpoints .*final/\).*--overwrite",
+    )
+    cli_error([*TINY_TRAIN, "--out", str(out), "--resume", "--overwrite"], match="not both")
     assert main([*TINY_TRAIN, "--seed", "3", "--out", str(out), "--overwrite"]) == 0
     (old,) = tmp_path.glob("out.old-*")
     assert (old / "final" / "model.safetensors").is_file()

@@ -202,36 +202,41 @@ def test_cli_scores_and_variant_effects(tmp_path, capsys, task):
     )
 
 
-def test_cli_errors(tmp_path):
+def test_cli_errors(tmp_path, cli_error):
     directory = save_model(tiny_model("mlm").float(), tmp_path / "model")
     wildtype = write_fasta(tmp_path / "wt.fasta", [WILDTYPE])
     variants = write_fasta(tmp_path / "variants.fasta", [*VARIANTS, ("short", "MKV")])
     out = str(tmp_path / "s.csv")
-    with pytest.raises(SystemExit, match="variant 'short' has 3 residues"):
-        main(["score", str(directory), str(variants), "--wildtype", str(wildtype), "--out", out])
+    cli_error(
+        ["score", str(directory), str(variants), "--wildtype", str(wildtype), "--out", out],
+        match="variant 'short' has 3 residues",
+    )
     two = write_fasta(tmp_path / "two.fasta", VARIANTS[:2])
-    with pytest.raises(SystemExit, match=r"two\.fasta: expected one record, found 2"):
-        main(["score", str(directory), str(variants), "--wildtype", str(two), "--out", out])
-    with pytest.raises(SystemExit, match="--max-length cannot crop variants"):
-        main(
-            [
-                "score",
-                str(directory),
-                str(variants),
-                "--wildtype",
-                str(wildtype),
-                "--out",
-                out,
-                "--max-length",
-                "9",
-            ]
-        )
+    cli_error(
+        ["score", str(directory), str(variants), "--wildtype", str(two), "--out", out],
+        match=r"two\.fasta: expected one record, found 2",
+    )
+    cli_error(
+        [
+            "score",
+            str(directory),
+            str(variants),
+            "--wildtype",
+            str(wildtype),
+            "--out",
+            out,
+            "--max-length",
+            "9",
+        ],
+        match="--max-length cannot crop variants",
+    )
     empty = tmp_path / "empty.fasta"
     empty.write_text("")
-    with pytest.raises(SystemExit, match=r"empty\.fasta: no FASTA records"):
-        main(["score", str(directory), str(empty), "--out", out])
-    with pytest.raises(SystemExit, match=r"cannot load the model: .*missing/config\.json"):
-        main(["score", str(tmp_path / "missing"), str(wildtype), "--out", out])
+    cli_error(["score", str(directory), str(empty), "--out", out], match=r"empty\.fasta: no FASTA records")
+    cli_error(
+        ["score", str(tmp_path / "missing"), str(wildtype), "--out", out],
+        match=r"cannot load the model: .*missing/config\.json",
+    )
     assert not (tmp_path / "s.csv").exists()
 
 

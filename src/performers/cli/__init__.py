@@ -1,37 +1,35 @@
 """The ``performers`` command line: one module per command (``add_parser`` + ``run``), each a thin
-layer over a documented Python function of the library.
+layer that parses, calls a documented function of a package below and prints.
 
 Commands: ``demo``, ``prepare``, ``train``, ``evaluate``, ``embed``, ``score``, ``generate``,
 ``finetune`` (proteins), ``convert``, ``diagnose`` (FAVOR's error on a model's own attention),
-``distill`` (Hugging Face models), ``bench ...`` (measurements). The FAVOR options of every
-command come from :func:`performers.cli.favor_options.add_favor_options`.
+``distill`` (Hugging Face models), ``bench ...`` (measurements). Commands never import each
+other: what two share lives in :mod:`performers.cli.options` (option groups, model and FASTA
+loading), :mod:`performers.cli.favor_options` (the FAVOR options, declared once) and
+:mod:`performers.cli.common` (parser, help format, errors); ``--config FILE`` is
+:mod:`performers.cli.config_file`.
 
-Errors: what describes the user's input (:data:`performers.cli.common.USER_ERRORS`: a missing or
-unreadable file, malformed FASTA, a model directory that cannot be loaded as written, an option
-the model cannot honour, a refused resume, ...) is printed as one line,
-``performers CMD: error: MESSAGE``, with exit status 2; anything else is a bug and keeps its
-traceback. ``performers --debug CMD ...`` (or ``PERFORMERS_DEBUG=1``) shows the traceback of
-every error.
+Errors, one path (:mod:`performers.cli.common`): a command raises; a user error
+(:data:`~performers.cli.common.USER_ERRORS`: a missing or unreadable file, malformed FASTA, a
+model directory that cannot be loaded as written, an unsupported model family, an option the
+model cannot honour, a refused resume, ...) is printed as one line on stderr,
+``performers CMD: error: MESSAGE``, with exit status 2 and no traceback; anything else is a bug
+and keeps its traceback. ``performers --debug CMD ...`` (or ``PERFORMERS_DEBUG=1``) shows the
+traceback of every error. A command line that cannot be parsed (an unknown option, a value that
+is not a number) gives the same one line and status 2.
 
-``--config FILE``: a JSON object of option values (keys as the long options, ``-`` or ``_``),
-used as defaults that the command line overrides. Each value is checked against its option as
-the command line would be, but by JSON type: ``true``/``false`` for flags (``"no"`` is not a
-boolean), integers for integer options (``true`` is not an integer), numbers for float options,
-strings for text options, one of the choices where there are choices, a list for options that
-take several values, ``null`` only where the option's default is "not set". Unknown keys,
-positional arguments and the command's internals (``command``, ``run``, ``config``, ...) are
-refused.
+Adding a command: a module ``performers/cli/NAME.py`` with ``HELP``, ``add_parser(subparsers)``
+(options from the helpers above; ``--help`` shows each default) and ``run(args) -> int`` that
+calls one documented function of :mod:`performers.experiments` (or below) and prints; it raises
+:class:`~performers.cli.common.UsageError` (or lets the library's typed errors through) for what
+the user must fix. Add it to :data:`COMMANDS` and to the ``cli-commands`` import-linter contract.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
-from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -49,7 +47,8 @@ from performers.cli import (
     score,
     train,
 )
-from performers.cli.common import USER_ERRORS, CommandParser, Option, UsageError, register
+from performers.cli.common import USER_ERRORS, CommandParser, register
+from performers.cli.config_file import with_config_file
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -87,168 +86,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# How each declared ``action=`` takes a config value; any other (help, version, store_const,
-# a custom Action) cannot be set from a file.
-_FLAGS = ("store_true", "store_false", argparse.BooleanOptionalAction)
-_VALUES = ("store", "append", "extend")
-
-
-def config_options(parser: argparse.ArgumentParser) -> dict[str, Option]:
-    """The options of ``parser`` (a :class:`~performers.cli.common.CommandParser`) a ``--config``
-    file may name, by key: each option's ``dest`` and its long names (``max-length`` and
-    ``max_length`` alike). Positional arguments and ``--config`` itself are not among them."""
-    options: dict[str, Option] = {}
-    for option in getattr(parser, "options", []):
-        action = option.action
-        if not action.option_strings or action.dest in ("config", "help"):
-            continue
-        options[action.dest] = option
-        for name in action.option_strings:
-            if name.startswith("--"):
-                options[name[2:].replace("-", "_")] = option
-    return options
-
-
-def _positionals(parser: argparse.ArgumentParser) -> set[str]:
-    return {o.action.dest for o in getattr(parser, "options", []) if not o.action.option_strings}
-
-
-def _expected(action: argparse.Action) -> str:
-    """What one value of ``action`` must be, in JSON terms."""
-    if action.choices is not None:
-        return "one of " + ", ".join(json.dumps(c) for c in action.choices)
-    if action.type is int:
-        return "an integer"
-    if action.type is float:
-        return "a number"
-    if action.type in (None, str):
-        return "a string"
-    return "a value the command line accepts"
-
-
-def _config_scalar(action: argparse.Action, key: str, value: Any) -> Any:
-    """One value for ``action``, checked by JSON type (never coerced: ``true`` is not 1)."""
-    wrong = UsageError(f"{key}: expected {_expected(action)}, got {json.dumps(value)}")
-    if value is None:
-        if action.default is None:
-            return None  # the option's own "not set"
-        raise wrong
-    if isinstance(value, (bool, list, dict)):
-        raise wrong
-    if action.type is int:
-        if not isinstance(value, int):
-            raise wrong
-    elif action.type is float:
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise wrong
-        value = float(value)
-    elif action.type in (None, str):
-        if not isinstance(value, str):
-            raise wrong
-    else:  # a parsing function of the command line (e.g. "0 means none"): give it the text
-        try:
-            value = action.type(str(value))
-        except (argparse.ArgumentTypeError, TypeError, ValueError) as error:
-            raise UsageError(f"{key}: {error} (got {json.dumps(value)})") from None
-    if action.choices is not None and value not in action.choices:
-        raise wrong
-    return value
-
-
-def _config_value(option: Option, key: str, value: Any) -> Any:
-    """``value`` checked against ``option`` as the command line would check it, or UsageError."""
-    action = option.action
-    if option.kind in _FLAGS:
-        if not isinstance(value, bool):
-            raise UsageError(f"{key}: expected true or false (a JSON boolean), got {json.dumps(value)}")
-        return value
-    if option.kind == "count":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UsageError(f"{key}: expected a count (an integer >= 0), got {json.dumps(value)}")
-        return value
-    if option.kind not in _VALUES:
-        raise UsageError(f"{key}: cannot be set from a config file")
-    several = option.kind != "store" or action.nargs in ("+", "*") or isinstance(action.nargs, int)
-    if not several:
-        return _config_scalar(action, key, value)
-    if not isinstance(value, list):
-        raise UsageError(
-            f"{key}: expected a list of values ({_expected(action)} each), got {json.dumps(value)}"
-        )
-    if action.nargs == "+" and not value:
-        raise UsageError(f"{key}: expected at least one value, got []")
-    return [_config_scalar(action, key, item) for item in value]
-
-
-def config_defaults(parser: argparse.ArgumentParser, values: dict[str, Any]) -> dict[str, Any]:
-    """``{dest: value}`` of a ``--config`` object for the command ``parser``, each value checked
-    against its option (see the module docstring).
-
-    Raises:
-        UsageError: an unknown key, a positional argument or an internal key, or a value of the
-            wrong JSON type or outside the choices (naming the key and what was expected).
-    """
-    options = config_options(parser)
-    unknown = sorted(key for key in values if key.replace("-", "_") not in options)
-    if unknown:
-        positional = [k for k in unknown if k.replace("-", "_") in _positionals(parser)]
-        if positional:
-            raise UsageError(f"{', '.join(positional)}: a positional argument; give it on the command line")
-        raise UsageError(f"unknown option(s) {', '.join(unknown)} (options of this command: see --help)")
-    defaults: dict[str, Any] = {}
-    for key, value in values.items():
-        option = options[key.replace("-", "_")]
-        dest = option.action.dest
-        if dest in defaults:
-            raise UsageError(f"{key}: option {dest!r} is given twice")
-        defaults[dest] = _config_value(option, key, value)
-    return defaults
-
-
-def with_config_file(parser: argparse.ArgumentParser, argv: list[str], args: argparse.Namespace):
-    """Re-parse with the ``--config`` file's values as defaults, so explicit options still win."""
-    path = Path(args.config)
-    command = args.command_parser  # the parser of the (innermost) command
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        command.error(f"--config {path}: cannot read a JSON object ({error})")
-    if not isinstance(values, dict):
-        command.error(f"--config {path}: expected a JSON object of option values")
-    try:
-        defaults = config_defaults(command, values)
-    except UsageError as error:
-        command.error(f"--config {path}: {error}")
-    command.set_defaults(**defaults)
-    return parser.parse_args(argv)
-
-
-def _debug() -> bool:
-    return os.environ.get("PERFORMERS_DEBUG", "") not in ("", "0")
+def _debug(args: argparse.Namespace | None) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("PERFORMERS_DEBUG", "") not in ("", "0")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``performers ARGV`` (default ``sys.argv[1:]``); returns the exit status.
 
     A user error (:data:`~performers.cli.common.USER_ERRORS`) is printed as one line on stderr,
-    ``performers CMD: error: MESSAGE``, and returns 2; other exceptions propagate (bugs).
+    ``performers CMD: error: MESSAGE``, and returns 2 (``--debug``: raised with its traceback);
+    other exceptions propagate (bugs).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        args = with_config_file(parser, argv, args)
-    args.argv = argv
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported by the command's own parser: "performers CMD: error: ..."
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        if getattr(args, "config", None):
+            args = with_config_file(parser, argv, args)
+        args.argv = argv
+        torch.set_num_threads(max(1, torch.get_num_threads()))
         return args.run(args)
     except USER_ERRORS as error:
-        if args.debug or _debug():
+        if _debug(args):
             raise
         print(f"{args.command_parser.prog}: error: {_one_line(error)}", file=sys.stderr)
         return 2
 
 
 def _one_line(error: BaseException) -> str:
-    """The error's message (an OSError's includes its file name), never empty."""
-    return str(error) or type(error).__name__
+    """The error's message on one line (an OSError's includes its file name), never empty."""
+    text = str(error)
+    if "\n" in text:
+        text = " ".join(text.split())
+    return text or type(error).__name__

@@ -1,41 +1,97 @@
-"""Small helpers of the command modules, and what the command line reports as a user error."""
+"""What every command module uses: the parser class, the help format, the one error mechanism,
+and the table that names a run description's fields by their options.
+
+Errors — one path. A command reports a user error (a missing or unreadable file, a bad option
+value, an unsupported model, malformed data, a refused resume ...) by *raising* it, never by
+printing or calling ``sys.exit``: either the library's typed error (every one subclasses
+:class:`performers.utils.InputError`, a ``ValueError``) or, for what only the command line can
+judge, :class:`UsageError`::
+
+    raise UsageError(f"--out {args.out}: must end in .npz or .safetensors")
+
+:func:`performers.cli.main` catches :data:`USER_ERRORS` and prints one line on stderr,
+``performers CMD: error: MESSAGE`` (CMD the command's ``prog``, e.g. ``performers bench
+speed``), and returns 2; ``--debug`` or ``PERFORMERS_DEBUG=1`` re-raise it with its traceback.
+Anything else is a bug and keeps its traceback. A command line argparse cannot parse (an unknown
+option, ``--steps abc``) is the same one line, from :meth:`CommandParser.error`.
+:func:`option_error` turns a library ``ValueError`` about a config field (``max_steps must be
+>= 1``) into a UsageError naming the option (``--steps: max_steps must be >= 1``).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from performers.layers import ConfigError
-from performers.models import ModelLoadError
-from performers.proteins import FastaError, PreparedDatasetError, UnknownResidueError
-from performers.training import CheckpointError, ResumeMismatchError, RunDirectoryError
-from performers.utils import DirectoryLockedError
+from performers.utils import InputError
 
-__all__ = ["USER_ERRORS", "CommandParser", "Option", "UsageError", "command_text", "register"]
+__all__ = [
+    "USER_ERRORS",
+    "CommandParser",
+    "HelpFormatter",
+    "Option",
+    "RawHelpFormatter",
+    "UsageError",
+    "command_text",
+    "option_error",
+    "option_names",
+    "options_named",
+    "register",
+    "user_errors_named",
+]
 
 
-class UsageError(ValueError):
+class UsageError(InputError):
     """A command's input that it cannot honour (an option value that does not fit the model or
-    the data, a malformed ``--config`` value); the message names the option and what was
-    expected. The command line prints it as one line and exits with status 2."""
+    the data, options that exclude each other, a malformed ``--config`` value); the message names
+    the option and what was expected. The command line prints it as one line and exits with
+    status 2."""
 
 
 # Errors that describe the user's input or environment, not a bug: ``performers CMD`` prints
-# them as ``performers CMD: error: MESSAGE`` (no traceback) and exits with 2. Each is raised
-# with a message naming the file, option or field. Anything else keeps its traceback.
+# them as ``performers CMD: error: MESSAGE`` (no traceback) and exits with 2. InputError covers
+# UsageError and every typed input error of the library (FastaError, ModelLoadError,
+# CheckpointError, ResumeMismatchError, RunDirectoryError, DirectoryLockedError, ...).
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    UsageError,
-    ConfigError,
-    ModelLoadError,
-    FastaError,
-    PreparedDatasetError,
-    UnknownResidueError,
-    CheckpointError,
-    ResumeMismatchError,
-    RunDirectoryError,
-    DirectoryLockedError,
+    InputError,  # every typed input error of the library, ConfigError included
     OSError,  # a missing, unreadable or unwritable file (FileNotFoundError, PermissionError, ...)
 )
+
+
+def option_error(error: BaseException, options: Mapping[str, str], what: str = "") -> UsageError:
+    """``error`` (a library ``ValueError``/``TypeError`` whose message starts with a config field,
+    e.g. ``max_steps must be >= 1, got -3``) as a :class:`UsageError` that names the option of
+    that field in ``options`` (``{field: "--steps"}``): ``--steps: max_steps must be >= 1, got
+    -3``; ``what`` (e.g. ``"training options"``) prefixes a message whose field has no option."""
+    message = str(error)
+    field = message.split(" ", 1)[0].rstrip(":")
+    for key in (field, field.rsplit(".", 1)[-1]):
+        if key in options:
+            return UsageError(f"{options[key]}: {message}")
+    return UsageError(f"{what}: {message}" if what else message)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` of every command: each option's default is shown, ``(default: X)``, unless its
+    help already states it or it has none (None, False, a flag)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or "%(default)" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+            or text == argparse.SUPPRESS
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class RawHelpFormatter(argparse.RawDescriptionHelpFormatter, HelpFormatter):
+    """:class:`HelpFormatter` that keeps the description's line breaks (examples, columns)."""
 
 
 class Option(NamedTuple):
@@ -71,12 +127,18 @@ class CommandParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.options: list[Option] = []  # before __init__, which adds --help
+        kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)
         self.options.append(Option(action, kwargs.get("action", "store")))
         return action
+
+    def error(self, message: str):  # type: ignore[override]
+        """A command line argparse cannot parse (an unknown option, a value of the wrong type):
+        one line, ``performers CMD: error: MESSAGE``, like every user error; exit status 2."""
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
     def add_argument_group(self, *args: Any, **kwargs: Any) -> Any:
         return _Group(super().add_argument_group(*args, **kwargs), self.options)
@@ -95,3 +157,37 @@ def register(parser: argparse.ArgumentParser, run) -> argparse.ArgumentParser:
 def command_text(args: argparse.Namespace) -> str:
     """The command line that produced ``args`` (``performers ...``), to record next to results."""
     return " ".join(["performers", *getattr(args, "argv", [])])
+
+
+def option_names(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``{dest: "--option"}`` of every option of ``parser``: the first long option string shown
+    in ``--help`` (a hidden alias such as ``--warmup-steps`` is never the name)."""
+    names: dict[str, str] = {}
+    for option in getattr(parser, "options", []):
+        action = option.action
+        if action.help == argparse.SUPPRESS or not action.option_strings:
+            continue
+        long = [s for s in action.option_strings if s.startswith("--")] or action.option_strings
+        names.setdefault(action.dest, long[0])
+    return names
+
+
+def options_named(parser: argparse.ArgumentParser, fields: Mapping[str, str]) -> dict[str, str]:
+    """``{key: "--option"}`` for ``fields`` = ``{key: dest}`` (e.g. ``{"training.max_steps":
+    "steps"}``): the table that names a run description's fields (or a config's) by the options
+    of ``parser`` that set them, derived from the parser. Keys whose dest is not an option of
+    ``parser`` are left out."""
+    names = option_names(parser)
+    return {key: names[dest] for key, dest in fields.items() if dest in names}
+
+
+@contextmanager
+def user_errors_named(options: Mapping[str, str], what: str = "") -> Iterator[None]:
+    """Inside: a library ``ValueError``/``TypeError`` (building a config from options) becomes a
+    :class:`UsageError` naming the option (:func:`option_error`); typed input errors pass."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (TypeError, ValueError) as error:
+        raise option_error(error, options, what) from None

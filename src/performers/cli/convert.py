@@ -15,24 +15,26 @@ from __future__ import annotations
 
 import argparse
 
-from performers.cli.diagnose import add_diagnosis_options, run_diagnosis
 from performers.cli.favor_options import add_favor_options, favor_config_from_args
+from performers.cli.options import add_diagnosis_options, run_diagnosis
 from performers.experiments.diagnose import DEFAULT_FEATURES, DEFAULT_KERNELS
 from performers.experiments.diagnose_report import format_summary
 
-HELP = "switch a Hugging Face model directory to FAVOR+ attention and save it"
+HELP = "switch a Hugging Face model directory (BERT, RoBERTa, GPT-2, Llama) to FAVOR+ attention and save it"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("convert", help=HELP, description=HELP)
-    parser.add_argument("model", help="a save_pretrained directory (BERT, RoBERTa, GPT-2 or Llama)")
+    parser.add_argument(
+        "model", help="a save_pretrained directory (BERT, RoBERTa, GPT-2 or Llama; another family is refused)"
+    )
     parser.add_argument("out", help="output directory (config.json with favor_config, weights, tokenizer)")
     add_favor_options(parser)
     check = parser.add_argument_group("check before converting (performers diagnose on a sample)")
     check.add_argument(
         "--check", action="store_true", help="diagnose FAVOR's error on a small sample first and print it"
     )
-    check.add_argument("--check-limit", type=int, default=32, help="sentences of the sample (default 32)")
+    check.add_argument("--check-limit", type=int, default=32, help="sentences of the sample")
     add_diagnosis_options(check, prefix="check-")
     return parser
 
@@ -67,12 +69,10 @@ def run(args: argparse.Namespace) -> int:
     from performers.integrations.transformers import load_hf_model, performerize
 
     favor = favor_config_from_args(args)
+    # UnsupportedModelError: a family the FAVOR attention does not support (before its weights load)
+    model, tokenizer = load_hf_model(args.model, supported_only=True)
     if args.check:
         _check(args, favor.kernel, favor.num_features)
-    try:
-        model, tokenizer = load_hf_model(args.model)
-    except FileNotFoundError as error:
-        raise SystemExit(f"performers convert: {error}") from None
     performerize(model, favor)
     model.save_pretrained(args.out)
     if tokenizer is not None:

@@ -6,19 +6,21 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
-from performers.cli.options import device_from_args
-from performers.experiments import load_trained
+from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
+from performers.cli.options import (
+    add_crop_option,
+    add_protein_model_options,
+    check_output_file,
+    load_model,
+    read_records,
+)
 from performers.experiments.embedding import (
-    DEFAULT_MAX_TOKENS,
     crop_proteins,
     embed_proteins,
     encoder_of,
     protein_pairs,
     write_embeddings,
 )
-from performers.proteins import FastaError, FastaRecord, read_fasta
 
 HELP = "embeddings of every protein of a FASTA file (mean-pooled or per residue) -> .npz/.safetensors"
 DESCRIPTION = f"""{HELP}.
@@ -31,68 +33,12 @@ un-normalized residual stream. Output keys are the FASTA ids (the first word of 
 Proteins are sorted by length and batched by a budget of padded tokens; nothing is cropped
 unless --max-length is given. FAVOR+ keeps the cost of a protein linear in its length."""
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
-
-
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The options ``embed`` and ``score`` share: the model, its input and how it runs."""
-    parser.add_argument(
-        "model", help="a trained run directory (its final/) or a save_pretrained dir with tokenizer.json"
-    )
-    parser.add_argument("input", help="FASTA file (plain or gzip); ids are the first word of each header")
-    parser.add_argument(
-        "--max-tokens",
-        type=int,
-        default=DEFAULT_MAX_TOKENS,
-        help="padded tokens per forward pass (sequences sorted by length; a longer protein runs alone)",
-    )
-    parser.add_argument(
-        "--attention",
-        choices=["favor", "exact"],
-        default=None,
-        help="run the model's FAVOR+ or exact-softmax twin (same weights; default: as trained)",
-    )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="parameter and compute dtype"
-    )
-
-
-def add_max_length(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="crop each protein to this many tokens including <cls> and <eos> (keeps its first N-2 "
-        "residues); default: no cropping (a model with learned positions then refuses longer proteins)",
-    )
-
-
-def load_model(args: argparse.Namespace, command: str):
-    """``(model, tokenizer)`` on the chosen device and dtype; errors end the command naming it."""
-    try:
-        model, tokenizer = load_trained(args.model, attention=args.attention)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"performers {command}: cannot load the model: {error}") from None
-    return model.to(device=device_from_args(args, command), dtype=DTYPES[args.dtype]), tokenizer
-
-
-def read_records(path: str, command: str, option: str = "input") -> list[FastaRecord]:
-    """Every record of a FASTA file; a malformed or empty file ends the command naming it."""
-    try:
-        records = list(read_fasta(path))
-    except (OSError, FastaError) as error:
-        raise SystemExit(f"performers {command}: {option} {error}") from None
-    if not records:
-        raise SystemExit(f"performers {command}: {option} {path}: no FASTA records")
-    return records
-
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "embed", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "embed", help=HELP, description=DESCRIPTION, formatter_class=RawHelpFormatter
     )
-    add_model_options(parser)
+    add_protein_model_options(parser)
     parser.add_argument("--out", required=True, help="output file: .npz or .safetensors, keyed by FASTA id")
     parser.add_argument(
         "--per-residue",
@@ -105,18 +51,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         default=None,
         help="0 = embeddings, 1..num_layers = block outputs (default: the last, after the final LayerNorm)",
     )
-    add_max_length(parser)
+    add_crop_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith((".npz", ".safetensors")):
-        raise SystemExit(f"performers embed: --out {args.out}: must end in .npz or .safetensors")
-    records = read_records(args.input, "embed")
-    model, tokenizer = load_model(args, "embed")
+        raise UsageError(f"--out {args.out}: must end in .npz or .safetensors")
+    check_output_file(args.out)
+    records = read_records(args.input)
+    model, tokenizer = load_model(args)
     num_layers = model.config.num_layers
     layer = num_layers if args.layer is None else args.layer
-    try:
+    with user_errors_named(option_names(args.command_parser)):  # a protein or option the model refuses
         pairs, cropped = crop_proteins(protein_pairs(records), encoder_of(model)[0], args.max_length)
         start = time.perf_counter()
         embeddings = embed_proteins(
@@ -136,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
             "max_length": str(args.max_length),
         }
         write_embeddings(embeddings, args.out, metadata=metadata)
-    except ValueError as error:
-        raise SystemExit(f"performers embed: {error}") from None
     residues = sum(len(sequence) for _, sequence in pairs)
     width = model.config.d_model
     if args.per_residue:

@@ -1,24 +1,17 @@
 """``performers evaluate``: accuracy and perplexity of a trained model on the shipped corpus, a
 FASTA file or a prepared dataset, in aggregate and per protein
-(:func:`performers.experiments.evaluate_model`, :func:`~performers.experiments.evaluate_per_sequence`)."""
+(:func:`performers.experiments.protein_evaluation.evaluation_proteins`,
+:func:`performers.experiments.evaluate_model`, :func:`~performers.experiments.evaluate_per_sequence`)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from performers.cli.common import UsageError
-from performers.experiments import (
-    corpus_split,
-    evaluate_model,
-    evaluate_per_sequence,
-    load_trained,
-    write_csv,
-)
+from performers.cli.options import check_output_file
+from performers.experiments import evaluate_model, evaluate_per_sequence, load_trained, write_csv
+from performers.experiments.protein_evaluation import evaluation_proteins, protein_ids
 from performers.models import PerformerForCausalLM
-from performers.proteins import FastaError, default_corpus, read_fasta
-from performers.proteins.data import split_of
-from performers.proteins.prepared_dataset import is_prepared
 
 HELP = "accuracy and perplexity of a trained model (shipped corpus, a FASTA file or a prepared dataset)"
 
@@ -43,7 +36,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=16, help="proteins per forward pass")
     parser.add_argument("--limit", type=int, default=None, help="first N proteins")
-    parser.add_argument("--attention", choices=["favor", "exact"], default=None, help="override the backend")
+    parser.add_argument(
+        "--attention",
+        choices=["favor", "exact"],
+        default=None,
+        help="run the model's FAVOR+ or exact-softmax twin (same weights; default: as trained)",
+    )
     parser.add_argument(
         "--per-sequence",
         default=None,
@@ -51,22 +49,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="also write one row per protein: id, length, tokens, loss, perplexity, accuracy",
     )
     return parser
-
-
-def _proteins(args: argparse.Namespace) -> tuple[object, list[str], str]:
-    """``(sequences or prepared split, ids, description)`` of the chosen data."""
-    if args.data is None or is_prepared(args.data):
-        split = corpus_split(args.data, args.split, args.limit)
-        ids = [split.record_id(i) for i in range(len(split))] if hasattr(split, "record_id") else None
-        return split, ids, f"{args.data or 'shipped corpus'} {args.split}"
-    path = Path(args.data)
-    if not path.is_file():
-        raise SystemExit(f"performers evaluate: {path}: not a FASTA file or a prepared dataset directory")
-    try:
-        records = list(read_fasta(path))[: args.limit]
-    except FastaError as error:
-        raise SystemExit(f"performers evaluate: {error}") from None
-    return [r.sequence for r in records], [r.id for r in records], str(path)
 
 
 def max_length_of(model, requested: int | None) -> int:
@@ -88,12 +70,17 @@ def max_length_of(model, requested: int | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 0:
+        raise UsageError(f"--limit must be >= 0, got {args.limit}")
+    check_output_file(args.per_sequence, "--per-sequence")
     model, tokenizer = load_trained(args.model, attention=args.attention)
     task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
     max_length = max_length_of(model, args.max_length)
-    sequences, ids, what = _proteins(args)
+    sequences, what = evaluation_proteins(args.data, args.split, args.limit)
     if len(sequences) == 0:
-        raise SystemExit(f"performers evaluate: {what}: no protein to evaluate")
+        raise UsageError(f"{what}: no protein to evaluate")
     options = {"task": task, "max_length": max_length, "batch_size": args.batch_size}
     result = evaluate_model(model, tokenizer, sequences, **options)
     scored = "masked positions" if task == "mlm" else "next tokens"
@@ -102,8 +89,7 @@ def run(args: argparse.Namespace) -> int:
         f"over {result['tokens']} {scored} of {len(sequences)} proteins"
     )
     if args.per_sequence:
-        if ids is None:  # the shipped corpus: its records of the split, in order
-            ids = [r.id for r in read_fasta(default_corpus()) if split_of(r) == args.split][: len(sequences)]
+        ids = protein_ids(args.data, args.split, len(sequences))
         path = write_csv(
             evaluate_per_sequence(model, tokenizer, sequences, ids, **options), args.per_sequence
         )

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
+from performers.cli.common import UsageError, option_names, user_errors_named
 from performers.cli.options import (
     add_device_option,
     add_model_options,
@@ -16,11 +15,12 @@ from performers.cli.options import (
     device_from_args,
     model_config_from_args,
     set_threads,
+    training_config_from_args,
 )
-from performers.experiments import finetune, load_trained
-from performers.models import PerformerModel
-from performers.proteins import SHIPPED_TASKS, ResidueLabels, SequenceTargets, load_shipped_task
-from performers.training import SCHEDULES, TrainingConfig
+from performers.experiments import finetune
+from performers.experiments.finetuning import finetuning_encoder, labelled_splits
+from performers.proteins import SHIPPED_TASKS
+from performers.training import SCHEDULES
 
 HELP = "fine-tune on labelled proteins: per-residue classes (FLIP SS, conservation) or a sequence target"
 
@@ -71,42 +71,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def _encoder(args: argparse.Namespace) -> tuple[PerformerModel, str]:
-    if args.pretrained and args.random_init:
-        # The control: the pretrained model's exact architecture, randomly initialized.
-        config = load_trained(args.pretrained)[0].config
-        torch.manual_seed(args.seed)
-        return PerformerModel(config), f"random initialization (architecture of {args.pretrained})"
-    if args.pretrained:
-        model, _ = load_trained(args.pretrained)
-        return (model.model if hasattr(model, "model") else model), args.pretrained
-    torch.manual_seed(args.seed)
-    return PerformerModel(model_config_from_args(args)), "random initialization"
-
-
 def _splits(args: argparse.Namespace) -> dict:
     """``{"train", "valid", "test"}`` of the chosen labelled data."""
-    limits = {"train": args.train_limit, "valid": None, "test": args.test_limit}
     own = args.sequences or args.labels or args.mask
     if sum(bool(x) for x in (args.task, own, args.targets)) > 1:
-        raise SystemExit(
-            "performers finetune: choose one of --task, --sequences/--labels[/--mask], --targets"
+        raise UsageError("choose one of --task, --sequences/--labels[/--mask], --targets")
+    if own and not (args.sequences and args.labels):
+        raise UsageError("a per-residue task needs both --sequences and --labels")
+    with user_errors_named(option_names(args.command_parser)):  # what the labelled files break
+        return labelled_splits(
+            task=args.task,
+            sequences=args.sequences,
+            labels=args.labels,
+            mask=args.mask,
+            targets=args.targets,
+            train_limit=args.train_limit,
+            test_limit=args.test_limit,
         )
-    try:
-        if args.targets:
-            return {s: SequenceTargets.load(args.targets, split=s, limit=n) for s, n in limits.items()}
-        if own:
-            if not (args.sequences and args.labels):
-                raise SystemExit(
-                    "performers finetune: a per-residue task needs both --sequences and --labels"
-                )
-            return {
-                s: ResidueLabels.load(args.sequences, args.labels, mask=args.mask, split=s, limit=n)
-                for s, n in limits.items()
-            }
-        return {s: load_shipped_task(args.task or "secondary_structure", s, n) for s, n in limits.items()}
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"performers finetune: {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,26 +95,15 @@ def run(args: argparse.Namespace) -> int:
     splits = _splits(args)
     for name, data in splits.items():
         if len(data) == 0:
-            raise SystemExit(f"performers finetune: the {name} split is empty")
-    encoder, source = _encoder(args)
-    try:
-        training = TrainingConfig(
-            task=splits["train"].kind,
-            max_steps=args.steps,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            learning_rate=args.lr,
-            weight_decay=0.01,
-            warmup_steps=args.warmup,
-            schedule=args.schedule,
-            grad_clip=1.0,
-            eval_every=args.eval_every,
-            checkpoint_every=max(args.eval_every, args.steps // 4),
-            seed=args.seed,
-        )
-    except ValueError as error:
-        raise SystemExit(f"performers: error: fine-tuning options: {error}") from None
-    device = device_from_args(args, "finetune")
+            raise UsageError(f"the {name} split is empty")
+    config = None if args.pretrained else model_config_from_args(args)  # the random-init encoder
+    encoder, source = finetuning_encoder(
+        args.pretrained, random_init=args.random_init, config=config, seed=args.seed
+    )
+    # The data's kind (token classes or a sequence target) is the task; the optimizer's
+    # weight decay and gradient clipping are fine-tuning's own.
+    training = training_config_from_args(args, task=splits["train"].kind, weight_decay=0.01, grad_clip=1.0)
+    device = device_from_args(args)
     result = finetune(
         encoder, training, **splits, out_dir=args.out, freeze_encoder=args.freeze, device=device
     )

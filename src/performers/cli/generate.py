@@ -7,7 +7,7 @@ import argparse
 
 import torch
 
-from performers.cli.common import UsageError
+from performers.cli.common import UsageError, option_names, user_errors_named
 from performers.experiments import load_trained
 from performers.models import PerformerForCausalLM
 from performers.proteins import ProteinTokenizer, UnknownResidueError
@@ -52,21 +52,22 @@ def encode_prompts(tokenizer: ProteinTokenizer, prompts: list[str], *, allow_unk
 def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_trained(args.model)
     if not isinstance(model, PerformerForCausalLM):
-        raise SystemExit(f"{args.model}: generation needs a causal LM (train with --task clm)")
+        raise UsageError(f"{args.model}: generation needs a causal LM (train with --task clm)")
     ids, mask = encode_prompts(tokenizer, args.prompts, allow_unknown=args.allow_unknown)
     ids, mask = ids[:, :-1], mask[:, :-1]  # drop <eos>: the model continues the prompt
-    tokens = model.generate(
-        ids,
-        max_new_tokens=args.max_new_tokens,
-        attention_mask=mask,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        eos_token_id=tokenizer.eos_id,
-        pad_token_id=tokenizer.pad_id,
-        generator=torch.Generator().manual_seed(args.seed),
-    )
+    with user_errors_named(option_names(args.command_parser)):  # --top-p 2: "--top-p: top_p must ..."
+        tokens = model.generate(
+            ids,
+            max_new_tokens=args.max_new_tokens,
+            attention_mask=mask,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id,
+            generator=torch.Generator().manual_seed(args.seed),
+        )
     for row in tokens:
         print(tokenizer.decode(row))
     return 0

@@ -1,52 +1,116 @@
-"""Options shared by the protein commands (model sizes, the training run) and the one place
-that turns them into a :class:`~performers.PerformerConfig` and a
-:class:`~performers.training.TrainingConfig`."""
+"""What two or more commands share, in one place: option groups (model sizes, the training run,
+the data, the device, ``--out``/``--overwrite``/``--resume``, the model and FASTA of ``embed``
+and ``score``, the diagnosis of ``diagnose`` and ``convert --check``) and the few steps that turn
+parsed options into the library's objects (:class:`~performers.PerformerConfig`,
+:class:`~performers.training.TrainingConfig`, a loaded model, FASTA records).
+
+The run description ↔ option table (which option sets each field of a saved run, so a refused
+``--resume`` names options) is derived once from the parser: :data:`TRAINING_FIELDS` and
+:data:`MODEL_FIELDS` map each config field to the ``dest`` of its option, used both to build the
+config and (through :func:`performers.cli.common.options_named`) to name the fields.
+
+Errors are raised, never printed (:mod:`performers.cli.common`).
+"""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
+from performers.cli.common import UsageError, options_named, user_errors_named
 from performers.cli.favor_options import add_favor_options, favor_config_from_args
-from performers.experiments import DEMO_MODEL, protein_model_config
+from performers.experiments import DEMO_MODEL, diagnose_model, load_trained, protein_model_config
+from performers.experiments.diagnose import DEFAULT_KERNELS
+from performers.experiments.embedding import DEFAULT_MAX_TOKENS
 from performers.layers import FavorConfig
+from performers.layers.favor_config import PROJECTIONS
 from performers.models import PerformerConfig
+from performers.proteins import FastaRecord, read_fasta
 from performers.proteins.cache import prepared_cache
 from performers.proteins.prepared_dataset import is_prepared
-from performers.training import SCHEDULES, TrainingConfig, resolve_device
+from performers.training import (
+    SCHEDULES,
+    ResumeMismatchError,
+    TrainingConfig,
+    checkpoint_period,
+    format_changes,
+    once_per_job,
+    resolve_device,
+)
 
 __all__ = [
+    "DTYPES",
+    "MODEL_FIELDS",
+    "TRAINING_FIELDS",
+    "add_crop_option",
     "add_data_options",
     "add_device_option",
+    "add_diagnosis_options",
     "add_model_options",
     "add_overwrite_option",
+    "add_protein_model_options",
+    "add_resume_option",
     "add_run_options",
     "add_training_options",
+    "check_output_file",
+    "check_resume_overwrite",
     "data_from_args",
     "device_from_args",
+    "load_model",
     "model_config_from_args",
+    "read_records",
+    "refusals_as_errors",
+    "resolve_model",
+    "run_diagnosis",
+    "run_fields",
     "set_threads",
     "training_config_from_args",
 ]
+
+# TrainingConfig field -> dest of the option that sets it (fields whose option a command lacks
+# keep TrainingConfig's default).
+TRAINING_FIELDS: dict[str, str] = {
+    "task": "task",
+    "max_steps": "steps",
+    "batch_size": "batch_size",
+    "max_length": "max_length",
+    "learning_rate": "lr",
+    "warmup_steps": "warmup",
+    "schedule": "schedule",
+    "eval_every": "eval_every",
+    "bf16": "bf16",
+    "seed": "seed",
+    "concatenate": "concatenate",
+    "num_workers": "workers",
+    "context_parallel": "context_parallel",
+}
+
+# PerformerConfig field -> dest of the option that sets it.
+MODEL_FIELDS: dict[str, str] = {
+    "d_model": "d_model",
+    "num_layers": "layers",
+    "num_heads": "heads",
+    "d_ff": "d_ff",
+    "dropout": "dropout",
+    "position": "position",
+    "attention": "attention",
+    "max_position_embeddings": "max_length",
+}
 
 
 def add_model_options(parser: argparse.ArgumentParser, favor: FavorConfig | None = None) -> None:
     """Sizes of a protein Performer (defaults: the demo's small model) and the FAVOR options."""
     d = DEMO_MODEL
     group = parser.add_argument_group("model")
-    group.add_argument("--d-model", type=int, default=d.d_model, help=f"model width (default {d.d_model})")
-    group.add_argument(
-        "--layers", type=int, default=d.num_layers, help=f"Transformer blocks (default {d.num_layers})"
-    )
-    group.add_argument(
-        "--heads", type=int, default=d.num_heads, help=f"attention heads (default {d.num_heads})"
-    )
-    group.add_argument("--d-ff", type=int, default=d.d_ff, help=f"feed-forward width (default {d.d_ff})")
-    group.add_argument(
-        "--dropout", type=float, default=d.dropout, help=f"dropout probability (default {d.dropout})"
-    )
+    group.add_argument("--d-model", type=int, default=d.d_model, help="model width")
+    group.add_argument("--layers", type=int, default=d.num_layers, help="Transformer blocks")
+    group.add_argument("--heads", type=int, default=d.num_heads, help="attention heads")
+    group.add_argument("--d-ff", type=int, default=d.d_ff, help="feed-forward width")
+    group.add_argument("--dropout", type=float, default=d.dropout, help="dropout probability")
     group.add_argument(
         "--position",
         choices=["learned", "rotary"],
@@ -57,8 +121,14 @@ def add_model_options(parser: argparse.ArgumentParser, favor: FavorConfig | None
 
 
 def model_config_from_args(args: argparse.Namespace, *, attention: str = "favor") -> PerformerConfig:
-    """The :class:`PerformerConfig` of the model options, for proteins of ``--max-length`` tokens."""
-    try:
+    """The :class:`PerformerConfig` of the model options, for proteins of ``--max-length`` tokens.
+
+    Raises:
+        UsageError: a value the model cannot take, naming its option.
+    """
+    favor = favor_config_from_args(args)
+    names = options_named(args.command_parser, {**MODEL_FIELDS, "max_length": "max_length"})
+    with user_errors_named(names, "model options"):
         return protein_model_config(
             d_model=args.d_model,
             num_layers=args.layers,
@@ -68,17 +138,15 @@ def model_config_from_args(args: argparse.Namespace, *, attention: str = "favor"
             max_length=args.max_length,
             position=args.position,
             attention=attention,
-            favor=favor_config_from_args(args),
+            favor=favor,
         )
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"performers: error: model options: {error}") from None
 
 
 def add_run_options(parser: argparse.ArgumentParser, *, out: str) -> None:
     """``--seed``, ``--threads``, ``--out`` and ``--config`` (a JSON file of option values)."""
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, data order, masks, projections")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--out", default=out, help=f"output directory (default {out})")
+    parser.add_argument("--out", default=out, help="output directory")
     parser.add_argument(
         "--config",
         default=None,
@@ -87,21 +155,26 @@ def add_run_options(parser: argparse.ArgumentParser, *, out: str) -> None:
     )
 
 
-def add_device_option(parser: argparse.ArgumentParser) -> None:
+def add_device_option(parser: argparse.ArgumentParser, *, default: str | None = "auto") -> None:
+    """``--device``: auto (CUDA when available), cpu, cuda, cuda:N."""
     parser.add_argument(
         "--device",
-        default="auto",
-        help="where the model trains: auto (default: CUDA when available, under torchrun each "
-        "process's cuda:LOCAL_RANK; else the CPU), cpu, cuda, cuda:N",
+        default=default,
+        help="where the model runs: auto (CUDA when available, under torchrun each process's "
+        "cuda:LOCAL_RANK; else the CPU), cpu, cuda, cuda:N (default: auto)",
     )
 
 
-def device_from_args(args: argparse.Namespace, command: str) -> torch.device:
-    """``--device`` as a device; a name this machine cannot honour ends the command, naming it."""
+def device_from_args(args: argparse.Namespace) -> torch.device:
+    """``--device`` as a device.
+
+    Raises:
+        UsageError: a name this machine cannot honour, naming ``--device``.
+    """
     try:
         return resolve_device(args.device)
     except ValueError as error:
-        raise SystemExit(f"performers {command}: error: --device: {error}") from None
+        raise UsageError(f"--device: {error}") from None
 
 
 def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
@@ -113,6 +186,49 @@ def add_overwrite_option(parser: argparse.ArgumentParser) -> None:
         help="start afresh although --out holds an earlier run: its checkpoints, metrics and final/ "
         "are moved to OUT.old-<time> (without it a fresh run refuses such a directory)",
     )
+
+
+def add_resume_option(parser: argparse.ArgumentParser, *, may_change: str) -> None:
+    """``--resume``: continue from the newest checkpoint in ``--out``."""
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in --out (refused if an option that changes the "
+        f"computation differs; {may_change} may change)",
+    )
+
+
+def check_resume_overwrite(args: argparse.Namespace) -> None:
+    """Refuse ``--resume`` with ``--overwrite`` (a UsageError)."""
+    if args.resume and args.overwrite:
+        raise UsageError("give --resume (continue the run) or --overwrite, not both")
+
+
+@contextmanager
+def refusals_as_errors(options: Mapping[str, str]) -> Iterator[None]:
+    """Inside: a refused resume (:class:`~performers.training.ResumeMismatchError`) becomes a
+    :class:`UsageError` naming each differing field by its option in ``options`` (``{run
+    description key: "--option"}``, :func:`run_fields`). The other refusals (another run in
+    ``--out``, an earlier run without ``--resume`` or ``--overwrite``, no usable checkpoint) are
+    typed input errors already and pass through."""
+    try:
+        yield
+    except ResumeMismatchError as error:
+        raise UsageError(
+            f"{error.path}: --resume refused, options differ from the run it continues: "
+            f"{format_changes(error.changes, options)} (give the run's own values, or start afresh "
+            "with --overwrite or another --out)"
+        ) from None
+
+
+def run_fields(
+    parser: argparse.ArgumentParser, sections: Mapping[str, Mapping[str, str]], extra: Mapping[str, str]
+) -> dict[str, str]:
+    """The run description ↔ option table of a command: ``{section + field: "--option"}`` for
+    each ``{field: dest}`` of ``sections`` (e.g. ``{"training.": TRAINING_FIELDS}``), from the
+    options of ``parser``, plus ``extra`` (fields no single option sets, described in words)."""
+    fields = {prefix + name: dest for prefix, table in sections.items() for name, dest in table.items()}
+    return {**options_named(parser, fields), **extra}
 
 
 def add_training_options(
@@ -131,7 +247,7 @@ def add_training_options(
     group.add_argument(
         "--task", choices=["mlm", "clm"], default="mlm", help="masked (BID) or causal (UNI) LM"
     )
-    group.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    group.add_argument("--steps", type=int, default=steps, help="optimizer steps")
     group.add_argument("--batch-size", type=int, default=16, help="sequences per optimizer step (global)")
     group.add_argument("--max-length", type=int, default=256, help="tokens per protein crop")
     group.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate")
@@ -168,66 +284,176 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
 
 def data_from_args(args: argparse.Namespace) -> Path | None:
     """The corpus of the data options: None (the shipped corpus), a prepared directory, or the
-    cached prepared dataset of the ``--train/--valid/--test`` files."""
+    cached prepared dataset of the ``--train/--valid/--test`` files (prepared by rank 0 first
+    under torchrun).
+
+    Raises:
+        UsageError: both kinds of data, a directory that is not a prepared dataset, or FASTA
+            files without both ``--train`` and ``--valid``.
+    """
     files = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
     if args.data and files:
-        raise SystemExit("performers: error: give --data or --train/--valid/--test files, not both")
+        raise UsageError("give --data or --train/--valid/--test files, not both")
     if args.data:
         if not is_prepared(args.data):
-            raise SystemExit(
-                f"performers: error: --data {args.data}: not a prepared dataset (see `performers prepare`)"
-            )
+            raise UsageError(f"--data {args.data}: not a prepared dataset (see `performers prepare`)")
         return Path(args.data)
     if not files:
         return None
     if "train" not in files or "valid" not in files:
-        raise SystemExit("performers: error: --train and --valid FASTA files are both needed")
+        raise UsageError("--train and --valid FASTA files are both needed")
     try:
         return once_per_job(lambda: prepared_cache(files))
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"performers: error: {error}") from None
-
-
-def once_per_job(make):
-    """``make()`` in rank 0 first, then in the other processes of a torchrun job (which then find
-    its result); just ``make()`` in a single process."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return make()
-    if dist.get_rank() == 0:
-        result = make()
-        dist.barrier()
-        return result
-    dist.barrier()
-    return make()
+    except ValueError as error:  # OSError and the typed input errors pass as they are
+        raise UsageError(str(error)) from None
 
 
 def training_config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
-    """The :class:`TrainingConfig` of the training options (``overrides`` win)."""
-    values = dict(
-        task=args.task,
-        max_steps=args.steps,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        learning_rate=args.lr,
-        warmup_steps=args.warmup,
-        schedule=args.schedule,
-        eval_every=args.eval_every,
-        checkpoint_every=max(args.eval_every, args.steps // 4),
-        bf16=args.bf16,
-        seed=args.seed,
-        concatenate=args.concatenate,
-        num_workers=args.workers,
-        context_parallel=getattr(args, "context_parallel", 1),
-    )
-    try:
-        return TrainingConfig(**{**values, **overrides})
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"performers: error: training options: {error}") from None
+    """The :class:`TrainingConfig` of the training options (:data:`TRAINING_FIELDS` whose option
+    the command has; checkpoints by :func:`~performers.training.checkpoint_period`;
+    ``overrides`` win).
+
+    Raises:
+        UsageError: a value the training loop refuses, naming its option (``--steps: ...``).
+    """
+    values = {field: getattr(args, dest) for field, dest in TRAINING_FIELDS.items() if hasattr(args, dest)}
+    values["checkpoint_every"] = checkpoint_period(args.steps, args.eval_every)
+    values.update(overrides)
+    fields = {field: dest for field, dest in TRAINING_FIELDS.items() if field not in overrides}
+    names = options_named(args.command_parser, fields)
+    with user_errors_named(names, "training options"):
+        return TrainingConfig(**values)
 
 
 def set_threads(args: argparse.Namespace) -> None:
     """Apply ``--threads`` (when given)."""
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+
+
+# ---- embed and score: a trained model and a FASTA file ---------------------------------------
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+
+
+def add_protein_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``embed`` and ``score`` share: the model, its input and how it runs."""
+    parser.add_argument(
+        "model", help="a trained run directory (its final/) or a save_pretrained dir with tokenizer.json"
+    )
+    parser.add_argument("input", help="FASTA file (plain or gzip); ids are the first word of each header")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="padded tokens per forward pass (sequences sorted by length; a longer protein runs alone)",
+    )
+    parser.add_argument(
+        "--attention",
+        choices=["favor", "exact"],
+        default=None,
+        help="run the model's FAVOR+ or exact-softmax twin (same weights; default: as trained)",
+    )
+    add_device_option(parser, default=None)
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="parameter and compute dtype"
+    )
+
+
+def add_crop_option(parser: argparse.ArgumentParser) -> None:
+    """``--max-length``: crop each protein (``embed``, ``score``)."""
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="crop each protein to this many tokens including <cls> and <eos> (keeps its first N-2 "
+        "residues); default: no cropping (a model with learned positions then refuses longer proteins)",
+    )
+
+
+def load_model(args: argparse.Namespace):
+    """``(model, tokenizer)`` of ``args.model`` (twin ``--attention``) on ``--device`` in
+    ``--dtype``.
+
+    Raises:
+        UsageError: a directory that cannot be loaded (``cannot load the model: ...``, naming
+            the file), or a ``--device`` this machine lacks.
+    """
+    try:
+        model, tokenizer = load_trained(args.model, attention=args.attention)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load the model: {error}") from None
+    return model.to(device=device_from_args(args), dtype=DTYPES[args.dtype]), tokenizer
+
+
+def check_output_file(path: str | None, option: str = "--out") -> None:
+    """Refuse an output file whose directory does not exist (before any work is done)."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        raise UsageError(f"{option} {path}: no such directory {Path(path).parent}")
+
+
+def read_records(path: str, option: str = "input") -> list[FastaRecord]:
+    """Every record of a FASTA file.
+
+    Raises:
+        FastaError: a malformed file (naming the file and line).
+        UsageError: a missing or unreadable file, or one with no record, naming ``option``.
+    """
+    try:
+        records = list(read_fasta(path))
+    except OSError as error:
+        raise UsageError(f"{option} {path}: {error.strerror or error}") from None
+    if not records:
+        raise UsageError(f"{option} {path}: no FASTA records")
+    return records
+
+
+# ---- diagnose and convert --check ---------------------------------------------------------------
+
+MINILM = "all-MiniLM-L6-v2"
+
+
+def add_diagnosis_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """``--data --kernels --tolerance --draws --projection --max-length`` (``convert --check``
+    takes them with the prefix ``check-``)."""
+    parser.add_argument(
+        f"--{prefix}data",
+        default=None,
+        help="FASTA file (performers models) or text file, one sentence per line (Hugging Face models; "
+        "default: the shipped STS-B test sentences)",
+    )
+    parser.add_argument(
+        f"--{prefix}kernels",
+        nargs="+",
+        choices=DEFAULT_KERNELS,
+        default=list(DEFAULT_KERNELS),
+        help="estimators",
+    )
+    parser.add_argument(
+        f"--{prefix}tolerance", type=float, default=0.05, help="largest relative attention error per head"
+    )
+    parser.add_argument(f"--{prefix}draws", type=int, default=4, help="projection draws per M")
+    parser.add_argument(
+        f"--{prefix}projection",
+        choices=PROJECTIONS,
+        default=FavorConfig().projection,
+        help="random projection: block-orthogonal (FAVOR+) or iid Gaussian",
+    )
+    parser.add_argument(
+        f"--{prefix}max-length", type=int, default=None, help="tokens per sequence (default: model max / 128)"
+    )
+
+
+def resolve_model(name: str) -> str:
+    """``MODEL`` as a directory: the alias all-MiniLM-L6-v2 is the installed package's copy."""
+    if name == MINILM and not Path(name).exists():
+        from performers.bench.compat import minilm_path
+
+        return str(minilm_path())
+    return name
+
+
+def run_diagnosis(model: str, **options) -> object:
+    """:func:`~performers.experiments.diagnose_model` of ``model`` (a directory or the MiniLM
+    alias); its input errors (``DiagnoseError``) are typed input errors."""
+    return diagnose_model(resolve_model(model), **options)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from performers.proteins.fasta import FastaError
+from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
 from performers.proteins.prepared import DEFAULT_SHARD_TOKENS, prepare
 
 HELP = "FASTA (plain or gzip, one or many files) -> a prepared, memory-mapped dataset directory"
@@ -25,7 +25,7 @@ example: performers prepare uniref50.fasta.gz --out data/uniref50 --valid-fracti
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "prepare", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "prepare", help=HELP, description=DESCRIPTION, formatter_class=RawHelpFormatter
     )
     parser.add_argument(
         "inputs",
@@ -47,13 +47,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--valid-fraction",
         type=float,
         default=0.0,
-        help="share of proteins in the valid split, chosen by a hash of the sequence (default 0)",
+        help="share of proteins in the valid split, chosen by a hash of the sequence",
     )
     parser.add_argument(
         "--test-fraction",
         type=float,
         default=0.0,
-        help="share of proteins in the test split, chosen by a hash of the sequence (default 0)",
+        help="share of proteins in the test split, chosen by a hash of the sequence",
     )
     parser.add_argument(
         "--dedupe",
@@ -77,7 +77,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--shard-tokens",
         type=int,
         default=DEFAULT_SHARD_TOKENS,
-        help=f"tokens (bytes) per shard file (default {DEFAULT_SHARD_TOKENS})",
+        help="tokens (bytes) per shard file",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (once complete)")
     return parser
@@ -86,12 +86,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     per_split = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
     if args.inputs and per_split:
-        raise SystemExit(
-            "performers prepare: give either INPUT files or --train/--valid/--test files, not both"
-        )
+        raise UsageError("give either INPUT files or --train/--valid/--test files, not both")
     if not args.inputs and not per_split:
-        raise SystemExit("performers prepare: no input (give INPUT files or --train/--valid/--test files)")
-    try:
+        raise UsageError("no input (give INPUT files or --train/--valid/--test files)")
+    with user_errors_named(option_names(args.command_parser)):  # what the files or options break
         prepare(
             per_split or args.inputs,
             args.out,
@@ -104,6 +102,4 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             log=print,
         )
-    except (OSError, FastaError, ValueError) as error:
-        raise SystemExit(f"performers prepare: {error}") from None
     return 0

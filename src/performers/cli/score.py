@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from performers.cli.embed import add_max_length, add_model_options, load_model, read_records
+from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
+from performers.cli.options import (
+    add_crop_option,
+    add_protein_model_options,
+    check_output_file,
+    load_model,
+    read_records,
+)
 from performers.experiments.scoring import score_proteins, variant_effects
 from performers.models import PerformerForCausalLM
 from performers.utils import write_csv
@@ -31,9 +38,9 @@ models, LL(variant) - LL(wild type). Columns: id,mutations,num_mutations,score,m
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "score", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        "score", help=HELP, description=DESCRIPTION, formatter_class=RawHelpFormatter
     )
-    add_model_options(parser)
+    add_protein_model_options(parser)
     parser.add_argument("--out", required=True, help="output CSV")
     parser.add_argument(
         "--wildtype",
@@ -41,36 +48,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="WT.fasta",
         help="FASTA with one wild-type record: score each input sequence as a variant of it",
     )
-    add_max_length(parser)
+    add_crop_option(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     if args.wildtype is not None and args.max_length is not None:
-        raise SystemExit(
-            "performers score: --max-length cannot crop variants (mutations must keep their positions)"
-        )
-    records = read_records(args.input, "score")
+        raise UsageError("--max-length cannot crop variants (mutations must keep their positions)")
+    check_output_file(args.out)
+    records = read_records(args.input)
     wildtype = None
     if args.wildtype is not None:
-        wildtypes = read_records(args.wildtype, "score", "--wildtype")
+        wildtypes = read_records(args.wildtype, "--wildtype")
         if len(wildtypes) != 1:
-            raise SystemExit(
-                f"performers score: --wildtype {args.wildtype}: expected one record, found {len(wildtypes)}"
-            )
+            raise UsageError(f"--wildtype {args.wildtype}: expected one record, found {len(wildtypes)}")
         wildtype = wildtypes[0]
-    model, tokenizer = load_model(args, "score")
+    model, tokenizer = load_model(args)
     causal = isinstance(model, PerformerForCausalLM)
     start = time.perf_counter()
-    try:
+    with user_errors_named(option_names(args.command_parser)):  # a protein or option the model refuses
         if wildtype is None:
             rows = score_proteins(
                 model, tokenizer, records, max_tokens=args.max_tokens, max_length=args.max_length
             )
         else:
             rows = variant_effects(model, tokenizer, wildtype, records, max_tokens=args.max_tokens)
-    except (TypeError, ValueError) as error:
-        raise SystemExit(f"performers score: {error}") from None
     seconds = time.perf_counter() - start
     write_csv(rows, args.out)
     if wildtype is None:

@@ -1,82 +1,62 @@
-"""``performers train``: one protein language model on the shipped corpus
-(:func:`performers.experiments.run_training`); under ``torchrun --nproc_per_node=N -m performers
-train ...`` every process takes its share of each batch (gloo on CPU, nccl on GPU), and with
-``--context-parallel C`` groups of ``C`` processes split each sequence between them.
+"""``performers train``: one protein language model on the shipped corpus, a prepared dataset
+(``--data``) or FASTA files (``--train/--valid/--test``)
+(:func:`performers.experiments.proteins.train_protein_model`); under ``torchrun
+--nproc_per_node=N -m performers train ...`` every process takes its share of each batch (gloo
+on CPU, nccl on GPU), and with ``--context-parallel C`` groups of ``C`` processes split each
+sequence between them.
 
 ``--out`` belongs to the run (a lock, :mod:`performers.training.run_directory`); ``--resume``
-refuses options that would continue another computation, naming each as its option."""
+refuses options that would continue another computation, naming each as its option (the table,
+:func:`option_of`, is derived from the parser)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import json
 import os
-from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any
 
-import torch
-import torch.distributed as dist
-
-from performers.cli.favor_options import FAVOR_OPTIONS
+from performers.cli.common import UsageError
+from performers.cli.favor_options import FAVOR_FIELDS
 from performers.cli.options import (
+    MODEL_FIELDS,
+    TRAINING_FIELDS,
     add_device_option,
     add_overwrite_option,
+    add_resume_option,
     add_training_options,
+    check_resume_overwrite,
     data_from_args,
     device_from_args,
     model_config_from_args,
+    refusals_as_errors,
+    run_fields,
     set_threads,
     training_config_from_args,
 )
-from performers.experiments import run_training
-from performers.proteins import default_corpus
-from performers.proteins.prepared_dataset import MANIFEST
-from performers.training import (
-    CheckpointError,
-    ResumeMismatchError,
-    RunDirectoryError,
-    format_changes,
-    owned,
-    start_fresh,
+from performers.experiments.proteins import train_protein_model
+from performers.proteins import training_data_identity
+from performers.training import process_group
+
+HELP = (
+    "train a protein language model on the shipped corpus, a prepared dataset or FASTA files "
+    "(one process, or every process of a torchrun job)"
 )
-from performers.utils import DirectoryLockedError, sha256
 
-HELP = "train a protein language model on the shipped corpus"
 
-# The option of each key of a run description (performers.training.run_config), for messages.
-OPTION_OF: dict[str, str] = {
-    "training.task": "--task",
-    "training.max_steps": "--steps",
-    "training.batch_size": "--batch-size",
-    "training.max_length": "--max-length",
-    "training.learning_rate": "--lr",
-    "training.warmup_steps": "--warmup",
-    "training.schedule": "--schedule",
-    "training.eval_every": "--eval-every",
-    "training.bf16": "--bf16",
-    "training.seed": "--seed",
-    "training.concatenate": "--concatenate",
-    "training.num_workers": "--workers",
-    "training.context_parallel": "--context-parallel",
-    "training.data_identity.train_sha256": "training data (--data/--train)",
-    "training.data_identity.train_limit": "--train-limit",
-    "model.class": "model class (--task)",
-    "model.config.d_model": "--d-model",
-    "model.config.num_layers": "--layers",
-    "model.config.num_heads": "--heads",
-    "model.config.d_ff": "--d-ff",
-    "model.config.dropout": "--dropout",
-    "model.config.position": "--position",
-    "model.config.attention": "--attention",
-    "model.config.max_position_embeddings": "--max-length",
-    **{
-        f"model.config.favor.{name}": "--projection-seed" if name == "seed" else f"--{name.replace('_', '-')}"
-        for name in FAVOR_OPTIONS
-    },
-}
+def option_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The option of each key of a train run's description (:mod:`performers.training.run_config`),
+    for messages; derived from ``parser``."""
+    return run_fields(
+        parser,
+        {
+            "training.": {**TRAINING_FIELDS, "data_identity.train_limit": "train_limit"},
+            "model.config.": MODEL_FIELDS,
+            "model.config.favor.": FAVOR_FIELDS,
+        },
+        {
+            "training.data_identity.train_sha256": "training data (--data/--train)",
+            "model.class": "model class (--task)",
+        },
+    )
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -85,12 +65,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--attention", choices=["favor", "exact"], default="favor", help="FAVOR+ or exact softmax attention"
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue from the newest checkpoint in --out (refused if an option that changes the "
-        "computation differs; --steps, --eval-every, --workers, --threads may change)",
-    )
+    add_resume_option(parser, may_change="--steps, --eval-every, --workers, --threads")
     add_overwrite_option(parser)
     add_device_option(parser)
     parser.add_argument(
@@ -104,67 +79,24 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def data_identity(corpus: Path | None, train_limit: int | None) -> dict[str, Any]:
-    """What the training examples are: the SHA-256 of the training split's entry in a prepared
-    dataset's manifest (its files' SHA-256 and counts: the same data prepared twice gives the
-    same identity) or of the shipped corpus file, and ``--train-limit``."""
-    if corpus is None:
-        digest = sha256(default_corpus())
-    else:
-        manifest = json.loads((Path(corpus) / MANIFEST).read_text())
-        entry = {key: manifest.get(key) for key in ("format_version", "token_dtype", "vocab_size")}
-        entry["train"] = manifest["splits"].get("train")
-        digest = hashlib.sha256(json.dumps(entry, sort_keys=True).encode()).hexdigest()
-    return {"train_sha256": digest, "train_limit": train_limit}
-
-
-@contextlib.contextmanager
-def refusals_as_errors(options: Mapping[str, str]) -> Iterator[None]:
-    """Turn what a run refuses (another run in ``--out``, an earlier run without ``--resume`` or
-    ``--overwrite``, a resume with other options, no usable checkpoint) into a one-line
-    ``SystemExit`` naming the options."""
-    try:
-        yield
-    except ResumeMismatchError as error:
-        raise SystemExit(
-            f"performers: error: {error.path}: --resume refused, options differ from the run it "
-            f"continues: {format_changes(error.changes, options)} (give the run's own values, or start "
-            "afresh with --overwrite or another --out)"
-        ) from None
-    except (DirectoryLockedError, RunDirectoryError, CheckpointError) as error:
-        raise SystemExit(f"performers: error: {error}") from None
-
-
 def run(args: argparse.Namespace) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    distributed = world > 1
     if args.context_parallel > 1 and args.attention != "favor":
-        raise SystemExit("performers: error: --context-parallel needs FAVOR+ attention (--attention favor)")
+        raise UsageError("--context-parallel needs FAVOR+ attention (--attention favor)")
     if args.context_parallel < 1 or world % args.context_parallel:
-        raise SystemExit(
-            f"performers: error: --context-parallel {args.context_parallel} must divide the number of "
+        raise UsageError(
+            f"--context-parallel {args.context_parallel} must divide the number of "
             f"processes ({world}); run under torchrun --nproc_per_node with a multiple of it"
         )
-    if args.resume and args.overwrite:
-        raise SystemExit("performers: error: give --resume (continue the run) or --overwrite, not both")
-    device = device_from_args(args, "train")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # NCCL and the default CUDA stream of this process
-    if distributed and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    set_threads(args)
-    rank = dist.get_rank() if distributed else 0
-    try:
+    check_resume_overwrite(args)
+    device = device_from_args(args)
+    with process_group(device):
+        set_threads(args)
         corpus = data_from_args(args)
-        training = training_config_from_args(args, data_identity=data_identity(corpus, args.train_limit))
-        # Rank 0 owns --out from the overwrite to the saved model (the trainer locks it again).
-        ownership = owned(args.out) if rank == 0 else contextlib.nullcontext()
-        with refusals_as_errors(OPTION_OF), ownership:
-            if not args.resume:  # an earlier run in --out: refused, or moved aside (--overwrite)
-                start_fresh(args.out, overwrite=args.overwrite, clear=rank == 0)
-            if distributed:
-                dist.barrier()  # the earlier run is moved before any process looks
-            result = run_training(
+        identity = training_data_identity(corpus, args.train_limit)
+        training = training_config_from_args(args, data_identity=identity)
+        with refusals_as_errors(option_of(args.command_parser)):
+            result = train_protein_model(
                 model_config_from_args(args, attention=args.attention),
                 training,
                 out_dir=args.out,
@@ -173,11 +105,9 @@ def run(args: argparse.Namespace) -> int:
                 train_limit=args.train_limit,
                 test_limit=args.test_limit,
                 resume=args.resume,
+                overwrite=args.overwrite,
                 device=device,
             )
-    finally:
-        if distributed:
-            dist.destroy_process_group()
     if not result.test:  # a rank other than 0
         return 0
     print(

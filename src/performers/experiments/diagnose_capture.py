@@ -28,6 +28,7 @@ from performers.experiments.diagnose_measure import CapturedAttention
 from performers.layers import FavorAttention
 from performers.models.io import MODEL_CLASSES
 from performers.ops import exact_attention
+from performers.utils.errors import InputError
 
 __all__ = [
     "DiagnoseError",
@@ -40,7 +41,7 @@ __all__ = [
 _HF_NAME = "performers-diagnose"
 
 
-class DiagnoseError(ValueError):
+class DiagnoseError(InputError):
     """An input ``performers diagnose`` cannot use: the message names the argument (``MODEL``,
     ``--data``, ...) and what was expected."""
 

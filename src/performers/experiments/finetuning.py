@@ -7,7 +7,8 @@ trains the encoder and the head together (or the head alone with ``freeze_encode
 linear probe) with :class:`~performers.training.Trainer` — AdamW, the warm-up/cosine schedule,
 feature redraws of the encoder's FAVOR layers, validation, checkpoints with exact resume — and
 evaluates on the test split: accuracy over scored residues (Q3 for secondary structure), or
-Spearman correlation and MSE for regression.
+Spearman correlation and MSE for regression. :func:`labelled_splits` reads the labelled data and
+:func:`finetuning_encoder` makes the encoder, as ``performers finetune`` chooses them.
 """
 
 from __future__ import annotations
@@ -18,11 +19,25 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from performers.models import PerformerModel
-from performers.proteins import LabelledExamples, ProteinTokenizer, ResidueLabels, SequenceTargets
+from performers.experiments.proteins import load_trained
+from performers.models import PerformerConfig, PerformerModel
+from performers.proteins import (
+    LabelledExamples,
+    ProteinTokenizer,
+    ResidueLabels,
+    SequenceTargets,
+    load_shipped_task,
+)
 from performers.training import Trainer, TrainingConfig, evaluate_regression, evaluate_tokens, resolve_device
 
-__all__ = ["SequenceRegressor", "TokenClassifier", "evaluate_labelled", "finetune"]
+__all__ = [
+    "SequenceRegressor",
+    "TokenClassifier",
+    "evaluate_labelled",
+    "finetune",
+    "finetuning_encoder",
+    "labelled_splits",
+]
 
 
 class TokenClassifier(nn.Module):
@@ -116,3 +131,57 @@ def finetune(
         "valid": last,
         "steps": trainer.step,
     }
+
+
+def labelled_splits(
+    *,
+    task: str | None = None,
+    sequences: str | Path | None = None,
+    labels: str | Path | None = None,
+    mask: str | Path | None = None,
+    targets: str | Path | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+) -> dict[str, LabelledExamples]:
+    """``{"train", "valid", "test"}`` of one kind of labelled data: a sequence-level regression
+    FASTA (``targets``, ``TARGET=`` and split tags in the headers), your per-residue task
+    (``sequences`` and ``labels`` FASTA files, optional ``mask``), or a FLIP task shipped with the
+    package (``task``, default ``"secondary_structure"``). ``train_limit``/``test_limit``: the
+    first N proteins of those splits.
+
+    Raises:
+        ValueError: a malformed or inconsistent file, or an unknown task (naming it).
+        OSError: a missing or unreadable file.
+    """
+    limits = {"train": train_limit, "valid": None, "test": test_limit}
+    if targets:
+        return {s: SequenceTargets.load(targets, split=s, limit=n) for s, n in limits.items()}
+    if sequences or labels:
+        return {
+            s: ResidueLabels.load(sequences, labels, mask=mask, split=s, limit=n) for s, n in limits.items()
+        }
+    return {s: load_shipped_task(task or "secondary_structure", s, n) for s, n in limits.items()}
+
+
+def finetuning_encoder(
+    pretrained: str | Path | None,
+    *,
+    random_init: bool = False,
+    config: PerformerConfig | None = None,
+    seed: int = 0,
+) -> tuple[PerformerModel, str]:
+    """``(encoder, where it comes from)``: the encoder of the trained model in ``pretrained``;
+    with ``random_init``, its architecture randomly initialized after ``torch.manual_seed(seed)``
+    (the control run); without ``pretrained``, a new ``PerformerModel(config)`` initialized after
+    ``torch.manual_seed(seed)``."""
+    if pretrained and random_init:
+        architecture = load_trained(pretrained)[0].config
+        torch.manual_seed(seed)
+        return PerformerModel(architecture), f"random initialization (architecture of {pretrained})"
+    if pretrained:
+        model, _ = load_trained(pretrained)
+        return (model.model if hasattr(model, "model") else model), str(pretrained)
+    if config is None:
+        raise TypeError("finetuning_encoder needs a pretrained directory or a config")
+    torch.manual_seed(seed)
+    return PerformerModel(config), "random initialization"

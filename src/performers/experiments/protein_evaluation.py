@@ -13,18 +13,23 @@ from performers.proteins import (
     default_corpus,
     evaluation_batches,
     first_records,
+    read_fasta,
     read_split,
 )
+from performers.proteins.data import split_of
 from performers.proteins.prepared_dataset import PreparedDataset, is_prepared, read_manifest
 from performers.training import TrainingConfig, evaluate_tokens, evaluation_mode, logits_of
 from performers.training.evaluation import model_batches, row_token_metrics
+from performers.utils import InputError
 
 __all__ = [
     "corpus_split",
     "corpus_splits",
     "evaluate_model",
     "evaluate_per_sequence",
+    "evaluation_proteins",
     "protein_evaluator",
+    "protein_ids",
 ]
 
 
@@ -37,6 +42,36 @@ def corpus_split(corpus: str | Path | None, split: str, limit: int | None = None
             return []
         return first_records(PreparedDataset(corpus, split), limit)
     return read_split(default_corpus() if corpus is None else corpus, split)[:limit]
+
+
+def evaluation_proteins(data: str | Path | None, split: str = "test", limit: int | None = None):
+    """``(proteins, description)`` of what ``performers evaluate`` scores: the first ``limit``
+    proteins of ``split`` of the shipped corpus (``data`` None) or of a prepared dataset
+    directory, or of every record of a FASTA file ``data`` (any split).
+
+    Raises:
+        InputError: ``data`` is neither a FASTA file nor a prepared dataset directory.
+        FastaError: a malformed FASTA file (naming the file and line).
+    """
+    if data is None or is_prepared(data):
+        return corpus_split(data, split, limit), f"{data or 'shipped corpus'} {split}"
+    path = Path(data)
+    if not path.is_file():
+        raise InputError(f"{path}: not a FASTA file or a prepared dataset directory")
+    return [r.sequence for r in read_fasta(path)][:limit], str(path)
+
+
+def protein_ids(data: str | Path | None, split: str, count: int) -> list[str]:
+    """The ids of the first ``count`` proteins of :func:`evaluation_proteins` (the FASTA ids; a
+    prepared dataset's record ids)."""
+    if data is not None and is_prepared(data):
+        proteins = corpus_split(data, split, count)
+        if hasattr(proteins, "record_id"):
+            return [proteins.record_id(i) for i in range(len(proteins))]
+        return []
+    if data is None:  # the shipped corpus: its records of the split, in order
+        return [r.id for r in read_fasta(default_corpus()) if split_of(r) == split][:count]
+    return [r.id for r in read_fasta(data)][:count]
 
 
 def corpus_splits(

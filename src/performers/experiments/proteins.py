@@ -10,6 +10,7 @@ that fits a laptop CPU (:data:`DEMO_MODEL`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import time
@@ -27,7 +28,7 @@ from performers.proteins import (
     ProteinTokenizer,
     UnigramBaseline,
 )
-from performers.training import Trainer, TrainingConfig, resolve_device
+from performers.training import Trainer, TrainingConfig, owned, resolve_device, start_fresh
 from performers.utils import peak_rss_reset, rss_kib
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "protein_model_config",
     "protein_trainer",
     "run_training",
+    "train_protein_model",
     "train_variants",
     "unigram_baseline",
 ]
@@ -63,7 +65,14 @@ def protein_model_config(
     """A :class:`~performers.PerformerConfig` for protein sequences: the vocabulary and padding id
     of ``tokenizer`` (default :class:`ProteinTokenizer`) and the given sizes (defaults: the demo's
     small model). ``position="learned"`` limits the model to ``max_length`` tokens;
-    ``"rotary"`` has no limit (embed or score proteins of any length)."""
+    ``"rotary"`` has no limit (embed or score proteins of any length).
+
+    Raises:
+        ValueError: ``max_length`` below 3 (``<cls>``, a residue, ``<eos>``), or a field
+            :class:`~performers.PerformerConfig` refuses.
+    """
+    if max_length < 3:
+        raise ValueError(f"max_length must be >= 3 (<cls>, a residue, <eos>), got {max_length}")
     tokenizer = tokenizer or ProteinTokenizer()
     return PerformerConfig(
         vocab_size=len(tokenizer),
@@ -174,6 +183,54 @@ def run_training(
     model.save_pretrained(out_dir / "final")
     tokenizer.save(out_dir / "final" / "tokenizer.json")
     return RunResult(name, test_metrics, seconds, rate, peak, parameters)
+
+
+def train_protein_model(
+    model_config: PerformerConfig,
+    training: TrainingConfig,
+    *,
+    out_dir: str | Path,
+    name: str = "run",
+    corpus: str | Path | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    device: str | torch.device = "cpu",
+) -> RunResult:
+    """:func:`run_training` in a run directory that belongs to the run, as ``performers train``
+    runs it, in one process or in every process of a ``torch.distributed`` job.
+
+    Rank 0 owns ``out_dir`` (:func:`~performers.training.owned`) from the start to the saved
+    model. A fresh run (not ``resume``) refuses a directory holding an earlier run unless
+    ``overwrite``, which moves that run aside (:func:`~performers.training.start_fresh`); the
+    other processes wait for it. Only rank 0's result has ``test`` metrics.
+
+    Raises:
+        DirectoryLockedError, RunDirectoryError: ``out_dir`` is another run's, or holds an
+            earlier run (without ``resume`` or ``overwrite``).
+        ResumeMismatchError, CheckpointError: a resume with other options, or no usable checkpoint.
+    """
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank = dist.get_rank() if distributed else 0
+    with owned(out_dir) if rank == 0 else contextlib.nullcontext():
+        if not resume:  # an earlier run in out_dir: refused, or moved aside (overwrite)
+            start_fresh(out_dir, overwrite=overwrite, clear=rank == 0)
+        if distributed:
+            dist.barrier()  # the earlier run is moved before any process looks
+        return run_training(
+            model_config,
+            training,
+            out_dir=out_dir,
+            name=name,
+            corpus=corpus,
+            train_limit=train_limit,
+            test_limit=test_limit,
+            resume=resume,
+            device=device,
+        )
 
 
 def load_trained(directory: str | Path, **overrides):

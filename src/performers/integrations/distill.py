@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import copy
 import gzip
+import hashlib
+import json
 import os
 import sys
 import time
@@ -56,13 +58,14 @@ from performers.training import (
     save_checkpoint,
     start_fresh,
 )
-from performers.utils import IGNORE_INDEX
+from performers.utils import IGNORE_INDEX, InputError, sha256
 from performers.utils.validation import is_int
 
 __all__ = [
     "DistillConfig",
     "TextBatches",
     "distill",
+    "distill_data_identity",
     "distillation_loss",
     "make_student",
     "read_texts",
@@ -110,6 +113,19 @@ class DistillConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
         if not isinstance(self.data_identity, dict):
             raise TypeError(f"data_identity must be a dict, got {type(self.data_identity).__name__}")
+
+
+def distill_data_identity(model: str | os.PathLike, texts: Sequence[str]) -> dict[str, Any]:
+    """What a distillation learns from, for ``DistillConfig.data_identity`` (compared on resume):
+    the SHA-256 of the teacher's weight files in the directory ``model`` (by name; the name
+    itself when ``model`` is not a directory) and of the training texts (in order)."""
+    directory = Path(model)
+    weights = sorted(p for p in directory.glob("*") if p.suffix in (".safetensors", ".bin"))
+    teacher = {p.name: sha256(p) for p in weights} if directory.is_dir() else str(model)
+    return {
+        "teacher_sha256": hashlib.sha256(json.dumps(teacher, sort_keys=True).encode()).hexdigest(),
+        "texts_sha256": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest(),
+    }
 
 
 def make_student(teacher: nn.Module, config: FavorConfig | None = None) -> nn.Module:
@@ -167,8 +183,8 @@ def read_texts(path: str | os.PathLike) -> list[str]:
     """Non-empty lines of a text file (plain or ``.gz``), one text per line.
 
     Raises:
-        ValueError: the file holds no text, is not UTF-8, or is a truncated gzip file (the
-            message names the file). A UTF-8 byte-order mark is dropped.
+        InputError: (a ``ValueError``) the file holds no text, is not UTF-8, or is a truncated
+            gzip file (the message names the file). A UTF-8 byte-order mark is dropped.
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
@@ -176,11 +192,11 @@ def read_texts(path: str | os.PathLike) -> list[str]:
         with opener(path, "rt", encoding="utf-8-sig") as handle:
             texts = [line.strip() for line in handle if line.strip()]
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
     except (EOFError, gzip.BadGzipFile) as error:
-        raise ValueError(f"{path}: truncated or corrupt gzip file ({error})") from None
+        raise InputError(f"{path}: truncated or corrupt gzip file ({error})") from None
     if not texts:
-        raise ValueError(f"{path}: no texts")
+        raise InputError(f"{path}: no texts")
     return texts
 
 

@@ -91,12 +91,14 @@ from performers.integrations.hf_masks import favor_mask, key_padding
 from performers.layers import FavorAttention, FavorConfig
 from performers.layers.favor_config import FAVOR_FORMAT, favor_config_from_saved
 from performers.ops import favor_attention
+from performers.utils import InputError
 
 __all__ = [
     "ATTENTION_NAME",
     "SUPPORTED_ATTENTION_CLASSES",
     "FavorCache",
     "FavorCacheLayer",
+    "UnsupportedModelError",
     "attention_modules",
     "favor_attention_forward",
     "favor_mask",
@@ -120,6 +122,11 @@ SUPPORTED_ATTENTION_CLASSES: dict[str, tuple[str, ...]] = {
 }
 
 _WARNED: set[str] = set()
+
+
+class UnsupportedModelError(InputError):
+    """A model of a family the ``"favor"`` attention does not support (its ``model_type`` is not
+    in :data:`SUPPORTED_ATTENTION_CLASSES`), or one without the attention modules of its family."""
 
 
 def _warn_once(key: str, message: str) -> None:
@@ -455,19 +462,20 @@ def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """``(name, module)`` of every attention module of ``model`` the backend runs, in order.
 
     Raises:
-        ValueError: if ``model`` is not a supported family (see :data:`SUPPORTED_ATTENTION_CLASSES`).
+        UnsupportedModelError: (a ``ValueError``) ``model`` is not of a supported family (see
+            :data:`SUPPORTED_ATTENTION_CLASSES`).
     """
     config = getattr(model, "config", None)
     model_type = _model_type(config) if config is not None else ""
     names = SUPPORTED_ATTENTION_CLASSES.get(model_type)
     if names is None:
-        raise ValueError(
+        raise UnsupportedModelError(
             f"performerize does not support {type(model).__name__} (model_type {model_type!r}); "
             f"supported model types: {sorted(SUPPORTED_ATTENTION_CLASSES)}"
         )
     found = [(n, m) for n, m in model.named_modules() if type(m).__name__ in names]
     if not found:
-        raise ValueError(f"found no attention module ({names}) in {type(model).__name__}")
+        raise UnsupportedModelError(f"found no attention module ({names}) in {type(model).__name__}")
     return found
 
 
@@ -511,17 +519,20 @@ def performerize(model: nn.Module, config: FavorConfig | None = None) -> nn.Modu
     return model
 
 
-def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
+def load_hf_model(path: str | os.PathLike, *, supported_only: bool = False) -> tuple[nn.Module, Any]:
     """``(model, tokenizer or None)`` from a ``save_pretrained`` directory, offline, eval mode.
 
     The class is the one named in ``config.architectures`` (e.g. ``BertModel``,
     ``GPT2LMHeadModel``), so heads are kept; ``AutoModel`` when none is named. A model converted
     by :func:`performerize` (its config holds ``favor_config``) loads with the ``"favor"``
     attention and its saved projections, also when it was saved before ``config.json``
-    recorded ``attn_implementation``.
+    recorded ``attn_implementation``. ``supported_only``: refuse a family :func:`performerize`
+    does not support before loading its weights.
 
     Raises:
         FileNotFoundError: ``path`` has no ``config.json``.
+        UnsupportedModelError: its ``config.json`` names a model type transformers does not know
+            (or, with ``supported_only``, one the ``"favor"`` attention does not support).
         ConfigError: the saved ``favor_config`` misses a field of its format (named).
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -531,7 +542,15 @@ def load_hf_model(path: str | os.PathLike) -> tuple[nn.Module, Any]:
     path = str(path)
     if not Path(path, "config.json").is_file():
         raise FileNotFoundError(f"{path}: not a Hugging Face model directory (no config.json)")
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (KeyError, ValueError) as error:  # a model_type this transformers does not know
+        raise UnsupportedModelError(f"{path}: cannot read its config.json: {error}") from None
+    if supported_only and _model_type(config) not in SUPPORTED_ATTENTION_CLASSES:
+        raise UnsupportedModelError(
+            f"{path}: the FAVOR attention does not support model_type {_model_type(config)!r}; "
+            f"supported model types: {sorted(SUPPORTED_ATTENTION_CLASSES)}"
+        )
     names = getattr(config, "architectures", None) or []
     cls = getattr(transformers, names[0], None) if names else None
     options: dict[str, Any] = {}

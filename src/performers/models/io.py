@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from performers.models.config import PerformerConfig
 from performers.utils import atomic_write, load_safetensors, package_version
+from performers.utils.errors import InputError
 
 __all__ = [
     "CONFIG_NAME",
@@ -47,7 +48,7 @@ WEIGHTS_NAME = "model.safetensors"
 MODEL_CLASSES: dict[str, type[nn.Module]] = {}
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(InputError):
     """A model directory that cannot be loaded as written: invalid or incomplete ``config.json``
     (a missing field is named), unreadable weights, or tensors that do not fit the model. The
     message starts with the file's path."""

@@ -68,7 +68,6 @@ BackendName = Literal["auto", "torch", "triton"]
 # The `backend=` of favor_attention / favor_attention_step: which implementation runs a call
 # (not the attention of a layer, performers.layers.ATTENTION_BACKENDS).
 OP_BACKENDS: tuple[str, ...] = ("auto", "torch", "triton")
-BACKENDS = OP_BACKENDS  # the former name, kept importable for callers not yet renamed
 
 
 def linear_attention(

@@ -17,6 +17,7 @@ from performers.proteins.data import (
     read_split,
 )
 from performers.proteins.fasta import FastaError, FastaRecord, read_fasta
+from performers.proteins.identity import training_data_identity
 from performers.proteins.labelled import (
     SHIPPED_TASKS,
     LabelledExamples,
@@ -59,4 +60,5 @@ __all__ = [
     "read_fasta",
     "read_manifest",
     "read_split",
+    "training_data_identity",
 ]

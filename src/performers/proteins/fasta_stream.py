@@ -26,6 +26,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import IO
 
+from performers.utils.errors import InputError
+
 __all__ = ["BLOCK_BYTES", "FastaError", "text_blocks"]
 
 BLOCK_BYTES = 4 << 20  # text per block: large enough that per-block Python costs vanish
@@ -46,7 +48,7 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
-class FastaError(ValueError):
+class FastaError(InputError):
     """Malformed FASTA input; the message starts with ``file:line:`` (or ``file:`` for a
     problem of the file as a whole: truncated or corrupt gzip, binary data)."""
 

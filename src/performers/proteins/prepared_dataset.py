@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from performers.proteins.tokenizer import ProteinTokenizer
+from performers.utils.errors import InputError
 
 __all__ = [
     "FORMAT",
@@ -51,7 +52,7 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}/tokens-{index:05d}.u8"
 
 
-class PreparedDatasetError(ValueError):
+class PreparedDatasetError(InputError):
     """A directory that is not a (readable) prepared dataset; the message names it and says why."""
 
 

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from performers.proteins.fasta import RARE_RESIDUES, STANDARD_RESIDUES
 from performers.utils import atomic_write
+from performers.utils.errors import InputError
 
 __all__ = ["SPECIAL_TOKENS", "ProteinTokenizer", "UnknownResidueError"]
 
@@ -24,7 +25,7 @@ SPECIAL_TOKENS = ("<pad>", "<mask>", "<cls>", "<eos>", "<unk>")
 UNKNOWN_MODES = ("unk", "error")
 
 
-class UnknownResidueError(ValueError):
+class UnknownResidueError(InputError):
     """A residue string holding a character the tokenizer has no token for (with
     ``unknown="error"``); the message names the character, its position and the sequence, which
     are also its attributes ``char``, ``position`` (0-based) and ``sequence``."""

@@ -7,13 +7,20 @@ from performers.training.checkpoint import (
     Checkpoint,
     CheckpointError,
     NoUsableCheckpointError,
+    checkpoint_period,
     latest_checkpoint,
     load_checkpoint,
     restore,
     save_checkpoint,
 )
 from performers.training.data import ExampleSource, RandomStreams
-from performers.training.devices import model_device, resolve_device, to_device
+from performers.training.devices import (
+    model_device,
+    once_per_job,
+    process_group,
+    resolve_device,
+    to_device,
+)
 from performers.training.evaluation import (
     evaluate_regression,
     evaluate_tokens,
@@ -52,6 +59,7 @@ __all__ = [
     "TrainingConfig",
     "build_optimizer",
     "check_resume",
+    "checkpoint_period",
     "describe_run",
     "evaluate_regression",
     "evaluate_tokens",
@@ -64,7 +72,9 @@ __all__ = [
     "make_scheduler",
     "masked_accuracy",
     "model_device",
+    "once_per_job",
     "owned",
+    "process_group",
     "ranks",
     "recorded_run",
     "resolve_device",

@@ -21,6 +21,8 @@ type), falling back to the previous one. Nothing is ever unpickled.
 ``meta.json`` of a checkpoint written before it carried ``format`` and ``checksum`` (format 1)
 is still read: checked against the older schema, with a warning that its contents cannot be
 verified.
+
+:func:`checkpoint_period` is how often the commands checkpoint a run.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from torch import Tensor, nn
 
 from performers.training.run_config import Change, ResumeMismatchError
 from performers.utils import atomic_directory, load_safetensors, sha256
+from performers.utils.errors import InputError
 
 __all__ = [
     "FORMAT",
@@ -47,6 +50,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "NoUsableCheckpointError",
+    "checkpoint_period",
     "latest_checkpoint",
     "load_checkpoint",
     "restore",
@@ -54,6 +58,13 @@ __all__ = [
 ]
 
 PREFIX = "step-"
+
+
+def checkpoint_period(max_steps: int, eval_every: int) -> int:
+    """The commands' checkpoint policy: every ``eval_every`` steps, but at most about four
+    checkpoints per run (``max(eval_every, max_steps // 4)``)."""
+    return max(eval_every, max_steps // 4)
+
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
 # The version of meta.json: 2 adds "format", "run" and "checksum" (1: none of them).
 FORMAT = 2
@@ -75,7 +86,7 @@ _LEGACY_OPTIONAL: Schema = {"scheduler": (dict, type(None)), "state": dict}
 _OPTIMIZER_SCHEMA: Schema = {"param_groups": list, "plain_state": dict}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint directory that cannot be used; the message names it and the problem."""
 
 

@@ -1,4 +1,6 @@
-"""Where a run computes: choosing the device, and bringing batches to the model's device.
+"""Where a run computes: choosing the device, bringing batches to the model's device, and doing
+a step once per ``torch.distributed`` job, rank 0 first (:func:`once_per_job`), and joining the
+job of a process started by ``torchrun`` (:func:`process_group`).
 
 Batches are built on the CPU (the loader and its worker processes); the training loop and the
 evaluation functions move each one to the device of the model's parameters, so a model moved
@@ -7,14 +9,17 @@ with ``model.to("cuda")`` trains and evaluates there with no other change.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["model_device", "resolve_device", "to_device"]
+T = TypeVar("T")
+
+__all__ = ["model_device", "once_per_job", "process_group", "resolve_device", "to_device"]
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -61,3 +66,40 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
                 f"device {str(chosen)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
             )
     return chosen
+
+
+def once_per_job(make: Callable[[], T]) -> T:
+    """``make()`` in rank 0 first, then in the other processes of a ``torch.distributed`` job
+    (which then find what rank 0 made, e.g. a prepared dataset in its cache); just ``make()`` in
+    a single process. Every process of the job must call it (it holds a barrier)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return make()
+    if dist.get_rank() == 0:
+        result = make()
+        dist.barrier()
+        return result
+    dist.barrier()
+    return make()
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[int]:
+    """Inside: this process's place in its ``torchrun`` job; yields its rank (0 when alone).
+
+    A CUDA ``device`` becomes the process's current device (NCCL and the default stream use it).
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) the process joins the default process group — nccl
+    on CUDA, gloo on the CPU — unless it has already, and leaves it on the way out."""
+    import torch.distributed as dist
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield dist.get_rank() if distributed else 0
+    finally:
+        if distributed:
+            dist.destroy_process_group()

@@ -23,6 +23,8 @@ from typing import Any, NamedTuple
 
 from torch import nn
 
+from performers.utils.errors import InputError
+
 __all__ = [
     "SAFE_ON_RESUME",
     "Change",
@@ -85,7 +87,7 @@ class Change(NamedTuple):
     new: Any
 
 
-class ResumeMismatchError(ValueError):
+class ResumeMismatchError(InputError):
     """A resume that would continue a different computation; ``changes`` lists each difference.
 
     The message names the checkpoint and every change (``learning_rate 0.002 → 0.0003``);

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from performers.training.checkpoint import PREFIX
 from performers.utils import DirectoryLock, atomic_write
+from performers.utils.errors import InputError
 from performers.utils.locking import describe_holder
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "final")
 
 
-class RunDirectoryError(ValueError):
+class RunDirectoryError(InputError):
     """A fresh run into a directory that holds an earlier run; the message says what it holds
     and the ways on (resume, overwrite, another directory)."""
 

@@ -1,10 +1,12 @@
 """Helpers with no knowledge of attention or models: memory measurement, atomic files,
-directory locks, seed derivation, value checks (:mod:`~performers.utils.validation`), label
-conventions and the location of the data shipped with the package.
+directory locks, the base of the library's input errors (:class:`InputError`), value checks
+(:mod:`~performers.utils.validation`), seed derivation, label conventions and the location of
+the data shipped with the package.
 
 This is the bottom of the package: it imports nothing else from ``performers``.
 """
 
+from performers.utils.errors import InputError
 from performers.utils.files import atomic_directory, atomic_write, load_safetensors, sha256, write_csv
 from performers.utils.labels import IGNORE_INDEX
 from performers.utils.locking import DirectoryLock, DirectoryLockedError
@@ -18,6 +20,7 @@ __all__ = [
     "ConfigError",
     "DirectoryLock",
     "DirectoryLockedError",
+    "InputError",
     "atomic_directory",
     "atomic_write",
     "derive_seed",

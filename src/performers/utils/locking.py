@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from performers.utils.errors import InputError
+
 __all__ = ["LOCK_NAME", "DirectoryLock", "DirectoryLockedError"]
 
 LOCK_NAME = ".lock"
@@ -35,7 +37,7 @@ except ImportError:  # Windows: no flock
     fcntl = None  # type: ignore[assignment]
 
 
-class DirectoryLockedError(ValueError):
+class DirectoryLockedError(InputError):
     """Another process holds the directory's lock; the message names its pid and host."""
 
     def __init__(self, directory: Path, holder: dict[str, Any], note: str = "") -> None:

@@ -17,6 +17,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from performers.utils.errors import InputError
+
 __all__ = [
     "ConfigError",
     "check_format",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A saved configuration that cannot be read as written: a field that changes the
     computation is missing, or the format is unknown. The message names the field (and the file
     where the caller knows it)."""
