@@ -1,6 +1,5 @@
 """`performers bench approximation`: every section runs at toy sizes and reports sane numbers."""
 
-import json
 import math
 
 import pytest
@@ -10,6 +9,7 @@ from performers import FavorConfig, PerformerConfig, PerformerForMaskedLM
 from performers.bench import approximation, approximation_report
 from performers.cli import main
 from performers.ops import theory
+from test_bench_results import assert_written_by_the_results_writer
 
 
 def test_attention_rows_include_favor_plus_plus_with_its_theory(capsys):
@@ -60,10 +60,21 @@ def test_protein_capture_and_sections_output(tmp_path):
 
     out = tmp_path / "out"
     args = ["bench", "approximation", "--sections", "attention", "reduction", "--length", "16", "--dim", "4"]
-    args += ["--features", "4", "--repeats", "2", "--kernels", "softmax", "favor++", "--out", str(out)]
+    args += [
+        "--num-features-sweep",
+        "4",
+        "--repeats",
+        "2",
+        "--kernels",
+        "softmax",
+        "favor++",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
-    payload = json.loads((out / "approximation.json").read_text())
-    assert set(payload) == {"settings", "attention", "reduction"}
+    payload = assert_written_by_the_results_writer(out / "approximation.json", out / "tables.md")
+    assert set(payload) == {"settings", "attention", "reduction", "environment"}
+    assert payload["settings"]["feature_counts"] == [4]
     assert "FAVOR++ vs FAVOR+" in (out / "tables.md").read_text()
 
     rows, infos = approximation.protein_attention_errors(

@@ -1,14 +1,22 @@
-"""Helpers of the all-MiniLM-L6-v2 / STS-B experiment (performers bench compat)."""
+"""Backward compatibility (performers.bench.compat): the helpers of the all-MiniLM-L6-v2 / STS-B
+experiment (performers bench compat) and the protein experiment (performers bench
+proteins-backcompat) on a tiny budget."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from performers.bench.compat import write_markdown
+from performers.bench.compat import write_compat
+from performers.cli import main
+from performers.experiments import evaluate_model
+from performers.models import from_pretrained
+from performers.proteins import ProteinTokenizer, default_corpus, read_split
 from performers.text import load_stsb
 from performers.training import ranks as _ranks
 from performers.training import spearman
+from test_bench_results import assert_written_by_the_results_writer
+from test_cli_proteins import TINY
 
 
 def test_load_stsb_reads_the_shipped_splits():
@@ -61,8 +69,38 @@ def test_write_markdown(tmp_path):
         "rows": rows,
         "distill": {"steps": 1, "batch_size": 2, "learning_rate": 1e-4, "warmup_steps": 1},
     }
-    write_markdown(results, tmp_path / "r.md", "performers bench compat")
-    text = (tmp_path / "r.md").read_text()
+    assert write_compat(results, tmp_path, "performers bench compat") == tmp_path / "compat.json"
+    assert (
+        assert_written_by_the_results_writer(tmp_path / "compat.json")["environment"]["torch"]
+        == torch.__version__
+    )
+    text = (tmp_path / "compat.md").read_text()
     assert "`performers bench compat`" in text
     assert "| relu | 256 |" in text and "| -1.00 | yes |" in text
     assert "not distilled" in text
+
+
+def test_backcompat_starts_from_the_exact_weights_and_records_the_recovery_curve(tmp_path):
+    assert main(["train", *TINY, "--attention", "exact", "--out", str(tmp_path / "exact")]) == 0
+    out = tmp_path / "bc"
+    # The model comes from --exact: the size and FAVOR options are not options of this command.
+    model_options = {"--d-model", "--layers", "--heads", "--d-ff", "--num-features"}
+    run = [a for i, a in enumerate(TINY) if a not in model_options and TINY[i - 1] not in model_options]
+    args = ["bench", "proteins-backcompat", *run, "--exact", str(tmp_path / "exact"), "--out", str(out)]
+    assert main(args) == 0
+    record = assert_written_by_the_results_writer(out / "backcompat.json")
+    assert [s for s, _ in record["curves"]["converted"]] == [0, 2, 4]
+    assert [s for s, _ in record["curves"]["scratch"]] == [0, 2, 4]
+    # Step 0 of the converted curve is the exact model's weights run with FAVOR+, and the
+    # reference is the same weights with exact attention, both on the same validation masks.
+    valid = read_split(default_corpus(), "valid")[:64]
+    common = dict(task="mlm", max_length=32, batch_size=4, seed=0, max_batches=10)
+    tokenizer = ProteinTokenizer()
+    for attention, expected in (
+        ("favor", record["curves"]["converted"][0][1]),
+        ("exact", record["exact"]["valid_accuracy"]),
+    ):
+        model = from_pretrained(tmp_path / "exact" / "final", attention=attention)
+        assert evaluate_model(model, tokenizer, valid, **common)["accuracy"] == expected
+    assert set(record["test"]) == {"converted, before fine-tuning", "converted", "scratch"}
+    assert "FAVOR+, converted, before fine-tuning" in (out / "backcompat.md").read_text()

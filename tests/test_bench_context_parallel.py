@@ -3,6 +3,7 @@
 import json
 
 from performers.bench.context_parallel import Spec, run_context_parallel, summary_bytes
+from test_bench_results import assert_written_by_the_results_writer
 
 
 def test_tiny_context_parallel_benchmark_writes_its_report(tmp_path):
@@ -15,7 +16,9 @@ def test_tiny_context_parallel_benchmark_writes_its_report(tmp_path):
         base, [2], out=out, longest=longest, longest_worlds=[2], budget_gib=8.0, longest_start=64,
         longest_max=128, log=lambda _: None,
     )  # fmt: skip
-    assert json.loads(out.read_text())["op"] == json.loads(json.dumps(results["op"], default=str))
+    assert assert_written_by_the_results_writer(out)["op"] == json.loads(
+        json.dumps(results["op"], default=str)
+    )
     ops = results["op"]
     # Both directions: the plain single-process op, then the distributed one on 2 processes.
     assert [(p["spec"]["causal"], p["spec"]["world"], p["spec"]["single"]) for p in ops] == [

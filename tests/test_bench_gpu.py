@@ -5,6 +5,7 @@ import json
 
 from performers.bench.gpu import run_gpu_suite
 from performers.bench.gpu_report import targets
+from test_bench_results import assert_written_by_the_results_writer
 
 
 def test_gpu_suite_runs_on_cpu_and_writes_reports(tmp_path):
@@ -27,7 +28,7 @@ def test_gpu_suite_runs_on_cpu_and_writes_reports(tmp_path):
         profile_length=32,
         log=lambda *_: None,
     )
-    saved = json.loads((tmp_path / "gpu.json").read_text())
+    saved = assert_written_by_the_results_writer(tmp_path / "gpu.json")
     assert saved["attention"] == json.loads(json.dumps(results["attention"]))
     by_method = {(p["spec"]["method"], p["spec"]["causal"]): p for p in saved["attention"]}
     for causal in (False, True):
@@ -149,3 +150,17 @@ def test_a_failing_point_is_recorded_with_its_reason_and_the_suite_goes_on():
     assert profile_kernels(spec, cpu)["note"].startswith("ValueError: unknown method")
     decode = measure_decode(32, "favor-nowhere", cpu, dim=16, features=16, dtype="float32")
     assert "step_ms" not in decode and decode["note"].startswith("ValueError: backend must be")
+
+
+def test_without_a_gpu_the_command_says_so_in_one_line(capsys):
+    import pytest
+    import torch
+
+    from performers.cli import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert main(["bench", "gpu", "--out", "unused"]) == 2
+    assert capsys.readouterr().err == (
+        "performers bench gpu: error: no CUDA device (use --device cpu for a small check)\n"
+    )

@@ -1,6 +1,5 @@
 """Generation from the recurrent state (FAVOR+) or a KV cache (exact) equals full recomputation."""
 
-import json
 
 import pytest
 import torch
@@ -10,6 +9,7 @@ from performers.cli import main as cli_main
 from performers.layers import KVCache
 from performers.models.generation import sample_next_token
 from performers.ops import FavorState
+from test_bench_results import assert_written_by_the_results_writer
 
 DT = torch.float64
 VOCAB = 29
@@ -170,7 +170,7 @@ def test_bench_generate_smoke(tmp_path):
     args += ["--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--num-features", "8"]
     args += ["--vocab-size", "31", "--threads", "1", "--out", str(out), "--no-plot"]
     assert cli_main(args) == 0
-    payload = json.loads(out.read_text())
+    payload = assert_written_by_the_results_writer(out)
     rows = payload["rows"]
     assert {(r["backend"], r["context"]) for r in rows} == {
         (b, c) for b in ("favor", "exact") for c in (16, 32)

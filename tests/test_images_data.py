@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from performers.experiments.paper_tasks import causal_scores
+from performers.bench.paper_tasks import causal_scores
 from performers.images import (
     BOS_ID,
     PIXEL_LEVELS,

@@ -9,16 +9,17 @@ import statistics
 import pytest
 import torch
 
-from performers.cli import main
-from performers.experiments.attention_sweep import stability
-from performers.experiments.paper_tasks import (
+from performers.bench.attention_sweep import stability
+from performers.bench.paper_tasks import (
     ModelSize,
     TaskSpec,
     task_model_config,
     variant_config,
     variant_names,
 )
+from performers.cli import main
 from performers.models import PerformerConfig, build_model
+from test_bench_results import assert_written_by_the_results_writer
 
 TINY_MODEL = ["--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--num-features", "8"]
 TINY = [
@@ -88,7 +89,7 @@ def test_kernel_sweep_end_to_end(tmp_path):
     args += ["--variants", "exact", "favor-softmax", "favor-sigmoid", "favor-identity"]
     assert main(args) == 0
     report = (out / "kernel_sweep.md").read_text()
-    data = json.loads((out / "kernel_sweep.json").read_text())
+    data = assert_written_by_the_results_writer(out / "kernel_sweep.json")
     for task, metric in (("proteins", "accuracy"), ("text", "bits_per_character")):
         rows = data["tasks"][task]["rows"]
         assert [r["variant"] for r in rows] == ["exact", "favor-softmax", "favor-sigmoid", "favor-identity"]
@@ -106,7 +107,7 @@ def test_baselines_end_to_end_with_equal_steps_and_equal_wall_clock(tmp_path):
     args += ["--final-limit", "2", "--seconds", "0.5", "--probe-steps", "3", "--out", str(out)]
     args += ["--variants", "local", "linear"]
     assert main(args) == 0
-    rows = json.loads((out / "baselines.json").read_text())["tasks"]["text"]["rows"]
+    rows = assert_written_by_the_results_writer(out / "baselines.json")["tasks"]["text"]["rows"]
     assert [(r["variant"], r["budget"]) for r in rows] == [
         ("local", "steps"),
         ("linear", "steps"),
@@ -132,7 +133,7 @@ def test_pixels_end_to_end_reports_bits_per_dim_and_samples_images(tmp_path):
     args = ["bench", "pixels", *TINY, "--samples", "2", "--eval-images", "2", "--test-images", "4"]
     args += ["--train-images", "8", "--variants", "favor-softmax", "local", "--out", str(out)]
     assert main(args) == 0
-    data = json.loads((out / "pixels.json").read_text())
+    data = assert_written_by_the_results_writer(out / "pixels.json")
     for run in data["runs"]:
         assert 0 < run["final"]["bits_per_dimension"] < 12
         assert run["extra"]["sampling"]["seconds"] > 0
@@ -157,7 +158,7 @@ def test_text_end_to_end_at_two_contexts_with_samples(tmp_path):
     ]
     args += ["--out", str(out)]
     assert main(args) == 0
-    data = json.loads((out / "text.json").read_text())
+    data = assert_written_by_the_results_writer(out / "text.json")
     assert set(data["contexts"]) == {"32", "64"}
     for context in data["contexts"].values():
         for run in context["runs"]:

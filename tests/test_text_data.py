@@ -68,7 +68,7 @@ def test_training_windows_are_cuts_of_the_text_reproducible_from_their_streams()
 
 
 def test_validation_windows_do_not_overlap_and_a_uniform_model_costs_log2_v():
-    from performers.experiments.paper_tasks import causal_scores
+    from performers.bench.paper_tasks import causal_scores
     from performers.text import window_batches
 
     ids = torch.arange(100) % 7

@@ -1,13 +1,15 @@
 """Zero-shot GB1: model scores, the BLOSUM62 baseline and random scores against fitness."""
 
+
 import torch
 
 from performers import FavorConfig
+from performers.bench.gb1_zero_shot import blosum62_scores, gb1_zero_shot, write_report
 from performers.experiments import protein_model_config
-from performers.experiments.zero_shot import blosum62_scores, gb1_zero_shot, write_report
 from performers.models import build_model
 from performers.proteins import ProteinTokenizer
 from performers.proteins.substitution import blosum62
+from test_bench_results import assert_written_by_the_results_writer
 
 
 def test_blosum62_is_the_symmetric_standard_matrix_and_scores_substitutions():
@@ -30,5 +32,8 @@ def test_gb1_zero_shot_reports_the_model_and_both_baselines(tmp_path):
     assert result["scores"]["Sequence0"] == 0.0  # the wild type
     assert all(-1 <= r["spearman_all"] <= 1 and -1 <= r["spearman_test"] <= 1 for r in result["rows"])
     assert result["rows"][2]["spearman_sd"] > 0
-    text = write_report(result, tmp_path / "z.md", "performers bench gb1-zero-shot m", "m").read_text()
+    written = write_report(result, tmp_path, "performers bench gb1-zero-shot m", "m")
+    assert written == tmp_path / "gb1_zero_shot.json"
+    assert assert_written_by_the_results_writer(written)["rows"] == result["rows"]
+    text = (tmp_path / "gb1_zero_shot.md").read_text()
     assert "BLOSUM62 sum" in text and "| Spearman, all variants |" in text

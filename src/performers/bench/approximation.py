@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from performers.bench.approximation_sklearn import sklearn_digits
+from performers.bench.results import write_results
 from performers.ops import (
     KERNELS,
     exact_attention,
@@ -152,10 +153,9 @@ def format_table(rows: list[ApproximationRow]) -> str:
 
 
 def write_json(rows: list[ApproximationRow], path: str | Path, settings: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": settings, "rows": [asdict(r) for r in rows]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
+    """Write the rows of :func:`measure` with their ``settings`` to ``path`` (JSON, with the
+    environment)."""
+    write_results(path, {"settings": settings, "rows": [asdict(r) for r in rows]})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from performers.bench.approximation import KERNEL_PAIRS_MAX, ApproximationRow, format_table
+from performers.bench.results import write_results
 
-__all__ = ["format_sections", "plot_sections"]
+__all__ = ["format_sections", "plot_sections", "write_sections"]
 
 
 def plot_sections(results: dict, directory: str | Path) -> list[Path]:
@@ -215,3 +216,23 @@ def format_sections(results: dict, settings: dict) -> str:
             )
         parts.append("\n".join(lines))
     return "\n\n".join(parts)
+
+
+def write_sections(
+    results: dict, settings: dict, tables: str, *, out: str | Path | None = None, json_path=None
+) -> list[Path]:
+    """Write the results of :func:`~performers.bench.approximation.run_sections` with their
+    ``settings``: ``approximation.json``, ``tables.md`` (``tables``) and the plots into ``out``,
+    and/or the JSON alone to ``json_path``; returns the paths written."""
+    record = {"settings": settings, **results}
+    written = []
+    if out is not None:
+        out = Path(out)
+        written.append(
+            write_results(out / "approximation.json", record, tables + "\n", markdown_path=out / "tables.md")
+        )
+        written.append(out / "tables.md")
+        written += plot_sections(results, out)
+    if json_path is not None:
+        written.append(write_results(json_path, record))
+    return written

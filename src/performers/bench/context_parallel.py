@@ -45,6 +45,7 @@ import torch.multiprocessing as mp
 
 from performers import distributed
 from performers.bench.environment import environment
+from performers.bench.results import write_results
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, PerformerForCausalLM
 from performers.ops import favor_attention, orthogonal_projection
@@ -442,11 +443,6 @@ def run_context_parallel(
             results["longest"] += [_point_dict(p) for p in points]
             fits = [p.spec.length for p in points if p.peak_mib and sum(p.peak_mib) / 1024 <= budget_gib]
             results["longest_fit"][str(world)] = max(fits) if fits else None
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(results, indent=2, default=str) + "\n"
-    atomic_write(out, lambda tmp: tmp.write_text(text))
-    report = format_report(results)
-    atomic_write(out.with_suffix(".md"), lambda tmp: tmp.write_text(report))
+    out = write_results(out, results, format_report(results))
     atomic_write(out.with_suffix(".png"), lambda tmp: _plot(results, tmp))
     return results

@@ -31,7 +31,6 @@ Run::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -43,13 +42,13 @@ from pathlib import Path
 
 import torch
 
-from performers.bench.environment import environment
+from performers.bench.results import write_results
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, build_model
 from performers.proteins import ProteinTokenizer
-from performers.utils import atomic_write
 
 __all__ = [
+    "FAVOR_DEFAULTS",
     "TASKS",
     "Point",
     "Spec",
@@ -60,6 +59,9 @@ __all__ = [
     "save_random_model",
     "write_proteins",
 ]
+
+FAVOR_DEFAULTS = FavorConfig(num_features=64)
+"""The FAVOR options of the random model by default (the demo's M)."""
 
 TASKS = ("embed", "score-clm", "score-pll")
 DEFAULT_LENGTHS = (1024, 8192, 32768)
@@ -302,15 +304,8 @@ def run_embed_score(
     points = measure(
         tasks, backends, lengths, base=base, residues_per_point=residues_per_point, timeout=timeout
     )
-    payload = {
-        "command": command,
-        "settings": settings,
-        "environment": environment(),
-        "points": [asdict(p) for p in points],
-    }
+    payload = {"command": command, "settings": settings, "points": [asdict(p) for p in points]}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
     model = base.model or (
         f"a random model: d_model {base.d_model}, {base.num_layers} layers, {base.num_heads} heads, "
         f"d_ff {base.d_ff}, M = {base.num_features}, {base.position} positions"
@@ -325,8 +320,8 @@ def run_embed_score(
         f"(n masked copies per protein); `score-clm`: exact log-likelihood of a causal model.\n\n"
         f"{format_table(points)}\n"
     )
+    write_results(out, payload, markdown)
     md = out.with_suffix(".md")
-    atomic_write(md, lambda tmp: tmp.write_text(markdown))
     print(format_table(points))
     print(f"wrote {out} and {md} in {time.perf_counter() - start:.0f} s")
     return points

@@ -15,7 +15,6 @@ thing without the exact backend's ``O(T²)`` prompt pass, which would dominate t
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from performers.bench.environment import environment
+from performers.bench.results import write_results
 from performers.layers import FavorConfig, KVCache
 from performers.models import PerformerCache, PerformerConfig, PerformerForCausalLM
 from performers.ops import FavorState
@@ -221,11 +220,12 @@ def format_table(rows: list[GenerateRow]) -> str:
 
 
 def write_json(rows: list[GenerateRow], path: str | Path, settings: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": settings, "environment": environment(), "rows": [asdict(r) for r in rows]}
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    """Write the rows with their ``settings`` to ``path`` (JSON, with the environment) and the
+    table (:func:`format_table`) next to it (``.md``); returns ``path``."""
+    payload = {"settings": settings, "rows": [asdict(r) for r in rows]}
+    settings_line = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "favor")
+    markdown = f"# Decoding speed\n\nSettings: {settings_line}.\n\n{format_table(rows)}\n"
+    return write_results(path, payload, markdown)
 
 
 def plot(rows: list[GenerateRow], path: str | Path) -> Path | None:

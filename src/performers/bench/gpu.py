@@ -23,7 +23,6 @@ wall-clock timing and no memory column: that is how it is tested without a GPU.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -48,6 +47,7 @@ from performers.bench.gpu_report import (
     format_report,
     plot,
 )
+from performers.bench.results import write_results
 from performers.utils import IGNORE_INDEX, atomic_write
 
 __all__ = ["METHODS", "AttentionSpec", "profile_kernels", "run_gpu_suite"]
@@ -468,9 +468,7 @@ def run_gpu_suite(
     def save(final: bool = False) -> None:
         results["elapsed_s"] = round(time.perf_counter() - budget.start, 1)
         results["complete"] = final
-        text, report = json.dumps(results, indent=1), format_report(results)
-        atomic_write(out / "gpu.json", lambda tmp: tmp.write_text(text))
-        atomic_write(out / "gpu.md", lambda tmp: tmp.write_text(report))
+        write_results(out / "gpu.json", results, format_report(results))
         if final:
             try:
                 atomic_write(out / "gpu.png", lambda tmp: plot(results, tmp))

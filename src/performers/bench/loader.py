@@ -17,20 +17,26 @@ alone on a quiet machine.
 
 from __future__ import annotations
 
-import json
 import platform
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from performers.bench.results import write_results
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, build_model
-from performers.proteins import LanguageModelExamples, PreparedDataset, ProteinTokenizer
+from performers.proteins import (
+    LanguageModelExamples,
+    PreparedDataset,
+    ProteinTokenizer,
+    default_corpus,
+    prepare,
+)
 from performers.training import build_optimizer
 from performers.training.loader import batch_loader
-from performers.utils import atomic_write
 
 __all__ = ["SETTINGS", "LoaderSetting", "measure_setting", "run_loader_bench"]
 
@@ -117,9 +123,15 @@ def measure_setting(
 
 
 def run_loader_bench(
-    data: str | Path, out: str | Path, *, command: str, threads: int, **options
+    data: str | Path | None, out: str | Path, *, command: str, threads: int, **options
 ) -> list[dict]:
-    """Measure every :data:`SETTINGS` entry; write ``out`` (JSON) and a markdown table next to it."""
+    """Measure every :data:`SETTINGS` entry on the prepared dataset ``data`` (None: the shipped
+    corpus, prepared in a temporary directory); write ``out`` (JSON) and a markdown table next to
+    it."""
+    if data is None:
+        with tempfile.TemporaryDirectory(prefix="performers-loader-") as scratch:
+            prepare([default_corpus()], f"{scratch}/refseq", log=None)
+            return run_loader_bench(f"{scratch}/refseq", out, command=command, threads=threads, **options)
     torch.set_num_threads(threads)
     rows = [measure_setting(s, data, **options) for s in SETTINGS]
     payload = {
@@ -130,9 +142,6 @@ def run_loader_bench(
         "data": str(data),
         "rows": rows,
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: tmp.write_text(json.dumps(payload, indent=2) + "\n"))
     lines = [
         "# The batch loader against the model it feeds",
         "",
@@ -153,6 +162,5 @@ def run_loader_bench(
         )
     worst = min(r["ratio"] for r in rows)
     lines += ["", f"Smallest ratio: {worst:,.0f}× (target ≥ 10×): {'met' if worst >= 10 else 'NOT met'}."]
-    md = out.with_suffix(".md")
-    atomic_write(md, lambda tmp: tmp.write_text("\n".join(lines) + "\n"))
+    write_results(out, payload, "\n".join(lines) + "\n")
     return rows

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from performers.bench.results import write_results
 from performers.proteins import default_corpus, read_fasta
-from performers.utils import atomic_write, peak_rss_reset, rss_kib
+from performers.utils import peak_rss_reset, rss_kib
 
 __all__ = ["measure", "parse_size", "run_report", "synthetic_fasta"]
 
@@ -217,8 +218,7 @@ def run_report(
         "peak_rss_growth_ratio_largest_to_smallest": growth_ratio,
         "targets": {"residues_per_second": TARGET_RESIDUES_PER_SECOND, "peak_rss_ratio": TARGET_RSS_RATIO},
     }
-    atomic_write(out_dir / "prepare.json", lambda tmp: tmp.write_text(json.dumps(report, indent=2) + "\n"))
-    atomic_write(out_dir / "prepare.md", lambda tmp: tmp.write_text(_markdown(report)))
+    write_results(out_dir / "prepare.json", report, _markdown(report))
     if workdir is None and not keep_inputs:
         shutil.rmtree(work, ignore_errors=True)
     return report

@@ -9,8 +9,9 @@ during one forward+backward, measured with ``/proc/self/clear_refs`` (peak reset
 told to return every allocation of 64 KiB or more to the OS (``MALLOC_MMAP_THRESHOLD_``), so
 the peak is the real working set, not allocator reuse.
 
-Run: ``performers bench speed --out docs/results/speed`` (options in ``performers.cli.bench.speed``,
-reports in :mod:`performers.bench.speed_report`); the subprocesses run ``python -m
+Run: ``performers bench speed --out docs/results/speed`` (:func:`run_speed`; options in
+``performers.cli.bench.speed``, the report in :mod:`performers.bench.speed_report`, the points'
+types in :mod:`performers.bench.speed_points`); the subprocesses run ``python -m
 performers.bench.speed --worker SPEC`` (this module's entry point).
 """
 
@@ -24,65 +25,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from performers.bench.results import write_results
+from performers.bench.speed_points import CAUSAL, METHODS, Point, Spec, points_from_json
+from performers.bench.speed_report import markdown, plot, point_key
 from performers.utils import peak_rss_reset, rss_kib
 
-__all__ = ["CAUSAL", "METHODS", "Point", "Spec", "matmul_peak_gflops", "measure", "run_point"]
+__all__ = ["CAUSAL", "METHODS", "Point", "Spec", "matmul_peak_gflops", "measure", "run_point", "run_speed"]
 
-METHODS = (
-    "favor",
-    "favor-causal",
-    "exact",
-    "exact-causal",
-    "identity",
-    "plain",
-    "plain-compiled",
-    "peer",
-    "peer-causal",
-    "favor-compiled",
-    "model-favor",
-    "model-exact",
-    "model-identity",
-)
-CAUSAL = {"favor-causal", "exact-causal", "peer-causal"}
 # The paper's Figure 3 setting: a stack of 6 pre-LN blocks, d_model 512, 8 heads, d_ff 2048,
 # bidirectional, vocabulary 256, forward+backward of the whole model.
 MODEL_SIZE = {"num_layers": 6, "d_model": 512, "num_heads": 8, "d_ff": 2048, "vocab_size": 256}
-
-
-@dataclass
-class Spec:
-    method: str
-    length: int
-    batch: int = 1
-    heads: int = 8
-    dim: int = 64
-    num_features: int = 256
-    dtype: str = "float32"
-    autocast: bool = False  # float32 inputs under torch.autocast("cpu", torch.bfloat16)
-    threads: int = 2
-    repeats: int = 5
-    kernel: str = "softmax"
-    measure: str = "time"  # or "memory"
-    chunk_size: int = 64  # causal FAVOR
-    block_size: int | None = None  # fused bidirectional FAVOR (None: sized for the cache)
-
-
-@dataclass
-class Point:
-    spec: Spec
-    forward_s: float | None = None
-    forward_backward_s: float | None = None
-    peak_extra_mib: float | None = None
-    first_call_s: float | None = None
-    floor_forward_s: float | None = None
-    floor_forward_backward_s: float | None = None
-    error: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- methods
@@ -342,6 +300,58 @@ def matmul_peak_gflops(threads: int, size: int = 2048, dtype: str = "float32") -
     a, b = (torch.randn(size, size).to(getattr(torch, dtype)) for _ in range(2))
     a @ b
     return 2 * size**3 / _median_time(lambda: a @ b, 5) / 1e9
+
+
+def run_speed(
+    methods: list[str],
+    lengths: list[int],
+    *,
+    base: Spec,
+    out_dir: str | Path,
+    command: str,
+    max_seconds: float = 20.0,
+    merge: bool = False,
+    log=print,
+) -> list[Point]:
+    """Measure every (method, L), write ``speed.json``, ``speed.md`` and the plots to ``out_dir``.
+
+    ``base`` holds everything but the method and length; the peer methods are skipped when
+    performer-pytorch is not installed. ``merge`` adds these points to an existing
+    ``speed.json`` (replacing the same method, L and precision; other precisions become their
+    own columns, e.g. ``favor (bfloat16)``); ``command`` is recorded with the results.
+    """
+    methods = list(methods)
+    if any(m.startswith("peer") for m in methods):
+        try:
+            import performer_pytorch  # noqa: F401
+        except ImportError:
+            log("performer-pytorch not installed (pip install 'performers[bench]'): skipping the peer")
+            methods = [m for m in methods if not m.startswith("peer")]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    points = measure(methods, lengths, base=base, max_seconds=max_seconds, log=log)
+    peak = {dtype: matmul_peak_gflops(base.threads, dtype=dtype) for dtype in ("float32", "bfloat16")}
+    commands = [command]
+    previous = out_dir / "speed.json"
+    if merge and previous.exists():
+        old = json.loads(previous.read_text())
+        fresh = {point_key(p) for p in points}
+        old_points = points_from_json(old["points"])
+        kept = [p for p in old_points if point_key(p) not in fresh]
+        points = kept + points
+        commands = old.get("commands", [old.get("command", "")]) + commands
+    payload = {
+        "commands": commands,
+        "matmul_peak_gflops": peak,
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "points": [{**asdict(p), "spec": asdict(p.spec)} for p in points],
+    }
+    write_results(out_dir / "speed.json", payload, markdown(points, peak, " && ".join(commands)))
+    for path in plot(points, out_dir):
+        log(f"wrote {path}")
+    log(f"wrote {out_dir / 'speed.json'} and {out_dir / 'speed.md'}")
+    return points
 
 
 def _worker(spec_json: str) -> int:

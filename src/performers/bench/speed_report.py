@@ -1,18 +1,16 @@
-"""The report of ``performers bench speed``: run the measurements of :mod:`performers.bench.speed`,
-write ``speed.json``, the markdown table with crossovers and achieved GFLOP/s, and the plots."""
+"""The report of ``performers bench speed`` (measured by :func:`performers.bench.speed.run_speed`):
+the markdown table with crossovers and achieved GFLOP/s, and the plots; :func:`report_only`
+rewrites both from a ``speed.json``."""
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
+from performers.bench.results import write_markdown
+from performers.bench.speed_points import CAUSAL, METHODS, Point, Spec, points_from_json
 
-from performers.bench.speed import CAUSAL, METHODS, Point, Spec, matmul_peak_gflops, measure
-
-__all__ = ["crossover", "favor_flops", "markdown", "plot", "precision", "report_only", "run_speed"]
+__all__ = ["crossover", "favor_flops", "markdown", "plot", "point_key", "precision", "report_only"]
 
 
 def favor_flops(spec: Spec, backward: bool) -> float:
@@ -57,7 +55,7 @@ def _series(points: list[Point]) -> list[tuple[str, str, str]]:
     return result
 
 
-def _key(p: Point) -> tuple[str, int, str]:
+def point_key(p: Point) -> tuple[str, int, str]:
     return p.spec.method, p.spec.length, precision(p.spec)
 
 
@@ -65,7 +63,7 @@ def markdown(points: list[Point], peak: float | dict, command: str) -> str:
     lengths = sorted({p.spec.length for p in points})
     series = _series(points)
     methods = [label for label, _, _ in series]
-    by = {_key(p): p for p in points}
+    by = {point_key(p): p for p in points}
     spec = points[0].spec
     lines = [
         "# Attention speed and memory vs sequence length",
@@ -223,60 +221,7 @@ def report_only(out_dir: str | Path) -> list[Path]:
     """Rewrite ``out_dir/speed.md`` and the plots from ``out_dir/speed.json``; returns the plots."""
     out_dir = Path(out_dir)
     data = json.loads((out_dir / "speed.json").read_text())
-    points = [Point(**{**p, "spec": Spec(**p["spec"])}) for p in data["points"]]
+    points = points_from_json(data["points"])
     commands = data.get("commands", [data.get("command", "")])
-    (out_dir / "speed.md").write_text(markdown(points, data["matmul_peak_gflops"], " && ".join(commands)))
+    write_markdown(out_dir / "speed.md", markdown(points, data["matmul_peak_gflops"], " && ".join(commands)))
     return plot(points, out_dir)
-
-
-def run_speed(
-    methods: list[str],
-    lengths: list[int],
-    *,
-    base: Spec,
-    out_dir: str | Path,
-    command: str,
-    max_seconds: float = 20.0,
-    merge: bool = False,
-    log=print,
-) -> list[Point]:
-    """Measure every (method, L), write ``speed.json``, ``speed.md`` and the plots to ``out_dir``.
-
-    ``base`` holds everything but the method and length; the peer methods are skipped when
-    performer-pytorch is not installed. ``merge`` adds these points to an existing
-    ``speed.json`` (replacing the same method, L and precision; other precisions become their
-    own columns, e.g. ``favor (bfloat16)``); ``command`` is recorded with the results.
-    """
-    methods = list(methods)
-    if any(m.startswith("peer") for m in methods):
-        try:
-            import performer_pytorch  # noqa: F401
-        except ImportError:
-            log("performer-pytorch not installed (pip install 'performers[bench]'): skipping the peer")
-            methods = [m for m in methods if not m.startswith("peer")]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    points = measure(methods, lengths, base=base, max_seconds=max_seconds, log=log)
-    peak = {dtype: matmul_peak_gflops(base.threads, dtype=dtype) for dtype in ("float32", "bfloat16")}
-    commands = [command]
-    previous = out_dir / "speed.json"
-    if merge and previous.exists():
-        old = json.loads(previous.read_text())
-        fresh = {_key(p) for p in points}
-        old_points = [Point(**{**p, "spec": Spec(**p["spec"])}) for p in old["points"]]
-        kept = [p for p in old_points if _key(p) not in fresh]
-        points = kept + points
-        commands = old.get("commands", [old.get("command", "")]) + commands
-    payload = {
-        "commands": commands,
-        "matmul_peak_gflops": peak,
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "points": [{**asdict(p), "spec": asdict(p.spec)} for p in points],
-    }
-    (out_dir / "speed.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out_dir / "speed.md").write_text(markdown(points, peak, " && ".join(commands)))
-    for path in plot(points, out_dir):
-        log(f"wrote {path}")
-    log(f"wrote {out_dir / 'speed.json'} and {out_dir / 'speed.md'}")
-    return points

@@ -9,6 +9,7 @@ from performers.cli.bench import (
     compat,
     context_parallel,
     embed_score,
+    gb1_zero_shot,
     generate,
     gpu,
     loader,
@@ -16,7 +17,6 @@ from performers.cli.bench import (
     prepare,
     proteins,
     speed,
-    zero_shot,
 )
 from performers.cli.common import register
 
@@ -34,7 +34,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         embed_score,
         prepare,
         loader,
-        zero_shot,
+        gb1_zero_shot,
         context_parallel,
         gpu,
     )

@@ -4,14 +4,12 @@ exact attention and the theory (:mod:`performers.bench.approximation`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
-from performers.bench.approximation import format_table, measure, run_sections, write_json
-from performers.bench.approximation_report import format_sections, plot_sections
+from performers.bench.approximation import KERNELS, format_table, measure, run_sections, write_json
+from performers.bench.approximation_report import format_sections, write_sections
+from performers.cli.bench.options import add_num_features_sweep
 from performers.cli.common import command_text
-from performers.ops import KERNELS
 
 HELP = "attention and kernel error of each estimator vs M"
 SECTIONS = ["attention", "kernel", "reduction", "proteins", "sklearn"]
@@ -21,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("approximation", help=HELP, description=HELP)
     p.add_argument("--length", type=int, default=256, help="sequence length L (default 256)")
     p.add_argument("--dim", type=int, default=16, help="head dimension D (default 16)")
-    p.add_argument("--features", type=int, nargs="+", default=[16, 64, 256], help="feature counts M")
+    add_num_features_sweep(p, [16, 64, 256])
     p.add_argument("--repeats", type=int, default=8, help="projection draws per row (default 8)")
     p.add_argument("--input-std", type=float, default=0.5, help="std of the random q and k entries")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -114,16 +112,7 @@ def _sections(args: argparse.Namespace) -> int:
     )
     tables = format_sections(results, settings)
     print(tables)
-    payload = json.dumps({"settings": settings, **results}, indent=2) + "\n"
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "approximation.json").write_text(payload)
-        (out / "tables.md").write_text(tables + "\n")
-        for path in plot_sections(results, out):
-            print(f"wrote {path}")
-        print(f"wrote {out / 'approximation.json'} and {out / 'tables.md'}")
-    if args.json:
-        Path(args.json).write_text(payload)
+    for path in write_sections(results, settings, tables, out=args.out, json_path=args.json):
+        print(f"wrote {path}")
     print(f"done in {time.perf_counter() - start:.1f}s")
     return 0

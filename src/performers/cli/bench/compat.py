@@ -4,12 +4,11 @@ distillation (:func:`performers.bench.compat.run_compat`)."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from performers.bench.compat import run_compat, write_markdown
+from performers.bench.compat import KERNELS, run_compat, write_compat
+from performers.cli.bench.options import add_num_features_sweep
 from performers.cli.common import command_text
-from performers.ops import KERNELS
 
 HELP = "all-MiniLM-L6-v2 with FAVOR+: embedding cosine and STS-B Spearman before/after distillation"
 
@@ -19,9 +18,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--kernels", nargs="+", choices=sorted(KERNELS), default=["softmax", "relu"], help="FAVOR kernels"
     )
-    parser.add_argument(
-        "--features", nargs="+", type=int, default=[64, 128, 256, 512], help="feature counts M"
-    )
+    add_num_features_sweep(parser, [64, 128, 256, 512])
     parser.add_argument(
         "--distill-features",
         nargs="+",
@@ -40,7 +37,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = run_compat(
         kernels=tuple(args.kernels),
         features=tuple(args.features),
@@ -51,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
     )
-    (out / "compat.json").write_text(json.dumps(results, indent=1))
-    write_markdown(results, out / "compat.md", command_text(args))
+    write_compat(results, out, command_text(args))
     print(f"wrote {out / 'compat.json'} and {out / 'compat.md'}")
     return 0

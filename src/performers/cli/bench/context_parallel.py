@@ -8,6 +8,7 @@ import argparse
 
 from performers.bench.context_parallel import Spec, run_context_parallel
 from performers.cli.common import command_text
+from performers.cli.favor_options import add_favor_options
 
 HELP = "context parallelism: memory per process, time and bytes sent, 1/2/4 processes; longest L in a budget"
 
@@ -18,7 +19,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--worlds", type=int, nargs="+", default=[1, 2, 4], help="process counts")
     parser.add_argument("--heads", type=int, default=8, help="heads H")
     parser.add_argument("--head-dim", type=int, default=64, help="head size D")
-    parser.add_argument("--num-features", type=int, default=256, help="random features M")
+    add_favor_options(parser, only=("num_features",))
     parser.add_argument("--repeats", type=int, default=2, help="timed forward+backward per op point")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads per process (0: cpus // processes)"

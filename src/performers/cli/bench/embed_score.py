@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from performers.bench.embed_score import DEFAULT_LENGTHS, TASKS, Spec, run_embed_score
+from performers.bench.embed_score import DEFAULT_LENGTHS, FAVOR_DEFAULTS, TASKS, Spec, run_embed_score
 from performers.cli.common import command_text
+from performers.cli.favor_options import add_favor_options
 
 HELP = "embed/score throughput and memory for proteins of 1k-32k residues, FAVOR+ vs exact"
 
@@ -47,7 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--layers", type=int, default=2, help="blocks of the random model")
     parser.add_argument("--heads", type=int, default=4, help="attention heads of the random model")
     parser.add_argument("--d-ff", type=int, default=256, help="feed-forward width of the random model")
-    parser.add_argument("--num-features", type=int, default=64, help="FAVOR+ random features M")
+    add_favor_options(parser, FAVOR_DEFAULTS, only=("num_features",))
     parser.add_argument(
         "--position",
         choices=["rotary", "learned"],
@@ -87,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         seed=args.seed,
     )
-    settings = {k: v for k, v in vars(args).items() if k not in ("out", "argv", "run", "command_parser")}
+    settings = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("out", "argv", "run", "command_parser") and not k.startswith("_")
+    }
     run_embed_score(
         args.tasks,
         args.backends,

@@ -7,6 +7,9 @@ import argparse
 import shlex
 import sys
 
+from performers.cli.bench.options import add_num_features_sweep
+from performers.cli.common import UsageError
+
 HELP = "GPU suite: CUDA tests, Triton kernels vs SDPA/FLA/performer-pytorch, decoding, training"
 
 
@@ -24,7 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="sequence lengths L",
     )
     p.add_argument("--dims", type=int, nargs="+", default=[64, 128], help="head dimensions D")
-    p.add_argument("--features", type=int, nargs="+", default=[128, 256], help="random features M")
+    add_num_features_sweep(p, [128, 256], help="random features M")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="what to measure")
     p.add_argument(
         "--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="input dtype"
@@ -71,9 +74,7 @@ def run(args: argparse.Namespace) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise SystemExit(
-                "performers: error: bench gpu: no CUDA device (use --device cpu for a small check)"
-            )
+            raise UsageError("no CUDA device (use --device cpu for a small check)")
     run_gpu_suite(
         args.out,
         device=args.device,

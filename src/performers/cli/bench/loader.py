@@ -4,11 +4,9 @@ per second (:func:`performers.bench.loader.run_loader_bench`)."""
 from __future__ import annotations
 
 import argparse
-import tempfile
 
 from performers.bench.loader import run_loader_bench
 from performers.cli.common import command_text
-from performers.proteins import default_corpus, prepare
 
 HELP = "batch loader tokens/s vs model training tokens/s (demo and L = 8192 settings)"
 
@@ -29,12 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     options = {"loader_batches": args.loader_batches, "model_steps": args.model_steps}
-    with tempfile.TemporaryDirectory(prefix="performers-loader-") as scratch:
-        data = args.data
-        if data is None:
-            data = f"{scratch}/refseq"
-            prepare([default_corpus()], data, log=None)
-        rows = run_loader_bench(data, args.out, command=command_text(args), threads=args.threads, **options)
+    rows = run_loader_bench(args.data, args.out, command=command_text(args), threads=args.threads, **options)
     for row in rows:
         print(
             f"{row['setting']['name']}: loader {row['loader_tokens_per_second']:,.0f} tokens/s, "

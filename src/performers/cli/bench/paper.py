@@ -1,17 +1,22 @@
 """``performers bench kernel-sweep | baselines | pixels | text``: the paper's evidence beyond
-proteins (:mod:`performers.experiments.paper_benchmarks`)."""
+proteins (:mod:`performers.bench.kernel_sweep`, :mod:`~performers.bench.baselines`,
+:mod:`~performers.bench.pixels`, :mod:`~performers.bench.text`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
+from performers.bench.attention_sweep import BASELINE_VARIANTS, KERNEL_SWEEP_VARIANTS
+from performers.bench.baselines import baselines
+from performers.bench.kernel_sweep import kernel_sweep
+from performers.bench.paper import FAVOR_DEFAULTS, paper_training
+from performers.bench.paper_tasks import ModelSize, TaskSpec, variant_names
+from performers.bench.pixels import pixel_prediction
+from performers.bench.text import text_model
 from performers.cli.common import register
+from performers.cli.favor_options import add_favor_options
 from performers.cli.options import set_threads
-from performers.experiments.attention_sweep import BASELINE_VARIANTS, KERNEL_SWEEP_VARIANTS
-from performers.experiments.paper_benchmarks import baselines, kernel_sweep, pixel_prediction, text_model
-from performers.experiments.paper_tasks import ModelSize, TaskSpec, variant_names
-from performers.training import TrainingConfig
 
 SWEEP_HELP = "the paper's kernel sweep (Appendix D.3) on the protein MLM and the character LM, several seeds"
 BASELINES_HELP = "exact, local, Linear Transformer, FAVOR+ and FAVOR++: equal steps and equal wall-clock"
@@ -29,15 +34,10 @@ def _common(
     model.add_argument("--heads", type=int, default=d.num_heads, help=f"heads (default {d.num_heads})")
     model.add_argument("--d-ff", type=int, default=d.d_ff, help=f"feed-forward width (default {d.d_ff})")
     model.add_argument(
-        "--num-features",
-        type=int,
-        default=d.num_features,
-        help=f"random features M (default {d.num_features})",
-    )
-    model.add_argument(
         "--window", type=int, default=d.window, help=f"local attention window (default {d.window})"
     )
     model.add_argument("--dropout", type=float, default=d.dropout, help=f"dropout (default {d.dropout})")
+    add_favor_options(parser, FAVOR_DEFAULTS, only=("num_features",))
     run = parser.add_argument_group("training")
     run.add_argument(
         "--variants",
@@ -153,16 +153,14 @@ def _size(args: argparse.Namespace) -> ModelSize:
     )
 
 
-def _training(args: argparse.Namespace) -> TrainingConfig:
-    return TrainingConfig(
-        max_steps=args.steps,
+def _training(args: argparse.Namespace):
+    return paper_training(
+        steps=args.steps,
         batch_size=args.batch_size,
         learning_rate=args.lr,
-        warmup_steps=min(args.warmup, args.steps),
+        warmup=args.warmup,
         eval_every=args.eval_every,
-        checkpoint_every=args.steps,
         seed=getattr(args, "seed", 0),
-        tensorboard=False,
     )
 
 

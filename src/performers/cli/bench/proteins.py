@@ -1,12 +1,17 @@
 """``performers bench proteins-table | proteins-long | proteins-precision | proteins-backcompat``:
-the paper's protein experiments (:mod:`performers.experiments.protein_benchmarks`) and bfloat16
-against float32 training (:mod:`performers.experiments.precision`)."""
+the paper's protein experiments (:mod:`performers.bench.proteins_table`,
+:mod:`~performers.bench.proteins_long`, backward compatibility in :mod:`~performers.bench.compat`)
+and bfloat16 against float32 training (:mod:`performers.bench.proteins_precision`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
+from performers.bench.compat import backward_compatibility
+from performers.bench.proteins_long import long_context
+from performers.bench.proteins_precision import precision_comparison
+from performers.bench.proteins_table import table2
 from performers.cli.common import register
 from performers.cli.options import (
     add_training_options,
@@ -15,8 +20,6 @@ from performers.cli.options import (
     set_threads,
     training_config_from_args,
 )
-from performers.experiments import backward_compatibility, long_context, table2
-from performers.experiments.precision import precision_comparison
 
 TABLE_HELP = "the paper's Table 2 here: UNI and BID; exact, FAVOR+ softmax and ReLU; equal steps"
 LONG_HELP = "concatenated long windows: tokens/s, peak memory and accuracy in equal wall-clock time"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from performers.bench.speed import METHODS, Spec
-from performers.bench.speed_report import report_only, run_speed
-from performers.cli.common import command_text
+from performers.bench.speed import METHODS, Spec, run_speed
+from performers.bench.speed_report import report_only
+from performers.cli.common import UsageError, command_text
 from performers.cli.favor_options import add_favor_options, favor_config_from_args
 
 HELP = "time and memory vs L: FAVOR+, exact, identity, peers"
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {path}")
         return 0
     if args.autocast and args.dtype != "float32":
-        raise SystemExit(f"performers bench speed: error: --autocast needs --dtype float32, got {args.dtype}")
+        raise UsageError(f"--autocast needs --dtype float32, got {args.dtype}")
     favor = favor_config_from_args(args)
     base = Spec(
         method="favor",

@@ -1,6 +1,6 @@
 """Attention variants trained side by side on one task: the kernel sweep of the paper's Appendix
 D.3 (``performers bench kernel-sweep``) and the efficient-attention baselines
-(``performers bench baselines``), on the tasks of :mod:`performers.experiments.paper_tasks`.
+(``performers bench baselines``), on the tasks of :mod:`performers.bench.paper_tasks`.
 
 For every seed, every variant starts from the same initial weights (``torch.manual_seed(seed)``
 before the model is built; the exact, local and FAVOR models have the same parameters) and
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from performers.experiments.paper_tasks import ModelSize, TaskSpec, task_model_config
+from performers.bench.paper_tasks import ModelSize, TaskSpec, task_model_config
 from performers.models import build_model
 from performers.training import Trainer, TrainingConfig
 from performers.utils import peak_rss_reset, rss_kib

@@ -1,4 +1,4 @@
-"""Markdown tables and plots of attention comparisons (:mod:`performers.experiments.attention_sweep`)."""
+"""Markdown tables and plots of attention comparisons (:mod:`performers.bench.attention_sweep`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 import statistics
 from pathlib import Path
 
-from performers.experiments.attention_sweep import SweepRun, read_curve
+from performers.bench.attention_sweep import SweepRun, read_curve
 
 __all__ = ["format_metric", "plot_curves", "plot_image_grid", "summary_table"]
 

@@ -1,5 +1,5 @@
-"""bfloat16 against float32 training of the protein model: tokens/s and the loss after a fixed
-number of steps, over several seeds (``performers bench proteins-precision``).
+"""``performers bench proteins-precision``: bfloat16 against float32 training of the protein
+model — tokens/s and the loss after a fixed number of steps, over several seeds.
 
 For every seed, a float32 run and a ``bf16`` (autocast) run of the same model, data order and
 masks are trained back to back (interleaved, so a change of the machine's load hits both), each
@@ -17,6 +17,7 @@ import statistics
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from performers.bench.results import write_results
 from performers.experiments.proteins import Variant, train_variants
 from performers.models import PerformerConfig
 from performers.training import TrainingConfig
@@ -126,7 +127,6 @@ def precision_comparison(
         + " float32's seed-to-seed spread.",
     ]
     report = "\n".join(lines) + "\n"
-    (out_dir / "precision.md").write_text(report)
     record = {
         "model": model_config.to_dict(),
         "training": asdict(training),
@@ -134,5 +134,5 @@ def precision_comparison(
         "runs": [asdict(r) for r in runs],
         "summary": summary,
     }
-    (out_dir / "precision.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_results(out_dir / "precision.json", record, report)
     return report

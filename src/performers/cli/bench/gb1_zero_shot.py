@@ -1,18 +1,15 @@
 """``performers bench gb1-zero-shot``: a trained masked model's zero-shot variant scores on GB1
 against measured fitness, next to BLOSUM62 and random baselines
-(:func:`performers.experiments.zero_shot.gb1_zero_shot`)."""
+(:func:`performers.bench.gb1_zero_shot.run_gb1_zero_shot`)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from performers.bench.gb1_zero_shot import run_gb1_zero_shot
 from performers.cli.common import command_text
 from performers.cli.options import set_threads
-from performers.experiments import load_trained
-from performers.experiments.zero_shot import gb1_zero_shot, write_report
-from performers.utils import atomic_write
 
 HELP = "zero-shot GB1: Spearman of a model's variant scores vs fitness, with BLOSUM62 and random baselines"
 
@@ -32,13 +29,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     set_threads(args)
-    model, tokenizer = load_trained(args.model, attention=args.attention)
-    result = gb1_zero_shot(model, tokenizer, draws=args.draws, max_tokens=args.max_tokens)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write(out / "gb1_zero_shot.json", lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
-    write_report(result, out / "gb1_zero_shot.md", command_text(args), args.model)
+    result = run_gb1_zero_shot(
+        args.model,
+        out_dir=args.out,
+        command=command_text(args),
+        attention=args.attention,
+        draws=args.draws,
+        max_tokens=args.max_tokens,
+    )
     for row in result["rows"]:
         print(f"{row['method']}: Spearman {row['spearman_all']:.3f} (all), {row['spearman_test']:.3f} (test)")
-    print(f"wrote {out}/gb1_zero_shot.json and gb1_zero_shot.md")
+    print(f"wrote {Path(args.out)}/gb1_zero_shot.json and gb1_zero_shot.md")
     return 0

@@ -2,7 +2,7 @@
 against the wild type, without seeing a single fitness value, and the score is compared with the
 measured fitness (Spearman), next to two baselines.
 
-* **model** — the masked-marginal log-odds of :func:`performers.experiments.variant_effects`
+* **model** — the masked-marginal log-odds of :func:`performers.experiments.scoring.variant_effects`
   (causal models: the log-likelihood ratio);
 * **BLOSUM62** — the sum of the substitution scores ``BLOSUM62[wt_i, mut_i]`` of the mutations;
 * **random** — scores drawn at random: the mean and spread of Spearman over ``draws`` seeds,
@@ -12,6 +12,9 @@ The variants are FLIP's ``sampled`` GB1 set shipped with the package (8,733 vari
 D40, G41, V54); the wild type is its record with V39 D40 G41 V54
 (``performers/data/proteins/flip_gb1/wildtype.fasta``). Spearman is reported over all variants
 and over FLIP's test split (1,745 variants, the one fine-tuned models are scored on).
+
+``performers bench gb1-zero-shot`` runs :func:`run_gb1_zero_shot`: it loads a trained model and
+writes ``gb1_zero_shot.json`` and ``gb1_zero_shot.md`` (:func:`write_report`).
 """
 
 from __future__ import annotations
@@ -22,14 +25,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from performers.bench.results import write_results
+from performers.experiments import load_trained
 from performers.experiments.scoring import find_mutations, variant_effects
 from performers.proteins import ProteinTokenizer, read_fasta
 from performers.proteins.data import split_of
 from performers.proteins.substitution import blosum62
 from performers.training import spearman
-from performers.utils import atomic_write, shipped_data
+from performers.utils import shipped_data
 
-__all__ = ["blosum62_scores", "gb1_zero_shot", "write_report"]
+__all__ = ["blosum62_scores", "format_report", "gb1_zero_shot", "run_gb1_zero_shot", "write_report"]
 
 
 def blosum62_scores(wildtype: str, sequences: list[str]) -> list[float]:
@@ -93,7 +98,7 @@ def gb1_zero_shot(
     }
 
 
-def write_report(result: dict, out: str | Path, command: str, model_dir: str) -> Path:
+def format_report(result: dict, command: str, model_dir: str) -> str:
     """A markdown table of :func:`gb1_zero_shot`'s result with the command that made it."""
     lines = [
         "# Zero-shot GB1: variant scores of a protein language model against measured fitness",
@@ -108,6 +113,28 @@ def write_report(result: dict, out: str | Path, command: str, model_dir: str) ->
     for row in result["rows"]:
         spread = f" (sd {row['spearman_sd']:.3f})" if "spearman_sd" in row else ""
         lines.append(f"| {row['method']} | {row['spearman_all']:.3f} | {row['spearman_test']:.3f}{spread} |")
-    text = "\n".join(lines) + "\n"
-    atomic_write(out, lambda tmp: tmp.write_text(text))
-    return Path(out)
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, out_dir: str | Path, command: str, model_dir: str) -> Path:
+    """Write ``gb1_zero_shot.json`` (``result``) and ``gb1_zero_shot.md`` (:func:`format_report`)
+    into ``out_dir``; returns the JSON's path."""
+    markdown = format_report(result, command, model_dir)
+    return write_results(Path(out_dir) / "gb1_zero_shot.json", result, markdown)
+
+
+def run_gb1_zero_shot(
+    model_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    command: str,
+    attention: str | None = None,
+    draws: int = 100,
+    max_tokens: int = 16384,
+) -> dict:
+    """Load the trained model in ``model_dir`` (``attention`` overrides its backend), score GB1
+    (:func:`gb1_zero_shot`) and write the report (:func:`write_report`); returns the result."""
+    model, tokenizer = load_trained(model_dir, attention=attention)
+    result = gb1_zero_shot(model, tokenizer, draws=draws, max_tokens=max_tokens)
+    write_report(result, out_dir, command, str(model_dir))
+    return result
