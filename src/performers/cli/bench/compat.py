@@ -7,8 +7,7 @@ import argparse
 from pathlib import Path
 
 from performers.bench.compat import KERNELS, run_compat, write_compat
-from performers.cli.bench.options import add_num_features_sweep
-from performers.cli.common import command_text
+from performers.cli.common import add_num_features_sweep, command_text
 
 HELP = "all-MiniLM-L6-v2 with FAVOR+: embedding cosine and STS-B Spearman before/after distillation"
 

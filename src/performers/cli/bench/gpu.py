@@ -7,8 +7,7 @@ import argparse
 import shlex
 import sys
 
-from performers.cli.bench.options import add_num_features_sweep
-from performers.cli.common import UsageError
+from performers.cli.common import UsageError, add_num_features_sweep
 
 HELP = "GPU suite: CUDA tests, Triton kernels vs SDPA/FLA/performer-pytorch, decoding, training"
 

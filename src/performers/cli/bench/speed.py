@@ -36,6 +36,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-seconds", type=float, default=20.0, help="stop a method past this fwd+bwd time"
     )
+    parser.add_argument(
+        "--peak-size",
+        type=int,
+        default=2048,
+        help="size of the square matrices whose product measures the machine's GEMM peak",
+    )
     parser.add_argument("--out", default="docs/results/speed", help="output directory")
     parser.add_argument(
         "--merge",
@@ -79,5 +85,6 @@ def run(args: argparse.Namespace) -> int:
         command=command_text(args),
         max_seconds=args.max_seconds,
         merge=args.merge,
+        peak_size=args.peak_size,
     )
     return 0

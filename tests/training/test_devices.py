@@ -1,0 +1,62 @@
+"""Choosing where a run computes, and batches following the model to its device
+(performers.training.devices); the GPU runs themselves are the ``cuda`` tests of
+tests/training/test_trainer.py."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from performers.training import evaluate_tokens, model_device, resolve_device, to_device
+
+
+def test_auto_is_the_cpu_without_cuda_and_names_are_checked():
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda" and resolve_device(None).index is not None
+    else:
+        assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
+        with pytest.raises(ValueError, match=r"device 'cuda': this machine has no CUDA device"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device must be a torch device.*got 'gpu0'"):
+        resolve_device("gpu0")
+
+
+def test_to_device_moves_tensors_only_and_model_device_reads_the_parameters():
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "name": "x"}
+    moved = to_device(batch, torch.device("cpu"))
+    assert moved["name"] == "x" and torch.equal(moved["input_ids"], batch["input_ids"])
+    assert model_device(nn.Linear(2, 2).to(torch.float64)) == torch.device("cpu")
+    assert model_device(nn.ReLU()) == torch.device("cpu")  # no parameters: the CPU
+    meta = nn.Linear(2, 2, device="meta")
+    assert model_device(meta) == torch.device("meta")
+
+
+def test_evaluation_brings_each_batch_to_the_model():
+    seen = []
+
+    class Recorder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.zeros(4, device="meta"))
+
+        def forward(self, input_ids, attention_mask):
+            seen.append((input_ids.device, attention_mask.device))
+            raise StopIteration  # meta tensors: enough to see where the batch went
+
+    batch = {"input_ids": torch.ones(1, 3, dtype=torch.long), "attention_mask": torch.ones(1, 3)}
+    with pytest.raises(StopIteration):
+        evaluate_tokens(Recorder(), [batch | {"labels": torch.ones(1, 3, dtype=torch.long)}], causal=False)
+    assert seen == [(torch.device("meta"), torch.device("meta"))]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.parametrize("command", ["train", "finetune"])
+def test_training_commands_refuse_a_cuda_device_this_machine_lacks(tmp_path, command):
+    arguments = [command, "--device", "cuda", "--steps", "1", "--out", str(tmp_path)]
+    result = subprocess.run([sys.executable, "-m", "performers", *arguments], capture_output=True, text=True)
+    assert result.returncode != 0
+    expected = f"performers {command}: error: --device: device 'cuda': this machine has no CUDA device"
+    assert expected in result.stderr
