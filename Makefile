@@ -21,11 +21,12 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m performers demo
 
+# The tests run on every core (pytest-xdist), one torch thread per worker (tests/conftest.py).
 test: $(VENV)/.installed
 	$(PY) -m ruff check src tests
 	$(VENV)/bin/lint-imports
 	$(MKDOCS) --site-dir site
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 
 # The documentation site (README-linked guides under docs/ and the API reference) into site/.
 docs: $(VENV)/.installed
