@@ -9,7 +9,7 @@ import torch
 
 from performers.bench.compat import write_compat
 from performers.cli import main
-from performers.experiments import evaluate_model
+from performers.jobs import evaluate_model
 from performers.models import from_pretrained
 from performers.proteins import ProteinTokenizer, default_corpus, read_split
 from performers.text import load_stsb

@@ -5,7 +5,7 @@ import torch
 
 from performers import FavorConfig
 from performers.bench.gb1_zero_shot import blosum62_scores, gb1_zero_shot, write_report
-from performers.experiments import protein_model_config
+from performers.jobs import protein_model_config
 from performers.models import build_model
 from performers.proteins import ProteinTokenizer
 from performers.proteins.substitution import blosum62

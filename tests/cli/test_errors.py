@@ -246,7 +246,7 @@ def test_the_error_path_in_a_real_process(tmp_path):
 
 def test_every_library_input_error_is_a_user_error():
     """One base class: the library's typed input errors are ValueErrors and user errors."""
-    from performers.experiments import DiagnoseError
+    from performers.jobs import DiagnoseError
     from performers.models import ModelLoadError
     from performers.proteins import FastaError, PreparedDatasetError, UnknownResidueError
     from performers.training import CheckpointError, ResumeMismatchError, RunDirectoryError

@@ -340,7 +340,7 @@ def variable_proteins(n: int, seed: int = 0) -> list[str]:
 def train_tiny(out, task: str, context: int, *, position: str, concatenate: bool, stop_at=None, resume=False):
     """A tiny FAVOR+ model (no dropout) trained for 6 steps; returns its state dict."""
     from performers import FavorConfig, PerformerConfig, build_model
-    from performers.experiments.proteins import protein_trainer
+    from performers.jobs.proteins import protein_trainer
     from performers.proteins import ProteinTokenizer
     from performers.training import TrainingConfig
 

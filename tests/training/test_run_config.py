@@ -14,7 +14,7 @@ import torch
 
 from performers import FavorConfig, PerformerConfig, PerformerForCausalLM
 from performers.cli import main
-from performers.experiments.proteins import protein_trainer
+from performers.jobs.proteins import protein_trainer
 from performers.training import SAFE_ON_RESUME, ResumeMismatchError, TrainingConfig
 from performers.training.checkpoint import _meta_checksum
 from tests.cli.test_proteins import TINY_TRAIN as TINY

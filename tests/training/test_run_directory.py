@@ -14,7 +14,7 @@ import textwrap
 import pytest
 
 from performers.cli import main
-from performers.experiments.proteins import protein_trainer
+from performers.jobs.proteins import protein_trainer
 from performers.training import RunDirectoryError, owned, start_fresh
 from performers.training.run_directory import move_aside
 from performers.utils import DirectoryLock, DirectoryLockedError

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
-from performers.experiments import evaluate_model, protein_evaluator
-from performers.experiments.proteins import protein_trainer
+from performers.jobs import evaluate_model, protein_evaluator
+from performers.jobs.proteins import protein_trainer
 from performers.proteins import (
     LanguageModelExamples,
     PreparedDataset,

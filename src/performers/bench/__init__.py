@@ -33,6 +33,6 @@ benchmarks beyond proteins :mod:`~performers.bench.paper` (report sections, trai
 :mod:`~performers.bench.paper_tasks` (tasks and attention variants),
 :mod:`~performers.bench.attention_sweep` (variants trained side by side) and
 :mod:`~performers.bench.paper_report` (tables and plots). The user's jobs these measure (training,
-evaluation, embedding, scoring) are in :mod:`performers.experiments`; the command line options of
+evaluation, embedding, scoring) are in :mod:`performers.jobs`; the command line options of
 each subcommand in ``performers.cli.bench``.
 """

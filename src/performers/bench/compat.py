@@ -38,8 +38,8 @@ from torch import Tensor
 
 from performers.bench.protein_report import percent
 from performers.bench.results import write_results
-from performers.experiments.protein_evaluation import corpus_splits, protein_evaluator
-from performers.experiments.proteins import load_trained, protein_trainer
+from performers.jobs.protein_evaluation import corpus_splits, protein_evaluator
+from performers.jobs.proteins import load_trained, protein_trainer
 from performers.layers import FavorConfig
 from performers.ops import KERNELS
 from performers.text import load_stsb

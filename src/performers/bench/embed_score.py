@@ -13,7 +13,7 @@ Tasks:
 
 The benchmark runs the commands themselves, each point in a fresh process (``python -m
 performers ...``): the layers keep :mod:`performers.bench` from importing
-:mod:`performers.experiments`, and what is measured is what a user runs. A random model of the
+:mod:`performers.jobs`, and what is measured is what a user runs. A random model of the
 given sizes (rotary positions, so 32k residues fit) is saved once per head with its tokenizer;
 the exact twin is the same directory loaded with ``--attention exact`` (same weights and
 projections). Proteins are random standard residues (seeded). Time is the command's own

@@ -2,7 +2,7 @@
 against the wild type, without seeing a single fitness value, and the score is compared with the
 measured fitness (Spearman), next to two baselines.
 
-* **model** — the masked-marginal log-odds of :func:`performers.experiments.scoring.variant_effects`
+* **model** — the masked-marginal log-odds of :func:`performers.jobs.scoring.variant_effects`
   (causal models: the log-likelihood ratio);
 * **BLOSUM62** — the sum of the substitution scores ``BLOSUM62[wt_i, mut_i]`` of the mutations;
 * **random** — scores drawn at random: the mean and spread of Spearman over ``draws`` seeds,
@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from performers.bench.results import write_results
-from performers.experiments import load_trained
-from performers.experiments.scoring import find_mutations, variant_effects
+from performers.jobs import load_trained
+from performers.jobs.scoring import find_mutations, variant_effects
 from performers.proteins import ProteinTokenizer, read_fasta
 from performers.proteins.data import split_of
 from performers.proteins.substitution import blosum62

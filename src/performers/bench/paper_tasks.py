@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 from torch import Tensor, nn
 
-from performers.experiments.protein_evaluation import corpus_splits, protein_evaluator
 from performers.images import PIXEL_LEVELS, PixelSequences, bits_per_dimension, load_mnist, pixel_batches
+from performers.jobs.protein_evaluation import corpus_splits, protein_evaluator
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig
 from performers.ops import KERNELS

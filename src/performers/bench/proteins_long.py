@@ -18,7 +18,7 @@ from pathlib import Path
 
 from performers.bench.protein_report import model_sizes, percent
 from performers.bench.results import write_results
-from performers.experiments.proteins import Variant, plot_learning_curves, train_variants, unigram_baseline
+from performers.jobs.proteins import Variant, plot_learning_curves, train_variants, unigram_baseline
 from performers.models import PerformerConfig
 from performers.training import TrainingConfig
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from performers.bench.results import write_results
-from performers.experiments.proteins import Variant, train_variants
+from performers.jobs.proteins import Variant, train_variants
 from performers.models import PerformerConfig
 from performers.training import TrainingConfig
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from performers.bench.protein_report import model_sizes, percent
 from performers.bench.results import write_results
-from performers.experiments.proteins import (
+from performers.jobs.proteins import (
     TABLE2_VARIANTS,
     Variant,
     plot_learning_curves,

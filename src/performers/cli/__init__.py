@@ -20,7 +20,7 @@ is not a number) gives the same one line and status 2.
 
 Adding a command: a module ``performers/cli/NAME.py`` with ``HELP``, ``add_parser(subparsers)``
 (options from the helpers above; ``--help`` shows each default) and ``run(args) -> int`` that
-calls one documented function of :mod:`performers.experiments` (or below) and prints; it raises
+calls one documented function of :mod:`performers.jobs` (or below) and prints; it raises
 :class:`~performers.cli.common.UsageError` (or lets the library's typed errors through) for what
 the user must fix. Add it to :data:`COMMANDS` and to the ``cli-commands`` import-linter contract.
 """

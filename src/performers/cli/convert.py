@@ -6,7 +6,7 @@ it with ``from_pretrained`` runs FAVOR+ (after ``import performers.integrations.
 and without that import Hugging Face refuses the unknown attention instead of silently running
 softmax.
 
-``--check`` first runs :func:`performers.experiments.diagnose_model` on a small sample
+``--check`` first runs :func:`performers.jobs.diagnose_model` on a small sample
 (``--check-limit`` sentences, the shipped STS-B test sentences unless ``--check-data``) and
 prints its recommendation and how the chosen kernel and M fare, then converts.
 """
@@ -17,8 +17,8 @@ import argparse
 
 from performers.cli.favor_options import add_favor_options, favor_config_from_args
 from performers.cli.options import add_diagnosis_options, run_diagnosis
-from performers.experiments.diagnose import DEFAULT_FEATURES, DEFAULT_KERNELS
-from performers.experiments.diagnose_report import format_summary
+from performers.jobs.diagnose import DEFAULT_FEATURES, DEFAULT_KERNELS
+from performers.jobs.diagnose_report import format_summary
 
 HELP = "switch a Hugging Face model directory (BERT, RoBERTa, GPT-2, Llama) to FAVOR+ attention and save it"
 

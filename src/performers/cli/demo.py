@@ -1,5 +1,5 @@
 """``performers demo``: the main job — a FAVOR+ protein LM and its exact-softmax twin, trained and
-compared on the shipped corpus (:func:`performers.experiments.compare`)."""
+compared on the shipped corpus (:func:`performers.jobs.compare`)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from performers.cli.options import (
     set_threads,
     training_config_from_args,
 )
-from performers.experiments import DEMO_MODEL, compare
+from performers.jobs import DEMO_MODEL, compare
 
 HELP = "the main job: a FAVOR+ protein LM and its exact-softmax twin, trained and compared"
 

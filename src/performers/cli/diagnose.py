@@ -1,6 +1,6 @@
 """``performers diagnose``: will FAVOR attention work for this model on this data, and with how
-many features? (:func:`performers.experiments.diagnose_model`, reports:
-:func:`performers.experiments.write_diagnosis`)."""
+many features? (:func:`performers.jobs.diagnose_model`, reports:
+:func:`performers.jobs.write_diagnosis`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import argparse
 
 from performers.cli.common import add_num_features_sweep, command_text
 from performers.cli.options import MINILM, add_diagnosis_options, run_diagnosis
-from performers.experiments import write_diagnosis
-from performers.experiments.diagnose import DEFAULT_FEATURES
-from performers.experiments.diagnose_report import format_summary
+from performers.jobs import write_diagnosis
+from performers.jobs.diagnose import DEFAULT_FEATURES
+from performers.jobs.diagnose_report import format_summary
 
 HELP = "measure FAVOR's attention error on a model's own q/k/v and recommend a kernel and M"
 

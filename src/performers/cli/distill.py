@@ -1,5 +1,5 @@
 """``performers distill``: distil a Hugging Face model into its FAVOR version
-(:func:`performers.experiments.distillation.distill_model`; the ``[hf]`` extra).
+(:func:`performers.jobs.distillation.distill_model`; the ``[hf]`` extra).
 
 ``--out`` belongs to the run (locked until the student is saved); ``--resume`` refuses options
 that would continue another computation (teacher weights and texts included), naming each."""
@@ -93,8 +93,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from performers.experiments.distillation import distill_model
     from performers.integrations.distill import DistillConfig
+    from performers.jobs.distillation import distill_model
 
     check_resume_overwrite(args)
     set_threads(args)

@@ -1,5 +1,5 @@
 """``performers embed``: per-protein (or per-residue) embeddings of a trained model
-(:func:`performers.experiments.embedding.embed_proteins`)."""
+(:func:`performers.jobs.embedding.embed_proteins`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from performers.cli.options import (
     load_model,
     read_records,
 )
-from performers.experiments.embedding import (
+from performers.jobs.embedding import (
     crop_proteins,
     embed_proteins,
     encoder_of,

@@ -1,7 +1,7 @@
 """``performers evaluate``: accuracy and perplexity of a trained model on the shipped corpus, a
 FASTA file or a prepared dataset, in aggregate and per protein
-(:func:`performers.experiments.protein_evaluation.evaluation_proteins`,
-:func:`performers.experiments.evaluate_model`, :func:`~performers.experiments.evaluate_per_sequence`)."""
+(:func:`performers.jobs.protein_evaluation.evaluation_proteins`,
+:func:`performers.jobs.evaluate_model`, :func:`~performers.jobs.evaluate_per_sequence`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import argparse
 
 from performers.cli.common import UsageError
 from performers.cli.options import check_output_file
-from performers.experiments import evaluate_model, evaluate_per_sequence, load_trained, write_csv
-from performers.experiments.protein_evaluation import evaluation_proteins, protein_ids
+from performers.jobs import evaluate_model, evaluate_per_sequence, load_trained, write_csv
+from performers.jobs.protein_evaluation import evaluation_proteins, protein_ids
 from performers.models import PerformerForCausalLM
 
 HELP = "accuracy and perplexity of a trained model (shipped corpus, a FASTA file or a prepared dataset)"

@@ -1,5 +1,5 @@
 """``performers finetune``: a head on a trained or randomly initialized encoder, fine-tuned on
-labelled proteins in FLIP's conventions (:func:`performers.experiments.finetune`): per-residue
+labelled proteins in FLIP's conventions (:func:`performers.jobs.finetune`): per-residue
 classes (secondary structure, conservation, or your own label FASTA) or a sequence-level target
 (GB1 fitness, or your own ``TARGET=`` FASTA)."""
 
@@ -17,8 +17,8 @@ from performers.cli.options import (
     set_threads,
     training_config_from_args,
 )
-from performers.experiments import finetune
-from performers.experiments.finetuning import finetuning_encoder, labelled_splits
+from performers.jobs import finetune
+from performers.jobs.finetuning import finetuning_encoder, labelled_splits
 from performers.proteins import SHIPPED_TASKS
 from performers.training import SCHEDULES
 

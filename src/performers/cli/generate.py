@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from performers.cli.common import UsageError, option_names, user_errors_named
-from performers.experiments import load_trained
+from performers.jobs import load_trained
 from performers.models import PerformerForCausalLM
 from performers.proteins import ProteinTokenizer, UnknownResidueError
 

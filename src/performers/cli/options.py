@@ -23,9 +23,9 @@ import torch
 
 from performers.cli.common import UsageError, options_named, user_errors_named
 from performers.cli.favor_options import add_favor_options, favor_config_from_args
-from performers.experiments import DEMO_MODEL, diagnose_model, load_trained, protein_model_config
-from performers.experiments.diagnose import DEFAULT_KERNELS
-from performers.experiments.embedding import DEFAULT_MAX_TOKENS
+from performers.jobs import DEMO_MODEL, diagnose_model, load_trained, protein_model_config
+from performers.jobs.diagnose import DEFAULT_KERNELS
+from performers.jobs.embedding import DEFAULT_MAX_TOKENS
 from performers.layers import FavorConfig
 from performers.layers.favor_config import PROJECTIONS
 from performers.models import PerformerConfig
@@ -454,6 +454,6 @@ def resolve_model(name: str) -> str:
 
 
 def run_diagnosis(model: str, **options) -> object:
-    """:func:`~performers.experiments.diagnose_model` of ``model`` (a directory or the MiniLM
+    """:func:`~performers.jobs.diagnose_model` of ``model`` (a directory or the MiniLM
     alias); its input errors (``DiagnoseError``) are typed input errors."""
     return diagnose_model(resolve_model(model), **options)

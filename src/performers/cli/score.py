@@ -1,5 +1,5 @@
 """``performers score``: log-likelihoods of proteins and zero-shot variant effects
-(:func:`performers.experiments.scoring.score_proteins` / ``variant_effects``)."""
+(:func:`performers.jobs.scoring.score_proteins` / ``variant_effects``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from performers.cli.options import (
     load_model,
     read_records,
 )
-from performers.experiments.scoring import score_proteins, variant_effects
+from performers.jobs.scoring import score_proteins, variant_effects
 from performers.models import PerformerForCausalLM
 from performers.utils import write_csv
 

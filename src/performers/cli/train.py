@@ -1,6 +1,6 @@
 """``performers train``: one protein language model on the shipped corpus, a prepared dataset
 (``--data``) or FASTA files (``--train/--valid/--test``)
-(:func:`performers.experiments.proteins.train_protein_model`); under ``torchrun
+(:func:`performers.jobs.proteins.train_protein_model`); under ``torchrun
 --nproc_per_node=N -m performers train ...`` every process takes its share of each batch (gloo
 on CPU, nccl on GPU), and with ``--context-parallel C`` groups of ``C`` processes split each
 sequence between them.
@@ -32,7 +32,7 @@ from performers.cli.options import (
     set_threads,
     training_config_from_args,
 )
-from performers.experiments.proteins import train_protein_model
+from performers.jobs.proteins import train_protein_model
 from performers.proteins import training_data_identity
 from performers.training import process_group
 

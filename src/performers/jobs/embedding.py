@@ -14,7 +14,7 @@ while ``1 .. num_layers - 1`` are the un-normalized residual stream
 residue sees its prefix only), a masked one bidirectionally.
 
 The helpers here (:func:`protein_pairs`, :func:`crop_proteins`, :func:`token_batches`,
-:class:`Progress`) are shared with :mod:`performers.experiments.scoring`.
+:class:`Progress`) are shared with :mod:`performers.jobs.scoring`.
 """
 
 from __future__ import annotations

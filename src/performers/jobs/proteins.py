@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from performers.experiments.protein_evaluation import corpus_split, corpus_splits, protein_evaluator
+from performers.jobs.protein_evaluation import corpus_split, corpus_splits, protein_evaluator
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, build_model, from_pretrained
 from performers.proteins import (

@@ -1,4 +1,4 @@
-"""The experiments as Python functions (what the CLI commands call)."""
+"""The jobs as Python functions (what the CLI commands call)."""
 
 import os
 import stat
@@ -6,7 +6,7 @@ import stat
 import torch
 
 from performers import FavorConfig, PerformerModel
-from performers.experiments import finetune, load_trained, protein_model_config, run_training
+from performers.jobs import finetune, load_trained, protein_model_config, run_training
 from performers.proteins import load_shipped_task
 from performers.training import TrainingConfig, save_checkpoint
 

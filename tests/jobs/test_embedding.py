@@ -1,4 +1,4 @@
-"""``performers embed`` and :mod:`performers.experiments.embedding`: pooling, layers, batching,
+"""``performers embed`` and :mod:`performers.jobs.embedding`: pooling, layers, batching,
 file formats, errors and the command line, on tiny random models in float64."""
 
 import argparse
@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from performers import FavorConfig, PerformerConfig
 from performers.cli import build_parser, main
-from performers.experiments.embedding import (
+from performers.jobs.embedding import (
     crop_proteins,
     embed_proteins,
     protein_pairs,

@@ -1,4 +1,4 @@
-"""``performers score`` and :mod:`performers.experiments.scoring`: exact and pseudo
+"""``performers score`` and :mod:`performers.jobs.scoring`: exact and pseudo
 log-likelihoods against naive loops, variant effects, mutation parsing, errors and the CLI."""
 
 import csv
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from performers.cli import main
-from performers.experiments.scoring import (
+from performers.jobs.scoring import (
     Mutation,
     find_mutations,
     format_mutations,
@@ -17,7 +17,7 @@ from performers.experiments.scoring import (
     variant_effects,
 )
 from performers.utils import write_csv
-from tests.experiments.test_embedding import PROTEINS, TOKENIZER, save_model, tiny_model, write_fasta
+from tests.jobs.test_embedding import PROTEINS, TOKENIZER, save_model, tiny_model, write_fasta
 
 WILDTYPE = ("WT", "MKVLAAGIVDLLA")
 VARIANTS = [

@@ -1,4 +1,4 @@
-"""Tables, JSON, markdown and a plot of a :class:`~performers.experiments.diagnose.DiagnosisReport`."""
+"""Tables, JSON, markdown and a plot of a :class:`~performers.jobs.diagnose.DiagnosisReport`."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from performers.experiments.diagnose_measure import CapturedAttention
+from performers.jobs.diagnose_measure import CapturedAttention
 from performers.layers import FavorAttention
 from performers.models.io import MODEL_CLASSES
 from performers.ops import exact_attention

@@ -1,4 +1,4 @@
-"""``performers diagnose`` (:mod:`performers.experiments.diagnose`): measured FAVOR error against
+"""``performers diagnose`` (:mod:`performers.jobs.diagnose`): measured FAVOR error against
 the theory on synthetic q/k/v, the recommendation's monotonicity, padding, tiny performers and
 Hugging Face models (exact and FAVOR+), input errors, the command line and ``convert --check``."""
 
@@ -14,9 +14,9 @@ import torch
 
 from performers import FavorConfig, PerformerConfig
 from performers.cli import main
-from performers.experiments import DiagnoseError, diagnose, diagnose_model
-from performers.experiments.diagnose_measure import CapturedAttention, logit_statistics, measure_errors
-from performers.experiments.diagnose_theory import THEORY_KERNELS, theory_constants
+from performers.jobs import DiagnoseError, diagnose, diagnose_model
+from performers.jobs.diagnose_measure import CapturedAttention, logit_statistics, measure_errors
+from performers.jobs.diagnose_theory import THEORY_KERNELS, theory_constants
 from performers.models import build_model
 from performers.proteins import ProteinTokenizer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from performers.experiments.proteins import load_trained
+from performers.jobs.proteins import load_trained
 from performers.models import PerformerConfig, PerformerModel
 from performers.proteins import (
     LabelledExamples,

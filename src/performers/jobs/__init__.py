@@ -5,18 +5,18 @@ FAVOR's error on a model's own attention (:func:`diagnose_model`). Each is a doc
 the CLI calls. The measurements of ``performers bench`` (the paper's tables and wider evidence)
 live in :mod:`performers.bench`."""
 
-from performers.experiments.diagnose import DiagnoseError, DiagnosisReport, diagnose, diagnose_model
-from performers.experiments.diagnose_report import write_report as write_diagnosis
-from performers.experiments.embedding import embed_proteins, write_embeddings
-from performers.experiments.finetuning import SequenceRegressor, TokenClassifier, evaluate_labelled, finetune
-from performers.experiments.protein_evaluation import (
+from performers.jobs.diagnose import DiagnoseError, DiagnosisReport, diagnose, diagnose_model
+from performers.jobs.diagnose_report import write_report as write_diagnosis
+from performers.jobs.embedding import embed_proteins, write_embeddings
+from performers.jobs.finetuning import SequenceRegressor, TokenClassifier, evaluate_labelled, finetune
+from performers.jobs.protein_evaluation import (
     corpus_split,
     corpus_splits,
     evaluate_model,
     evaluate_per_sequence,
     protein_evaluator,
 )
-from performers.experiments.proteins import (
+from performers.jobs.proteins import (
     DEMO_MODEL,
     DEMO_VARIANTS,
     TABLE2_VARIANTS,
@@ -29,7 +29,7 @@ from performers.experiments.proteins import (
     train_variants,
     unigram_baseline,
 )
-from performers.experiments.scoring import (
+from performers.jobs.scoring import (
     Mutation,
     find_mutations,
     format_mutations,

@@ -1,17 +1,17 @@
 """Will FAVOR attention work for this model on this data, and with how many features?
 
 :func:`diagnose_model` runs a model with exact attention on a data sample, captures the q/k/v
-of every layer (:mod:`~performers.experiments.diagnose_capture`) and calls :func:`diagnose`:
+of every layer (:mod:`~performers.jobs.diagnose_capture`) and calls :func:`diagnose`:
 for each layer, head, kernel and feature count ``M`` it measures the relative error of the
 FAVOR attention output against exact attention over several projection draws
-(:mod:`~performers.experiments.diagnose_measure`), puts the theory's prediction next to it
-(:mod:`~performers.experiments.diagnose_theory`), finds the smallest ``M`` meeting a tolerance
-and turns it all into a recommendation (:mod:`~performers.experiments.diagnose_verdict`).
-Reports: :mod:`~performers.experiments.diagnose_report`.
+(:mod:`~performers.jobs.diagnose_measure`), puts the theory's prediction next to it
+(:mod:`~performers.jobs.diagnose_theory`), finds the smallest ``M`` meeting a tolerance
+and turns it all into a recommendation (:mod:`~performers.jobs.diagnose_verdict`).
+Reports: :mod:`~performers.jobs.diagnose_report`.
 
 Example (a notebook)::
 
-    from performers.experiments import diagnose_model
+    from performers.jobs import diagnose_model
     report = diagnose_model("runs/mine", data="proteins.fasta", limit=16, tolerance=0.05)
     report.recommendation.message, report.rows[0]
 """
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from performers.experiments.diagnose_capture import (
+from performers.jobs.diagnose_capture import (
     DiagnoseError,
     capture_hf,
     capture_performers,
@@ -34,14 +34,14 @@ from performers.experiments.diagnose_capture import (
     protein_batch,
     read_sentences,
 )
-from performers.experiments.diagnose_measure import CapturedAttention, logit_statistics, measure_errors
-from performers.experiments.diagnose_theory import (
+from performers.jobs.diagnose_measure import CapturedAttention, logit_statistics, measure_errors
+from performers.jobs.diagnose_theory import (
     THEORY_KERNELS,
     favor_plus_plus_a,
     sample_queries,
     theory_constants,
 )
-from performers.experiments.diagnose_verdict import ErrorRow, HeadVerdict, Recommendation, recommend, verdicts
+from performers.jobs.diagnose_verdict import ErrorRow, HeadVerdict, Recommendation, recommend, verdicts
 
 __all__ = [
     "DEFAULT_FEATURES",
@@ -63,7 +63,7 @@ class DiagnosisReport:
     Attributes:
         settings: the options and the data (model, sequences, tokens, ...).
         layers: per layer: heads, head size, causal, scale and per-head logit statistics
-            (:func:`~performers.experiments.diagnose_measure.logit_statistics`, plus FAVOR++'s
+            (:func:`~performers.jobs.diagnose_measure.logit_statistics`, plus FAVOR++'s
             mean ``A``).
         rows: one :class:`ErrorRow` per (layer, head or ``"all"``, kernel, M).
         heads: one :class:`HeadVerdict` per (layer, head, kernel): smallest M and why not.
@@ -204,7 +204,7 @@ def diagnose(
 
 
 def _load_performers(path: Path, data: str | Path | None, limit: int, max_length: int | None):
-    from performers.experiments.proteins import load_trained
+    from performers.jobs.proteins import load_trained
     from performers.proteins import read_fasta
 
     if data is None:

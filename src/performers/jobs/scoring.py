@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from performers.experiments.embedding import (
+from performers.jobs.embedding import (
     DEFAULT_MAX_TOKENS,
     SPECIAL_TOKENS_PER_PROTEIN,
     Progress,
@@ -234,7 +234,7 @@ def score_proteins(
         records: :class:`FastaRecord` objects or ``(id, sequence)`` pairs; ids must be unique.
         max_tokens: padded tokens per forward pass.
         max_length: crop to this many tokens, ``<cls>`` and ``<eos>`` included (as
-            :func:`~performers.experiments.embedding.embed_proteins`).
+            :func:`~performers.jobs.embedding.embed_proteins`).
         progress: a progress bar over scored residues (stderr).
 
     Returns:
