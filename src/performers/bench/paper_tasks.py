@@ -37,6 +37,7 @@ from performers.text import (
 )
 from performers.training import TrainingConfig
 from performers.training.evaluation import evaluation_mode, logits_of, masked_accuracy, model_batches
+from performers.utils.validation import is_int
 
 __all__ = [
     "TASKS",
@@ -180,7 +181,7 @@ class TaskSpec:
             raise ValueError(f"task must be one of {TASKS}, got {self.name!r}")
         for name in ("max_length", "eval_limit", "final_limit", "train_limit"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (not is_int(value) or value < 1):
                 raise ValueError(
                     f"TaskSpec.{name} must be an int >= 1 (or None where allowed), got {value!r}"
                 )

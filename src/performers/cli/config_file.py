@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from performers.cli.common import Option, UsageError
+from performers.utils.validation import is_int
 
 __all__ = ["config_defaults", "config_options", "with_config_file"]
 
@@ -103,7 +104,7 @@ def _config_value(option: Option, key: str, value: Any) -> Any:
             raise UsageError(f"{key}: expected true or false (a JSON boolean), got {json.dumps(value)}")
         return value
     if option.kind == "count":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if not is_int(value) or value < 0:
             raise UsageError(f"{key}: expected a count (an integer >= 0), got {json.dumps(value)}")
         return value
     if option.kind not in _VALUES:

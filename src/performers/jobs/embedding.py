@@ -34,6 +34,7 @@ from performers.models import PerformerForCausalLM, PerformerForMaskedLM, Perfor
 from performers.proteins import FastaRecord, ProteinTokenizer
 from performers.training import evaluation_mode, model_device
 from performers.utils import atomic_write
+from performers.utils.validation import is_int
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -118,7 +119,7 @@ def crop_proteins(
                         "max_length (--max-length) to crop"
                     )
         return list(pairs), 0
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 3:
+    if not is_int(max_length) or max_length < 3:
         raise ValueError(f"max_length must be an int >= 3 (<cls>, one residue, <eos>), got {max_length!r}")
     if limit is not None and max_length > model.config.max_position_embeddings:
         raise ValueError(
@@ -138,7 +139,7 @@ def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     similar lengths and little padding. An item longer than ``max_tokens`` gets a batch of its
     own (nothing is split). Every index appears in exactly one batch.
     """
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+    if not is_int(max_tokens) or max_tokens < 1:
         raise ValueError(f"max_tokens must be a positive int, got {max_tokens!r}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
@@ -242,7 +243,7 @@ def embed_proteins(
     num_layers = encoder.config.num_layers
     if layer is None:
         layer = num_layers
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= num_layers:
+    if not is_int(layer) or not 0 <= layer <= num_layers:
         raise ValueError(f"layer must be an int in 0..{num_layers} (0 = embeddings), got {layer!r}")
     pairs, _ = crop_proteins(protein_pairs(records), encoder, max_length)
     lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for _, sequence in pairs]

@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from performers.ops.kernels import Kernel
+from performers.utils.validation import is_int
 
 __all__ = [
     "check_float",
@@ -35,7 +36,7 @@ def check_positive_int(name: str, value: int | None, *, optional: bool = False) 
     """``value`` is an int ``>= 1`` (bool is not), or None when ``optional`` (ValueError otherwise)."""
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         expected = "None or an int >= 1" if optional else "an int >= 1"
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 

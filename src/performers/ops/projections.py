@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from performers.utils.validation import is_int
+
 RowNorms = Literal["chi", "sqrt_d"]
 ProjectionKind = Literal["orthogonal", "iid"]
 
@@ -27,7 +29,7 @@ __all__ = [
 
 def _check_sizes(num_features: int, dim: int) -> None:
     for name, value in (("num_features", num_features), ("dim", dim)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
