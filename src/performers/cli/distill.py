@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from performers.cli.common import user_errors_named
+from performers.cli.common import add_hidden_alias, user_errors_named
 from performers.cli.favor_options import FAVOR_FIELDS, add_favor_options, favor_config_from_args
 from performers.cli.options import (
     add_overwrite_option,
@@ -62,9 +62,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=32, help="texts per step")
     p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
-    p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps")
-    p.add_argument(  # the old spelling
-        "--warmup-steps", dest="warmup", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    add_hidden_alias(
+        p, "--warmup-steps", p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps")
     )
     p.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens")
     p.add_argument(
