@@ -7,15 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from performers import FavorConfig, PerformerConfig
 from performers.cli import build_parser, main
 from performers.jobs.embedding import (
+    INCLUDES,
     crop_proteins,
     embed_proteins,
+    extract_representations,
     protein_pairs,
+    resolve_layers,
     token_batches,
+    truncate_proteins,
     write_embeddings,
 )
 from performers.models import build_model
@@ -208,17 +213,19 @@ def test_cli_writes_embeddings_and_says_what_it_wrote(tmp_path, capsys):
     out = tmp_path / "emb.npz"
     assert main(["embed", str(directory), str(fasta), "--out", str(out), "--max-tokens", "40"]) == 0
     printed = capsys.readouterr().out
-    assert "wrote 4 embeddings" in printed and "(16,) per protein" in printed and "residues/s" in printed
+    assert "wrote 4 proteins' representations" in printed and "keyed by FASTA id" in printed
+    assert "mean (16,)" in printed and "residues/s" in printed
     expected = embed_proteins(model, TOKENIZER, PROTEINS, progress=False)
     with np.load(out) as data:
         for name, _ in PROTEINS:
             np.testing.assert_allclose(data[name], expected[name].numpy(), rtol=1e-5, atol=1e-6)
 
     out = tmp_path / "emb.safetensors"
+    # The earlier spellings (hidden): --per-residue, --layer N, --max-length in tokens.
     args = ["--per-residue", "--layer", "1", "--attention", "exact", "--max-length", "8"]
     assert main(["embed", str(directory), str(fasta), "--out", str(out), *args]) == 0
     printed = capsys.readouterr().out
-    assert "cropped 2 protein(s) to their first 6 residues" in printed and "layer 1/2" in printed
+    assert "truncated 2 protein(s) to their first 6 residues" in printed and "layer(s) 1 of 2" in printed
     model.set_attention("exact")
     expected = embed_proteins(
         model, TOKENIZER, PROTEINS, per_residue=True, layer=1, max_length=8, progress=False
@@ -277,3 +284,102 @@ def test_benchmark_measures_the_commands(tmp_path):
     assert point.seconds > 0 and point.residues_per_s == pytest.approx(192 / point.seconds)
     assert point.peak_rss_mib > 0
     assert "| embed | favor | 96 | 2 |" in format_table(points)
+
+
+# ---- esm-extract conventions: several layers, mean / per_tok / bos, truncation --------------
+
+
+@torch.no_grad()
+def test_repr_layers_and_kinds_match_a_manual_forward():
+    model = tiny_model("mlm", position="rotary")
+    name, sequence = PROTEINS[0]
+    hidden = model.model(torch.tensor([TOKENIZER.encode(sequence)]), output_hidden_states=True).hidden_states
+    out = extract_representations(
+        model,
+        TOKENIZER,
+        [(name, sequence)],
+        repr_layers=[-1, 0, -2, 2],  # -1 and 2 are the same layer: kept once
+        include=["mean", "per_tok", "bos"],
+        progress=False,
+    )[name]
+    assert list(out) == ["mean", "per_tok", "bos"]
+    for layer in (2, 0, 1):
+        residues = hidden[layer][0, 1:-1]  # without <cls> and <eos>
+        assert list(out["mean"]) == [2, 0, 1]
+        torch.testing.assert_close(out["per_tok"][layer], residues, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out["mean"][layer], residues.mean(0), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out["bos"][layer], hidden[layer][0, 0], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(out["mean"][layer], hidden[layer][0].mean(0))  # specials excluded
+    assert resolve_layers([-3, -1, 1], 2) == [0, 2, 1]
+    for bad in ([-4], [3], [], [1.0], 1):
+        with pytest.raises(ValueError, match="layer"):
+            resolve_layers(bad, 2)
+    with pytest.raises(ValueError, match="include must be"):
+        extract_representations(model, TOKENIZER, PROTEINS, include=["contacts"], progress=False)
+
+
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_every_kind_alone_equals_in_a_padded_batch(task):
+    torch.set_num_threads(1)
+    model = tiny_model(task)
+    kinds = dict(repr_layers=[0, 1, -1], include=["mean", "per_tok", "bos"], progress=False)
+    batched = extract_representations(model, TOKENIZER, PROTEINS, max_tokens=4096, **kinds)
+    for name, sequence in PROTEINS:
+        alone = extract_representations(model, TOKENIZER, [(name, sequence)], **kinds)[name]
+        for kind in ("mean", "per_tok", "bos"):
+            for layer in (0, 1, 2):
+                torch.testing.assert_close(
+                    batched[name][kind][layer], alone[kind][layer], rtol=1e-12, atol=1e-12
+                )
+
+
+def test_truncation_length_keeps_the_first_residues():
+    model = tiny_model("mlm", max_positions=12)  # learned positions: at most 10 residues
+    kinds = dict(include=["per_tok"], progress=False)
+    with pytest.raises(ValueError, match=r"'P1' has 14 residues.*at most 10.*truncation_length"):
+        extract_representations(model, TOKENIZER, PROTEINS, **kinds)
+    out = extract_representations(model, TOKENIZER, PROTEINS, truncation_length=5, **kinds)
+    assert [out[name]["per_tok"][2].shape[0] for name, _ in PROTEINS] == [5, 3, 5, 4]
+    short = extract_representations(model, TOKENIZER, [("P1", PROTEINS[0][1][:5])], **kinds)
+    torch.testing.assert_close(out["P1"]["per_tok"][2], short["P1"]["per_tok"][2], rtol=1e-12, atol=1e-12)
+    assert truncate_proteins(PROTEINS, None, 5)[1] == 2  # P1 and P3 were longer
+    for bad, match in ((0, "truncation_length must be"), (11, "truncation_length 11 exceeds")):
+        with pytest.raises(ValueError, match=match):
+            extract_representations(model, TOKENIZER, PROTEINS, truncation_length=bad, **kinds)
+
+
+def test_cli_writes_several_layers_and_kinds(tmp_path, capsys, cli_error):
+    model = tiny_model("clm", position="rotary")
+    directory = save_model(model.float(), tmp_path / "model")
+    fasta = write_fasta(tmp_path / "in.fasta", PROTEINS)
+    out = tmp_path / "emb.safetensors"
+    args = ["--repr-layers", "-1", "0", "--include", "mean", "per_tok", "bos", "--dtype", "float64"]
+    assert main(["embed", str(directory), str(fasta), "--out", str(out), *args]) == 0
+    printed = capsys.readouterr().out
+    assert "keys ID/KIND/LAYER" in printed and "per_tok (L, 16) with L 3..29" in printed
+    loaded = load_file(out)
+    assert len(loaded) == 4 * 3 * 2
+    expected = extract_representations(
+        model.double(), TOKENIZER, PROTEINS, repr_layers=[2, 0], include=INCLUDES, progress=False
+    )
+    for name, _ in PROTEINS:
+        for kind in INCLUDES:
+            for layer in (2, 0):
+                torch.testing.assert_close(loaded[f"{name}/{kind}/{layer}"], expected[name][kind][layer])
+    with safe_open(out, "pt") as handle:
+        assert handle.metadata()["keys"] == "id/include/layer" and handle.metadata()["repr_layers"] == "2 0"
+
+    out = tmp_path / "cut.npz"
+    assert main(["embed", str(directory), str(fasta), "--out", str(out), "--truncation-length", "4",
+                 "--include", "per_tok"]) == 0  # fmt: skip
+    assert "truncated 2 protein(s) to their first 4 residues" in capsys.readouterr().out
+    with np.load(out) as data:
+        assert data["P1"].shape == (4, 16) and data["P2"].shape == (3, 16)
+    base = ["embed", str(directory), str(fasta), "--out", str(tmp_path / "e.npz")]
+    cli_error([*base, "--truncation-length", "0"], match="--truncation-length: truncation_length must be")
+    cli_error([*base, "--repr-layers", "-4"], match=r"layer must be an int in -3\.\.2")
+    with pytest.raises(SystemExit) as exit:  # argparse's own refusal, one line, status 2
+        main([*base, "--include", "contacts"])
+    assert exit.value.code == 2 and "--include: invalid choice: 'contacts'" in capsys.readouterr().err
+    cli_error([*base, "--truncation-length", "4", "--max-length", "6"], match="not also --max-length")
+    assert not (tmp_path / "e.npz").exists()

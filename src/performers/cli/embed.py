@@ -1,37 +1,47 @@
-"""``performers embed``: per-protein (or per-residue) embeddings of a trained model
-(:func:`performers.jobs.embedding.embed_proteins`)."""
+"""``performers embed``: representations of proteins from a trained model, in the conventions of
+ESM's ``esm-extract`` (:func:`performers.jobs.embedding.extract_representations`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
 
-from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
-from performers.cli.options import (
-    add_crop_option,
-    add_protein_model_options,
-    check_output_file,
-    load_model,
-    read_records,
+from performers.cli.common import (
+    RawHelpFormatter,
+    UsageError,
+    add_hidden_alias,
+    option_names,
+    user_errors_named,
 )
+from performers.cli.options import add_protein_model_options, check_output_file, load_model, read_records
 from performers.jobs.embedding import (
-    crop_proteins,
-    embed_proteins,
-    encoder_of,
+    INCLUDES,
+    extract_representations,
     protein_pairs,
+    resolve_layers,
+    truncate_proteins,
     write_embeddings,
 )
+from performers.jobs.protein_lm import as_protein_lm
 
-HELP = "embeddings of every protein of a FASTA file (mean-pooled or per residue) -> .npz/.safetensors"
+HELP = (
+    "representations of every protein of a FASTA file (esm-extract's layers and kinds) -> .npz/.safetensors"
+)
 DESCRIPTION = f"""{HELP}.
 
-Each protein is encoded as [<cls>, residues..., <eos>]; an embedding covers its residues only
-(<cls>, <eos> and padding are excluded from the mean and from per-residue output). Layer 0 is
-the embedding output, 1..num_layers the blocks' outputs; the default, the last layer, is taken
-after the final LayerNorm (what the language-model head reads), the others are the
-un-normalized residual stream. Output keys are the FASTA ids (the first word of each header).
-Proteins are sorted by length and batched by a budget of padded tokens; nothing is cropped
-unless --max-length is given. FAVOR+ keeps the cost of a protein linear in its length."""
+As ESM's esm-extract: --repr-layers picks layers (0 = the embedding output, 1..num_layers the
+blocks' outputs, negative indices count from the end: -1 is the last, taken after the final
+LayerNorm — what the language-model head reads; the others are the un-normalized residual
+stream), --include what to keep of each: mean (over the residues only, never <cls>, <eos> or
+padding), per_tok (L x d_model, one row per residue) and bos (the <cls> vector). Each protein is
+encoded as [<cls>, residues..., <eos>]; proteins are sorted by length and batched by a budget
+of padded tokens (a protein embedded alone gets the same vectors as in a padded batch).
+Nothing is cut unless --truncation-length N keeps each protein's first N residues; FAVOR+ keeps
+the cost of a protein linear in its length.
+
+Output keys: the FASTA id (the first word of each header) when one layer and one kind are
+asked for; otherwise ID/KIND/LAYER for each (e.g. P12345/mean/6, the layer counted from 0 as
+above). The file's metadata (safetensors header) records the layers, kinds and key format."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,67 +49,115 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "embed", help=HELP, description=DESCRIPTION, formatter_class=RawHelpFormatter
     )
     add_protein_model_options(parser)
-    parser.add_argument("--out", required=True, help="output file: .npz or .safetensors, keyed by FASTA id")
-    parser.add_argument(
-        "--per-residue",
-        action="store_true",
-        help="write (L, d_model) per protein, one row per residue, instead of the mean over residues",
+    parser.add_argument("--out", required=True, help="output file: .npz or .safetensors (keys: see above)")
+    layers = parser.add_argument(
+        "--repr-layers",
+        type=int,
+        nargs="+",
+        default=[-1],
+        metavar="LAYER",
+        help="layers to return: 0 = embeddings, 1..num_layers = block outputs, negative from the "
+        "end (default: -1, the last, after the final LayerNorm)",
+    )
+    add_hidden_alias(parser, "--layer", layers)  # the earlier spelling (one layer)
+    add_hidden_alias(parser, "--repr_layers", layers)  # esm-extract's
+    include = parser.add_argument(
+        "--include",
+        nargs="+",
+        choices=INCLUDES,
+        default=["mean"],
+        help="what to keep per layer: mean over residues, per_tok (one row per residue), bos "
+        "(the <cls> vector) (default: mean)",
     )
     parser.add_argument(
-        "--layer",
+        "--per-residue", dest=include.dest, action="store_const", const=["per_tok"],
+        default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+    )  # fmt: skip
+    truncation = parser.add_argument(
+        "--truncation-length",
         type=int,
         default=None,
-        help="0 = embeddings, 1..num_layers = block outputs (default: the last, after the final LayerNorm)",
+        metavar="N",
+        help="keep each protein's first N residues (default: whole proteins; a model with learned "
+        "positions then refuses longer ones)",
     )
-    add_crop_option(parser)
+    add_hidden_alias(parser, "--truncation_seq_length", truncation)  # esm-extract's
+    # The earlier crop, in tokens with <cls> and <eos>: --max-length N keeps N - 2 residues.
+    parser.add_argument("--max-length", type=int, default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _truncation(args: argparse.Namespace) -> int | None:
+    if args.max_length is None:
+        return args.truncation_length
+    if args.truncation_length is not None:
+        raise UsageError("give --truncation-length (residues), not also --max-length")
+    if args.max_length < 3:
+        raise UsageError(f"--max-length must be >= 3 (<cls>, one residue, <eos>), got {args.max_length}")
+    return args.max_length - 2
+
+
+def _keys(embeddings: dict, layers: list[int], kinds: list[str]) -> dict:
+    """``{key: tensor}``: the id alone for one layer and one kind, else ``ID/KIND/LAYER``."""
+    if len(layers) == 1 and len(kinds) == 1:
+        return {name: out[kinds[0]][layers[0]] for name, out in embeddings.items()}
+    return {
+        f"{name}/{kind}/{layer}": out[kind][layer]
+        for name, out in embeddings.items()
+        for kind in kinds
+        for layer in layers
+    }
+
+
+def _describe_layer(layer: int, num_layers: int) -> str:
+    if layer == num_layers:
+        return f"{layer} (after the final LayerNorm)"
+    return f"{layer} (embeddings)" if layer == 0 else f"{layer}"
 
 
 def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith((".npz", ".safetensors")):
         raise UsageError(f"--out {args.out}: must end in .npz or .safetensors")
     check_output_file(args.out)
+    truncation = _truncation(args)
     records = read_records(args.input)
     model, tokenizer = load_model(args)
-    num_layers = model.config.num_layers
-    layer = num_layers if args.layer is None else args.layer
+    lm = as_protein_lm(model, tokenizer)
+    kinds = list(dict.fromkeys(args.include))
     with user_errors_named(option_names(args.command_parser)):  # a protein or option the model refuses
-        pairs, cropped = crop_proteins(protein_pairs(records), encoder_of(model)[0], args.max_length)
+        layers = resolve_layers(args.repr_layers, lm.num_layers)
+        pairs, truncated = truncate_proteins(protein_pairs(records), lm.residue_limit, truncation)
         start = time.perf_counter()
-        embeddings = embed_proteins(
-            model,
-            tokenizer,
-            pairs,
-            per_residue=args.per_residue,
-            layer=layer,
-            max_tokens=args.max_tokens,
+        embeddings = extract_representations(
+            lm, None, pairs, repr_layers=layers, include=kinds, max_tokens=args.max_tokens
         )
         seconds = time.perf_counter() - start
+        tensors = _keys(embeddings, layers, kinds)
         metadata = {
-            "pooling": "none" if args.per_residue else "mean",
-            "layer": str(layer),
-            "num_layers": str(num_layers),
+            "repr_layers": " ".join(map(str, layers)),
+            "include": " ".join(kinds),
+            "keys": "id" if len(tensors) == len(embeddings) else "id/include/layer",
+            "num_layers": str(lm.num_layers),
             "model": str(args.model),
-            "max_length": str(args.max_length),
+            "truncation_length": str(truncation),
         }
-        write_embeddings(embeddings, args.out, metadata=metadata)
+        write_embeddings(tensors, args.out, metadata=metadata)
     residues = sum(len(sequence) for _, sequence in pairs)
     width = model.config.d_model
-    if args.per_residue:
-        lengths = [len(sequence) for _, sequence in pairs]
-        shape = f"(L, {width}) per protein, L {min(lengths)}..{max(lengths)}"
-    else:
-        shape = f"({width},) per protein, mean over residues"
-    where = (
-        "after the final LayerNorm"
-        if layer == num_layers
-        else ("embeddings" if layer == 0 else "block output")
-    )
-    if cropped:
-        print(f"cropped {cropped} protein(s) to their first {args.max_length - 2} residues (--max-length)")
+    lengths = [len(sequence) for _, sequence in pairs]
+    shapes = {
+        "mean": f"mean ({width},)",
+        "per_tok": f"per_tok (L, {width}) with L {min(lengths)}..{max(lengths)}",
+        "bos": f"bos ({width},)",
+    }
+    if truncated:
+        print(f"truncated {truncated} protein(s) to their first {truncation} residues (--truncation-length)")
+    layer_text = ", ".join(_describe_layer(layer, lm.num_layers) for layer in layers)
+    keys = "keyed by FASTA id" if metadata["keys"] == "id" else "keys ID/KIND/LAYER"
     print(
-        f"wrote {len(embeddings)} embeddings to {args.out}: {shape}, layer {layer}/{num_layers} ({where}), "
-        f"{args.dtype}; {residues} residues in {seconds:.3f} s ({len(pairs) / seconds:.1f} proteins/s, "
+        f"wrote {len(embeddings)} proteins' representations to {args.out} ({keys}): "
+        f"{', '.join(shapes[k] for k in kinds)}; layer(s) {layer_text} of {lm.num_layers}; {args.dtype}; "
+        f"{residues} residues in {seconds:.3f} s ({len(pairs) / seconds:.1f} proteins/s, "
         f"{residues / seconds:.0f} residues/s)"
     )
     return 0

@@ -336,12 +336,17 @@ def set_threads(args: argparse.Namespace) -> None:
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
-def add_protein_model_options(parser: argparse.ArgumentParser) -> None:
-    """The options ``embed`` and ``score`` share: the model, its input and how it runs."""
+def add_protein_model_options(parser: argparse.ArgumentParser, *, input_help: str | None = None) -> None:
+    """The options ``embed`` and ``score`` share: the model, its input and how it runs.
+    ``input_help``: the FASTA input is optional, and this says when it is needed."""
     parser.add_argument(
         "model", help="a trained run directory (its final/) or a save_pretrained dir with tokenizer.json"
     )
-    parser.add_argument("input", help="FASTA file (plain or gzip); ids are the first word of each header")
+    fasta = "FASTA file (plain or gzip); ids are the first word of each header"
+    if input_help is None:
+        parser.add_argument("input", help=fasta)
+    else:
+        parser.add_argument("input", nargs="?", default=None, help=f"{fasta}; {input_help}")
     parser.add_argument(
         "--max-tokens",
         type=int,

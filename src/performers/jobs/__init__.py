@@ -7,7 +7,7 @@ live in :mod:`performers.bench`."""
 
 from performers.jobs.diagnose import DiagnoseError, DiagnosisReport, diagnose, diagnose_model
 from performers.jobs.diagnose_report import write_report as write_diagnosis
-from performers.jobs.embedding import embed_proteins, write_embeddings
+from performers.jobs.embedding import embed_proteins, extract_representations, write_embeddings
 from performers.jobs.finetuning import SequenceRegressor, TokenClassifier, evaluate_labelled, finetune
 from performers.jobs.protein_evaluation import (
     corpus_split,
@@ -16,6 +16,7 @@ from performers.jobs.protein_evaluation import (
     evaluate_per_sequence,
     protein_evaluator,
 )
+from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM, ProteinVocabulary, as_protein_lm
 from performers.jobs.proteins import (
     DEMO_MODEL,
     DEMO_VARIANTS,
@@ -34,8 +35,12 @@ from performers.jobs.scoring import (
     find_mutations,
     format_mutations,
     parse_mutations,
+    read_dms,
+    score_dms,
+    score_mutants,
     score_proteins,
     variant_effects,
+    write_dms_scores,
 )
 from performers.utils import write_csv
 
@@ -46,10 +51,14 @@ __all__ = [
     "DiagnoseError",
     "DiagnosisReport",
     "Mutation",
+    "PerformerProteinLM",
+    "ProteinLM",
+    "ProteinVocabulary",
     "RunResult",
     "SequenceRegressor",
     "TokenClassifier",
     "Variant",
+    "as_protein_lm",
     "compare",
     "corpus_split",
     "corpus_splits",
@@ -59,6 +68,7 @@ __all__ = [
     "evaluate_labelled",
     "evaluate_model",
     "evaluate_per_sequence",
+    "extract_representations",
     "find_mutations",
     "finetune",
     "format_mutations",
@@ -66,12 +76,16 @@ __all__ = [
     "parse_mutations",
     "protein_evaluator",
     "protein_model_config",
+    "read_dms",
     "run_training",
+    "score_dms",
+    "score_mutants",
     "score_proteins",
     "train_variants",
     "unigram_baseline",
     "variant_effects",
     "write_csv",
     "write_diagnosis",
+    "write_dms_scores",
     "write_embeddings",
 ]

@@ -1,20 +1,28 @@
-"""Protein embeddings from a trained model: mean-pooled or per residue, from any layer.
+"""Protein embeddings from a trained model, in the conventions of ESM's ``esm-extract``.
 
-:func:`embed_proteins` runs the model's encoder over proteins batched by a *token budget*:
+:func:`extract_representations` runs the model over proteins batched by a *token budget*:
 proteins are sorted by length (longest first) and each batch is filled while
 ``rows × longest`` — padded tokens included — stays within ``max_tokens``. Nothing is truncated
-unless ``max_length`` is given. Each protein is encoded as ``[<cls>, residues..., <eos>]``;
-only the residue positions enter an embedding (``<cls>``, ``<eos>`` and padding never do).
+unless ``truncation_length`` is given. Each protein is encoded as ``[<cls>, residues..., <eos>]``;
+it returns, for each requested layer, any of
 
-Layers: ``0`` is the embedding output (token + learned position embeddings), ``1 ..
-num_layers`` the outputs of the blocks; the last one, ``num_layers`` (the default), is taken
-after the final LayerNorm — it is the ``last_hidden_state`` the language-model head reads —
-while ``1 .. num_layers - 1`` are the un-normalized residual stream
-(:class:`performers.models.PerformerModelOutput`). A causal model is run causally (each
-residue sees its prefix only), a masked one bidirectionally.
+* ``"mean"``: the mean over the residues only (``<cls>``, ``<eos>`` and padding never enter it),
+* ``"per_tok"``: one row per residue ``(L, E)`` (again without ``<cls>``/``<eos>``),
+* ``"bos"``: the ``<cls>`` vector.
 
-The helpers here (:func:`protein_pairs`, :func:`crop_proteins`, :func:`token_batches`,
-:class:`Progress`) are shared with :mod:`performers.jobs.scoring`.
+Layers: ``0`` is the embedding output, ``1 .. num_layers`` the outputs of the blocks; the last
+one, ``num_layers``, is taken after the final LayerNorm — it is what the language-model head
+reads — while ``1 .. num_layers - 1`` are the un-normalized residual stream
+(:class:`performers.models.PerformerModelOutput`). Negative indices count from the end
+(``-1`` is ``num_layers``), as in ``esm-extract``. A causal model is run causally (each residue
+sees its prefix only), a masked one bidirectionally. A protein embedded alone gets the same
+vectors as in a padded batch (padding is masked out of attention).
+
+The model comes in through :class:`performers.jobs.protein_lm.ProteinLM` (this package's
+models are wrapped by :func:`~performers.jobs.protein_lm.as_protein_lm`).
+:func:`embed_proteins` is the one-layer, one-kind form. The helpers here
+(:func:`protein_pairs`, :func:`crop_proteins`, :func:`token_batches`, :class:`Progress`) are
+shared with :mod:`performers.jobs.scoring`.
 """
 
 from __future__ import annotations
@@ -30,29 +38,37 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from performers.jobs.protein_lm import ProteinLM, ProteinVocabulary, as_protein_lm
 from performers.models import PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
 from performers.proteins import FastaRecord, ProteinTokenizer
-from performers.training import evaluation_mode, model_device
 from performers.utils import atomic_write
 from performers.utils.validation import is_int
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "INCLUDES",
     "SPECIAL_TOKENS_PER_PROTEIN",
     "Progress",
     "ProteinRecords",
     "crop_proteins",
     "embed_proteins",
     "encoder_of",
+    "extract_representations",
+    "pad_encoded",
     "protein_pairs",
     "residue_limit",
+    "resolve_layers",
     "token_batches",
+    "truncate_proteins",
     "write_embeddings",
 ]
 
 DEFAULT_MAX_TOKENS = 16384
 # <cls> and <eos> around the residues of every protein.
 SPECIAL_TOKENS_PER_PROTEIN = 2
+
+# What esm-extract's --include takes (besides contacts, which need attention maps FAVOR+ never forms).
+INCLUDES = ("mean", "per_tok", "bos")
 
 ProteinRecords = Iterable[FastaRecord | tuple[str, str]]
 
@@ -204,6 +220,150 @@ class Progress:
         self.bar.close()
 
 
+def truncate_proteins(
+    pairs: Sequence[tuple[str, str]], limit: int | None, truncation_length: int | None
+) -> tuple[list[tuple[str, str]], int]:
+    """Keep the first ``truncation_length`` residues of each protein (ESM's
+    ``truncation_seq_length``), and check the model's position limit ``limit`` (residues; None:
+    no limit).
+
+    Returns:
+        ``(pairs, truncated)``: the (possibly shortened) proteins and how many were shortened.
+
+    Raises:
+        ValueError: ``truncation_length`` below 1 or beyond ``limit``, or (without it) a protein
+            longer than ``limit``, naming it.
+    """
+    if truncation_length is None:
+        if limit is not None:
+            for name, sequence in pairs:
+                if len(sequence) > limit:
+                    raise ValueError(
+                        f"protein {name!r} has {len(sequence)} residues, but the model's learned "
+                        f"positions allow at most {limit} (<cls> and <eos> take two); give "
+                        "truncation_length (--truncation-length) to keep its first residues"
+                    )
+        return list(pairs), 0
+    if not is_int(truncation_length) or truncation_length < 1:
+        raise ValueError(f"truncation_length must be an int >= 1 (residues), got {truncation_length!r}")
+    if limit is not None and truncation_length > limit:
+        raise ValueError(
+            f"truncation_length {truncation_length} exceeds the {limit} residues the model's "
+            "learned positions allow"
+        )
+    truncated = sum(len(sequence) > truncation_length for _, sequence in pairs)
+    return [(name, sequence[:truncation_length]) for name, sequence in pairs], truncated
+
+
+def resolve_layers(repr_layers: Sequence[int], num_layers: int) -> list[int]:
+    """Layer indices as ``0 .. num_layers``: a negative index counts from the end (``-1`` is
+    ``num_layers``, ``-(num_layers + 1)`` is 0), as in ``esm-extract``. Repeats are dropped,
+    the order kept.
+
+    Raises:
+        ValueError: an index outside ``-(num_layers + 1) .. num_layers`` or not an int, or none.
+    """
+    if isinstance(repr_layers, int) or not repr_layers:
+        raise ValueError(f"repr_layers must be a non-empty sequence of ints, got {repr_layers!r}")
+    layers: list[int] = []
+    for layer in repr_layers:
+        if not is_int(layer) or not -(num_layers + 1) <= layer <= num_layers:
+            raise ValueError(
+                f"layer must be an int in {-(num_layers + 1)}..{num_layers} (0 = embeddings, "
+                f"negative counts from the end; the model has {num_layers} layers), got {layer!r}"
+            )
+        resolved = layer % (num_layers + 1)
+        if resolved not in layers:
+            layers.append(resolved)
+    return layers
+
+
+def pad_encoded(tokenizer: ProteinVocabulary, sequences: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """``[<cls>, residues..., <eos>]`` of each sequence, padded on the right with ``<pad>``:
+    ``(input_ids (B, L), attention_mask (B, L))``, int64, mask 1 = token."""
+    encoded = [tokenizer.encode(sequence) for sequence in sequences]
+    length = max(map(len, encoded))
+    ids = torch.full((len(encoded), length), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(encoded), length), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = 1
+    return ids, mask
+
+
+def _check_include(include: Sequence[str]) -> list[str]:
+    if isinstance(include, str) or not include or any(kind not in INCLUDES for kind in include):
+        raise ValueError(f"include must be a non-empty sequence of {', '.join(INCLUDES)}, got {include!r}")
+    return list(dict.fromkeys(include))
+
+
+def extract_representations(
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
+    records: ProteinRecords,
+    *,
+    repr_layers: Sequence[int] = (-1,),
+    include: Sequence[str] = ("mean",),
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    truncation_length: int | None = None,
+    progress: bool = True,
+) -> dict[str, dict[str, dict[int, Tensor]]]:
+    """Representations of proteins as ``esm-extract`` gives them (see the module docstring).
+
+    Args:
+        model: a :class:`~performers.jobs.protein_lm.ProteinLM`, or this package's
+            :class:`PerformerForMaskedLM`, :class:`PerformerForCausalLM` or
+            :class:`PerformerModel` (run in eval mode without autograd; its mode is restored).
+        tokenizer: the model's tokenizer (ignored for a ProteinLM, which has its own).
+        records: :class:`FastaRecord` objects or ``(id, sequence)`` pairs; ids must be unique.
+        repr_layers: layers, ``0`` (embeddings) .. ``num_layers``; negative ones count from the end.
+        include: any of ``"mean"``, ``"per_tok"``, ``"bos"``.
+        max_tokens: padded tokens per forward pass (a longer protein runs alone).
+        truncation_length: keep each protein's first this many residues; default: whole
+            proteins (one beyond the model's learned positions is an error naming it).
+        progress: a progress bar over residues (stderr).
+
+    Returns:
+        ``{id: {kind: {layer: tensor}}}`` in input order, ``layer`` resolved to ``0 ..
+        num_layers``; tensors on the CPU in the model's dtype: ``(E,)`` for ``mean`` and ``bos``,
+        ``(L, E)`` for ``per_tok``.
+
+    Raises:
+        ValueError: a repeated id, an empty sequence, a bad layer / ``include`` /
+            ``max_tokens`` / ``truncation_length``, a protein too long for learned positions.
+    """
+    lm = as_protein_lm(model, tokenizer)
+    layers = resolve_layers(repr_layers, lm.num_layers)
+    kinds = _check_include(include)
+    pairs, _ = truncate_proteins(protein_pairs(records), lm.residue_limit, truncation_length)
+    lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for _, sequence in pairs]
+    batches = token_batches(lengths, max_tokens)
+    device = lm.device
+    results: list[dict[str, dict[int, Tensor]]] = [{kind: {} for kind in kinds} for _ in pairs]
+    bar = Progress(sum(len(s) for _, s in pairs), desc="embed", unit="residues", enabled=progress)
+    try:
+        for batch in batches:
+            ids, mask = pad_encoded(lm.tokenizer, [pairs[i][1] for i in batch])
+            hidden_states = lm.hidden_states(ids.to(device), mask.to(device))
+            for layer in layers:
+                hidden = hidden_states[layer]
+                for row, index in enumerate(batch):
+                    # Residues sit at positions 1..n (after <cls>, before <eos> and the padding).
+                    residues = hidden[row, 1 : 1 + len(pairs[index][1])]
+                    out = results[index]
+                    # clone: a view would keep the whole batch's hidden states alive.
+                    if "mean" in out:
+                        out["mean"][layer] = residues.mean(dim=0).cpu()
+                    if "per_tok" in out:
+                        out["per_tok"][layer] = residues.clone().cpu()
+                    if "bos" in out:
+                        out["bos"][layer] = hidden[row, 0].clone().cpu()
+            bar.update(sum(len(pairs[i][1]) for i in batch))
+    finally:
+        bar.close()
+    return {name: result for (name, _), result in zip(pairs, results, strict=True)}
+
+
 def embed_proteins(
     model: nn.Module,
     tokenizer: ProteinTokenizer,
@@ -215,7 +375,8 @@ def embed_proteins(
     max_length: int | None = None,
     progress: bool = True,
 ) -> dict[str, Tensor]:
-    """Embeddings of proteins, keyed by id, in input order.
+    """Embeddings of proteins from one layer, keyed by id, in input order
+    (:func:`extract_representations` of one layer and one kind).
 
     Args:
         model: a :class:`PerformerForMaskedLM`, :class:`PerformerForCausalLM` or
@@ -239,34 +400,24 @@ def embed_proteins(
         ValueError: a repeated id, an empty sequence, a bad ``layer`` / ``max_tokens`` /
             ``max_length``, a protein too long for learned positions.
     """
-    encoder, is_causal = encoder_of(model)
+    encoder, _ = encoder_of(model)
     num_layers = encoder.config.num_layers
     if layer is None:
         layer = num_layers
     if not is_int(layer) or not 0 <= layer <= num_layers:
         raise ValueError(f"layer must be an int in 0..{num_layers} (0 = embeddings), got {layer!r}")
     pairs, _ = crop_proteins(protein_pairs(records), encoder, max_length)
-    lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for _, sequence in pairs]
-    batches = token_batches(lengths, max_tokens)
-    device = model_device(encoder)
-    results: list[Tensor | None] = [None] * len(pairs)
-    bar = Progress(sum(len(s) for _, s in pairs), desc="embed", unit="residues", enabled=progress)
-    try:
-        with evaluation_mode(model):
-            for batch in batches:
-                ids, mask = tokenizer.batch_encode([pairs[i][1] for i in batch])
-                ids, mask = ids.to(device), mask.to(device)
-                out = encoder(ids, mask, is_causal=is_causal, output_hidden_states=layer != num_layers)
-                hidden = out.last_hidden_state if layer == num_layers else out.hidden_states[layer]
-                for row, index in enumerate(batch):
-                    # Residues sit at positions 1..n (after <cls>, before <eos> and the padding).
-                    residues = hidden[row, 1 : 1 + len(pairs[index][1])]
-                    # clone: a view would keep the whole batch's hidden states alive.
-                    results[index] = residues.clone().cpu() if per_residue else residues.mean(dim=0).cpu()
-                bar.update(sum(len(pairs[i][1]) for i in batch))
-    finally:
-        bar.close()
-    return {name: result for (name, _), result in zip(pairs, results, strict=True)}
+    kind = "per_tok" if per_residue else "mean"
+    out = extract_representations(
+        model,
+        tokenizer,
+        pairs,
+        repr_layers=[layer],
+        include=[kind],
+        max_tokens=max_tokens,
+        progress=progress,
+    )
+    return {name: result[kind][layer] for name, result in out.items()}
 
 
 def write_embeddings(

@@ -15,22 +15,39 @@ Per-sequence scores (:func:`score_proteins`), for a protein of ``n`` residues en
 Perplexity is ``exp(−log_likelihood / terms)``, ``terms`` being ``n + 1`` (causal) or ``n``
 (pseudo-perplexity).
 
-Variant effects (:func:`variant_effects`) compare each variant with a wild type of the same
-length (substitutions only):
+Variant effects (:func:`score_mutants`; :func:`score_dms` for a ProteinGym DMS file,
+:func:`variant_effects` for variant sequences) score substitutions ``(i, wt → mt)`` of a wild
+type ``x`` with the strategies of ESM (Meier et al. 2021), ``log p`` being the model's
+log-probabilities at a position, higher = more likely than the wild type:
 
-* **masked models** — masked-marginal log-odds (Meier et al. 2021): mask every mutated position
-  of the *wild type* in one pass and sum ``log p(mut_i) − log p(wt_i)`` over the mutated
-  positions (variants mutating the same positions share that pass).
-* **causal models** — log-likelihood ratio ``LL(variant) − LL(wild type)``.
+* ``masked-marginals`` — ``Σ_i log p(x_i = mt | x with i masked) − log p(x_i = wt | same)``:
+  each mutated position is masked *on its own* in the wild type, so a multi-mutant scores the sum
+  of its single mutants, and every mutant of an assay comes from at most ``L`` masked passes of
+  the wild type (one per position mutated anywhere in it, batched).
+* ``wt-marginals`` — the same differences read from one unmasked pass of the wild type.
+* ``pseudo-ppl`` — the pseudo-log-likelihood of the mutant minus that of the wild type (one
+  masked pass per position of each mutant: ``L`` passes per mutant).
+* ``log-likelihood-ratio`` — causal models: the exact ``LL(mutant) − LL(wild type)``.
 
-A variant identical to the wild type scores exactly 0.
+The first three need a masked model, the last a causal one. A mutant without substitutions (the
+wild type itself) scores exactly 0 under every strategy, without a forward pass.
+
+Whole proteins are scored as they are, without windows (FAVOR+ attention is linear in the
+length): a model with learned positions refuses a wild type longer than them (an error naming
+it), a rotary model takes any length — its exact-attention twin at ``O(L²)`` memory per pass,
+and past the length it was trained on its scores are extrapolations (ESM's own scripts would
+window or crop; nothing is cropped here).
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -42,22 +59,40 @@ from performers.jobs.embedding import (
     ProteinRecords,
     crop_proteins,
     encoder_of,
+    pad_encoded,
     protein_pairs,
     token_batches,
+    truncate_proteins,
 )
-from performers.proteins import FastaRecord, ProteinTokenizer
-from performers.training import evaluation_mode, model_device
+from performers.jobs.protein_lm import ProteinLM, ProteinVocabulary, as_protein_lm
+from performers.proteins import FastaRecord
+from performers.training import spearman
+from performers.utils import InputError, atomic_write, write_csv
 
 __all__ = [
+    "STRATEGIES",
+    "DmsAssay",
+    "DmsError",
+    "DmsScores",
     "Mutation",
+    "check_strategy",
+    "dms_spearman",
     "find_mutations",
     "format_mutations",
     "masked_log_probs",
     "parse_mutations",
+    "read_dms",
+    "score_dms",
+    "score_mutants",
     "score_proteins",
     "sequence_log_likelihoods",
     "variant_effects",
+    "write_dms_scores",
 ]
+
+# ESM's three (masked models), and the exact log-likelihood ratio of causal models.
+STRATEGIES = ("masked-marginals", "wt-marginals", "pseudo-ppl", "log-likelihood-ratio")
+MASKED_STRATEGIES = STRATEGIES[:3]
 
 
 @dataclass(frozen=True)
@@ -130,8 +165,8 @@ def _log_softmax(logits: Tensor) -> Tensor:
 
 
 def sequence_log_likelihoods(
-    model: nn.Module,
-    tokenizer: ProteinTokenizer,
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
     sequences: Sequence[str],
     *,
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -139,31 +174,31 @@ def sequence_log_likelihoods(
 ) -> list[float]:
     """Exact log-likelihood of each sequence under a causal model: ``Σ log p`` of the
     residues and ``<eos>`` given their prefixes (``n + 1`` terms; see the module docstring).
-    Batched by ``max_tokens`` padded tokens; no cropping here."""
-    _, is_causal = encoder_of(model)
-    if not is_causal:
+    Batched by ``max_tokens`` padded tokens; no cropping here. ``model``: a causal
+    :class:`~performers.jobs.protein_lm.ProteinLM` or :class:`PerformerForCausalLM`."""
+    lm = as_protein_lm(model, tokenizer)
+    if not lm.is_causal:
         raise TypeError(f"exact log-likelihoods need a causal model, got {type(model).__name__}")
-    device = model_device(model)
+    device = lm.device
     lengths = [len(s) + SPECIAL_TOKENS_PER_PROTEIN for s in sequences]
     results = [0.0] * len(sequences)
-    with evaluation_mode(model):
-        for batch in token_batches(lengths, max_tokens):
-            ids, mask = tokenizer.batch_encode([sequences[i] for i in batch])
-            ids, mask = ids.to(device), mask.to(device)
-            log_probs = _log_softmax(model(ids, mask).logits[:, :-1])  # position t predicts t + 1
-            targets = ids[:, 1:]
-            picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L - 1)
-            picked = picked.masked_fill(mask[:, 1:] == 0, 0.0)  # padding is not predicted
-            for row, index in enumerate(batch):
-                results[index] = float(picked[row].sum())
-            if progress is not None:
-                progress.update(sum(len(sequences[i]) for i in batch))
+    for batch in token_batches(lengths, max_tokens):
+        ids, mask = pad_encoded(lm.tokenizer, [sequences[i] for i in batch])
+        ids, mask = ids.to(device), mask.to(device)
+        log_probs = _log_softmax(lm.logits(ids, mask)[:, :-1])  # position t predicts t + 1
+        targets = ids[:, 1:]
+        picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (B, L - 1)
+        picked = picked.masked_fill(mask[:, 1:] == 0, 0.0)  # padding is not predicted
+        for row, index in enumerate(batch):
+            results[index] = float(picked[row].sum())
+        if progress is not None:
+            progress.update(sum(len(sequences[i]) for i in batch))
     return results
 
 
 def masked_log_probs(
-    model: nn.Module,
-    tokenizer: ProteinTokenizer,
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
     jobs: Sequence[tuple[Tensor, Sequence[int]]],
     *,
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -174,52 +209,50 @@ def masked_log_probs(
     residues and return the model's log-probabilities there, ``(len(positions), V)`` (at least
     float32, on the CPU). Jobs are batched by ``max_tokens`` padded tokens; ``progress``
     advances by one per job."""
-    device = model_device(model)
+    lm = as_protein_lm(model, tokenizer)
+    vocabulary, device = lm.tokenizer, lm.device
     lengths = [len(ids) for ids, _ in jobs]
     results: list[Tensor | None] = [None] * len(jobs)
-    with evaluation_mode(model):
-        for batch in token_batches(lengths, max_tokens):
-            longest = lengths[batch[0]]  # token_batches puts the longest first
-            ids = torch.full((len(batch), longest), tokenizer.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            for row, index in enumerate(batch):
-                ids[row, : lengths[index]] = jobs[index][0]
-                mask[row, : lengths[index]] = 1
-            rows = torch.tensor([r for r, i in enumerate(batch) for _ in jobs[i][1]], dtype=torch.long)
-            cols = torch.tensor([p + 1 for i in batch for p in jobs[i][1]], dtype=torch.long)  # after <cls>
-            ids[rows, cols] = tokenizer.mask_id
-            logits = model(ids.to(device), mask.to(device)).logits
-            log_probs = _log_softmax(logits[rows.to(device), cols.to(device)]).cpu()
-            start = 0
-            for index in batch:
-                count = len(jobs[index][1])
-                results[index] = log_probs[start : start + count]
-                start += count
-            if progress is not None:
-                progress.update(len(batch))
+    for batch in token_batches(lengths, max_tokens):
+        longest = lengths[batch[0]]  # token_batches puts the longest first
+        ids = torch.full((len(batch), longest), vocabulary.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for row, index in enumerate(batch):
+            ids[row, : lengths[index]] = jobs[index][0]
+            mask[row, : lengths[index]] = 1
+        rows = torch.tensor([r for r, i in enumerate(batch) for _ in jobs[i][1]], dtype=torch.long)
+        cols = torch.tensor([p + 1 for i in batch for p in jobs[i][1]], dtype=torch.long)  # after <cls>
+        ids[rows, cols] = vocabulary.mask_id
+        logits = lm.logits(ids.to(device), mask.to(device))
+        log_probs = _log_softmax(logits[rows.to(device), cols.to(device)]).cpu()
+        start = 0
+        for index in batch:
+            count = len(jobs[index][1])
+            results[index] = log_probs[start : start + count]
+            start += count
+        if progress is not None:
+            progress.update(len(batch))
     return results
 
 
-def _encode(tokenizer: ProteinTokenizer, sequence: str) -> Tensor:
+def _encode(tokenizer: ProteinVocabulary, sequence: str) -> Tensor:
     return torch.tensor(tokenizer.encode(sequence), dtype=torch.long)
 
 
-def _pseudo_log_likelihoods(model, tokenizer, sequences, *, max_tokens, progress) -> list[float]:
+def _pseudo_log_likelihoods(lm: ProteinLM, sequences, *, max_tokens, progress) -> list[float]:
     results = []
     for sequence in sequences:  # one protein at a time: its n copies are never all in memory
-        ids = _encode(tokenizer, sequence)
+        ids = _encode(lm.tokenizer, sequence)
         jobs = [(ids, (i,)) for i in range(len(sequence))]
-        log_probs = torch.cat(
-            masked_log_probs(model, tokenizer, jobs, max_tokens=max_tokens, progress=progress)
-        )
+        log_probs = torch.cat(masked_log_probs(lm, None, jobs, max_tokens=max_tokens, progress=progress))
         # Row i masks residue i, whose true token is ids[i + 1].
         results.append(float(log_probs[torch.arange(len(sequence)), ids[1:-1]].sum()))
     return results
 
 
 def score_proteins(
-    model: nn.Module,
-    tokenizer: ProteinTokenizer,
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
     records: ProteinRecords,
     *,
     max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -227,10 +260,12 @@ def score_proteins(
     progress: bool = True,
 ) -> list[dict]:
     """Log-likelihood and perplexity of each protein (see the module docstring for what is
-    summed); exact for a :class:`PerformerForCausalLM`, pseudo-log-likelihood for a
-    :class:`PerformerForMaskedLM`.
+    summed); exact for a causal model (:class:`PerformerForCausalLM`), pseudo-log-likelihood
+    for a masked one (:class:`PerformerForMaskedLM`).
 
     Args:
+        model: this package's language model (with its ``tokenizer``) or a
+            :class:`~performers.jobs.protein_lm.ProteinLM`.
         records: :class:`FastaRecord` objects or ``(id, sequence)`` pairs; ids must be unique.
         max_tokens: padded tokens per forward pass.
         max_length: crop to this many tokens, ``<cls>`` and ``<eos>`` included (as
@@ -242,19 +277,23 @@ def score_proteins(
         ``log_likelihood`` (natural log), ``perplexity``, ``terms`` (log-probabilities summed)
         and ``method`` (``"causal"`` or ``"pseudo"``).
     """
-    _, is_causal = encoder_of(model)
-    if not is_causal and not hasattr(model, "lm_head"):
-        raise TypeError("scoring needs a language model (PerformerForMaskedLM or PerformerForCausalLM)")
-    pairs, _ = crop_proteins(protein_pairs(records), model, max_length)
+    if isinstance(model, nn.Module):
+        _, is_causal = encoder_of(model)
+        if not is_causal and not hasattr(model, "lm_head"):
+            raise TypeError("scoring needs a language model (PerformerForMaskedLM or PerformerForCausalLM)")
+        pairs, _ = crop_proteins(protein_pairs(records), model, max_length)
+    lm = as_protein_lm(model, tokenizer)
+    if not isinstance(model, nn.Module):
+        keep = None if max_length is None else max_length - SPECIAL_TOKENS_PER_PROTEIN
+        pairs, _ = truncate_proteins(protein_pairs(records), lm.residue_limit, keep)
+    is_causal = lm.is_causal
     sequences = [s for _, s in pairs]
     bar = Progress(sum(map(len, sequences)), desc="score", unit="residues", enabled=progress)
     try:
         if is_causal:
-            scores = sequence_log_likelihoods(
-                model, tokenizer, sequences, max_tokens=max_tokens, progress=bar
-            )
+            scores = sequence_log_likelihoods(lm, None, sequences, max_tokens=max_tokens, progress=bar)
         else:
-            scores = _pseudo_log_likelihoods(model, tokenizer, sequences, max_tokens=max_tokens, progress=bar)
+            scores = _pseudo_log_likelihoods(lm, sequences, max_tokens=max_tokens, progress=bar)
     finally:
         bar.close()
     rows = []
@@ -273,78 +312,461 @@ def score_proteins(
     return rows
 
 
+# ---- variant effects ------------------------------------------------------------------------
+
+
+def check_strategy(lm: ProteinLM, strategy: str | None) -> str:
+    """``strategy``, or the model's default (``masked-marginals`` for a masked model,
+    ``log-likelihood-ratio`` for a causal one).
+
+    Raises:
+        ValueError: an unknown strategy, or one the model cannot compute.
+    """
+    if strategy is None:
+        return "log-likelihood-ratio" if lm.is_causal else "masked-marginals"
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    if lm.is_causal and strategy in MASKED_STRATEGIES:
+        raise ValueError(
+            f"strategy {strategy!r} needs a masked language model; a causal model scores variants "
+            "with 'log-likelihood-ratio'"
+        )
+    if not lm.is_causal and strategy == "log-likelihood-ratio":
+        raise ValueError(
+            "strategy 'log-likelihood-ratio' needs a causal language model; a masked model scores "
+            f"variants with {', '.join(MASKED_STRATEGIES)}"
+        )
+    return strategy
+
+
+def _residue_id(tokenizer: ProteinVocabulary, letter: str) -> int:
+    ids = tokenizer.encode(letter, add_special_tokens=False)
+    if len(ids) != 1 or ids[0] == getattr(tokenizer, "unk_id", None):
+        raise ValueError(f"residue {letter!r} is not in the model's vocabulary")
+    return ids[0]
+
+
+def _check_mutants(wildtype: str, mutants: Sequence[Sequence[Mutation]]) -> None:
+    for index, mutations in enumerate(mutants):
+        seen: set[int] = set()
+        for m in mutations:
+            where = f"mutant {index + 1} ({format_mutations(mutations)})"
+            if not 1 <= m.position <= len(wildtype):
+                raise ValueError(
+                    f"{where}: position {m.position} is outside the wild type (1..{len(wildtype)})"
+                )
+            if wildtype[m.position - 1] != m.wildtype.upper():
+                raise ValueError(
+                    f"{where}: the wild type has {wildtype[m.position - 1]!r} at position "
+                    f"{m.position}, not {m.wildtype!r}"
+                )
+            if m.position in seen:
+                raise ValueError(f"{where}: position {m.position} is mutated twice")
+            seen.add(m.position)
+
+
+def _mutated(wildtype: str, mutations: Sequence[Mutation]) -> str:
+    residues = list(wildtype)
+    for m in mutations:
+        residues[m.position - 1] = m.mutant.upper()
+    return "".join(residues)
+
+
+def _marginal_scores(tables: dict[int, Tensor], tokenizer, mutants) -> list[float]:
+    """``Σ log p(mt) − log p(wt)`` over each mutant's positions, ``tables[i]`` the ``(V,)``
+    log-probabilities at 0-based residue position ``i``."""
+    scores = []
+    for mutations in mutants:
+        score = 0.0
+        for m in mutations:
+            table = tables[m.position - 1]
+            mt, wt = _residue_id(tokenizer, m.mutant), _residue_id(tokenizer, m.wildtype)
+            score += float(table[mt] - table[wt])
+        scores.append(score)
+    return scores
+
+
+def _sequence_scores(lm, strategy, wildtype, mutants, *, max_tokens, progress) -> list[float]:
+    """``pseudo-ppl`` / ``log-likelihood-ratio``: a whole-sequence score of each distinct mutant
+    minus the wild type's."""
+    sequences = list(dict.fromkeys([wildtype] + [_mutated(wildtype, m) for m in mutants if m]))
+    if strategy == "pseudo-ppl":
+        passes = sum(map(len, sequences))
+        bar = Progress(passes, desc="score", unit="passes", enabled=progress)
+        try:
+            totals = _pseudo_log_likelihoods(lm, sequences, max_tokens=max_tokens, progress=bar)
+        finally:
+            bar.close()
+    else:
+        bar = Progress(sum(map(len, sequences)), desc="score", unit="residues", enabled=progress)
+        try:
+            totals = sequence_log_likelihoods(lm, None, sequences, max_tokens=max_tokens, progress=bar)
+        finally:
+            bar.close()
+    by_sequence = dict(zip(sequences, totals, strict=True))
+    return [by_sequence[_mutated(wildtype, m)] - by_sequence[wildtype] if m else 0.0 for m in mutants]
+
+
+def score_mutants(
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
+    wildtype: str,
+    mutants: Sequence[Sequence[Mutation]],
+    *,
+    strategy: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = True,
+) -> list[float]:
+    """The score of each mutant of ``wildtype`` under ``strategy`` (see the module docstring).
+
+    Args:
+        model: this package's language model (with its ``tokenizer``) or a
+            :class:`~performers.jobs.protein_lm.ProteinLM`.
+        wildtype: the wild-type residues (whole: nothing is cropped).
+        mutants: each mutant's substitutions, positions 1-based in ``wildtype``; an empty one is
+            the wild type (score 0).
+        strategy: ``masked-marginals``, ``wt-marginals``, ``pseudo-ppl`` (masked models) or
+            ``log-likelihood-ratio`` (causal models); default: the first for a masked model, the
+            last for a causal one.
+        max_tokens: padded tokens per forward pass.
+        progress: a progress bar (stderr).
+
+    Returns:
+        One float per mutant, in order; higher = more likely than the wild type.
+
+    Raises:
+        ValueError: a strategy the model cannot compute, a mutation outside the wild type, whose
+            wild-type letter disagrees with it or whose residue the model does not know, a
+            position mutated twice, a wild type too long for learned positions.
+    """
+    lm = as_protein_lm(model, tokenizer)
+    strategy = check_strategy(lm, strategy)
+    wildtype = wildtype.upper()
+    truncate_proteins([("the wild type", wildtype)], lm.residue_limit, None)
+    _check_mutants(wildtype, mutants)
+    if strategy in ("pseudo-ppl", "log-likelihood-ratio"):
+        return _sequence_scores(lm, strategy, wildtype, mutants, max_tokens=max_tokens, progress=progress)
+    wt_ids = _encode(lm.tokenizer, wildtype)
+    positions = sorted({m.position - 1 for mutations in mutants for m in mutations})
+    if not positions:
+        return [0.0] * len(mutants)
+    if strategy == "wt-marginals":
+        log_probs = _log_softmax(
+            lm.logits(wt_ids[None].to(lm.device), torch.ones_like(wt_ids)[None].to(lm.device))
+        )
+        tables = {p: log_probs[0, p + 1].cpu() for p in positions}  # residue p sits after <cls>
+    else:
+        # One masked copy of the wild type per mutated position, masked on its own (ESM).
+        bar = Progress(len(positions), desc="score", unit="passes", enabled=progress)
+        try:
+            rows = masked_log_probs(
+                lm, None, [(wt_ids, (p,)) for p in positions], max_tokens=max_tokens, progress=bar
+            )
+        finally:
+            bar.close()
+        tables = {p: row[0] for p, row in zip(positions, rows, strict=True)}
+    return _marginal_scores(tables, lm.tokenizer, mutants)
+
+
 def variant_effects(
-    model: nn.Module,
-    tokenizer: ProteinTokenizer,
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
     wildtype: FastaRecord | tuple[str, str] | str,
     records: ProteinRecords,
     *,
+    strategy: str | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: bool = True,
 ) -> list[dict]:
-    """Zero-shot score of each variant against ``wildtype`` (higher = more likely than the
-    wild type): masked-marginal log-odds for a masked model, ``LL(variant) − LL(wt)`` for a
-    causal one (see the module docstring).
+    """Zero-shot score of each variant *sequence* against ``wildtype`` (substitutions only), by
+    :func:`score_mutants` with ``strategy`` (default: ``masked-marginals`` for a masked model,
+    ``log-likelihood-ratio`` for a causal one).
 
     Returns:
         One dict per variant, in input order: ``id``, ``mutations`` (e.g. ``"V39A:D40G"``,
-        1-based), ``num_mutations``, ``score`` and ``method`` (``"masked-marginal"`` or
-        ``"log-likelihood-ratio"``).
+        1-based), ``num_mutations``, ``score`` and ``method`` (the strategy).
 
     Raises:
         ValueError: a variant of another length than the wild type (naming it), a repeated id,
-            a wild type too long for learned positions.
+            a wild type too long for learned positions, a strategy the model cannot compute.
     """
     if isinstance(wildtype, str):
         wildtype = ("wildtype", wildtype)
     ((wt_name, wt_sequence),) = protein_pairs([wildtype])
     wt_sequence = wt_sequence.upper()
-    _, is_causal = encoder_of(model)
-    crop_proteins([(wt_name, wt_sequence)], model, None)  # the position limit, naming the wild type
+    lm = as_protein_lm(model, tokenizer)
+    strategy = check_strategy(lm, strategy)
+    truncate_proteins([(wt_name, wt_sequence)], lm.residue_limit, None)  # naming the wild type
     pairs = protein_pairs(records)
     mutations = [find_mutations(wt_sequence, s, name=f"variant {name!r}") for name, s in pairs]
-    scores = [0.0] * len(pairs)  # no mutation: 0 by definition, no forward pass
-    mutated = [i for i, m in enumerate(mutations) if m]
-    if is_causal:
-        sequences = [wt_sequence] + [pairs[i][1] for i in mutated]
-        bar = Progress(sum(map(len, sequences)), desc="score", unit="residues", enabled=progress)
-        try:
-            likelihoods = sequence_log_likelihoods(
-                model, tokenizer, sequences, max_tokens=max_tokens, progress=bar
-            )
-        finally:
-            bar.close()
-        for i, likelihood in zip(mutated, likelihoods[1:], strict=True):
-            scores[i] = likelihood - likelihoods[0]
-    else:
-        # One masked copy of the wild type per distinct set of mutated positions.
-        wt_ids = _encode(tokenizer, wt_sequence)
-        position_sets = sorted({tuple(m.position - 1 for m in mutations[i]) for i in mutated})
-        bar = Progress(len(position_sets), desc="score", unit="passes", enabled=progress)
-        try:
-            log_probs = masked_log_probs(
-                model,
-                tokenizer,
-                [(wt_ids, p) for p in position_sets],
-                max_tokens=max_tokens,
-                progress=bar,
-            )
-        finally:
-            bar.close()
-        by_positions = dict(zip(position_sets, log_probs, strict=True))
-        for i in mutated:
-            table = by_positions[tuple(m.position - 1 for m in mutations[i])]
-            mut = tokenizer.encode("".join(m.mutant for m in mutations[i]), add_special_tokens=False)
-            wt = tokenizer.encode("".join(m.wildtype for m in mutations[i]), add_special_tokens=False)
-            rows = torch.arange(len(mut))
-            scores[i] = float((table[rows, mut] - table[rows, wt]).sum())
+    scores = score_mutants(
+        lm, None, wt_sequence, mutations, strategy=strategy, max_tokens=max_tokens, progress=progress
+    )
     return [
         {
             "id": name,
             "mutations": format_mutations(m),
             "num_mutations": len(m),
             "score": score,
-            "method": "log-likelihood-ratio" if is_causal else "masked-marginal",
+            "method": strategy,
         }
         for (name, _), m, score in zip(pairs, mutations, scores, strict=True)
     ]
+
+
+# ---- ProteinGym DMS files -------------------------------------------------------------------
+
+
+class DmsError(InputError):
+    """A DMS file that cannot be scored: a missing column, a malformed mutant, a mutant that
+    disagrees with the wild type or lies outside it, a target that is not a number (the message
+    names the file and its line)."""
+
+
+# One substitution: wild-type letter, position (the assay's numbering), mutant letter.
+_MUTATION = re.compile(r"([A-Za-z])(-?\d+)([A-Za-z])")
+# A row that is the wild type itself (no substitution).
+WILDTYPE_NAMES = ("", "wt", "_wt", "wildtype")
+
+
+@dataclass
+class DmsAssay:
+    """A DMS file read against its wild type.
+
+    Attributes:
+        path: the file.
+        columns: its header.
+        rows: its rows as read (strings), in order.
+        mutants: each row's substitutions, positions 1-based in the wild type (the offset
+            applied); empty for a wild-type row.
+        targets: each row's target (None where empty or NaN), or None without a target column.
+        mutation_col, target_col: the columns read (``target_col`` None without targets).
+        offset: the number the assay gives the wild type's first residue.
+        lines: the line of the file each row is on (its last, for a row with a quoted line break).
+    """
+
+    path: str
+    columns: list[str]
+    rows: list[dict[str, str]]
+    mutants: list[list[Mutation]]
+    targets: list[float | None] | None
+    mutation_col: str
+    target_col: str | None
+    offset: int
+    lines: list[int]
+
+    def where(self, index: int) -> str:
+        """``"FILE line N (mutant 'A12G')"`` of row ``index``."""
+        text = self.rows[index][self.mutation_col]
+        return f"{self.path} line {self.lines[index]} ({self.mutation_col} {text!r})"
+
+
+def _parse_dms_mutant(text: str, wildtype: str, offset: int, where: str) -> list[Mutation]:
+    if text.strip().lower() in WILDTYPE_NAMES:
+        return []
+    mutations: list[Mutation] = []
+    seen: set[int] = set()
+    for word in text.strip().split(":"):
+        match = _MUTATION.fullmatch(word.strip())
+        if match is None:
+            raise DmsError(
+                f"{where}: {word!r} is not a substitution of the form A12G (wild-type letter, "
+                "position, mutant letter; several joined by ':')"
+            )
+        wt, number, mt = match.group(1).upper(), int(match.group(2)), match.group(3).upper()
+        position = number - offset + 1  # 1-based in the wild type
+        if not 1 <= position <= len(wildtype):
+            raise DmsError(
+                f"{where}: position {number} is outside the wild type (its {len(wildtype)} residues "
+                f"are numbered {offset}..{offset + len(wildtype) - 1} with --offset {offset})"
+            )
+        if wildtype[position - 1] != wt:
+            raise DmsError(
+                f"{where}: the wild type has {wildtype[position - 1]!r} at position {number}, not "
+                f"{wt!r} (--offset {offset} numbers its first residue)"
+            )
+        if position in seen:
+            raise DmsError(f"{where}: position {number} is mutated twice")
+        seen.add(position)
+        mutations.append(Mutation(position, wt, mt))
+    return mutations
+
+
+def _parse_target(value: str, where: str) -> float | None:
+    if value.strip() == "":
+        return None
+    try:
+        target = float(value)
+    except ValueError:
+        raise DmsError(f"{where}: target {value!r} is not a number") from None
+    return None if math.isnan(target) else target
+
+
+def read_dms(
+    path: str | Path,
+    wildtype: str,
+    *,
+    mutation_col: str = "mutant",
+    target_col: str | None = "DMS_score",
+    offset: int = 1,
+    require_target: bool = False,
+) -> DmsAssay:
+    """Read a ProteinGym-style DMS CSV against ``wildtype``.
+
+    Args:
+        path: a CSV with a header; ``mutation_col`` holds entries such as ``A12G`` or
+            ``A12G:D15E`` (an empty entry, ``WT`` or ``_wt`` is the wild type itself).
+        wildtype: the wild-type residues.
+        mutation_col: the column of mutants.
+        target_col: the column of measured fitness (higher = fitter); a file without it has no
+            targets, unless ``require_target``.
+        offset: the number of the wild type's first residue in the mutants (ESM's
+            ``--offset-idx``; 1 when the assay numbers from the start of ``wildtype``).
+        require_target: refuse a file without ``target_col``.
+
+    Raises:
+        DmsError: a missing column, a mutant that is malformed, outside the wild type, whose
+            wild-type letter differs from it or that mutates a position twice, a target that is
+            not a number (naming the file and the line), or a file without rows.
+        OSError: the file cannot be read.
+    """
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise DmsError(f"offset must be an int, got {offset!r}")
+    wildtype = wildtype.upper()
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = list(reader.fieldnames or [])
+        if mutation_col not in columns:
+            raise DmsError(
+                f"{path}: no column {mutation_col!r} (--mutation-col); its columns are "
+                f"{', '.join(columns) or 'none'}"
+            )
+        if target_col is not None and target_col not in columns:
+            if require_target:
+                raise DmsError(
+                    f"{path}: no column {target_col!r} (--target-col); its columns are {', '.join(columns)}"
+                )
+            target_col = None
+        rows, mutants, targets, lines = [], [], [], []
+        for row in reader:
+            text = row[mutation_col] or ""
+            where = f"{path} line {reader.line_num} ({mutation_col} {text!r})"
+            lines.append(reader.line_num)
+            mutants.append(_parse_dms_mutant(text, wildtype, offset, where))
+            if target_col is not None:
+                targets.append(_parse_target(row[target_col] or "", where))
+            rows.append(row)
+    if not rows:
+        raise DmsError(f"{path}: no rows")
+    return DmsAssay(
+        str(path),
+        columns,
+        rows,
+        mutants,
+        targets if target_col is not None else None,
+        mutation_col,
+        target_col,
+        offset,
+        lines,
+    )
+
+
+@dataclass
+class DmsScores:
+    """Scores of an assay: ``scores`` one per row; ``spearman`` and ``count`` (rows with a
+    target) when the assay has targets, else None."""
+
+    assay: DmsAssay
+    scores: list[float]
+    strategy: str
+    spearman: float | None
+    count: int | None
+
+
+def dms_spearman(scores: Sequence[float], targets: Sequence[float | None]) -> tuple[float, int]:
+    """Spearman's rank correlation (ties at their average rank) of ``scores`` and ``targets``
+    over the rows that have a target, and how many they are (NaN below two, or when either side
+    is constant)."""
+    pairs = [(s, t) for s, t in zip(scores, targets, strict=True) if t is not None]
+    if len(pairs) < 2:
+        return math.nan, len(pairs)
+    x = torch.tensor([s for s, _ in pairs], dtype=torch.float64)
+    y = torch.tensor([t for _, t in pairs], dtype=torch.float64)
+    return spearman(x, y), len(pairs)
+
+
+def score_dms(
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
+    wildtype: str,
+    path: str | Path,
+    *,
+    mutation_col: str = "mutant",
+    target_col: str | None = "DMS_score",
+    offset: int = 1,
+    require_target: bool = False,
+    strategy: str | None = None,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = True,
+) -> DmsScores:
+    """Score every row of a ProteinGym DMS file (:func:`read_dms`, which takes ``mutation_col``,
+    ``target_col``, ``offset`` and ``require_target``) with :func:`score_mutants`, and, when it
+    has targets, the Spearman correlation of the scores with them.
+
+    Raises:
+        DmsError: as :func:`read_dms`.
+        ValueError: as :func:`score_mutants`.
+    """
+    lm = as_protein_lm(model, tokenizer)
+    strategy = check_strategy(lm, strategy)
+    assay = read_dms(
+        path,
+        wildtype,
+        mutation_col=mutation_col,
+        target_col=target_col,
+        offset=offset,
+        require_target=require_target,
+    )
+    for index, mutations in enumerate(assay.mutants):
+        for m in mutations:
+            try:
+                _residue_id(lm.tokenizer, m.mutant)
+            except ValueError as error:
+                raise DmsError(f"{assay.where(index)}: {error}") from None
+    scores = score_mutants(
+        lm, None, wildtype, assay.mutants, strategy=strategy, max_tokens=max_tokens, progress=progress
+    )
+    rho, count = (None, None) if assay.targets is None else dms_spearman(scores, assay.targets)
+    return DmsScores(assay, scores, strategy, rho, count)
+
+
+def write_dms_scores(result: DmsScores, path: str | Path, *, metadata: dict | None = None) -> list[Path]:
+    """Write the assay's rows with a ``score`` column added (atomically), and, when it has
+    targets, ``<path stem>.spearman.json`` beside it (``spearman``, ``count``, ``rows``,
+    ``strategy``, the columns read, the offset and ``metadata``). Returns the paths written.
+
+    Raises:
+        DmsError: the assay already has a ``score`` column.
+    """
+    if "score" in result.assay.columns:
+        raise DmsError(f"{result.assay.path}: already has a column 'score'; rename it first")
+    path = Path(path)
+    rows = [{**row, "score": score} for row, score in zip(result.assay.rows, result.scores, strict=True)]
+    written = [write_csv(rows, path)]
+    if result.spearman is not None:
+        summary = {
+            "spearman": result.spearman,
+            "count": result.count,
+            "rows": len(result.scores),
+            "strategy": result.strategy,
+            "assay": result.assay.path,
+            "mutation_col": result.assay.mutation_col,
+            "target_col": result.assay.target_col,
+            "offset": result.assay.offset,
+            **(metadata or {}),
+        }
+        side = path.with_suffix(".spearman.json")
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(side, lambda tmp: tmp.write_text(text))
+        written.append(side)
+    return written
