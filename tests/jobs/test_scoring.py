@@ -2,6 +2,7 @@
 log-likelihoods against naive loops, variant effects, mutation parsing, errors and the CLI."""
 
 import csv
+import json
 import math
 
 import pytest
@@ -9,12 +10,17 @@ import torch
 
 from performers.cli import main
 from performers.jobs.scoring import (
+    DmsError,
     Mutation,
     find_mutations,
     format_mutations,
     parse_mutations,
+    read_dms,
+    score_dms,
+    score_mutants,
     score_proteins,
     variant_effects,
+    write_dms_scores,
 )
 from performers.utils import write_csv
 from tests.jobs.test_embedding import PROTEINS, TOKENIZER, save_model, tiny_model, write_fasta
@@ -240,3 +246,231 @@ def test_help_states_the_cost_of_the_pseudo_log_likelihood(capsys):
         main(["score", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "pseudo-log-likelihood" in text and "O(n^2 * M * D)" in text and "n forward passes" in text
+
+
+# ---- ESM's strategies and ProteinGym DMS files ---------------------------------------------
+
+WT = WILDTYPE[1]  # MKVLAAGIVDLLA
+
+
+def mutants(*texts):
+    return [parse_mutations(text, WT) for text in texts]
+
+
+@pytest.mark.parametrize("strategy", ["masked-marginals", "wt-marginals"])
+def test_a_multi_mutant_scores_the_sum_of_its_single_mutants(strategy):
+    model = tiny_model("mlm", position="rotary")
+    singles = ["M1A", "V3C", "D10G", "A13W"]
+    scores = score_mutants(
+        model, TOKENIZER, WT, mutants(*singles, "M1A:V3C:D10G:A13W", "V3C:D10G"), strategy=strategy,
+        max_tokens=40, progress=False,
+    )  # fmt: skip
+    assert scores[4] == pytest.approx(sum(scores[:4]), rel=1e-12, abs=1e-12)
+    assert scores[5] == pytest.approx(scores[1] + scores[2], rel=1e-12, abs=1e-12)
+    assert len(set(scores[:4])) == 4  # the singles differ: the sums test something
+
+
+@torch.no_grad()
+def test_wt_marginals_read_one_unmasked_pass():
+    model = tiny_model("mlm")
+    ids = torch.tensor(TOKENIZER.encode(WT))
+    log_probs = torch.log_softmax(model(ids[None]).logits[0], dim=-1)
+    (score,) = score_mutants(
+        model, TOKENIZER, WT, mutants("V3C:D10G"), strategy="wt-marginals", progress=False
+    )
+    code = {r: TOKENIZER.encode(r, add_special_tokens=False)[0] for r in "VCDG"}
+    expected = (
+        log_probs[3, code["C"]]
+        - log_probs[3, code["V"]]
+        + log_probs[10, code["G"]]
+        - log_probs[10, code["D"]]
+    )
+    assert score == pytest.approx(float(expected), rel=1e-12, abs=1e-12)
+
+
+@pytest.mark.parametrize("strategy", ["masked-marginals", "wt-marginals", "pseudo-ppl"])
+def test_the_wild_type_and_a_mutant_to_the_wild_type_letter_score_zero(strategy):
+    model = tiny_model("mlm")
+    scores = score_mutants(
+        model, TOKENIZER, WT, [[], *mutants("V3V", "M1M:D10D")], strategy=strategy, progress=False
+    )
+    assert scores == [0.0, 0.0, 0.0]
+
+
+def test_pseudo_ppl_is_the_mutant_pseudo_log_likelihood_minus_the_wild_types():
+    model = tiny_model("mlm")
+    scores = score_mutants(
+        model, TOKENIZER, WT, mutants("V3C", "V3C:D10G"), strategy="pseudo-ppl", max_tokens=40, progress=False
+    )
+    wt = naive_pseudo_log_likelihood(model, WT)
+    for score, variant in zip(scores, ["MKCLAAGIVDLLA", "MKCLAAGIVGLLA"], strict=True):
+        assert score == pytest.approx(naive_pseudo_log_likelihood(model, variant) - wt, rel=1e-10, abs=1e-12)
+
+
+def test_strategies_the_model_cannot_compute_are_refused():
+    clm, mlm = tiny_model("clm"), tiny_model("mlm")
+    (ratio,) = score_mutants(clm, TOKENIZER, WT, mutants("V3C"), progress=False)  # causal default
+    expected = naive_causal_log_likelihood(clm, "MKCLAAGIVDLLA") - naive_causal_log_likelihood(clm, WT)
+    assert ratio == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    with pytest.raises(ValueError, match="'wt-marginals' needs a masked language model"):
+        score_mutants(clm, TOKENIZER, WT, mutants("V3C"), strategy="wt-marginals", progress=False)
+    with pytest.raises(ValueError, match="'log-likelihood-ratio' needs a causal"):
+        score_mutants(mlm, TOKENIZER, WT, mutants("V3C"), strategy="log-likelihood-ratio", progress=False)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        score_mutants(mlm, TOKENIZER, WT, mutants("V3C"), strategy="esm1v", progress=False)
+    with pytest.raises(ValueError, match=r"mutant 1 \(K3C\): the wild type has 'V' at position 3"):
+        score_mutants(mlm, TOKENIZER, WT, [[Mutation(3, "K", "C")]], progress=False)
+    with pytest.raises(ValueError, match="residue 'J' is not in the model's vocabulary"):
+        score_mutants(mlm, TOKENIZER, WT, [[Mutation(3, "V", "J")]], progress=False)
+    with pytest.raises(ValueError, match=r"'the wild type' has 13 residues.*at most 10"):
+        score_mutants(tiny_model("mlm", max_positions=12), TOKENIZER, WT, mutants("V3C"), progress=False)
+
+
+def write_assay(path, rows, header="mutant,DMS_score"):
+    path.write_text(header + "\n" + "".join(row + "\n" for row in rows))
+    return path
+
+
+ASSAY = ["V3C,0.5", "M1A:V3C,-1.0", "D10G,2.0", "WT,0.0", "A13W,", "K2K,0.5"]
+
+
+def test_dms_rows_are_scored_and_compared_with_their_targets(tmp_path):
+    model = tiny_model("mlm", position="rotary")
+    path = write_assay(tmp_path / "assay.csv", ASSAY)
+    result = score_dms(model, TOKENIZER, WT, path, max_tokens=40, progress=False)
+    expected = score_mutants(
+        model, TOKENIZER, WT, mutants("V3C", "M1A:V3C", "D10G", "", "A13W", "K2K"), progress=False
+    )
+    assert result.scores == pytest.approx(expected, rel=1e-12, abs=1e-12)
+    assert result.scores[3] == 0.0 and result.scores[5] == 0.0 and result.strategy == "masked-marginals"
+    assert result.assay.targets == [0.5, -1.0, 2.0, 0.0, None, 0.5]
+    scipy_stats = pytest.importorskip("scipy.stats")
+    kept = [0, 1, 2, 3, 5]  # the row without a target is left out; 0.5 is a tie
+    reference = scipy_stats.spearmanr(
+        [result.scores[i] for i in kept], [result.assay.targets[i] for i in kept]
+    )
+    assert result.count == 5 and result.spearman == pytest.approx(reference.statistic, rel=1e-12)
+    written = write_dms_scores(result, tmp_path / "scores.csv", metadata={"model": "tiny"})
+    assert [p.name for p in written] == ["scores.csv", "scores.spearman.json"]
+    rows = read_csv(tmp_path / "scores.csv")
+    assert list(rows[0]) == ["mutant", "DMS_score", "score"] and rows[1]["mutant"] == "M1A:V3C"
+    assert [float(r["score"]) for r in rows] == result.scores
+    summary = json.loads((tmp_path / "scores.spearman.json").read_text())
+    assert summary["count"] == 5 and summary["spearman"] == result.spearman and summary["model"] == "tiny"
+
+    # Without the target column: scores only, no Spearman and no file beside them.
+    bare = write_assay(tmp_path / "bare.csv", ["V3C", "D10G"], header="mutant")
+    result = score_dms(model, TOKENIZER, WT, bare, progress=False)
+    assert result.spearman is None and result.count is None and result.scores == pytest.approx(expected[:3:2])
+    assert [p.name for p in write_dms_scores(result, tmp_path / "bare_scores.csv")] == ["bare_scores.csv"]
+    assert not (tmp_path / "bare_scores.spearman.json").exists()
+
+
+def test_the_offset_numbers_the_first_residue(tmp_path):
+    model = tiny_model("mlm")
+    plain = score_dms(model, TOKENIZER, WT, write_assay(tmp_path / "a.csv", ASSAY[:3]), progress=False)
+    shifted_rows = ["V102C,0.5", "M100A:V102C,-1.0", "D109G,2.0"]  # residue 1 is number 100
+    shifted = score_dms(
+        model, TOKENIZER, WT, write_assay(tmp_path / "b.csv", shifted_rows), offset=100, progress=False
+    )
+    assert shifted.scores == plain.scores and shifted.assay.mutants == plain.assay.mutants
+    with pytest.raises(
+        DmsError, match=r"b\.csv line 2 \(mutant 'V102C'\): position 102 is outside the wild type"
+    ):
+        read_dms(tmp_path / "b.csv", WT)  # offset 1: number 102 is beyond 13 residues
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ("K3C,1", r"line 3 \(mutant 'K3C'\): the wild type has 'V' at position 3, not 'K'"),
+        ("V14C,1", r"line 3 \(mutant 'V14C'\): position 14 is outside the wild type .*numbered 1\.\.13"),
+        ("V0C,1", r"line 3 \(mutant 'V0C'\): position 0 is outside"),
+        ("V3,1", r"line 3 \(mutant 'V3'\): 'V3' is not a substitution of the form A12G"),
+        ("V3C:V3A,1", r"line 3 \(mutant 'V3C:V3A'\): position 3 is mutated twice"),
+        ("V3C,high", r"line 3 \(mutant 'V3C'\): target 'high' is not a number"),
+        ("V3J,1", r"line 3 \(mutant 'V3J'\): residue 'J' is not in the model's vocabulary"),
+    ],
+)
+def test_bad_dms_rows_are_refused_naming_the_line(tmp_path, row, message):
+    path = write_assay(tmp_path / "assay.csv", ["M1A,0.1", row])
+    with pytest.raises(DmsError, match=message):
+        score_dms(tiny_model("mlm"), TOKENIZER, WT, path, progress=False)
+
+
+def test_dms_columns(tmp_path):
+    path = write_assay(tmp_path / "assay.csv", ["M1A,0.1"], header="variant,fitness")
+    with pytest.raises(
+        DmsError, match=r"no column 'mutant' \(--mutation-col\); its columns are variant, fitness"
+    ):
+        read_dms(path, WT)
+    assay = read_dms(path, WT, mutation_col="variant", target_col="fitness")
+    assert assay.mutants == [[Mutation(1, "M", "A")]] and assay.targets == [0.1]
+    assert read_dms(path, WT, mutation_col="variant").targets is None  # DMS_score absent: no targets
+    with pytest.raises(DmsError, match=r"no column 'DMS_score' \(--target-col\)"):
+        read_dms(path, WT, mutation_col="variant", require_target=True)
+    with pytest.raises(DmsError, match="no rows"):
+        read_dms(write_assay(tmp_path / "empty.csv", []), WT)
+    taken = write_assay(tmp_path / "taken.csv", ["M1A,1"], header="mutant,score")
+    result = score_dms(tiny_model("mlm"), TOKENIZER, WT, taken, progress=False)
+    with pytest.raises(DmsError, match="already has a column 'score'"):
+        write_dms_scores(result, tmp_path / "out.csv")
+
+
+def test_cli_scores_a_dms_file(tmp_path, capsys, cli_error):
+    model = tiny_model("mlm", position="rotary")
+    directory = save_model(model.float(), tmp_path / "model")
+    wildtype = write_fasta(tmp_path / "wt.fasta", [WILDTYPE])
+    assay = write_assay(tmp_path / "assay.csv", ASSAY)
+    out = tmp_path / "scores.csv"
+    base = ["score", str(directory), "--dms", str(assay), "--wildtype", str(wildtype), "--out", str(out)]
+    assert main([*base, "--dtype", "float64", "--strategy", "wt-marginals"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 6 variant scores (wt-marginals)" in printed and str(out) in printed
+    reference = score_dms(model.double(), TOKENIZER, WT, assay, strategy="wt-marginals", progress=False)
+    assert f"Spearman {reference.spearman:.4f} between score and DMS_score over 5 rows" in printed
+    assert [float(r["score"]) for r in read_csv(out)] == pytest.approx(reference.scores, rel=1e-9, abs=1e-12)
+    summary = json.loads((tmp_path / "scores.spearman.json").read_text())
+    assert summary["strategy"] == "wt-marginals" and summary["count"] == 5
+
+    shifted = write_assay(tmp_path / "shifted.csv", ["1.0,V12C", "2.0,D19G"], header="fitness,variant")
+    args = ["--mutation-col", "variant", "--target-col", "fitness", "--offset", "10"]
+    out2 = tmp_path / "shifted_scores.csv"
+    assert (
+        main(
+            [
+                "score",
+                str(directory),
+                "--dms",
+                str(shifted),
+                "--wildtype",
+                str(wildtype),
+                "--out",
+                str(out2),
+                *args,
+            ]
+        )
+        == 0
+    )
+    assert "over 2 rows" in capsys.readouterr().out
+
+    err = [*base[:-1], str(tmp_path / "e.csv")]
+    cli_error([*err[:2], "x.fasta", *err[2:]], match="give a FASTA input or --dms, not both")
+    cli_error(
+        ["score", str(directory), "--dms", str(assay), "--out", str(tmp_path / "e.csv")],
+        match="--dms needs --wildtype",
+    )
+    cli_error(["score", str(directory), "--out", str(tmp_path / "e.csv")], match="required: input")
+    cli_error([*err, "--target-col", "fitness"], match=r"no column 'fitness' \(--target-col\)")
+    cli_error([*err, "--offset", "0"], match=r"line 2 \(mutant 'V3C'\): the wild type has 'L' at position 3")
+    cli_error(
+        [*err, "--strategy", "log-likelihood-ratio"],
+        match="--strategy: strategy 'log-likelihood-ratio' needs a causal",
+    )
+    fasta_mode = ["score", str(directory), str(wildtype), "--out", str(tmp_path / "e.csv")]
+    cli_error([*fasta_mode, "--offset", "2"], match="--offset read a --dms file")
+    cli_error([*fasta_mode, "--strategy", "pseudo-ppl"], match="--strategy scores variants: give --wildtype")
+    cli_error(
+        [*err[:3], str(tmp_path / "missing.csv"), *err[4:]], match=r"--dms .*missing\.csv: No such file"
+    )
+    assert not (tmp_path / "e.csv").exists()
