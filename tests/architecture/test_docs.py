@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from performers.cli import main
+from performers.jobs import find_mutations, format_mutations
 from performers.proteins import default_corpus, read_fasta
 from performers.utils import shipped_data
 
@@ -48,7 +49,7 @@ TINY = {
 
 # Pages whose commands form a chain the tests must keep covering, and what it writes.
 CHAINS = {
-    "proteins.md": ["prepare", "train", "evaluate", "embed", "score", "score", "finetune"],
+    "proteins.md": ["prepare", "train", "evaluate", "embed", "embed", "score", "score", "score", "finetune"],
 }
 
 
@@ -129,7 +130,8 @@ BASH_PAGES = [p for p in PAGES if any(b["lang"] == "bash" and b["mode"] != "skip
 
 
 def _inputs():
-    """Small FASTA files the commands read: 40 short proteins, a wild type and 5 variants."""
+    """Small files the commands read: 40 short proteins, a wild type, 5 variants of it, and the
+    same 5 as a ProteinGym-style DMS file (mutant,DMS_score)."""
     records = []
     for record in read_fasta(default_corpus()):
         if len(record.sequence) < 120:
@@ -141,6 +143,12 @@ def _inputs():
     with gzip.open(shipped_data("proteins", "flip_gb1", "sampled.fasta.gz"), "rt") as handle:
         variants = handle.read().split(">")[1:6]
     Path("variants.fasta").write_text("".join(">" + v for v in variants))
+    (wildtype,) = read_fasta("wildtype.fasta")
+    rows = []
+    for record in read_fasta("variants.fasta"):
+        mutant = format_mutations(find_mutations(wildtype.sequence, record.sequence)) or "WT"
+        rows.append(f"{mutant},{record.header.split('TARGET=')[1].split()[0]}\n")
+    Path("assay.csv").write_text("mutant,DMS_score\n" + "".join(rows))
 
 
 def _run(argv: list[str]) -> int:
@@ -175,6 +183,8 @@ def test_commands_run(page, tmp_path, monkeypatch, capsys):
         assert len(list(read_fasta("proteins.fasta"))) == 40
         assert Path("runs/mine/per_protein.csv").read_text().count("\n") == 41
         assert Path("runs/mine/effects.csv").read_text().count("\n") == 6
+        assert Path("runs/mine/dms.csv").read_text().count("\n") == 6
+        assert "spearman" in Path("runs/mine/dms.spearman.json").read_text()
 
 
 def _listed(argv: list[str], capsys) -> list[str]:

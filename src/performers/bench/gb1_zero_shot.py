@@ -3,7 +3,7 @@ against the wild type, without seeing a single fitness value, and the score is c
 measured fitness (Spearman), next to two baselines.
 
 * **model** — the masked-marginal log-odds of :func:`performers.jobs.scoring.variant_effects`
-  (causal models: the log-likelihood ratio);
+  (each mutated position masked on its own, as ESM; causal models: the log-likelihood ratio);
 * **BLOSUM62** — the sum of the substitution scores ``BLOSUM62[wt_i, mut_i]`` of the mutations;
 * **random** — scores drawn at random: the mean and spread of Spearman over ``draws`` seeds,
   what "no signal" looks like at this number of variants.
