@@ -322,7 +322,7 @@ def test_strategies_the_model_cannot_compute_are_refused():
         score_mutants(mlm, TOKENIZER, WT, [[Mutation(3, "K", "C")]], progress=False)
     with pytest.raises(ValueError, match="residue 'J' is not in the model's vocabulary"):
         score_mutants(mlm, TOKENIZER, WT, [[Mutation(3, "V", "J")]], progress=False)
-    with pytest.raises(ValueError, match=r"'the wild type' has 13 residues.*at most 10"):
+    with pytest.raises(ValueError, match=r"the wild type has 13 residues.*at most 10.*without windows"):
         score_mutants(tiny_model("mlm", max_positions=12), TOKENIZER, WT, mutants("V3C"), progress=False)
 
 

@@ -346,6 +346,16 @@ def _residue_id(tokenizer: ProteinVocabulary, letter: str) -> int:
     return ids[0]
 
 
+def _check_length(lm: ProteinLM, name: str, wildtype: str) -> None:
+    """Variants are scored on the whole wild type: refuse one beyond the model's positions."""
+    if lm.residue_limit is not None and len(wildtype) > lm.residue_limit:
+        raise ValueError(
+            f"{name} has {len(wildtype)} residues, but the model's learned positions allow at most "
+            f"{lm.residue_limit} (<cls> and <eos> take two); variants are scored on the whole protein, "
+            "without windows: use a model with rotary positions"
+        )
+
+
 def _check_mutants(wildtype: str, mutants: Sequence[Sequence[Mutation]]) -> None:
     for index, mutations in enumerate(mutants):
         seen: set[int] = set()
@@ -375,13 +385,19 @@ def _mutated(wildtype: str, mutations: Sequence[Mutation]) -> str:
 def _marginal_scores(tables: dict[int, Tensor], tokenizer, mutants) -> list[float]:
     """``Σ log p(mt) − log p(wt)`` over each mutant's positions, ``tables[i]`` the ``(V,)``
     log-probabilities at 0-based residue position ``i``."""
+    ids: dict[str, int] = {}  # letter -> id, looked up once per letter
+
+    def code(letter: str) -> int:
+        if letter not in ids:
+            ids[letter] = _residue_id(tokenizer, letter)
+        return ids[letter]
+
     scores = []
     for mutations in mutants:
         score = 0.0
         for m in mutations:
             table = tables[m.position - 1]
-            mt, wt = _residue_id(tokenizer, m.mutant), _residue_id(tokenizer, m.wildtype)
-            score += float(table[mt] - table[wt])
+            score += float(table[code(m.mutant)] - table[code(m.wildtype)])
         scores.append(score)
     return scores
 
@@ -442,7 +458,7 @@ def score_mutants(
     lm = as_protein_lm(model, tokenizer)
     strategy = check_strategy(lm, strategy)
     wildtype = wildtype.upper()
-    truncate_proteins([("the wild type", wildtype)], lm.residue_limit, None)
+    _check_length(lm, "the wild type", wildtype)
     _check_mutants(wildtype, mutants)
     if strategy in ("pseudo-ppl", "log-likelihood-ratio"):
         return _sequence_scores(lm, strategy, wildtype, mutants, max_tokens=max_tokens, progress=progress)
@@ -496,7 +512,7 @@ def variant_effects(
     wt_sequence = wt_sequence.upper()
     lm = as_protein_lm(model, tokenizer)
     strategy = check_strategy(lm, strategy)
-    truncate_proteins([(wt_name, wt_sequence)], lm.residue_limit, None)  # naming the wild type
+    _check_length(lm, f"the wild type {wt_name!r}", wt_sequence)
     pairs = protein_pairs(records)
     mutations = [find_mutations(wt_sequence, s, name=f"variant {name!r}") for name, s in pairs]
     scores = score_mutants(
