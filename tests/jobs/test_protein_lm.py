@@ -6,7 +6,7 @@ import torch
 
 from performers.jobs.embedding import extract_representations
 from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM, as_protein_lm
-from performers.jobs.scoring import parse_mutations, score_mutants
+from performers.jobs.scoring import parse_mutations, score_mutants, score_proteins
 from performers.proteins import ProteinTokenizer
 from tests.jobs.test_embedding import PROTEINS, TOKENIZER, tiny_model
 
@@ -75,3 +75,10 @@ def test_this_packages_models_behind_the_interface():
         as_protein_lm(tiny_model("mlm"))
     with pytest.raises(TypeError, match="or a ProteinLM"):
         as_protein_lm(torch.nn.Linear(2, 2), TOKENIZER)
+
+
+def test_per_sequence_scores_of_a_protein_lm_equal_those_of_the_model():
+    model = tiny_model("mlm")
+    direct = score_proteins(model, TOKENIZER, PROTEINS, max_length=8, progress=False)
+    wrapped = score_proteins(as_protein_lm(model, TOKENIZER), None, PROTEINS, max_length=8, progress=False)
+    assert wrapped == direct and direct[0]["length"] == 6

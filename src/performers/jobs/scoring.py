@@ -282,10 +282,10 @@ def score_proteins(
         if not is_causal and not hasattr(model, "lm_head"):
             raise TypeError("scoring needs a language model (PerformerForMaskedLM or PerformerForCausalLM)")
         pairs, _ = crop_proteins(protein_pairs(records), model, max_length)
-    lm = as_protein_lm(model, tokenizer)
-    if not isinstance(model, nn.Module):
+    else:  # a ProteinLM: the same crop, in residues
         keep = None if max_length is None else max_length - SPECIAL_TOKENS_PER_PROTEIN
-        pairs, _ = truncate_proteins(protein_pairs(records), lm.residue_limit, keep)
+        pairs, _ = truncate_proteins(protein_pairs(records), model.residue_limit, keep)
+    lm = as_protein_lm(model, tokenizer)
     is_causal = lm.is_causal
     sequences = [s for _, s in pairs]
     bar = Progress(sum(map(len, sequences)), desc="score", unit="residues", enabled=progress)
