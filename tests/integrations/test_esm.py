@@ -307,6 +307,12 @@ def test_performers_convert_an_esm_directory(tmp_path, capsys):
     assert logits.shape == (1, 10, len(ESM_VOCAB)) and torch.isfinite(logits).all()
 
 
+def test_performers_convert_an_esm_directory_without_a_tokenizer(tmp_path):
+    EsmModel(_config()).save_pretrained(tmp_path / "esm")  # weights and config only
+    assert main(["convert", str(tmp_path / "esm"), str(tmp_path / "out"), "--num-features", "16"]) == 0
+    assert hf.is_performerized(AutoModel.from_pretrained(tmp_path / "out"))
+
+
 def test_convert_still_refuses_an_unsupported_family_in_one_line(tmp_path, capsys):
     config = OPTConfig(
         vocab_size=64,

@@ -570,7 +570,7 @@ def load_hf_model(path: str | os.PathLike, *, supported_only: bool = False) -> t
     model = (cls or AutoModel).from_pretrained(path, **options).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # TypeError: ESM's tokenizer without its vocab.txt
         tokenizer = None
     return model, tokenizer
 
