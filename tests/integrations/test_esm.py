@@ -165,7 +165,8 @@ def test_undoing_the_query_prescaling_lowers_favors_error(monkeypatch):
     # Same logits either way; what changes is how FAVOR+'s two inputs are scaled. Passing ESM's
     # pre-scaled q' with scale 1 feeds k at full norm into the features (variance ~exp(‖q̃+k̃‖²));
     # the backend's q = q'·√D with scale 1/√D balances them as for every other family. Measured
-    # with head size 64 (ESM-2 650M's): the RMS error is ~10x smaller.
+    # with head size 64 (ESM-2 650M's): the RMS error is 5x smaller (measured 0.051 against 0.264,
+    # output std 0.39; 10x at M = 1024).
     model = _model("EsmForMaskedLM", "rotary", hidden_size=64, num_attention_heads=1, initializer_range=0.05)
     ids, mask = _proteins((10,))
     with torch.no_grad():
