@@ -249,6 +249,18 @@ def test_a_model_whose_layers_have_no_index_is_numbered_by_performerize():
     model(ids, attention_mask=mask)
 
 
+def test_a_causal_esm_never_sees_future_tokens():
+    # (token dropout off: its rescaling counts <mask> over the whole row, future included)
+    model = hf.performerize(_model("EsmModel", is_decoder=True, token_dropout=False), FavorConfig(32))
+    ids, _ = _proteins((10,))
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 3) % len(ESM_VOCAB)
+    with torch.no_grad():
+        a, b = _output(model, ids), _output(model, changed)
+    torch.testing.assert_close(a[:, :7], b[:, :7], rtol=1e-12, atol=1e-13)
+    assert not torch.allclose(a[:, 7:], b[:, 7:])
+
+
 def test_a_decoder_cross_attention_gets_its_own_projection():
     model = EsmModel(_config(is_decoder=True, add_cross_attention=True)).eval()
     hf.performerize(model, FavorConfig(16))
