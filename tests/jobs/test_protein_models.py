@@ -161,6 +161,7 @@ def test_an_esm_masked_lm_converted_or_not(convert, tmp_path):
     assert type(loaded.model).__name__ == "EsmForMaskedLM" and not loaded.model.training
     assert hf.is_performerized(loaded.model) is convert  # converted: FAVOR+ with its projections
     assert loaded.residue_separator == ""
+    assert repr(loaded).startswith("ProteinModel(kind='masked_lm', source='huggingface', family='esm'")
     ids = _runs(loaded)
     # <cls> M K V <eos> <pad>...: ESM's own convention.
     assert ids[1].tolist() == [0, 20, 15, 7, 2, *[1] * 5]

@@ -501,8 +501,8 @@ def performerize(model: nn.Module, config: FavorConfig | None = None) -> nn.Modu
         config: the FAVOR options (kernel, M, projection, seed, redraw period, chunk size).
     """
     register()
-    hf_esm.number_layers(model)  # an ESM model built before this module was imported
     modules = attention_modules(model)
+    hf_esm.number_layers(model)  # an ESM model built before this module was imported
     if config is not None and not isinstance(config, FavorConfig):
         raise TypeError(f"config must be a FavorConfig, got {type(config).__name__}")
     current = (

@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,8 @@ class ProteinModel:
             a protein: ``" "`` for ProtBert-style tokenizers, else ``""``.
     """
 
-    model: nn.Module
-    tokenizer: Any
+    model: nn.Module = field(repr=False)
+    tokenizer: Any = field(repr=False)
     kind: str
     source: str
     family: str
