@@ -165,6 +165,7 @@ def test_an_esm_masked_lm_converted_or_not(convert, tmp_path):
     ids = _runs(loaded)
     # <cls> M K V <eos> <pad>...: ESM's own convention.
     assert ids[1].tolist() == [0, 20, 15, 7, 2, *[1] * 5]
+    assert torch.equal(loaded.encode(["mkv"])[0][0], ids[1, :5])  # any case
 
 
 def test_an_esm_encoder(tmp_path):

@@ -78,13 +78,14 @@ class ProteinModel:
     residue_separator: str = ""
 
     def encode(self, sequences: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """Protein strings → right-padded ``(input_ids, attention_mask)`` ``(B, L)`` int64, with
+        """Protein strings (any case) → right-padded ``(input_ids, attention_mask)`` ``(B, L)`` int64, with
         the special tokens the model was trained with (``<cls>``/``<eos>`` for ESM and
         performers models, ``[CLS]``/``[SEP]`` for BERT, none for GPT-2)."""
         if self.source == "performers":
             return self.tokenizer.batch_encode(list(sequences))
         tokenizer = self.tokenizer
-        encoded = [tokenizer(self.residue_separator.join(s))["input_ids"] for s in sequences]
+        # Upper-cased as ProteinTokenizer does: protein vocabularies hold capital letters only.
+        encoded = [tokenizer(self.residue_separator.join(s.upper()))["input_ids"] for s in sequences]
         # The pad id matters only where a model reads it (ESM's absolute positions skip it);
         # a tokenizer without one (GPT-2) pads with its end token, masked out anyway.
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
