@@ -263,3 +263,45 @@ def test_hf_model_type_without_attention_hooks(tmp_path, hf_tokenizer):
     empty.write_text("\n\n")
     with pytest.raises(DiagnoseError, match="no sentence"):
         diagnose_model(tiny_bert(tmp_path, hf_tokenizer), data=empty)
+
+
+def test_hf_esm_capture_records_what_the_favor_backend_estimates():
+    # ESM passes q·D^(-1/2) with scaling 1.0; the capture must record what the "favor" backend
+    # gives FAVOR+ (q unscaled, scale D^(-1/2)): same softmax, so exact attention of the
+    # captured q/k/v reproduces the module's own output, and the measured error is that of the
+    # converted model.
+    pytest.importorskip("transformers")
+    from transformers import EsmConfig, EsmModel
+
+    from performers.jobs.diagnose_capture import capture_hf
+    from performers.ops import exact_attention
+
+    config = EsmConfig(
+        vocab_size=33,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        position_embedding_type="rotary",
+        pad_token_id=1,
+        mask_token_id=32,
+        initializer_range=0.1,
+    )
+    torch.manual_seed(0)
+    model = EsmModel(config).double().eval()
+    model.set_attn_implementation("sdpa")
+    ids = torch.tensor([[0, 5, 9, 12, 7, 2], [0, 8, 4, 2, 1, 1]])
+    mask = (ids != 1).long()
+    outputs = []
+    module = model.encoder.layer[0].attention.self
+    handle = module.register_forward_hook(lambda m, args, out: outputs.append(out[0]))
+    try:
+        (captured,) = capture_hf(model, ids, mask)
+    finally:
+        handle.remove()
+    assert captured.scale == 8**-0.5
+    exact = exact_attention(
+        captured.q, captured.k, captured.v, scale=captured.scale, key_padding_mask=captured.padding
+    )
+    real = mask.bool()
+    torch.testing.assert_close(exact.transpose(1, 2).flatten(2)[real], outputs[0][real], rtol=1e-6, atol=1e-8)

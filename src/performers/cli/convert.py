@@ -20,13 +20,16 @@ from performers.cli.options import add_diagnosis_options, run_diagnosis
 from performers.jobs.diagnose import DEFAULT_FEATURES, DEFAULT_KERNELS
 from performers.jobs.diagnose_report import format_summary
 
-HELP = "switch a Hugging Face model directory (BERT, RoBERTa, GPT-2, Llama) to FAVOR+ attention and save it"
+HELP = (
+    "switch a Hugging Face model directory (BERT, RoBERTa, ESM, GPT-2, Llama) to FAVOR+ attention and save it"
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("convert", help=HELP, description=HELP)
     parser.add_argument(
-        "model", help="a save_pretrained directory (BERT, RoBERTa, GPT-2 or Llama; another family is refused)"
+        "model",
+        help="a save_pretrained directory (BERT, RoBERTa, ESM, GPT-2 or Llama; another family is refused)",
     )
     parser.add_argument("out", help="output directory (config.json with favor_config, weights, tokenizer)")
     add_favor_options(parser)

@@ -9,9 +9,10 @@ by :func:`register`, idempotently). Then::
     model.set_attn_implementation("favor")                                  # or
     performerize(model, FavorConfig(num_features=256, kernel="softmax"))  # options
 
-run every self-attention of an encoder (BERT, RoBERTa: bidirectional, padding honoured on keys)
-or decoder (GPT-2, Llama: causal, :class:`FavorCache` for ``generate()``) with FAVOR+
-(:func:`performers.favor_attention`): ``O(L·M·D)`` instead of ``O(L²·D)``.
+run every self-attention of an encoder (BERT, RoBERTa, ESM: bidirectional, padding honoured on
+keys; ESM's specifics are in :mod:`performers.integrations.hf_esm`) or decoder (GPT-2, Llama:
+causal, :class:`FavorCache` for ``generate()``) with FAVOR+ (:func:`performers.favor_attention`):
+``O(L·M·D)`` instead of ``O(L²·D)``.
 
 **Settings** are a :class:`performers.FavorConfig`, kept in ``model.config.favor_config`` as its
 JSON dict (saved in ``config.json`` by ``save_pretrained``) with its format number in
@@ -86,6 +87,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "pip install 'performers[hf]'"
     ) from error
 
+from performers.integrations import hf_esm
 from performers.integrations.hf_cache import FavorCache, FavorCacheLayer, take_pending
 from performers.integrations.hf_masks import favor_mask, key_padding
 from performers.layers import FavorAttention, FavorConfig
@@ -119,6 +121,7 @@ SUPPORTED_ATTENTION_CLASSES: dict[str, tuple[str, ...]] = {
     "roberta": ("RobertaSelfAttention", "RobertaCrossAttention"),
     "gpt2": ("GPT2Attention",),
     "llama": ("LlamaAttention",),
+    "esm": (hf_esm.ATTENTION_CLASS,),
 }
 
 _WARNED: set[str] = set()
@@ -274,7 +277,10 @@ def _head_dim(module: nn.Module) -> int:
 def _layer_index(module: nn.Module) -> int:
     index = getattr(module, "layer_idx", None)
     if not isinstance(index, int) or index < 0:
-        raise ValueError(f"{type(module).__name__} has no layer_idx; FAVOR+ projections are seeded by layer")
+        raise ValueError(
+            f"{type(module).__name__} has no layer_idx; FAVOR+ projections are seeded by layer "
+            "(call performerize(model), which numbers the layers of an ESM model)"
+        )
     if getattr(module, "is_cross_attention", False) or type(module).__name__.endswith("CrossAttention"):
         # Cross-attention of layer l gets its own projection, distinct from self-attention's.
         index += int(getattr(module.config, "num_hidden_layers", 0) or 0) + 1_000_000
@@ -348,6 +354,7 @@ def favor_attention_forward(
     if kwargs.get("output_attentions"):
         _warn_once("weights", "the 'favor' attention cannot return attention weights; they are None")
     favor = _favor_module(module, query.device)
+    query, scaling = hf_esm.favor_query(module, query, scaling)  # ESM pre-scales its queries
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     batch, _, q_len, _ = query.shape
     layer = take_pending(key)
@@ -456,6 +463,7 @@ def register() -> None:
     """Register ``"favor"`` in HF's ``AttentionInterface`` and ``AttentionMaskInterface`` (idempotent)."""
     AttentionInterface.register(ATTENTION_NAME, favor_attention_forward)
     AttentionMaskInterface.register(ATTENTION_NAME, favor_mask)
+    hf_esm.install()
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -489,11 +497,12 @@ def performerize(model: nn.Module, config: FavorConfig | None = None) -> nn.Modu
     :func:`unperformerize` gives back the original model.
 
     Args:
-        model: a ``PreTrainedModel`` of a supported family (BERT, RoBERTa, GPT-2, Llama).
+        model: a ``PreTrainedModel`` of a supported family (BERT, RoBERTa, GPT-2, Llama, ESM).
         config: the FAVOR options (kernel, M, projection, seed, redraw period, chunk size).
     """
     register()
     modules = attention_modules(model)
+    hf_esm.number_layers(model)  # an ESM model built before this module was imported
     if config is not None and not isinstance(config, FavorConfig):
         raise TypeError(f"config must be a FavorConfig, got {type(config).__name__}")
     current = (
@@ -561,7 +570,7 @@ def load_hf_model(path: str | os.PathLike, *, supported_only: bool = False) -> t
     model = (cls or AutoModel).from_pretrained(path, **options).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):  # TypeError: ESM's tokenizer without its vocab.txt
         tokenizer = None
     return model, tokenizer
 

@@ -1,6 +1,7 @@
 """The user's jobs, above the generic training loop: the protein main job and its demo,
 fine-tuning on labelled proteins (per-residue classes, sequence-level regression), embeddings
-and likelihood scores of trained models (zero-shot variant effects), and the diagnosis of
+and likelihood scores of trained models (zero-shot variant effects), one loader for protein model
+directories (this package's or Hugging Face's: :func:`load_protein_model`), and the diagnosis of
 FAVOR's error on a model's own attention (:func:`diagnose_model`). Each is a documented function
 the CLI calls. The measurements of ``performers bench`` (the paper's tables and wider evidence)
 live in :mod:`performers.bench`."""
@@ -17,6 +18,7 @@ from performers.jobs.protein_evaluation import (
     protein_evaluator,
 )
 from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM, ProteinVocabulary, as_protein_lm
+from performers.jobs.protein_models import NotAProteinModelError, ProteinModel, load_protein_model
 from performers.jobs.proteins import (
     DEMO_MODEL,
     DEMO_VARIANTS,
@@ -51,8 +53,10 @@ __all__ = [
     "DiagnoseError",
     "DiagnosisReport",
     "Mutation",
+    "NotAProteinModelError",
     "PerformerProteinLM",
     "ProteinLM",
+    "ProteinModel",
     "ProteinVocabulary",
     "RunResult",
     "SequenceRegressor",
@@ -72,6 +76,7 @@ __all__ = [
     "find_mutations",
     "finetune",
     "format_mutations",
+    "load_protein_model",
     "load_trained",
     "parse_mutations",
     "protein_evaluator",

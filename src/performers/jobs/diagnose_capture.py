@@ -4,11 +4,12 @@
   proteins: a forward pre-hook on each :class:`~performers.FavorAttention` records its inputs and
   a forward hook replaces its output by exact softmax attention, so the whole model runs
   exactly (later layers see exact inputs) whatever backend it was trained with.
-* A Hugging Face model (BERT, RoBERTa, GPT-2, Llama: the families ``performers convert``
+* A Hugging Face model (BERT, RoBERTa, ESM, GPT-2, Llama: the families ``performers convert``
   supports) on text: for the duration of one forward pass the model's attention function is
   HF's ``sdpa`` wrapped by a recorder (registered in ``AttentionInterface``), so the q/k/v are
-  those after rotary embeddings, with the module's own scaling; the previous attention
-  implementation (e.g. ``"favor"`` for a converted model) is restored after.
+  those after rotary embeddings, with the module's own scaling (ESM's pre-scaled queries as the
+  ``"favor"`` backend rebalances them, :func:`performers.integrations.hf_esm.favor_query`); the
+  previous attention implementation (e.g. ``"favor"`` for a converted model) is restored after.
 
 Weights and modules are never changed. The padding of each batch comes from the tokenizer's
 attention mask.
@@ -141,13 +142,17 @@ def capture_performers(
 def _hf_recorder(captured: list[dict]):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    from performers.integrations.hf_esm import favor_query
+
     def forward(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask, **kwargs: Any):
         groups = int(getattr(module, "num_key_value_groups", 1) or 1)
-        scaling = kwargs.get("scaling")
+        # What the "favor" backend gives FAVOR+ (ESM's pre-scaled queries rebalanced): the same
+        # logits, and the error measured is the error the converted model will have.
+        favor_q, scaling = favor_query(module, query, kwargs.get("scaling"))
         causal = kwargs.get("is_causal")
         captured.append(
             {
-                "q": query.detach(),
+                "q": favor_q.detach(),
                 "k": key.detach().repeat_interleave(groups, dim=1),
                 "v": value.detach().repeat_interleave(groups, dim=1),
                 "scale": float(scaling) if scaling is not None else query.shape[-1] ** -0.5,
