@@ -63,14 +63,19 @@ from performers.utils.validation import is_int
 
 __all__ = [
     "DistillConfig",
+    "ProteinBatches",
     "TextBatches",
     "distill",
     "distill_data_identity",
     "distillation_loss",
     "make_student",
     "read_texts",
+    "residue_separator",
     "with_lm_labels",
 ]
+
+# The 20 standard amino acids: what a protein tokenizer must read as one known token each.
+_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
 @dataclass
@@ -115,16 +120,26 @@ class DistillConfig:
             raise TypeError(f"data_identity must be a dict, got {type(self.data_identity).__name__}")
 
 
-def distill_data_identity(model: str | os.PathLike, texts: Sequence[str]) -> dict[str, Any]:
+def distill_data_identity(
+    model: str | os.PathLike,
+    texts: Sequence[str] | None = None,
+    *,
+    proteins: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """What a distillation learns from, for ``DistillConfig.data_identity`` (compared on resume):
     the SHA-256 of the teacher's weight files in the directory ``model`` (by name; the name
-    itself when ``model`` is not a directory) and of the training texts (in order)."""
+    itself when ``model`` is not a directory) and of the training data, in order: ``texts``
+    (key ``texts_sha256``) or the residue strings of ``proteins`` (key ``proteins_sha256``; a
+    FASTA file's sequences, so its headers and line breaks do not count), exactly one of them."""
+    if (texts is None) == (proteins is None):
+        raise ValueError("give the training texts or the proteins, exactly one of them")
     directory = Path(model)
     weights = sorted(p for p in directory.glob("*") if p.suffix in (".safetensors", ".bin"))
     teacher = {p.name: sha256(p) for p in weights} if directory.is_dir() else str(model)
+    key, data = ("texts_sha256", texts) if proteins is None else ("proteins_sha256", proteins)
     return {
         "teacher_sha256": hashlib.sha256(json.dumps(teacher, sort_keys=True).encode()).hexdigest(),
-        "texts_sha256": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest(),
+        key: hashlib.sha256(json.dumps(list(data)).encode()).hexdigest(),
     }
 
 
@@ -161,6 +176,93 @@ class TextBatches:
             [self.texts[i] for i in rows],
             padding=True,
             truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def residue_separator(tokenizer: Any) -> str:
+    """How ``tokenizer`` wants a protein written: ``""`` (the residues as one string, e.g.
+    ``"MKT"``: ESM's ``EsmTokenizer``, which splits a string into its residues) or ``" "`` (one
+    residue per word, ``"M K T"``: ProtBert's ``BertTokenizer``, whose WordPiece reads the plain
+    string as one unknown word).
+
+    Decided by trying: the plain string of the 20 standard amino acids first, then the same
+    letters separated by spaces; the first that the tokenizer splits into 20 known tokens (none
+    its unknown token, special tokens not added) wins.
+
+    Raises:
+        InputError: neither gives one known token per residue (a text tokenizer, or a protein
+            vocabulary in another case than the residues' upper case).
+    """
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    for separator in ("", " "):
+        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(separator.join(_RESIDUES)))
+        if len(ids) == len(_RESIDUES) and unknown not in ids and None not in ids:
+            return separator
+    raise InputError(
+        f"the teacher's tokenizer ({type(tokenizer).__name__}) does not read a protein as one known "
+        f"token per residue, neither {_RESIDUES!r} nor the letters separated by spaces; proteins need a "
+        "protein model's tokenizer (ESM, ProtBert)"
+    )
+
+
+class ProteinBatches:
+    """Random batches of protein crops tokenized by the teacher's tokenizer: ``input_ids``,
+    ``attention_mask`` ``(B, L)``, ``L <= max_length`` (the longest row; shorter rows padded).
+
+    Each row is a protein drawn uniformly; one longer than the window (``max_length`` minus the
+    tokenizer's special tokens, e.g. ``<cls>``/``<eos>``) is cropped to a *random* window of
+    consecutive residues, so every part of a long protein is seen over a run (a first-tokens crop
+    would show only its start). Proteins are written as :func:`residue_separator` finds the
+    tokenizer wants them (plain for ESM, space-separated for ProtBert), so each residue is one
+    token. Batch ``i`` — rows and crop starts — is a pure function of ``(seed, i)``, so a resumed
+    run sees the same data.
+
+    Args:
+        sequences: residue strings (upper-case one-letter codes, e.g. FASTA sequences).
+        tokenizer: the teacher's HF tokenizer.
+        batch_size, max_length: batch rows and tokens per row, special tokens included.
+        seed: data-order seed.
+
+    Raises:
+        ValueError: no sequences, an empty one, or ``max_length`` leaving no residue.
+        InputError: a tokenizer that does not read residues (:func:`residue_separator`).
+    """
+
+    def __init__(
+        self, sequences: Sequence[str], tokenizer: Any, batch_size: int, max_length: int, seed: int = 0
+    ):
+        self.sequences = [str(s) for s in sequences]
+        if not self.sequences:
+            raise ValueError("no training proteins")
+        if not all(self.sequences):
+            raise ValueError(f"protein {self.sequences.index('')} is empty")
+        self.window = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        if self.window < 1:
+            raise ValueError(
+                f"max_length {max_length} leaves no residue next to the tokenizer's special tokens"
+            )
+        self.separator = residue_separator(tokenizer)
+        self.tokenizer, self.batch_size, self.max_length, self.seed = tokenizer, batch_size, max_length, seed
+
+    def crop(self, sequence: str, generator: torch.Generator) -> str:
+        """``sequence``, or a random window of ``self.window`` residues of it when longer."""
+        spare = len(sequence) - self.window
+        if spare <= 0:
+            return sequence
+        start = int(torch.randint(spare + 1, (1,), generator=generator))
+        return sequence[start : start + self.window]
+
+    def __call__(self, index: int) -> dict[str, Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        rows = torch.randint(len(self.sequences), (self.batch_size,), generator=generator).tolist()
+        crops = [self.crop(self.sequences[i], generator) for i in rows]
+        encoded = self.tokenizer(
+            [self.separator.join(crop) for crop in crops],
+            padding=True,
+            truncation=True,  # a no-op: the crops fit; kept so no row can exceed max_length
             max_length=self.max_length,
             return_tensors="pt",
         )
