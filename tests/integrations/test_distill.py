@@ -30,6 +30,7 @@ from performers.integrations.transformers import (
     is_performerized,
     performerize,
 )
+from performers.utils import InputError
 
 TEXTS = [
     "a man is playing a guitar .",
@@ -215,3 +216,13 @@ def test_the_data_identity_names_texts_or_proteins():
     assert proteins != distill_data_identity("teacher", proteins=["MKTA"])
     with pytest.raises(ValueError, match="exactly one"):
         distill_data_identity("teacher", ["a text"], proteins=["MKT"])
+
+
+def test_a_tokenizer_that_merges_residues_is_refused(tmp_path):
+    from transformers import BertTokenizer
+
+    # WordPiece with a two-residue token: "ACDEF…" reads as known tokens, 19 of them, not 20.
+    pieces = [f"##{residue}" for residue in "LAGVESIKRDTPNQFYMHCW"]
+    merging = BertTokenizer(_vocab_file(tmp_path, [*PROTBERT_VOCAB, "AC", *pieces]), do_lower_case=False)
+    with pytest.raises(InputError, match=r"not one per residue.*gives 19 tokens"):
+        residue_separator(merging)

@@ -188,23 +188,40 @@ def residue_separator(tokenizer: Any) -> str:
     residue per word, ``"M K T"``: ProtBert's ``BertTokenizer``, whose WordPiece reads the plain
     string as one unknown word).
 
-    Decided by trying: the plain string of the 20 standard amino acids first, then the same
-    letters separated by spaces; the first that the tokenizer splits into 20 known tokens (none
-    its unknown token, special tokens not added) wins.
+    Decided by trying the 20 standard amino acids (special tokens not added): the plain string
+    when the tokenizer splits it into 20 known tokens; else the letters separated by spaces when
+    the plain string reads as unknown (the tokenizer cannot read it) and the spaced one as 20
+    known tokens.
 
     Raises:
-        InputError: neither gives one known token per residue (a text tokenizer, or a protein
-            vocabulary in another case than the residues' upper case).
+        InputError: the tokenizer reads the plain string as known tokens, but not one per residue
+            (e.g. a BPE vocabulary that merges residues, ProtGPT2's: crops count residues as
+            tokens, and spaces would give it text it never saw), or
+            reads no residue as a known token (a text tokenizer, or a protein vocabulary in
+            another case than the residues' upper case).
     """
     unknown = getattr(tokenizer, "unk_token_id", None)
-    for separator in ("", " "):
-        ids = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(separator.join(_RESIDUES)))
-        if len(ids) == len(_RESIDUES) and unknown not in ids and None not in ids:
-            return separator
+
+    def ids(text: str) -> list[int | None]:
+        return tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
+
+    def one_known_per_residue(found: list[int | None]) -> bool:
+        return len(found) == len(_RESIDUES) and unknown not in found and None not in found
+
+    plain = ids(_RESIDUES)
+    if one_known_per_residue(plain):
+        return ""
+    plain_unreadable = unknown in plain or None in plain
+    if plain_unreadable and one_known_per_residue(ids(" ".join(_RESIDUES))):
+        return " "
+    what = (
+        "does not read a protein as one known token per residue, neither written plain nor with spaces"
+        if plain_unreadable
+        else "reads a protein as known tokens, but not one per residue (merged residues?)"
+    )
     raise InputError(
-        f"the teacher's tokenizer ({type(tokenizer).__name__}) does not read a protein as one known "
-        f"token per residue, neither {_RESIDUES!r} nor the letters separated by spaces; proteins need a "
-        "protein model's tokenizer (ESM, ProtBert)"
+        f"the teacher's tokenizer ({type(tokenizer).__name__}) {what} ({_RESIDUES!r} gives "
+        f"{len(plain)} tokens); proteins need a tokenizer with one token per residue (ESM, ProtBert)"
     )
 
 
