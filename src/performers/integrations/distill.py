@@ -22,6 +22,11 @@ refuses options that change the computation
 (:data:`~performers.training.run_config.SAFE_ON_RESUME` lists what may change).
 The FAVOR+ projections stay fixed during distillation (they are regenerated from the config,
 see :mod:`performers.integrations.transformers`).
+
+The data: :class:`TextBatches` (texts, e.g. sentences) or :class:`ProteinBatches` (residue
+strings for a protein model such as ESM or ProtBert, written as its tokenizer wants them,
+:func:`residue_separator`, and cropped to random windows). A masked LM distils without masking:
+its hidden states and predictions at every position are the target, no task loss (as for texts).
 """
 
 from __future__ import annotations
@@ -196,9 +201,9 @@ def residue_separator(tokenizer: Any) -> str:
     Raises:
         InputError: the tokenizer reads the plain string as known tokens, but not one per residue
             (e.g. a BPE vocabulary that merges residues, ProtGPT2's: crops count residues as
-            tokens, and spaces would give it text it never saw), or
-            reads no residue as a known token (a text tokenizer, or a protein vocabulary in
-            another case than the residues' upper case).
+            tokens, and spaces would give it text it never saw), or cannot read them one known
+            token each, plain or with spaces (a text tokenizer, or a protein vocabulary in another
+            case than the residues' upper case).
     """
     unknown = getattr(tokenizer, "unk_token_id", None)
 
@@ -384,7 +389,7 @@ def distill(
         teacher: the original model (run in eval mode without gradients).
         student: its FAVOR+ copy (:func:`make_student`); trained in place, left in eval mode.
         batches: ``batches(i)`` gives batch ``i`` (``input_ids``, ``attention_mask`` and
-            optionally ``labels``), e.g. :class:`TextBatches`.
+            optionally ``labels``), e.g. :class:`TextBatches` or :class:`ProteinBatches`.
         config: :class:`DistillConfig`.
         out_dir: checkpoints go to ``out_dir/checkpoints`` every ``config.checkpoint_every``
             steps (none when None); ``out_dir`` is locked for the call.
