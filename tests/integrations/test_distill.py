@@ -1,4 +1,5 @@
-"""Distillation of a Hugging Face model into its FAVOR+ version, and the convert/distill CLI."""
+"""Distillation of a Hugging Face model into its FAVOR+ version, its text and protein batches, and
+the convert/distill CLI."""
 
 from __future__ import annotations
 
@@ -16,16 +17,20 @@ from performers import FavorConfig
 from performers.cli import main
 from performers.integrations.distill import (
     DistillConfig,
+    ProteinBatches,
     TextBatches,
     distill,
+    distill_data_identity,
     distillation_loss,
     make_student,
+    residue_separator,
 )
 from performers.integrations.transformers import (
     attention_modules,
     is_performerized,
     performerize,
 )
+from performers.utils import InputError
 
 TEXTS = [
     "a man is playing a guitar .",
@@ -147,3 +152,77 @@ def test_cli_convert_and_distill(tokenizer, tmp_path, capsys, cli_error):
         ["distill", str(tmp_path / "favor"), "--out", str(tmp_path / "x"), "--texts", str(texts)],
         match="already a FAVOR",
     )
+
+
+# ESM's 33 tokens, in the order of its vocabulary file.
+ESM_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", *"LAGVSERTDIPKQNFYMHWCXBUZO", ".", "-", "<null_1>", "<mask>"]
+PROTBERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"LAGVESIKRDTPNQFYMHCW", *"XUBZO"]
+
+
+def _vocab_file(tmp_path, tokens: list[str]) -> str:
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(tokens) + "\n")
+    return str(path)
+
+
+def test_proteins_are_written_plain_for_esm_and_spaced_for_protbert(tmp_path):
+    from transformers import BertTokenizer, EsmTokenizer
+
+    esm = EsmTokenizer(_vocab_file(tmp_path, ESM_VOCAB))
+    assert residue_separator(esm) == ""
+    protbert = BertTokenizer(_vocab_file(tmp_path, PROTBERT_VOCAB), do_lower_case=False)
+    assert residue_separator(protbert) == " "
+    assert protbert.tokenize("MKT") == ["[UNK]"]  # why: WordPiece reads the plain string as one word
+
+    # A batch: [cls] + the residues, one token each + [eos]/[SEP], padded; the same ids whichever
+    # way the tokenizer wants the protein written.
+    for tokenizer, ends in ((esm, ("<cls>", "<eos>")), (protbert, ("[CLS]", "[SEP]"))):
+        batch = ProteinBatches(["MKTAYW"], tokenizer, batch_size=2, max_length=16)(0)
+        expected = [ends[0], *"MKTAYW", ends[1]]
+        for row in batch["input_ids"]:
+            assert tokenizer.convert_ids_to_tokens(row.tolist()) == expected
+        assert batch["attention_mask"].tolist() == [[1] * 8] * 2
+
+
+def test_protein_batches_crop_random_windows_reproducibly(tmp_path):
+    from transformers import EsmTokenizer
+
+    esm = EsmTokenizer(_vocab_file(tmp_path, ESM_VOCAB))
+    long, short = "ACDEFGHIKLMNPQRSTVWY" * 2, "MKT"
+    batches = ProteinBatches([long, short], esm, batch_size=8, max_length=10, seed=3)
+    assert batches.window == 8  # 10 tokens less <cls> and <eos>
+    starts = set()
+    for index in range(4):
+        batch = batches(index)
+        assert batch["input_ids"].shape == (8, 10)
+        assert torch.equal(batch["input_ids"], batches(index)["input_ids"])  # a pure function of i
+        for ids, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+            tokens = esm.convert_ids_to_tokens(ids[mask.bool()].tolist())
+            assert tokens[0] == "<cls>" and tokens[-1] == "<eos>"
+            residues = "".join(tokens[1:-1])
+            assert residues == short or (len(residues) == 8 and residues in long)
+            if residues != short:
+                starts.add(long.index(residues))
+    assert len(starts) > 1  # windows move, not always the first residues
+    with pytest.raises(ValueError, match="leaves no residue"):
+        ProteinBatches([short], esm, batch_size=1, max_length=2)
+
+
+def test_the_data_identity_names_texts_or_proteins():
+    texts = distill_data_identity("teacher", ["a text"])
+    proteins = distill_data_identity("teacher", proteins=["MKT"])
+    assert set(texts) == {"teacher_sha256", "texts_sha256"}
+    assert set(proteins) == {"teacher_sha256", "proteins_sha256"}
+    assert proteins != distill_data_identity("teacher", proteins=["MKTA"])
+    with pytest.raises(ValueError, match="exactly one"):
+        distill_data_identity("teacher", ["a text"], proteins=["MKT"])
+
+
+def test_a_tokenizer_that_merges_residues_is_refused(tmp_path):
+    from transformers import BertTokenizer
+
+    # WordPiece with a two-residue token: "ACDEF…" reads as known tokens, 19 of them, not 20.
+    pieces = [f"##{residue}" for residue in "LAGVESIKRDTPNQFYMHCW"]
+    merging = BertTokenizer(_vocab_file(tmp_path, [*PROTBERT_VOCAB, "AC", *pieces]), do_lower_case=False)
+    with pytest.raises(InputError, match=r"not one per residue.*gives 19 tokens"):
+        residue_separator(merging)

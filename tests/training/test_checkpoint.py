@@ -183,3 +183,30 @@ def test_a_malformed_optimizer_tensor_name_is_a_checkpoint_error(tmp_path):
     (path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="optimizer state does not read back"):
         load_checkpoint(path)
+
+
+class _Tied(torch.nn.Module):
+    """An embedding and a decoder sharing one weight, as a masked LM's head does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 3)
+        self.decoder = torch.nn.Linear(3, 5, bias=False)
+        self.decoder.weight = self.embed.weight
+
+
+def test_tied_weights_are_saved_and_restored_still_tied(tmp_path):
+    from performers.training import restore
+
+    torch.manual_seed(0)
+    model = _Tied()
+    optimizer = torch.optim.AdamW(model.parameters())
+    path = save_checkpoint(tmp_path, step=1, model=model, optimizer=optimizer)
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded.model["embed.weight"], model.embed.weight.detach())
+    assert torch.equal(loaded.model["decoder.weight"], model.embed.weight.detach())
+
+    other = _Tied()
+    restore(loaded, other, torch.optim.AdamW(other.parameters()))
+    assert other.decoder.weight is other.embed.weight
+    assert torch.equal(other.embed.weight, model.embed.weight)

@@ -2,7 +2,8 @@
 (:func:`performers.jobs.distillation.distill_model`; the ``[hf]`` extra).
 
 ``--out`` belongs to the run (locked until the student is saved); ``--resume`` refuses options
-that would continue another computation (teacher weights and texts included), naming each."""
+that would continue another computation (teacher weights and texts or proteins included), naming
+each. ``--fasta`` distils a protein model (ESM, ProtBert) on the user's proteins."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ def option_of(parser: argparse.ArgumentParser) -> dict[str, str]:
         {
             "distill.data_identity.teacher_sha256": "teacher weights (MODEL)",
             "distill.data_identity.texts_sha256": "training texts (--texts)",
+            "distill.data_identity.proteins_sha256": "training proteins (--fasta)",
         },
     )
 
@@ -54,18 +56,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("distill", help=HELP, description=HELP)
     p.add_argument("model", help="the original (softmax) model: a save_pretrained directory")
     p.add_argument("--out", default="runs/distill", help="checkpoints/ and final/ (the student) go here")
-    p.add_argument(
+    data = p.add_mutually_exclusive_group()
+    data.add_argument(
         "--texts",
         default=None,
         help="training texts, one per line (.txt or .txt.gz); default: the STS-B training sentences",
     )
+    data.add_argument(
+        "--fasta",
+        default=None,
+        help="train on these proteins instead (FASTA, plain or .gz), for a protein model (ESM, ProtBert): "
+        "tokenized by the model's own tokenizer, random crops of --max-length tokens",
+    )
     p.add_argument("--steps", type=int, default=200, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per step")
+    p.add_argument("--batch-size", type=int, default=32, help="texts (or proteins) per step")
     p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
     add_hidden_alias(
         p, "--warmup-steps", p.add_argument("--warmup", type=int, default=20, help="linear warm-up steps")
     )
-    p.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens")
+    p.add_argument(
+        "--max-length",
+        type=int,
+        default=128,
+        help="truncate texts (crop proteins) to this many tokens, special tokens included",
+    )
     p.add_argument(
         "--hidden-weight",
         type=float,
@@ -108,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
             favor,
             out_dir=args.out,
             texts=args.texts,
+            fasta=args.fasta,
             resume=args.resume,
             overwrite=args.overwrite,
         )

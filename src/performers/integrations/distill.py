@@ -22,6 +22,11 @@ refuses options that change the computation
 (:data:`~performers.training.run_config.SAFE_ON_RESUME` lists what may change).
 The FAVOR+ projections stay fixed during distillation (they are regenerated from the config,
 see :mod:`performers.integrations.transformers`).
+
+The data: :class:`TextBatches` (texts, e.g. sentences) or :class:`ProteinBatches` (residue
+strings for a protein model such as ESM or ProtBert, written as its tokenizer wants them,
+:func:`residue_separator`, and cropped to random windows). A masked LM distils without masking:
+its hidden states and predictions at every position are the target, no task loss (as for texts).
 """
 
 from __future__ import annotations
@@ -63,14 +68,19 @@ from performers.utils.validation import is_int
 
 __all__ = [
     "DistillConfig",
+    "ProteinBatches",
     "TextBatches",
     "distill",
     "distill_data_identity",
     "distillation_loss",
     "make_student",
     "read_texts",
+    "residue_separator",
     "with_lm_labels",
 ]
+
+# The 20 standard amino acids: what a protein tokenizer must read as one known token each.
+_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 
 
 @dataclass
@@ -115,16 +125,26 @@ class DistillConfig:
             raise TypeError(f"data_identity must be a dict, got {type(self.data_identity).__name__}")
 
 
-def distill_data_identity(model: str | os.PathLike, texts: Sequence[str]) -> dict[str, Any]:
+def distill_data_identity(
+    model: str | os.PathLike,
+    texts: Sequence[str] | None = None,
+    *,
+    proteins: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """What a distillation learns from, for ``DistillConfig.data_identity`` (compared on resume):
     the SHA-256 of the teacher's weight files in the directory ``model`` (by name; the name
-    itself when ``model`` is not a directory) and of the training texts (in order)."""
+    itself when ``model`` is not a directory) and of the training data, in order: ``texts``
+    (key ``texts_sha256``) or the residue strings of ``proteins`` (key ``proteins_sha256``; a
+    FASTA file's sequences, so its headers and line breaks do not count), exactly one of them."""
+    if (texts is None) == (proteins is None):
+        raise ValueError("give the training texts or the proteins, exactly one of them")
     directory = Path(model)
     weights = sorted(p for p in directory.glob("*") if p.suffix in (".safetensors", ".bin"))
     teacher = {p.name: sha256(p) for p in weights} if directory.is_dir() else str(model)
+    key, data = ("texts_sha256", texts) if proteins is None else ("proteins_sha256", proteins)
     return {
         "teacher_sha256": hashlib.sha256(json.dumps(teacher, sort_keys=True).encode()).hexdigest(),
-        "texts_sha256": hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest(),
+        key: hashlib.sha256(json.dumps(list(data)).encode()).hexdigest(),
     }
 
 
@@ -161,6 +181,110 @@ class TextBatches:
             [self.texts[i] for i in rows],
             padding=True,
             truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+
+
+def residue_separator(tokenizer: Any) -> str:
+    """How ``tokenizer`` wants a protein written: ``""`` (the residues as one string, e.g.
+    ``"MKT"``: ESM's ``EsmTokenizer``, which splits a string into its residues) or ``" "`` (one
+    residue per word, ``"M K T"``: ProtBert's ``BertTokenizer``, whose WordPiece reads the plain
+    string as one unknown word).
+
+    Decided by trying the 20 standard amino acids (special tokens not added): the plain string
+    when the tokenizer splits it into 20 known tokens; else the letters separated by spaces when
+    the plain string reads as unknown (the tokenizer cannot read it) and the spaced one as 20
+    known tokens.
+
+    Raises:
+        InputError: the tokenizer reads the plain string as known tokens, but not one per residue
+            (e.g. a BPE vocabulary that merges residues, ProtGPT2's: crops count residues as
+            tokens, and spaces would give it text it never saw), or cannot read them one known
+            token each, plain or with spaces (a text tokenizer, or a protein vocabulary in another
+            case than the residues' upper case).
+    """
+    unknown = getattr(tokenizer, "unk_token_id", None)
+
+    def ids(text: str) -> list[int | None]:
+        return tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
+
+    def one_known_per_residue(found: list[int | None]) -> bool:
+        return len(found) == len(_RESIDUES) and unknown not in found and None not in found
+
+    plain = ids(_RESIDUES)
+    if one_known_per_residue(plain):
+        return ""
+    plain_unreadable = unknown in plain or None in plain
+    if plain_unreadable and one_known_per_residue(ids(" ".join(_RESIDUES))):
+        return " "
+    what = (
+        "does not read a protein as one known token per residue, neither written plain nor with spaces"
+        if plain_unreadable
+        else "reads a protein as known tokens, but not one per residue (merged residues?)"
+    )
+    raise InputError(
+        f"the teacher's tokenizer ({type(tokenizer).__name__}) {what} ({_RESIDUES!r} gives "
+        f"{len(plain)} tokens); proteins need a tokenizer with one token per residue (ESM, ProtBert)"
+    )
+
+
+class ProteinBatches:
+    """Random batches of protein crops tokenized by the teacher's tokenizer: ``input_ids``,
+    ``attention_mask`` ``(B, L)``, ``L <= max_length`` (the longest row; shorter rows padded).
+
+    Each row is a protein drawn uniformly; one longer than the window (``max_length`` minus the
+    tokenizer's special tokens, e.g. ``<cls>``/``<eos>``) is cropped to a *random* window of
+    consecutive residues, so every part of a long protein is seen over a run (a first-tokens crop
+    would show only its start). Proteins are written as :func:`residue_separator` finds the
+    tokenizer wants them (plain for ESM, space-separated for ProtBert), so each residue is one
+    token. Batch ``i`` — rows and crop starts — is a pure function of ``(seed, i)``, so a resumed
+    run sees the same data.
+
+    Args:
+        sequences: residue strings (upper-case one-letter codes, e.g. FASTA sequences).
+        tokenizer: the teacher's HF tokenizer.
+        batch_size, max_length: batch rows and tokens per row, special tokens included.
+        seed: data-order seed.
+
+    Raises:
+        ValueError: no sequences, an empty one, or ``max_length`` leaving no residue.
+        InputError: a tokenizer that does not read residues (:func:`residue_separator`).
+    """
+
+    def __init__(
+        self, sequences: Sequence[str], tokenizer: Any, batch_size: int, max_length: int, seed: int = 0
+    ):
+        self.sequences = [str(s) for s in sequences]
+        if not self.sequences:
+            raise ValueError("no training proteins")
+        if not all(self.sequences):
+            raise ValueError(f"protein {self.sequences.index('')} is empty")
+        self.window = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        if self.window < 1:
+            raise ValueError(
+                f"max_length {max_length} leaves no residue next to the tokenizer's special tokens"
+            )
+        self.separator = residue_separator(tokenizer)
+        self.tokenizer, self.batch_size, self.max_length, self.seed = tokenizer, batch_size, max_length, seed
+
+    def crop(self, sequence: str, generator: torch.Generator) -> str:
+        """``sequence``, or a random window of ``self.window`` residues of it when longer."""
+        spare = len(sequence) - self.window
+        if spare <= 0:
+            return sequence
+        start = int(torch.randint(spare + 1, (1,), generator=generator))
+        return sequence[start : start + self.window]
+
+    def __call__(self, index: int) -> dict[str, Tensor]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        rows = torch.randint(len(self.sequences), (self.batch_size,), generator=generator).tolist()
+        crops = [self.crop(self.sequences[i], generator) for i in rows]
+        encoded = self.tokenizer(
+            [self.separator.join(crop) for crop in crops],
+            padding=True,
+            truncation=True,  # a no-op: the crops fit; kept so no row can exceed max_length
             max_length=self.max_length,
             return_tensors="pt",
         )
@@ -265,7 +389,7 @@ def distill(
         teacher: the original model (run in eval mode without gradients).
         student: its FAVOR+ copy (:func:`make_student`); trained in place, left in eval mode.
         batches: ``batches(i)`` gives batch ``i`` (``input_ids``, ``attention_mask`` and
-            optionally ``labels``), e.g. :class:`TextBatches`.
+            optionally ``labels``), e.g. :class:`TextBatches` or :class:`ProteinBatches`.
         config: :class:`DistillConfig`.
         out_dir: checkpoints go to ``out_dir/checkpoints`` every ``config.checkpoint_every``
             steps (none when None); ``out_dir`` is locked for the call.

@@ -65,6 +65,7 @@ def checkpoint_period(max_steps: int, eval_every: int) -> int:
     checkpoints per run (``max(eval_every, max_steps // 4)``)."""
     return max(eval_every, max_steps // 4)
 
+
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
 # The version of meta.json: 2 adds "format", "run" and "checksum" (1: none of them).
 FORMAT = 2
@@ -132,6 +133,21 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _unshared(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` on the CPU, contiguous, each with its own memory: safetensors refuses tensors
+    that share memory, which tied weights do (a masked LM's decoder is its word embeddings), so
+    a tensor whose storage an earlier one uses is copied. Restoring loads both names into the
+    one tied parameter, the same values."""
+    seen: set[int] = set()
+    out = {}
+    for name, value in tensors.items():
+        value = value.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        out[name] = value.clone() if storage in seen else value
+        seen.add(storage)
+    return out
+
+
 def save_checkpoint(
     directory: str | os.PathLike,
     *,
@@ -154,8 +170,7 @@ def save_checkpoint(
     directory = Path(directory)
     final = directory / f"{PREFIX}{step:08d}"
     with atomic_directory(final, replace=True) as tmp:
-        model_tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(model_tensors, str(tmp / "model.safetensors"))
+        save_file(_unshared(model.state_dict()), str(tmp / "model.safetensors"))
         optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
         rng = {"torch": torch.get_rng_state()}
