@@ -303,7 +303,7 @@ def test_favor_cache_state_size_is_independent_of_context_length():
         assert cache.get_seq_length() == length + 1
         layer = cache.layers[0]
         assert layer.keys is None and layer.values is None  # no growing K/V
-        shapes.append([tuple(t.shape) for t in layer.state if t is not None])
+        shapes.append([tuple(t.shape) for t in layer.state[:4] if t is not None])
     assert shapes[0] == shapes[1] == [(1, 4, 16, 8), (1, 4, 16), (1, 4)]
 
 
@@ -527,3 +527,27 @@ def test_a_bert_converted_by_performers_0_1_0_still_loads():
     assert favor == FavorConfig(8, "softmax-hyperbolic", seed=4, redraw_every=3, chunk_size=16)
     assert model.config.favor_redraw_counts == {"1": 1}
     assert "redraw_counts" not in model.config.favor_config  # today's layout from now on
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_grouped_query_heads_are_read_without_repeating_keys(causal, monkeypatch):
+    # Llama's num_key_value_heads = 2 for 4 query heads: the attention function reads the two
+    # key/value heads with enable_gqa, equal to repeating them; bidirectionally nothing is repeated.
+    model = hf.performerize(_llama().double(), FavorConfig(16))
+    _, module = hf.attention_modules(model)[0]
+    g = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 4, 5, 8, generator=g, dtype=torch.float64)
+    key, value = (torch.randn(2, 2, 5, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    repeated = [t.repeat_interleave(2, dim=1) for t in (key, value)]
+    expected, _ = hf.favor_attention_forward(module, query, *repeated, None, is_causal=causal)
+    calls = []
+    original = torch.Tensor.repeat_interleave
+
+    def counting(self, *args, **kwargs):
+        calls.append(tuple(self.shape))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "repeat_interleave", counting)
+    out, _ = hf.favor_attention_forward(module, query, key, value, None, is_causal=causal)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    assert calls == ([(2, 2, 5, 8)] * 2 if causal else [])  # causal: k and v, once each

@@ -15,7 +15,7 @@ from performers import (
     make_projection,
     replace_multihead_attention,
 )
-from performers.layers import KVCache, RotaryEmbedding, projection_seed
+from performers.layers import KVCache, RotaryEmbedding, projection_seed, sdpa_attention
 from performers.ops import FavorState
 from tests.helpers.numerics import generator
 
@@ -47,9 +47,9 @@ def test_favor_module_equals_ops(kernel, num_features, causal):
     module = FavorAttention(8, FavorConfig(num_features, kernel, seed=3, chunk_size=4), dtype=DT)
     q, k, v = qkv()
     mask = padding()
-    out = module(q, k, v, causal=causal, key_padding_mask=mask)
+    out = module(q, k, v, is_causal=causal, key_padding_mask=mask)
     expected = favor_attention(
-        q, k, v, module.projection, causal=causal, kernel=kernel, key_padding_mask=mask, chunk_size=4
+        q, k, v, module.projection, is_causal=causal, kernel=kernel, key_padding_mask=mask, chunk_size=4
     )
     assert torch.equal(out, expected)
 
@@ -57,8 +57,8 @@ def test_favor_module_equals_ops(kernel, num_features, causal):
 def test_favor_module_state_and_step_equal_parallel():
     module = FavorAttention(8, FavorConfig(16), dtype=DT)
     q, k, v = qkv(length=9)
-    full = module(q, k, v, causal=True)
-    out, state = module(q[:, :, :5], k[:, :, :5], v[:, :, :5], causal=True, return_state=True)
+    full = module(q, k, v, is_causal=True)
+    out, state = module(q[:, :, :5], k[:, :, :5], v[:, :, :5], is_causal=True, return_state=True)
     steps = [out]
     for t in range(5, 9):
         step, state = module.step(q[:, :, t : t + 1], k[:, :, t : t + 1], v[:, :, t : t + 1], state)
@@ -156,7 +156,7 @@ def test_state_dict_round_trip_restores_projection_and_count():
     target.load_state_dict(source.state_dict())
     q, k, v = qkv()
     assert int(target.redraw_count) == 3
-    assert torch.equal(target(q, k, v, causal=True), source(q, k, v, causal=True))
+    assert torch.equal(target(q, k, v, is_causal=True), source(q, k, v, is_causal=True))
     source.redraw()
     target.redraw()
     assert torch.equal(target.projection, source.projection)
@@ -214,7 +214,7 @@ def test_self_attention_favor_equals_ops_composition():
         return t.view(2, 10, 3, 4).transpose(1, 2)
 
     q, k, v = heads(attn.q_proj(x)), heads(attn.k_proj(x)), heads(attn.v_proj(x))
-    ref = favor_attention(q, k, v, attn.favor.projection, causal=True, key_padding_mask=mask)
+    ref = favor_attention(q, k, v, attn.favor.projection, is_causal=True, key_padding_mask=mask)
     expected = attn.out_proj(ref.transpose(1, 2).reshape(2, 10, 12))
     assert torch.equal(out, expected)
 
@@ -435,3 +435,31 @@ def test_modules_deepcopy_and_pickle_with_registry_kernels():
     for other in (restored, copy.deepcopy(module)):
         assert other.kernel.name == "relu"
         assert torch.equal(other(q.float(), k.float(), v.float()), module(q.float(), k.float(), v.float()))
+
+
+def test_favor_attention_says_is_causal_and_reads_sdpa_masks_and_grouped_heads():
+    module = FavorAttention(8, FavorConfig(16), dtype=DT)
+    q, k, v = qkv()
+    mask = padding()
+    expected = favor_attention(q, k, v, module.projection, is_causal=True, key_padding_mask=mask)
+    torch.testing.assert_close(module(q, k, v, is_causal=True, key_padding_mask=mask), expected)
+    # SDPA's boolean mask (True = attend), here key padding with the causal triangle.
+    triangle = torch.ones(13, 13, dtype=torch.bool).tril()
+    torch.testing.assert_close(module(q, k, v, attn_mask=~mask[:, None, None, :] & triangle), expected)
+    with pytest.deprecated_call(match=r"FavorAttention.forward\(causal=...\) is deprecated"):
+        old = module(q, k, v, causal=True, key_padding_mask=mask)
+    torch.testing.assert_close(old, expected)
+    # Grouped-query attention: 3 query heads on 1 key/value head.
+    one_k, one_v = k[:, :1], v[:, :1]
+    grouped = module(q, one_k, one_v, enable_gqa=True)
+    torch.testing.assert_close(grouped, module(q, one_k.expand_as(k), one_v.expand_as(v)))
+
+
+def test_exact_attention_helpers_say_is_causal():
+    q, k, v = qkv()
+    full = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(sdpa_attention(q, k, v, is_causal=True), full)
+    with pytest.deprecated_call(match="sdpa_attention"):
+        torch.testing.assert_close(sdpa_attention(q, k, v, causal=True), full)
+    with pytest.raises(TypeError, match="not both"):
+        sdpa_attention(q, k, v, is_causal=True, causal=True)

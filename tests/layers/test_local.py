@@ -36,7 +36,7 @@ def _padding(batch, length):
 def test_blocked_path_equals_the_band_masked_reference_with_gradients(causal, length, window, padded):
     q, k, v = (x.requires_grad_() for x in _inputs(length))
     mask = _padding(2, length) if padded else None
-    fast = local_attention(q, k, v, window=window, causal=causal, key_padding_mask=mask)
+    fast = local_attention(q, k, v, window=window, is_causal=causal, key_padding_mask=mask)
     slow = local_attention_reference(q, k, v, window=window, causal=causal, key_padding_mask=mask)
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)
     grad = torch.randn_like(fast)
@@ -57,13 +57,13 @@ def test_band_is_the_definition_and_a_window_as_long_as_the_sequence_is_exact_at
     assert all(bool(both[i, j]) == (abs(i - j) < 2) for i in range(6) for j in range(6))
     q, k, v = _inputs(30)
     full = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-    torch.testing.assert_close(local_attention(q, k, v, window=30, causal=True), full)
+    torch.testing.assert_close(local_attention(q, k, v, window=30, is_causal=True), full)
 
 
 def test_gradcheck_float64():
     q, k, v = (x[:1, :1, :, :3].clone().requires_grad_() for x in _inputs(11))
     assert torch.autograd.gradcheck(
-        lambda a, b, c: local_attention(a, b, c, window=3, causal=True), (q, k, v)
+        lambda a, b, c: local_attention(a, b, c, window=3, is_causal=True), (q, k, v)
     )
     assert torch.autograd.gradcheck(lambda a, b, c: local_attention(a, b, c, window=2), (q, k, v))
 
@@ -78,7 +78,7 @@ def test_memory_is_linear_in_length_not_quadratic():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        local_attention(q, k, v, window=32, causal=True)
+        local_attention(q, k, v, window=32, is_causal=True)
     assert max(sizes) < 4096 * 4096 // 8  # far below one L×L matrix (16.8M elements)
     assert max(sizes) <= 4 * 4096 * 3 * 32  # O(L·W)
 
@@ -146,9 +146,9 @@ def test_local_attention_refuses_cross_attention_and_extra_masks_also_when_decod
     cache = KVCache(torch.randn(1, 2, 3, 4), torch.randn(1, 2, 3, 4))
     bias = torch.zeros(1, 1, 1, 4)
     with pytest.raises(ValueError, match="got an attn_bias"):
-        layer._attend(q, q, q, causal=True, attn_bias=bias, cache=cache)
+        layer._attend(q, q, q, is_causal=True, attn_bias=bias, cache=cache)
     with pytest.raises(ValueError, match="got an attn_bias"):
-        layer._attend(q, q, q, causal=True, attn_bias=bias[..., :1])
+        layer._attend(q, q, q, is_causal=True, attn_bias=bias[..., :1])
 
 
 def test_one_decoded_token_reads_only_the_last_window_keys():
@@ -159,7 +159,7 @@ def test_one_decoded_token_reads_only_the_last_window_keys():
     k, v = torch.randn(1, 2, 9, 4, generator=g), torch.randn(1, 2, 9, 4, generator=g)
     q = torch.randn(1, 2, 1, 4, generator=g)
     out, cache = layer._attend(
-        q, k[:, :, 8:], v[:, :, 8:], causal=True, cache=KVCache(k[:, :, :8], v[:, :, :8])
+        q, k[:, :, 8:], v[:, :, 8:], is_causal=True, cache=KVCache(k[:, :, :8], v[:, :, :8])
     )
     expected = torch.nn.functional.scaled_dot_product_attention(q, k[:, :, 6:], v[:, :, 6:])
     torch.testing.assert_close(out, expected)

@@ -74,7 +74,7 @@ W = orthogonal_projection(16, 8, generator=torch.Generator().manual_seed(0))
         ({"block_size": 0}, ValueError, r"block_size must be None or an int >= 1, got 0"),
         ({"block_size": True}, ValueError, r"block_size must be None or an int >= 1, got True"),
         ({"block_size": 2.0}, ValueError, r"block_size must be None or an int >= 1, got 2.0"),
-        ({"return_state": True}, ValueError, r"only defined for causal=True"),
+        ({"return_state": True}, ValueError, r"only defined for is_causal=True"),
     ],
 )
 def test_favor_attention_rejects_bad_input(kwargs, error, pattern):

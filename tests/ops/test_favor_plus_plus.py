@@ -261,7 +261,8 @@ def test_recurrent_step_and_prefill_reproduce_the_parallel_pass():
         )
         outs.append(out)
     torch.testing.assert_close(torch.cat(outs, 2), parallel, rtol=1e-9, atol=1e-9)
-    for a, b in zip(state, final, strict=True):
+    assert state.kernel == final.kernel  # the name, beside the tensors
+    for a, b in zip(state[:4], final[:4], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     head, state = favor_attention(
         q[:, :, :9],
@@ -277,10 +278,14 @@ def test_recurrent_step_and_prefill_reproduce_the_parallel_pass():
         q[:, :, 9:], k[:, :, 9:], v[:, :, 9:], W, causal=True, kernel="favor++", initial_state=state
     )
     torch.testing.assert_close(torch.cat([head, tail], 2), parallel, rtol=1e-10, atol=1e-10)
-    # A state built by another kernel has no A to continue with.
+    # A state built by another kernel has no A to continue with: refused by the kernel it
+    # records, and (for a state that records none) by its missing kernel_params.
     _, plain = favor_attention(q, k, v, W, causal=True, return_state=True)
-    with pytest.raises(ValueError, match="kernel_params"):
+    with pytest.raises(ValueError, match=r"built by kernel 'softmax'.*'favor\+\+'"):
         favor_attention_step(q[:, :, :1], k[:, :, :1], v[:, :, :1], plain, W, kernel="favor++")
+    with pytest.raises(ValueError, match="kernel_params"):
+        unnamed = plain._replace(kernel=None)
+        favor_attention_step(q[:, :, :1], k[:, :, :1], v[:, :, :1], unnamed, W, kernel="favor++")
 
 
 @pytest.mark.parametrize("causal,length", [(False, 4), (True, 5)])

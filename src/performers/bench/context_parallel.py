@@ -110,9 +110,9 @@ def _op_step(spec: Spec, rank: int):
 
     def step() -> None:
         if spec.single:
-            out = favor_attention(q, k, v, w, causal=spec.causal)
+            out = favor_attention(q, k, v, w, is_causal=spec.causal)
         else:
-            out = distributed.favor_attention(q, k, v, w, causal=spec.causal)
+            out = distributed.favor_attention(q, k, v, w, is_causal=spec.causal)
         out.backward(grad)
         for t in (q, k, v):
             t.grad = None

@@ -85,7 +85,7 @@ def _cache_bytes(cache: PerformerCache) -> int:
         if isinstance(layer, KVCache):
             total += layer.nbytes()
         else:
-            total += sum(t.numel() * t.element_size() for t in layer if t is not None)
+            total += sum(t.numel() * t.element_size() for t in layer if isinstance(t, torch.Tensor))
     return total
 
 

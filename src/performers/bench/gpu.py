@@ -150,7 +150,7 @@ def _attention(spec: AttentionSpec, device: torch.device):
         q, k, v = tensor(b, h, length, d), tensor(b, h, length, d), tensor(b, h, length, d)
         w = orthogonal_projection(m, d, generator=g).to(device)
         backend = spec.method.removeprefix("favor-")
-        return [q, k, v], lambda: favor_attention(q, k, v, w, causal=spec.causal, backend=backend)
+        return [q, k, v], lambda: favor_attention(q, k, v, w, is_causal=spec.causal, backend=backend)
     if spec.method == "sdpa":
         q, k, v = tensor(b, h, length, d), tensor(b, h, length, d), tensor(b, h, length, d)
         if device.type != "cuda":

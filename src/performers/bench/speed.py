@@ -71,7 +71,7 @@ def _build(spec: Spec, generator: torch.Generator) -> Callable[..., torch.Tensor
     if method in ("favor", "favor-causal"):
         causal = method == "favor-causal"
         options = {"kernel": spec.kernel, "chunk_size": spec.chunk_size, "block_size": spec.block_size}
-        return lambda q, k, v: favor_attention(q, k, v, w, causal=causal, **options)
+        return lambda q, k, v: favor_attention(q, k, v, w, is_causal=causal, **options)
     if method in ("exact", "exact-causal"):
         causal = method == "exact-causal"
         return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)

@@ -49,7 +49,7 @@ def favor_attention(
     v: Tensor,
     projection: Tensor | None = None,
     *,
-    causal: bool = False,
+    is_causal: bool = False,
     kernel: KernelLike = "softmax",
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
@@ -60,6 +60,7 @@ def favor_attention(
     block_size: int | None = None,
     group=None,
     shard_offset: int | None = None,
+    causal: bool | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """:func:`performers.favor_attention` of a sequence split over the processes of ``group``.
 
@@ -75,12 +76,16 @@ def favor_attention(
     Args:
         q: ``(B, H, Lq_r, D)``, k: ``(B, H, Lk_r, D)``, v: ``(B, H, Lk_r, Dv)``: this process's
             shard (causal: ``Lq_r == Lk_r``; bidirectional: query and key shards may differ).
-        projection, causal, kernel, scale, chunk_size, eps, block_size: as in
-            :func:`performers.favor_attention`, the same on every process (checked).
+        projection, is_causal, kernel, scale, chunk_size, eps, block_size: as in
+            :func:`performers.favor_attention`, the same on every process (checked);
+            ``causal`` is the older spelling of ``is_causal``. (``attn_mask`` and
+            ``enable_gqa`` are not taken here: pass key padding as ``key_padding_mask`` and
+            repeat grouped key/value heads.)
         key_padding_mask: ``(B, Lk_r)`` bool, True marks a padded key of this shard; padding may
             sit anywhere, and a shard may be entirely padding.
         initial_state: causal only, the state before the whole sequence (the same on every
-            process), e.g. from an earlier call.
+            process), e.g. from an earlier call; checked against the inputs as in
+            :func:`performers.favor_attention`.
         return_state: causal only, also return the state after the *whole* sequence (the same
             on every process): decoding continues from it with
             :func:`performers.favor_attention_step` on one process.
@@ -111,13 +116,13 @@ def favor_attention(
     row, error, call = None, None, None
     try:
         call = check_favor_call(
-            q, k, v, projection, kernel=kernel, causal=causal, scale=scale,
+            q, k, v, projection, kernel=kernel, is_causal=is_causal, causal=causal, scale=scale,
             key_padding_mask=key_padding_mask, chunk_size=chunk_size, block_size=block_size,
             initial_state=initial_state, return_state=return_state, eps=eps,
         )  # fmt: skip
         row = call_row(
             q, k, v, projection,
-            kernel_name=call.kernel.name, causal=causal, scale=float(call.scale),
+            kernel_name=call.kernel.name, causal=call.causal, scale=float(call.scale),
             initial_state=initial_state is not None, return_state=return_state, shard_offset=shard_offset,
         )  # fmt: skip
     except (TypeError, ValueError) as caught:
@@ -134,13 +139,14 @@ def favor_attention(
         else:
             shards = ContextShards(
                 group,
-                causal=causal,
+                causal=call.causal,
                 self_attention=layout.self_attention,
                 initial_offset=None if initial_state is None else initial_state.log_offset.to(dtype),
             )
             out, state = _generic(call, shards)
     if return_state:
-        return out.to(out_dtype), state
+        # The state records its kernel, as the single-process one does.
+        return out.to(out_dtype), state._replace(kernel=call.kernel.name)
     return out.to(out_dtype)
 
 

@@ -33,8 +33,9 @@ class FavorCacheLayer(CacheLayerMixin):
     tensors ``update`` returned straight to the attention function, so the ``"favor"``
     attention function that receives *that very tensor* (an identity check, no guessing)
     continues this layer's :class:`FavorState`
-    (``kv (B, H, M', D)``, ``normalizer (B, H, M')``, ``log_offset (B, H)``, and FAVOR++'s
-    ``kernel_params (B, H)``) and stores the
+    (``kv (B, H, M', D)``, ``normalizer (B, H, M')``, ``log_offset (B, H)``, FAVOR++'s
+    ``kernel_params (B, H)`` and the kernel's name; ``H`` the query heads also under
+    grouped-query attention) and stores the
     result. The state's size does not depend on the number of tokens seen.
 
     A cache continues the sequences it has seen (as every HF cache does): reusing it for another
@@ -112,7 +113,8 @@ class FavorCacheLayer(CacheLayerMixin):
 
     def _map_state(self, fn) -> None:
         if self.state is not None:
-            self.state = FavorState(*(None if t is None else fn(t) for t in self.state))
+            # Tensors only: kernel_params may be None and the state records its kernel's name.
+            self.state = FavorState(*(fn(t) if isinstance(t, Tensor) else t for t in self.state))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_state(lambda t: t.index_select(0, beam_idx.to(t.device)))

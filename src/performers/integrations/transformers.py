@@ -92,7 +92,7 @@ from performers.integrations.hf_cache import FavorCache, FavorCacheLayer, take_p
 from performers.integrations.hf_masks import favor_mask, key_padding
 from performers.layers import FavorAttention, FavorConfig
 from performers.layers.favor_config import FAVOR_FORMAT, favor_config_from_saved
-from performers.ops import favor_attention
+from performers.ops import FavorState, favor_attention
 from performers.utils import InputError
 
 __all__ = [
@@ -358,10 +358,10 @@ def favor_attention_forward(
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     batch, _, q_len, _ = query.shape
     layer = take_pending(key)
-    groups = int(getattr(module, "num_key_value_groups", 1) or 1)
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    # Grouped-query attention (Llama's num_key_value_heads): key and value keep their Hkv heads
+    # and favor_attention reads them with enable_gqa (bidirectional: no copy; causal: repeated
+    # inside, the state has H heads).
+    gqa = query.shape[1] != key.shape[1]
     k_len = key.shape[2]
     pad = key_padding(attention_mask, causal, q_len, k_len, batch)
     common = {
@@ -369,6 +369,7 @@ def favor_attention_forward(
         "scale": scaling,
         "chunk_size": favor.config.chunk_size,
         "block_size": favor.config.block_size,
+        "enable_gqa": gqa,
     }
     projection = favor.projection
 
@@ -398,23 +399,30 @@ def favor_attention_forward(
             key[:, :, :past],
             value[:, :, :past],
             projection,
-            causal=True,
+            is_causal=True,
             key_padding_mask=pad_past,
             return_state=True,
-            **common,
+            **{**common, "enable_gqa": False},
         )
+        if gqa:
+            # The prefix sums of a key/value head serve each of its query heads: summed once
+            # per key/value head, then repeated to the H heads the continuation's state has.
+            groups = query.shape[1] // key.shape[1]
+            state = FavorState(
+                *(t.repeat_interleave(groups, dim=1) if isinstance(t, Tensor) else t for t in state)
+            )
         out = favor_attention(
             query,
             key[:, :, past:],
             value[:, :, past:],
             projection,
-            causal=True,
+            is_causal=True,
             key_padding_mask=pad_new,
             initial_state=state,
             **common,
         )
     else:
-        out = favor_attention(query, key, value, projection, causal=causal, key_padding_mask=pad, **common)
+        out = favor_attention(query, key, value, projection, is_causal=causal, key_padding_mask=pad, **common)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -442,7 +450,7 @@ def _continue_cache(
             key,
             value,
             projection,
-            causal=True,
+            is_causal=True,
             key_padding_mask=pad,
             initial_state=layer.state,
             return_state=True,

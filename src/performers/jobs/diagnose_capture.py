@@ -117,7 +117,12 @@ def capture_performers(
         scale = module.scale if module.scale is not None else q.shape[-1] ** -0.5
         captured.append(
             CapturedAttention(
-                q.double(), k.double(), v.double(), padding, bool(kwargs.get("causal", False)), float(scale)
+                q.double(),
+                k.double(),
+                v.double(),
+                padding,
+                bool(kwargs.get("is_causal", kwargs.get("causal", False))),
+                float(scale),
             )
         )
 
@@ -125,7 +130,12 @@ def capture_performers(
         q, k, v = args[:3]
         layer = captured[-1]
         out = exact_attention(
-            q, k, v, causal=layer.causal, scale=layer.scale, key_padding_mask=kwargs.get("key_padding_mask")
+            q,
+            k,
+            v,
+            is_causal=layer.causal,
+            scale=layer.scale,
+            key_padding_mask=kwargs.get("key_padding_mask"),
         )
         return out.to(output.dtype)
 

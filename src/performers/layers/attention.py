@@ -156,7 +156,7 @@ class MultiheadAttentionBase(nn.Module):
         k: Tensor,
         v: Tensor,
         *,
-        causal: bool,
+        is_causal: bool,
         key_padding_mask: Tensor | None = None,
         attn_bias: Tensor | None = None,
         cache: LayerCache | None = None,
@@ -168,6 +168,7 @@ class MultiheadAttentionBase(nn.Module):
         ``context_group``: the heads are this process's shard of a sequence split over a
         process group (FAVOR+ only; see :func:`performers.distributed.favor_attention`).
         """
+        causal = is_causal
         if (cache is not None or use_cache) and not causal:
             raise ValueError(
                 "incremental decoding (cache / use_cache) needs causal attention (is_causal=True)"
@@ -190,7 +191,7 @@ class MultiheadAttentionBase(nn.Module):
                 )
             if cache is None and not use_cache:
                 out = self.favor(
-                    q, k, v, causal=causal, key_padding_mask=key_padding_mask, context_group=context_group
+                    q, k, v, is_causal=causal, key_padding_mask=key_padding_mask, context_group=context_group
                 )
                 return out, None
             if cache is not None and not isinstance(cache, FavorState):
@@ -201,7 +202,7 @@ class MultiheadAttentionBase(nn.Module):
                 q,
                 k,
                 v,
-                causal=True,
+                is_causal=True,
                 key_padding_mask=key_padding_mask,
                 initial_state=cache,
                 return_state=True,
@@ -222,7 +223,7 @@ class MultiheadAttentionBase(nn.Module):
                 k,
                 v,
                 window=self.window,
-                causal=causal,
+                is_causal=causal,
                 key_padding_mask=key_padding_mask,
                 dropout_p=self.dropout if self.training else 0.0,
                 scale=self.favor.scale,
@@ -258,7 +259,7 @@ class MultiheadAttentionBase(nn.Module):
             q,
             k,
             v,
-            causal=causal,
+            is_causal=causal,
             key_padding_mask=key_padding_mask,
             attn_bias=attn_bias,
             past_length=past_length,
@@ -375,7 +376,7 @@ class PerformerSelfAttention(MultiheadAttentionBase):
             q,
             k,
             v,
-            causal=is_causal,
+            is_causal=is_causal,
             key_padding_mask=key_padding_mask,
             cache=cache,
             use_cache=use_cache,
@@ -414,5 +415,5 @@ class PerformerCrossAttention(MultiheadAttentionBase):
         q = self._split_heads(self.q_proj(x))
         k = self._split_heads(self.k_proj(memory))
         v = self._split_heads(self.v_proj(memory))
-        out, _ = self._attend(q, k, v, causal=False, key_padding_mask=memory_key_padding_mask)
+        out, _ = self._attend(q, k, v, is_causal=False, key_padding_mask=memory_key_padding_mask)
         return self.out_proj(self._merge_heads(out))

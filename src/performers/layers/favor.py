@@ -27,6 +27,7 @@ from performers.ops import (
     get_kernel,
     make_projection,
 )
+from performers.ops.masks import resolve_is_causal
 from performers.utils import derive_seed
 from performers.utils.validation import is_int
 
@@ -161,29 +162,39 @@ class FavorAttention(nn.Module):
         k: Tensor,
         v: Tensor,
         *,
-        causal: bool = False,
+        is_causal: bool = False,
         key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        enable_gqa: bool = False,
         initial_state: FavorState | None = None,
         return_state: bool = False,
         context_group=None,
+        causal: bool | None = None,
     ) -> Tensor | tuple[Tensor, FavorState]:
         """FAVOR+ attention over ``(B, H, L, D)`` inputs with this module's projection.
 
         Args:
-            q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
-            causal: unidirectional attention (``Lq == Lk``).
+            q: ``(B, H, Lq, D)``; k: ``(B, Hkv, Lk, D)``; v: ``(B, Hkv, Lk, Dv)`` (``Hkv = H``
+                unless ``enable_gqa``).
+            is_causal: unidirectional attention (``Lq == Lk``).
             key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
+            attn_mask, enable_gqa: SDPA's boolean mask (True = attend; the masks that factor
+                into key padding and causality) and grouped-query attention, see
+                :func:`performers.favor_attention`.
             initial_state, return_state: continue from / return the recurrent state
                 (causal only), see :func:`performers.favor_attention`.
             context_group: the inputs are this process's shard of a sequence split over a
                 process group (or 1-D DeviceMesh): context parallelism,
-                :func:`performers.distributed.favor_attention`.
+                :func:`performers.distributed.favor_attention` (``attn_mask`` is not taken there;
+                grouped key/value heads are repeated).
+            causal: deprecated spelling of ``is_causal`` (a DeprecationWarning).
 
         Returns:
             ``(B, H, Lq, Dv)``, and the :class:`FavorState` when ``return_state``.
         """
+        is_causal = resolve_is_causal(is_causal, causal, deprecated_in="FavorAttention.forward")
         options = dict(
-            causal=causal,
+            is_causal=is_causal,
             kernel=self.kernel,
             scale=self.scale,
             key_padding_mask=key_padding_mask,
@@ -194,22 +205,34 @@ class FavorAttention(nn.Module):
             block_size=self.config.block_size,
         )
         if context_group is not None:
+            if attn_mask is not None:
+                raise ValueError(
+                    "context parallelism takes key padding as key_padding_mask, not attn_mask "
+                    "(see performers.distributed.favor_attention)"
+                )
+            if enable_gqa and k.shape[1] and q.shape[1] != k.shape[1]:
+                groups = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             return distributed.favor_attention(q, k, v, self.projection, **options, group=context_group)
         return favor_attention(
-            q, k, v, self.projection, **options, backend=self.config.backend,
-            recompute_features=self.config.recompute_features,
+            q, k, v, self.projection, **options, attn_mask=attn_mask, enable_gqa=enable_gqa,
+            backend=self.config.backend, recompute_features=self.config.recompute_features,
         )  # fmt: skip
 
-    def step(self, q: Tensor, k: Tensor, v: Tensor, state: FavorState | None) -> tuple[Tensor, FavorState]:
-        """One causal position from the recurrent state: ``q, k`` ``(B, H, 1, D)``, ``v`` ``(B, H, 1, Dv)``.
+    def step(
+        self, q: Tensor, k: Tensor, v: Tensor, state: FavorState | None, *, enable_gqa: bool = False
+    ) -> tuple[Tensor, FavorState]:
+        """One causal position from the recurrent state: ``q, k`` ``(B, H, 1, D)``, ``v`` ``(B, H, 1, Dv)``
+        (``k``, ``v`` with ``Hkv`` heads under ``enable_gqa``).
 
         Costs ``O(M·D)`` per head whatever the length of the prefix; returns ``(out (B, H, 1,
         Dv), new_state)``. Outside autograd the state's tensors are updated in place (as a KV
-        cache is appended to): the returned state shares them.
+        cache is appended to): the returned state shares them. The inputs are not checked (a
+        decoding loop's per-token cost); the state came from this module's causal call.
         """
         return favor_attention_step(
             q, k, v, state, self.projection, kernel=self.kernel, scale=self.scale, eps=self.eps,
-            backend=self.config.backend, inplace=True, check_inputs=False,
+            enable_gqa=enable_gqa, backend=self.config.backend, inplace=True, check_inputs=False,
         )  # fmt: skip
 
     def extra_repr(self) -> str:

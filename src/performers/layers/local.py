@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from performers.layers.sdpa import sdpa_attention
+from performers.ops.masks import resolve_is_causal
 from performers.utils.validation import is_int
 
 __all__ = ["band_bias", "local_attention", "local_attention_reference"]
@@ -62,17 +63,18 @@ def local_attention(
     v: Tensor,
     *,
     window: int,
-    causal: bool = False,
+    is_causal: bool = False,
     key_padding_mask: Tensor | None = None,
     dropout_p: float = 0.0,
     scale: float | None = None,
+    causal: bool | None = None,
 ) -> Tensor:
     """Sliding-window softmax attention in ``O(L · window)`` time and memory.
 
     Args:
         q: ``(B, H, L, D)``; k: ``(B, H, L, D)``; v: ``(B, H, L, Dv)`` (self-attention: one length).
-        window: query ``i`` sees keys ``i − window < j ≤ i`` (causal) or ``|i − j| < window``.
-        causal: see ``window``.
+        window: query ``i`` sees keys ``i − window < j ≤ i`` (``is_causal``) or ``|i − j| < window``.
+        is_causal: see ``window``; ``causal`` is its deprecated spelling (a DeprecationWarning).
         key_padding_mask: ``(B, L)`` bool, True = padded key.
         dropout_p: dropout on the attention weights (as SDPA's).
         scale: default ``1/√D``.
@@ -80,6 +82,7 @@ def local_attention(
     Returns:
         ``(B, H, L, Dv)``; a query that sees no key gets 0 (as :func:`sdpa_attention`).
     """
+    causal = resolve_is_causal(is_causal, causal, deprecated_in="local_attention")
     _check_window(window)
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(

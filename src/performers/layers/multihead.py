@@ -196,7 +196,7 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
         q = self._split_heads(self.q_proj(query))
         k = self._split_heads(self.k_proj(key))
         v = self._split_heads(self.v_proj(value))
-        out, _ = self._attend(q, k, v, causal=causal, key_padding_mask=padding, attn_bias=attn_bias)
+        out, _ = self._attend(q, k, v, is_causal=causal, key_padding_mask=padding, attn_bias=attn_bias)
         out = self.out_proj(self._merge_heads(out))
         if not batched:
             out = out.squeeze(0)

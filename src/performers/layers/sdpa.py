@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from performers.ops.masks import resolve_is_causal
+
 __all__ = ["sdpa_attention"]
 
 
@@ -15,27 +17,30 @@ def sdpa_attention(
     k: Tensor,
     v: Tensor,
     *,
-    causal: bool = False,
+    is_causal: bool = False,
     key_padding_mask: Tensor | None = None,
     attn_bias: Tensor | None = None,
     past_length: int = 0,
     dropout_p: float = 0.0,
     scale: float | None = None,
+    causal: bool | None = None,
 ) -> Tensor:
     """Exact softmax attention through ``F.scaled_dot_product_attention``.
 
     Args:
         q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
-        causal: query ``i`` (absolute position ``past_length + i``) sees keys ``j ≤ past_length + i``.
+        is_causal: query ``i`` (absolute position ``past_length + i``) sees keys ``j ≤ past_length + i``.
         key_padding_mask: ``(B, Lk)`` bool, True = padded key.
         attn_bias: additive float mask broadcastable to ``(B, H, Lq, Lk)`` (``-inf`` = blocked).
         past_length: number of cached keys that precede the queries (incremental decoding).
         dropout_p: dropout on the attention weights.
         scale: default ``1/√D``.
+        causal: deprecated spelling of ``is_causal`` (a DeprecationWarning).
 
     Returns:
         ``(B, H, Lq, Dv)``; rows with no visible key are 0.
     """
+    causal = resolve_is_causal(is_causal, causal, deprecated_in="sdpa_attention")
     lq, lk = q.shape[-2], k.shape[-2]
     if causal and lq == 1 and past_length == lk - 1:
         causal = False  # the newest query sees every key anyway

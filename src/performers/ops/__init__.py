@@ -29,7 +29,10 @@ imported from their module.
 ``numerics``                helpers shared by references and fast paths (guarded division,
                             stabilizer offsets, chunk rescaling)
 ``state``                   ``FavorState`` (the causal recurrent state), ``DEFAULT_CHUNK_SIZE``
-``checks``                  input checks: typed errors naming the argument and its shape
+``checks``                  input checks: typed errors naming the argument and its shape,
+                            and the check of a causal state against the inputs it continues
+``masks``                   SDPA's keywords: ``is_causal`` (and the older ``causal``), boolean
+                            ``attn_mask`` factored into key padding and causality, ``dropout_p``
 ``shards``                  the protocol through which a sequence split over processes
                             completes its statistics (context parallelism)
 ``underflow``               query rows that underflowed to zero, counted and reported

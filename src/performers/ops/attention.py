@@ -1,11 +1,18 @@
 """FAVOR attention entry points: input checks and the choice of path, nothing else.
 
-``favor_attention`` mirrors the keyword style of ``F.scaled_dot_product_attention``: inputs
-``(B, H, L, D)``, an optional ``scale`` (default ``1/√D``), ``causal`` for the unidirectional
-form. Inputs in float16/bfloat16 are computed in float32 (with autocast disabled inside) and
-the output is returned in the input dtype — except bfloat16 inputs on the fused paths
-(bidirectional and causal), whose products run in bfloat16 (sums, maxima, normalizers and the
-causal state in float32; the returned state is float32).
+``favor_attention`` takes the keywords of ``F.scaled_dot_product_attention`` with their
+meaning there: inputs ``(B, H, L, D)`` in one dtype (mixed dtypes are a TypeError, as in SDPA),
+``attn_mask`` (boolean, True = attend; the masks that factor into key padding, with or without
+the causal triangle: :mod:`performers.ops.masks`), ``dropout_p`` (0 only), ``is_causal``,
+``scale`` (default ``1/√D``) and ``enable_gqa``; ``causal`` is kept as the older spelling of
+``is_causal``. Inputs in float16/bfloat16 are computed in float32 (with autocast disabled
+inside) and the output is returned in the input dtype — except bfloat16 inputs on the fused
+paths (bidirectional and causal), whose products run in bfloat16 (sums, maxima, normalizers and
+the causal state in float32; the returned state is float32). The projection may have any
+floating dtype: it is used in the dtype of the computation and never decides the output's.
+A causal state passed back in (``initial_state``, the ``state`` of a step) is checked against
+the inputs it continues, including the kernel it records
+(:func:`performers.ops.call.check_initial_state`).
 
 The arguments are checked once into a :class:`~performers.ops.call.FavorCall`, which goes to
 the direction that runs it — :func:`performers.ops.bidirectional.favor.bidirectional_favor_attention`
@@ -41,12 +48,20 @@ from torch import Tensor
 
 from performers.ops.bidirectional.favor import bidirectional_favor_attention
 from performers.ops.bidirectional.generic import bidirectional_linear_attention
-from performers.ops.call import FavorCall, check_favor_call, check_state_options, compute_dtype, input_scale
+from performers.ops.call import (
+    FavorCall,
+    check_favor_call,
+    check_initial_state,
+    check_state_options,
+    compute_dtype,
+    input_scale,
+)
 from performers.ops.causal.favor import causal_favor_attention
 from performers.ops.causal.generic import causal_linear_attention
 from performers.ops.causal.recurrent import exp_attention_step, generic_attention_step
 from performers.ops.checks import (
     check_positive_int,
+    check_state,
     shape_str,
     validate_devices,
     validate_mask,
@@ -54,6 +69,7 @@ from performers.ops.checks import (
     validate_qkv,
 )
 from performers.ops.kernels import Kernel, KernelLike, get_kernel
+from performers.ops.masks import mask_key_padding, resolve_is_causal
 from performers.ops.state import DEFAULT_CHUNK_SIZE, SEGMENT_CHUNKS, FavorState
 from performers.ops.underflow import warn_zero_rows
 
@@ -75,39 +91,73 @@ def linear_attention(
     k_features: Tensor,
     v: Tensor,
     *,
-    causal: bool = False,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    enable_gqa: bool = False,
     key_padding_mask: Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     initial_state: FavorState | None = None,
     return_state: bool = False,
     eps: float | None = None,
+    causal: bool | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """Normalized linear attention ``diag(Q'K'ᵀ1)⁻¹ Q'(K'ᵀV)`` for features you computed.
 
     Args:
         q_features: ``(B, H, Lq, M)``.
-        k_features: ``(B, H, Lk, M)``.
-        v: ``(B, H, Lk, Dv)``.
-        causal: unidirectional (prefix-sum) form; needs ``Lq == Lk``.
-        key_padding_mask: ``(B, Lk)`` bool, True marks a padded key: it is removed from both
-            the numerator and the denominator.
+        k_features: ``(B, Hkv, Lk, M)``, in the dtype of ``q_features``.
+        v: ``(B, Hkv, Lk, Dv)``, in that dtype too (TypeError otherwise, as SDPA).
+        attn_mask, is_causal, enable_gqa, key_padding_mask: as in :func:`favor_attention`.
         chunk_size, initial_state, return_state: causal form only, see
-            :func:`performers.ops.causal.generic.causal_linear_attention`.
+            :func:`performers.ops.causal.generic.causal_linear_attention`; the state has
+            ``(B, H, M, Dv)`` sums in the features' dtype (checked; a state's ``kernel`` is not,
+            since features carry no kernel).
         eps: denominator guard (see :func:`performers.ops.numerics.guarded_divide`).
+        causal: older spelling of ``is_causal``.
 
     Returns:
         ``(B, H, Lq, Dv)``, and the final :class:`FavorState` if ``return_state``.
     """
-    validate_qkv(q_features, k_features, v, causal=causal)
+    causal = resolve_is_causal(is_causal, causal)
+    validate_qkv(q_features, k_features, v, causal=causal and attn_mask is None, enable_gqa=enable_gqa)
     validate_mask(key_padding_mask, k_features.shape[0], k_features.shape[2])
     validate_devices(
-        q_features=q_features, k_features=k_features, v=v, key_padding_mask=key_padding_mask,
-        **({} if initial_state is None else {"initial_state": initial_state.kv}),
-    )  # fmt: skip
+        q_features=q_features,
+        k_features=k_features,
+        v=v,
+        key_padding_mask=key_padding_mask,
+        attn_mask=attn_mask if isinstance(attn_mask, Tensor) else None,  # a non-tensor: TypeError below
+    )
+    if attn_mask is not None:
+        b, h, lq = q_features.shape[:3]
+        padding, implied = mask_key_padding(attn_mask, batch=b, heads=h, q_len=lq, k_len=k_features.shape[2])
+        key_padding_mask = padding if key_padding_mask is None else key_padding_mask | padding
+        causal = causal or implied
+        if causal:
+            validate_qkv(q_features, k_features, v, causal=True, enable_gqa=enable_gqa)
     check_positive_int("chunk_size", chunk_size)
     check_state_options(causal, initial_state, return_state)
+    if initial_state is not None:
+        check_state(
+            initial_state,
+            name="initial_state",
+            shape=(*q_features.shape[:2], q_features.shape[-1], v.shape[-1]),
+            inputs=f"q_features {shape_str(q_features)} and v {shape_str(v)}",
+            kernel=None,
+            dtype=q_features.dtype,
+            input_dtype=q_features.dtype,
+            device=q_features.device,
+        )
     if key_padding_mask is not None:
         k_features = k_features.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+    groups = kv_groups(q_features, k_features)
+    if groups > 1 and not causal:
+        # Queries do not interact: G query heads read one key/value head as G·Lq rows (exact).
+        return _ungroup(
+            bidirectional_linear_attention(_group(q_features, groups), k_features, v, eps), groups
+        )
+    if groups > 1:
+        k_features, v = (t.repeat_interleave(groups, dim=1) for t in (k_features, v))
     if causal and q_features.shape[2] == 0:
         # No positions: one zero-feature position (it adds nothing to the state), then dropped.
         one = [F.pad(t, (0, 0, 0, 1)) for t in (q_features, k_features, v)]
@@ -128,15 +178,36 @@ def linear_attention(
     return bidirectional_linear_attention(q_features, k_features, v, eps)
 
 
+def kv_groups(q: Tensor, k: Tensor) -> int:
+    """``G = H / Hkv``: query heads per key/value head (1 without grouped-query attention)."""
+    return q.shape[1] // k.shape[1] if k.shape[1] else 1
+
+
+def _group(q: Tensor, groups: int) -> Tensor:
+    """``(B, Hkv·G, Lq, D)`` → ``(B, Hkv, G·Lq, D)``: query head ``h`` reads key/value head
+    ``h // G``, as in SDPA's ``enable_gqa`` (``repeat_interleave`` of the key/value heads)."""
+    b, h, lq, d = q.shape
+    return q.reshape(b, h // groups, groups * lq, d)
+
+
+def _ungroup(out: Tensor, groups: int) -> Tensor:
+    """The inverse of :func:`_group` on the output ``(B, Hkv, G·Lq, Dv)``."""
+    b, hkv, rows, dv = out.shape
+    return out.reshape(b, hkv * groups, rows // groups, dv)
+
+
 def favor_attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
     projection: Tensor | None = None,
     *,
-    causal: bool = False,
-    kernel: KernelLike = "softmax",
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
     scale: float | None = None,
+    enable_gqa: bool = False,
+    kernel: KernelLike = "softmax",
     key_padding_mask: Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     initial_state: FavorState | None = None,
@@ -145,16 +216,42 @@ def favor_attention(
     block_size: int | None = None,
     backend: BackendName = "auto",
     recompute_features: bool = False,
+    causal: bool | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """FAVOR attention: softmax (or generalized-kernel) attention in ``O(L·M·D)`` time.
 
+    The keywords of ``F.scaled_dot_product_attention`` mean what they mean there:
+    ``attn_mask``, ``dropout_p``, ``is_causal``, ``scale`` and ``enable_gqa`` (the projection,
+    which SDPA does not have, is the fourth positional argument, so pass SDPA's by keyword).
+
     Args:
         q: ``(B, H, Lq, D)`` queries.
-        k: ``(B, H, Lk, D)`` keys.
-        v: ``(B, H, Lk, Dv)`` values.
+        k: ``(B, Hkv, Lk, D)`` keys (``Hkv = H`` unless ``enable_gqa``).
+        v: ``(B, Hkv, Lk, Dv)`` values. ``q``, ``k`` and ``v`` share one dtype (TypeError
+            otherwise, as SDPA).
         projection: ``(M, D)`` random projection (see :func:`performers.orthogonal_projection`);
-            may be None only for generalized kernels, which then use ``f(x)`` directly.
-        causal: unidirectional attention (query ``i`` sees keys ``j ≤ i``); needs ``Lq == Lk``.
+            may be None only for generalized kernels, which then use ``f(x)`` directly. Any
+            floating dtype: it is used in the dtype the call computes in (a float32 projection
+            with bfloat16 inputs, as under autocast, is fine) and never sets the output dtype.
+        attn_mask: SDPA's boolean mask, True = the query attends the key, of a shape that
+            broadcasts to ``(B, H, Lq, Lk)``. FAVOR+ never forms the attention weights, so it
+            applies the masks that factor into key padding: ``(B, 1, 1, Lk)``, or
+            ``(B, 1, Lq, Lk)`` / ``(Lq, Lk)`` whose rows are all one key pattern, or that
+            pattern combined with the causal lower triangle (which then implies
+            ``is_causal``). Float (additive) masks and masks that do not factor are refused
+            with the reason (:func:`performers.ops.masks.mask_key_padding`). A query that may
+            attend no key gets 0 (SDPA gives NaN).
+        dropout_p: accepted as 0 only (there are no attention weights to drop).
+        is_causal: unidirectional attention (query ``i`` sees keys ``j ≤ i``); needs ``Lq == Lk``.
+        scale: the softmax temperature of ``exp(scale·qᵀk)``, default ``1/√D``; ``q`` and ``k``
+            are multiplied by ``√scale`` before the feature map.
+        enable_gqa: grouped-query attention as in SDPA: ``k`` and ``v`` have ``Hkv`` heads
+            dividing ``H`` and query head ``h`` reads key/value head ``h // (H / Hkv)``.
+            Bidirectionally the ``G = H / Hkv`` query heads of a group run as ``G·Lq`` rows
+            against their one key/value head (exact: queries do not interact; no key or value
+            is copied). Causally, and for kernels whose parameters depend on the queries
+            (``"favor++"``), the key/value heads are repeated (``repeat_interleave``); the
+            causal state then has ``H`` heads.
         kernel: a registry name (``"softmax"``, ``"softmax-hyperbolic"``, ``"trig"``,
             ``"favor++"``, ``"relu"``, ``"elu"``, ``"abs"``, ``"exp"``, ``"sigmoid"``,
             ``"gelu"``, ``"tanh"``, ``"cos"``, ``"identity"`` (the paper's kernel sweep), the Gaussian-kernel
@@ -163,13 +260,16 @@ def favor_attention(
             computes its parameter ``A`` per (batch, head) from ``q`` and ``k`` (causal: from
             the first non-padded position, kept in the returned state; see
             :mod:`performers.ops.favor_plus_plus`) and takes the generic (non-fused) paths.
-        scale: the softmax temperature of ``exp(scale·qᵀk)``, default ``1/√D``; ``q`` and ``k``
-            are multiplied by ``√scale`` before the feature map.
         key_padding_mask: ``(B, Lk)`` bool, True marks a padded key (as in
-            ``nn.MultiheadAttention``); padded keys leave numerator and denominator alike.
+            ``nn.MultiheadAttention``; the opposite of ``attn_mask``'s convention); padded keys
+            leave numerator and denominator alike. Combined with ``attn_mask``'s padding.
         chunk_size: positions per chunk of the causal algorithm, an int >= 1.
         initial_state: causal only, the state returned by an earlier call or by
-            :func:`favor_attention_step`; the keys here continue that prefix.
+            :func:`favor_attention_step`; the keys here continue that prefix. It is checked
+            against the inputs (batch, heads, ``M'`` — the kernel's feature width for the
+            projection, ``2M`` for the hyperbolic and trigonometric maps —, ``Dv``, kernel,
+            dtype — float64 for float64 inputs, float32 otherwise — and device): a mismatch
+            is a ValueError (TypeError for the dtype) naming both shapes.
         return_state: causal only, also return the state after the last position.
         eps: denominator guard, default the dtype's smallest normal number.
         block_size: None or an int >= 1; bidirectional exponential kernels only: positions per
@@ -185,14 +285,16 @@ def favor_attention(
             backward instead of keeping the ``(B, H, Lq, M)`` tensor (with ``M`` above the head
             dimension the largest one a layer keeps): less memory, about one more feature pass
             of time. Gradients are identical. Other paths already recompute or need autograd.
+        causal: older spelling of ``is_causal`` (giving it with ``is_causal=True`` is a TypeError).
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
         run as bfloat16 and return bfloat16, as SDPA does), and the :class:`FavorState`
-        (float32 or float64) if ``return_state``.
+        (float32 or float64, recording the kernel's name) if ``return_state``.
     """
     call = check_favor_call(
-        q, k, v, projection, causal=causal, kernel=kernel, scale=scale, key_padding_mask=key_padding_mask,
+        q, k, v, projection, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, causal=causal,
+        scale=scale, enable_gqa=enable_gqa, kernel=kernel, key_padding_mask=key_padding_mask,
         chunk_size=chunk_size, block_size=block_size, initial_state=initial_state, return_state=return_state,
         eps=eps, backend=backend, recompute_features=recompute_features,
     )  # fmt: skip
@@ -267,6 +369,19 @@ def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, Fa
         call = call.replace(q=q, k=k, v=v)
     if path is not None and path not in PATHS:
         raise ValueError(f"path must be None, 'fused' or 'generic', got {path!r}")
+    groups = kv_groups(call.q, call.k)
+    if groups > 1 and not call.causal and call.kernel.parameters is None:
+        # Queries do not interact: the G query heads of a group run as G·Lq rows against their
+        # one key/value head (exact; no key or value copied). A kernel whose parameters come
+        # from the queries (FAVOR++) would pool them over the group: it takes the repeat below.
+        grouped = call.replace(q=_group(call.q, groups))
+        return _ungroup(_run(grouped, path=path), groups)
+    if groups > 1:
+        # Causal: every query head's prefix state is its key/value head's (the same sums G
+        # times); the causal paths take one query per position, so the heads are repeated.
+        call = call.replace(
+            k=call.k.repeat_interleave(groups, dim=1), v=call.v.repeat_interleave(groups, dim=1)
+        )
     unavailable = _fused_unavailable(call.kernel, call.projection)
     if path == "fused" and unavailable is not None:
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
@@ -285,12 +400,17 @@ def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, Fa
         empty = torch.ones(call.q.shape[0], 1, dtype=torch.bool, device=call.q.device)
         padded = call.replace(q=one[0], k=one[1], v=one[2], key_padding_mask=empty)
         result = causal_favor_attention(padded, fused=fused, triton_map=triton_map)
-        return (result[0][:, :, :0], result[1]) if call.return_state else result[:, :, :0]
+        if call.return_state:
+            return result[0][:, :, :0], result[1]._replace(kernel=call.kernel.name)
+        return result[:, :, :0]
     result = causal_favor_attention(call, fused=fused, triton_map=triton_map)
     # Causal keys are stored under their running maximum: at large logits a query row can
     # underflow to zero, which is reported. Bidirectional paths cannot underflow a row.
     out = result[0] if call.return_state else result
     warn_zero_rows(out, call.v, call.key_padding_mask, call.initial_state, causal=True, stacklevel=4)
+    if call.return_state:
+        # The state records its kernel, so a later call with another kernel is refused.
+        return out, result[1]._replace(kernel=call.kernel.name)
     return result
 
 
@@ -303,6 +423,7 @@ def favor_attention_step(
     *,
     kernel: KernelLike = "softmax",
     scale: float | None = None,
+    enable_gqa: bool = False,
     eps: float | None = None,
     backend: BackendName = "auto",
     inplace: bool = False,
@@ -311,35 +432,48 @@ def favor_attention_step(
     """Causal FAVOR attention for one new position, from the recurrent state: ``O(M·D)``.
 
     Args:
-        q, k: ``(B, H, 1, D)``; v: ``(B, H, 1, Dv)`` — the new position.
+        q, k: ``(B, H, 1, D)`` and ``(B, Hkv, 1, D)``; v: ``(B, Hkv, 1, Dv)`` — the new
+            position, in one dtype (``Hkv = H`` unless ``enable_gqa``).
         state: the state after the previous positions (from ``favor_attention(...,
-            causal=True, return_state=True)`` or an earlier step), or None at the start.
+            is_causal=True, return_state=True)`` or an earlier step), or None at the start.
+            Checked against the inputs as ``initial_state`` is in :func:`favor_attention`
+            (batch, heads, ``M'``, ``Dv``, kernel, dtype, device; errors name both shapes).
         projection, kernel, scale, eps: as in :func:`favor_attention`.
+        enable_gqa: ``k`` and ``v`` with ``Hkv`` heads dividing ``H``, as in
+            :func:`favor_attention`: they are repeated to ``H`` heads (one position: cheap), and
+            the state has ``H`` heads, as the causal parallel call returns it.
         backend: as in :func:`favor_attention`; the Triton step is one fused kernel without
             autograd, so ``"auto"`` uses it only when no gradient is being recorded and
             ``"triton"`` refuses inputs that require one.
         inplace: update ``state``'s tensors in place and return them in the new state, as a
             decoding loop does with its cache (no new ``M×Dv`` tensor per token); exponential
             kernels on the PyTorch path, outside autograd; elsewhere the update is out of place.
-        check_inputs: False skips the shape and projection checks, for a decoding loop whose
-            inputs were checked once (per token they cost as much as a few tensor operations).
+        check_inputs: False skips the shape, projection and state checks, for a decoding loop
+            whose inputs were checked once (per token they cost as much as a few tensor
+            operations).
 
     Returns:
         ``(out, state)``: ``out`` of shape ``(B, H, 1, Dv)`` equal (up to rounding) to position
-        ``t`` of the parallel causal output, and the updated state.
+        ``t`` of the parallel causal output, and the updated state (recording the kernel's name).
     """
     kern = get_kernel(kernel)
     if check_inputs:
-        validate_qkv(q, k, v, causal=True)
+        validate_qkv(q, k, v, causal=True, enable_gqa=enable_gqa)
         if q.shape[2] != 1:
             raise ValueError(
                 f"favor_attention_step takes one position: q must be (B, H, 1, D), got {shape_str(q)}"
             )
         validate_projection(projection, kern, q.shape[-1])
+        validate_devices(q=q, k=k, v=v, projection=projection)
+        if state is not None:
+            check_initial_state(state, q, v, projection, kern, name="state")
+    groups = kv_groups(q, k)
+    if groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
     root_scale = input_scale(scale, q.shape[-1]) ** 0.5
-    out_dtype = torch.promote_types(q.dtype, v.dtype)
+    out_dtype = q.dtype
     recording = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, projection, *(state or ()))
+        isinstance(t, Tensor) and t.requires_grad for t in (q, k, v, projection, *(state or ()))
     )
     if backend == "triton" and recording:
         raise ValueError("backend='triton' cannot serve these inputs: the Triton step has no backward")
@@ -348,7 +482,7 @@ def favor_attention_step(
         from performers.ops.triton.paths import triton_step
 
         out, new_state = triton_step(q, k, v, state, triton_map, scale=root_scale, eps=eps)
-        return out.to(out_dtype), new_state
+        return out.to(out_dtype), new_state._replace(kernel=kern.name)
     dtype = compute_dtype(q, k, v)
     with torch.autocast(device_type=q.device.type, enabled=False):
         if kern.exp_form is not None and projection is not None:
@@ -361,4 +495,5 @@ def favor_attention_step(
             out, new_state = generic_attention_step(
                 q.to(dtype), k.to(dtype), v.to(dtype), state, kern, projection, scale=root_scale, eps=eps
             )
-    return (out if out.dtype == out_dtype else out.to(out_dtype)), new_state
+    # The state records its kernel, so a later step with another kernel is refused.
+    return (out if out.dtype == out_dtype else out.to(out_dtype)), new_state._replace(kernel=kern.name)

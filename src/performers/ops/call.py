@@ -19,20 +19,25 @@ from torch import Tensor
 
 from performers.ops.checks import (
     check_positive_int,
+    check_state,
+    shape_str,
     validate_devices,
     validate_mask,
     validate_projection,
     validate_qkv,
 )
 from performers.ops.kernels import Kernel, KernelLike, get_kernel
+from performers.ops.masks import check_dropout, mask_key_padding, resolve_is_causal
 from performers.ops.state import DEFAULT_CHUNK_SIZE, SEGMENT_CHUNKS, FavorState
 
 __all__ = [
     "FavorCall",
     "check_favor_call",
+    "check_initial_state",
     "check_state_options",
     "compute_dtype",
     "input_scale",
+    "state_dtype",
 ]
 
 
@@ -41,11 +46,14 @@ class FavorCall:
     """The checked arguments of one :func:`~performers.ops.favor_attention` call.
 
     Attributes:
-        q, k, v: ``(B, H, Lq, D)``, ``(B, H, Lk, D)``, ``(B, H, Lk, Dv)``.
+        q, k, v: ``(B, H, Lq, D)``, ``(B, Hkv, Lk, D)``, ``(B, Hkv, Lk, Dv)``, one dtype;
+            ``Hkv = H`` unless ``enable_gqa`` was given (then ``Hkv`` divides ``H``).
         projection: ``(M, D)`` or None (generalized kernels only).
         kernel: the resolved :class:`~performers.ops.Kernel`.
         scale: the softmax temperature (resolved: ``1/√D`` when not given).
-        causal, key_padding_mask, chunk_size, block_size, initial_state, return_state, eps,
+        causal: ``is_causal`` as resolved (its older spelling ``causal``, or implied by a
+            causal ``attn_mask``); key_padding_mask: with ``attn_mask``'s key padding folded in.
+        chunk_size, block_size, initial_state, return_state, eps,
         backend, recompute_features: as passed to :func:`~performers.ops.favor_attention`.
         segment_chunks: chunks per segment of the fused causal path (tests and benchmarks set it).
     """
@@ -74,7 +82,7 @@ class FavorCall:
 
     @property
     def out_dtype(self) -> torch.dtype:
-        """The dtype of the output: that of ``q`` and ``v`` promoted."""
+        """The dtype of the output: that of the inputs (one dtype, checked)."""
         return torch.promote_types(self.q.dtype, self.v.dtype)
 
     def replace(self, **changes) -> FavorCall:
@@ -110,9 +118,35 @@ def input_scale(scale: float | None, dim: int) -> float:
 
 
 def check_state_options(causal: bool, initial_state: FavorState | None, return_state: bool) -> None:
-    """``initial_state`` and ``return_state`` only with ``causal`` (ValueError otherwise)."""
+    """``initial_state`` and ``return_state`` only with ``is_causal`` (ValueError otherwise)."""
     if (initial_state is not None or return_state) and not causal:
-        raise ValueError("initial_state and return_state are only defined for causal=True")
+        raise ValueError("initial_state and return_state are only defined for is_causal=True")
+
+
+def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
+    """The dtype FAVOR attention keeps its causal state in: float64 for float64 inputs, float32
+    otherwise (half-precision inputs accumulate in float32)."""
+    return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
+def check_initial_state(
+    state: FavorState, q: Tensor, v: Tensor, projection: Tensor | None, kernel: Kernel, *, name: str
+) -> None:
+    """``state`` continues a call with these queries, values, projection and kernel (see
+    :func:`performers.ops.checks.check_state`): ``(B, H, M', Dv)`` with ``H`` the heads of ``q``
+    and ``M'`` the kernel's feature width for ``projection``."""
+    features = kernel.feature_dim(projection, q.shape[-1])
+    described = "" if projection is None else f" with projection {shape_str(projection)}"
+    check_state(
+        state,
+        name=name,
+        shape=(q.shape[0], q.shape[1], features, v.shape[-1]),
+        inputs=f"q {shape_str(q)}, v {shape_str(v)}{described} and kernel {kernel.name!r}",
+        kernel=kernel,
+        dtype=state_dtype(q.dtype),
+        input_dtype=q.dtype,
+        device=q.device,
+    )
 
 
 def check_favor_call(
@@ -122,7 +156,11 @@ def check_favor_call(
     projection: Tensor | None,
     *,
     kernel: KernelLike = "softmax",
-    causal: bool = False,
+    is_causal: bool = False,
+    causal: bool | None = None,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    enable_gqa: bool = False,
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -135,18 +173,36 @@ def check_favor_call(
     segment_chunks: int = SEGMENT_CHUNKS,
 ) -> FavorCall:
     """The input checks of :func:`~performers.ops.favor_attention` (typed errors naming the
-    argument); returns the checked :class:`FavorCall`. Also used by
-    :func:`performers.distributed.favor_attention`. (``backend`` is checked where it is
-    resolved, :func:`performers.ops.attention.triton_map_for`.)"""
-    validate_qkv(q, k, v, causal=causal)
+    argument); returns the checked :class:`FavorCall`, with ``attn_mask`` folded into
+    ``key_padding_mask`` and ``causal``. Also used by :func:`performers.distributed.favor_attention`.
+    (``backend`` is checked where it is resolved, :func:`performers.ops.attention.triton_map_for`.)"""
+    causal = resolve_is_causal(is_causal, causal)
+    check_dropout(dropout_p)
+    validate_qkv(q, k, v, causal=causal and attn_mask is None, enable_gqa=enable_gqa)
     kern = get_kernel(kernel)
     validate_projection(projection, kern, q.shape[-1])
     validate_mask(key_padding_mask, k.shape[0], k.shape[2])
+    validate_devices(
+        q=q,
+        k=k,
+        v=v,
+        projection=projection,
+        key_padding_mask=key_padding_mask,
+        attn_mask=attn_mask if isinstance(attn_mask, Tensor) else None,  # a non-tensor: TypeError below
+    )
+    if attn_mask is not None:
+        padding, implied = mask_key_padding(
+            attn_mask, batch=q.shape[0], heads=q.shape[1], q_len=q.shape[2], k_len=k.shape[2]
+        )
+        key_padding_mask = padding if key_padding_mask is None else key_padding_mask | padding
+        causal = causal or implied
+        if causal:
+            validate_qkv(q, k, v, causal=True, enable_gqa=enable_gqa)
     check_positive_int("chunk_size", chunk_size)
     check_positive_int("block_size", block_size, optional=True)
     check_state_options(causal, initial_state, return_state)
-    state_tensors = {} if initial_state is None else {"initial_state": initial_state.kv}
-    validate_devices(q=q, k=k, v=v, projection=projection, key_padding_mask=key_padding_mask, **state_tensors)
+    if initial_state is not None:
+        check_initial_state(initial_state, q, v, projection, kern, name="initial_state")
     check_positive_int("segment_chunks", segment_chunks)
     return FavorCall(
         q, k, v, projection, kern, input_scale(scale, q.shape[-1]),

@@ -6,11 +6,13 @@ import torch
 from torch import Tensor
 
 from performers.ops.kernels import Kernel
+from performers.ops.state import FavorState
 from performers.utils.validation import is_int
 
 __all__ = [
     "check_float",
     "check_positive_int",
+    "check_state",
     "shape_str",
     "validate_devices",
     "validate_mask",
@@ -41,16 +43,34 @@ def check_positive_int(name: str, value: int | None, *, optional: bool = False) 
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
-def validate_qkv(q: Tensor, k: Tensor, v: Tensor, *, causal: bool) -> None:
-    """``q`` ``(B, H, Lq, D)``, ``k`` ``(B, H, Lk, D)``, ``v`` ``(B, H, Lk, Dv)``; ``Lq == Lk`` if causal."""
+def validate_qkv(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, enable_gqa: bool = False) -> None:
+    """``q`` ``(B, H, Lq, D)``, ``k`` ``(B, Hkv, Lk, D)``, ``v`` ``(B, Hkv, Lk, Dv)`` in one dtype,
+    with ``Hkv = H`` (or, with ``enable_gqa``, ``Hkv`` dividing ``H``); ``Lq == Lk`` if causal."""
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_float(name, t)
         if t.dim() != 4:
             raise ValueError(f"{name} must have shape (B, H, L, D) with 4 dimensions, got {shape_str(t)}")
-    if q.shape[:2] != k.shape[:2] or q.shape[:2] != v.shape[:2]:
+    if not q.dtype == k.dtype == v.dtype:
+        # As F.scaled_dot_product_attention: a silent promotion would pick the output dtype.
+        raise TypeError(
+            f"q, k and v must have the same dtype (as F.scaled_dot_product_attention requires), "
+            f"got q {q.dtype}, k {k.dtype}, v {v.dtype}"
+        )
+    if q.shape[0] != k.shape[0] or k.shape[:2] != v.shape[:2]:
         raise ValueError(
-            "q, k and v must share batch and head sizes (B, H); "
+            "q, k and v must share batch and head sizes (B, H) (k and v: (B, Hkv) with enable_gqa); "
             f"got q {shape_str(q)}, k {shape_str(k)}, v {shape_str(v)}"
+        )
+    heads, kv_heads = q.shape[1], k.shape[1]
+    if enable_gqa and (kv_heads == 0 or heads % kv_heads) and heads != kv_heads:
+        raise ValueError(
+            f"enable_gqa=True needs the head count of k and v (Hkv = {kv_heads}) to divide that of q "
+            f"(H = {heads}); got q {shape_str(q)}, k {shape_str(k)}, v {shape_str(v)}"
+        )
+    if not enable_gqa and heads != kv_heads:
+        raise ValueError(
+            "q, k and v must share batch and head sizes (B, H) (pass enable_gqa=True for k and v "
+            f"with fewer heads); got q {shape_str(q)}, k {shape_str(k)}, v {shape_str(v)}"
         )
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(
@@ -113,3 +133,85 @@ def validate_devices(**tensors: Tensor | None) -> None:
                 f"{name} is on device {t.device} but {first_name} is on {first.device}; "
                 "move every input to one device"
             )
+
+
+_STATE_DIMS = {"kv": "(B, H, M', Dv)", "normalizer": "(B, H, M')", "log_offset": "(B, H)"}
+
+
+def check_state(
+    state: FavorState,
+    *,
+    name: str,
+    shape: tuple[int, int, int, int],
+    inputs: str,
+    kernel: Kernel | None,
+    dtype: torch.dtype,
+    input_dtype: torch.dtype,
+    device: torch.device,
+) -> None:
+    """``state`` continues the inputs of a call (typed errors naming both shapes otherwise).
+
+    Args:
+        state: the :class:`FavorState` passed as ``name`` (``"initial_state"``, ``"state"``).
+        shape: ``(B, H, M', Dv)`` the inputs need: ``M'`` is the kernel's feature width for the
+            projection (:meth:`Kernel.feature_dim <performers.ops.Kernel.feature_dim>`, ``2M``
+            for the hyperbolic and trigonometric maps).
+        inputs: how the inputs are named in messages (e.g. ``"q (1, 4, 5, 16), v (1, 4, 5, 8) with
+            projection (16, 16) and kernel 'softmax'"``).
+        kernel: the call's kernel, or None where there is none (features given directly).
+        dtype: the dtype the call keeps its state in (float32 for float32 and half-precision
+            inputs, float64 for float64 ones); input_dtype: that of the inputs, for messages;
+            device: that of the inputs.
+    """
+    if not isinstance(state, FavorState):
+        raise TypeError(
+            f"{name} must be a FavorState (from return_state=True or favor_attention_step), "
+            f"got {type(state).__name__}"
+        )
+    if kernel is not None and state.kernel is not None and state.kernel != kernel.name:
+        raise ValueError(
+            f"{name} was built by kernel {state.kernel!r}, but this call uses kernel {kernel.name!r}: "
+            "a state continues only the feature map it was built with"
+        )
+    b, h, m, dv = shape
+    for field, expected in (("kv", (b, h, m, dv)), ("normalizer", (b, h, m)), ("log_offset", (b, h))):
+        t = getattr(state, field)
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name}.{field} must be a torch.Tensor, got {type(t).__name__}")
+        if tuple(t.shape) != expected:
+            raise ValueError(
+                f"{name}.{field} has shape {shape_str(t)}, but {inputs} need {_STATE_DIMS[field]} = "
+                f"({', '.join(map(str, expected))}): the state belongs to other inputs"
+            )
+        if t.dtype != dtype:
+            raise TypeError(
+                f"{name}.{field} is {t.dtype}, but this call keeps its state in {dtype} (the dtype its "
+                f"{input_dtype} inputs accumulate in); convert the state or the inputs"
+            )
+        if t.device != device:
+            raise ValueError(
+                f"{name}.{field} is on device {t.device} but q is on {device}; move every input to one device"
+            )
+    if kernel is None:
+        return
+    params = state.kernel_params
+    if kernel.parameters is not None:
+        if not isinstance(params, Tensor):
+            raise ValueError(
+                f"kernel {kernel.name!r} continues from the (B, H) parameters (FAVOR++'s A) kept in the "
+                f"state, but {name}.kernel_params is None: the state was built by another kernel"
+            )
+        if tuple(params.shape) != (b, h):
+            raise ValueError(
+                f"{name}.kernel_params has shape {shape_str(params)}, but {inputs} need (B, H) = ({b}, {h})"
+            )
+        if params.device != device:
+            raise ValueError(
+                f"{name}.kernel_params is on device {params.device} but q is on {device}; "
+                "move every input to one device"
+            )
+    elif params is not None:
+        raise ValueError(
+            f"{name} carries kernel_params (data-dependent parameters of a kernel such as 'favor++'), "
+            f"but kernel {kernel.name!r} has none: the state was built by another kernel"
+        )

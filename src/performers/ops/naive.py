@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from performers.ops.kernels import KernelLike, feature_map, get_kernel
+from performers.ops.masks import resolve_is_causal
 from performers.ops.numerics import guarded_divide
 
 __all__ = ["exact_attention", "kernel_attention", "naive_favor_attention"]
@@ -40,21 +41,24 @@ def exact_attention(
     k: Tensor,
     v: Tensor,
     *,
-    causal: bool = False,
+    is_causal: bool = False,
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
+    causal: bool | None = None,
 ) -> Tensor:
     """Softmax attention ``softmax(scale·QKᵀ)V`` computed explicitly.
 
     Args:
         q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
-        causal: mask keys after the query position (diagonal included).
+        is_causal: mask keys after the query position (diagonal included); ``causal`` is its
+            older spelling.
         scale: defaults to ``1/√D``.
         key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
 
     Returns:
         ``(B, H, Lq, Dv)``. A row with no visible key gives 0.
     """
+    causal = resolve_is_causal(is_causal, causal)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     logits = scale * torch.matmul(q, k.transpose(-2, -1))
     keep = _keep_mask(q.shape[-2], k.shape[-2], causal, key_padding_mask, q.device)
@@ -69,21 +73,23 @@ def kernel_attention(
     k_features: Tensor,
     v: Tensor,
     *,
-    causal: bool = False,
+    is_causal: bool = False,
     key_padding_mask: Tensor | None = None,
     normalize: bool = True,
+    causal: bool | None = None,
 ) -> Tensor:
     """Attention with the explicit kernel matrix ``A = Q'K'ᵀ``: ``diag(A1)⁻¹ A V``.
 
     Args:
         q_features: ``(B, H, Lq, M')``; k_features: ``(B, H, Lk, M')``; v: ``(B, H, Lk, Dv)``.
-        causal: query ``i`` sees keys ``j ≤ i``.
+        is_causal: query ``i`` sees keys ``j ≤ i``; ``causal`` is its older spelling.
         key_padding_mask: ``(B, Lk)`` bool, True marks a padded key.
         normalize: divide by the row sums (a row with no visible key gives 0).
 
     Returns:
         ``(B, H, Lq, Dv)``.
     """
+    causal = resolve_is_causal(is_causal, causal)
     scores = torch.matmul(q_features, k_features.transpose(-2, -1))
     keep = _keep_mask(scores.shape[-2], scores.shape[-1], causal, key_padding_mask, scores.device)
     if keep is not None:
@@ -100,10 +106,11 @@ def naive_favor_attention(
     v: Tensor,
     projection: Tensor | None,
     *,
-    causal: bool = False,
+    is_causal: bool = False,
     kernel: KernelLike = "softmax",
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
+    causal: bool | None = None,
 ) -> Tensor:
     """What :func:`performers.ops.favor_attention` computes, by definition, in ``O(L²)``.
 
@@ -117,11 +124,13 @@ def naive_favor_attention(
     Args:
         q: ``(B, H, Lq, D)``; k: ``(B, H, Lk, D)``; v: ``(B, H, Lk, Dv)``.
         projection: ``(M, D)``, or None for generalized kernels.
-        causal, kernel, scale, key_padding_mask: as in :func:`performers.ops.favor_attention`.
+        is_causal, kernel, scale, key_padding_mask, causal: as in
+            :func:`performers.ops.favor_attention`.
 
     Returns:
         ``(B, H, Lq, Dv)``.
     """
+    causal = resolve_is_causal(is_causal, causal)
     kern = get_kernel(kernel)
     s = (q.shape[-1] ** -0.5 if scale is None else scale) ** 0.5
     q_scaled, k_scaled = q * s, k * s
@@ -133,4 +142,4 @@ def naive_favor_attention(
         params = torch.nan_to_num(params, nan=0.0)
     q_features = feature_map(q_scaled, projection, kern, params)
     k_features = feature_map(k_scaled, projection, kern, params)
-    return kernel_attention(q_features, k_features, v, causal=causal, key_padding_mask=key_padding_mask)
+    return kernel_attention(q_features, k_features, v, is_causal=causal, key_padding_mask=key_padding_mask)

@@ -29,9 +29,21 @@ class FavorState(NamedTuple):
         kernel_params: ``(B, H)`` data-dependent parameters of the feature map the sums were
             built with (FAVOR++'s ``A``), fixed for the rest of the sequence; None for maps
             without parameters.
+        kernel: the name of the kernel (:attr:`Kernel.name <performers.ops.Kernel>`) whose
+            features the sums hold, set by :func:`~performers.ops.favor_attention` and
+            :func:`~performers.ops.favor_attention_step`; a call continuing the state with
+            another kernel is refused. None (a state built by hand, or by
+            :func:`~performers.ops.linear_attention` from features) is not checked.
+
+    The attention entry points check a state against the inputs it continues (batch, heads,
+    ``M'``, ``Dv``, kernel, dtype, device) before using it (:func:`performers.ops.checks.check_state`).
+    Code that maps a function over a state's fields should skip the ``kernel`` string (and
+    ``kernel_params`` when None), e.g. ``FavorState(*(t.to(d) if isinstance(t, Tensor) else t
+    for t in state))``.
     """
 
     kv: Tensor
     normalizer: Tensor
     log_offset: Tensor
     kernel_params: Tensor | None = None
+    kernel: str | None = None

@@ -24,10 +24,10 @@ def naive_bidirectional_attention(
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
 ) -> Tensor:
-    """What ``favor_attention(q, k, v, projection, causal=False, ...)`` computes, in ``O(L²)``:
-    :func:`performers.ops.naive.naive_favor_attention` with ``causal=False``."""
+    """What ``favor_attention(q, k, v, projection, is_causal=False, ...)`` computes, in ``O(L²)``:
+    :func:`performers.ops.naive.naive_favor_attention` with ``is_causal=False``."""
     return naive_favor_attention(
-        q, k, v, projection, causal=False, kernel=kernel, scale=scale, key_padding_mask=key_padding_mask
+        q, k, v, projection, is_causal=False, kernel=kernel, scale=scale, key_padding_mask=key_padding_mask
     )
 
 

@@ -30,10 +30,10 @@ def naive_causal_attention(
     scale: float | None = None,
     key_padding_mask: Tensor | None = None,
 ) -> Tensor:
-    """What ``favor_attention(q, k, v, projection, causal=True, ...)`` computes, in ``O(L²)``:
-    :func:`performers.ops.naive.naive_favor_attention` with ``causal=True``."""
+    """What ``favor_attention(q, k, v, projection, is_causal=True, ...)`` computes, in ``O(L²)``:
+    :func:`performers.ops.naive.naive_favor_attention` with ``is_causal=True``."""
     return naive_favor_attention(
-        q, k, v, projection, causal=True, kernel=kernel, scale=scale, key_padding_mask=key_padding_mask
+        q, k, v, projection, is_causal=True, kernel=kernel, scale=scale, key_padding_mask=key_padding_mask
     )
 
 
