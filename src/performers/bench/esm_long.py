@@ -450,14 +450,20 @@ def plot(points: list[Point], path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        from matplotlib.ticker import FormatStrFormatter, NullFormatter
+        from matplotlib.ticker import FormatStrFormatter, LogFormatter, NullFormatter
     except ImportError:
         return None
     measured = [p for p in points if p.seconds is not None]
     if not measured:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    series = sorted({(p.spec.shape.name, p.spec.attention) for p in measured})
+    series = sorted(
+        {(p.spec.shape.name, p.spec.attention) for p in measured},
+        key=lambda s: (s[0], ATTENTIONS.index(s[1])),
+    )
+    colours = {a: f"C{i}" for i, a in enumerate(ATTENTIONS)}
+    names = list(dict.fromkeys(name for name, _ in series))
+    styles = {name: ("-", "--", ":", "-.")[i % 4] for i, name in enumerate(names)}
     for ax, key, label in (
         (axes[0], "seconds", "seconds per protein"),
         (axes[1], "peak_extra_mib", "peak MiB over the loaded model"),
@@ -465,13 +471,23 @@ def plot(points: list[Point], path: Path) -> Path | None:
         for name, attention in series:
             pts = [p for p in measured if (p.spec.shape.name, p.spec.attention) == (name, attention)]
             values = [max(getattr(p, key), 1e-3) for p in pts]  # a log axis needs > 0
-            ax.plot([p.spec.length for p in pts], values, marker="o", label=f"{name} {attention}")
+            # One colour per attention, one line style per shape: the pairs to compare stand out.
+            ax.plot(
+                [p.spec.length for p in pts],
+                values,
+                marker="o",
+                color=colours[attention],
+                linestyle=styles[name],
+                label=f"{name} {attention}",
+            )
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
-        # Plain numbers (1024, 0.5) on both axes: easier to read than powers, and no mathtext.
-        for axis in (ax.xaxis, ax.yaxis):
-            axis.set_major_formatter(FormatStrFormatter("%g"))
-            axis.set_minor_formatter(NullFormatter())
+        # Plain numbers (1024, 0.5) rather than powers (no mathtext); the y axis labels minor
+        # ticks too when its range is under about two decades.
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
         ax.set_xlabel("residues L")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
