@@ -22,6 +22,10 @@ CHECKED_IN = {
     "speed": ("bench/test_speed.py", "test_main_writes_json_markdown"),
     "compat": ("bench/test_compat.py", "test_write_markdown"),
     "embed-score": ("bench/test_results.py", "test_embed_score_loader_and_prepare_write_through_the_writer"),
+    "esm-long": (
+        "bench/test_esm_long.py",
+        "test_cli_measures_every_length_and_attention_and_writes_through_the_writer",
+    ),
     "prepare": ("bench/test_results.py", "test_embed_score_loader_and_prepare_write_through_the_writer"),
     "loader": ("bench/test_results.py", "test_embed_score_loader_and_prepare_write_through_the_writer"),
     "gb1-zero-shot": (

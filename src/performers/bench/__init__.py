@@ -13,6 +13,7 @@ environment, markdown beside it, atomic).
 ``compat``, ``proteins-backcompat`` :mod:`~performers.bench.compat` (backward compatibility:
                                     a pretrained Transformer and a trained protein model)
 ``embed-score``                     :mod:`~performers.bench.embed_score`
+``esm-long``                        :mod:`~performers.bench.esm_long`
 ``prepare``                         :mod:`~performers.bench.prepare`
 ``loader``                          :mod:`~performers.bench.loader`
 ``gb1-zero-shot``                   :mod:`~performers.bench.gb1_zero_shot`

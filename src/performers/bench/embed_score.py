@@ -136,14 +136,17 @@ def write_proteins(path: Path, count: int, length: int, seed: int) -> Path:
     return path
 
 
-def run_command(argv: list[str], threads: int, timeout: float) -> tuple[str, float]:
-    """Run ``python -m performers ARGV`` in a fresh process: ``(stdout, peak RSS MiB)``.
+def run_command(
+    argv: list[str], threads: int, timeout: float, *, module: str = "performers"
+) -> tuple[str, float]:
+    """Run ``python -m MODULE ARGV`` (the ``performers`` command, or a bench's worker module) in a
+    fresh process: ``(stdout, peak RSS MiB)``.
 
     Raises ``RuntimeError`` with the last line of stderr when it fails, ``TimeoutError``."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # the peak RSS is then the working set, not allocator reuse
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "performers", *argv], stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=out, stderr=err, env=env)
         deadline = time.monotonic() + timeout
         while True:
             # wait4 gives this child's own resource usage, peak RSS included.
