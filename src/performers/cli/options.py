@@ -386,11 +386,12 @@ def model_source(path: str) -> str:
     """``"performers"`` or ``"huggingface"`` for a model directory (its ``config.json`` alone).
 
     Raises:
-        UsageError: no such directory, or one that is neither (``cannot load the model: DIR:
-            ...``).
+        UsageError: a directory that is neither (``cannot load the model: DIR: ...``).
     """
     try:
         return protein_model_source(path)
+    except FileNotFoundError:
+        return "performers"  # its loader names the missing directory, as it always has
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load the model: {error}") from None
 
