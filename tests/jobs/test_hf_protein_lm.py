@@ -19,9 +19,11 @@ import torch
 
 from performers import PerformerForCausalLM
 from performers.cli import main
+from performers.jobs.finetuning import HuggingFaceEncoder, finetuning_encoder
 from performers.jobs.hf_protein_lm import HuggingFaceProteinLM, protein_lm_from_directory
 from performers.jobs.protein_lm import PerformerProteinLM
 from performers.jobs.protein_models import load_protein_model
+from performers.proteins import ProteinTokenizer
 
 pytest.importorskip("transformers", reason="needs the [hf] extra (Hugging Face transformers)")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -192,8 +194,35 @@ def test_diagnose_an_esm_directory_on_proteins(models, fasta, tmp_path, capsys):
     assert f'"tokens": {sum(len(s) + 2 for s in PROTEINS.values())}' in report
 
 
-def test_finetune_refuses_a_hugging_face_backbone_in_one_line(models, cli_error):
-    cli_error(["finetune", "--pretrained", str(models["esm"])], match="not supported yet")
+@pytest.mark.parametrize("name", MASKED)
+def test_the_finetuning_encoder_reads_protein_tokenizer_ids_as_the_model_reads_its_own(name, models):
+    encoder, source = finetuning_encoder(models[name])
+    assert isinstance(encoder, HuggingFaceEncoder) and "Hugging Face" in source
+    loaded = load_protein_model(models[name])
+    ours, mask = ProteinTokenizer().batch_encode([PROTEINS["a"]])
+    with torch.no_grad():
+        mapped = encoder.eval()(ours, mask).last_hidden_state
+        own = loaded.model.base_model(input_ids=_reference_ids(models[name], PROTEINS["a"])).last_hidden_state
+    torch.testing.assert_close(mapped, own)
+
+
+def test_finetune_a_hugging_face_backbone(models, tmp_path, capsys, cli_error):
+    sequences, labels = tmp_path / "s.fasta", tmp_path / "l.fasta"
+    records = [(f"p{i}", "MKVACDEFGHIK"[: 6 + i % 6]) for i in range(8)]
+    sequences.write_text("".join(f">{name}\n{seq}\n" for name, seq in records))
+    split = {0: "SET=test", 1: "SET=train VALIDATION=True"}
+    lines = []  # one label per residue, the split in the header
+    for i, (name, sequence) in enumerate(records):
+        lines.append(f">{name} {split.get(i % 4, 'SET=train')}\n{('ab' * 6)[: len(sequence)]}\n")
+    labels.write_text("".join(lines))
+    sizes = ["--sequences", str(sequences), "--labels", str(labels), "--steps", "2", "--batch-size", "2"]
+    sizes += ["--max-length", "16", "--eval-every", "2", "--threads", "1"]
+    argv = ["finetune", "--pretrained", str(models["esm_converted"]), *sizes, "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ResidueLabels (4 train), encoder from" in out and "(Hugging Face esm)" in out
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
+    cli_error(["finetune", "--pretrained", str(models["protgpt2"]), *sizes], match="several residues")
 
 
 @pytest.mark.parametrize("command", ["embed", "score", "evaluate", "generate"])

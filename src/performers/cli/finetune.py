@@ -19,7 +19,6 @@ from performers.cli.options import (
 )
 from performers.jobs import finetune
 from performers.jobs.finetuning import finetuning_encoder, labelled_splits
-from performers.jobs.protein_models import protein_model_source
 from performers.proteins import SHIPPED_TASKS
 from performers.training import SCHEDULES
 
@@ -31,8 +30,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--pretrained",
         default=None,
-        help="a performers model or run directory (default: random init); a Hugging Face protein "
-        "model directory (ESM, ProtBert, ProtGPT2) is refused: not supported yet",
+        help="a performers model or run directory, or a Hugging Face protein model directory (ESM, "
+        "ProtBert; not ProtGPT2, whose tokens span several residues) (default: random init)",
     )
     parser.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
     add_device_option(parser)
@@ -96,26 +95,8 @@ def _splits(args: argparse.Namespace) -> dict:
         )
 
 
-def _refuse_huggingface(path: str | None) -> None:
-    """Fine-tuning reads its labelled data with this package's protein tokenizer and trains a
-    PerformerModel; a Hugging Face backbone would need its own tokenization and heads."""
-    if path is None:
-        return
-    try:
-        source = protein_model_source(path)
-    except (OSError, ValueError):
-        return  # not a model directory: finetuning_encoder's own error names it
-    if source == "huggingface":
-        raise UsageError(
-            f"--pretrained {path}: fine-tuning a Hugging Face protein model is not supported yet; "
-            "give a performers model or run directory (embed the proteins with performers embed "
-            "and fit a probe on the embeddings instead)"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     set_threads(args)
-    _refuse_huggingface(args.pretrained)
     splits = _splits(args)
     for name, data in splits.items():
         if len(data) == 0:
