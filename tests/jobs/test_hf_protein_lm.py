@@ -20,7 +20,7 @@ import torch
 from performers import PerformerForCausalLM
 from performers.cli import main
 from performers.jobs.finetuning import HuggingFaceEncoder, finetuning_encoder
-from performers.jobs.hf_protein_lm import HuggingFaceProteinLM, protein_lm_from_directory
+from performers.jobs.hf_protein_lm import HuggingFaceProteinLM, generate_proteins, protein_lm_from_directory
 from performers.jobs.protein_lm import PerformerProteinLM
 from performers.jobs.protein_models import load_protein_model
 from performers.proteins import ProteinTokenizer
@@ -28,6 +28,7 @@ from performers.proteins import ProteinTokenizer
 pytest.importorskip("transformers", reason="needs the [hf] extra (Hugging Face transformers)")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from performers.integrations.transformers import is_performerized
 from tests.jobs.test_protein_models import _esm, _performer, _protbert, _protgpt2
 
 PROTEINS = {"a": "MKTAYIAKQR", "b": "MKVLA"}
@@ -178,6 +179,27 @@ def test_generate_continues_with_the_models_own_greedy_tokens(models, capsys):
     if loaded.tokenizer.eos_token_id in new:
         new = new[: new.index(loaded.tokenizer.eos_token_id)]
     assert generated == ["MK" + loaded.tokenizer.decode(new, skip_special_tokens=True)]
+
+
+def test_a_favor_protgpt2_generates_with_a_running_state_as_without_a_cache(models):
+    lm = protein_lm_from_directory(models["protgpt2"], attention="favor")
+    assert is_performerized(lm.model)
+    generated = generate_proteins(lm, ["MK", "AAV"], max_new_tokens=5)
+    for prompt, protein in zip(["MK", "AAV"], generated, strict=True):
+        ids = torch.tensor([lm.tokenizer.encode(prompt)[:-1]])
+        for _ in range(5):  # greedy, the whole prefix again at every step
+            next_id = lm.logits(ids, torch.ones_like(ids))[:, -1:].argmax(-1)
+            ids = torch.cat([ids, next_id], dim=1)
+        new = ids[0, len(lm.tokenizer.encode(prompt)) - 1 :].tolist()
+        if lm.tokenizer.eos_id in new:
+            new = new[: new.index(lm.tokenizer.eos_id)]
+        assert protein == prompt + lm.tokenizer.tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_attention_switches_a_hugging_face_model(models):
+    assert is_performerized(protein_lm_from_directory(models["esm"], attention="favor").model)
+    assert not is_performerized(protein_lm_from_directory(models["esm_converted"], attention="exact").model)
+    assert is_performerized(protein_lm_from_directory(models["esm_converted"]).model)  # as saved
 
 
 @pytest.mark.parametrize("name", MASKED)

@@ -317,7 +317,9 @@ def generate_proteins(
     seed: int = 0,
 ) -> list[str]:
     """Continue each prompt with a Hugging Face causal protein model (ProtGPT2-style), one
-    prompt at a time (no padding), through the model's own ``generate`` and its cache.
+    prompt at a time (no padding), through the model's own ``generate``: a converted (FAVOR+)
+    model with a new :class:`~performers.integrations.transformers.FavorCache` per prompt
+    (constant cost per token), an unconverted one with its usual key/value cache.
 
     The prompt is read as the model was trained: ``<|endoftext|>`` (its start token) then the
     residues; up to ``max_new_tokens`` *tokens* follow (byte-pair tokens for ProtGPT2, several
@@ -338,9 +340,14 @@ def generate_proteins(
         options.update(temperature=temperature, top_k=top_k, top_p=top_p)
     else:  # greedy: the model's saved sampling settings would only warn
         options.update(temperature=None, top_k=None, top_p=None)
+    from performers.integrations.transformers import FavorCache, is_performerized
+
+    favor = is_performerized(lm.model)
     out = []
     for prompt in prompts:
         ids = torch.tensor([vocabulary.encode(prompt)[:-1]], device=lm.device)  # no <eos>: continue
+        if favor:  # one running FAVOR+ state per layer: the same cost for every new token
+            options["cache"] = FavorCache()
         with evaluation_mode(lm.model), torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             tokens = lm.model.generate(
