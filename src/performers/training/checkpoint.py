@@ -65,7 +65,6 @@ def checkpoint_period(max_steps: int, eval_every: int) -> int:
     checkpoints per run (``max(eval_every, max_steps // 4)``)."""
     return max(eval_every, max_steps // 4)
 
-
 FILES = ("model.safetensors", "optimizer.safetensors", "rng.safetensors")
 # The version of meta.json: 2 adds "format", "run" and "checksum" (1: none of them).
 FORMAT = 2
