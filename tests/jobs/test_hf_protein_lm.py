@@ -28,6 +28,8 @@ from performers.proteins import ProteinTokenizer
 pytest.importorskip("transformers", reason="needs the [hf] extra (Hugging Face transformers)")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from transformers import EsmModel
+
 from performers.integrations.transformers import is_performerized
 from tests.jobs.test_protein_models import _esm, _performer, _protbert, _protgpt2
 
@@ -245,6 +247,13 @@ def test_finetune_a_hugging_face_backbone(models, tmp_path, capsys, cli_error):
     assert "ResidueLabels (4 train), encoder from" in out and "(Hugging Face esm)" in out
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
     cli_error(["finetune", "--pretrained", str(models["protgpt2"]), *sizes], match="several residues")
+
+
+def test_an_esm_encoder_embeds_but_does_not_score(models, fasta, tmp_path, capsys, cli_error):
+    encoder = _esm(tmp_path / "encoder", cls=EsmModel)
+    assert main(["embed", str(encoder), str(fasta), "--out", str(tmp_path / "e.npz")]) == 0
+    argv = ["score", str(encoder), str(fasta), "--out", str(tmp_path / "s.csv")]
+    cli_error(argv, match=f"{encoder}: a EsmModel has no language-model head")
 
 
 @pytest.mark.parametrize("command", ["embed", "score", "evaluate", "generate"])

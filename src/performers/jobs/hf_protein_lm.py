@@ -45,7 +45,12 @@ import torch
 from torch import Tensor
 
 from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM
-from performers.jobs.protein_models import NotAProteinModelError, ProteinModel, load_protein_model
+from performers.jobs.protein_models import (
+    NotAProteinModelError,
+    ProteinModel,
+    load_protein_model,
+    protein_model_source,
+)
 from performers.jobs.proteins import load_trained
 from performers.training import evaluation_mode, model_device
 from performers.utils import InputError
@@ -144,10 +149,10 @@ class HuggingFaceProteinLM:
         return model_device(self.model)
 
     def logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        if self.protein_model.kind == "encoder":
-            raise TypeError(
+        if self.protein_model.kind == "encoder":  # the user's directory: an input error, not a bug
+            raise InputError(
                 f"{self.protein_model.path}: a {type(self.model).__name__} has no language-model head "
-                "(this needs a *ForMaskedLM or a causal LM)"
+                "(this needs a *ForMaskedLM or a causal LM; embed reads its hidden states)"
             )
         with evaluation_mode(self.model), torch.no_grad():
             return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -197,10 +202,10 @@ def protein_lm_from_directory(
         FileNotFoundError: no such directory.
         NotAProteinModelError: a directory that is neither, naming it and why.
     """
-    loaded = load_protein_model(path)
-    if loaded.source == "performers":
-        model, tokenizer = load_trained(loaded.path, attention=attention)
+    if protein_model_source(path) == "performers":  # from config.json alone: one load, the twin asked for
+        model, tokenizer = load_trained(path, attention=attention)
         return PerformerProteinLM(model.to(device=device, dtype=dtype), tokenizer)
+    loaded = load_protein_model(path)
     _set_attention(loaded, attention)
     loaded.model.to(device=device, dtype=dtype)
     return HuggingFaceProteinLM(loaded)
