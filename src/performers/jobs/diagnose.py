@@ -296,7 +296,7 @@ def diagnose_model(
             Hugging Face protein model (ESM, ProtBert, ProtGPT2), a FASTA file of proteins.
         limit: the first ``limit`` proteins or sentences.
         max_length: tokens per sequence (proteins cropped at the start; default the model's
-            maximum; text truncated, default 128).
+            maximum, 128 for a Hugging Face protein model; text truncated, default 128).
         **options: of :func:`diagnose` (kernels, feature_counts, tolerance, draws, ...).
 
     Raises:

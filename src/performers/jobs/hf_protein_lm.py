@@ -26,7 +26,9 @@ Special tokens come from the tokenizer's own names: ``<cls>`` is ``cls_token_id`
 ``bos_token_id``, ``<eos>`` is ``eos_token_id`` or else ``sep_token_id``; ``pad``, ``mask``
 and ``unk`` likewise (GPT-2 has no pad: its ``<|endoftext|>`` pads, masked out anyway, and no
 mask). Every protein is laid out ``[<cls>, tokens..., <eos>]`` — ESM's and BERT's own layout;
-for ProtGPT2, ``<|endoftext|>`` on both sides, the separator it was trained with.
+for ProtGPT2, ``<|endoftext|>`` on both sides, the separator it was trained with (its
+training text also broke sequences into lines of 60 residues; here a protein is one unbroken
+string, which its byte-pair tokenizer reads as it is).
 
 ProtGPT2's byte-pair tokens span several residues (:attr:`HuggingFaceProteinLM.one_token_per_residue`
 is False): ``score`` gives its exact sequence log-likelihood (sum over its tokens and the
