@@ -8,7 +8,8 @@ linear probe) with :class:`~performers.training.Trainer` — AdamW, the warm-up/
 feature redraws of the encoder's FAVOR layers, validation, checkpoints with exact resume — and
 evaluates on the test split: accuracy over scored residues (Q3 for secondary structure), or
 Spearman correlation and MSE for regression. :func:`labelled_splits` reads the labelled data and
-:func:`finetuning_encoder` makes the encoder, as ``performers finetune`` chooses them.
+:func:`finetuning_encoder` makes the encoder, as ``performers finetune`` chooses them: this
+package's, or a Hugging Face ESM / ProtBert base model wrapped by :class:`HuggingFaceEncoder`.
 """
 
 from __future__ import annotations
