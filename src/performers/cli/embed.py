@@ -34,7 +34,9 @@ blocks' outputs, negative indices count from the end: -1 is the last, taken afte
 LayerNorm — what the language-model head reads; the others are the un-normalized residual
 stream), --include what to keep of each: mean (over the residues only, never <cls>, <eos> or
 padding), per_tok (L x d_model, one row per residue) and bos (the <cls> vector). Each protein is
-encoded as [<cls>, residues..., <eos>]; proteins are sorted by length and batched by a budget
+encoded as [<cls>, residues..., <eos>] (a ProtGPT2-style model: its byte-pair tokens between
+two <|endoftext|>; mean is then over its tokens, and per_tok, which needs one token per residue,
+is refused); proteins are sorted by length and batched by a budget
 of padded tokens (a protein embedded alone gets the same vectors as in a padded batch).
 Nothing is cut unless --truncation-length N keeps each protein's first N residues; FAVOR+ keeps
 the cost of a protein linear in its length.
@@ -143,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         }
         write_embeddings(tensors, args.out, metadata=metadata)
     residues = sum(len(sequence) for _, sequence in pairs)
-    width = model.config.d_model
+    width = next(iter(tensors.values())).shape[-1]  # d_model, or a Hugging Face model's hidden size
     lengths = [len(sequence) for _, sequence in pairs]
     shapes = {
         "mean": f"mean ({width},)",

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 
 from performers.cli.common import UsageError
-from performers.cli.options import check_output_file
+from performers.cli.options import MODEL_HELP, check_output_file, model_source
 from performers.jobs import evaluate_model, evaluate_per_sequence, load_trained, write_csv
+from performers.jobs.hf_protein_lm import evaluate_protein_lm, protein_lm_from_directory
 from performers.jobs.protein_evaluation import evaluation_proteins, protein_ids
 from performers.models import PerformerForCausalLM
 
@@ -18,7 +19,7 @@ HELP = "accuracy and perplexity of a trained model (shipped corpus, a FASTA file
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("evaluate", help=HELP, description=HELP)
-    parser.add_argument("model", help="directory written by training (its final/ or a save_pretrained dir)")
+    parser.add_argument("model", help=MODEL_HELP)
     parser.add_argument(
         "--data",
         default=None,
@@ -75,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise UsageError(f"--limit must be >= 0, got {args.limit}")
     check_output_file(args.per_sequence, "--per-sequence")
+    if model_source(args.model) == "huggingface":
+        return _run_huggingface(args)
     model, tokenizer = load_trained(args.model, attention=args.attention)
     task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
     max_length = max_length_of(model, args.max_length)
@@ -93,5 +96,45 @@ def run(args: argparse.Namespace) -> int:
         path = write_csv(
             evaluate_per_sequence(model, tokenizer, sequences, ids, **options), args.per_sequence
         )
+        print(f"wrote {path} ({len(sequences)} proteins)")
+    return 0
+
+
+def _run_huggingface(args: argparse.Namespace) -> int:
+    """A Hugging Face protein model: :func:`~performers.jobs.hf_protein_lm.evaluate_protein_lm`
+    on residue strings (15% of each protein's residues masked for ESM / ProtBert, every next
+    token for ProtGPT2)."""
+    try:
+        lm = protein_lm_from_directory(args.model, attention=args.attention)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load the model: {error}") from None
+    sequences, what = evaluation_proteins(args.data, args.split, args.limit)
+    if len(sequences) == 0:
+        raise UsageError(f"{what}: no protein to evaluate")
+    if not all(isinstance(sequence, str) for sequence in sequences):
+        raise UsageError(
+            f"--data {args.data}: a Hugging Face model reads residue strings; give a FASTA file "
+            "(or the shipped corpus), not a prepared dataset"
+        )
+    if args.max_length is not None and args.max_length < 3:
+        raise UsageError(f"--max-length must be >= 3 (<cls>, a residue, <eos>), got {args.max_length}")
+    limit = None if lm.residue_limit is None else lm.residue_limit + 2
+    if args.max_length is not None and limit is not None and args.max_length > limit:
+        raise UsageError(
+            f"--max-length {args.max_length} exceeds the model's maximum length {limit} (its learned "
+            "positions); omit --max-length to use it"
+        )
+    max_length = args.max_length or limit
+    ids = protein_ids(args.data, args.split, len(sequences)) if args.per_sequence else None
+    result, rows = evaluate_protein_lm(
+        lm, list(sequences), ids, max_length=max_length, batch_size=args.batch_size
+    )
+    scored = "next tokens" if lm.is_causal else "masked positions"
+    print(
+        f"{what}: accuracy {100 * result['accuracy']:.2f}%, perplexity {result['perplexity']:.2f} "
+        f"over {result['tokens']} {scored} of {len(sequences)} proteins"
+    )
+    if args.per_sequence:
+        path = write_csv(rows, args.per_sequence)
         print(f"wrote {path} ({len(sequences)} proteins)")
     return 0

@@ -27,7 +27,13 @@ HELP = "fine-tune on labelled proteins: per-residue classes (FLIP SS, conservati
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("finetune", help=HELP, description=HELP)
-    parser.add_argument("--pretrained", default=None, help="trained model directory (default: random init)")
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        help="a performers model or run directory, or a Hugging Face protein model directory (ESM, "
+        "ProtBert, ProtGPT2) (default: random init; ProtGPT2, whose tokens span several residues, is "
+        "refused)",
+    )
     parser.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
     add_device_option(parser)
     parser.add_argument(

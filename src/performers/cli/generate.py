@@ -8,16 +8,26 @@ import argparse
 import torch
 
 from performers.cli.common import UsageError, option_names, user_errors_named
+from performers.cli.options import model_source
 from performers.jobs import load_trained
+from performers.jobs.hf_protein_lm import generate_proteins, protein_lm_from_directory
 from performers.models import PerformerForCausalLM
 from performers.proteins import ProteinTokenizer, UnknownResidueError
 
 HELP = "continue protein prompts with a trained causal LM"
+DESCRIPTION = f"""{HELP}: a performers PerformerForCausalLM, or a Hugging Face causal protein
+model directory (ProtGPT2-style GPT-2, converted by performers convert or not), which generates
+through its own generate() and cache and counts --max-new-tokens in its byte-pair tokens.
+Masked models (ESM, ProtBert, performers masked LMs) do not continue sequences and are refused."""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("generate", help=HELP, description=HELP)
-    parser.add_argument("model", help="directory of a trained PerformerForCausalLM")
+    parser = subparsers.add_parser("generate", help=HELP, description=DESCRIPTION)
+    parser.add_argument(
+        "model",
+        help="a performers model or run directory, or a Hugging Face protein model directory (ESM, "
+        "ProtBert, ProtGPT2): a causal one (PerformerForCausalLM, ProtGPT2)",
+    )
     parser.add_argument("prompts", nargs="+", help="residue strings, e.g. MKV")
     parser.add_argument("--max-new-tokens", type=int, default=50, help="residues to add per prompt")
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
@@ -49,7 +59,35 @@ def encode_prompts(tokenizer: ProteinTokenizer, prompts: list[str], *, allow_unk
     return tokenizer.batch_encode(prompts, padding_side="left", unknown=unknown)
 
 
+def _run_huggingface(args: argparse.Namespace) -> int:
+    try:
+        lm = protein_lm_from_directory(args.model)
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load the model: {error}") from None
+    if not lm.is_causal:
+        raise UsageError(
+            f"{args.model}: generation needs a causal LM (ProtGPT2-style); this "
+            f"{type(lm.model).__name__} is a masked or encoder-only model"
+        )
+    with user_errors_named(option_names(args.command_parser)):
+        proteins = generate_proteins(
+            lm,
+            args.prompts,
+            max_new_tokens=args.max_new_tokens,
+            do_sample=args.sample,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
+    for protein in proteins:
+        print(protein)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if model_source(args.model) == "huggingface":
+        return _run_huggingface(args)
     model, tokenizer = load_trained(args.model)
     if not isinstance(model, PerformerForCausalLM):
         raise UsageError(f"{args.model}: generation needs a causal LM (train with --task clm)")

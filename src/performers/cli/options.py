@@ -26,6 +26,8 @@ from performers.cli.favor_options import add_favor_options, favor_config_from_ar
 from performers.jobs import DEMO_MODEL, diagnose_model, load_trained, protein_model_config
 from performers.jobs.diagnose import DEFAULT_KERNELS
 from performers.jobs.embedding import DEFAULT_MAX_TOKENS
+from performers.jobs.hf_protein_lm import protein_lm_from_directory
+from performers.jobs.protein_models import protein_model_source
 from performers.layers import FavorConfig
 from performers.layers.favor_config import PROJECTIONS
 from performers.models import PerformerConfig
@@ -45,6 +47,7 @@ from performers.training import (
 __all__ = [
     "DTYPES",
     "MODEL_FIELDS",
+    "MODEL_HELP",
     "TRAINING_FIELDS",
     "add_crop_option",
     "add_data_options",
@@ -62,6 +65,7 @@ __all__ = [
     "device_from_args",
     "load_model",
     "model_config_from_args",
+    "model_source",
     "read_records",
     "refusals_as_errors",
     "resolve_model",
@@ -334,14 +338,16 @@ def set_threads(args: argparse.Namespace) -> None:
 # ---- embed and score: a trained model and a FASTA file ---------------------------------------
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+MODEL_HELP = (
+    "a performers model or run directory, or a Hugging Face protein model directory (ESM, ProtBert, "
+    "ProtGPT2) with its tokenizer"
+)
 
 
 def add_protein_model_options(parser: argparse.ArgumentParser, *, input_help: str | None = None) -> None:
     """The options ``embed`` and ``score`` share: the model, its input and how it runs.
     ``input_help``: the FASTA input is optional, and this says when it is needed."""
-    parser.add_argument(
-        "model", help="a trained run directory (its final/) or a save_pretrained dir with tokenizer.json"
-    )
+    parser.add_argument("model", help=MODEL_HELP)
     fasta = "FASTA file (plain or gzip); ids are the first word of each header"
     if input_help is None:
         parser.add_argument("input", help=fasta)
@@ -376,14 +382,39 @@ def add_crop_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def model_source(path: str) -> str:
+    """``"performers"`` or ``"huggingface"`` for a model directory (its ``config.json`` alone).
+
+    Raises:
+        UsageError: a directory that is neither (``cannot load the model: DIR: ...``).
+    """
+    try:
+        return protein_model_source(path)
+    except FileNotFoundError:
+        return "performers"  # its loader names the missing directory, as it always has
+    except (OSError, ValueError) as error:
+        raise UsageError(f"cannot load the model: {error}") from None
+
+
 def load_model(args: argparse.Namespace):
     """``(model, tokenizer)`` of ``args.model`` (twin ``--attention``) on ``--device`` in
-    ``--dtype``.
+    ``--dtype``; for a Hugging Face protein model directory ``(ProteinLM, None)``
+    (:func:`~performers.jobs.hf_protein_lm.protein_lm_from_directory`), which the embedding
+    and scoring jobs take in place of a model and its tokenizer.
 
     Raises:
         UsageError: a directory that cannot be loaded (``cannot load the model: ...``, naming
             the file), or a ``--device`` this machine lacks.
     """
+    if model_source(args.model) == "huggingface":
+        device = device_from_args(args)
+        try:
+            lm = protein_lm_from_directory(
+                args.model, attention=args.attention, device=device, dtype=DTYPES[args.dtype]
+            )
+        except (OSError, ValueError) as error:
+            raise UsageError(f"cannot load the model: {error}") from None
+        return lm, None
     try:
         model, tokenizer = load_trained(args.model, attention=args.attention)
     except (OSError, ValueError) as error:
@@ -424,8 +455,8 @@ def add_diagnosis_options(parser: argparse.ArgumentParser, prefix: str = "") -> 
     parser.add_argument(
         f"--{prefix}data",
         default=None,
-        help="FASTA file (performers models) or text file, one sentence per line (Hugging Face models; "
-        "default: the shipped STS-B test sentences)",
+        help="FASTA file (performers models, Hugging Face protein models) or text file, one sentence per "
+        "line (Hugging Face text models; default: the shipped STS-B test sentences)",
     )
     parser.add_argument(
         f"--{prefix}kernels",

@@ -54,7 +54,12 @@ correlation of score and target (over the rows with a target) is printed and wri
 OUT.spearman.json (beside the scores). Whole proteins are scored without windows (FAVOR+ is
 linear in the length); a model with learned positions refuses a longer wild type, a rotary one
 takes any length (the exact twin at O(L^2) memory per pass; past its training length its scores
-are extrapolations)."""
+are extrapolations).
+
+A Hugging Face protein model directory works as well: ESM and ProtBert are masked models (every
+strategy above), a ProtGPT2-style GPT-2 a causal one whose byte-pair tokens span several
+residues: its log-likelihood sums over its own tokens (terms = tokens + 1) and the masked
+strategies, which mask one residue at a time, are refused."""
 
 DMS_DEFAULTS = {"mutation_col": "mutant", "target_col": "DMS_score", "offset": 1}
 
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args)
     if args.dms is not None:
         return _run_dms(args, model, tokenizer, wildtype)
-    causal = isinstance(model, PerformerForCausalLM)
+    causal = isinstance(model, PerformerForCausalLM) or getattr(model, "is_causal", False)
     start = time.perf_counter()
     with user_errors_named(option_names(args.command_parser)):  # a protein or option the model refuses
         if wildtype is None:

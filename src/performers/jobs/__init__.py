@@ -1,7 +1,8 @@
 """The user's jobs, above the generic training loop: the protein main job and its demo,
 fine-tuning on labelled proteins (per-residue classes, sequence-level regression), embeddings
 and likelihood scores of trained models (zero-shot variant effects), one loader for protein model
-directories (this package's or Hugging Face's: :func:`load_protein_model`), and the diagnosis of
+directories (this package's or Hugging Face's: :func:`load_protein_model`, and
+:func:`protein_lm_from_directory` for embedding and scoring), and the diagnosis of
 FAVOR's error on a model's own attention (:func:`diagnose_model`). Each is a documented function
 the CLI calls. The measurements of ``performers bench`` (the paper's tables and wider evidence)
 live in :mod:`performers.bench`."""
@@ -10,6 +11,7 @@ from performers.jobs.diagnose import DiagnoseError, DiagnosisReport, diagnose, d
 from performers.jobs.diagnose_report import write_report as write_diagnosis
 from performers.jobs.embedding import embed_proteins, extract_representations, write_embeddings
 from performers.jobs.finetuning import SequenceRegressor, TokenClassifier, evaluate_labelled, finetune
+from performers.jobs.hf_protein_lm import HuggingFaceProteinLM, protein_lm_from_directory
 from performers.jobs.protein_evaluation import (
     corpus_split,
     corpus_splits,
@@ -52,6 +54,7 @@ __all__ = [
     "TABLE2_VARIANTS",
     "DiagnoseError",
     "DiagnosisReport",
+    "HuggingFaceProteinLM",
     "Mutation",
     "NotAProteinModelError",
     "PerformerProteinLM",
@@ -80,6 +83,7 @@ __all__ = [
     "load_trained",
     "parse_mutations",
     "protein_evaluator",
+    "protein_lm_from_directory",
     "protein_model_config",
     "read_dms",
     "run_training",

@@ -224,6 +224,8 @@ def _load_hf(path: Path, data: str | Path | None, limit: int, max_length: int | 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from performers.integrations.transformers import load_hf_model
 
+    if data is not None and _is_fasta(data):
+        return _load_hf_proteins(path, data, limit, max_length)
     if data is None:
         from performers.text import load_stsb
 
@@ -244,6 +246,37 @@ def _load_hf(path: Path, data: str | Path | None, limit: int, max_length: int | 
     return layers, {"sequences": len(sentences), "data_source": source, "max_length": max_length or 128}
 
 
+def _is_fasta(data: str | Path) -> bool:
+    """A file whose first non-blank character is ``>``: proteins, not sentences."""
+    try:
+        with open(data, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.strip():
+                    return line.lstrip().startswith(">")
+    except OSError:
+        return False  # read_sentences names the file
+    return False
+
+
+def _load_hf_proteins(path: Path, data: str | Path, limit: int, max_length: int | None):
+    """A Hugging Face protein model (ESM, ProtBert, ProtGPT2) on a FASTA file: its tokenizer's own
+    layout (:meth:`~performers.jobs.protein_models.ProteinModel.encode`), each protein cropped to
+    its first ``max_length - 2`` residues (default 128 tokens, as for text)."""
+    from performers.jobs.protein_models import load_protein_model
+    from performers.proteins import read_fasta
+
+    records = [r.sequence for r in read_fasta(data)][:limit]
+    if not records:
+        raise DiagnoseError(f"--data {data}: no protein in the FASTA file")
+    loaded = load_protein_model(path)
+    length = max_length or 128
+    if length < 3:
+        raise DiagnoseError(f"--max-length: expected >= 3 (<cls>, a residue, <eos>), got {length}")
+    input_ids, attention_mask = loaded.encode([sequence[: length - 2] for sequence in records])
+    layers = capture_hf(loaded.model, input_ids, attention_mask)
+    return layers, {"sequences": len(records), "data_source": str(data), "max_length": length}
+
+
 def diagnose_model(
     model: str | Path,
     *,
@@ -259,10 +292,11 @@ def diagnose_model(
             ``save_pretrained`` one with ``tokenizer.json``) or a Hugging Face model directory
             (``save_pretrained``, with its tokenizer).
         data: performers models: a FASTA file (required); Hugging Face models: a text file with
-            one sentence per line (default: the shipped STS-B test sentences).
+            one sentence per line (default: the shipped STS-B test sentences), or, for a
+            Hugging Face protein model (ESM, ProtBert, ProtGPT2), a FASTA file of proteins.
         limit: the first ``limit`` proteins or sentences.
         max_length: tokens per sequence (proteins cropped at the start; default the model's
-            maximum; text truncated, default 128).
+            maximum, 128 for a Hugging Face protein model; text truncated, default 128).
         **options: of :func:`diagnose` (kernels, feature_counts, tolerance, draws, ...).
 
     Raises:

@@ -6,8 +6,10 @@ proteins are sorted by length (longest first) and each batch is filled while
 unless ``truncation_length`` is given. Each protein is encoded as ``[<cls>, residues..., <eos>]``;
 it returns, for each requested layer, any of
 
-* ``"mean"``: the mean over the residues only (``<cls>``, ``<eos>`` and padding never enter it),
-* ``"per_tok"``: one row per residue ``(L, E)`` (again without ``<cls>``/``<eos>``),
+* ``"mean"``: the mean over the residues only (``<cls>``, ``<eos>`` and padding never enter it;
+  for a model whose tokens span several residues, ProtGPT2's, the mean over its tokens),
+* ``"per_tok"``: one row per residue ``(L, E)`` (again without ``<cls>``/``<eos>``; refused for
+  multi-residue tokens),
 * ``"bos"``: the ``<cls>`` vector.
 
 Layers: ``0`` is the embedding output, ``1 .. num_layers`` the outputs of the blocks; the last
@@ -335,6 +337,11 @@ def extract_representations(
     lm = as_protein_lm(model, tokenizer)
     layers = resolve_layers(repr_layers, lm.num_layers)
     kinds = _check_include(include)
+    if "per_tok" in kinds and not getattr(lm, "one_token_per_residue", True):
+        raise ValueError(
+            "include 'per_tok' needs one token per residue, but this model's tokens span several "
+            "residues (byte-pair tokens, as ProtGPT2's); ask for 'mean' (over its tokens) or 'bos'"
+        )
     pairs, _ = truncate_proteins(protein_pairs(records), lm.residue_limit, truncation_length)
     lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for _, sequence in pairs]
     batches = token_batches(lengths, max_tokens)
@@ -348,8 +355,9 @@ def extract_representations(
             for layer in layers:
                 hidden = hidden_states[layer]
                 for row, index in enumerate(batch):
-                    # Residues sit at positions 1..n (after <cls>, before <eos> and the padding).
-                    residues = hidden[row, 1 : 1 + len(pairs[index][1])]
+                    # The protein's tokens sit after <cls>, before <eos> and the padding: one
+                    # per residue (positions 1..n), or fewer when a token spans several residues.
+                    residues = hidden[row, 1 : int(mask[row].sum()) - 1]
                     out = results[index]
                     # clone: a view would keep the whole batch's hidden states alive.
                     if "mean" in out:

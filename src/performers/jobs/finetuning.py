@@ -8,17 +8,21 @@ linear probe) with :class:`~performers.training.Trainer` — AdamW, the warm-up/
 feature redraws of the encoder's FAVOR layers, validation, checkpoints with exact resume — and
 evaluates on the test split: accuracy over scored residues (Q3 for secondary structure), or
 Spearman correlation and MSE for regression. :func:`labelled_splits` reads the labelled data and
-:func:`finetuning_encoder` makes the encoder, as ``performers finetune`` chooses them.
+:func:`finetuning_encoder` makes the encoder, as ``performers finetune`` chooses them: this
+package's, or a Hugging Face ESM / ProtBert base model wrapped by :class:`HuggingFaceEncoder`.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor, nn
 
+from performers.jobs.hf_protein_lm import HuggingFaceProteinLM, protein_lm_from_directory
+from performers.jobs.protein_models import protein_model_source
 from performers.jobs.proteins import load_trained
 from performers.models import PerformerConfig, PerformerModel
 from performers.proteins import (
@@ -29,8 +33,10 @@ from performers.proteins import (
     load_shipped_task,
 )
 from performers.training import Trainer, TrainingConfig, evaluate_regression, evaluate_tokens, resolve_device
+from performers.utils import InputError
 
 __all__ = [
+    "HuggingFaceEncoder",
     "SequenceRegressor",
     "TokenClassifier",
     "evaluate_labelled",
@@ -40,10 +46,47 @@ __all__ = [
 ]
 
 
+class HuggingFaceEncoder(nn.Module):
+    """A Hugging Face protein encoder (its base model: ESM, ProtBert) fed this package's
+    protein-tokenizer ids, so that the labelled data, the heads and the training loop stay as
+    they are: each :class:`~performers.proteins.ProteinTokenizer` id (``<pad>``, ``<mask>``,
+    ``<cls>``, ``<eos>``, ``<unk>``, each residue letter) is looked up in the model's own
+    vocabulary. Both lay a protein out ``[<cls>, residues..., <eos>]``, one token per residue;
+    a tokenizer whose tokens span several residues (ProtGPT2's) cannot be mapped and is refused.
+    ``config.d_model`` is the model's hidden size (what the heads read)."""
+
+    def __init__(self, lm: HuggingFaceProteinLM, tokenizer: ProteinTokenizer | None = None) -> None:
+        super().__init__()
+        path = lm.protein_model.path
+        if not lm.one_token_per_residue:
+            raise InputError(
+                f"{path}: its tokens span several residues (byte-pair tokens, as ProtGPT2's), so its "
+                "hidden states cannot be read per residue for fine-tuning"
+            )
+        tokenizer = tokenizer or ProteinTokenizer()
+        vocabulary = lm.tokenizer
+        specials = {"<pad>": vocabulary.pad_id, "<mask>": vocabulary.mask_id, "<cls>": vocabulary.cls_id,
+                    "<eos>": vocabulary.eos_id, "<unk>": vocabulary.unk_id}  # fmt: skip
+        unknown = vocabulary.unk_id if vocabulary.unk_id is not None else vocabulary.pad_id
+        table = []
+        for token in tokenizer.tokens:
+            if token in specials:
+                table.append(unknown if specials[token] is None else specials[token])
+            else:
+                (code,) = vocabulary.encode(token, add_special_tokens=False)
+                table.append(code)
+        self.register_buffer("vocabulary", torch.tensor(table, dtype=torch.long), persistent=False)
+        self.backbone = lm.model.base_model
+        self.config = SimpleNamespace(d_model=lm.hidden_size, source=str(path))
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor):
+        return self.backbone(input_ids=self.vocabulary[input_ids], attention_mask=attention_mask)
+
+
 class TokenClassifier(nn.Module):
     """A Performer encoder with a linear per-residue head: logits ``(B, L, classes)``."""
 
-    def __init__(self, encoder: PerformerModel, num_classes: int) -> None:
+    def __init__(self, encoder: PerformerModel | HuggingFaceEncoder, num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.d_model, num_classes)
@@ -56,7 +99,7 @@ class SequenceRegressor(nn.Module):
     """A Performer encoder, the mean of its residues' hidden states (special tokens and padding
     excluded) and a linear head: predictions ``(B,)``."""
 
-    def __init__(self, encoder: PerformerModel, special_ids: frozenset[int]) -> None:
+    def __init__(self, encoder: PerformerModel | HuggingFaceEncoder, special_ids: frozenset[int]) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.d_model, 1)
@@ -163,17 +206,38 @@ def labelled_splits(
     return {s: load_shipped_task(task or "secondary_structure", s, n) for s, n in limits.items()}
 
 
+def _is_huggingface(path: str | Path) -> bool:
+    try:
+        return protein_model_source(path) == "huggingface"
+    except (OSError, ValueError):
+        return False  # load_trained names what is wrong with it
+
+
 def finetuning_encoder(
     pretrained: str | Path | None,
     *,
     random_init: bool = False,
     config: PerformerConfig | None = None,
     seed: int = 0,
-) -> tuple[PerformerModel, str]:
+) -> tuple[PerformerModel | HuggingFaceEncoder, str]:
     """``(encoder, where it comes from)``: the encoder of the trained model in ``pretrained``;
     with ``random_init``, its architecture randomly initialized after ``torch.manual_seed(seed)``
     (the control run); without ``pretrained``, a new ``PerformerModel(config)`` initialized after
-    ``torch.manual_seed(seed)``."""
+    ``torch.manual_seed(seed)``. A Hugging Face protein model directory (ESM, ProtBert) gives a
+    :class:`HuggingFaceEncoder` of its base model.
+
+    Raises:
+        InputError: a Hugging Face model with ``random_init``, or one whose tokens span several
+            residues (ProtGPT2), naming the directory.
+    """
+    if pretrained and _is_huggingface(pretrained):
+        if random_init:
+            raise InputError(
+                f"{pretrained}: --random-init re-initializes performers models only; for a Hugging "
+                "Face backbone, compare with a performers model of similar size"
+            )
+        lm = protein_lm_from_directory(pretrained)
+        return HuggingFaceEncoder(lm), f"{pretrained} (Hugging Face {lm.protein_model.family})"
     if pretrained and random_init:
         architecture = load_trained(pretrained)[0].config
         torch.manual_seed(seed)

@@ -50,6 +50,11 @@ class ProteinLM(Protocol):
         residue_limit: most residues one protein may have (positions the model has), None for
             no limit (rotary positions).
         device: where the ids must be.
+
+    An implementation may also have ``one_token_per_residue`` (read with ``getattr``, default
+    True): False for a tokenizer whose tokens span several residues (ProtGPT2's byte-pair
+    tokens), for which the jobs give whole-protein results only (mean embeddings, sequence
+    log-likelihoods) and refuse per-residue ones.
     """
 
     tokenizer: ProteinVocabulary
@@ -85,6 +90,7 @@ class PerformerProteinLM:
                 f"(or a ProteinLM), got {type(model).__name__}"
             )
         self.model, self.tokenizer = model, tokenizer
+        self.one_token_per_residue = True
         config = self.encoder.config
         self.num_layers = config.num_layers
         # Learned positions stop at max_position_embeddings, two of which <cls> and <eos> take.

@@ -40,7 +40,7 @@ from performers.models import from_pretrained
 from performers.models.io import CONFIG_NAME, MODEL_CLASSES, ModelLoadError
 from performers.proteins import ProteinTokenizer
 
-__all__ = ["KINDS", "NotAProteinModelError", "ProteinModel", "load_protein_model"]
+__all__ = ["KINDS", "NotAProteinModelError", "ProteinModel", "load_protein_model", "protein_model_source"]
 
 KINDS = ("masked_lm", "causal_lm", "encoder")
 # The 20 standard amino acids: a protein tokenizer must know each of them.
@@ -115,6 +115,26 @@ def load_protein_model(path: str | Path) -> ProteinModel:
             the 20 amino acids. The message names the directory.
         ModelLoadError: a performers model whose files cannot be loaded as written.
     """
+    directory, source, name = _resolve(path)
+    if source == "performers":
+        return _load_performers(directory, name)
+    return _load_huggingface(directory, name)
+
+
+def protein_model_source(path: str | Path) -> str:
+    """``"performers"`` or ``"huggingface"``: which loader :func:`load_protein_model` would use
+    for ``path``, read from its ``config.json`` alone (no weights are loaded).
+
+    Raises:
+        FileNotFoundError, NotAProteinModelError: as :func:`load_protein_model`, for a directory
+            without a readable ``config.json`` or whose config is of neither kind.
+    """
+    return _resolve(path)[1]
+
+
+def _resolve(path: str | Path) -> tuple[Path, str, str]:
+    """``(directory, source, name)``: the directory holding ``config.json`` (a run's ``final/``),
+    ``"performers"`` or ``"huggingface"``, and the performers class or the HF ``model_type``."""
     directory = Path(path)
     if not directory.exists():
         raise FileNotFoundError(f"{directory}: no such model directory")
@@ -124,9 +144,9 @@ def load_protein_model(path: str | Path) -> ProteinModel:
     architectures = config.get("architectures") or [None]
     architecture = architectures[0] if isinstance(architectures, list) and architectures else None
     if architecture in MODEL_CLASSES and "model_type" not in config:
-        return _load_performers(directory, architecture)
+        return directory, "performers", architecture
     if "model_type" in config:
-        return _load_huggingface(directory, str(config["model_type"]))
+        return directory, "huggingface", str(config["model_type"])
     raise NotAProteinModelError(
         f"{directory}: not a protein model directory: its {CONFIG_NAME} names neither a performers "
         f"model class ({sorted(MODEL_CLASSES)}) nor a Hugging Face model_type"

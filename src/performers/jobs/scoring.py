@@ -13,7 +13,9 @@ Per-sequence scores (:func:`score_proteins`), for a protein of ``n`` residues en
   batched by the token budget.
 
 Perplexity is ``exp(−log_likelihood / terms)``, ``terms`` being ``n + 1`` (causal) or ``n``
-(pseudo-perplexity).
+(pseudo-perplexity). A causal model whose tokens span several residues (ProtGPT2's byte-pair
+tokens) is scored over its own tokens: ``terms`` is its token count plus the ``<eos>``; the
+masked scores and strategies, which mask one residue at a time, are refused for such a model.
 
 Variant effects (:func:`score_mutants`; :func:`score_dms` for a ProteinGym DMS file,
 :func:`variant_effects` for variant sequences) score substitutions ``(i, wt → mt)`` of a wild
@@ -287,6 +289,8 @@ def score_proteins(
         pairs, _ = truncate_proteins(protein_pairs(records), model.residue_limit, keep)
     lm = as_protein_lm(model, tokenizer)
     is_causal = lm.is_causal
+    if not is_causal:
+        _check_one_token_per_residue(lm, "a pseudo-log-likelihood")
     sequences = [s for _, s in pairs]
     bar = Progress(sum(map(len, sequences)), desc="score", unit="residues", enabled=progress)
     try:
@@ -298,7 +302,8 @@ def score_proteins(
         bar.close()
     rows = []
     for (name, sequence), score in zip(pairs, scores, strict=True):
-        terms = len(sequence) + 1 if is_causal else len(sequence)
+        # A causal model predicts every token after <cls>: n + 1 with one token per residue.
+        terms = len(lm.tokenizer.encode(sequence)) - 1 if is_causal else len(sequence)
         rows.append(
             {
                 "id": name,
@@ -313,6 +318,14 @@ def score_proteins(
 
 
 # ---- variant effects ------------------------------------------------------------------------
+
+
+def _check_one_token_per_residue(lm: ProteinLM, what: str) -> None:
+    if not getattr(lm, "one_token_per_residue", True):
+        raise ValueError(
+            f"{what} masks one residue at a time, but this model's tokens span several residues "
+            "(byte-pair tokens, as ProtGPT2's)"
+        )
 
 
 def check_strategy(lm: ProteinLM, strategy: str | None) -> str:
@@ -336,6 +349,8 @@ def check_strategy(lm: ProteinLM, strategy: str | None) -> str:
             "strategy 'log-likelihood-ratio' needs a causal language model; a masked model scores "
             f"variants with {', '.join(MASKED_STRATEGIES)}"
         )
+    if strategy in MASKED_STRATEGIES:
+        _check_one_token_per_residue(lm, f"strategy {strategy!r}")
     return strategy
 
 
