@@ -377,14 +377,20 @@ class _StabilizedExpFeatures(torch.autograd.Function):
         features = log.sub_(shift).exp_()
         if pad is not None:
             features.masked_fill_(pad, 0.0)
-        ctx.save_for_backward(features, x, scaled_rows)
+        # `rows`, not `scaled_rows` (made here without a graph): with create_graph=True this
+        # backward is itself differentiated, through the saved input and output.
+        ctx.save_for_backward(features, x, rows)
         ctx.scale, ctx.scaled_norm = scale, scaled_norm
         ctx.mark_non_differentiable(offsets)
         return features, offsets
 
     @staticmethod
     def backward(ctx, grad_features, _grad_offsets):
-        features, x, scaled_rows = ctx.saved_tensors
+        # Differentiable as written (no value computed without a graph; ``features`` is this
+        # Function's own output, whose derivative autograd takes through this backward again),
+        # so a second derivative needs no recomputation.
+        features, x, rows = ctx.saved_tensors
+        scaled_rows = rows * ctx.scale
         grad_log = grad_features * features
         grad_x = grad_rows = None
         if ctx.needs_input_grad[0]:
