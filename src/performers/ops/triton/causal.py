@@ -28,8 +28,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from performers.ops.causal.generic import causal_linear_attention
+from performers.ops.double_backward import graph_backward, wants_graph
 from performers.ops.numerics import accumulation_dtype, key_offsets
-from performers.ops.triton.bidirectional import ROW_MAX, row_pass
+from performers.ops.state import FavorState
+from performers.ops.triton.bidirectional import ROW_MAX, graph_features, row_pass
 from performers.ops.triton.launch import (
     Blocks,
     activation_code,
@@ -410,10 +413,13 @@ class _TritonCausal(torch.autograd.Function):
             qf, kf, vf, rows_c, offsets, befores, pad_arg, heads, states_s, states_z, out, inverse, query_max,
             length, m, d, dv, n, half_norm, eps, HAS_PAD=has_pad, **meta,
         )  # fmt: skip
+        # The inputs as given (their flat copies above are made without a graph): a
+        # differentiable recomputation needs them connected.
         ctx.save_for_backward(
-            qf, kf, vf, rows_c, offsets, ends, befores, states_s, states_z, out, inverse, query_max, pad
-        )
-        ctx.blocks = blocks
+            q, k, v, rows, init_s, init_z, init_offset, offsets, ends, befores, states_s, states_z, out,
+            inverse, query_max, pad,
+        )  # fmt: skip
+        ctx.blocks, ctx.eps, ctx.act, ctx.feps = blocks, eps, act, feps
         ctx.shape, ctx.meta, ctx.half_norm, ctx.has_init = (
             (batch, heads, length, d, dv, m, n),
             meta,
@@ -433,11 +439,24 @@ class _TritonCausal(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_final_s, grad_final_z, _grad_offset):
-        qf, kf, vf, rows, offsets, ends, befores, states_s, states_z, out, inverse, query_max, pad = (
-            ctx.saved_tensors
-        )
+        (q, k, v, rows, init_s, init_z, init_offset, offsets, ends, befores, states_s, states_z, out, inverse,
+         query_max, pad) = ctx.saved_tensors  # fmt: skip
         batch, heads, length, d, dv, m, n = ctx.shape
         meta, half_norm = ctx.meta, ctx.half_norm
+        if wants_graph():  # create_graph=True: a PyTorch recomputation (ops.double_backward)
+
+            def recompute() -> tuple[Tensor, Tensor, Tensor]:
+                return _causal_graph(
+                    q, k, v, rows, init_s, init_z, init_offset, offsets, pad, half_norm, ctx.act, ctx.feps,
+                    ctx.eps, meta["BC"],
+                )  # fmt: skip
+
+            inputs = (q, k, v, rows, init_s, init_z)
+            grads = graph_backward(
+                inputs, ctx.needs_input_grad[:6], recompute, (grad_out, grad_final_s, grad_final_z)
+            )
+            return (*grads, *(None,) * 7)
+        qf, kf, vf, rows = flat(q), flat(k), flat(v), rows.contiguous()
         bh = batch * heads
         acc = dict(device=qf.device, dtype=out.dtype)
         grad_num = (flat(grad_out).to(out.dtype) * inverse[..., None]).contiguous()
@@ -507,6 +526,38 @@ class _TritonCausal(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _causal_graph(
+    q: Tensor, k: Tensor, v: Tensor, rows: Tensor, init_s: Tensor | None, init_z: Tensor | None,
+    init_offset: Tensor | None, offsets: Tensor, pad: Tensor | None, half_norm: float, act: int,
+    feature_eps: float, eps: float, chunk: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """:class:`_TritonCausal`'s ``(out, kv, normalizer)`` in differentiable PyTorch operations:
+    the kernels' features in the forward's (detached) offsets ``(B·H, L)``, then the chunked
+    algorithm of :mod:`performers.ops.causal.generic`."""
+    acc = accumulation_dtype(q.dtype)
+    q, k, v, rows = (t.to(acc) for t in (q, k, v, rows))
+    b, h, length = q.shape[:3]
+    key_log_offsets = offsets.reshape(b, h, length) if act == EXP.value else None
+    q_features, k_features = graph_features(
+        q,
+        k,
+        rows,
+        pad,
+        half_norm,
+        act,
+        feature_eps,
+        None if key_log_offsets is None else key_log_offsets[..., None],
+    )
+    state = None
+    if init_s is not None:
+        state = FavorState(init_s.to(acc), init_z.to(acc), init_offset.reshape(b, h).to(acc))
+    out, final = causal_linear_attention(
+        q_features, k_features, v, key_log_offsets=key_log_offsets, chunk_size=chunk, initial_state=state,
+        return_state=True, eps=eps,
+    )  # fmt: skip
+    return out, final.kv, final.normalizer
 
 
 def triton_causal_attention(
