@@ -36,7 +36,7 @@ def wants_graph() -> bool:
 def graph_backward(
     inputs: Sequence[Tensor | None],
     needs: Sequence[bool],
-    forward: Callable[[], Sequence[Tensor | None]],
+    forward: Callable[..., Sequence[Tensor | None]],
     grad_outputs: Sequence[Tensor | None],
 ) -> tuple[Tensor | None, ...]:
     """The vector-Jacobian product of ``forward`` as a differentiable function (a graph).
@@ -45,8 +45,8 @@ def graph_backward(
         inputs: the Function's saved inputs (as ``ctx.saved_tensors`` gives them: connected to
             the graph they came from, which is what makes the result differentiable in them).
         needs: ``ctx.needs_input_grad`` for ``inputs``.
-        forward: recomputes the Function's outputs from ``inputs`` with differentiable PyTorch
-            operations (stabilizers detached, as in the forward).
+        forward: ``forward(*inputs)`` recomputes the Function's outputs with differentiable
+            PyTorch operations (stabilizers detached, as in the forward).
         grad_outputs: the gradients of those outputs (None: that output was not used).
 
     Returns:
@@ -58,7 +58,14 @@ def graph_backward(
     if not wanted:
         return tuple(result)
     with torch.enable_grad():
-        outputs = forward()
+        # Partial derivatives: the recomputation reads x + 0 with a fresh zero leaf per input
+        # and is differentiated with respect to those zeros. Differentiated with respect to the
+        # inputs themselves, it would also follow a path from one input to another (the
+        # summary a readout takes is itself a function of the projection it also takes) and
+        # count that path twice, here and in the backward that called this one.
+        zeros = {i: torch.zeros_like(inputs[i], requires_grad=True) for i in wanted}
+        proxies = [t + zeros[i] if i in zeros else t for i, t in enumerate(inputs)]
+        outputs = forward(*proxies)
     pairs = [
         (out, grad)
         for out, grad in zip(outputs, grad_outputs, strict=True)
@@ -68,7 +75,7 @@ def graph_backward(
         return tuple(result)
     grads = torch.autograd.grad(
         [out for out, _ in pairs],
-        [inputs[i] for i in wanted],
+        [zeros[i] for i in wanted],
         [grad.to(out.dtype) for out, grad in pairs],
         create_graph=True,
         allow_unused=True,

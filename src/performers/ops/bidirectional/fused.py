@@ -109,7 +109,7 @@ class _ExpKeySummary(torch.autograd.Function):
             grads = graph_backward(
                 (k, v, rows),
                 ctx.needs_input_grad[:3],
-                lambda: _key_summary_graph(k, v, rows, key_max, pad, scale, scaled_norm),
+                lambda k, v, rows: _key_summary_graph(k, v, rows, key_max, pad, scale, scaled_norm),
                 (grad_kv, grad_normalizer),
             )
             return (*grads, None, None, None, None, None)
@@ -187,7 +187,9 @@ class _ExpQueryReadout(torch.autograd.Function):
             grads = graph_backward(
                 (q, rows, kv, normalizer),
                 ctx.needs_input_grad[:4],
-                lambda: (_query_readout_graph(q, rows, kv, normalizer, shift, scale, ctx.eps),),
+                lambda q, rows, kv, normalizer: (
+                    _query_readout_graph(q, rows, kv, normalizer, shift, scale, ctx.eps),
+                ),
                 (grad_out,),
             )
             return (*grads, None, None, None, None, None)

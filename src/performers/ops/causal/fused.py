@@ -162,7 +162,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
         scale, scaled_norm = ctx.scale, ctx.scaled_norm
         if wants_graph():  # create_graph=True: a differentiable recomputation (double_backward)
 
-            def recompute() -> tuple[Tensor, Tensor]:
+            def recompute(q, k, v, rows, initial) -> tuple[Tensor, Tensor]:
                 real_pad = None if pad is None else pad[:, :, :length]
                 return _causal_graph(
                     q, k, v, rows, initial, initial_offset, offsets[:, :, :length], real_pad,

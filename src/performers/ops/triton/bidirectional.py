@@ -312,7 +312,7 @@ class _TritonBidirectional(torch.autograd.Function):
         run, half_norm = ctx.run, ctx.half_norm
         if wants_graph():  # create_graph=True: a PyTorch recomputation (ops.double_backward)
 
-            def recompute() -> tuple[Tensor]:
+            def recompute(q, k, v, rows) -> tuple[Tensor]:
                 return (
                     _bidirectional_graph(q, k, v, rows, key_col, pad, half_norm, ctx.act, ctx.feps, ctx.eps),
                 )

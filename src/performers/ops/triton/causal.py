@@ -445,7 +445,7 @@ class _TritonCausal(torch.autograd.Function):
         meta, half_norm = ctx.meta, ctx.half_norm
         if wants_graph():  # create_graph=True: a PyTorch recomputation (ops.double_backward)
 
-            def recompute() -> tuple[Tensor, Tensor, Tensor]:
+            def recompute(q, k, v, rows, init_s, init_z) -> tuple[Tensor, Tensor, Tensor]:
                 return _causal_graph(
                     q, k, v, rows, init_s, init_z, init_offset, offsets, pad, half_norm, ctx.act, ctx.feps,
                     ctx.eps, meta["BC"],
