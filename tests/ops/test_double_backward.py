@@ -200,3 +200,26 @@ def test_triton(kernel, causal):
         _penalty_grads(triton, inputs), _penalty_grads(attention("torch"), inputs), strict=True
     ):
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9 * expected.abs().max().item())
+
+
+def test_triton_causal_recomputation_does_not_depend_on_its_chunks():
+    """The Triton kernels' chunks are at least 16 positions, so test_triton reads one chunk:
+    here the recomputation behind their second derivatives, over several chunks (a tail
+    included) and over one, from an initial state, gives one result."""
+    pytest.importorskip("triton")
+    from performers.ops.numerics import key_offsets
+    from performers.ops.triton.causal import _causal_graph
+
+    q, k, v, w = (t.detach() for t in _inputs(7))
+    previous = _state()
+    pad = torch.tensor([[0, 0, 1, 0, 0, 0, 0]], dtype=torch.int8)
+    log = torch.matmul(k, w.t()) - 0.5 * k.square().sum(-1, keepdim=True)
+    masked = log.masked_fill(pad.bool()[:, None, :, None], -torch.inf)
+    offsets, _ = key_offsets(masked, causal=True, start=previous.log_offset)
+    state = (previous.kv.detach(), previous.normalizer.detach(), previous.log_offset)
+    every = [
+        _causal_graph(q, k, v, w, *state, offsets, pad, 0.5, 0, 0.0, 1e-300, chunk) for chunk in (2, 3, 7)
+    ]
+    for result in every[:-1]:
+        for got, expected in zip(result, every[-1], strict=True):
+            torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)

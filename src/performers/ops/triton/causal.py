@@ -24,14 +24,20 @@ The chunk length is the kernel's tile (``Blocks.rows``); results do not depend o
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from performers.ops.causal.generic import causal_linear_attention
 from performers.ops.double_backward import graph_backward, wants_graph
-from performers.ops.numerics import accumulation_dtype, key_offsets
-from performers.ops.state import FavorState
+from performers.ops.numerics import (
+    accumulation_dtype,
+    chunk_rescale_factors,
+    key_offsets,
+    safe_reciprocal,
+    state_carry_factors,
+    with_ones,
+)
 from performers.ops.triton.bidirectional import ROW_MAX, graph_features, row_pass
 from performers.ops.triton.launch import (
     Blocks,
@@ -534,30 +540,46 @@ def _causal_graph(
     feature_eps: float, eps: float, chunk: int,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """:class:`_TritonCausal`'s ``(out, kv, normalizer)`` in differentiable PyTorch operations:
-    the kernels' features in the forward's (detached) offsets ``(B·H, L)``, then the chunked
-    algorithm of :mod:`performers.ops.causal.generic`."""
+    the kernels' features in the forward's (detached) offsets ``(B·H, L)`` (all 0 for the
+    generalized kernels), then the chunked algorithm of the kernels with every chunk state
+    from one product (:func:`~performers.ops.numerics.state_carry_factors`)."""
     acc = accumulation_dtype(q.dtype)
     q, k, v, rows = (t.to(acc) for t in (q, k, v, rows))
     b, h, length = q.shape[:3]
-    key_log_offsets = offsets.reshape(b, h, length) if act == EXP.value else None
+    offsets = offsets.reshape(b, h, length)
+    stabilized = act == EXP.value
     q_features, k_features = graph_features(
-        q,
-        k,
-        rows,
-        pad,
-        half_norm,
-        act,
-        feature_eps,
-        None if key_log_offsets is None else key_log_offsets[..., None],
+        q, k, rows, pad, half_norm, act, feature_eps, offsets[..., None] if stabilized else None
     )
-    state = None
-    if init_s is not None:
-        state = FavorState(init_s.to(acc), init_z.to(acc), init_offset.reshape(b, h).to(acc))
-    out, final = causal_linear_attention(
-        q_features, k_features, v, key_log_offsets=key_log_offsets, chunk_size=chunk, initial_state=state,
-        return_state=True, eps=eps,
-    )  # fmt: skip
-    return out, final.kv, final.normalizer
+    m, e = rows.shape[0], v.shape[-1] + 1
+    if init_s is None:
+        state = q.new_zeros(b, h, m, e)
+        state_offset = offsets[..., 0]
+    else:
+        state = torch.cat([init_s, init_z.unsqueeze(-1)], dim=-1).to(acc)
+        state_offset = init_offset.reshape(b, h).to(acc)
+    # Whole chunks: the tail is zero features (nothing read, nothing added) at the last offset.
+    extra = (-length) % chunk
+    values = with_ones(v)
+    if extra:
+        q_features, k_features, values = (
+            F.pad(t, (0, 0, 0, extra)) for t in (q_features, k_features, values)
+        )
+        offsets = torch.cat([offsets, offsets[..., -1:].expand(b, h, extra)], dim=-1)
+    n = (length + extra) // chunk
+    qc, kc, vc = (t.reshape(b, h, n, chunk, t.shape[-1]) for t in (q_features, k_features, values))
+    chunk_offsets = offsets.reshape(b, h, n, chunk)
+    within, to_end, _, to_query = chunk_rescale_factors(chunk_offsets, state_offset)
+    summaries = torch.matmul(kc.transpose(-2, -1), vc * to_end)  # (B, H, n, M, E)
+    carry = state_carry_factors(chunk_offsets[..., -1], state_offset)  # (B, H, n+1, n+1)
+    sources = torch.cat([state.unsqueeze(2), summaries], dim=2).flatten(-2)
+    carried = torch.matmul(carry, sources).view(b, h, n + 1, m, e)
+    read = torch.matmul(torch.matmul(qc, kc.transpose(-2, -1)) * within, vc)
+    read = read + torch.matmul(qc, carried[:, :, :n]) * to_query
+    read = read.reshape(b, h, n * chunk, e)[:, :, :length]
+    out = read[..., :-1] * safe_reciprocal(read[..., -1], eps).unsqueeze(-1)
+    final = carried[:, :, n]
+    return out, final[..., :-1], final[..., -1]
 
 
 def triton_causal_attention(
