@@ -4,6 +4,9 @@ counted, so that what a layer sends can be measured.
 Every call goes through :func:`torch.distributed` on the given process group (gloo on CPU,
 NCCL on GPU). :func:`record_communication` collects, for each collective this process takes
 part in, its kind and the bytes this process contributes (:class:`CollectiveCall`).
+
+The backward passes are differentiable (an all-reduce's adjoint is itself, an all-gather's an
+all-reduce), so second derivatives (``create_graph=True``) cross processes too.
 """
 
 from __future__ import annotations

@@ -365,7 +365,9 @@ class _StabilizedExpFeatures(torch.autograd.Function):
 
     Forward allocates one ``(..., L, M)`` tensor (the matmul output, exponentiated in place)
     instead of one per elementwise step, and only ``φ`` is kept for backward:
-    ``∂x = (g ⊙ φ)(sP) - a·s² rowsum(g ⊙ φ) x`` (the shift is a detached stabilizer).
+    ``∂x = (g ⊙ φ)(sP) - a·s² rowsum(g ⊙ φ) x`` (the shift is a detached stabilizer). That
+    backward is built from differentiable operations on saved inputs and the output, so second
+    derivatives (``create_graph=True``) need nothing more.
     """
 
     @staticmethod

@@ -17,6 +17,10 @@ Stabilization is the same as :func:`performers.ops.features.stabilize_keys`: que
 row maximum, keys by the maximum over all non-padded keys. Keys are streamed, so the summary is
 rescaled by ``exp(m_old - m_new)`` whenever a block raises the maximum (exact: it multiplies
 every term already summed by the same factor).
+
+Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
+recomputation of each Function's forward from its saved inputs instead
+(:mod:`performers.ops.double_backward`; it materializes the features).
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ it and out of the final state. No tensor of ``L·M`` elements is allocated: memo
 Offsets (``m_j``, running maximum of the key log-features) are in units of ``P x̃ - a‖x̃‖²/2``
 internally; the returned state uses the units of :func:`performers.ops.features.stabilize_keys`
 (which include the map's constant ``c``), so states move freely between the two paths.
+
+Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
+recomputation instead (the features in the forward's offsets, then the chunked algorithm of
+:mod:`performers.ops.causal.generic`; :mod:`performers.ops.double_backward`).
 """
 
 from __future__ import annotations

@@ -37,7 +37,9 @@ class _DecayedPrefixScan(torch.autograd.Function):
 
     Written as a Function so that the per-chunk Python loop writes into one preallocated
     buffer forward and backward; indexing a tensor in an autograd loop would make every step's
-    backward allocate (and zero) a full-size gradient, ``O(N²)`` work.
+    backward allocate (and zero) a full-size gradient, ``O(N²)`` work. Its backward is the same
+    scan run backwards in time, so with ``create_graph=True`` it runs as this Function again
+    (differentiable at every order).
     """
 
     @staticmethod

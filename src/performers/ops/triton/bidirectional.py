@@ -26,6 +26,10 @@ negation on the query side.
 Backward recomputes every feature tile (queries from their stored row maxima) instead of
 storing ``L×M`` features: on a GPU the recomputation is cheaper than the memory traffic.
 The gradient of ``P`` is written per batch·head and summed on the host (deterministic, no atomics).
+
+Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
+recomputation of what the kernels compute (:func:`graph_features`, the forward's offsets;
+:mod:`performers.ops.double_backward`) instead of launching the backward kernels.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ of the offset at the end of chunk ``c − 1``. Four kernels:
 
 Memory is ``O(L·(D + Dv) + (L/C)·M·Dv)``: no ``L×M`` tensor exists in forward or backward.
 The chunk length is the kernel's tile (``Blocks.rows``); results do not depend on it.
+
+Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
+recomputation of the same chunked algorithm instead (:mod:`performers.ops.double_backward`).
 """
 
 from __future__ import annotations
