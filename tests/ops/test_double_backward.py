@@ -1,6 +1,8 @@
 """Second derivatives of every path (gradient penalties, Hessian-vector products, meta-learning):
-``gradgradcheck`` in float64 against finite differences of the first derivative, and a gradient
-penalty against the naive quadratic reference.
+``gradgradcheck`` in float64 against finite differences of the first derivative (with the
+first derivative under ``create_graph=True`` equal to the usual one), a gradient penalty against
+the naive quadratic reference, and the Triton kernels' second derivatives against the PyTorch
+path's.
 
 The hand-written autograd Functions (the fused paths, the Triton kernels, the stabilized
 features and the causal prefix scan) recompute their forward with PyTorch operations when a
