@@ -86,6 +86,36 @@ def case_outputs_and_gradients(rank, world, lengths):
                 _check(f"{label} grad projection (summed over ranks)", total, ref_grads[3])
 
 
+def case_gradient_penalty(rank, world, lengths):
+    """Second derivatives cross shards: the derivative of a gradient penalty ``‖∂L/∂q‖² +
+    ‖∂L/∂k‖²`` with respect to every input equals the single-process one (the collectives'
+    backward passes are differentiable with create_graph=True; ∂L/∂k is one of them). The
+    softmax kernel only: the other kernels' generic paths take plain autograd and the same
+    collectives (all-reduce, the prefix exchange)."""
+    lo, hi = _bounds(lengths, rank)
+    for kernel in ("softmax",):
+        for causal in (False, True):
+            q, k, v, w, mask = _data(lengths, h=1, m=4, kernel=kernel)
+            options = dict(causal=causal, kernel=kernel, key_padding_mask=mask, chunk_size=2)
+            full = [t.clone().requires_grad_(True) for t in (q, k, v, w)]
+            weights = _weights_like(v)
+            out = single_favor_attention(*full, **options)
+            grad_qk = torch.autograd.grad((out * weights).sum(), full[:2], create_graph=True)
+            expected = torch.autograd.grad(sum(g.square().sum() for g in grad_qk), full)
+            shard = [t[:, :, lo:hi].clone().requires_grad_(True) for t in (q, k, v)]
+            w_local = w.clone().requires_grad_(True)
+            options["key_padding_mask"] = mask[:, lo:hi]
+            out = favor_attention(*shard, w_local, **options, block_size=2)
+            grad_qk = torch.autograd.grad((out * weights[:, :, lo:hi]).sum(), shard[:2], create_graph=True)
+            grads = torch.autograd.grad(sum(g.square().sum() for g in grad_qk), [*shard, w_local])
+            label = f"{kernel} causal={causal} {lengths} gradient penalty"
+            for name, got, ref in zip("qkv", grads[:3], expected[:3], strict=True):
+                _check(f"{label}: grad {name}", got, ref[:, :, lo:hi])
+            total = grads[3].clone()
+            dist.all_reduce(total)
+            _check(f"{label}: grad projection (summed over ranks)", total, expected[3])
+
+
 def case_later_tokens_do_not_change_earlier_shards(rank, world, lengths):
     """Causal, float32: changing every token of the shards after ``r`` leaves the outputs of
     shards ``<= r`` bit for bit unchanged."""

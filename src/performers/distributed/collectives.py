@@ -4,6 +4,9 @@ counted, so that what a layer sends can be measured.
 Every call goes through :func:`torch.distributed` on the given process group (gloo on CPU,
 NCCL on GPU). :func:`record_communication` collects, for each collective this process takes
 part in, its kind and the bytes this process contributes (:class:`CollectiveCall`).
+
+The backward passes are differentiable (an all-reduce's adjoint is itself, an all-gather's an
+all-reduce), so second derivatives (``create_graph=True``) cross processes too.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+from performers.ops.double_backward import wants_graph
 
 __all__ = [
     "CollectiveCall",
@@ -90,15 +95,39 @@ def _all_gather(tensor: Tensor, group, backward: bool) -> Tensor:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    # y = Σ_r x_r on every process: ∂L/∂x_r = Σ_p ∂L_p/∂y, the same all-reduce backwards.
+    # y = Σ_r x_r on every process: ∂L/∂x_r = Σ_p ∂L_p/∂y, the same all-reduce backwards —
+    # run as this Function again, so that with create_graph=True the gradient is differentiable
+    # (second derivatives; outside grad mode `apply` records nothing and costs the same).
     @staticmethod
-    def forward(ctx, tensor, group):
+    def forward(ctx, tensor, group, backward=False):
         ctx.group = group
-        return _all_reduce(tensor, dist.ReduceOp.SUM, group, backward=False)
+        return _all_reduce(tensor, dist.ReduceOp.SUM, group, backward=backward)
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_reduce(grad, dist.ReduceOp.SUM, ctx.group, backward=True), None
+        return _AllReduceSum.apply(grad, ctx.group, True), None, None
+
+
+class _AllGather(torch.autograd.Function):
+    # y = [x_0, …, x_{W-1}] on every process: ∂L/∂x_r = Σ_p (∂L_p/∂y)[r], an all-reduce of the
+    # gradients, through _AllReduceSum so that it is differentiable again. The backward passes
+    # use it only with create_graph=True (otherwise they gather without autograd).
+    @staticmethod
+    def forward(ctx, tensor, group, backward=False):
+        ctx.group, ctx.rank = group, dist.get_rank(group)
+        return _all_gather(tensor, group, backward=backward)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _AllReduceSum.apply(grad, ctx.group, True)[ctx.rank], None, None
+
+
+def gather_for_backward(tensor: Tensor, group) -> Tensor:
+    """An all-gather inside a backward pass: differentiable when that backward runs with
+    ``create_graph=True`` (a second derivative), a plain collective otherwise."""
+    if wants_graph():
+        return _AllGather.apply(tensor, group, True)
+    return _all_gather(tensor, group, backward=True)
 
 
 def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
@@ -132,7 +161,7 @@ class _FirstDefined(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (source,) = ctx.saved_tensors
-        total = _all_reduce(grad, dist.ReduceOp.SUM, ctx.group, backward=True)
+        total = _AllReduceSum.apply(grad, ctx.group, True)  # differentiable (create_graph=True)
         return torch.where(source == ctx.rank, total, torch.zeros_like(total)), None
 
 

@@ -10,7 +10,8 @@ from the shards before it only (so no output of shard ``r`` depends on a later t
 bit), and, when asked, the state of the whole sequence ``T`` (identical on every process). The
 factors are detached stabilizers ``≤ 1``. Backward is the mirror image: one all-gather of the
 gradients of every ``P_r`` (and ``T``), from which shard ``s`` sums what reaches ``S_s`` —
-``Σ_{r>s} exp(e_s − p_r)·∂P_r`` — the reverse prefix.
+``Σ_{r>s} exp(e_s − p_r)·∂P_r`` — the reverse prefix. With ``create_graph=True`` that gather is
+differentiable (its adjoint an all-reduce), so second derivatives cross shards too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from performers.distributed.collectives import _all_gather
+from performers.distributed.collectives import _all_gather, gather_for_backward
 
 __all__ = ["exclusive_prefix", "offset_weights"]
 
@@ -86,7 +87,10 @@ class _ExclusivePrefix(torch.autograd.Function):
         if ctx.with_total:
             parts.append(grad_total if grad_total is not None else torch.zeros_like(grad_prefix))
         local = torch.stack(parts, dim=0)  # (1 or 2, B, H, M, E)
-        gathered = _all_gather(local, ctx.group, backward=True)  # (W, 1 or 2, B, H, M, E)
+        # (W, 1 or 2, B, H, M, E); a differentiable gather with create_graph=True: the prefix is
+        # linear in the states (the weights are detached stabilizers), so its second derivative
+        # is this backward's dependence on the gradients, which the gather then carries.
+        gathered = gather_for_backward(local, ctx.group)
         # Every shard's prefix offset, recomputed from the offsets (no second exchange).
         prefix_offsets = torch.stack(
             [_combine_offsets(offsets[: first + r]) for r in range(world)], dim=0

@@ -365,7 +365,9 @@ class _StabilizedExpFeatures(torch.autograd.Function):
 
     Forward allocates one ``(..., L, M)`` tensor (the matmul output, exponentiated in place)
     instead of one per elementwise step, and only ``φ`` is kept for backward:
-    ``∂x = (g ⊙ φ)(sP) - a·s² rowsum(g ⊙ φ) x`` (the shift is a detached stabilizer).
+    ``∂x = (g ⊙ φ)(sP) - a·s² rowsum(g ⊙ φ) x`` (the shift is a detached stabilizer). That
+    backward is built from differentiable operations on saved inputs and the output, so second
+    derivatives (``create_graph=True``) need nothing more.
     """
 
     @staticmethod
@@ -377,14 +379,20 @@ class _StabilizedExpFeatures(torch.autograd.Function):
         features = log.sub_(shift).exp_()
         if pad is not None:
             features.masked_fill_(pad, 0.0)
-        ctx.save_for_backward(features, x, scaled_rows)
+        # `rows`, not `scaled_rows` (made here without a graph): with create_graph=True this
+        # backward is itself differentiated, through the saved input and output.
+        ctx.save_for_backward(features, x, rows)
         ctx.scale, ctx.scaled_norm = scale, scaled_norm
         ctx.mark_non_differentiable(offsets)
         return features, offsets
 
     @staticmethod
     def backward(ctx, grad_features, _grad_offsets):
-        features, x, scaled_rows = ctx.saved_tensors
+        # Differentiable as written (no value computed without a graph; ``features`` is this
+        # Function's own output, whose derivative autograd takes through this backward again),
+        # so a second derivative needs no recomputation.
+        features, x, rows = ctx.saved_tensors
+        scaled_rows = rows * ctx.scale
         grad_log = grad_features * features
         grad_x = grad_rows = None
         if ctx.needs_input_grad[0]:

@@ -17,6 +17,10 @@ Stabilization is the same as :func:`performers.ops.features.stabilize_keys`: que
 row maximum, keys by the maximum over all non-padded keys. Keys are streamed, so the summary is
 rescaled by ``exp(m_old - m_new)`` whenever a block raises the maximum (exact: it multiplies
 every term already summed by the same factor).
+
+Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
+recomputation of each Function's forward from its saved inputs instead
+(:mod:`performers.ops.double_backward`; it materializes the features).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from torch import Tensor
 
 from performers.ops.checks import check_positive_int
+from performers.ops.double_backward import graph_backward, wants_graph
 from performers.ops.features import (
     ExpForm,
     exp_log_features,
@@ -104,6 +109,14 @@ class _ExpKeySummary(torch.autograd.Function):
     def backward(ctx, grad_kv, grad_normalizer, _grad_key_max):
         k, v, rows, key_max = ctx.saved_tensors
         pad, block, scale, scaled_norm = ctx.pad, ctx.block, ctx.scale, ctx.scaled_norm
+        if wants_graph():  # create_graph=True: a differentiable recomputation (double_backward)
+            grads = graph_backward(
+                (k, v, rows),
+                ctx.needs_input_grad[:3],
+                lambda k, v, rows: _key_summary_graph(k, v, rows, key_max, pad, scale, scaled_norm),
+                (grad_kv, grad_normalizer),
+            )
+            return (*grads, None, None, None, None, None)
         scaled_rows = rows * scale
         need_k, need_v, need_rows = ctx.needs_input_grad[:3]
         if grad_kv is None:
@@ -167,13 +180,23 @@ class _ExpQueryReadout(torch.autograd.Function):
             inverse_denominator[:, :, start:stop] = inverse
             out[:, :, start:stop] = torch.matmul(features, kv_in).mul_(inverse)
         ctx.save_for_backward(q, rows, kv, normalizer, inverse_denominator, out, q_features, shift)
-        ctx.block, ctx.scale = block, scale
+        ctx.block, ctx.scale, ctx.eps = block, scale, eps
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, rows, kv, normalizer, inverse_denominator, out, q_features, shift = ctx.saved_tensors
         block, scale = ctx.block, ctx.scale
+        if wants_graph():  # create_graph=True: a differentiable recomputation (double_backward)
+            grads = graph_backward(
+                (q, rows, kv, normalizer),
+                ctx.needs_input_grad[:4],
+                lambda q, rows, kv, normalizer: (
+                    _query_readout_graph(q, rows, kv, normalizer, shift, scale, ctx.eps),
+                ),
+                (grad_out,),
+            )
+            return (*grads, None, None, None, None, None)
         scaled_rows = rows * scale
         need_q, need_rows, need_kv, need_normalizer = ctx.needs_input_grad[:4]
         acc = accumulation_dtype(q.dtype)
@@ -221,6 +244,34 @@ class _ExpQueryReadout(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _key_summary_graph(
+    k: Tensor, v: Tensor, rows: Tensor, key_max: Tensor, pad: Tensor | None, scale: float, scaled_norm: float
+) -> tuple[Tensor, Tensor]:
+    """:class:`_ExpKeySummary`'s ``(kv, normalizer)`` in differentiable operations, all keys at
+    once, in the units of the forward's (detached) maxima ``key_max``."""
+    acc = accumulation_dtype(k.dtype)
+    k, v, rows = k.to(acc), v.to(acc), rows.to(acc)
+    log = exp_log_features(k, rows * scale, scaled_norm)
+    if pad is not None:  # -inf before exp: a padded key is an exact 0 with a zero gradient
+        log = log.masked_fill(pad, -math.inf)
+    features = torch.exp(log - key_max.to(acc))
+    return transposed_product(features, v), features.sum(dim=-2, keepdim=True)
+
+
+def _query_readout_graph(
+    q: Tensor, rows: Tensor, kv: Tensor, normalizer: Tensor, shift: Tensor | None, scale: float, eps: float
+) -> Tensor:
+    """:class:`_ExpQueryReadout`'s output in differentiable operations, all queries at once
+    (the row maxima detached: they cancel in the ratio)."""
+    acc = accumulation_dtype(q.dtype)
+    log = exp_log_features(q.to(acc), rows.to(acc) * scale)
+    if shift is not None:
+        log = log + shift.to(acc)
+    features = torch.exp(log - log.detach().amax(dim=-1, keepdim=True))
+    denominator = torch.matmul(features, normalizer.to(acc).transpose(-2, -1))
+    return (torch.matmul(features, kv.to(acc)) * safe_reciprocal(denominator, eps)).to(q.dtype)
 
 
 def _block_size(block_size: int | None, batch_heads: int, feature_dim: int) -> int:

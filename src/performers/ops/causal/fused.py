@@ -15,6 +15,10 @@ it and out of the final state. No tensor of ``L·M`` elements is allocated: memo
 Offsets (``m_j``, running maximum of the key log-features) are in units of ``P x̃ - a‖x̃‖²/2``
 internally; the returned state uses the units of :func:`performers.ops.features.stabilize_keys`
 (which include the map's constant ``c``), so states move freely between the two paths.
+
+Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
+recomputation instead (the features in the forward's offsets, then the chunked algorithm of
+:mod:`performers.ops.causal.generic`; :mod:`performers.ops.double_backward`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from performers.ops.causal.generic import causal_linear_attention
 from performers.ops.checks import check_positive_int
+from performers.ops.double_backward import graph_backward, wants_graph
 from performers.ops.features import (
     ExpForm,
     exp_log_features,
@@ -42,7 +48,7 @@ from performers.ops.numerics import (
     state_carry_factors,
     with_ones,
 )
-from performers.ops.state import DEFAULT_CHUNK_SIZE, SEGMENT_CHUNKS
+from performers.ops.state import DEFAULT_CHUNK_SIZE, SEGMENT_CHUNKS, FavorState
 
 __all__ = ["SEGMENT_CHUNKS", "fused_causal_exp_attention"]
 
@@ -66,6 +72,9 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, rows, initial, initial_offset, scale, norm, pad, chunk, segment, eps):
+        # The inputs as given (the padded copies below are made without a graph): backward pads
+        # again, and a differentiable recomputation needs them connected.
+        inputs = (q, k, v, rows, initial)
         length = q.shape[2]
         extra = (-length) % chunk
         if extra:
@@ -144,20 +153,34 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             inverse[:, :, lo:hi] = inv
             torch.mul(read[..., :-1], inv, out=out[:, :, lo:hi])
             state_offset = offs[..., -1]
-        ctx.save_for_backward(q, k, v, rows, offsets, states, inverse, out, blocks, initial_offset)
+        ctx.save_for_backward(*inputs, offsets, states, inverse, out, blocks, initial_offset)
         ctx.pad, ctx.chunk, ctx.segment, ctx.length = pad, chunk, segment, length
-        ctx.scale, ctx.scaled_norm = scale, scaled_norm
+        ctx.scale, ctx.scaled_norm, ctx.eps = scale, scaled_norm, eps
         ctx.mark_non_differentiable(state_offset)
         return out[:, :, :length], state, state_offset
 
     @staticmethod
     def backward(ctx, grad_out, grad_state, _grad_offset):
-        q, k, v, rows, offsets, states, inverse, out, blocks, initial_offset = ctx.saved_tensors
+        q, k, v, rows, initial, offsets, states, inverse, out, blocks, initial_offset = ctx.saved_tensors
         pad, chunk, segment, length = ctx.pad, ctx.chunk, ctx.segment, ctx.length
         scale, scaled_norm = ctx.scale, ctx.scaled_norm
-        b, h, padded, _ = q.shape
+        if wants_graph():  # create_graph=True: a differentiable recomputation (double_backward)
+
+            def recompute(q, k, v, rows, initial) -> tuple[Tensor, Tensor]:
+                real_pad = None if pad is None else pad[:, :, :length]
+                return _causal_graph(
+                    q, k, v, rows, initial, initial_offset, offsets[:, :, :length], real_pad,
+                    scale, scaled_norm, chunk, ctx.eps,
+                )  # fmt: skip
+
+            inputs = (q, k, v, rows, initial)
+            grads = graph_backward(inputs, ctx.needs_input_grad[:5], recompute, (grad_out, grad_state))
+            return (*grads, *(None,) * 7)
+        padded = out.shape[2]
         if padded != length:
             grad_out = F.pad(grad_out, (0, 0, 0, padded - length))
+            q, k, v = (F.pad(t, (0, 0, 0, padded - length)) for t in (q, k, v))
+        b, h = q.shape[:2]
         scaled_rows = rows * scale
         acc, low = accumulation_dtype(q.dtype), q.dtype
         need_q, need_k, need_v, need_rows = ctx.needs_input_grad[:4]
@@ -240,6 +263,42 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _causal_graph(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rows: Tensor,
+    initial: Tensor | None,
+    initial_offset: Tensor | None,
+    offsets: Tensor,
+    pad: Tensor | None,
+    scale: float,
+    scaled_norm: float,
+    chunk: int,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """:class:`_SegmentedCausalExpAttention`'s ``(out, final state)`` in differentiable
+    operations: features materialized in the forward's (detached) offsets, then the chunked
+    algorithm of :mod:`performers.ops.causal.generic`."""
+    acc = accumulation_dtype(q.dtype)
+    q, k, v, rows = (t.to(acc) for t in (q, k, v, rows))
+    scaled_rows = rows * scale
+    log_q = exp_log_features(q, scaled_rows)
+    q_features = torch.exp(log_q - log_q.detach().amax(dim=-1, keepdim=True))
+    log_k = exp_log_features(k, scaled_rows, scaled_norm)
+    if pad is not None:  # -inf before exp: a padded key is an exact 0 with a zero gradient
+        log_k = log_k.masked_fill(pad, -math.inf)
+    k_features = torch.exp(log_k - offsets.unsqueeze(-1))
+    state = None
+    if initial is not None:
+        state = FavorState(initial[..., :-1], initial[..., -1], initial_offset)
+    out, final = causal_linear_attention(
+        q_features, k_features, v, key_log_offsets=offsets, chunk_size=chunk, initial_state=state,
+        return_state=True, eps=eps,
+    )  # fmt: skip
+    return out, torch.cat([final.kv, final.normalizer.unsqueeze(-1)], dim=-1)
 
 
 def fused_causal_exp_attention(

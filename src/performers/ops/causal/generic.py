@@ -37,7 +37,9 @@ class _DecayedPrefixScan(torch.autograd.Function):
 
     Written as a Function so that the per-chunk Python loop writes into one preallocated
     buffer forward and backward; indexing a tensor in an autograd loop would make every step's
-    backward allocate (and zero) a full-size gradient, ``O(N²)`` work.
+    backward allocate (and zero) a full-size gradient, ``O(N²)`` work. Its backward is the same
+    scan run backwards in time, so with ``create_graph=True`` it runs as this Function again
+    (differentiable at every order).
     """
 
     @staticmethod
@@ -56,6 +58,18 @@ class _DecayedPrefixScan(torch.autograd.Function):
         n = decay.shape[2]
         if grad_prefix is None and grad_final is None:
             return None, None, None
+        if torch.is_grad_enabled():
+            # create_graph=True: the adjoint recursion is this scan run backwards in time
+            # (A_N = ∂P_N, A_c = γ_c A_{c+1} + ∂P_c; ∂X_c = A_{c+1}, ∂init = A_0), so the
+            # Function itself gives it a graph, O(N) at every order.
+            if grad_prefix is None:
+                grad_prefix = grad_final.new_zeros(*decay.shape, *grad_final.shape[-2:])
+            if grad_final is None:
+                grad_final = grad_prefix.new_zeros(grad_prefix[:, :, 0].shape)
+            reversed_prefix, grad_init = _DecayedPrefixScan.apply(
+                grad_prefix.flip(2), decay.flip(2), grad_final
+            )
+            return reversed_prefix.flip(2), None, grad_init
         reference = grad_prefix if grad_prefix is not None else grad_final
         shape = (*decay.shape, *reference.shape[-2:]) if grad_prefix is None else grad_prefix.shape
         grad_summaries = reference.new_empty(shape)

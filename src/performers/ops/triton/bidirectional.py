@@ -26,17 +26,26 @@ negation on the query side.
 Backward recomputes every feature tile (queries from their stored row maxima) instead of
 storing ``L×M`` features: on a GPU the recomputation is cheaper than the memory traffic.
 The gradient of ``P`` is written per batch·head and summed on the host (deterministic, no atomics).
+
+Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
+recomputation of what the kernels compute (:func:`graph_features`, the forward's offsets;
+:mod:`performers.ops.double_backward`) instead of launching the backward kernels.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from performers.ops.numerics import accumulation_dtype
+from performers.ops.double_backward import graph_backward, wants_graph
+from performers.ops.numerics import accumulation_dtype, safe_reciprocal
 from performers.ops.triton.launch import (
+    ACTIVATIONS,
     Blocks,
     activation_code,
     compute_types,
@@ -294,14 +303,27 @@ class _TritonBidirectional(torch.autograd.Function):
             inverse, qf, run.lq, run.m, run.d, run.dv, 0.0, eps, MODE=READOUT.value, HAS_PAD=False,
             **columns,
         )  # fmt: skip
-        ctx.save_for_backward(qf, kf, vf, rows_c, key_col, query_max, s, z, out, inverse, pad)
+        # The inputs as given (their flat copies above are made without a graph): a
+        # differentiable recomputation needs them connected.
+        ctx.save_for_backward(q, k, v, rows, key_col, query_max, s, z, out, inverse, pad)
         ctx.run, ctx.half_norm, ctx.stabilized = run, half_norm, stabilized
+        ctx.eps, ctx.act, ctx.feps = eps, act, feps
         return out.reshape(run.batch, run.heads, run.lq, run.dv)
 
     @staticmethod
     def backward(ctx, grad_out):
-        qf, kf, vf, rows, key_col, query_max, s, z, out, inverse, pad = ctx.saved_tensors
+        q, k, v, rows, key_col, query_max, s, z, out, inverse, pad = ctx.saved_tensors
         run, half_norm = ctx.run, ctx.half_norm
+        if wants_graph():  # create_graph=True: a PyTorch recomputation (ops.double_backward)
+
+            def recompute(q, k, v, rows) -> tuple[Tensor]:
+                return (
+                    _bidirectional_graph(q, k, v, rows, key_col, pad, half_norm, ctx.act, ctx.feps, ctx.eps),
+                )
+
+            grads = graph_backward((q, k, v, rows), ctx.needs_input_grad[:4], recompute, (grad_out,))
+            return (*grads, *(None,) * 6)
+        qf, kf, vf, rows = flat(q), flat(k), flat(v), rows.contiguous()
         acc = dict(device=qf.device, dtype=run.acc)
         zero, query_col = torch.zeros(run.bh, **acc), (-key_col).contiguous()  # as in forward
         columns = dict(HAS_COL=ctx.stabilized, **run.meta)
@@ -352,6 +374,63 @@ class _TritonBidirectional(torch.autograd.Function):
             None,
             None,
         )
+
+
+def torch_features(u: Tensor, act: int, feature_eps: float) -> Tensor:
+    """A generalized kernel's features ``f(u) + feature_eps`` in PyTorch operations, as
+    ``tiles.feature_tile`` computes them (``act`` a code of ``launch.ACTIVATIONS`` other than
+    the exponential form's)."""
+    if act == ACTIVATIONS["relu"]:
+        value = torch.relu(u)
+    elif act == ACTIVATIONS["elu"]:
+        value = F.elu(u) + 1.0
+    elif act == ACTIVATIONS["abs"]:
+        value = u.abs()
+    else:
+        value = torch.exp(u)
+    return value + feature_eps
+
+
+def graph_features(
+    q: Tensor, k: Tensor, rows: Tensor, pad: Tensor | None, half_norm: float, act: int, feature_eps: float,
+    key_offsets: Tensor | None, query_shift: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Query and key features ``(B, H, L, M')`` as the kernels compute them, in differentiable
+    PyTorch operations: the exponential form's keys in units of the (detached) ``key_offsets``
+    (broadcasting to ``(B, H, Lk, M')``), its queries shifted by ``query_shift`` (``(B, H, 1,
+    M')`` or None) and by their row maximum; padded keys (``pad`` ``(B, Lk)``, nonzero:
+    padded) are zero."""
+    u_q, u_k = torch.matmul(q, rows.t()), torch.matmul(k, rows.t())
+    padded = None if pad is None else pad.bool()[:, None, :, None]
+    if act == EXP.value:
+        log_k = u_k - half_norm * k.square().sum(-1, keepdim=True)
+        if padded is not None:  # -inf before exp: a padded key is an exact 0, zero gradient
+            log_k = log_k.masked_fill(padded, -math.inf)
+        k_features = torch.exp(log_k - key_offsets)
+        if query_shift is not None:
+            u_q = u_q + query_shift
+        q_features = torch.exp(u_q - u_q.detach().amax(dim=-1, keepdim=True))
+        return q_features, k_features
+    k_features = torch_features(u_k, act, feature_eps)
+    if padded is not None:
+        k_features = k_features.masked_fill(padded, 0.0)
+    return torch_features(u_q, act, feature_eps), k_features
+
+
+def _bidirectional_graph(
+    q: Tensor, k: Tensor, v: Tensor, rows: Tensor, key_col: Tensor, pad: Tensor | None, half_norm: float,
+    act: int, feature_eps: float, eps: float,
+) -> Tensor:  # fmt: skip
+    """:class:`_TritonBidirectional`'s output in differentiable PyTorch operations, in the
+    forward's units (``key_col`` ``(B·H, M')``: the per-feature key maxima, detached)."""
+    acc = accumulation_dtype(q.dtype)
+    q, k, v, rows = (t.to(acc) for t in (q, k, v, rows))
+    offsets = key_col.reshape(q.shape[0], q.shape[1], 1, -1)
+    # The per-feature key maxima move to the queries (as in the forward's readout).
+    q_features, k_features = graph_features(q, k, rows, pad, half_norm, act, feature_eps, offsets, offsets)
+    summary = torch.matmul(k_features.transpose(-2, -1), v)
+    denominator = torch.matmul(q_features, k_features.sum(-2).unsqueeze(-1))
+    return torch.matmul(q_features, summary) * safe_reciprocal(denominator, eps)
 
 
 def triton_bidirectional_attention(

@@ -19,17 +19,29 @@ of the offset at the end of chunk ``c − 1``. Four kernels:
 
 Memory is ``O(L·(D + Dv) + (L/C)·M·Dv)``: no ``L×M`` tensor exists in forward or backward.
 The chunk length is the kernel's tile (``Blocks.rows``); results do not depend on it.
+
+Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
+recomputation of the same chunked algorithm instead (:mod:`performers.ops.double_backward`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from performers.ops.numerics import accumulation_dtype, key_offsets
-from performers.ops.triton.bidirectional import ROW_MAX, row_pass
+from performers.ops.double_backward import graph_backward, wants_graph
+from performers.ops.numerics import (
+    accumulation_dtype,
+    chunk_rescale_factors,
+    key_offsets,
+    safe_reciprocal,
+    state_carry_factors,
+    with_ones,
+)
+from performers.ops.triton.bidirectional import ROW_MAX, graph_features, row_pass
 from performers.ops.triton.launch import (
     Blocks,
     activation_code,
@@ -410,10 +422,13 @@ class _TritonCausal(torch.autograd.Function):
             qf, kf, vf, rows_c, offsets, befores, pad_arg, heads, states_s, states_z, out, inverse, query_max,
             length, m, d, dv, n, half_norm, eps, HAS_PAD=has_pad, **meta,
         )  # fmt: skip
+        # The inputs as given (their flat copies above are made without a graph): a
+        # differentiable recomputation needs them connected.
         ctx.save_for_backward(
-            qf, kf, vf, rows_c, offsets, ends, befores, states_s, states_z, out, inverse, query_max, pad
-        )
-        ctx.blocks = blocks
+            q, k, v, rows, init_s, init_z, init_offset, offsets, ends, befores, states_s, states_z, out,
+            inverse, query_max, pad,
+        )  # fmt: skip
+        ctx.blocks, ctx.eps, ctx.act, ctx.feps = blocks, eps, act, feps
         ctx.shape, ctx.meta, ctx.half_norm, ctx.has_init = (
             (batch, heads, length, d, dv, m, n),
             meta,
@@ -433,11 +448,24 @@ class _TritonCausal(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_final_s, grad_final_z, _grad_offset):
-        qf, kf, vf, rows, offsets, ends, befores, states_s, states_z, out, inverse, query_max, pad = (
-            ctx.saved_tensors
-        )
+        (q, k, v, rows, init_s, init_z, init_offset, offsets, ends, befores, states_s, states_z, out, inverse,
+         query_max, pad) = ctx.saved_tensors  # fmt: skip
         batch, heads, length, d, dv, m, n = ctx.shape
         meta, half_norm = ctx.meta, ctx.half_norm
+        if wants_graph():  # create_graph=True: a PyTorch recomputation (ops.double_backward)
+
+            def recompute(q, k, v, rows, init_s, init_z) -> tuple[Tensor, Tensor, Tensor]:
+                return _causal_graph(
+                    q, k, v, rows, init_s, init_z, init_offset, offsets, pad, half_norm, ctx.act, ctx.feps,
+                    ctx.eps, meta["BC"],
+                )  # fmt: skip
+
+            inputs = (q, k, v, rows, init_s, init_z)
+            grads = graph_backward(
+                inputs, ctx.needs_input_grad[:6], recompute, (grad_out, grad_final_s, grad_final_z)
+            )
+            return (*grads, *(None,) * 7)
+        qf, kf, vf, rows = flat(q), flat(k), flat(v), rows.contiguous()
         bh = batch * heads
         acc = dict(device=qf.device, dtype=out.dtype)
         grad_num = (flat(grad_out).to(out.dtype) * inverse[..., None]).contiguous()
@@ -507,6 +535,54 @@ class _TritonCausal(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _causal_graph(
+    q: Tensor, k: Tensor, v: Tensor, rows: Tensor, init_s: Tensor | None, init_z: Tensor | None,
+    init_offset: Tensor | None, offsets: Tensor, pad: Tensor | None, half_norm: float, act: int,
+    feature_eps: float, eps: float, chunk: int,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """:class:`_TritonCausal`'s ``(out, kv, normalizer)`` in differentiable PyTorch operations:
+    the kernels' features in the forward's (detached) offsets ``(B·H, L)`` (all 0 for the
+    generalized kernels), then the chunked algorithm of the kernels with every chunk state
+    from one product (:func:`~performers.ops.numerics.state_carry_factors`)."""
+    acc = accumulation_dtype(q.dtype)
+    q, k, v, rows = (t.to(acc) for t in (q, k, v, rows))
+    b, h, length = q.shape[:3]
+    offsets = offsets.reshape(b, h, length)
+    stabilized = act == EXP.value
+    q_features, k_features = graph_features(
+        q, k, rows, pad, half_norm, act, feature_eps, offsets[..., None] if stabilized else None
+    )
+    m, e = rows.shape[0], v.shape[-1] + 1
+    if init_s is None:
+        state = q.new_zeros(b, h, m, e)
+        state_offset = offsets[..., 0]
+    else:
+        state = torch.cat([init_s, init_z.unsqueeze(-1)], dim=-1).to(acc)
+        state_offset = init_offset.reshape(b, h).to(acc)
+    # Whole chunks: the tail is zero features (nothing read, nothing added) at the last offset.
+    extra = (-length) % chunk
+    values = with_ones(v)
+    if extra:
+        q_features, k_features, values = (
+            F.pad(t, (0, 0, 0, extra)) for t in (q_features, k_features, values)
+        )
+        offsets = torch.cat([offsets, offsets[..., -1:].expand(b, h, extra)], dim=-1)
+    n = (length + extra) // chunk
+    qc, kc, vc = (t.reshape(b, h, n, chunk, t.shape[-1]) for t in (q_features, k_features, values))
+    chunk_offsets = offsets.reshape(b, h, n, chunk)
+    within, to_end, _, to_query = chunk_rescale_factors(chunk_offsets, state_offset)
+    summaries = torch.matmul(kc.transpose(-2, -1), vc * to_end)  # (B, H, n, M, E)
+    carry = state_carry_factors(chunk_offsets[..., -1], state_offset)  # (B, H, n+1, n+1)
+    sources = torch.cat([state.unsqueeze(2), summaries], dim=2).flatten(-2)
+    carried = torch.matmul(carry, sources).view(b, h, n + 1, m, e)
+    read = torch.matmul(torch.matmul(qc, kc.transpose(-2, -1)) * within, vc)
+    read = read + torch.matmul(qc, carried[:, :, :n]) * to_query
+    read = read.reshape(b, h, n * chunk, e)[:, :, :length]
+    out = read[..., :-1] * safe_reciprocal(read[..., -1], eps).unsqueeze(-1)
+    final = carried[:, :, n]
+    return out, final[..., :-1], final[..., -1]
 
 
 def triton_causal_attention(
