@@ -81,7 +81,7 @@ class FidelityConfig:
     distill_steps: int = 300
     distill_learning_rate: float = 1e-4
     batch_size: int = 32
-    max_length: int = 256
+    max_length: int = 128
     eval_proteins: int = 256
     gb1_limit: int | None = None
     seed: int = 0

@@ -49,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     teacher.add_argument("--layers", type=int, default=4, help="transformer blocks")
     teacher.add_argument("--width", type=int, default=128, help="hidden size (feed-forward: 4 x width)")
     teacher.add_argument("--heads", type=int, default=4, help="attention heads")
-    teacher.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    teacher.add_argument("--steps", type=int, default=1000, help="optimizer steps")
     teacher.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     teacher.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
     add_num_features_sweep(parser, [64, 128, 256], "feature counts M to convert and distil at", aliases=())
@@ -59,7 +59,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=int, default=32, help="crops per step (training, distillation)")
     parser.add_argument(
-        "--max-length", type=int, default=256, help="tokens per crop; evaluated proteins are cropped to it"
+        "--max-length", type=int, default=128, help="tokens per crop; evaluated proteins are cropped to it"
     )
     parser.add_argument("--eval-proteins", type=int, default=256, help="test-split proteins evaluated")
     parser.add_argument(
