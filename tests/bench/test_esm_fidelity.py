@@ -18,7 +18,8 @@ from performers.jobs.protein_evaluation import corpus_split
 from performers.layers import FavorConfig
 from tests.helpers.results import assert_written_by_the_results_writer
 
-TINY = ["--layers", "1", "--width", "16", "--heads", "2", "--steps", "3", "--batch-size", "4"]
+TINY = ["--layers", "1", "--width", "16", "--heads", "2", "--steps", "5", "--lr", "1e-2", "--warmup", "0"]
+TINY += ["--batch-size", "4"]
 TINY += [
     "--max-length",
     "32",
@@ -33,7 +34,7 @@ TINY += [
 ]
 
 
-def test_tiny_run_measures_exact_converted_and_distilled_through_the_writer(tmp_path):
+def test_tiny_run_measures_exact_converted_and_distilled_through_the_writer(tmp_path, capsys):
     out, run_dir = tmp_path / "esm_fidelity.json", tmp_path / "runs"
     args = ["bench", "esm-fidelity", *TINY, "--num-features-sweep", "8", "--dtype", "float64"]
     assert main([*args, "--run-dir", str(run_dir), "--out", str(out)]) == 0
@@ -49,7 +50,7 @@ def test_tiny_run_measures_exact_converted_and_distilled_through_the_writer(tmp_
     assert not is_performerized(teacher.model)
     test = corpus_split(None, "test", 6)
     expected, _ = evaluate_protein_lm(teacher, test, max_length=32, batch_size=4, seed=0)
-    assert rows[0]["accuracy"] == expected["accuracy"]
+    assert rows[0]["accuracy"] == expected["accuracy"] > 0  # 5 steps learn the frequent residues
     assert rows[0]["perplexity"] == pytest.approx(expected["perplexity"], rel=1e-12)
     assert rows[0]["masked_residues"] == expected["tokens"] and rows[0]["gb1_variants"] == 30
     # The converted row is the teacher under FAVOR+ at M=8 with the run's projections (seed 0):
@@ -72,8 +73,27 @@ def test_tiny_run_measures_exact_converted_and_distilled_through_the_writer(tmp_
         "| FAVOR+ M=8 | distilled |" in report and report.count("**met**") + report.count("**missed**") == 1
     )
     assert json.loads((run_dir / "teacher" / "training.json").read_text())["config"]["width"] == 16
-    # A second run does not train over the first teacher.
+    # A second run does not train over the first teacher; --teacher measures it again, the same.
     assert main([*args, "--run-dir", str(run_dir), "--out", str(out)]) == 2
+    again_out = tmp_path / "again.json"
+    teacher_args = ["--teacher", str(run_dir / "teacher"), "--run-dir", str(tmp_path / "again")]
+    assert main([*args, *teacher_args, "--out", str(again_out)]) == 0
+    again_rows = json.loads(again_out.read_text())["rows"]
+    assert [r["loss"] for r in again_rows[:2]] == [r["loss"] for r in rows[:2]]
+    # A FAVOR+ model is not a teacher: it is what is measured against one.
+    student_args = [
+        "--teacher",
+        str(run_dir / "distilled" / "M8" / "final"),
+        "--run-dir",
+        str(tmp_path / "x"),
+    ]
+    capsys.readouterr()
+    assert main([*args, *student_args, "--out", str(tmp_path / "x.json")]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after transformers' loading progress bar
+    assert last.startswith("performers bench esm-fidelity: error: --teacher ") and last.endswith(
+        "a FAVOR+ model already; give the original softmax model"
+    ), last
+    assert not (tmp_path / "x.json").exists()
     _assert_conversion_converges_to_the_teacher(run_dir / "teacher", test)
 
 

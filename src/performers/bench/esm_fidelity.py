@@ -43,7 +43,7 @@ from performers.bench.esm_teacher import EsmTeacherConfig, train_esm_teacher
 from performers.bench.gb1_zero_shot import GB1Variants, gb1_variants
 from performers.bench.results import write_results
 from performers.integrations.distill import DistillConfig
-from performers.integrations.transformers import performerize
+from performers.integrations.transformers import is_performerized, performerize
 from performers.jobs.distillation import distill_model
 from performers.jobs.hf_protein_lm import evaluate_protein_lm, protein_lm_from_directory
 from performers.jobs.protein_evaluation import corpus_split
@@ -124,6 +124,16 @@ def _load(path: Path, config: FidelityConfig) -> ProteinLM:
     return protein_lm_from_directory(path, dtype=getattr(torch, config.dtype))
 
 
+def _check_teacher(lm: ProteinLM, path: Path) -> None:
+    """A Hugging Face masked LM with softmax attention: what is converted and distilled."""
+    loaded = getattr(lm, "protein_model", None)
+    if loaded is None or loaded.kind != "masked_lm":
+        what = "a performers model" if loaded is None else f"a {type(lm.model).__name__}"
+        raise InputError(f"--teacher {path}: {what}; the teacher must be a Hugging Face masked LM (ESM)")
+    if is_performerized(loaded.model):
+        raise InputError(f"--teacher {path}: a FAVOR+ model already; give the original softmax model")
+
+
 def fidelity_rows(
     teacher: str | Path,
     train: Sequence[str],
@@ -134,16 +144,17 @@ def fidelity_rows(
     log: Callable[[str], None] = print,
 ) -> list[dict]:
     """The exact row, then for each M its converted and distilled rows (module docstring);
-    students go to ``run_dir/distilled/M<M>``."""
+    students go to ``run_dir/distilled/M<M>``.
+
+    Raises:
+        InputError: ``teacher`` is not a Hugging Face masked LM, or is a FAVOR+ model already.
+    """
     teacher = Path(teacher)
+    exact = _load(teacher, config)
+    _check_teacher(exact, teacher)
     variants = gb1_variants(config.gb1_limit)
     rows = [
-        {
-            "model": "exact",
-            "stage": "exact",
-            "num_features": None,
-            **measure(_load(teacher, config), test, variants, config),
-        }
+        {"model": "exact", "stage": "exact", "num_features": None, **measure(exact, test, variants, config)}
     ]
     log(f"exact: accuracy {rows[0]['accuracy']:.4f}, GB1 Spearman {rows[0]['gb1_spearman']:.3f}")
     for m in config.num_features:
