@@ -26,6 +26,10 @@ CHECKED_IN = {
         "bench/test_esm_long.py",
         "test_cli_measures_every_length_and_attention_and_writes_through_the_writer",
     ),
+    "esm-fidelity": (
+        "bench/test_esm_fidelity.py",
+        "test_tiny_run_measures_exact_converted_and_distilled_through_the_writer",
+    ),
     "prepare": ("bench/test_results.py", "test_embed_score_loader_and_prepare_write_through_the_writer"),
     "loader": ("bench/test_results.py", "test_embed_score_loader_and_prepare_write_through_the_writer"),
     "gb1-zero-shot": (
