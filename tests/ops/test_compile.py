@@ -54,7 +54,7 @@ def test_favor_attention_compiles_once_for_every_length(causal):
     w = orthogonal_projection(16, 8, generator=generator(1))
     counter = CompileCounterWithBackend("aot_eager")
     compiled = torch.compile(favor_attention, backend=counter, dynamic=True)
-    eager = lambda q, k, v: favor_attention(q, k, v, w, causal=causal)  # noqa: E731
+    eager = lambda q, k, v: favor_attention(q, k, v, w, causal=causal)
     assert recompiles(lambda q, k, v: compiled(q, k, v, w, causal=causal), eager, qkv, counter) <= 1
 
 
@@ -64,11 +64,11 @@ def test_traced_generic_path_compiles_once_for_every_length():
     w = orthogonal_projection(16, 8, generator=generator(1))
     counter = CompileCounterWithBackend("eager")
     compiled = torch.compile(favor_attention, backend=counter, dynamic=True)
-    mask = lambda length: torch.arange(length) >= length - 2  # noqa: E731 (two padded keys)
+    mask = lambda length: torch.arange(length) >= length - 2  # two padded keys
 
     def run(fn, q, k, v):
         return fn(q, k, v, w, kernel="relu", key_padding_mask=mask(q.shape[2])[None])
 
-    eager = lambda q, k, v: run(favor_attention, q, k, v)  # noqa: E731
+    eager = lambda q, k, v: run(favor_attention, q, k, v)
     assert recompiles(lambda q, k, v: run(compiled, q, k, v), eager, qkv, counter) <= 1
     assert counter.op_count > 0  # the attention itself is in the graph
