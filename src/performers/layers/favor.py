@@ -182,6 +182,7 @@ class FavorAttention(nn.Module):
         Returns:
             ``(B, H, Lq, Dv)``, and the :class:`FavorState` when ``return_state``.
         """
+        self._check_head_dim(q, k)
         options = dict(
             causal=causal,
             kernel=self.kernel,
@@ -207,10 +208,22 @@ class FavorAttention(nn.Module):
         Dv), new_state)``. Outside autograd the state's tensors are updated in place (as a KV
         cache is appended to): the returned state shares them.
         """
+        self._check_head_dim(q, k)
         return favor_attention_step(
             q, k, v, state, self.projection, kernel=self.kernel, scale=self.scale, eps=self.eps,
             backend=self.config.backend, inplace=True, check_inputs=False,
         )  # fmt: skip
+
+    def _check_head_dim(self, q: Tensor, k: Tensor) -> None:
+        """``q`` and ``k`` have this module's head dimension (the projection's ``D``): a
+        ValueError naming both sizes otherwise, rather than a complaint about the projection."""
+        for name, t in (("q", q), ("k", k)):
+            if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[-1] != self.head_dim:
+                raise ValueError(
+                    f"this FavorAttention was built for heads of size head_dim = {self.head_dim}, but "
+                    f"{name} has D = {t.shape[-1]} (shape {tuple(t.shape)}, expected (B, H, L, "
+                    f"{self.head_dim})); build FavorAttention({t.shape[-1]}, ...) for heads of that size"
+                )
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, layer_index={self.layer_index}, {self.config}"
