@@ -2,7 +2,7 @@
 
 Recompilations are decided by dynamo's guards, not by the backend, so the counts use the cheap
 ``aot_eager`` backend (which also traces the backward) instead of inductor; what inductor gains
-is measured by ``performers bench compile`` (docs/guides/compile.md)."""
+is measured by ``performers bench compile`` (docs/guides/attention.md, torch.compile)."""
 
 import pytest
 import torch

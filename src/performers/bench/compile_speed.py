@@ -7,7 +7,7 @@ Methods, for each direction (bidirectional, causal):
 * ``compiled``: ``torch.compile(favor_attention, dynamic=True)``: under compile the paths that
   loop over positions (the fused ones, causal attention, the Triton kernels) run as they do
   eagerly inside the compiled graph, so that one graph serves every length
-  (docs/guides/compile.md);
+  (docs/guides/attention.md, torch.compile);
 * ``compiled-generic`` (bidirectional only): the loop-free generic path (materialized features),
   traced and compiled whole by the backend, the alternative to the above.
 

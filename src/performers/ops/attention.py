@@ -29,6 +29,10 @@ references of its direction (:mod:`performers.ops.bidirectional.naive`,
 :func:`favor_attention` picks the fused path whenever it can serve the inputs (the Triton
 kernels for CUDA tensors with ``backend="auto"``); tests pick a path by name through the
 private :func:`_favor_attention`.
+
+Under ``torch.compile`` the paths that loop over blocks of positions in Python (fused, causal,
+Triton) run eagerly, called from the compiled graph, so that one graph serves every length;
+only the loop-free generic bidirectional path is traced (docs/guides/attention.md).
 """
 
 from __future__ import annotations
@@ -279,8 +283,9 @@ def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, Fa
         # The fused Functions, the causal chunk loop and the Triton launches loop over blocks
         # of positions in Python, which torch.compile would unroll and specialize on the
         # length (a recompile per length). Run eagerly, the fused paths are also faster than
-        # what inductor makes of the loop-free generic path (docs/guides/compile.md), so the
-        # compiled graph calls them as they are; only the bidirectional generic path is traced.
+        # what inductor makes of the loop-free generic path (measured: docs/guides/attention.md,
+        # "torch.compile"), so the compiled graph calls them as they are (a graph break); only
+        # the bidirectional generic path is traced.
         return _run_eagerly(call, fused=fused, triton_map=triton_map)
     return _run_direction(call, fused=fused, triton_map=triton_map)
 
