@@ -193,6 +193,7 @@ class FavorAttention(nn.Module):
             ``(B, H, Lq, Dv)``, and the :class:`FavorState` when ``return_state``.
         """
         is_causal = resolve_is_causal(is_causal, causal, deprecated_in="FavorAttention.forward")
+        self._check_head_dim(q, k)
         options = dict(
             is_causal=is_causal,
             kernel=self.kernel,
@@ -230,10 +231,22 @@ class FavorAttention(nn.Module):
         cache is appended to): the returned state shares them. The inputs are not checked (a
         decoding loop's per-token cost); the state came from this module's causal call.
         """
+        self._check_head_dim(q, k)
         return favor_attention_step(
             q, k, v, state, self.projection, kernel=self.kernel, scale=self.scale, eps=self.eps,
             enable_gqa=enable_gqa, backend=self.config.backend, inplace=True, check_inputs=False,
         )  # fmt: skip
+
+    def _check_head_dim(self, q: Tensor, k: Tensor) -> None:
+        """``q`` and ``k`` have this module's head dimension (the projection's ``D``): a
+        ValueError naming both sizes otherwise, rather than a complaint about the projection."""
+        for name, t in (("q", q), ("k", k)):
+            if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[-1] != self.head_dim:
+                raise ValueError(
+                    f"this FavorAttention was built for heads of size head_dim = {self.head_dim}, but "
+                    f"{name} has D = {t.shape[-1]} (shape {tuple(t.shape)}, expected (B, H, L, "
+                    f"{self.head_dim})); build FavorAttention({t.shape[-1]}, ...) for heads of that size"
+                )
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, layer_index={self.layer_index}, {self.config}"

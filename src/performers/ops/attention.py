@@ -36,6 +36,10 @@ references of its direction (:mod:`performers.ops.bidirectional.naive`,
 :func:`favor_attention` picks the fused path whenever it can serve the inputs (the Triton
 kernels for CUDA tensors with ``backend="auto"``); tests pick a path by name through the
 private :func:`_favor_attention`.
+
+Under ``torch.compile`` the paths that loop over blocks of positions in Python (fused, causal,
+Triton) run eagerly, called from the compiled graph, so that one graph serves every length;
+only the loop-free generic bidirectional path is traced (docs/guides/attention.md).
 """
 
 from __future__ import annotations
@@ -390,7 +394,41 @@ def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, Fa
     triton_map = None
     if path is None:
         triton_map = triton_map_for(call.backend, call.kernel, call.projection, call.q, call.v)
+    if (fused or call.causal or triton_map is not None) and torch.compiler.is_compiling():
+        # The fused Functions, the causal chunk loop and the Triton launches loop over blocks
+        # of positions in Python, which torch.compile would unroll and specialize on the
+        # length (a recompile per length). Run eagerly, the fused paths are also faster than
+        # what inductor makes of the loop-free generic path (measured: docs/guides/attention.md,
+        # "torch.compile"), so the compiled graph calls them as they are (a graph break); only
+        # the bidirectional generic path is traced.
+        return _run_eagerly(call, fused=fused, triton_map=triton_map)
+    return _run_direction(call, fused=fused, triton_map=triton_map)
 
+
+@torch.compiler.disable
+def _run_eagerly(
+    call: FavorCall, *, fused: bool, triton_map: TritonMap | None
+) -> Tensor | tuple[Tensor, FavorState]:
+    """:func:`_run_direction` outside the compiled graph (a graph break around it).
+
+    The output is returned as a contiguous tensor of its own: the graph after the break guards
+    on its strides and on whether it is a view, and the causal path returns a view of its
+    padded output whose strides depend on the length."""
+    result = _run_direction(call, fused=fused, triton_map=triton_map)
+    if isinstance(result, tuple):
+        return _own_contiguous(result[0]), result[1]
+    return _own_contiguous(result)
+
+
+def _own_contiguous(t: Tensor) -> Tensor:
+    """``t``, or a contiguous copy of it when it is a view or not contiguous."""
+    return t if t._base is None and t.is_contiguous() else t.clone(memory_format=torch.contiguous_format)
+
+
+def _run_direction(
+    call: FavorCall, *, fused: bool, triton_map: TritonMap | None
+) -> Tensor | tuple[Tensor, FavorState]:
+    """The call to the direction that runs a call on the chosen path."""
     if not call.causal:
         return bidirectional_favor_attention(call, fused=fused, triton_map=triton_map)
     if call.q.shape[2] == 0:

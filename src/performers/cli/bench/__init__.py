@@ -7,6 +7,7 @@ import argparse
 from performers.cli.bench import (
     approximation,
     compat,
+    compile_speed,
     context_parallel,
     embed_score,
     esm_fidelity,
@@ -32,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         approximation,
         generate,
         speed,
+        compile_speed,
         compat,
         embed_score,
         esm_long,
