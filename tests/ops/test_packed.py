@@ -14,6 +14,7 @@ Triton (interpreter) and the context-parallel refusal.
 from __future__ import annotations
 
 import itertools
+import warnings
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from performers import favor_attention, favor_attention_step, linear_attention, 
 from performers.ops import FavorState
 from performers.ops.attention import _favor_attention
 from performers.ops.naive import naive_favor_attention
+from performers.ops.underflow import FavorUnderflowWarning, count_zero_rows
 from tests.helpers.numerics import generator
 
 DT = torch.float64
@@ -269,3 +271,29 @@ def test_context_parallel_refuses_cu_seqlens() -> None:
     q, k, v, w = _inputs(LENGTHS)
     with pytest.raises(ValueError, match="does not take cu_seqlens"):
         cp_attention(q, k, v, w, cu_seqlens=_cu(LENGTHS))
+
+
+def test_underflow_report_restarts_at_each_sequence() -> None:
+    """Rows that see no valued key of their own sequence are legitimately 0 (no warning, though
+    an earlier sequence had values); rows that underflowed are reported, counted per sequence."""
+    q, k, v, w = _inputs(LENGTHS, seed=11)
+    v[:, :, LENGTHS[0] : LENGTHS[0] + 3] = 0.0  # the first 3 values of sequence 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FavorUnderflowWarning)
+        out = favor_attention(q, k, v, w, is_causal=True, cu_seqlens=_cu(LENGTHS))
+    assert (out[:, :, LENGTHS[0] : LENGTHS[0] + 3] == 0).all()
+
+    g = generator(12)
+    q, k = (30.0 * torch.randn(1, 2, 64, 16, generator=g) for _ in range(2))
+    v = torch.randn(1, 2, 64, 16, generator=g)
+    w = orthogonal_projection(64, 16, generator=g)
+    lengths = [24, 40]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FavorUnderflowWarning)
+        alone = sum(
+            count_zero_rows(favor_attention(qi, ki, vi, w, is_causal=True), vi)
+            for qi, ki, vi in zip(*(_pieces(t, lengths) for t in (q, k, v)), strict=True)
+        )
+    assert alone > 0
+    with pytest.warns(FavorUnderflowWarning, match=rf"\b{alone} of 128 query rows"):
+        favor_attention(q, k, v, w, is_causal=True, cu_seqlens=_cu(lengths))

@@ -402,8 +402,11 @@ def _favor_attention(
     return _run(call, path=path)
 
 
-def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, FavorState]:
-    """The choice of path for a checked call, and the call to its direction."""
+def _run(
+    call: FavorCall, *, path: PathName | None, report: bool = True
+) -> Tensor | tuple[Tensor, FavorState]:
+    """The choice of path for a checked call, and the call to its direction (``report``: check
+    the causal output for underflowed rows; a packed call checks its whole row once)."""
     q, k, v = _autocast_inputs(call.q, call.k, call.v)
     if q is not call.q or k is not call.k or v is not call.v:
         call = call.replace(q=q, k=k, v=v)
@@ -449,7 +452,8 @@ def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, Fa
     # Causal keys are stored under their running maximum: at large logits a query row can
     # underflow to zero, which is reported. Bidirectional paths cannot underflow a row.
     out = result[0] if call.return_state else result
-    warn_zero_rows(out, call.v, call.key_padding_mask, call.initial_state, causal=True, stacklevel=4)
+    if report:
+        warn_zero_rows(out, call.v, call.key_padding_mask, call.initial_state, causal=True, stacklevel=4)
     if call.return_state:
         # The state records its kernel, so a later call with another kernel is refused.
         return out, result[1]._replace(kernel=call.kernel.name)
@@ -478,13 +482,18 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
             q=call.q[:, :, start:end], k=call.k[:, :, start:end], v=call.v[:, :, start:end],
             initial_state=state, cu_seqlens=None,
         )  # fmt: skip
-        result = _run(one, path=path)
+        result = _run(one, path=path, report=False)
         if call.return_state:
             outs.append(result[0])
             states.append(result[1])
         else:
             outs.append(result)
     out = torch.cat(outs, dim=2)
+    if call.causal:
+        # One underflow check of the whole row (per sequence it would cost a sync each).
+        # (Which keys carry a value, per query head: grouped key/value heads repeated.)
+        valued = (call.v != 0).any(dim=-1, keepdim=True).repeat_interleave(kv_groups(call.q, call.k), dim=1)
+        warn_zero_rows(out, valued, None, call.initial_state, causal=True, stacklevel=5, cu_seqlens=bounds)
     if not call.return_state:
         return out
     return out, _stack_states(states)
