@@ -191,7 +191,9 @@ def check_favor_call(
     """The input checks of :func:`~performers.ops.favor_attention` (typed errors naming the
     argument); returns the checked :class:`FavorCall`, with ``attn_mask`` folded into
     ``key_padding_mask`` and ``causal``. Also used by :func:`performers.distributed.favor_attention`.
-    (``backend`` is checked where it is resolved, :func:`performers.ops.attention.triton_map_for`.)"""
+    (``backend`` is checked where it is resolved, :func:`performers.ops.attention.triton_map_for`.)
+    ``cu_seqlens`` is checked into its boundaries (:func:`performers.ops.checks.validate_cu_seqlens`)
+    before ``initial_state``, which a packed call takes with one row per sequence."""
     causal = resolve_is_causal(is_causal, causal)
     check_dropout(dropout_p)
     validate_qkv(q, k, v, causal=causal and attn_mask is None, enable_gqa=enable_gqa)
