@@ -424,7 +424,7 @@ def _run(
         # one key/value head (exact; no key or value copied). A kernel whose parameters come
         # from the queries (FAVOR++) would pool them over the group: it takes the repeat below.
         grouped = call.replace(q=_group(call.q, groups))
-        return _ungroup(_run(grouped, path=path), groups)
+        return _ungroup(_run(grouped, path=path, report=report), groups)
     if groups > 1:
         # Causal: every query head's prefix state is its key/value head's (the same sums G
         # times); the causal paths take one query per position, so the heads are repeated.
@@ -446,20 +446,20 @@ def _run(
         # what inductor makes of the loop-free generic path (measured: docs/guides/attention.md,
         # "torch.compile"), so the compiled graph calls them as they are (a graph break); only
         # the bidirectional generic path is traced.
-        return _run_eagerly(call, fused=fused, triton_map=triton_map)
-    return _run_direction(call, fused=fused, triton_map=triton_map)
+        return _run_eagerly(call, fused=fused, triton_map=triton_map, report=report)
+    return _run_direction(call, fused=fused, triton_map=triton_map, report=report)
 
 
 @torch.compiler.disable
 def _run_eagerly(
-    call: FavorCall, *, fused: bool, triton_map: TritonMap | None
+    call: FavorCall, *, fused: bool, triton_map: TritonMap | None, report: bool
 ) -> Tensor | tuple[Tensor, FavorState]:
     """:func:`_run_direction` outside the compiled graph (a graph break around it).
 
     The output is returned as a contiguous tensor of its own: the graph after the break guards
     on its strides and on whether it is a view, and the causal path returns a view of its
     padded output whose strides depend on the length."""
-    result = _run_direction(call, fused=fused, triton_map=triton_map)
+    result = _run_direction(call, fused=fused, triton_map=triton_map, report=report)
     if isinstance(result, tuple):
         return _own_contiguous(result[0]), result[1]
     return _own_contiguous(result)
@@ -471,9 +471,10 @@ def _own_contiguous(t: Tensor) -> Tensor:
 
 
 def _run_direction(
-    call: FavorCall, *, fused: bool, triton_map: TritonMap | None
+    call: FavorCall, *, fused: bool, triton_map: TritonMap | None, report: bool = True
 ) -> Tensor | tuple[Tensor, FavorState]:
-    """The call to the direction that runs a call on the chosen path."""
+    """The call to the direction that runs a call on the chosen path (``report``: check the
+    causal output for underflowed rows)."""
     if not call.causal:
         return bidirectional_favor_attention(call, fused=fused, triton_map=triton_map)
     if call.q.shape[2] == 0:
