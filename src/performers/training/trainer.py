@@ -151,7 +151,9 @@ class Trainer:
 
     Args:
         model: a module whose ``model(input_ids, attention_mask)`` returns logits ``(B, L, V)``
-            (or an object with ``.logits``), e.g. a Performer masked or causal LM.
+            (or an object with ``.logits``), e.g. a Performer masked or causal LM; with
+            ``config.pack``, ``model(input_ids, cu_seqlens=...)`` on one packed row (see
+            :class:`~performers.training.data.PackedCollate`).
         data: the training set (:class:`~performers.training.data.ExampleSource`).
         config: :class:`TrainingConfig`.
         out_dir: checkpoints (``checkpoints/``), ``metrics.jsonl`` and ``tensorboard/`` go here.
