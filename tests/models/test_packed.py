@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from performers import FavorConfig
-from performers.layers import cu_seqlens_from_position_ids, packed_sdpa_attention
+from performers.layers import cu_seqlens_from_position_ids
 from performers.models import PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
 
 LENGTHS = (5, 1, 7)  # a one-token sequence too: its attention is itself alone
@@ -120,23 +120,6 @@ def test_restarting_position_ids_pack_as_cu_seqlens(cls) -> None:
     torch.testing.assert_close(by_positions.logits, by_offsets.logits, rtol=0, atol=0)
     torch.testing.assert_close(by_positions.loss, by_offsets.loss, rtol=0, atol=0)
     assert cu_seqlens_from_position_ids(position_ids).tolist() == _cu_seqlens().tolist()
-
-
-def test_position_ids_that_never_restart_are_not_packing() -> None:
-    assert cu_seqlens_from_position_ids(torch.arange(3, 9)[None]) is None
-
-
-def test_packed_sdpa_equals_block_diagonal_mask() -> None:
-    """The per-sequence calls equal one SDPA call under the block-diagonal (and causal) mask."""
-    generator = torch.Generator().manual_seed(4)
-    q, k, v = (torch.randn(1, 2, sum(LENGTHS), 4, generator=generator, dtype=torch.float64) for _ in range(3))
-    segment = torch.repeat_interleave(torch.arange(len(LENGTHS)), torch.tensor(LENGTHS))
-    block = segment[:, None] == segment[None, :]
-    for causal in (False, True):
-        allowed = block & torch.ones_like(block).tril() if causal else block
-        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        got = packed_sdpa_attention(q, k, v, _cu_seqlens(), is_causal=causal)
-        torch.testing.assert_close(got, want, **TOL)
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ import torch
 from performers import FavorConfig, PerformerConfig, PerformerForCausalLM, PerformerForMaskedLM
 from performers.jobs.proteins import protein_trainer
 from performers.proteins import LanguageModelExamples, ProteinTokenizer
-from performers.training import PackedCollate, TrainingConfig
+from performers.training import PackedCollate, ResumeMismatchError, TrainingConfig
 from performers.training.loader import batch_loader
 from performers.utils import IGNORE_INDEX
 
@@ -151,6 +151,13 @@ def test_resume_with_pack_is_bit_identical(tmp_path):
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_resume_that_changes_pack_is_refused(tmp_path):
+    train = proteins(16, 3, 14)
+    run(tmp_path, "mlm", train, pack=True, stop_at=2)
+    with pytest.raises(ResumeMismatchError, match="pack true → false"):
+        run(tmp_path, "mlm", train, resume=True)
 
 
 def test_pack_is_refused_where_it_means_nothing():

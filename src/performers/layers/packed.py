@@ -134,7 +134,8 @@ def packed_favor_attention(
     The op is to take ``cu_seqlens`` itself; this loop (``N`` calls) is its reference until then.
     """
     for name in ("key_padding_mask", "attn_mask", "initial_state", "return_state"):
-        if options.get(name) not in (None, False):
+        value = options.get(name)
+        if value is not None and value is not False:
             raise ValueError(f"packed FAVOR attention takes no {name}: packed sequences have none")
     return _per_sequence(
         lambda q_, k_, v_: favor_attention(q_, k_, v_, projection, **options), q, k, v, cu_seqlens
