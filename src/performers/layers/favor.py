@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from performers import distributed
 from performers.layers.favor_config import FavorConfig
+from performers.layers.packed import packed_favor_attention
 from performers.ops import (
     FavorState,
     Kernel,
@@ -169,6 +170,7 @@ class FavorAttention(nn.Module):
         initial_state: FavorState | None = None,
         return_state: bool = False,
         context_group=None,
+        cu_seqlens: Tensor | None = None,
         causal: bool | None = None,
     ) -> Tensor | tuple[Tensor, FavorState]:
         """FAVOR+ attention over ``(B, H, L, D)`` inputs with this module's projection.
@@ -187,6 +189,10 @@ class FavorAttention(nn.Module):
                 process group (or 1-D DeviceMesh): context parallelism,
                 :func:`performers.distributed.favor_attention` (``attn_mask`` is not taken there;
                 grouped key/value heads are repeated).
+            cu_seqlens: packed sequences: ``q, k, v`` are one row ``(1, H, T, D)`` of sequences
+                end to end, int ``(N + 1,)`` offsets from 0 to ``T``; attention stays within
+                each (:func:`performers.layers.packed.packed_favor_attention`; no masks, state
+                or context group with it).
             causal: deprecated spelling of ``is_causal`` (a DeprecationWarning).
 
         Returns:
@@ -205,6 +211,13 @@ class FavorAttention(nn.Module):
             eps=self.eps,
             block_size=self.config.block_size,
         )
+        if cu_seqlens is not None:
+            if context_group is not None or enable_gqa:
+                raise ValueError("packed sequences (cu_seqlens) take no context_group or enable_gqa")
+            return packed_favor_attention(
+                q, k, v, self.projection, cu_seqlens, **options, attn_mask=attn_mask,
+                backend=self.config.backend, recompute_features=self.config.recompute_features,
+            )  # fmt: skip
         if context_group is not None:
             if attn_mask is not None:
                 raise ValueError(

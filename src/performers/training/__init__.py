@@ -13,7 +13,7 @@ from performers.training.checkpoint import (
     restore,
     save_checkpoint,
 )
-from performers.training.data import ExampleSource, RandomStreams
+from performers.training.data import ExampleSource, PackedCollate, RandomStreams
 from performers.training.devices import (
     model_device,
     once_per_job,
@@ -52,6 +52,7 @@ __all__ = [
     "CheckpointError",
     "ExampleSource",
     "NoUsableCheckpointError",
+    "PackedCollate",
     "RandomStreams",
     "ResumeMismatchError",
     "RunDirectoryError",

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from performers.training.data import ExampleSource, RandomStreams
+from performers.training.data import ExampleSource, PackedCollate, RandomStreams
 
 __all__ = ["batch_loader", "epoch_order", "next_batch_start"]
 
@@ -82,17 +82,19 @@ def batch_loader(
     rank: int = 0,
     world: int = 1,
     num_workers: int = 0,
+    pack: PackedCollate | None = None,
 ) -> Iterator[dict[str, Tensor]]:
     """The batches of this process (rank ``rank`` of ``world``) from ``(epoch, position)`` on.
 
     ``batch_size`` is the global batch; each process gets the slots ``rank, rank + world, ...``
     of it. ``num_workers`` loader processes prefetch batches (they stop when the iterator is
-    deleted). Returns an endless iterator of collated batches.
+    deleted). ``pack``: collate each share into packed rows with it instead of ``data.collate``
+    (the same examples). Returns an endless iterator of collated batches.
     """
     loader = DataLoader(
         _Examples(data, seed),
         batch_sampler=_Tickets(len(data), batch_size, seed, rank, world, epoch, position),
-        collate_fn=data.collate,
+        collate_fn=data.collate if pack is None else pack,
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,

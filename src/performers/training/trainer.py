@@ -45,7 +45,7 @@ from performers.training.checkpoint import (
     restore,
     save_checkpoint,
 )
-from performers.training.data import ExampleSource
+from performers.training.data import ExampleSource, PackedCollate
 from performers.training.devices import model_device, to_device
 from performers.training.evaluation import logits_of
 from performers.training.loader import batch_loader, next_batch_start
@@ -92,6 +92,11 @@ class TrainingConfig:
     # joined with separators and cut into windows of exactly max_length tokens (the paper's
     # concatenated long-sequence setting, e.g. max_length = 8192).
     concatenate: bool = False
+    # True: each step's batch_size examples (the same examples as unpacked) are laid end to end
+    # in rows of max_length tokens, no example attending to another, instead of each padded to
+    # the longest; batch_size still counts examples (the rows per step vary), so packed and
+    # unpacked runs see the same examples and the same loss per real token.
+    pack: bool = False
     # TensorBoard event files in out_dir/tensorboard: True, False, or None = when installed.
     tensorboard: bool | None = None
     # Loader processes that build the next batches while the model trains (0: none, the
@@ -111,6 +116,11 @@ class TrainingConfig:
         if self.context_parallel > 1 and self.task == "regression":
             raise ValueError(
                 "context_parallel needs a token-level task: a sequence-level target reads every shard"
+            )
+        if self.pack and (self.task not in ("mlm", "clm") or self.concatenate or self.context_parallel > 1):
+            raise ValueError(
+                "pack needs a language-model task (mlm or clm) without concatenate (windows are "
+                "full already) or context_parallel (which shards one sequence per row)"
             )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
@@ -141,7 +151,9 @@ class Trainer:
 
     Args:
         model: a module whose ``model(input_ids, attention_mask)`` returns logits ``(B, L, V)``
-            (or an object with ``.logits``), e.g. a Performer masked or causal LM.
+            (or an object with ``.logits``), e.g. a Performer masked or causal LM; with
+            ``config.pack``, ``model(input_ids, cu_seqlens=...)`` on one packed row (see
+            :class:`~performers.training.data.PackedCollate`).
         data: the training set (:class:`~performers.training.data.ExampleSource`).
         config: :class:`TrainingConfig`.
         out_dir: checkpoints (``checkpoints/``), ``metrics.jsonl`` and ``tensorboard/`` go here.
@@ -244,11 +256,19 @@ class Trainer:
                 rank=self.data_rank,
                 world=self.data_world,
                 num_workers=c.num_workers,
+                pack=self._packing(),
             )
         batch = next(self._batches)
         self.epoch, self.position = next_batch_start(self.epoch, self.position, c.batch_size, len(self.data))
         self.position += c.batch_size
         return batch
+
+    def _packing(self) -> PackedCollate | None:
+        """The collate of packed batches (``config.pack``), or None."""
+        c = self.config
+        if not c.pack:
+            return None
+        return PackedCollate(c.max_length, pad_id=getattr(self.data, "pad_id", 0), causal=c.causal)
 
     def _close_loader(self) -> None:
         self._batches = None  # stops the loader's worker processes
@@ -265,7 +285,10 @@ class Trainer:
         """
         if self.context_group is not None:
             return self._context_parallel_loss(batch)
-        output = logits_of(self.train_model(batch["input_ids"], batch["attention_mask"]))
+        if "cu_seqlens" in batch:  # packed rows (config.pack): the boundaries replace the mask
+            output = logits_of(self.train_model(batch["input_ids"], cu_seqlens=batch["cu_seqlens"]))
+        else:
+            output = logits_of(self.train_model(batch["input_ids"], batch["attention_mask"]))
         if self.config.task == "regression":
             target = batch["targets"].to(torch.float32)
             total = (output.float().reshape(target.shape) - target).pow(2).sum()
@@ -415,10 +438,12 @@ class Trainer:
         board = self._tensorboard() if self.rank == 0 else None
         while self.step < min(c.max_steps, c.max_steps if stop_at is None else stop_at):
             step_start = time.perf_counter()
-            loss_sum = 0.0
+            loss_sum, step_tokens, step_positions = 0.0, 0, 0
             for _ in range(c.accumulation):
                 batch = self._next_batch()
                 batch_tokens = int(batch["attention_mask"].sum())  # counted on the CPU
+                step_tokens += batch_tokens
+                step_positions += batch["input_ids"].numel()  # real tokens and padding
                 batch = to_device(batch, self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.bf16):
                     loss, mean_loss = self._loss(batch)
@@ -446,6 +471,10 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0],
                 "step_seconds": step_seconds,
                 "grad_norm": grad_norm,
+                # This process's share: real tokens per second of the step, and the share of the
+                # positions computed that were padding (what --pack reduces).
+                "tokens_per_second": step_tokens / max(step_seconds, 1e-9),
+                "padding_fraction": 1.0 - step_tokens / max(step_positions, 1),
             }
             if self.evaluate is not None and (self.step % c.eval_every == 0 or self.step == c.max_steps):
                 result = self.evaluate(self.model)
