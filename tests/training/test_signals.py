@@ -1,0 +1,202 @@
+"""Preemption signals (SIGTERM, SIGINT, SIGUSR1) stop a run after the current optimizer step with
+a checkpoint, release the run directory and restore the caller's handlers; a resume continues
+exactly. In process (the signal sent to this process from inside a step) and through real
+``performers train`` processes, alone and as a two-process gloo DDP job."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from performers.cli import main
+from performers.training import EXIT_STATUS, Preempted, Trainer, latest_checkpoint, preemption_signals
+from performers.utils import load_safetensors
+from tests.training.test_trainer import run
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository root: tests is a package
+
+
+def _signal_during_step(monkeypatch, step: int, *signums: int) -> None:
+    """Send ``signums`` to this process while the batch of step ``step + 1`` is being built."""
+    next_batch = Trainer._next_batch
+
+    def sending(self):
+        if self.step == step:
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+        return next_batch(self)
+
+    monkeypatch.setattr(Trainer, "_next_batch", sending)
+
+
+def _released(out: Path) -> bool:
+    return (out / ".lock").read_text() == ""  # no holder recorded: the next run sees no stale lock
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize(
+    ("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGUSR1, 0), (signal.SIGINT, 130)]
+)
+def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact(
+    tmp_path, monkeypatch, signum, status
+):
+    reference, _ = run(tmp_path / "reference", max_steps=8)
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        _signal_during_step(patch, 4, signum)  # between the checkpoints of steps 3 and 6
+        with pytest.raises(Preempted) as stopped:
+            run(out, max_steps=8)
+    assert (stopped.value.signum, stopped.value.step, stopped.value.exit_status) == (signum, 5, status)
+    assert EXIT_STATUS[signum] == status
+    assert stopped.value.checkpoints == out / "checkpoints"
+    assert latest_checkpoint(out / "checkpoints").step == 5  # the step reached, not the last periodic one
+    assert _released(out)
+    resumed, trainer = run(out, resume=True, max_steps=8)
+    assert trainer.step == 8
+    _assert_same_weights(reference.state_dict(), resumed.state_dict())
+
+
+def test_ctrl_c_twice_aborts_at_once(tmp_path, monkeypatch):
+    _signal_during_step(monkeypatch, 1, signal.SIGINT, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, max_steps=8)
+    assert latest_checkpoint(tmp_path / "checkpoints") is None  # aborted inside step 2: nothing saved
+    assert _released(tmp_path)
+
+
+def test_the_callers_handlers_are_restored_after_a_run(tmp_path, monkeypatch):
+    def mine(signum, frame):
+        pass
+
+    seen = {}
+    next_batch = Trainer._next_batch
+
+    def looking(self):
+        seen.update({s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)})
+        return next_batch(self)
+
+    monkeypatch.setattr(Trainer, "_next_batch", looking)
+    previous = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
+    try:
+        run(tmp_path, max_steps=2)
+        assert all(handler is not mine for handler in seen.values())  # the run's own, during it
+        assert all(signal.getsignal(s) is mine for s in previous)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def test_outside_the_main_thread_signals_keep_their_handlers():
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+    inside = []
+
+    def enter():
+        with preemption_signals() as request:
+            inside.append((signal.getsignal(signal.SIGTERM), request.signum))
+
+    thread = threading.Thread(target=enter)
+    thread.start()
+    thread.join()
+    assert inside == [(before, None)]
+
+
+# `performers train` in a process of its own, each step slowed so that a signal from outside lands
+# mid-run (the tiny model's steps take milliseconds); everything else is the real command.
+SLOW_TRAIN = """
+import sys, time
+from performers.training import Trainer
+next_batch = Trainer._next_batch
+def slow(self):
+    time.sleep(0.05)
+    return next_batch(self)
+Trainer._next_batch = slow
+from performers.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+ARGS = [
+    "train", "--task", "clm", "--steps", "40", "--batch-size", "4", "--max-length", "32",
+    "--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--num-features", "8",
+    "--eval-every", "100", "--train-limit", "16", "--test-limit", "4",
+    "--workers", "0", "--threads", "1",
+]  # fmt: skip
+
+
+def _start(out: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", SLOW_TRAIN, *ARGS, "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})},
+    )
+
+
+def _wait_for_a_step(out: Path, *processes: subprocess.Popen) -> None:
+    """Until rank 0 has logged step 1 (the run is inside its loop)."""
+    deadline = time.monotonic() + 120
+    metrics = out / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert all(p.poll() is None for p in processes), "training ended early"
+        assert time.monotonic() < deadline, "no step in time"
+        time.sleep(0.02)
+
+
+def _steps(out: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sigterm_to_performers_train_checkpoints_exits_143_and_the_resume_is_exact(tmp_path):
+    out = tmp_path / "stopped"
+    process = _start(out)
+    _wait_for_a_step(out, process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143, err[-2000:]
+    step = latest_checkpoint(out / "checkpoints").step
+    assert 1 <= step < 40 and _steps(out)[-1] == step
+    assert f"stopped by SIGTERM at step {step}; checkpoint written to {out / 'checkpoints'}" in err
+    assert f"resume with: performers {' '.join(ARGS)} --out {out} --resume" in err
+    assert _released(out)
+    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
+    assert main([*ARGS, "--out", str(tmp_path / "reference")]) == 0
+    resumed, _ = load_safetensors(out / "final" / "model.safetensors")
+    reference, _ = load_safetensors(tmp_path / "reference" / "final" / "model.safetensors")
+    _assert_same_weights(reference, resumed)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("to", ["every rank", "rank 0"])
+def test_sigterm_stops_a_two_process_ddp_run_on_every_rank_after_the_same_step(tmp_path, to):
+    """As SLURM signals every task of a job; and as a launcher that signals one process."""
+    out = tmp_path / "ddp"
+    port = str(_free_port())
+    job = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    ranks = [_start(out, {**job, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    _wait_for_a_step(out, *ranks)
+    for process in ranks if to == "every rank" else ranks[:1]:
+        process.send_signal(signal.SIGTERM)
+    errors = [process.communicate(timeout=120)[1] for process in ranks]
+    assert [p.returncode for p in ranks] == [143, 143], errors[0][-2000:] + errors[1][-2000:]
+    step = latest_checkpoint(out / "checkpoints").step
+    assert 1 <= step < 40 and _steps(out)[-1] == step  # rank 0 logged no step beyond the checkpoint
+    assert "resume with:" in errors[0] and "resume with:" not in errors[1]  # one line per job
+    assert _released(out)
