@@ -220,8 +220,8 @@ def test_finetune_on_your_own_labelled_fasta_and_on_gb1(tmp_path, capsys, cli_er
     # A stopped run (e.g. by SIGTERM) continues where its checkpoint is.
     assert main([*args, "--steps", "3", "--out", str(tmp_path / "own"), "--resume"]) == 0
     assert "resumed from" in capsys.readouterr().out
-    steps = [json.loads(line)["step"] for line in (tmp_path / "own" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    metrics = (tmp_path / "own" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3]
     gb1 = [
         "finetune",
         "--task",
