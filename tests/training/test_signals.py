@@ -138,16 +138,18 @@ ARGS = [
     "train", "--task", "clm", "--steps", "40", "--batch-size", "4", "--max-length", "32",
     "--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--num-features", "8",
     "--eval-every", "100", "--train-limit", "16", "--test-limit", "4",
-    "--workers", "0", "--threads", "1",
+    "--threads", "1",
 ]  # fmt: skip
 
 
-def _start(out: Path, env: dict | None = None) -> subprocess.Popen:
+def _start(out: Path, env: dict | None = None, workers: int = 0) -> subprocess.Popen:
+    """``performers train`` in a session of its own (a process group to signal as a whole)."""
     return subprocess.Popen(
-        [sys.executable, "-c", SLOW_TRAIN, *ARGS, "--out", str(out)],
+        [sys.executable, "-c", SLOW_TRAIN, *ARGS, "--workers", str(workers), "--out", str(out)],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})},
+        start_new_session=True,
     )
 
 
@@ -166,19 +168,21 @@ def _steps(out: Path) -> list[int]:
 
 
 def test_sigterm_to_performers_train_checkpoints_exits_143_and_the_resume_is_exact(tmp_path):
+    """The signal goes to every process of the command, its loader worker too (as a terminal's
+    Ctrl-C, or a scheduler that signals a job's processes): the worker leaves it to the trainer."""
     out = tmp_path / "stopped"
-    process = _start(out)
+    process = _start(out, workers=1)
     _wait_for_a_step(out, process)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 143, err[-2000:]
     step = latest_checkpoint(out / "checkpoints").step
     assert 1 <= step < 40 and _steps(out)[-1] == step
     assert f"stopped by SIGTERM at step {step}; checkpoint written to {out / 'checkpoints'}" in err
-    assert f"resume with: performers {' '.join(ARGS)} --out {out} --resume" in err
+    assert f"resume with: performers {' '.join(ARGS)} --workers 1 --out {out} --resume" in err
     assert _released(out)
-    assert main([*ARGS, "--out", str(out), "--resume"]) == 0
-    assert main([*ARGS, "--out", str(tmp_path / "reference")]) == 0
+    assert main([*ARGS, "--workers", "0", "--out", str(out), "--resume"]) == 0  # (same batches)
+    assert main([*ARGS, "--workers", "0", "--out", str(tmp_path / "reference")]) == 0
     resumed, _ = load_safetensors(out / "final" / "model.safetensors")
     reference, _ = load_safetensors(tmp_path / "reference" / "final" / "model.safetensors")
     _assert_same_weights(reference, resumed)
