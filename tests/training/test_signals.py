@@ -104,6 +104,22 @@ def test_the_callers_handlers_are_restored_after_a_run(tmp_path, monkeypatch):
             signal.signal(s, handler)
 
 
+def test_a_signal_the_run_did_not_act_on_is_delivered_to_the_callers_handler_afterwards():
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: received.append(signum))
+    try:
+        with preemption_signals() as request:
+            os.kill(os.getpid(), signal.SIGUSR1)  # e.g. while the last checkpoint is written
+            assert request.signum == signal.SIGUSR1 and received == []
+        assert received == [signal.SIGUSR1]
+        with pytest.raises(Preempted), preemption_signals():  # acted on: not delivered again
+            os.kill(os.getpid(), signal.SIGUSR1)
+            raise Preempted(signal.SIGUSR1, 1, None)
+        assert received == [signal.SIGUSR1]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_outside_the_main_thread_signals_keep_their_handlers():
     import threading
 

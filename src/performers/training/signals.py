@@ -90,9 +90,11 @@ _active: PreemptionRequest | None = None  # the request of the outermost active 
 @contextlib.contextmanager
 def preemption_signals() -> Iterator[PreemptionRequest]:
     """Inside: SIGTERM, SIGINT and SIGUSR1 set the yielded request's ``signum`` instead of ending
-    the process; the previous handlers are restored on the way out. Re-entrant (a nested block
-    shares the outer one's request). From a thread other than the main one the handlers cannot
-    be set: the request then never fires and signals keep their usual effect."""
+    the process; the previous handlers are restored on the way out. A signal the block did not
+    act on (one that came after the run's last check, e.g. during its final checkpoint: the block
+    ends normally) is then delivered again, to those handlers: deferred, never lost. Re-entrant
+    (a nested block shares the outer one's request). From a thread other than the main one the
+    handlers cannot be set: the request then never fires and signals keep their usual effect."""
     global _active
     if _active is not None:
         yield _active
@@ -103,15 +105,19 @@ def preemption_signals() -> Iterator[PreemptionRequest]:
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
     _active = request
+    ended_normally = False
     try:
         for s in SIGNALS:
             signal.signal(s, request._handle)
         yield request
+        ended_normally = True
     finally:
         for s, handler in previous.items():
             # None: a handler not set from Python, which cannot be put back; the default is.
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         _active = None
+    if ended_normally and request.signum is not None:
+        signal.raise_signal(request.signum)
 
 
 def agreed_signal(request: PreemptionRequest, device: torch.device) -> int | None:
