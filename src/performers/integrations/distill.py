@@ -52,6 +52,7 @@ from performers.layers import FavorConfig
 from performers.training import (
     NoUsableCheckpointError,
     Preempted,
+    PreemptionRequest,
     build_optimizer,
     check_resume,
     describe_run,
@@ -457,7 +458,7 @@ def _distill(
     resume: bool,
     stop_at: int | None,
     log: Callable[[str], None],
-    request: Any = None,
+    request: PreemptionRequest | None = None,
 ) -> dict[str, Any]:
     """The loop of :func:`distill` (``out_dir`` already owned and ready; ``request``: the
     :func:`~performers.training.preemption_signals` request that stops it)."""
@@ -516,6 +517,7 @@ def _distill(
             )
         if stopping:
             bar.close()
+            student.eval()  # as at the end of a run
             raise Preempted(stopping, step, checkpoints)
     bar.close()
     student.eval()

@@ -42,7 +42,7 @@ from performers.training.run_config import (
 )
 from performers.training.run_directory import RunDirectoryError, owned, start_fresh
 from performers.training.schedule import SCHEDULES, lr_factor, make_scheduler
-from performers.training.signals import EXIT_STATUS, Preempted, preemption_signals
+from performers.training.signals import EXIT_STATUS, Preempted, PreemptionRequest, preemption_signals
 from performers.training.trainer import TASKS, Trainer, TrainingConfig
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "ExampleSource",
     "NoUsableCheckpointError",
     "Preempted",
+    "PreemptionRequest",
     "RandomStreams",
     "ResumeMismatchError",
     "RunDirectoryError",
