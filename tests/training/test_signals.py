@@ -5,6 +5,7 @@ exactly. In process (the signal sent to this process from inside a step) and thr
 
 import json
 import os
+import pickle
 import signal
 import socket
 import subprocess
@@ -67,6 +68,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact
     assert (stopped.value.signum, stopped.value.step, stopped.value.exit_status) == (signum, 5, status)
     assert EXIT_STATUS[signum] == status
     assert stopped.value.checkpoints == out / "checkpoints"
+    assert str(pickle.loads(pickle.dumps(stopped.value))) == str(stopped.value)  # crosses processes
     assert latest_checkpoint(out / "checkpoints").step == 5  # the step reached, not the last periodic one
     assert _released(out)
     resumed, trainer = run(out, resume=True, max_steps=8)

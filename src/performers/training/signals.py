@@ -54,6 +54,9 @@ class Preempted(Exception):
         where = "nothing saved" if checkpoints is None else f"checkpoint written to {checkpoints}"
         super().__init__(f"stopped by {self.signal_name} at step {step}; {where}")
 
+    def __reduce__(self):  # pickled whole (a run in a child process reports it to its parent)
+        return type(self), (self.signum, self.step, self.checkpoints)
+
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name
