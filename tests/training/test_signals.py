@@ -17,7 +17,14 @@ import pytest
 import torch
 
 from performers.cli import main
-from performers.training import EXIT_STATUS, Preempted, Trainer, latest_checkpoint, preemption_signals
+from performers.training import (
+    EXIT_STATUS,
+    Preempted,
+    Trainer,
+    latest_checkpoint,
+    preemption_signals,
+    signals,
+)
 from performers.utils import load_safetensors
 from tests.training.test_trainer import run
 
@@ -77,11 +84,19 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_and_the_resume_is_exact
 
 
 def test_ctrl_c_twice_aborts_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(signals, "ECHO_SECONDS", 0.0)  # the second press without waiting a second
     _signal_during_step(monkeypatch, 1, signal.SIGINT, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, max_steps=8)
     assert latest_checkpoint(tmp_path / "checkpoints") is None  # aborted inside step 2: nothing saved
     assert _released(tmp_path)
+
+
+def test_a_ctrl_c_passed_on_at_once_by_a_launcher_is_not_a_second_press(tmp_path, monkeypatch):
+    _signal_during_step(monkeypatch, 1, signal.SIGINT, signal.SIGINT)  # (torchrun passes it on)
+    with pytest.raises(Preempted) as stopped:
+        run(tmp_path, max_steps=8)
+    assert stopped.value.step == 2 and latest_checkpoint(tmp_path / "checkpoints").step == 2
 
 
 def test_the_callers_handlers_are_restored_after_a_run(tmp_path, monkeypatch):

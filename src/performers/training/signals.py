@@ -7,8 +7,10 @@ SIGINT. :func:`preemption_signals` (entered by :meth:`~performers.training.Train
 loop finishes the optimizer step it is in, writes a checkpoint, leaves the run directory (its
 lock released) and raises :class:`Preempted`, whose :attr:`~Preempted.exit_status` the command
 line exits with (:data:`EXIT_STATUS`: 0 for SIGUSR1, "requeue me"; the conventional 128 + N
-otherwise). A second SIGINT raises :class:`KeyboardInterrupt` at once, as Ctrl-C twice should;
-a second SIGTERM or SIGUSR1 changes nothing (the run is already stopping).
+otherwise). A second SIGINT raises :class:`KeyboardInterrupt` at once, as Ctrl-C twice should —
+unless it follows the first within :data:`ECHO_SECONDS`: a launcher passing the terminal's Ctrl-C
+on to processes that got it already (``torchrun`` does) is not a second press. A second SIGTERM
+or SIGUSR1 changes nothing (the run is already stopping).
 
 Under ``torch.distributed`` the processes agree after every step (:func:`agreed_signal`, one
 all-reduce of one number): a signal delivered to any rank (a launcher that signals rank 0 only)
@@ -26,12 +28,21 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["EXIT_STATUS", "SIGNALS", "Preempted", "PreemptionRequest", "agreed_signal", "preemption_signals"]
+__all__ = [
+    "ECHO_SECONDS",
+    "EXIT_STATUS",
+    "SIGNALS",
+    "Preempted",
+    "PreemptionRequest",
+    "agreed_signal",
+    "preemption_signals",
+]
 
 # The signals that stop a run (SIGUSR1 does not exist on Windows).
 SIGNALS: tuple[signal.Signals, ...] = tuple(
@@ -43,6 +54,10 @@ SIGNALS: tuple[signal.Signals, ...] = tuple(
 EXIT_STATUS: dict[int, int] = {int(s): 128 + int(s) for s in SIGNALS}
 if hasattr(signal, "SIGUSR1"):
     EXIT_STATUS[int(signal.SIGUSR1)] = 0
+
+
+# A SIGINT this soon after the first is the same Ctrl-C passed on by a launcher, not a second one.
+ECHO_SECONDS = 1.0
 
 
 class Preempted(Exception):
@@ -73,17 +88,18 @@ class PreemptionRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._first_at = 0.0  # time.monotonic() of the first signal
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is None:
-            self.signum = signum
+            self.signum, self._first_at = signum, time.monotonic()
             # os.write: a signal handler may interrupt a print() in progress (re-entrant I/O).
             os.write(
                 2,
                 f"performers: {signal.Signals(signum).name} received; stopping after this step "
                 "and writing a checkpoint (Ctrl-C again to abort at once)\n".encode(),
             )
-        elif signum == signal.SIGINT:
+        elif signum == signal.SIGINT and time.monotonic() - self._first_at >= ECHO_SECONDS:
             raise KeyboardInterrupt
 
 
