@@ -53,6 +53,7 @@ from performers.training.optim import build_optimizer
 from performers.training.run_config import check_resume, describe_run, format_changes, recorded_run
 from performers.training.run_directory import keep_metrics_through, owned, start_fresh
 from performers.training.schedule import SCHEDULES, make_scheduler
+from performers.training.signals import Preempted, PreemptionRequest, agreed_signal, preemption_signals
 from performers.utils import IGNORE_INDEX
 
 __all__ = ["TASKS", "Trainer", "TrainingConfig"]
@@ -402,25 +403,28 @@ class Trainer:
         checkpoint (:meth:`resume`; a fresh start when there is none). A fresh run into a
         directory that holds an earlier run refuses with ``overwrite=False``; ``True`` moves the
         earlier run aside, and so does the default ``None``, with a warning
-        (:func:`~performers.training.run_directory.start_fresh`).
+        (:func:`~performers.training.run_directory.start_fresh`). SIGTERM, SIGINT or SIGUSR1
+        during the call stop the run after the current step with a checkpoint, every process
+        alike (:mod:`performers.training.signals`).
 
         Raises:
             performers.utils.DirectoryLockedError: another process is running in ``out_dir``.
             RunDirectoryError: a fresh run over an earlier one with ``overwrite=False``.
             ResumeMismatchError, NoUsableCheckpointError: see :meth:`resume`.
+            Preempted: a stop signal arrived; the checkpoint of the step reached is written.
         """
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ownership = owned(self.out_dir, log=self.log) if self.rank == 0 else contextlib.nullcontext()
-        with ownership:
+        with ownership, preemption_signals() as request:  # the lock outlives the handlers
             resumed = self.resume() if resume else False
             if not resumed and self.step == 0:
                 # Every process refuses alike; only rank 0 moves or clears files.
                 start_fresh(self.out_dir, overwrite=overwrite, clear=self.rank == 0, log=self.log)
-            return self._train(stop_at)
+            return self._train(stop_at, request)
 
-    def _train(self, stop_at: int | None) -> dict[str, float]:
+    def _train(self, stop_at: int | None, request: PreemptionRequest | None = None) -> dict[str, float]:
         """The loop of :meth:`fit`, from ``self.step``."""
         c = self.config
         metrics_path = self.out_dir / "metrics.jsonl"
@@ -436,6 +440,7 @@ class Trainer:
         )
         result: dict[str, float] = {}
         board = self._tensorboard() if self.rank == 0 else None
+        stopping = None  # the stop signal all processes agreed on (signals.agreed_signal)
         while self.step < min(c.max_steps, c.max_steps if stop_at is None else stop_at):
             step_start = time.perf_counter()
             loss_sum, step_tokens, step_positions = 0.0, 0, 0
@@ -463,7 +468,10 @@ class Trainer:
             step_seconds = time.perf_counter() - step_start
             self.train_seconds += step_seconds
             stepping += step_seconds
+            stopping = None if request is None else agreed_signal(request, self.device)
             if self.rank != 0:  # evaluation, metrics, logs and checkpoints: rank 0 only
+                if stopping:
+                    break
                 continue
             record = {
                 "step": self.step,
@@ -494,12 +502,18 @@ class Trainer:
                 self.log(
                     f"step {self.step}/{c.max_steps} loss {loss_sum:.4f} {rate:.0f} tok/s ETA {eta:.0f}s"
                 )
-            if self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
+            if stopping or self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
                 self._checkpoint()
+            if stopping:
+                break
         bar.close()
         self._close_loader()
         if board is not None:
             board.close()
+        if stopping:
+            if self.world > 1:
+                dist.barrier()  # no process leaves before rank 0 has written the checkpoint
+            raise Preempted(stopping, self.step, self.out_dir / "checkpoints")
         return result
 
     def _tensorboard(self):
