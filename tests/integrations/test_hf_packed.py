@@ -14,9 +14,16 @@ import torch
 pytest.importorskip("transformers")
 
 from transformers import DataCollatorWithFlattening
+from transformers.masking_utils import (
+    AttentionMaskInterface,
+    and_masks,
+    causal_mask_function,
+    sliding_window_overlay,
+)
 
 from performers import FavorConfig
 from performers.integrations import transformers as hf
+from performers.integrations.hf_masks import PackedMask, favor_mask
 from tests.integrations.test_esm import _model as _esm_model
 from tests.integrations.test_transformers import BUILDERS, VOCAB
 
@@ -39,6 +46,10 @@ def _builders():
 def _sequences(low: int = 4, high: int = 24) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     return [torch.randint(low, high, (n,), generator=gen) for n in LENGTHS]
+
+
+def _cu() -> torch.Tensor:
+    return torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
 
 
 def _packed(sequences, **options):
@@ -132,3 +143,67 @@ def test_packing_that_cannot_run_is_refused():
             cu_seq_lens_q=torch.tensor([0, 5, 15], dtype=torch.int32),
             cu_seq_lens_k=torch.tensor([0, 5, 15], dtype=torch.int32),
         )
+
+
+def test_packing_with_a_favor_cache_or_a_padding_mask_is_refused():
+    model = hf.performerize(_builders()["llama"]().double(), FavorConfig(num_features=16))
+    batch = _packed(_sequences())
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    cache = hf.FavorCache()
+    with pytest.raises(ValueError, match="no packed mask"):
+        model(ids, position_ids=positions, cache=cache)
+    assert cache.get_seq_length() == 0  # the refused call changed nothing: the cache still serves
+    model(ids[:, :4], cache=cache)
+    assert cache.get_seq_length() == 4
+    pad = torch.ones_like(ids)
+    pad[0, -1] = 0
+    with pytest.raises(ValueError, match="attention_mask"):
+        model(
+            ids,
+            attention_mask=pad,
+            use_cache=False,
+            cu_seq_lens_q=_cu(),
+            cu_seq_lens_k=_cu(),
+        )
+
+
+def test_packed_gradients_equal_the_per_sequence_gradients():
+    # Training on packed rows is training on the sequences: the gradient of the summed outputs
+    # of a packed row is the sum of the per-sequence gradients.
+    model = hf.performerize(_builders()["llama"]().double(), FavorConfig(num_features=16))
+    sequences = _sequences()
+    batch = _packed(sequences)
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    packed = grads(_out(model, batch["input_ids"], batch["position_ids"], use_cache=False).pow(2).sum())
+    alone = grads(
+        sum(_out(model, s[None], torch.arange(len(s))[None], use_cache=False).pow(2).sum() for s in sequences)
+    )
+    assert len(packed) == len(alone) > 0
+    for a, b in zip(packed, alone, strict=True):
+        assert (a - b).abs().max() <= TOL * (1 + b.abs().max())
+
+
+def test_the_mask_function_hands_on_the_boundaries():
+    model = hf.performerize(_builders()["gpt2"]().double(), FavorConfig(num_features=16))
+    batch = _packed(_sequences())
+    seen = []
+    original = hf.favor_mask
+
+    def spy(*args, **kwargs):
+        seen.append(original(*args, **kwargs))
+        return seen[-1]
+
+    AttentionMaskInterface.register(hf.ATTENTION_NAME, spy)
+    try:
+        model(batch["input_ids"], position_ids=batch["position_ids"], use_cache=False)
+    finally:
+        hf.register()
+    assert isinstance(seen[0], PackedMask)
+    assert seen[0].cu_seqlens.tolist() == _cu().tolist()
+    with pytest.raises(ValueError, match="cannot represent"):  # another overlay stays refused
+        favor_mask(1, 6, 6, mask_function=and_masks(causal_mask_function, sliding_window_overlay(2)))

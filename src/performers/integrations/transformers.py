@@ -370,7 +370,12 @@ def favor_attention_forward(
     # inside, the state has H heads).
     gqa = query.shape[1] != key.shape[1]
     k_len = key.shape[2]
-    cu_seqlens = _packed_cu_seqlens(attention_mask, kwargs, layer, q_len, k_len, batch)
+    try:
+        cu_seqlens = _packed_cu_seqlens(attention_mask, kwargs, layer, q_len, k_len, batch)
+    except ValueError:
+        if layer is not None:
+            layer.abandon()  # the refused call leaves a FavorCache as it was
+        raise
     pad = None if cu_seqlens is not None else key_padding(attention_mask, causal, q_len, k_len, batch)
     common = {
         "kernel": favor.kernel,
