@@ -452,8 +452,8 @@ def _packed_cu_seqlens(
     packed pattern (every family whose model passes ``position_ids`` to its mask), or from
     flash-attention kwargs ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (``DataCollatorWithFlattening(
     return_flash_attn_kwargs=True)``); both given must agree. ``position_ids`` that restart with
-    neither and no padding mask (HF builds no packed mask when a cache is in use) are refused:
-    running them as one sequence would silently mix the sequences.
+    neither and no padding mask in a one-row batch (HF builds no packed mask when a cache is in
+    use) are refused: running them as one sequence would silently mix the sequences.
     """
     cu_seqlens = mask.cu_seqlens if isinstance(mask, PackedMask) else None
     cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
@@ -476,6 +476,7 @@ def _packed_cu_seqlens(
     if (
         cu_seqlens is None
         and mask is None  # left padding gives position_ids like 1, 1, 0, 1, 2 with its mask
+        and batch == 1  # packed rows are one row; skipping the check spares batches a device sync
         and isinstance(position_ids, Tensor)
         and position_ids.dim() == 2
         and position_ids.shape[-1] > 1
