@@ -1,19 +1,89 @@
-"""Masks of the ``"favor"`` attention for Hugging Face ``transformers``: key padding only.
+"""Masks of the ``"favor"`` attention for Hugging Face ``transformers``: key padding or packing.
 
 :func:`favor_mask` is the ``"favor"`` entry of HF's ``AttentionMaskInterface`` (it never builds
 an ``L×L`` tensor); :func:`key_padding` turns whatever mask a model passes to the attention
-function into a ``(B, Lk)`` key-padding mask, or says why it cannot.
+function into a ``(B, Lk)`` key-padding mask, or says why it cannot. A packed batch (one row of
+sequences whose ``position_ids`` restart, e.g. from ``DataCollatorWithFlattening``) becomes a
+:class:`PackedMask` holding the ``cu_seqlens`` of its sequences.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers.masking_utils import bidirectional_mask_function, causal_mask_function
 
-__all__ = ["favor_mask", "key_padding"]
+__all__ = ["PackedMask", "favor_mask", "key_padding", "packed_cu_seqlens"]
+
+
+@dataclass(frozen=True)
+class PackedMask:
+    """The ``"favor"`` mask of a packed batch: one row holding sequences back to back.
+
+    ``cu_seqlens``: int64 ``(N + 1,)``, from 0 to the row's length (the convention of
+    :func:`performers.favor_attention`); each sequence attends only within itself (causally in a
+    decoder). Made by :func:`favor_mask` from the pattern HF builds for restarting
+    ``position_ids`` (no ``L×L`` tensor is ever made).
+    """
+
+    cu_seqlens: Tensor
+
+
+def _closure(function: Any) -> dict[str, Any]:
+    code = getattr(function, "__code__", None)
+    cells = getattr(function, "__closure__", None) or ()
+    if code is None:
+        return {}
+    return dict(zip(code.co_freevars, (cell.cell_contents for cell in cells), strict=False))
+
+
+def _packed_segments(mask_function: Any) -> Tensor | None:
+    """HF's segment ids ``(B, L)`` if ``mask_function`` is exactly its packed-sequence pattern.
+
+    For ``position_ids`` that restart (and no padding mask, no cache) transformers builds
+    ``and_masks(remap_positions_for_packed_sequence(base, position_ids),
+    packed_sequence_mask_function(segments))`` with ``base`` the plain causal or bidirectional
+    function: block-causal / block-diagonal attention, sequence ``s`` being the positions whose
+    segment id is ``s`` (a new one wherever a position is not its predecessor + 1, so positions
+    inside a sequence rise by 1 and remapped causality is causality). Anything else is None.
+    """
+    if getattr(mask_function, "__qualname__", "") != "and_masks.<locals>.and_mask":
+        return None
+    parts = _closure(mask_function).get("mask_functions")
+    if not isinstance(parts, tuple) or len(parts) != 2:
+        return None
+    remap, packed = parts
+    if getattr(remap, "__qualname__", "") != "remap_positions_for_packed_sequence.<locals>.inner_mask":
+        return None
+    if getattr(packed, "__qualname__", "") != "packed_sequence_mask_function.<locals>.inner_mask":
+        return None
+    base = _closure(remap).get("mask_function")
+    if base is not causal_mask_function and base is not bidirectional_mask_function:
+        return None
+    segments = _closure(packed).get("packed_sequence_mask")
+    return segments if isinstance(segments, Tensor) and segments.dim() == 2 else None
+
+
+def packed_cu_seqlens(segments: Tensor) -> Tensor:
+    """``cu_seqlens`` ``(N + 1,)`` of one packed row of segment ids ``(1, L)`` (non-decreasing).
+
+    Raises:
+        ValueError: more than one row (FAVOR+ packs one row; flatten the batch into one, as
+            ``DataCollatorWithFlattening`` does).
+    """
+    if segments.shape[0] != 1:
+        raise ValueError(
+            f"the 'favor' attention runs packed sequences in one row (batch size 1), got {segments.shape[0]} "
+            "packed rows; put every sequence in a single row (DataCollatorWithFlattening does)"
+        )
+    row = segments[0]
+    starts = torch.nonzero(row[1:] != row[:-1]).flatten() + 1
+    zero = torch.zeros(1, dtype=torch.int64, device=row.device)
+    end = torch.full((1,), row.numel(), dtype=torch.int64, device=row.device)
+    return torch.cat([zero, starts.to(torch.int64), end])
 
 
 def favor_mask(
@@ -37,20 +107,24 @@ def favor_mask(
         attention_mask: the 2D padding mask ``(B, seen + q_length)``, True/1 = attend.
 
     Returns:
-        ``None`` when no key is padded, else ``(B, kv_length)`` bool (True = attend).
+        ``None`` when no key is padded, else ``(B, kv_length)`` bool (True = attend); a
+        :class:`PackedMask` for HF's packed-sequence pattern (one row, no cache).
 
     Raises:
-        ValueError: for a pattern FAVOR+ cannot represent (sliding window, chunked, packed
-            sequences, custom overlays), a static cache (more key slots than tokens), or a
-            causal mask shorter than the cached plus new positions (inputs that do not continue
-            the cache).
+        ValueError: for a pattern FAVOR+ cannot represent (sliding window, chunked, blockwise,
+            custom overlays), packed sequences in several rows or with a cache, a static cache
+            (more key slots than tokens), or a causal mask shorter than the cached plus new
+            positions (inputs that do not continue the cache).
     """
+    segments = _packed_segments(mask_function)
+    if segments is not None:
+        return _packed_mask(segments, q_length, kv_length, q_offset, kv_offset, attention_mask)
     if mask_function is not causal_mask_function and mask_function is not bidirectional_mask_function:
         raise ValueError(
             "the 'favor' attention supports only plain causal or bidirectional attention with key padding; "
             "this model asked for another mask pattern "
             f"({getattr(mask_function, '__qualname__', mask_function)}: "
-            "sliding window, chunked, packed sequences or a custom overlay), which FAVOR+ cannot represent"
+            "sliding window, chunked, blockwise or a custom overlay), which FAVOR+ cannot represent"
         )
     if (
         isinstance(q_offset, int)
@@ -83,6 +157,24 @@ def favor_mask(
     if bool(keep.all()):
         return None
     return keep
+
+
+def _packed_mask(
+    segments: Tensor, q_length: int, kv_length: int, q_offset: Any, kv_offset: Any, attention_mask: Any
+) -> PackedMask:
+    """The :class:`PackedMask` of HF's packed pattern, after checking it is the self-attention of
+    the row with nothing else (HF detects packing only then; the checks say so if that changes)."""
+    if attention_mask is not None:
+        raise ValueError(
+            "the 'favor' attention cannot combine packed sequences with a padding attention_mask"
+        )
+    if not (isinstance(q_offset, int) and isinstance(kv_offset, int)) or q_offset or kv_offset:
+        raise ValueError("the 'favor' attention cannot run packed sequences with a cache (use_cache=False)")
+    if q_length != kv_length or segments.shape[-1] != q_length:
+        raise ValueError(
+            f"packed sequences need as many keys as queries, got {q_length} queries, {kv_length} keys"
+        )
+    return PackedMask(packed_cu_seqlens(segments))
 
 
 def padding_from_4d(mask: Tensor, causal: bool, q_len: int, k_len: int) -> Tensor | None:

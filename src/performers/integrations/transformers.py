@@ -50,12 +50,19 @@ attach the submodules before the first forward call.
 **Masks.** The ``"favor"`` mask function never builds an ``L×L`` tensor. It returns ``None``
 (no padding) or the 2D key-padding mask ``(B, Lk)`` (bool, True = attend, HF's convention),
 and causality comes from the attention module (``module.is_causal``), as in HF's ``sdpa``
-path. Only the plain causal and plain bidirectional patterns can be represented; sliding
-windows, chunked/packed/blockwise patterns and custom ``and``/``or`` mask functions raise a
-``ValueError``. The attention function accepts ``attention_mask`` as ``None``, a 2D key mask
+path. Only the plain causal and plain bidirectional patterns and packed sequences can be
+represented; sliding windows, chunked/blockwise patterns and custom ``and``/``or`` mask
+functions raise a ``ValueError``. The attention function accepts ``attention_mask`` as ``None``, a 2D key mask
 ``(B, Lk)`` (bool or 0/1) or a 4D mask ``(B|1, 1, Lq, Lk)`` (bool, or additive float with 0 /
 large negative entries) *if* it factorizes into key padding (and the causal triangle for
 causal modules); any other 4D mask (e.g. additive biases) raises a ``ValueError``.
+
+**Packed batches** (``DataCollatorWithFlattening``: one row, ``position_ids`` restarting per
+sequence, or ``cu_seq_lens_q``/``cu_seq_lens_k``) run FAVOR+ per sequence
+(``favor_attention(..., cu_seqlens=...)``) in every supported family: the mask function turns
+HF's packed pattern into a :class:`~performers.integrations.hf_masks.PackedMask`. Decoders need
+``use_cache=False`` (HF detects packing only without a cache); packing with a cache, several
+packed rows or a padding mask raise a ``ValueError``.
 
 **Generation.** ``model.generate(ids, cache=FavorCache())`` keeps one FAVOR+ state ``(B, H,
 M, D)`` per layer instead of growing keys and values: each new token costs ``O(M·D)`` per
@@ -89,7 +96,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
 
 from performers.integrations import hf_esm
 from performers.integrations.hf_cache import FavorCache, FavorCacheLayer, take_pending
-from performers.integrations.hf_masks import favor_mask, key_padding
+from performers.integrations.hf_masks import PackedMask, favor_mask, key_padding
 from performers.layers import FavorAttention, FavorConfig
 from performers.layers.favor_config import FAVOR_FORMAT, favor_config_from_saved
 from performers.ops import FavorState, favor_attention
@@ -363,7 +370,13 @@ def favor_attention_forward(
     # inside, the state has H heads).
     gqa = query.shape[1] != key.shape[1]
     k_len = key.shape[2]
-    pad = key_padding(attention_mask, causal, q_len, k_len, batch)
+    try:
+        cu_seqlens = _packed_cu_seqlens(attention_mask, kwargs, layer, q_len, k_len, batch)
+    except ValueError:
+        if layer is not None:
+            layer.abandon()  # the refused call leaves a FavorCache as it was
+        raise
+    pad = None if cu_seqlens is not None else key_padding(attention_mask, causal, q_len, k_len, batch)
     common = {
         "kernel": favor.kernel,
         "scale": scaling,
@@ -373,7 +386,11 @@ def favor_attention_forward(
     }
     projection = favor.projection
 
-    if layer is not None:
+    if cu_seqlens is not None:
+        out = favor_attention(
+            query, key, value, projection, is_causal=causal, cu_seqlens=cu_seqlens, **common
+        )
+    elif layer is not None:
         out = _continue_cache(layer, query, key, value, projection, pad, causal, common)
     elif causal and k_len != q_len:
         if k_len < q_len:
@@ -424,6 +441,59 @@ def favor_attention_forward(
     else:
         out = favor_attention(query, key, value, projection, is_causal=causal, key_padding_mask=pad, **common)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _packed_cu_seqlens(
+    mask: Any, kwargs: dict[str, Any], layer: FavorCacheLayer | None, q_len: int, k_len: int, batch: int
+) -> Tensor | None:
+    """``cu_seqlens`` of a packed batch, or None for an ordinary one.
+
+    Packing is read from the :class:`PackedMask` the ``"favor"`` mask function makes of HF's
+    packed pattern (every family whose model passes ``position_ids`` to its mask), or from
+    flash-attention kwargs ``cu_seq_lens_q`` / ``cu_seq_lens_k`` (``DataCollatorWithFlattening(
+    return_flash_attn_kwargs=True)``); both given must agree. ``position_ids`` that restart with
+    neither and no padding mask in a one-row batch (HF builds no packed mask when a cache is in
+    use) are refused: running them as one sequence would silently mix the sequences.
+    """
+    cu_seqlens = mask.cu_seqlens if isinstance(mask, PackedMask) else None
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is not None or cu_k is not None:
+        if cu_q is None or cu_k is None or not torch.equal(cu_q.cpu().long(), cu_k.cpu().long()):
+            raise ValueError(
+                "the 'favor' attention needs cu_seq_lens_q and cu_seq_lens_k to be the same (self-attention "
+                "of one packed row)"
+            )
+        flash = cu_q.to(torch.int64)
+        if cu_seqlens is not None and not torch.equal(cu_seqlens.cpu(), flash.cpu()):
+            raise ValueError(
+                f"cu_seq_lens_q {flash.tolist()} disagrees with the sequences of position_ids "
+                f"{cu_seqlens.tolist()}"
+            )
+        if cu_seqlens is None and mask is not None:
+            raise ValueError("the 'favor' attention cannot combine packed sequences with an attention_mask")
+        cu_seqlens = flash
+    position_ids = kwargs.get("position_ids")
+    if (
+        cu_seqlens is None
+        and mask is None  # left padding gives position_ids like 1, 1, 0, 1, 2 with its mask
+        and batch == 1  # packed rows are one row; skipping the check spares batches a device sync
+        and isinstance(position_ids, Tensor)
+        and position_ids.dim() == 2
+        and position_ids.shape[-1] > 1
+        and bool((position_ids[:, 1:] - position_ids[:, :-1] != 1).any())
+    ):
+        raise ValueError(
+            "position_ids restart (packed sequences), but transformers built no packed mask: it does so "
+            "only without an attention_mask and without a cache; call the model with use_cache=False and "
+            "no attention_mask (packed sequences cannot be cached or generated from)"
+        )
+    if cu_seqlens is None:
+        return None
+    if layer is not None or k_len != q_len:
+        raise ValueError("the 'favor' attention cannot run packed sequences with a cache (use_cache=False)")
+    if batch != 1:
+        raise ValueError(f"packed sequences must be one row (batch size 1), got a batch of {batch}")
+    return cu_seqlens
 
 
 def _continue_cache(
