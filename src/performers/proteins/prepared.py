@@ -75,6 +75,7 @@ from performers.proteins.prepared_writer import SeenSequences, SplitWriter
 from performers.proteins.tokenizer import ProteinTokenizer
 from performers.utils import atomic_directory, package_version
 from performers.utils.errors import InputError
+from performers.utils.files import existing_ancestor
 from performers.utils.validation import is_int
 
 __all__ = [
@@ -181,7 +182,7 @@ class NotEnoughSpaceError(InputError):
 
 
 def _check_free_space(out_dir: Path, needed: int) -> None:
-    place = next(p for p in (out_dir, *out_dir.parents) if p.exists())
+    place = existing_ancestor(out_dir)
     free = shutil.disk_usage(place).free
     if free < needed:
         raise NotEnoughSpaceError(

@@ -39,6 +39,7 @@ __all__ = [
     "atomic_directory",
     "atomic_write",
     "disk_write_errors",
+    "existing_ancestor",
     "load_safetensors",
     "sha256",
     "write_csv",
@@ -113,13 +114,18 @@ def _is_within(error: BaseException, within) -> bool:
 
 def _free_bytes(path: Path) -> int | None:
     """Free bytes on the file system of ``path`` (or of its nearest existing parent)."""
-    for place in (path, *path.parents):
-        if place.exists():
-            try:
-                return shutil.disk_usage(place).free
-            except OSError:
-                return None
-    return None
+    try:
+        return shutil.disk_usage(existing_ancestor(path)).free
+    except OSError:
+        return None
+
+
+def existing_ancestor(path: str | os.PathLike) -> Path:
+    """``path`` if it exists, else its nearest existing parent (where it would be created)."""
+    place = Path(os.path.abspath(path))
+    while not place.exists() and place.parent != place:
+        place = place.parent
+    return place
 
 
 def _bytes_under(path: Path) -> int:
