@@ -21,12 +21,13 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m performers demo
 
-# The tests run on every core (pytest-xdist), one torch thread per worker (tests/conftest.py).
+# The tests run on every core (pytest-xdist; worksteal: an idle worker takes queued tests from a
+# busy one, so a few long tests at the end do not leave a core idle), one torch thread per worker.
 test: $(VENV)/.installed
 	$(PY) -m ruff check src tests
 	$(VENV)/bin/lint-imports
 	$(MKDOCS) --site-dir site
-	$(PY) -m pytest -q -n auto
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 # The documentation site (README-linked guides under docs/ and the API reference) into site/.
 docs: $(VENV)/.installed

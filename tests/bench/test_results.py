@@ -20,11 +20,16 @@ CHECKED_IN = {
     "approximation": ("bench/test_approximation.py", "test_protein_capture_and_sections_output"),
     "generate": ("models/test_generation.py", "test_bench_generate_smoke"),
     "speed": ("bench/test_speed.py", "test_main_writes_json_markdown"),
+    "compile": ("bench/test_compile_speed.py", "test_bench_compile_writes_its_results_through_the_writer"),
     "compat": ("bench/test_compat.py", "test_write_markdown"),
     "embed-score": ("bench/test_results.py", "test_embed_score_loader_and_prepare_write_through_the_writer"),
     "esm-long": (
         "bench/test_esm_long.py",
         "test_cli_measures_every_length_and_attention_and_writes_through_the_writer",
+    ),
+    "esm-fidelity": (
+        "bench/test_esm_fidelity.py",
+        "test_tiny_run_measures_exact_converted_and_distilled_through_the_writer",
     ),
     "prepare": ("bench/test_results.py", "test_embed_score_loader_and_prepare_write_through_the_writer"),
     "loader": ("bench/test_results.py", "test_embed_score_loader_and_prepare_write_through_the_writer"),

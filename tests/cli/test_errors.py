@@ -293,3 +293,4 @@ def test_help_shows_defaults_and_what_train_accepts(capsys):
     assert "prepared dataset" in text and "FASTA" in text
     assert "(default: 1000)" in text  # --steps
     assert "generalized kernels only) (default: 256)" in text  # --num-features: the one default of M
+    assert "projections (default: 0)" in text  # --seed: a default of 0 is shown (0 == False)

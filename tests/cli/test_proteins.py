@@ -217,6 +217,11 @@ def test_finetune_on_your_own_labelled_fasta_and_on_gb1(tmp_path, capsys, cli_er
     args = ["finetune", "--sequences", str(sequences), "--labels", str(labels), *small, "--num-features", "8"]
     assert main([*args, "--out", str(tmp_path / "own")]) == 0
     assert "ResidueLabels (6 train)" in capsys.readouterr().out
+    # A stopped run (e.g. by SIGTERM) continues where its checkpoint is.
+    assert main([*args, "--steps", "3", "--out", str(tmp_path / "own"), "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    metrics = (tmp_path / "own" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [1, 2, 3]
     gb1 = [
         "finetune",
         "--task",

@@ -4,6 +4,7 @@ the convert/distill CLI."""
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 import torch
@@ -30,6 +31,7 @@ from performers.integrations.transformers import (
     is_performerized,
     performerize,
 )
+from performers.training import Preempted, latest_checkpoint
 from performers.utils import InputError
 
 TEXTS = [
@@ -105,6 +107,33 @@ def test_distillation_brings_the_student_closer_and_resumes_exactly(tokenizer, t
     assert finished["steps"] == 6 and finished["loss"] == result["loss"]
     assert finished["history"] == result["history"]
     for (name, a), (_, b) in zip(student.state_dict().items(), again.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_a_signal_stops_distillation_after_the_step_with_a_checkpoint_and_resumes_exactly(
+    tokenizer, tmp_path
+):
+    teacher = _tiny_bert(len(tokenizer))
+    texts = TextBatches(TEXTS, tokenizer, batch_size=4, max_length=16, seed=0)
+    config = DistillConfig(steps=4, batch_size=4, learning_rate=1e-4, warmup_steps=1, checkpoint_every=4)
+    reference = make_student(teacher, FavorConfig(8, "relu"))
+    expected = distill(teacher, reference, texts, config, log=lambda _: None)
+
+    def signalling(index: int):
+        if index == 1:  # SIGTERM while step 2 is computed: it ends, checkpointed, then the run stops
+            os.kill(os.getpid(), signal.SIGTERM)
+        return texts(index)
+
+    student = make_student(teacher, FavorConfig(8, "relu"))
+    with pytest.raises(Preempted) as stopped:
+        distill(teacher, student, signalling, config, out_dir=tmp_path, log=lambda _: None)
+    assert (stopped.value.step, stopped.value.exit_status) == (2, 143)
+    assert latest_checkpoint(tmp_path / "checkpoints").step == 2
+    assert (tmp_path / ".lock").read_text() == ""  # released
+    again = make_student(teacher, FavorConfig(8, "relu"))
+    finished = distill(teacher, again, texts, config, out_dir=tmp_path, resume=True, log=lambda _: None)
+    assert finished["history"] == expected["history"]
+    for (name, a), (_, b) in zip(reference.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
 
 

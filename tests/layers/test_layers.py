@@ -1,5 +1,7 @@
 """Attention modules: FavorAttention, self/cross-attention, redraw, parity with nn.MultiheadAttention."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -15,7 +17,7 @@ from performers import (
     make_projection,
     replace_multihead_attention,
 )
-from performers.layers import KVCache, RotaryEmbedding, projection_seed, sdpa_attention
+from performers.layers import AttentionDropoutWarning, KVCache, RotaryEmbedding, projection_seed, sdpa_attention
 from performers.ops import FavorState
 from tests.helpers.numerics import generator
 
@@ -101,6 +103,18 @@ def test_softmax_without_features_is_an_error():
         FavorConfig(16, projection="iid", row_norms="sqrt_d")
     with pytest.raises(TypeError, match="config must be a FavorConfig"):
         FavorAttention(8, 16)
+
+
+def test_favor_attention_names_the_head_dim_it_was_built_for():
+    module = FavorAttention(16, FavorConfig(8))
+    q, k, v = qkv(d=8)  # D = 8 into a module for heads of 16
+    for call in (lambda: module(q, k, v), lambda: module.step(q[:, :, :1], k[:, :, :1], v[:, :, :1], None)):
+        with pytest.raises(ValueError, match=r"head_dim = 16, but q has D = 8") as error:
+            call()
+        assert "projection" not in str(error.value)  # not the buffer the user never passed
+    q16 = torch.randn(2, 3, 13, 16, dtype=DT)
+    with pytest.raises(ValueError, match=r"head_dim = 16, but k has D = 8"):
+        module(q16, k, v)
 
 
 # ---------------------------------------------------------------- redraw
@@ -377,6 +391,36 @@ def test_rotary_attention_depends_on_relative_positions_only():
         RotaryEmbedding(5)
 
 
+def test_multihead_favor_attention_names_the_expected_embedding_sizes():
+    # As nn.MultiheadAttention does, before any projection runs (not a bare matmul error).
+    module = MultiheadFavorAttention(16, 4, batch_first=True, kdim=12, vdim=10, dtype=DT)
+    q, k, v = (torch.randn(2, 5, e, dtype=DT) for e in (16, 12, 10))
+    assert module(q, k, v)[0].shape == q.shape
+    wrong = torch.randn(2, 5, 8, dtype=DT)
+    with pytest.raises(ValueError, match=r"expecting query embedding dimension of 16 \(embed_dim"):
+        module(wrong, k, v)
+    with pytest.raises(ValueError, match=r"expecting key embedding dimension of 12 \(kdim"):
+        module(q, wrong, v)
+    with pytest.raises(ValueError, match=r"expecting value embedding dimension of 10 \(vdim"):
+        module(q, k, wrong)
+    with pytest.raises(ValueError, match="same number of dimensions"):
+        module(q, k[0], v)
+
+
+def test_multihead_favor_attention_warns_about_dropout_favor_cannot_apply():
+    with pytest.warns(AttentionDropoutWarning, match=r"dropout \(0.1\)") as record:
+        module = MultiheadFavorAttention(16, 4, dropout=0.1)
+    assert record[0].filename == __file__  # points at the code that built it
+    with pytest.warns(AttentionDropoutWarning) as record:
+        MultiheadFavorAttention.from_multihead_attention(_mha(dropout=0.1))
+    assert record[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MultiheadFavorAttention(16, 4, dropout=0.1, attention="exact")  # exact attention applies it
+        MultiheadFavorAttention(16, 4)
+    assert module.dropout == 0.1  # kept for the exact backend
+
+
 # ---------------------------------------------------------------- replacing nn.MultiheadAttention in a model
 
 
@@ -407,6 +451,17 @@ def test_replace_multihead_attention_exact_reproduces_the_model(grad):
                 keep = ~mask[..., None]
                 expected, out = expected * keep, out * keep
             torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+
+
+def test_replace_multihead_attention_names_each_module_whose_dropout_is_dropped():
+    layer = nn.TransformerEncoderLayer(16, 4, dim_feedforward=32, dropout=0.1, batch_first=True, dtype=DT)
+    model = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        replace_multihead_attention(model, FavorConfig(8))
+    messages = [str(w.message) for w in record if issubclass(w.category, AttentionDropoutWarning)]
+    # One warning per module, with its name (the new modules' own warnings are not repeated).
+    assert [m.split(":")[0] for m in messages] == ["layers.0.self_attn", "layers.1.self_attn"]
 
 
 def test_replace_multihead_attention_favor_backend_runs_and_switches():

@@ -14,6 +14,8 @@ environment, markdown beside it, atomic).
                                     a pretrained Transformer and a trained protein model)
 ``embed-score``                     :mod:`~performers.bench.embed_score`
 ``esm-long``                        :mod:`~performers.bench.esm_long`
+``esm-fidelity``                    :mod:`~performers.bench.esm_fidelity` (the exact teacher:
+                                    ``esm_teacher``)
 ``prepare``                         :mod:`~performers.bench.prepare`
 ``loader``                          :mod:`~performers.bench.loader`
 ``gb1-zero-shot``                   :mod:`~performers.bench.gb1_zero_shot`

@@ -20,6 +20,7 @@ writes ``gb1_zero_shot.json`` and ``gb1_zero_shot.md`` (:func:`write_report`).
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,13 +29,42 @@ from torch import nn
 from performers.bench.results import write_results
 from performers.jobs import load_trained
 from performers.jobs.scoring import find_mutations, variant_effects
-from performers.proteins import ProteinTokenizer, read_fasta
+from performers.proteins import FastaRecord, ProteinTokenizer, read_fasta
 from performers.proteins.data import split_of
 from performers.proteins.substitution import blosum62
 from performers.training import spearman
 from performers.utils import shipped_data
 
-__all__ = ["blosum62_scores", "format_report", "gb1_zero_shot", "run_gb1_zero_shot", "write_report"]
+__all__ = [
+    "GB1Variants",
+    "blosum62_scores",
+    "format_report",
+    "gb1_variants",
+    "gb1_zero_shot",
+    "run_gb1_zero_shot",
+    "write_report",
+]
+
+
+@dataclass(frozen=True)
+class GB1Variants:
+    """FLIP's GB1 ``sampled`` variants: the wild type, the variant records (in file order), their
+    measured fitness ``(N,)`` float64 and whether each is in FLIP's test split ``(N,)`` bool."""
+
+    wildtype: FastaRecord
+    records: list[FastaRecord]
+    fitness: torch.Tensor
+    test: torch.Tensor
+
+
+def gb1_variants(limit: int | None = None) -> GB1Variants:
+    """The GB1 variants shipped with the package (module docstring); ``limit``: the first
+    ``limit`` of them in file order (None: all 8,733)."""
+    (wildtype,) = list(read_fasta(shipped_data("proteins", "flip_gb1", "wildtype.fasta")))
+    records = list(read_fasta(shipped_data("proteins", "flip_gb1", "sampled.fasta.gz")))[:limit]
+    fitness = torch.tensor([float(r.fields["TARGET"]) for r in records], dtype=torch.float64)
+    test = torch.tensor([split_of(r) == "test" for r in records], dtype=torch.bool)
+    return GB1Variants(wildtype, records, fitness, test)
 
 
 def blosum62_scores(wildtype: str, sequences: list[str]) -> list[float]:
@@ -57,10 +87,8 @@ def gb1_zero_shot(
         ``{"variants", "test_variants", "rows": [{"method", "spearman_all", "spearman_test",
         "spearman_sd"?}], "scores": {id: model score}}``.
     """
-    (wildtype,) = list(read_fasta(shipped_data("proteins", "flip_gb1", "wildtype.fasta")))
-    records = list(read_fasta(shipped_data("proteins", "flip_gb1", "sampled.fasta.gz")))
-    fitness = torch.tensor([float(r.fields["TARGET"]) for r in records], dtype=torch.float64)
-    test = torch.tensor([split_of(r) == "test" for r in records])
+    variants = gb1_variants()
+    wildtype, records, fitness, test = variants.wildtype, variants.records, variants.fitness, variants.test
     effects = variant_effects(model, tokenizer, wildtype, records, max_tokens=max_tokens, progress=progress)
     model_scores = torch.tensor([row["score"] for row in effects], dtype=torch.float64)
     substitution = torch.tensor(

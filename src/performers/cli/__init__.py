@@ -15,8 +15,12 @@ model directory that cannot be loaded as written, an unsupported model family, a
 model cannot honour, a refused resume, ...) is printed as one line on stderr,
 ``performers CMD: error: MESSAGE``, with exit status 2 and no traceback; anything else is a bug
 and keeps its traceback. ``performers --debug CMD ...`` (or ``PERFORMERS_DEBUG=1``) shows the
-traceback of every error. A command line that cannot be parsed (an unknown option, a value that
-is not a number) gives the same one line and status 2.
+traceback of every error. A run stopped by SIGTERM, SIGINT or SIGUSR1
+(:class:`~performers.training.Preempted`: ``train``, ``finetune``, ``distill``) prints where its
+checkpoint is and the command that resumes it, and exits with the signal's documented status
+(:data:`~performers.training.EXIT_STATUS`: 0 for SIGUSR1, 128 + N otherwise). A command line
+that cannot be parsed (an unknown option, a value that is not a number) gives the same one line
+and status 2.
 
 Adding a command: a module ``performers/cli/NAME.py`` with ``HELP``, ``add_parser(subparsers)``
 (options from the helpers above; ``--help`` shows each default) and ``run(args) -> int`` that
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 
 import torch
@@ -49,6 +54,7 @@ from performers.cli import (
 )
 from performers.cli.common import USER_ERRORS, CommandParser, register
 from performers.cli.config_file import with_config_file
+from performers.training import Preempted
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -95,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
 
     A user error (:data:`~performers.cli.common.USER_ERRORS`) is printed as one line on stderr,
     ``performers CMD: error: MESSAGE``, and returns 2 (``--debug``: raised with its traceback);
-    other exceptions propagate (bugs).
+    other exceptions propagate (bugs). A run stopped by a signal returns its status
+    (:attr:`~performers.training.Preempted.exit_status`) after one line on how to resume.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -113,6 +120,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{args.command_parser.prog}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Preempted as stopped:
+        if os.environ.get("RANK", "0") == "0":  # one line per job, not one per process
+            resume = _resume_command(argv)
+            print(f"{args.command_parser.prog}: {stopped}; resume with: {resume}", file=sys.stderr)
+        return stopped.exit_status
+
+
+def _resume_command(argv: list[str]) -> str:
+    """``argv`` as the command that continues its run: ``--resume`` instead of ``--overwrite``."""
+    kept = [a for a in argv if a != "--overwrite"]
+    return shlex.join(["performers", *kept, *([] if "--resume" in kept else ["--resume"])])
 
 
 def _one_line(error: BaseException) -> str:

@@ -84,7 +84,8 @@ class HelpFormatter(argparse.HelpFormatter):
         if (
             "default" in text
             or "%(default)" in text
-            or action.default in (None, False, argparse.SUPPRESS)
+            # `is`, not `in`: 0 == False, and a default of 0 (a seed) is worth showing.
+            or any(action.default is none for none in (None, False, argparse.SUPPRESS))
             or not action.option_strings
             or text == argparse.SUPPRESS
         ):

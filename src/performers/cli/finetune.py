@@ -1,7 +1,8 @@
 """``performers finetune``: a head on a trained or randomly initialized encoder, fine-tuned on
 labelled proteins in FLIP's conventions (:func:`performers.jobs.finetune`): per-residue
 classes (secondary structure, conservation, or your own label FASTA) or a sequence-level target
-(GB1 fitness, or your own ``TARGET=`` FASTA)."""
+(GB1 fitness, or your own ``TARGET=`` FASTA). ``--resume`` continues the run in ``--out``
+(e.g. one stopped by SIGTERM or SIGUSR1, :mod:`performers.training.signals`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from performers.cli.common import UsageError, option_names, user_errors_named
 from performers.cli.options import (
     add_device_option,
     add_model_options,
+    add_resume_option,
     add_run_options,
     device_from_args,
     model_config_from_args,
@@ -74,6 +76,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     group.add_argument("--test-limit", type=int, default=None, help="score only the first N test proteins")
     add_model_options(parser)  # the random-init encoder
     add_run_options(parser, out="runs/finetune")
+    add_resume_option(parser, may_change="--steps, --eval-every, --threads")
     return parser
 
 
@@ -111,7 +114,13 @@ def run(args: argparse.Namespace) -> int:
     training = training_config_from_args(args, task=splits["train"].kind, weight_decay=0.01, grad_clip=1.0)
     device = device_from_args(args)
     result = finetune(
-        encoder, training, **splits, out_dir=args.out, freeze_encoder=args.freeze, device=device
+        encoder,
+        training,
+        **splits,
+        out_dir=args.out,
+        freeze_encoder=args.freeze,
+        resume=args.resume,
+        device=device,
     )
     test = result["test"]
     if "spearman" in test:

@@ -89,6 +89,7 @@ TRAINING_FIELDS: dict[str, str] = {
     "bf16": "bf16",
     "seed": "seed",
     "concatenate": "concatenate",
+    "pack": "pack",
     "num_workers": "workers",
     "context_parallel": "context_parallel",
 }

@@ -61,6 +61,7 @@ def favor_attention(
     group=None,
     shard_offset: int | None = None,
     causal: bool | None = None,
+    cu_seqlens: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """:func:`performers.favor_attention` of a sequence split over the processes of ``group``.
 
@@ -93,6 +94,9 @@ def favor_attention(
             ``mesh["context"]``, or None for the default group).
         shard_offset: optional position of this shard's first key in the sequence; when given
             (on every process) the shards are checked to be contiguous in rank order.
+        cu_seqlens: not supported: packed sequences (:func:`performers.favor_attention`'s
+            ``cu_seqlens``) are refused with a ValueError on every process, before any
+            collective (a shard would cut sequences whose boundaries the others do not see).
 
     Returns:
         ``(B, H, Lq_r, Dv)``, and the :class:`~performers.FavorState` after the sequence if
@@ -105,6 +109,13 @@ def favor_attention(
             process, before any other collective, so none is left waiting.
         RuntimeError: torch.distributed is not initialized.
     """
+    if cu_seqlens is not None:
+        # Checked before anything collective, so every process refuses alike and none waits.
+        raise ValueError(
+            "performers.distributed.favor_attention does not take cu_seqlens: context parallelism "
+            "shards one long sequence; run packed batches with performers.favor_attention "
+            "(data parallel), or pass each sequence unpacked"
+        )
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             "performers.distributed.favor_attention needs torch.distributed to be initialized "

@@ -51,6 +51,8 @@ from performers.integrations.transformers import performerize
 from performers.layers import FavorConfig
 from performers.training import (
     NoUsableCheckpointError,
+    Preempted,
+    PreemptionRequest,
     build_optimizer,
     check_resume,
     describe_run,
@@ -58,6 +60,7 @@ from performers.training import (
     latest_checkpoint,
     make_scheduler,
     owned,
+    preemption_signals,
     recorded_run,
     restore,
     save_checkpoint,
@@ -392,7 +395,9 @@ def distill(
             optionally ``labels``), e.g. :class:`TextBatches` or :class:`ProteinBatches`.
         config: :class:`DistillConfig`.
         out_dir: checkpoints go to ``out_dir/checkpoints`` every ``config.checkpoint_every``
-            steps (none when None); ``out_dir`` is locked for the call.
+            steps (none when None); ``out_dir`` is locked for the call, and SIGTERM, SIGINT or
+            SIGUSR1 stop the run after the current step with a checkpoint
+            (:mod:`performers.training.signals`; without ``out_dir`` signals act as usual).
         resume: continue from the newest checkpoint in ``out_dir`` (exactly: same result as an
             uninterrupted run); refused when an option that changes the computation differs.
         overwrite: what a fresh run does with an earlier run in ``out_dir``: False refuses
@@ -406,6 +411,7 @@ def distill(
         performers.training.RunDirectoryError: a fresh run over an earlier one, ``overwrite=False``.
         performers.training.ResumeMismatchError: ``resume`` with other options (each listed).
         performers.training.NoUsableCheckpointError: ``resume``, but every checkpoint is corrupt.
+        performers.training.Preempted: a stop signal arrived; the step reached is checkpointed.
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
@@ -414,10 +420,10 @@ def distill(
     if out_dir is None:
         return _distill(teacher, student, batches, config, None, resume, stop_at, log)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with owned(out_dir, log=log):
+    with owned(out_dir, log=log), preemption_signals() as request:
         if not resume:
             start_fresh(out_dir, overwrite=overwrite, log=log)
-        return _distill(teacher, student, batches, config, Path(out_dir), resume, stop_at, log)
+        return _distill(teacher, student, batches, config, Path(out_dir), resume, stop_at, log, request)
 
 
 def _resume(
@@ -452,8 +458,10 @@ def _distill(
     resume: bool,
     stop_at: int | None,
     log: Callable[[str], None],
+    request: PreemptionRequest | None = None,
 ) -> dict[str, Any]:
-    """The loop of :func:`distill` (``out_dir`` already owned and ready)."""
+    """The loop of :func:`distill` (``out_dir`` already owned and ready; ``request``: the
+    :func:`~performers.training.preemption_signals` request that stops it)."""
     teacher.eval()  # run under no_grad below; its parameters are left as they are
     student.train(config.dropout)
     parameters = [p for p in student.parameters() if p.requires_grad]
@@ -495,7 +503,8 @@ def _distill(
                 f"step {step}/{config.steps} loss {running:.4g} "
                 + " ".join(f"{k} {v:.4g}" for k, v in parts.items())
             )
-        if checkpoints is not None and (step % config.checkpoint_every == 0 or step == last):
+        stopping = None if request is None else request.signum
+        if checkpoints is not None and (stopping or step % config.checkpoint_every == 0 or step == last):
             save_checkpoint(
                 checkpoints,
                 step=step,
@@ -506,6 +515,10 @@ def _distill(
                 run=describe_run("distill", config, student),
                 keep_last=config.keep_last,
             )
+        if stopping:
+            bar.close()
+            student.eval()  # as at the end of a run
+            raise Preempted(stopping, step, checkpoints)
     bar.close()
     student.eval()
     return {

@@ -12,7 +12,13 @@ from performers.layers.attention import (
 from performers.layers.favor import FavorAttention, projection_seed
 from performers.layers.favor_config import ConfigError, FavorConfig
 from performers.layers.kv_cache import KVCache
-from performers.layers.multihead import MultiheadFavorAttention
+from performers.layers.multihead import AttentionDropoutWarning, MultiheadFavorAttention
+from performers.layers.packed import (
+    cu_seqlens_from_position_ids,
+    packed_favor_attention,
+    packed_position_ids,
+    packed_sdpa_attention,
+)
 from performers.layers.redraw import FeatureRedrawer, favor_modules
 from performers.layers.replace import replace_multihead_attention
 from performers.layers.rotary import RotaryEmbedding, apply_rotary
@@ -20,6 +26,7 @@ from performers.layers.sdpa import sdpa_attention
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "AttentionDropoutWarning",
     "ConfigError",
     "FavorAttention",
     "FavorConfig",
@@ -32,7 +39,11 @@ __all__ = [
     "PerformerSelfAttention",
     "RotaryEmbedding",
     "apply_rotary",
+    "cu_seqlens_from_position_ids",
     "favor_modules",
+    "packed_favor_attention",
+    "packed_position_ids",
+    "packed_sdpa_attention",
     "projection_seed",
     "replace_multihead_attention",
     "sdpa_attention",

@@ -34,6 +34,12 @@ from performers.layers.favor import FavorAttention
 from performers.layers.favor_config import FavorConfig
 from performers.layers.kv_cache import KVCache
 from performers.layers.local import band_bias, local_attention
+from performers.layers.packed import (
+    check_cu_seqlens,
+    packed_local_attention,
+    packed_position_ids,
+    packed_sdpa_attention,
+)
 from performers.layers.rotary import RotaryEmbedding
 from performers.layers.sdpa import sdpa_attention
 from performers.ops import FavorState
@@ -162,13 +168,21 @@ class MultiheadAttentionBase(nn.Module):
         cache: LayerCache | None = None,
         use_cache: bool = False,
         context_group=None,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, LayerCache | None]:
         """Attention on ``(B, H, L, D)`` heads with the selected backend; returns ``(out, cache)``.
 
         ``context_group``: the heads are this process's shard of a sequence split over a
         process group (FAVOR+ only; see :func:`performers.distributed.favor_attention`).
+        ``cu_seqlens``: the heads are one row ``(1, H, T, D)`` of packed sequences (see
+        :mod:`performers.layers.packed`); every backend keeps attention within each sequence.
         """
         causal = is_causal
+        if cu_seqlens is not None:
+            return self._attend_packed(
+                q, k, v, cu_seqlens, is_causal=causal, key_padding_mask=key_padding_mask,
+                attn_bias=attn_bias, cache=cache, use_cache=use_cache, context_group=context_group,
+            ), None  # fmt: skip
         if (cache is not None or use_cache) and not causal:
             raise ValueError(
                 "incremental decoding (cache / use_cache) needs causal attention (is_causal=True)"
@@ -268,6 +282,49 @@ class MultiheadAttentionBase(nn.Module):
         )
         return out, cache
 
+    def _attend_packed(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cu_seqlens: Tensor,
+        *,
+        is_causal: bool,
+        key_padding_mask: Tensor | None,
+        attn_bias: Tensor | None,
+        cache: LayerCache | None,
+        use_cache: bool,
+        context_group,
+    ) -> Tensor:
+        """Packed sequences with the selected backend, each sequence attending within itself only."""
+        refused = {
+            "key_padding_mask": key_padding_mask is not None,
+            "attn_bias": attn_bias is not None,
+            "cache / use_cache": cache is not None or use_cache,
+            "context_group": context_group is not None,
+        }
+        given = [name for name, present in refused.items() if present]
+        if given:
+            raise ValueError(
+                f"packed sequences (cu_seqlens) take no {', '.join(given)}: the boundaries replace "
+                "padding, and decoding or context parallelism runs one sequence per row"
+            )
+        if not self.self_attention:
+            raise ValueError(f"packed sequences (cu_seqlens) need self-attention, not {type(self).__name__}")
+        dropout_p = self.dropout if self.training else 0.0
+        if self.attention == "identity":
+            return v
+        if self.attention == "favor":
+            return self.favor(q, k, v, is_causal=is_causal, cu_seqlens=cu_seqlens)
+        if self.attention == "local":
+            return packed_local_attention(
+                q, k, v, cu_seqlens, window=self.window, is_causal=is_causal, dropout_p=dropout_p,
+                scale=self.favor.scale,
+            )  # fmt: skip
+        return packed_sdpa_attention(
+            q, k, v, cu_seqlens, is_causal=is_causal, dropout_p=dropout_p, scale=self.favor.scale
+        )
+
     @torch.no_grad()
     def load_multihead_attention_weights(self, mha: nn.MultiheadAttention) -> None:
         """Copy the projections of an ``nn.MultiheadAttention`` with the same sizes into this module."""
@@ -339,6 +396,7 @@ class PerformerSelfAttention(MultiheadAttentionBase):
         cache: LayerCache | None = None,
         use_cache: bool = False,
         context_group=None,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, LayerCache | None]:
         """Self-attention.
 
@@ -353,6 +411,9 @@ class PerformerSelfAttention(MultiheadAttentionBase):
                 a :class:`KVCache` for exact attention).
             context_group: ``x`` is this process's shard of the sequence (context parallelism,
                 FAVOR+ only); give rotary ``position_ids`` in the whole sequence.
+            cu_seqlens: ``x`` is one row ``(1, T, E)`` of packed sequences, int ``(N + 1,)``
+                offsets from 0 to ``T`` (:mod:`performers.layers.packed`): no position attends
+                across a boundary, and rotary positions (default) restart at 0 in each sequence.
 
         Returns:
             ``(out (B, L, E), cache or None)``.
@@ -361,6 +422,12 @@ class PerformerSelfAttention(MultiheadAttentionBase):
             raise ValueError(f"x must have shape (B, L, E) with E = {self.embed_dim}, got {tuple(x.shape)}")
         b, length, _ = x.shape
         check_padding_mask(key_padding_mask, b, length)
+        if cu_seqlens is not None:
+            if b != 1:
+                raise ValueError(
+                    f"packed sequences (cu_seqlens) come in one row, x of shape (1, T, E); got B = {b}"
+                )
+            check_cu_seqlens(cu_seqlens, length)
         q = self._split_heads(self.q_proj(x))
         k = self._split_heads(self.k_proj(x))
         v = self._split_heads(self.v_proj(x))
@@ -370,7 +437,11 @@ class PerformerSelfAttention(MultiheadAttentionBase):
                     raise ValueError(
                         "position_ids are required with rotary positions when continuing a cache"
                     )
-                position_ids = torch.arange(length, device=x.device).expand(b, length)
+                position_ids = (
+                    torch.arange(length, device=x.device).expand(b, length)
+                    if cu_seqlens is None
+                    else packed_position_ids(cu_seqlens, length)
+                )
             q, k = self.rotary(q, k, position_ids)
         out, cache = self._attend(
             q,
@@ -381,6 +452,7 @@ class PerformerSelfAttention(MultiheadAttentionBase):
             cache=cache,
             use_cache=use_cache,
             context_group=context_group,
+            cu_seqlens=cu_seqlens,
         )
         return self.out_proj(self._merge_heads(out)), cache
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from performers import distributed
 from performers.layers.favor_config import FavorConfig
+from performers.layers.packed import packed_favor_attention
 from performers.ops import (
     FavorState,
     Kernel,
@@ -169,6 +170,7 @@ class FavorAttention(nn.Module):
         initial_state: FavorState | None = None,
         return_state: bool = False,
         context_group=None,
+        cu_seqlens: Tensor | None = None,
         causal: bool | None = None,
     ) -> Tensor | tuple[Tensor, FavorState]:
         """FAVOR+ attention over ``(B, H, L, D)`` inputs with this module's projection.
@@ -187,12 +189,17 @@ class FavorAttention(nn.Module):
                 process group (or 1-D DeviceMesh): context parallelism,
                 :func:`performers.distributed.favor_attention` (``attn_mask`` is not taken there;
                 grouped key/value heads are repeated).
+            cu_seqlens: packed sequences: ``q, k, v`` are one row ``(1, H, T, D)`` of sequences
+                end to end, int ``(N + 1,)`` offsets from 0 to ``T``; attention stays within
+                each (:func:`performers.layers.packed.packed_favor_attention`; no masks, state
+                or context group with it).
             causal: deprecated spelling of ``is_causal`` (a DeprecationWarning).
 
         Returns:
             ``(B, H, Lq, Dv)``, and the :class:`FavorState` when ``return_state``.
         """
         is_causal = resolve_is_causal(is_causal, causal, deprecated_in="FavorAttention.forward")
+        self._check_head_dim(q, k)
         options = dict(
             is_causal=is_causal,
             kernel=self.kernel,
@@ -204,6 +211,13 @@ class FavorAttention(nn.Module):
             eps=self.eps,
             block_size=self.config.block_size,
         )
+        if cu_seqlens is not None:
+            if context_group is not None or enable_gqa:
+                raise ValueError("packed sequences (cu_seqlens) take no context_group or enable_gqa")
+            return packed_favor_attention(
+                q, k, v, self.projection, cu_seqlens, **options, attn_mask=attn_mask,
+                backend=self.config.backend, recompute_features=self.config.recompute_features,
+            )  # fmt: skip
         if context_group is not None:
             if attn_mask is not None:
                 raise ValueError(
@@ -230,10 +244,22 @@ class FavorAttention(nn.Module):
         cache is appended to): the returned state shares them. The inputs are not checked (a
         decoding loop's per-token cost); the state came from this module's causal call.
         """
+        self._check_head_dim(q, k)
         return favor_attention_step(
             q, k, v, state, self.projection, kernel=self.kernel, scale=self.scale, eps=self.eps,
             enable_gqa=enable_gqa, backend=self.config.backend, inplace=True, check_inputs=False,
         )  # fmt: skip
+
+    def _check_head_dim(self, q: Tensor, k: Tensor) -> None:
+        """``q`` and ``k`` have this module's head dimension (the projection's ``D``): a
+        ValueError naming both sizes otherwise, rather than a complaint about the projection."""
+        for name, t in (("q", q), ("k", k)):
+            if isinstance(t, Tensor) and t.dim() >= 1 and t.shape[-1] != self.head_dim:
+                raise ValueError(
+                    f"this FavorAttention was built for heads of size head_dim = {self.head_dim}, but "
+                    f"{name} has D = {t.shape[-1]} (shape {tuple(t.shape)}, expected (B, H, L, "
+                    f"{self.head_dim})); build FavorAttention({t.shape[-1]}, ...) for heads of that size"
+                )
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, layer_index={self.layer_index}, {self.config}"

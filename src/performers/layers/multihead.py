@@ -3,13 +3,29 @@ with a FAVOR+ (or exact) backend, and the conversion of its masks."""
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 import torch
 from torch import Tensor, nn
 
 from performers.layers.attention import MultiheadAttentionBase, check_padding_mask
 from performers.layers.favor_config import FavorConfig
 
-__all__ = ["MultiheadFavorAttention"]
+__all__ = ["AttentionDropoutWarning", "MultiheadFavorAttention"]
+
+
+class AttentionDropoutWarning(UserWarning):
+    """Attention-weight dropout was asked of the FAVOR+ backend, which cannot apply it."""
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised in ``__init__`` at the code that built the
+    module: past this module's frames (``from_multihead_attention`` calls ``__init__`` too)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _is_causal_mask(mask: Tensor, lq: int, lk: int) -> bool:
@@ -53,6 +69,13 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
     attention weights are never returned (FAVOR+ never forms them; the second output is always
     None), ``add_bias_kv``/``add_zero_attn`` are not supported, and with FAVOR+ ``attn_mask`` may
     only be the causal mask and a float ``key_padding_mask`` only hold 0 and ``-inf``.
+
+    ``dropout`` (on attention weights) is applied by the exact and local backends only: FAVOR+
+    never forms the weights, so it has nothing to drop. Building one with ``dropout > 0`` and
+    ``attention="favor"`` warns (:class:`AttentionDropoutWarning`, as
+    :func:`~performers.layers.replace_multihead_attention` does for the modules it replaces)
+    rather than refusing: the same module, weights and ``dropout`` serve the exact backend, to
+    which ``attention`` can be switched at any time (a distillation teacher, a comparison).
     """
 
     # nn.TransformerEncoderLayer / nn.TransformerEncoder read these attributes of their
@@ -96,6 +119,14 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
             dtype=dtype,
         )
         self.batch_first = batch_first
+        if dropout > 0 and attention == "favor":
+            warnings.warn(
+                f"MultiheadFavorAttention: attention-weight dropout ({dropout}) has no FAVOR+ "
+                "equivalent and is not applied by the FAVOR+ backend (the exact and local backends "
+                "apply it); pass dropout=0.0 to silence this",
+                AttentionDropoutWarning,
+                stacklevel=_caller_stacklevel(),
+            )
 
     @classmethod
     def from_multihead_attention(
@@ -155,6 +186,7 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
             ``(attn_output, None)``, ``attn_output`` shaped like ``query``.
         """
         del need_weights, average_attn_weights
+        self._check_inputs(query, key, value)
         batched = query.dim() == 3
         if not batched:
             query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
@@ -203,6 +235,29 @@ class MultiheadFavorAttention(MultiheadAttentionBase):
         elif not self.batch_first:
             out = out.transpose(0, 1)
         return out, None
+
+    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
+        """Sizes as ``nn.MultiheadAttention`` expects them: a ValueError naming the expected size
+        (``embed_dim``, ``kdim``, ``vdim``) and the one given, before any projection runs."""
+        if query.dim() not in (2, 3):
+            raise ValueError(
+                f"query must be (L, E), (L, B, E) or with batch_first (B, L, E), got {tuple(query.shape)}"
+            )
+        for name, t, size, option in (
+            ("query", query, self.embed_dim, "embed_dim"),
+            ("key", key, self.kdim, "kdim"),
+            ("value", value, self.vdim, "vdim"),
+        ):
+            if t.dim() != query.dim():
+                raise ValueError(
+                    f"query, key and value must have the same number of dimensions; got query "
+                    f"{tuple(query.shape)}, {name} {tuple(t.shape)}"
+                )
+            if t.shape[-1] != size:
+                raise ValueError(
+                    f"was expecting {name} embedding dimension of {size} ({option} of this "
+                    f"module), but got {t.shape[-1]} ({name} of shape {tuple(t.shape)})"
+                )
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", batch_first={self.batch_first}"

@@ -7,7 +7,7 @@ import warnings
 from torch import nn
 
 from performers.layers.favor_config import FavorConfig
-from performers.layers.multihead import MultiheadFavorAttention
+from performers.layers.multihead import AttentionDropoutWarning, MultiheadFavorAttention
 
 __all__ = ["replace_multihead_attention"]
 
@@ -18,7 +18,9 @@ def replace_multihead_attention(
     """Replace every ``nn.MultiheadAttention`` in ``model`` by a :class:`MultiheadFavorAttention`, in place.
 
     Each replacement copies the ``in_proj``/``out_proj`` weights and options (``batch_first``,
-    ``dropout``, device, dtype) of the module it replaces and gets ``layer_index`` = its order
+    ``dropout``, device, dtype) of the module it replaces (with ``attention="favor"``, a module
+    with attention dropout gets an :class:`AttentionDropoutWarning` naming it: FAVOR+ cannot
+    apply that dropout) and gets ``layer_index`` = its order
     of appearance in ``model.named_modules()``, so its projection is distinct and reproducible.
 
     Example::
@@ -58,11 +60,15 @@ def replace_multihead_attention(
             warnings.warn(
                 f"{name}: attention-weight dropout ({module.dropout}) has no FAVOR+ equivalent and is "
                 "not applied by the FAVOR+ backend",
+                AttentionDropoutWarning,
                 stacklevel=2,
             )
-        replacement = MultiheadFavorAttention.from_multihead_attention(
-            module, attention=attention, favor=favor, layer_index=index
-        )
+        with warnings.catch_warnings():
+            # Said above with the module's name; the new module's own warning would repeat it.
+            warnings.simplefilter("ignore", AttentionDropoutWarning)
+            replacement = MultiheadFavorAttention.from_multihead_attention(
+                module, attention=attention, favor=favor, layer_index=index
+            )
         _set_submodule(model, name, replacement)
     for module in model.modules():
         if isinstance(module, nn.TransformerEncoder):

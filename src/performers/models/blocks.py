@@ -73,6 +73,7 @@ class PerformerBlock(nn.Module):
         cache: LayerCache | None = None,
         use_cache: bool = False,
         context_group=None,
+        cu_seqlens: Tensor | None = None,
     ) -> tuple[Tensor, LayerCache | None]:
         """``x``: ``(B, L, E)`` → ``((B, L, E), cache)``; arguments as in :class:`PerformerSelfAttention`."""
         attended, cache = self.attn(
@@ -83,6 +84,7 @@ class PerformerBlock(nn.Module):
             cache=cache,
             use_cache=use_cache,
             context_group=context_group,
+            cu_seqlens=cu_seqlens,
         )
         x = x + self.dropout(attended)
         x = x + self.dropout(self.ffn(self.ffn_norm(x)))

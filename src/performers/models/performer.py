@@ -22,13 +22,20 @@ import torch
 from torch import Tensor, nn
 
 from performers import distributed
-from performers.layers import FavorAttention, FeatureRedrawer, LayerCache, MultiheadAttentionBase
+from performers.layers import (
+    FavorAttention,
+    FeatureRedrawer,
+    LayerCache,
+    MultiheadAttentionBase,
+    packed_position_ids,
+)
 from performers.models import io
 from performers.models.blocks import LMHead, PerformerBlock, token_loss
 from performers.models.config import PerformerConfig
 from performers.models.generation import GenerationMixin
-from performers.models.masks import padding_from_masks, position_ids_from_padding
+from performers.models.masks import padding_from_masks, position_ids_from_padding, resolve_cu_seqlens
 from performers.models.outputs import CausalLMOutput, MaskedLMOutput, PerformerCache, PerformerModelOutput
+from performers.utils import IGNORE_INDEX
 
 __all__ = [
     "TASKS",
@@ -140,6 +147,7 @@ class PerformerModel(PerformerPreTrainedModel):
         is_causal: bool = False,
         output_hidden_states: bool = False,
         context_group=None,
+        cu_seqlens: Tensor | None = None,
     ) -> PerformerModelOutput:
         """Hidden states of the last layer.
 
@@ -165,6 +173,13 @@ class PerformerModel(PerformerPreTrainedModel):
                 the whole sequence; FAVOR attention exchanges ``O(M·D)`` summaries per layer
                 (:func:`performers.distributed.favor_attention`); the hidden states returned
                 are this shard's. FAVOR+ only; dropout masks differ from a one-process run.
+            cu_seqlens: packed sequences — ``input_ids`` ``(1, T)`` holds ``N`` sequences end
+                to end, int ``(N + 1,)`` offsets rising from 0 to ``T``. No position attends
+                across a boundary (FAVOR+ and exact attention alike), and positions (learned
+                or rotary) restart at 0 in each sequence: every sequence's hidden states equal
+                those it has alone. Without it, one row whose ``position_ids`` restart at 0
+                (as Hugging Face's ``DataCollatorWithFlattening`` writes them) is packed the
+                same way. No padding mask, cache or context group with packing.
 
         Returns:
             :class:`PerformerModelOutput` with ``last_hidden_state`` ``(B, L, E)`` (and
@@ -190,6 +205,24 @@ class PerformerModel(PerformerPreTrainedModel):
             # use SDPA's fused kernels instead of an (L, L) bias (e.g. concatenated windows).
             if not bool(padding.any()):
                 padding = None
+
+        cu_seqlens = resolve_cu_seqlens(
+            cu_seqlens,
+            position_ids,
+            batch,
+            length,
+            padded=padding is not None,
+            decoding=use_cache,
+            sharded=context_group is not None,
+        )
+        if cu_seqlens is not None and position_ids is None:
+            position_ids = packed_position_ids(cu_seqlens, length)
+            longest = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+            if self.embed_positions is not None and longest > self.config.max_position_embeddings:
+                raise ValueError(
+                    f"a packed sequence of {longest} positions exceeds max_position_embeddings "
+                    f"({self.config.max_position_embeddings}) of the learned position embedding"
+                )
 
         # Where these positions sit in the sequence: this call's, or under context
         # parallelism the shards' (one all-gather of per-row token counts).
@@ -235,6 +268,7 @@ class PerformerModel(PerformerPreTrainedModel):
                 cache=None if past_key_values is None else past_key_values.layers[index],
                 use_cache=use_cache,
                 context_group=context_group,
+                cu_seqlens=cu_seqlens,
             )
             if use_cache:
                 layer_caches.append(cache)
@@ -276,11 +310,14 @@ class PerformerForMaskedLM(_PerformerWithLMHead):
         labels: Tensor | None = None,
         output_hidden_states: bool = False,
         context_group=None,
+        cu_seqlens: Tensor | None = None,
     ) -> MaskedLMOutput:
-        """Logits ``(B, L, V)`` for every position; ``loss`` over ``labels`` ``(B, L)`` != -100;
+        """Logits ``(B, L, V)`` for every position; ``loss`` over ``labels`` ``(B, L)`` != -100
+        (the mean over those tokens, packed or not);
         with ``output_hidden_states``, every layer's ``(B, L, E)`` in ``all_hidden_states``
         (see :class:`PerformerModelOutput`); ``context_group`` as in
-        :meth:`PerformerModel.forward` (this shard's logits; no ``labels``)."""
+        :meth:`PerformerModel.forward` (this shard's logits; no ``labels``); ``cu_seqlens``
+        (packed sequences in one row) as there."""
         _check_context_labels(context_group, labels)
         out = self.model(
             input_ids,
@@ -289,6 +326,7 @@ class PerformerForMaskedLM(_PerformerWithLMHead):
             position_ids=position_ids,
             output_hidden_states=output_hidden_states,
             context_group=context_group,
+            cu_seqlens=cu_seqlens,
         )
         hidden = out.last_hidden_state
         logits = self.lm_head(hidden, self.model.embed_tokens.weight)
@@ -318,6 +356,7 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
         logits_to_keep: int = 0,
         output_hidden_states: bool = False,
         context_group=None,
+        cu_seqlens: Tensor | None = None,
     ) -> CausalLMOutput:
         """Next-token logits.
 
@@ -333,6 +372,9 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
             context_group: context parallelism, as in :meth:`PerformerModel.forward` (this
                 shard's logits; no ``labels``); with ``use_cache`` every process gets the
                 cache of the whole sequence, from which one process can decode.
+            cu_seqlens: packed sequences in one row, as in :meth:`PerformerModel.forward`
+                (or ``position_ids`` that restart); the loss never predicts a sequence's
+                first token from the sequence before it, so it equals the unpacked loss.
 
         Returns:
             :class:`CausalLMOutput`.
@@ -348,6 +390,7 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
             is_causal=True,
             output_hidden_states=output_hidden_states,
             context_group=context_group,
+            cu_seqlens=cu_seqlens,
         )
         hidden = out.last_hidden_state
         if logits_to_keep:
@@ -359,6 +402,18 @@ class PerformerForCausalLM(GenerationMixin, _PerformerWithLMHead):
         if labels is not None:
             if labels.shape != input_ids.shape:
                 raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
+            packed = cu_seqlens  # checked by the model; else restarting position_ids, as there
+            if packed is None:
+                packed = resolve_cu_seqlens(
+                    None, position_ids, *input_ids.shape,
+                    padded=attention_mask is not None or key_padding_mask is not None,
+                    decoding=use_cache or past_key_values is not None,
+                )  # fmt: skip
+            if packed is not None and packed.numel() > 2:
+                # Position t predicts labels[t + 1]: a sequence's first token is not predicted
+                # from the previous sequence's last (as Hugging Face's collator marks it -100).
+                labels = labels.clone()
+                labels[0, packed[1:-1].long()] = IGNORE_INDEX
             loss = token_loss(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         return CausalLMOutput(
             logits=logits,

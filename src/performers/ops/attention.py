@@ -36,10 +36,15 @@ references of its direction (:mod:`performers.ops.bidirectional.naive`,
 :func:`favor_attention` picks the fused path whenever it can serve the inputs (the Triton
 kernels for CUDA tensors with ``backend="auto"``); tests pick a path by name through the
 private :func:`_favor_attention`.
+
+Under ``torch.compile`` the paths that loop over blocks of positions in Python (fused, causal,
+Triton) run eagerly, called from the compiled graph, so that one graph serves every length;
+only the loop-free generic bidirectional path is traced (docs/guides/attention.md).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -63,6 +68,7 @@ from performers.ops.checks import (
     check_positive_int,
     check_state,
     shape_str,
+    validate_cu_seqlens,
     validate_devices,
     validate_mask,
     validate_projection,
@@ -100,6 +106,7 @@ def linear_attention(
     return_state: bool = False,
     eps: float | None = None,
     causal: bool | None = None,
+    cu_seqlens: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """Normalized linear attention ``diag(Q'K'ᵀ1)⁻¹ Q'(K'ᵀV)`` for features you computed.
 
@@ -114,6 +121,8 @@ def linear_attention(
             since features carry no kernel).
         eps: denominator guard (see :func:`performers.ops.numerics.guarded_divide`).
         causal: older spelling of ``is_causal``.
+        cu_seqlens: a packed batch, as in :func:`favor_attention`: features ``(1, H, T, M)``
+            holding ``N`` sequences, ``(N+1,)`` int boundaries; states ``(N, H, M, Dv)``.
 
     Returns:
         ``(B, H, Lq, Dv)``, and the final :class:`FavorState` if ``return_state``.
@@ -135,19 +144,43 @@ def linear_attention(
         causal = causal or implied
         if causal:
             validate_qkv(q_features, k_features, v, causal=True, enable_gqa=enable_gqa)
+    bounds = None
+    if cu_seqlens is not None:
+        masked = key_padding_mask is not None or attn_mask is not None
+        bounds = validate_cu_seqlens(cu_seqlens, q_features, k_features, masked=masked)
     check_positive_int("chunk_size", chunk_size)
     check_state_options(causal, initial_state, return_state)
     if initial_state is not None:
+        batch = q_features.shape[0] if bounds is None else len(bounds) - 1
         check_state(
             initial_state,
             name="initial_state",
-            shape=(*q_features.shape[:2], q_features.shape[-1], v.shape[-1]),
+            shape=(batch, q_features.shape[1], q_features.shape[-1], v.shape[-1]),
             inputs=f"q_features {shape_str(q_features)} and v {shape_str(v)}",
             kernel=None,
             dtype=q_features.dtype,
             input_dtype=q_features.dtype,
             device=q_features.device,
         )
+    if bounds is not None:
+        # One call per sequence (checked above; see _run_packed): exact, no loop over positions.
+        results = [
+            linear_attention(
+                q_features[:, :, start:end],
+                k_features[:, :, start:end],
+                v[:, :, start:end],
+                is_causal=causal,
+                enable_gqa=enable_gqa,
+                chunk_size=chunk_size,
+                eps=eps,
+                initial_state=None if initial_state is None else initial_state.select(i),
+                return_state=return_state,
+            )
+            for i, (start, end) in enumerate(itertools.pairwise(bounds))
+        ]
+        if not return_state:
+            return torch.cat(results, dim=2)
+        return torch.cat([r[0] for r in results], dim=2), _stack_states([r[1] for r in results])
     if key_padding_mask is not None:
         k_features = k_features.masked_fill(key_padding_mask[:, None, :, None], 0.0)
     groups = kv_groups(q_features, k_features)
@@ -217,6 +250,7 @@ def favor_attention(
     backend: BackendName = "auto",
     recompute_features: bool = False,
     causal: bool | None = None,
+    cu_seqlens: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """FAVOR attention: softmax (or generalized-kernel) attention in ``O(L·M·D)`` time.
 
@@ -286,6 +320,16 @@ def favor_attention(
             dimension the largest one a layer keeps): less memory, about one more feature pass
             of time. Gradients are identical. Other paths already recompute or need autograd.
         causal: older spelling of ``is_causal`` (giving it with ``is_causal=True`` is a TypeError).
+        cu_seqlens: a packed batch (the FlashAttention convention): ``q``, ``k``, ``v`` of shape
+            ``(1, H, T, D)`` hold ``N`` sequences back to back and ``cu_seqlens`` — a 1-D
+            int32/int64 tensor ``(N+1,)``, strictly increasing from 0 to ``T`` — their
+            boundaries. Each sequence attends within itself only (bidirectional or causal), with
+            its own stabilizer and FAVOR++ parameters: the result equals one call per sequence.
+            ``initial_state`` and the returned state are ``(N, H, M', Dv)``, one row per
+            sequence (decode one of them with ``state.select(i)``). Refused with
+            ``key_padding_mask`` or ``attn_mask`` (packing replaces padding), with a batch other
+            than 1, and for query and key lengths that differ. Every path and kernel serves it
+            (one run per sequence: see :func:`_run_packed`).
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
@@ -296,7 +340,7 @@ def favor_attention(
         q, k, v, projection, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, causal=causal,
         scale=scale, enable_gqa=enable_gqa, kernel=kernel, key_padding_mask=key_padding_mask,
         chunk_size=chunk_size, block_size=block_size, initial_state=initial_state, return_state=return_state,
-        eps=eps, backend=backend, recompute_features=recompute_features,
+        eps=eps, backend=backend, recompute_features=recompute_features, cu_seqlens=cu_seqlens,
     )  # fmt: skip
     return _run(call, path=None)
 
@@ -362,20 +406,25 @@ def _favor_attention(
     return _run(call, path=path)
 
 
-def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, FavorState]:
-    """The choice of path for a checked call, and the call to its direction."""
+def _run(
+    call: FavorCall, *, path: PathName | None, report: bool = True
+) -> Tensor | tuple[Tensor, FavorState]:
+    """The choice of path for a checked call, and the call to its direction (``report``: check
+    the causal output for underflowed rows; a packed call checks its whole row once)."""
     q, k, v = _autocast_inputs(call.q, call.k, call.v)
     if q is not call.q or k is not call.k or v is not call.v:
         call = call.replace(q=q, k=k, v=v)
     if path is not None and path not in PATHS:
         raise ValueError(f"path must be None, 'fused' or 'generic', got {path!r}")
+    if call.cu_seqlens is not None:
+        return _run_packed(call, path=path)
     groups = kv_groups(call.q, call.k)
     if groups > 1 and not call.causal and call.kernel.parameters is None:
         # Queries do not interact: the G query heads of a group run as G·Lq rows against their
         # one key/value head (exact; no key or value copied). A kernel whose parameters come
         # from the queries (FAVOR++) would pool them over the group: it takes the repeat below.
         grouped = call.replace(q=_group(call.q, groups))
-        return _ungroup(_run(grouped, path=path), groups)
+        return _ungroup(_run(grouped, path=path, report=report), groups)
     if groups > 1:
         # Causal: every query head's prefix state is its key/value head's (the same sums G
         # times); the causal paths take one query per position, so the heads are repeated.
@@ -390,7 +439,42 @@ def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, Fa
     triton_map = None
     if path is None:
         triton_map = triton_map_for(call.backend, call.kernel, call.projection, call.q, call.v)
+    if (fused or call.causal or triton_map is not None) and torch.compiler.is_compiling():
+        # The fused Functions, the causal chunk loop and the Triton launches loop over blocks
+        # of positions in Python, which torch.compile would unroll and specialize on the
+        # length (a recompile per length). Run eagerly, the fused paths are also faster than
+        # what inductor makes of the loop-free generic path (measured: docs/guides/attention.md,
+        # "torch.compile"), so the compiled graph calls them as they are (a graph break); only
+        # the bidirectional generic path is traced.
+        return _run_eagerly(call, fused=fused, triton_map=triton_map, report=report)
+    return _run_direction(call, fused=fused, triton_map=triton_map, report=report)
 
+
+@torch.compiler.disable
+def _run_eagerly(
+    call: FavorCall, *, fused: bool, triton_map: TritonMap | None, report: bool
+) -> Tensor | tuple[Tensor, FavorState]:
+    """:func:`_run_direction` outside the compiled graph (a graph break around it).
+
+    The output is returned as a contiguous tensor of its own: the graph after the break guards
+    on its strides and on whether it is a view, and the causal path returns a view of its
+    padded output whose strides depend on the length."""
+    result = _run_direction(call, fused=fused, triton_map=triton_map, report=report)
+    if isinstance(result, tuple):
+        return _own_contiguous(result[0]), result[1]
+    return _own_contiguous(result)
+
+
+def _own_contiguous(t: Tensor) -> Tensor:
+    """``t``, or a contiguous copy of it when it is a view or not contiguous."""
+    return t if t._base is None and t.is_contiguous() else t.clone(memory_format=torch.contiguous_format)
+
+
+def _run_direction(
+    call: FavorCall, *, fused: bool, triton_map: TritonMap | None, report: bool = True
+) -> Tensor | tuple[Tensor, FavorState]:
+    """The call to the direction that runs a call on the chosen path (``report``: check the
+    causal output for underflowed rows)."""
     if not call.causal:
         return bidirectional_favor_attention(call, fused=fused, triton_map=triton_map)
     if call.q.shape[2] == 0:
@@ -407,11 +491,58 @@ def _run(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, Fa
     # Causal keys are stored under their running maximum: at large logits a query row can
     # underflow to zero, which is reported. Bidirectional paths cannot underflow a row.
     out = result[0] if call.return_state else result
-    warn_zero_rows(out, call.v, call.key_padding_mask, call.initial_state, causal=True, stacklevel=4)
+    if report:
+        warn_zero_rows(out, call.v, call.key_padding_mask, call.initial_state, causal=True, stacklevel=4)
     if call.return_state:
         # The state records its kernel, so a later call with another kernel is refused.
         return out, result[1]._replace(kernel=call.kernel.name)
     return result
+
+
+def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, FavorState]:
+    """A packed call (``cu_seqlens``): each sequence runs as its own call on the path the
+    unpacked call would take, and the outputs are concatenated back along the positions (the
+    states stacked along the batch).
+
+    Exact by construction — per-sequence stabilizers, FAVOR++ parameters, causal resets and
+    states — for every kernel, path and backend, and the gradients (double backward included)
+    are those of the per-sequence calls. The loop is over sequences, never positions: every
+    call still runs its path's vectorized algorithm over its positions. Its cost is one call's
+    fixed overhead per sequence (measured in the commit that added it; see the guide's
+    "Packed sequences" section).
+    """
+    bounds = call.cu_seqlens
+    assert bounds is not None
+    outs: list[Tensor] = []
+    states: list[FavorState] = []
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+        state = None if call.initial_state is None else call.initial_state.select(i)
+        one = call.replace(
+            q=call.q[:, :, start:end], k=call.k[:, :, start:end], v=call.v[:, :, start:end],
+            initial_state=state, cu_seqlens=None,
+        )  # fmt: skip
+        result = _run(one, path=path, report=False)
+        if call.return_state:
+            outs.append(result[0])
+            states.append(result[1])
+        else:
+            outs.append(result)
+    out = torch.cat(outs, dim=2)
+    if call.causal:
+        # One underflow check of the whole row (per sequence it would cost a sync each).
+        # (Which keys carry a value, per query head: grouped key/value heads repeated.)
+        valued = (call.v != 0).any(dim=-1, keepdim=True).repeat_interleave(kv_groups(call.q, call.k), dim=1)
+        warn_zero_rows(out, valued, None, call.initial_state, causal=True, stacklevel=5, cu_seqlens=bounds)
+    if not call.return_state:
+        return out
+    return out, _stack_states(states)
+
+
+def _stack_states(states: list[FavorState]) -> FavorState:
+    """One :class:`FavorState` whose batch row ``i`` is ``states[i]`` (rows of one batch each)."""
+    first = states[0]
+    fields = [None if first[f] is None else torch.cat([s[f] for s in states], dim=0) for f in range(4)]
+    return FavorState(*fields, kernel=first.kernel)
 
 
 def favor_attention_step(

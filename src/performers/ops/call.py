@@ -21,6 +21,7 @@ from performers.ops.checks import (
     check_positive_int,
     check_state,
     shape_str,
+    validate_cu_seqlens,
     validate_devices,
     validate_mask,
     validate_projection,
@@ -56,6 +57,9 @@ class FavorCall:
         chunk_size, block_size, initial_state, return_state, eps,
         backend, recompute_features: as passed to :func:`~performers.ops.favor_attention`.
         segment_chunks: chunks per segment of the fused causal path (tests and benchmarks set it).
+        cu_seqlens: a packed batch's sequence boundaries ``(0, …, T)`` as ints (checked from the
+            ``cu_seqlens`` tensor, :func:`performers.ops.checks.validate_cu_seqlens`), or None;
+            ``initial_state`` then has one row per sequence.
     """
 
     q: Tensor
@@ -74,6 +78,7 @@ class FavorCall:
     backend: str = "auto"
     recompute_features: bool = False
     segment_chunks: int = SEGMENT_CHUNKS
+    cu_seqlens: tuple[int, ...] | None = None
 
     @property
     def input_scale(self) -> float:
@@ -130,17 +135,27 @@ def state_dtype(input_dtype: torch.dtype) -> torch.dtype:
 
 
 def check_initial_state(
-    state: FavorState, q: Tensor, v: Tensor, projection: Tensor | None, kernel: Kernel, *, name: str
+    state: FavorState,
+    q: Tensor,
+    v: Tensor,
+    projection: Tensor | None,
+    kernel: Kernel,
+    *,
+    name: str,
+    sequences: int | None = None,
 ) -> None:
     """``state`` continues a call with these queries, values, projection and kernel (see
     :func:`performers.ops.checks.check_state`): ``(B, H, M', Dv)`` with ``H`` the heads of ``q``
-    and ``M'`` the kernel's feature width for ``projection``."""
+    and ``M'`` the kernel's feature width for ``projection``; ``B`` is ``sequences`` for a
+    packed call (one state per sequence), else the batch of ``q``."""
     features = kernel.feature_dim(projection, q.shape[-1])
     described = "" if projection is None else f" with projection {shape_str(projection)}"
+    if sequences is not None:
+        described += f" packed as {sequences} sequences (cu_seqlens)"
     check_state(
         state,
         name=name,
-        shape=(q.shape[0], q.shape[1], features, v.shape[-1]),
+        shape=(q.shape[0] if sequences is None else sequences, q.shape[1], features, v.shape[-1]),
         inputs=f"q {shape_str(q)}, v {shape_str(v)}{described} and kernel {kernel.name!r}",
         kernel=kernel,
         dtype=state_dtype(q.dtype),
@@ -171,11 +186,14 @@ def check_favor_call(
     backend: str = "auto",
     recompute_features: bool = False,
     segment_chunks: int = SEGMENT_CHUNKS,
+    cu_seqlens: Tensor | None = None,
 ) -> FavorCall:
     """The input checks of :func:`~performers.ops.favor_attention` (typed errors naming the
     argument); returns the checked :class:`FavorCall`, with ``attn_mask`` folded into
     ``key_padding_mask`` and ``causal``. Also used by :func:`performers.distributed.favor_attention`.
-    (``backend`` is checked where it is resolved, :func:`performers.ops.attention.triton_map_for`.)"""
+    (``backend`` is checked where it is resolved, :func:`performers.ops.attention.triton_map_for`.)
+    ``cu_seqlens`` is checked into its boundaries (:func:`performers.ops.checks.validate_cu_seqlens`)
+    before ``initial_state``, which a packed call takes with one row per sequence."""
     causal = resolve_is_causal(is_causal, causal)
     check_dropout(dropout_p)
     validate_qkv(q, k, v, causal=causal and attn_mask is None, enable_gqa=enable_gqa)
@@ -198,15 +216,20 @@ def check_favor_call(
         causal = causal or implied
         if causal:
             validate_qkv(q, k, v, causal=True, enable_gqa=enable_gqa)
+    bounds = None
+    if cu_seqlens is not None:
+        masked = key_padding_mask is not None or attn_mask is not None
+        bounds = validate_cu_seqlens(cu_seqlens, q, k, masked=masked)
     check_positive_int("chunk_size", chunk_size)
     check_positive_int("block_size", block_size, optional=True)
     check_state_options(causal, initial_state, return_state)
     if initial_state is not None:
-        check_initial_state(initial_state, q, v, projection, kern, name="initial_state")
+        sequences = None if bounds is None else len(bounds) - 1
+        check_initial_state(initial_state, q, v, projection, kern, name="initial_state", sequences=sequences)
     check_positive_int("segment_chunks", segment_chunks)
     return FavorCall(
         q, k, v, projection, kern, input_scale(scale, q.shape[-1]),
         causal=causal, key_padding_mask=key_padding_mask, chunk_size=chunk_size, block_size=block_size,
         initial_state=initial_state, return_state=return_state, eps=eps, backend=backend,
-        recompute_features=recompute_features, segment_chunks=segment_chunks,
+        recompute_features=recompute_features, segment_chunks=segment_chunks, cu_seqlens=bounds,
     )  # fmt: skip

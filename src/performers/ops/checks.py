@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -14,6 +16,7 @@ __all__ = [
     "check_positive_int",
     "check_state",
     "shape_str",
+    "validate_cu_seqlens",
     "validate_devices",
     "validate_mask",
     "validate_projection",
@@ -82,6 +85,52 @@ def validate_qkv(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, enable_gqa: b
         raise ValueError(
             f"causal attention needs q and k of the same length L; got q {shape_str(q)}, k {shape_str(k)}"
         )
+
+
+def validate_cu_seqlens(cu_seqlens: Tensor, q: Tensor, k: Tensor, *, masked: bool) -> tuple[int, ...]:
+    """The boundaries of a packed batch, checked (typed errors naming ``cu_seqlens``).
+
+    ``cu_seqlens`` (the FlashAttention convention) is a 1-D int32/int64 tensor ``(N+1,)``,
+    strictly increasing from 0 to ``T``: sequence ``i`` holds positions
+    ``cu_seqlens[i]:cu_seqlens[i+1]`` of ``q``, ``k``, ``v``, which are ``(1, H, T, D)`` (queries
+    and keys of one length: each sequence attends within itself). ``masked``: a
+    ``key_padding_mask`` or ``attn_mask`` was given as well, which packing replaces (refused).
+    Returns the boundaries as ints (read once; on a GPU this synchronizes)."""
+    if not isinstance(cu_seqlens, Tensor):
+        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"cu_seqlens must have dtype torch.int32 or torch.int64, got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(
+            f"cu_seqlens must be 1-D of shape (N+1,) with N >= 1 sequences, got {shape_str(cu_seqlens)}"
+        )
+    if q.shape[0] != 1:
+        raise ValueError(
+            f"with cu_seqlens, q, k and v hold the sequences back to back in one row: batch must be 1, "
+            f"got q {shape_str(q)}"
+        )
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(
+            f"with cu_seqlens, queries and keys are the same packed positions: q {shape_str(q)} and "
+            f"k {shape_str(k)} must have one length"
+        )
+    if masked:
+        raise ValueError(
+            "cu_seqlens cannot be combined with key_padding_mask or attn_mask: a packed batch has "
+            "no padding (each sequence attends within itself; pass is_causal for the causal form)"
+        )
+    bounds = tuple(int(b) for b in cu_seqlens.tolist())
+    total = q.shape[2]
+    if bounds[0] != 0 or bounds[-1] != total:
+        raise ValueError(
+            f"cu_seqlens must start at 0 and end at T = {total} (the packed length of q), "
+            f"got first {bounds[0]} and last {bounds[-1]}"
+        )
+    if any(b <= a for a, b in itertools.pairwise(bounds)):
+        raise ValueError(
+            f"cu_seqlens must be strictly increasing (every sequence non-empty), got {list(bounds)}"
+        )
+    return bounds
 
 
 def validate_mask(mask: Tensor | None, batch: int, length: int) -> None:

@@ -47,3 +47,12 @@ class FavorState(NamedTuple):
     log_offset: Tensor
     kernel_params: Tensor | None = None
     kernel: str | None = None
+
+    def select(self, index: int) -> FavorState:
+        """The state of batch row (or packed sequence, see ``cu_seqlens``) ``index``, with a
+        batch dimension of 1: what :func:`~performers.ops.favor_attention_step` continues to
+        decode that one sequence."""
+        i = range(self.kv.shape[0])[index]  # negative indices count from the end; IndexError past it
+        return FavorState(
+            *(t[i : i + 1] if isinstance(t, Tensor) else t for t in self[:4]), kernel=self.kernel
+        )

@@ -26,6 +26,7 @@ and reported by the call itself.
 from __future__ import annotations
 
 import atexit
+import itertools
 import threading
 import warnings
 from collections import deque
@@ -45,16 +46,38 @@ class FavorUnderflowWarning(RuntimeWarning):
 
 
 def _zero_rows(
-    out: Tensor, v: Tensor, key_padding_mask: Tensor | None, initial_state: FavorState | None, causal: bool
+    out: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None,
+    initial_state: FavorState | None,
+    causal: bool,
+    cu_seqlens: tuple[int, ...] | None = None,
 ) -> Tensor:
     """:func:`count_zero_rows` as a 0-d int64 tensor on ``out``'s device (nothing is read)."""
     valued = (v != 0).any(dim=-1)  # (B, H, L)
     if key_padding_mask is not None:
         valued = valued & ~key_padding_mask[:, None, :]
-    seen = valued.cumsum(dim=-1) > 0 if causal else valued.any(dim=-1, keepdim=True)
-    if initial_state is not None:
-        seen = seen | (initial_state.kv != 0).flatten(-2).any(dim=-1)[..., None]
+    stated = None if initial_state is None else (initial_state.kv != 0).flatten(-2).any(dim=-1)  # (B, H)
+    if cu_seqlens is not None:
+        seen = _packed_seen(valued, stated, cu_seqlens)
+    else:
+        seen = valued.cumsum(dim=-1) > 0 if causal else valued.any(dim=-1, keepdim=True)
+        if stated is not None:
+            seen = seen | stated[..., None]
     return ((out == 0).all(dim=-1) & seen).sum()
+
+
+def _packed_seen(valued: Tensor, stated: Tensor | None, cu_seqlens: tuple[int, ...]) -> Tensor:
+    """Causal ``seen`` of a packed row ``(1, H, T)``: the count of valued keys restarts at each
+    sequence (integer sums: exact), and sequence ``i``'s state is row ``i`` of ``stated``."""
+    starts = list(cu_seqlens[:-1])
+    lengths = torch.tensor([b - a for a, b in itertools.pairwise(cu_seqlens)], device=valued.device)
+    counts = valued.cumsum(dim=-1)
+    before = torch.nn.functional.pad(counts, (1, 0))[..., starts]  # (1, H, N): count before each start
+    seen = counts > before.repeat_interleave(lengths, dim=-1)
+    if stated is not None:
+        seen = seen | stated.T[None].repeat_interleave(lengths, dim=-1)
+    return seen
 
 
 def count_zero_rows(
@@ -160,14 +183,16 @@ def warn_zero_rows(
     *,
     causal: bool = True,
     stacklevel: int = 3,
+    cu_seqlens: tuple[int, ...] | None = None,
 ) -> int | None:
     """:func:`count_zero_rows`, and a :class:`FavorUnderflowWarning` naming the count when it is
     not 0. Skipped (returns 0) while compiling or tracing, where it would break the graph. For
     CUDA tensors the count is queued instead (returns None) and reported once the GPU has made
-    it: by a later call, or :func:`flush_underflow_warnings`."""
+    it: by a later call, or :func:`flush_underflow_warnings`. ``cu_seqlens``: a causal packed
+    row (``B = 1``; the boundaries as ints, with ``initial_state`` one row per sequence)."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or out.numel() == 0:
         return 0
-    count = _zero_rows(out.detach(), v.detach(), key_padding_mask, initial_state, causal)
+    count = _zero_rows(out.detach(), v.detach(), key_padding_mask, initial_state, causal, cu_seqlens)
     rows = out.shape[0] * out.shape[1] * out.shape[2]
     if out.device.type == "cuda":
         _defer(count, rows, out.dtype, causal)

@@ -441,6 +441,11 @@ class LanguageModelExamples:
         generator = streams(1) if self.task == "mlm" else None
         return _collator(self.task, self.tokenizer, self.mask_prob, generator)([item])
 
+    @property
+    def pad_id(self) -> int:
+        """The token of padding (packed batches pad the tails of their rows with it)."""
+        return self.tokenizer.pad_id
+
     def collate(self, examples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
         """Pad examples into one batch ``(B, max L)``."""
         return pad_batch(examples, self.tokenizer.pad_id)

@@ -1,7 +1,8 @@
 """Plain-PyTorch training that knows no proteins: the loop (:class:`Trainer`) over any
 :class:`ExampleSource`, one optimizer, one learning-rate schedule, token-level evaluation, and
 atomic checkpoints with exact resume (shared by fine-tuning and distillation): a run directory
-belongs to one run at a time, and a resume refuses options that would change the computation."""
+belongs to one run at a time, a resume refuses options that would change the computation, and a
+stop signal (SIGTERM, SIGINT, SIGUSR1) ends a run cleanly with a checkpoint (:class:`Preempted`)."""
 
 from performers.training.checkpoint import (
     Checkpoint,
@@ -13,7 +14,7 @@ from performers.training.checkpoint import (
     restore,
     save_checkpoint,
 )
-from performers.training.data import ExampleSource, RandomStreams
+from performers.training.data import ExampleSource, PackedCollate, RandomStreams
 from performers.training.devices import (
     model_device,
     once_per_job,
@@ -41,9 +42,11 @@ from performers.training.run_config import (
 )
 from performers.training.run_directory import RunDirectoryError, owned, start_fresh
 from performers.training.schedule import SCHEDULES, lr_factor, make_scheduler
+from performers.training.signals import EXIT_STATUS, Preempted, PreemptionRequest, preemption_signals
 from performers.training.trainer import TASKS, Trainer, TrainingConfig
 
 __all__ = [
+    "EXIT_STATUS",
     "SAFE_ON_RESUME",
     "SCHEDULES",
     "TASKS",
@@ -52,6 +55,9 @@ __all__ = [
     "CheckpointError",
     "ExampleSource",
     "NoUsableCheckpointError",
+    "PackedCollate",
+    "Preempted",
+    "PreemptionRequest",
     "RandomStreams",
     "ResumeMismatchError",
     "RunDirectoryError",
@@ -74,6 +80,7 @@ __all__ = [
     "model_device",
     "once_per_job",
     "owned",
+    "preemption_signals",
     "process_group",
     "ranks",
     "recorded_run",

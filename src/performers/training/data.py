@@ -10,6 +10,9 @@ function of ``(seed, epoch, slot in the global batch)`` (:class:`RandomStreams`)
 * a resumed run sees exactly the examples the uninterrupted run would have seen, with nothing
   stored, and
 * the batch is the same whatever the number of processes sharing it.
+
+:class:`PackedCollate` lays a batch's examples end to end in rows of ``max_length`` tokens
+instead of padding each to the longest (``--pack``): the same examples, fewer padded tokens.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from performers.utils import derive_seed
+from performers.utils import IGNORE_INDEX, derive_seed
 
-__all__ = ["ExampleSource", "RandomStreams"]
+__all__ = ["ExampleSource", "PackedCollate", "RandomStreams"]
 
 
 class RandomStreams:
@@ -59,3 +62,76 @@ class ExampleSource(Protocol):
     def example(self, index: int, streams: RandomStreams) -> dict[str, Tensor]: ...
 
     def collate(self, examples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]: ...
+
+
+class PackedCollate:
+    """Collate examples into packed rows: whole examples end to end, no cross-example attention.
+
+    The examples (each ``(1, L_i)``, ``L_i <= max_length``) fill rows of ``max_length`` tokens
+    greedily in the order given (an example that does not fit the current row starts the next);
+    a row's leftover tail is padding. The rows are returned as one packed row, the layout of
+    :mod:`performers.layers.packed`:
+
+    * ``input_ids``, ``attention_mask`` (1 = an example's token, 0 = a tail's), ``labels``:
+      ``(1, R · max_length)`` for ``R`` rows;
+    * ``cu_seqlens``: int32 ``(N + 1,)`` offsets of the examples *and* of each padding tail (a
+      tail is a segment of its own, attending only to itself, with ignored labels: it changes
+      no example's output or loss, and the shapes stay rows of ``max_length``).
+
+    ``causal``: the labels are next tokens, shifted by the trainer across the whole row; each
+    example's first label is ignored so that no example is predicted from the one before it
+    (unpacked, the shift drops it anyway). Picklable (loader workers run it).
+    """
+
+    def __init__(self, max_length: int, *, pad_id: int = 0, causal: bool = False) -> None:
+        if max_length < 1:
+            raise ValueError(f"max_length must be >= 1, got {max_length}")
+        self.max_length, self.pad_id, self.causal = max_length, pad_id, causal
+
+    def rows(self, lengths: Sequence[int]) -> list[list[int]]:
+        """The lengths of ``lengths`` grouped into rows, greedily in order."""
+        rows: list[list[int]] = []
+        room = 0
+        for length in lengths:
+            if length > self.max_length:
+                raise ValueError(
+                    f"an example of {length} tokens does not fit a packed row of max_length {self.max_length}"
+                )
+            if length > room:
+                rows.append([])
+                room = self.max_length
+            rows[-1].append(length)
+            room -= length
+        return rows
+
+    def __call__(self, examples: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+        names = ("input_ids", "attention_mask", "labels")
+        for example in examples:
+            if set(example) != set(names):
+                raise ValueError(
+                    f"packed batches take token examples ({', '.join(names)}), got {sorted(example)}"
+                )
+        lengths = [int(example["input_ids"].shape[1]) for example in examples]
+        fill = {"input_ids": self.pad_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        parts: dict[str, list[Tensor]] = {name: [] for name in names}
+        offsets, total, index = [0], 0, 0
+        for row in self.rows(lengths):
+            for length in row:
+                example = examples[index]
+                index += 1
+                for name in names:
+                    parts[name].append(example[name][0].long())
+                if self.causal:
+                    parts["labels"][-1] = parts["labels"][-1].clone()
+                    parts["labels"][-1][0] = IGNORE_INDEX
+                total += length
+                offsets.append(total)
+            tail = self.max_length - sum(row)
+            if tail:
+                for name in names:
+                    parts[name].append(torch.full((tail,), fill[name], dtype=torch.long))
+                total += tail
+                offsets.append(total)
+        batch = {name: torch.cat(parts[name])[None] for name in names}
+        batch["cu_seqlens"] = torch.tensor(offsets, dtype=torch.int32)
+        return batch

@@ -11,13 +11,16 @@ with exactly the batches the uninterrupted run would have had.
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from performers.training.data import ExampleSource, RandomStreams
+from performers.training.data import ExampleSource, PackedCollate, RandomStreams
 
 __all__ = ["batch_loader", "epoch_order", "next_batch_start"]
 
@@ -72,6 +75,33 @@ class _Examples(Dataset):
         return self.data.example(index, RandomStreams(self.seed, epoch, slot))
 
 
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """In a loader worker: leave SIGINT, SIGTERM and SIGUSR1 to the training process.
+
+    A terminal's Ctrl-C and a scheduler that signals every process of a job reach the workers
+    too; the training process handles the request (:mod:`performers.training.signals`: it needs
+    batches until its step ends) and then stops its workers itself. SIGINT and SIGUSR1 are
+    ignored (the training process never sends them); SIGTERM is taken by a thread that ends the
+    worker only when the training process sent it (its way of stopping a worker that does not
+    finish), the others being ignored. Where the sender cannot be known (no ``sigwaitinfo``),
+    SIGTERM keeps its usual effect.
+    """
+    for name in ("SIGINT", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    parent = os.getppid()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit it
+
+    def watch() -> None:
+        while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+            pass
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="sigterm-from-trainer").start()
+
+
 def batch_loader(
     data: ExampleSource,
     *,
@@ -82,22 +112,25 @@ def batch_loader(
     rank: int = 0,
     world: int = 1,
     num_workers: int = 0,
+    pack: PackedCollate | None = None,
 ) -> Iterator[dict[str, Tensor]]:
     """The batches of this process (rank ``rank`` of ``world``) from ``(epoch, position)`` on.
 
     ``batch_size`` is the global batch; each process gets the slots ``rank, rank + world, ...``
     of it. ``num_workers`` loader processes prefetch batches (they stop when the iterator is
-    deleted). Returns an endless iterator of collated batches.
+    deleted). ``pack``: collate each share into packed rows with it instead of ``data.collate``
+    (the same examples). Returns an endless iterator of collated batches.
     """
     loader = DataLoader(
         _Examples(data, seed),
         batch_sampler=_Tickets(len(data), batch_size, seed, rank, world, epoch, position),
-        collate_fn=data.collate,
+        collate_fn=data.collate if pack is None else pack,
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=4 if num_workers else None,
         # A DataLoader draws a base seed for its workers when it starts iterating; from its own
         # generator, not the global one, which the model's dropout uses (exact resume).
         generator=torch.Generator().manual_seed(seed),
+        worker_init_fn=_leave_stop_signals_to_the_trainer if num_workers else None,
     )
     return iter(loader)

@@ -45,7 +45,7 @@ from performers.training.checkpoint import (
     restore,
     save_checkpoint,
 )
-from performers.training.data import ExampleSource
+from performers.training.data import ExampleSource, PackedCollate
 from performers.training.devices import model_device, to_device
 from performers.training.evaluation import logits_of
 from performers.training.loader import batch_loader, next_batch_start
@@ -53,6 +53,7 @@ from performers.training.optim import build_optimizer
 from performers.training.run_config import check_resume, describe_run, format_changes, recorded_run
 from performers.training.run_directory import keep_metrics_through, owned, start_fresh
 from performers.training.schedule import SCHEDULES, make_scheduler
+from performers.training.signals import Preempted, PreemptionRequest, agreed_signal, preemption_signals
 from performers.utils import IGNORE_INDEX, append_line
 
 __all__ = ["TASKS", "Trainer", "TrainingConfig"]
@@ -92,6 +93,11 @@ class TrainingConfig:
     # joined with separators and cut into windows of exactly max_length tokens (the paper's
     # concatenated long-sequence setting, e.g. max_length = 8192).
     concatenate: bool = False
+    # True: each step's batch_size examples (the same examples as unpacked) are laid end to end
+    # in rows of max_length tokens, no example attending to another, instead of each padded to
+    # the longest; batch_size still counts examples (the rows per step vary), so packed and
+    # unpacked runs see the same examples and the same loss per real token.
+    pack: bool = False
     # TensorBoard event files in out_dir/tensorboard: True, False, or None = when installed.
     tensorboard: bool | None = None
     # Loader processes that build the next batches while the model trains (0: none, the
@@ -111,6 +117,11 @@ class TrainingConfig:
         if self.context_parallel > 1 and self.task == "regression":
             raise ValueError(
                 "context_parallel needs a token-level task: a sequence-level target reads every shard"
+            )
+        if self.pack and (self.task not in ("mlm", "clm") or self.concatenate or self.context_parallel > 1):
+            raise ValueError(
+                "pack needs a language-model task (mlm or clm) without concatenate (windows are "
+                "full already) or context_parallel (which shards one sequence per row)"
             )
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
@@ -141,7 +152,9 @@ class Trainer:
 
     Args:
         model: a module whose ``model(input_ids, attention_mask)`` returns logits ``(B, L, V)``
-            (or an object with ``.logits``), e.g. a Performer masked or causal LM.
+            (or an object with ``.logits``), e.g. a Performer masked or causal LM; with
+            ``config.pack``, ``model(input_ids, cu_seqlens=...)`` on one packed row (see
+            :class:`~performers.training.data.PackedCollate`).
         data: the training set (:class:`~performers.training.data.ExampleSource`).
         config: :class:`TrainingConfig`.
         out_dir: checkpoints (``checkpoints/``), ``metrics.jsonl`` and ``tensorboard/`` go here.
@@ -244,11 +257,19 @@ class Trainer:
                 rank=self.data_rank,
                 world=self.data_world,
                 num_workers=c.num_workers,
+                pack=self._packing(),
             )
         batch = next(self._batches)
         self.epoch, self.position = next_batch_start(self.epoch, self.position, c.batch_size, len(self.data))
         self.position += c.batch_size
         return batch
+
+    def _packing(self) -> PackedCollate | None:
+        """The collate of packed batches (``config.pack``), or None."""
+        c = self.config
+        if not c.pack:
+            return None
+        return PackedCollate(c.max_length, pad_id=getattr(self.data, "pad_id", 0), causal=c.causal)
 
     def _close_loader(self) -> None:
         self._batches = None  # stops the loader's worker processes
@@ -265,7 +286,10 @@ class Trainer:
         """
         if self.context_group is not None:
             return self._context_parallel_loss(batch)
-        output = logits_of(self.train_model(batch["input_ids"], batch["attention_mask"]))
+        if "cu_seqlens" in batch:  # packed rows (config.pack): the boundaries replace the mask
+            output = logits_of(self.train_model(batch["input_ids"], cu_seqlens=batch["cu_seqlens"]))
+        else:
+            output = logits_of(self.train_model(batch["input_ids"], batch["attention_mask"]))
         if self.config.task == "regression":
             target = batch["targets"].to(torch.float32)
             total = (output.float().reshape(target.shape) - target).pow(2).sum()
@@ -379,25 +403,28 @@ class Trainer:
         checkpoint (:meth:`resume`; a fresh start when there is none). A fresh run into a
         directory that holds an earlier run refuses with ``overwrite=False``; ``True`` moves the
         earlier run aside, and so does the default ``None``, with a warning
-        (:func:`~performers.training.run_directory.start_fresh`).
+        (:func:`~performers.training.run_directory.start_fresh`). SIGTERM, SIGINT or SIGUSR1
+        during the call stop the run after the current step with a checkpoint, every process
+        alike (:mod:`performers.training.signals`).
 
         Raises:
             performers.utils.DirectoryLockedError: another process is running in ``out_dir``.
             RunDirectoryError: a fresh run over an earlier one with ``overwrite=False``.
             ResumeMismatchError, NoUsableCheckpointError: see :meth:`resume`.
+            Preempted: a stop signal arrived; the checkpoint of the step reached is written.
         """
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         ownership = owned(self.out_dir, log=self.log) if self.rank == 0 else contextlib.nullcontext()
-        with ownership:
+        with ownership, preemption_signals() as request:  # the lock outlives the handlers
             resumed = self.resume() if resume else False
             if not resumed and self.step == 0:
                 # Every process refuses alike; only rank 0 moves or clears files.
                 start_fresh(self.out_dir, overwrite=overwrite, clear=self.rank == 0, log=self.log)
-            return self._train(stop_at)
+            return self._train(stop_at, request)
 
-    def _train(self, stop_at: int | None) -> dict[str, float]:
+    def _train(self, stop_at: int | None, request: PreemptionRequest | None = None) -> dict[str, float]:
         """The loop of :meth:`fit`, from ``self.step``."""
         c = self.config
         metrics_path = self.out_dir / "metrics.jsonl"
@@ -413,12 +440,15 @@ class Trainer:
         )
         result: dict[str, float] = {}
         board = self._tensorboard() if self.rank == 0 else None
+        stopping = None  # the stop signal all processes agreed on (signals.agreed_signal)
         while self.step < min(c.max_steps, c.max_steps if stop_at is None else stop_at):
             step_start = time.perf_counter()
-            loss_sum = 0.0
+            loss_sum, step_tokens, step_positions = 0.0, 0, 0
             for _ in range(c.accumulation):
                 batch = self._next_batch()
                 batch_tokens = int(batch["attention_mask"].sum())  # counted on the CPU
+                step_tokens += batch_tokens
+                step_positions += batch["input_ids"].numel()  # real tokens and padding
                 batch = to_device(batch, self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=c.bf16):
                     loss, mean_loss = self._loss(batch)
@@ -438,7 +468,10 @@ class Trainer:
             step_seconds = time.perf_counter() - step_start
             self.train_seconds += step_seconds
             stepping += step_seconds
+            stopping = None if request is None else agreed_signal(request, self.device)
             if self.rank != 0:  # evaluation, metrics, logs and checkpoints: rank 0 only
+                if stopping:
+                    break
                 continue
             record = {
                 "step": self.step,
@@ -446,6 +479,10 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0],
                 "step_seconds": step_seconds,
                 "grad_norm": grad_norm,
+                # This process's share: real tokens per second of the step, and the share of the
+                # positions computed that were padding (what --pack reduces).
+                "tokens_per_second": step_tokens / max(step_seconds, 1e-9),
+                "padding_fraction": 1.0 - step_tokens / max(step_positions, 1),
             }
             if self.evaluate is not None and (self.step % c.eval_every == 0 or self.step == c.max_steps):
                 result = self.evaluate(self.model)
@@ -464,12 +501,18 @@ class Trainer:
                 self.log(
                     f"step {self.step}/{c.max_steps} loss {loss_sum:.4f} {rate:.0f} tok/s ETA {eta:.0f}s"
                 )
-            if self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
+            if stopping or self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
                 self._checkpoint()
+            if stopping:
+                break
         bar.close()
         self._close_loader()
         if board is not None:
             board.close()
+        if stopping:
+            if self.world > 1:
+                dist.barrier()  # no process leaves before rank 0 has written the checkpoint
+            raise Preempted(stopping, self.step, self.out_dir / "checkpoints")
         return result
 
     def _tensorboard(self):
