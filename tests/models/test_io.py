@@ -167,8 +167,8 @@ def test_failed_write_leaves_the_old_checkpoint_and_no_temp_files(tmp_path, monk
 
 
 def _wrap_failing(atomic_write, failing_writer):
-    def wrapped(path, write):
-        return atomic_write(path, failing_writer)
+    def wrapped(path, write, **options):
+        return atomic_write(path, failing_writer, **options)
 
     return wrapped
 

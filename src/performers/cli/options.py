@@ -33,7 +33,7 @@ from performers.layers.favor_config import PROJECTIONS
 from performers.models import PerformerConfig
 from performers.proteins import FastaRecord, read_fasta
 from performers.proteins.cache import prepared_cache
-from performers.proteins.prepared_dataset import is_prepared
+from performers.proteins.prepared_dataset import PreparedDatasetError, is_prepared, verify_prepared
 from performers.training import (
     SCHEDULES,
     ResumeMismatchError,
@@ -285,6 +285,12 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train", nargs="+", default=None, metavar="FASTA", help="training proteins")
     group.add_argument("--valid", nargs="+", default=None, metavar="FASTA", help="validation proteins")
     group.add_argument("--test", nargs="+", default=None, metavar="FASTA", help="test proteins (optional)")
+    group.add_argument(
+        "--verify-data",
+        action="store_true",
+        help="before training, re-hash every file of the prepared data against its manifest (SHA-256; "
+        "reads it all); file sizes are always checked",
+    )
 
 
 def data_from_args(args: argparse.Namespace) -> Path | None:
@@ -292,10 +298,29 @@ def data_from_args(args: argparse.Namespace) -> Path | None:
     cached prepared dataset of the ``--train/--valid/--test`` files (prepared by rank 0 first
     under torchrun).
 
+    With ``--verify-data`` every file of the prepared data is re-hashed against its manifest
+    first (:func:`~performers.proteins.verify_prepared`).
+
     Raises:
-        UsageError: both kinds of data, a directory that is not a prepared dataset, or FASTA
-            files without both ``--train`` and ``--valid``.
+        UsageError: both kinds of data, a directory that is not a prepared dataset, FASTA
+            files without both ``--train`` and ``--valid``, or ``--verify-data`` on the shipped
+            corpus.
+        PreparedDatasetError: ``--verify-data`` found files that changed or are missing.
     """
+    corpus = _corpus_from_args(args)
+    if getattr(args, "verify_data", False):
+        if corpus is None:
+            raise UsageError("--verify-data checks prepared data: give --data or --train/--valid files")
+        problems = verify_prepared(corpus)
+        if problems:
+            raise PreparedDatasetError(
+                f"--verify-data: {len(problems)} file(s) of {corpus} do not match its manifest: "
+                f"{'; '.join(problems)}; prepare the data again"
+            )
+    return corpus
+
+
+def _corpus_from_args(args: argparse.Namespace) -> Path | None:
     files = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
     if args.data and files:
         raise UsageError("give --data or --train/--valid/--test files, not both")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 
 from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
-from performers.proteins.prepared import DEFAULT_SHARD_TOKENS, prepare
+from performers.proteins.prepared import DEFAULT_SHARD_TOKENS, PreparedDatasetError, prepare, verify_prepared
 
 HELP = "FASTA (plain or gzip, one or many files) -> a prepared, memory-mapped dataset directory"
 DESCRIPTION = f"""{HELP}.
@@ -19,8 +19,14 @@ the same split, whatever the files and their order; tags are then ignored). Each
 stored as the tokenizer's [<cls>, residues..., <eos>] ids. The directory is written next to
 --out and renamed into place when complete: a failure leaves nothing behind.
 
+The free space of --out's file system is checked first against the inputs' uncompressed size
+(the size of the result, about); a write refused midway (full disk, quota, size limit) removes
+the partial directory and names the path and the bytes needed. --verify DIR re-hashes the files
+of a prepared dataset against its manifest and names each one that changed or is missing.
+
 example: performers prepare uniref50.fasta.gz --out data/uniref50 --valid-fraction 0.01 \\
-         --test-fraction 0.01 --dedupe"""
+         --test-fraction 0.01 --dedupe
+         performers prepare --verify data/uniref50"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -34,7 +40,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="FASTA files (plain or gzip) whose records carry split tags, or are split by hash "
         "(--valid-fraction/--test-fraction)",
     )
-    parser.add_argument("--out", required=True, help="the dataset directory to create")
+    parser.add_argument("--out", help="the dataset directory to create (required unless --verify)")
+    parser.add_argument(
+        "--verify",
+        metavar="DIR",
+        help="check every file of the prepared dataset DIR against its manifest (size and SHA-256) "
+        "instead of preparing; exit status 2 naming each file that changed or is missing",
+    )
     for split in ("train", "valid", "test"):
         parser.add_argument(
             f"--{split}",
@@ -83,7 +95,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
+def verify(directory: str) -> int:
+    """``--verify DIR``: 0 and one line when every file matches; else a user error listing each
+    problem (one line, exit 2)."""
+    problems = verify_prepared(directory)
+    if problems:
+        raise PreparedDatasetError(
+            f"{directory}: {len(problems)} file(s) do not match the manifest: {'; '.join(problems)}"
+        )
+    print(f"{directory}: every file matches its manifest (sizes and SHA-256)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.verify is not None:
+        if args.out or args.inputs or any(getattr(args, s) for s in ("train", "valid", "test")):
+            raise UsageError("--verify DIR checks a prepared dataset: give no INPUT, --out or split files")
+        return verify(args.verify)
+    if not args.out:
+        raise UsageError("--out is required (the dataset directory to create)")
     per_split = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
     if args.inputs and per_split:
         raise UsageError("give either INPUT files or --train/--valid/--test files, not both")

@@ -6,7 +6,8 @@
   model reproduces the saved one bit for bit and a resumed run keeps its redraw schedule.
 * Each file is written to a temporary file in the same directory, flushed to disk, and moved
   into place with ``os.replace`` (atomic on POSIX and Windows): a crash leaves either the old
-  file or the new one, never a partial file.
+  file or the new one, never a partial file; a full disk removes the temporary file and raises
+  :class:`~performers.utils.DiskWriteError` naming the file and the bytes it needed.
 * A checkpoint that is unreadable, truncated, missing a tensor, holding an extra one, or
   holding one of the wrong shape/kind raises :class:`ModelLoadError` (a ``ValueError``) naming
   the file and the tensor.
@@ -65,6 +66,10 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> None:
     ``config.json`` holds the :class:`PerformerConfig` fields plus ``"architectures"`` (the model
     class) and ``"performers_version"``. ``model.safetensors`` holds the whole ``state_dict``
     (parameters, projections, redraw counters) in the model's dtypes.
+
+    Raises:
+        performers.utils.DiskWriteError: the file system refused a write (full, quota, size
+            limit, read-only); the file being written is left as it was.
     """
     _check_model(model)
     from safetensors.torch import save_file
@@ -75,7 +80,10 @@ def save_pretrained(model: nn.Module, directory: str | Path) -> None:
     tensors = {name: t.detach().to("cpu").contiguous() for name, t in model.state_dict().items()}
     version = package_version()
     metadata = {"format": "pt", "architecture": architecture, "performers_version": version}
-    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    atomic_write(
+        directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), size=size
+    )
 
     config = {**model.config.to_saved_dict(), "architectures": [architecture], "performers_version": version}
     text = json.dumps(config, indent=2) + "\n"

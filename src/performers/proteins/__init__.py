@@ -31,6 +31,7 @@ from performers.proteins.prepared_dataset import (
     PreparedDatasetError,
     is_prepared,
     read_manifest,
+    verify_prepared,
 )
 from performers.proteins.tokenizer import ProteinTokenizer, UnknownResidueError
 
@@ -61,4 +62,5 @@ __all__ = [
     "read_manifest",
     "read_split",
     "training_data_identity",
+    "verify_prepared",
 ]

@@ -21,7 +21,8 @@ so a split's token stream is exactly what the concatenated-window training mode
 records (up to ``shard_tokens`` tokens; a longer record gets a shard of its own), so a record is
 always one slice of one map. Every binary file is a raw little-endian array whose dtype, length
 and SHA-256 are in the manifest; a reader checks sizes on open (:meth:`PreparedDataset.verify`
-checks the hashes).
+checks the hashes of a split, :func:`verify_prepared` — ``performers prepare --verify DIR`` —
+those of every file and names each one that changed or is missing).
 
 Why raw arrays and ``numpy.memmap`` rather than Arrow/``datasets``, HDF5 or a database: the data
 is one flat stream of small integers plus two integer arrays, which numpy maps with zero copies
@@ -50,6 +51,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -67,23 +69,29 @@ from performers.proteins.prepared_dataset import (
     PreparedDatasetError,
     is_prepared,
     read_manifest,
+    verify_prepared,
 )
 from performers.proteins.prepared_writer import SeenSequences, SplitWriter
 from performers.proteins.tokenizer import ProteinTokenizer
 from performers.utils import atomic_directory, package_version
+from performers.utils.errors import InputError
+from performers.utils.files import existing_ancestor
 from performers.utils.validation import is_int
 
 __all__ = [
     "DEFAULT_SHARD_TOKENS",
     "FORMAT_VERSION",
+    "NotEnoughSpaceError",
     "PreparedDataset",
     "PreparedDatasetError",
     "hash_split",
     "is_prepared",
     "prepare",
     "read_manifest",
+    "size_estimate",
     "summary",
     "tag_split",
+    "verify_prepared",
 ]
 
 DEFAULT_SHARD_TOKENS = 1 << 28  # 256 MiB per shard: few files, each far below any size limit
@@ -149,6 +157,41 @@ def _plan(sources: Sources, valid_fraction: float, test_fraction: float) -> list
     return plan
 
 
+def _uncompressed_size(path: Path) -> int:
+    """The bytes ``path`` holds once decompressed: its size, or for gzip the size its trailer
+    records (modulo 2**32, so at least twice the compressed size: FASTA compresses 2-4x)."""
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        if handle.read(2) != b"\x1f\x8b" or size < 18:
+            return size
+        handle.seek(-4, os.SEEK_END)
+        trailer = int.from_bytes(handle.read(4), "little")
+    return max(trailer, 2 * size)
+
+
+def size_estimate(sources: Sources) -> int:
+    """Bytes a prepared dataset of ``sources`` will take, about: their uncompressed size (each
+    residue becomes one token byte; headers and line ends pay for the ids and the index)."""
+    plan = _plan(sources, 0.0, 0.0)
+    return sum(_uncompressed_size(path) for path, _ in plan)
+
+
+class NotEnoughSpaceError(InputError):
+    """``prepare`` refused to start: the output's file system has less free space than the
+    dataset's size estimate; the message names the directory and both numbers."""
+
+
+def _check_free_space(out_dir: Path, needed: int) -> None:
+    place = existing_ancestor(out_dir)
+    free = shutil.disk_usage(place).free
+    if free < needed:
+        raise NotEnoughSpaceError(
+            f"{out_dir}: not enough free space to prepare the data: it needs about {needed:,} bytes "
+            f"(the inputs' uncompressed size), {free:,} bytes are free on {place}; free some space "
+            "or choose another --out (out_dir)"
+        )
+
+
 def _token_table(tokenizer: ProteinTokenizer) -> bytes:
     """``bytes.translate`` table: an upper-case residue letter → its token id (one byte), what
     ``tokenizer.encode`` gives letter by letter (any other byte → ``<unk>``)."""
@@ -180,7 +223,8 @@ def prepare(
     Streaming: memory does not grow with the corpus (records are read in blocks of a few MiB and
     written as they come), except with ``dedupe``, which keeps 16 bytes per unique sequence.
     The directory is assembled next to ``out_dir`` and renamed into place at the end, so a
-    failure (or Ctrl-C) never leaves a partial dataset.
+    failure (or Ctrl-C, or a full disk) never leaves a partial dataset. Before it starts, the
+    free space of ``out_dir``'s file system is checked against :func:`size_estimate`.
 
     Args:
         sources: FASTA paths (plain or gzip) whose splits come from header tags or hash
@@ -204,6 +248,9 @@ def prepare(
         FastaError: malformed input (naming file, line and column), a record without a split
             tag when splitting by tags, a truncated or corrupt gzip file, binary data.
         FileExistsError: ``out_dir`` exists and not ``overwrite``.
+        NotEnoughSpaceError: less free space than the size estimate (nothing written).
+        performers.utils.DiskWriteError: a write refused midway (full disk, quota, size limit,
+            read-only): the partial directory is removed, an existing ``out_dir`` is intact.
         FileNotFoundError: a missing input.
         ValueError: bad options, or no record at all.
     """
@@ -216,10 +263,16 @@ def prepare(
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir}: already exists (pass overwrite=True / --overwrite to replace it)")
     say = log or (lambda message: None)
+    # Refuse at once rather than fail hours in (an --overwrite keeps the old copy until the end).
+    needed = sum(_uncompressed_size(path) for path, _ in plan)
+    _check_free_space(out_dir, needed)
     tokenizer = ProteinTokenizer()
     job = _Job(tokenizer, valid_fraction, test_fraction, dedupe, skip_invalid, rare, shard_tokens, say)
     start = time.perf_counter()
-    with atomic_directory(out_dir, replace=overwrite) as tmp, contextlib.ExitStack() as cleanup:
+    with (
+        atomic_directory(out_dir, replace=overwrite, size=needed) as tmp,
+        contextlib.ExitStack() as cleanup,
+    ):
         job.root = tmp
         cleanup.callback(job.abort)  # close open files if anything fails (no-op after finish)
         inputs = [job.read(path, split) for path, split in plan]

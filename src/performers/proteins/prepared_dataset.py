@@ -30,6 +30,7 @@ __all__ = [
     "PreparedDatasetError",
     "is_prepared",
     "read_manifest",
+    "verify_prepared",
 ]
 
 FORMAT = "performers-prepared-proteins"
@@ -93,6 +94,45 @@ def is_prepared(directory: str | os.PathLike) -> bool:
     except PreparedDatasetError:
         return False
     return True
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 22):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_prepared(directory: str | os.PathLike, *, hashes: bool = True) -> list[str]:
+    """Every data file of a prepared dataset (token shards and index files of every split)
+    checked against its manifest entry: present, of its size, and (``hashes``) of its SHA-256.
+
+    Reads the whole dataset when ``hashes`` (O(size)); sizes alone cost one ``stat`` per file.
+
+    Returns:
+        One line per problem, naming the file (``"DIR/train/tokens-00000.u8: contents differ
+        ..."``); empty when every file matches.
+
+    Raises:
+        PreparedDatasetError: ``directory`` is not a prepared dataset of this format version.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    problems = []
+    for split in manifest.get("splits", {}).values():
+        for entry in [*split["shards"], *split["index"].values()]:
+            path = directory / entry["file"]
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+                continue
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                what = "truncated" if size < entry["bytes"] else "longer than the manifest says"
+                problems.append(f"{path}: {what} ({size} bytes, the manifest says {entry['bytes']})")
+            elif hashes and _sha256(path) != entry["sha256"]:
+                problems.append(f"{path}: contents differ from the manifest's SHA-256 (changed or corrupt)")
+    return problems
 
 
 def _memmap(path: Path, dtype: np.dtype, count: int, what: str) -> np.ndarray:
@@ -257,11 +297,7 @@ class PreparedDataset:
         entries = [*self._info["shards"], *self._info["index"].values()]
         for entry in entries:
             path = self.directory / entry["file"]
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while block := handle.read(1 << 22):
-                    digest.update(block)
-            if digest.hexdigest() != entry["sha256"]:
+            if _sha256(path) != entry["sha256"]:
                 raise PreparedDatasetError(f"{path}: contents differ from the manifest's SHA-256 (corrupt)")
         step = 1 << 20
         for begin in range(0, self._records, step):

@@ -10,6 +10,7 @@ unique sequence.
 from __future__ import annotations
 
 import array
+import contextlib
 import hashlib
 import sys
 from pathlib import Path
@@ -43,7 +44,10 @@ class _HashedFile:
         return {"file": self.name, "bytes": self.bytes, "sha256": self._digest.hexdigest()}
 
     def abort(self) -> None:
-        self._handle.close()
+        # Closing flushes the buffer, which fails again on a full disk: the file is about to be
+        # removed, and the error that stopped the run is the one to report.
+        with contextlib.suppress(OSError):
+            self._handle.close()
 
 
 class _ArrayFile:

@@ -13,7 +13,9 @@ A checkpoint is a directory ``step-00000120/`` holding
   its own other contents (``checksum``).
 
 It is written in a temporary directory that is renamed into place (atomic, with the user's umask
-for its files), the last ``keep_last`` are kept, and :func:`latest_checkpoint` skips — with a
+for its files; a full disk removes the partial directory and raises
+:class:`~performers.utils.DiskWriteError`, the earlier checkpoints untouched), the last
+``keep_last`` are kept, and :func:`latest_checkpoint` skips — with a
 warning naming the file and the reason — a newest checkpoint that is incomplete or corrupt (a
 truncated tensor file, an edited or torn ``meta.json``, a missing key, a value of the wrong
 type), falling back to the previous one. Nothing is ever unpickled.
@@ -164,18 +166,28 @@ def save_checkpoint(
 
     ``state`` is the loop's own JSON state (data position, history); ``run`` the run's
     configuration (:func:`~performers.training.run_config.describe_run`), compared on resume.
+
+    Raises:
+        performers.utils.DiskWriteError: the file system refused the write (full, quota, size
+            limit, read-only); the partial checkpoint is removed and the earlier ones are intact.
     """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     final = directory / f"{PREFIX}{step:08d}"
-    with atomic_directory(final, replace=True) as tmp:
-        save_file(_unshared(model.state_dict()), str(tmp / "model.safetensors"))
-        optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+    model_tensors = _unshared(model.state_dict())
+    optimizer_tensors, optimizer_meta = _flatten_optimizer(optimizer.state_dict())
+    rng = {"torch": torch.get_rng_state()}
+    for name, generator in (generators or {}).items():
+        rng[f"generator.{name}"] = generator.get_state()
+    # What the files will hold (tensor bytes; headers and meta.json add little), for the message
+    # of a full disk.
+    size = sum(
+        t.numel() * t.element_size() for d in (model_tensors, optimizer_tensors, rng) for t in d.values()
+    )
+    with atomic_directory(final, replace=True, size=size) as tmp:
+        save_file(model_tensors, str(tmp / "model.safetensors"))
         save_file(optimizer_tensors, str(tmp / "optimizer.safetensors"))
-        rng = {"torch": torch.get_rng_state()}
-        for name, generator in (generators or {}).items():
-            rng[f"generator.{name}"] = generator.get_state()
         save_file(rng, str(tmp / "rng.safetensors"))
         meta = {
             "format": FORMAT,

@@ -54,7 +54,7 @@ from performers.training.run_config import check_resume, describe_run, format_ch
 from performers.training.run_directory import keep_metrics_through, owned, start_fresh
 from performers.training.schedule import SCHEDULES, make_scheduler
 from performers.training.signals import Preempted, PreemptionRequest, agreed_signal, preemption_signals
-from performers.utils import IGNORE_INDEX
+from performers.utils import IGNORE_INDEX, append_line
 
 __all__ = ["TASKS", "Trainer", "TrainingConfig"]
 
@@ -487,8 +487,7 @@ class Trainer:
             if self.evaluate is not None and (self.step % c.eval_every == 0 or self.step == c.max_steps):
                 result = self.evaluate(self.model)
                 record.update({f"valid_{k}": v for k, v in result.items()})
-            with open(metrics_path, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            append_line(metrics_path, json.dumps(record))  # a full disk: no torn line, an error
             if board is not None:
                 for key, value in record.items():
                     if key != "step":

@@ -7,7 +7,15 @@ This is the bottom of the package: it imports nothing else from ``performers``.
 """
 
 from performers.utils.errors import InputError
-from performers.utils.files import atomic_directory, atomic_write, load_safetensors, sha256, write_csv
+from performers.utils.files import (
+    DiskWriteError,
+    append_line,
+    atomic_directory,
+    atomic_write,
+    load_safetensors,
+    sha256,
+    write_csv,
+)
 from performers.utils.labels import IGNORE_INDEX
 from performers.utils.locking import DirectoryLock, DirectoryLockedError
 from performers.utils.memory import peak_rss_reset, rss_kib
@@ -20,7 +28,9 @@ __all__ = [
     "ConfigError",
     "DirectoryLock",
     "DirectoryLockedError",
+    "DiskWriteError",
     "InputError",
+    "append_line",
     "atomic_directory",
     "atomic_write",
     "derive_seed",
