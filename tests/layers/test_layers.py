@@ -17,7 +17,13 @@ from performers import (
     make_projection,
     replace_multihead_attention,
 )
-from performers.layers import AttentionDropoutWarning, KVCache, RotaryEmbedding, projection_seed, sdpa_attention
+from performers.layers import (
+    AttentionDropoutWarning,
+    KVCache,
+    RotaryEmbedding,
+    projection_seed,
+    sdpa_attention,
+)
 from performers.ops import FavorState
 from tests.helpers.numerics import generator
 
