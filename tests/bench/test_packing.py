@@ -105,9 +105,17 @@ def test_tiny_packing_bench_trains_every_pair_fairly_through_the_writer(tmp_path
         (["--crops", "2"], "--crops: each must be >= 3"),
         (["--max-length", "64"], "--max-length 64: give the crops to compare as --crops"),
         (["--tail", "0"], "--tail must be >= 1"),
+        (["--concatenate"], "--concatenate: packing lays whole proteins in rows"),
     ],
 )
 def test_bad_options_are_one_error_line(extra, match, capsys):
     assert main(["bench", "packing", *RUN, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("performers bench packing: error: ") and match in err and err.count("\n") == 1
+
+
+def test_the_target_is_met_or_missed_with_its_numbers():
+    lines = packing._target_lines(
+        {"favor@1024": 1.83, "exact@1024": 1.79, "favor@256": 0.9}, ("favor", "exact")
+    )
+    assert lines[0].endswith("favor: **met** (1.83×).") and lines[1].endswith("exact: **missed** (1.79×).")

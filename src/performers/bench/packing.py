@@ -153,8 +153,9 @@ def packing_comparison(
     run; nothing else differs between the two runs of a pair.
 
     Raises:
-        ValueError: no crops or attentions, an unknown attention, a crop below 3, or
-            ``warmup_steps`` not below ``training.max_steps`` (no timed step would be left).
+        ValueError: no crops or attentions, an unknown attention, a crop below 3,
+            ``warmup_steps`` not below ``training.max_steps`` (no timed step would be left),
+            ``tail`` below 1, or ``training.concatenate``.
     """
     if not crops or not attentions:
         raise ValueError(f"crops and attentions must not be empty, got {list(crops)} and {list(attentions)}")
@@ -167,6 +168,8 @@ def packing_comparison(
             f"warmup_steps must be in [0, steps {training.max_steps}) so that a timed step is left, "
             f"got {warmup_steps}"
         )
+    if training.concatenate:
+        raise ValueError("concatenate: packing lays whole proteins in rows; windows have no padding to pack")
     if tail < 1:
         raise ValueError(f"tail must be >= 1, got {tail}")
     out_dir = Path(out_dir)

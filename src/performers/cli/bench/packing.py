@@ -15,7 +15,6 @@ from performers.cli.options import (
     set_threads,
     training_config_from_args,
 )
-from performers.layers import FavorConfig
 
 HELP = "padded vs packed training batches: real tokens/s, padding fraction, peak memory, loss per real token"
 
@@ -23,9 +22,9 @@ HELP = "padded vs packed training batches: real tokens/s, padding fraction, peak
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("packing", help=HELP, description=HELP)
     # The Table-2 model size of docs/results/proteins.md (d_ff 512, M = 128).
-    add_training_options(parser, steps=200, out="runs/packing", favor=FavorConfig(num_features=128))
+    add_training_options(parser, steps=300, out="runs/packing")
     # --max-length is set per run from --crops; given on its own it would be ignored, so refused.
-    parser.set_defaults(d_ff=512, max_length=None)
+    parser.set_defaults(d_ff=512, num_features=128, max_length=None)
     parser.add_argument(
         "--crops", type=int, nargs="+", default=[256, 1024], help="crops (--max-length) to compare at"
     )
@@ -46,6 +45,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.max_length is not None:
         raise UsageError(f"--max-length {args.max_length}: give the crops to compare as --crops")
+    if args.concatenate:
+        raise UsageError(
+            "--concatenate: packing lays whole proteins in rows; windows have no padding to pack"
+        )
     if min(args.crops) < 3:
         raise UsageError(f"--crops: each must be >= 3 (<cls>, a residue, <eos>), got {args.crops}")
     if not 0 <= args.warmup_steps < args.steps:
