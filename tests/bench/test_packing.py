@@ -32,7 +32,8 @@ def _in_process(variants, model_config, training, *, out_dir, evaluate, **data):
 
 @pytest.fixture
 def fasta(tmp_path, monkeypatch):
-    """Proteins of 5 to 60 residues (padding at both crops), and the cache they are prepared in."""
+    """Proteins of 5 to 60 residues (padding at both crops), and the cache they are prepared in.
+    The runs train in this process (a spawned process per run costs ~10 s here)."""
     monkeypatch.setenv("PERFORMERS_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(packing, "train_variants", _in_process)
     rng = random.Random(0)
