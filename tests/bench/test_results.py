@@ -54,6 +54,10 @@ CHECKED_IN = {
         "bench/test_proteins.py",
         "test_precision_trains_float32_and_bf16_per_seed_interleaved_and_reports_them",
     ),
+    "packing": (
+        "bench/test_packing.py",
+        "test_tiny_packing_bench_trains_every_pair_fairly_through_the_writer",
+    ),
     "proteins-backcompat": (
         "bench/test_compat.py",
         "test_backcompat_starts_from_the_exact_weights_and_records_the_recovery_curve",

@@ -24,6 +24,7 @@ environment, markdown beside it, atomic).
 ``proteins-table``                  :mod:`~performers.bench.proteins_table`
 ``proteins-long``                   :mod:`~performers.bench.proteins_long`
 ``proteins-precision``              :mod:`~performers.bench.proteins_precision`
+``packing``                         :mod:`~performers.bench.packing`
 ``kernel-sweep``                    :mod:`~performers.bench.kernel_sweep`
 ``baselines``                       :mod:`~performers.bench.baselines`
 ``pixels``                          :mod:`~performers.bench.pixels`

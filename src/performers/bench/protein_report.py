@@ -1,5 +1,5 @@
 """What the protein benchmarks' reports share (``performers bench proteins-table``,
-``proteins-long``, ``proteins-precision``, ``proteins-backcompat``): percentages and the model's
+``proteins-long``, ``proteins-precision``, ``proteins-backcompat``, ``packing``): percentages and the model's
 sizes in words."""
 
 from __future__ import annotations

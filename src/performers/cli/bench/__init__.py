@@ -16,6 +16,7 @@ from performers.cli.bench import (
     generate,
     gpu,
     loader,
+    packing,
     paper,
     prepare,
     proteins,
@@ -43,6 +44,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         gb1_zero_shot,
         context_parallel,
         gpu,
+        packing,
     )
     for module in modules:
         register(module.add_parser(bench), module.run)
