@@ -133,4 +133,14 @@ def batch_loader(
         generator=torch.Generator().manual_seed(seed),
         worker_init_fn=_leave_stop_signals_to_the_trainer if num_workers else None,
     )
-    return iter(loader)
+    if not num_workers or not hasattr(signal, "pthread_sigmask"):
+        return iter(loader)
+    # The workers start (fork) here, with the mask of this thread: with SIGTERM blocked until
+    # `_leave_stop_signals_to_the_trainer` takes it over, a job-wide SIGTERM arriving while a
+    # worker starts stays pending for that worker instead of ending it. Here it waits the few
+    # milliseconds of the fork and is delivered when the mask is restored.
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -18,7 +18,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--heads", type=int, default=4, help="heads H")
     parser.add_argument("--dim", type=int, default=64, help="head dimension D")
     parser.add_argument("--num-features", type=int, default=128, help="random features M")
-    parser.add_argument("--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS))
+    parser.add_argument(
+        "--directions", nargs="+", choices=DIRECTIONS, default=list(DIRECTIONS),
+        help="attention directions to time",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=int, default=7, help="interleaved timed repeats (medians)")
     parser.add_argument(
         "--extra-lengths",
