@@ -7,7 +7,7 @@ TORCH_PIN = torch==2.13.0
 # --strict: a broken link, a missing page or a docstring the API reference cannot read fails.
 MKDOCS  = NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
-.PHONY: demo test lint docs venv clean
+.PHONY: demo test test-slow lint docs venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,12 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check src tests
 	$(VENV)/bin/lint-imports
 	$(MKDOCS) --site-dir site
-	$(PY) -m pytest -q -n auto --dist worksteal
+	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow"
+
+# The long end-to-end tests (marked slow): every benchmark run end to end at tiny sizes and the
+# installed wheel. CI runs them after `make test` (.ci/run); `make test` stays a short loop.
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -n auto --dist worksteal -m slow
 
 # The documentation site (README-linked guides under docs/ and the API reference) into site/.
 docs: $(VENV)/.installed

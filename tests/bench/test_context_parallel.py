@@ -2,10 +2,13 @@
 
 import json
 
+import pytest
+
 from performers.bench.context_parallel import Spec, run_context_parallel, summary_bytes
 from tests.helpers.results import assert_written_by_the_results_writer
 
 
+@pytest.mark.slow
 def test_tiny_context_parallel_benchmark_writes_its_report(tmp_path):
     base = Spec(length=64, heads=2, head_dim=4, features=8, repeats=1, threads=1)
     longest = Spec(

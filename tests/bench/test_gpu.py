@@ -3,11 +3,14 @@ section is measured or says why not, and the reports are written."""
 
 import json
 
+import pytest
+
 from performers.bench.gpu import run_gpu_suite
 from performers.bench.gpu_report import targets
 from tests.helpers.results import assert_written_by_the_results_writer
 
 
+@pytest.mark.slow
 def test_gpu_suite_runs_on_cpu_and_writes_reports(tmp_path):
     results = run_gpu_suite(
         tmp_path,

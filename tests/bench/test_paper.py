@@ -101,6 +101,7 @@ def test_kernel_sweep_end_to_end(tmp_path):
     assert "| favor-sigmoid | steps |" in report and "grad-norm spikes" in report
 
 
+@pytest.mark.slow
 def test_baselines_end_to_end_with_equal_steps_and_equal_wall_clock(tmp_path):
     out = tmp_path / "baselines"
     args = ["bench", "baselines", *TINY, "--tasks", "text", "--max-length", "32", "--eval-limit", "1"]
@@ -128,6 +129,7 @@ def test_baselines_end_to_end_with_equal_steps_and_equal_wall_clock(tmp_path):
     assert "wall-clock" in (out / "baselines.md").read_text()
 
 
+@pytest.mark.slow
 def test_pixels_end_to_end_reports_bits_per_dim_and_samples_images(tmp_path):
     out = tmp_path / "pixels"
     args = ["bench", "pixels", *TINY, "--samples", "2", "--eval-images", "2", "--test-images", "4"]
@@ -142,6 +144,7 @@ def test_pixels_end_to_end_reports_bits_per_dim_and_samples_images(tmp_path):
     assert "sampling 2 images" in report and "bits/dim" in report and "trained on 8 images" in report
 
 
+@pytest.mark.slow
 def test_text_end_to_end_at_two_contexts_with_samples(tmp_path):
     out = tmp_path / "text"
     args = ["bench", "text", *TINY, "--contexts", "32", "64", "--tokens-per-step", "128"]

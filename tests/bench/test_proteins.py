@@ -3,12 +3,15 @@
 import json
 import math
 
+import pytest
+
 from performers.cli import build_parser, main, with_config_file
 from performers.models import from_pretrained
 from tests.cli.test_proteins import TINY
 from tests.helpers.results import assert_written_by_the_results_writer
 
 
+@pytest.mark.slow
 def test_table2_trains_every_variant_with_the_same_steps_and_reports_them(tmp_path, capsys):
     assert main(["bench", "proteins-table", *TINY, "--tasks", "mlm", "--out", str(tmp_path)]) == 0
     table = (tmp_path / "table2.md").read_text()
@@ -28,6 +31,7 @@ def test_table2_trains_every_variant_with_the_same_steps_and_reports_them(tmp_pa
     assert (tmp_path / "curves_mlm.png").exists()
 
 
+@pytest.mark.slow
 def test_long_context_budgets_steps_from_each_models_probed_step_time(tmp_path):
     args = [*TINY, "--max-length", "64", "--minutes", "0.002", "--probe-steps", "3", "--concatenate"]
     assert main(["bench", "proteins-long", *args, "--out", str(tmp_path)]) == 0
@@ -56,6 +60,7 @@ def test_a_config_file_sets_options_of_a_nested_bench_command(tmp_path):
     assert (args.d_model, args.minutes, args.layers) == (48, 2.5, 3)
 
 
+@pytest.mark.slow
 def test_precision_trains_float32_and_bf16_per_seed_interleaved_and_reports_them(tmp_path):
     args = [*TINY, "--seeds", "0", "1", "--tail", "2", "--out", str(tmp_path)]
     assert main(["bench", "proteins-precision", *args]) == 0

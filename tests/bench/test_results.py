@@ -108,6 +108,7 @@ def test_a_failing_write_leaves_the_previous_results(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md"]
 
 
+@pytest.mark.slow
 def test_embed_score_loader_and_prepare_write_through_the_writer(tmp_path, monkeypatch):
     out = tmp_path / "embed_score.json"
     args = ["bench", "embed-score", "--tasks", "embed", "--backends", "favor", "--lengths", "96"]

@@ -23,6 +23,7 @@ def test_run_point_in_process(method):
         assert point.floor_forward_s > 0
 
 
+@pytest.mark.slow
 def test_memory_point_in_subprocess_and_report(tmp_path):
     base = speed.Spec(method="favor", length=0, heads=2, dim=8, num_features=16, repeats=1, threads=1)
     points = speed.measure(["favor", "exact"], [64, 128], base=base, log=lambda _: None)
@@ -42,6 +43,7 @@ def test_crossover_is_the_start_of_the_final_winning_run():
     assert speed_report.crossover(points[:4], "favor", "exact") == 2
 
 
+@pytest.mark.slow
 def test_main_writes_json_markdown(tmp_path):
     from performers.cli import main
 
@@ -89,6 +91,7 @@ def test_the_speed_command_is_one_parser_with_its_options(capsys):
     assert "--max-seconds" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_autocast_points_run_bf16_and_merge_as_their_own_columns(tmp_path, capsys):
     from performers.cli import main
 
