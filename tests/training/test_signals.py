@@ -156,8 +156,10 @@ def test_outside_the_main_thread_signals_keep_their_handlers():
 # `performers train` in a process of its own, each step slowed so that a signal from outside lands
 # mid-run (the tiny model's steps take milliseconds); everything else is the real command.
 SLOW_TRAIN = """
-import sys, time
+import os, sys, time
+import performers.training.signals as signals
 from performers.training import Trainer
+signals.ECHO_SECONDS = float(os.environ.get("TEST_ECHO_SECONDS", signals.ECHO_SECONDS))
 next_batch = Trainer._next_batch
 def slow(self):
     time.sleep(0.05)
@@ -175,10 +177,12 @@ ARGS = [
 ]  # fmt: skip
 
 
-def _start(out: Path, env: dict | None = None, workers: int = 0) -> subprocess.Popen:
+def _start(
+    out: Path, env: dict | None = None, workers: int = 0, extra: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """``performers train`` in a session of its own (a process group to signal as a whole)."""
     return subprocess.Popen(
-        [sys.executable, "-c", SLOW_TRAIN, *ARGS, "--workers", str(workers), "--out", str(out)],
+        [sys.executable, "-c", SLOW_TRAIN, *ARGS, "--workers", str(workers), "--out", str(out), *extra],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), **(env or {})},
@@ -246,4 +250,53 @@ def test_sigterm_to_one_process_of_a_two_process_ddp_run_stops_both_after_the_sa
     step = latest_checkpoint(out / "checkpoints").step
     assert 1 <= step < 40 and _steps(out)[-1] == step  # rank 0 logged no step beyond the checkpoint
     assert "resume with:" in errors[0] and "resume with:" not in errors[1]  # one line per job
+    assert _released(out)
+
+
+def _ddp_job() -> dict:
+    job = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1"}
+    return {**job, "MASTER_PORT": str(_free_port())}
+
+
+def _run_ddp(out: Path, extra: tuple[str, ...] = ()) -> None:
+    job = _ddp_job()
+    ranks = [_start(out, {**job, "RANK": str(r), "LOCAL_RANK": str(r)}, extra=extra) for r in range(2)]
+    errors = [process.communicate(timeout=300)[1] for process in ranks]
+    assert [p.returncode for p in ranks] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+
+
+@pytest.mark.slow
+def test_a_ddp_run_stopped_by_sigterm_on_every_rank_resumes_equal_to_an_uninterrupted_one(tmp_path):
+    """SLURM's way: every task gets SIGTERM. Both ranks stop after the same step, and a two-process
+    ``--resume`` ends with the weights of an uninterrupted two-process run, tensor for tensor."""
+    out = tmp_path / "ddp"
+    job = _ddp_job()
+    ranks = [_start(out, {**job, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    _wait_for_a_step(out, *ranks)
+    for process in ranks:
+        process.send_signal(signal.SIGTERM)
+    errors = [process.communicate(timeout=120)[1] for process in ranks]
+    assert [p.returncode for p in ranks] == [143, 143], errors[0][-2000:] + errors[1][-2000:]
+    step = latest_checkpoint(out / "checkpoints").step
+    assert 1 <= step < 40 and _released(out)
+    _run_ddp(out, extra=("--resume",))
+    _run_ddp(tmp_path / "reference")
+    resumed, _ = load_safetensors(out / "final" / "model.safetensors")
+    reference, _ = load_safetensors(tmp_path / "reference" / "final" / "model.safetensors")
+    _assert_same_weights(reference, resumed)
+
+
+def test_ctrl_c_twice_in_a_real_process_aborts_at_once_and_leaves_the_lock_free(tmp_path):
+    """The first SIGINT asks for a clean stop; a second one aborts at once (KeyboardInterrupt: the
+    process ends by SIGINT), without the clean stop's checkpoint, the lock free for the next run.
+    (The launcher-echo window is set to 0 here, so the presses may come 10 ms apart.)"""
+    out = tmp_path / "aborted"
+    process = _start(out, {"TEST_ECHO_SECONDS": "0"})
+    _wait_for_a_step(out, process)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGINT, err[-2000:]
+    assert "KeyboardInterrupt" in err and "stopped by SIGINT" not in err
     assert _released(out)
