@@ -60,6 +60,7 @@ from performers.ops.call import (
     check_state_options,
     compute_dtype,
     input_scale,
+    resolve_masks,
 )
 from performers.ops.causal.favor import causal_favor_attention
 from performers.ops.causal.generic import causal_linear_attention
@@ -68,14 +69,13 @@ from performers.ops.checks import (
     check_positive_int,
     check_state,
     shape_str,
-    validate_cu_seqlens,
     validate_devices,
     validate_mask,
     validate_projection,
     validate_qkv,
 )
 from performers.ops.kernels import Kernel, KernelLike, get_kernel
-from performers.ops.masks import mask_key_padding, resolve_is_causal
+from performers.ops.masks import resolve_is_causal
 from performers.ops.state import DEFAULT_CHUNK_SIZE, SEGMENT_CHUNKS, FavorState
 from performers.ops.underflow import warn_zero_rows
 
@@ -137,17 +137,10 @@ def linear_attention(
         key_padding_mask=key_padding_mask,
         attn_mask=attn_mask if isinstance(attn_mask, Tensor) else None,  # a non-tensor: TypeError below
     )
-    if attn_mask is not None:
-        b, h, lq = q_features.shape[:3]
-        padding, implied = mask_key_padding(attn_mask, batch=b, heads=h, q_len=lq, k_len=k_features.shape[2])
-        key_padding_mask = padding if key_padding_mask is None else key_padding_mask | padding
-        causal = causal or implied
-        if causal:
-            validate_qkv(q_features, k_features, v, causal=True, enable_gqa=enable_gqa)
-    bounds = None
-    if cu_seqlens is not None:
-        masked = key_padding_mask is not None or attn_mask is not None
-        bounds = validate_cu_seqlens(cu_seqlens, q_features, k_features, masked=masked)
+    key_padding_mask, causal, bounds = resolve_masks(
+        q_features, k_features, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+        causal=causal, enable_gqa=enable_gqa, cu_seqlens=cu_seqlens,
+    )  # fmt: skip
     check_positive_int("chunk_size", chunk_size)
     check_state_options(causal, initial_state, return_state)
     if initial_state is not None:

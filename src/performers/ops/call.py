@@ -38,6 +38,7 @@ __all__ = [
     "check_state_options",
     "compute_dtype",
     "input_scale",
+    "resolve_masks",
     "state_dtype",
 ]
 
@@ -164,6 +165,37 @@ def check_initial_state(
     )
 
 
+def resolve_masks(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    attn_mask: Tensor | None,
+    key_padding_mask: Tensor | None,
+    causal: bool,
+    enable_gqa: bool,
+    cu_seqlens: Tensor | None,
+) -> tuple[Tensor | None, bool, tuple[int, ...] | None]:
+    """SDPA's ``attn_mask`` folded into ``key_padding_mask`` and ``causal`` (a mask with the causal
+    triangle implies ``causal``, then checked as such), and ``cu_seqlens`` checked into its
+    boundaries; returns ``(key_padding_mask, causal, boundaries or None)``. Shared by
+    :func:`check_favor_call` and :func:`performers.ops.linear_attention` (``q``, ``k``: queries
+    and keys or their features)."""
+    if attn_mask is not None:
+        padding, implied = mask_key_padding(
+            attn_mask, batch=q.shape[0], heads=q.shape[1], q_len=q.shape[2], k_len=k.shape[2]
+        )
+        key_padding_mask = padding if key_padding_mask is None else key_padding_mask | padding
+        causal = causal or implied
+        if causal:
+            validate_qkv(q, k, v, causal=True, enable_gqa=enable_gqa)
+    bounds = None
+    if cu_seqlens is not None:
+        masked = key_padding_mask is not None or attn_mask is not None
+        bounds = validate_cu_seqlens(cu_seqlens, q, k, masked=masked)
+    return key_padding_mask, causal, bounds
+
+
 def check_favor_call(
     q: Tensor,
     k: Tensor,
@@ -208,18 +240,10 @@ def check_favor_call(
         key_padding_mask=key_padding_mask,
         attn_mask=attn_mask if isinstance(attn_mask, Tensor) else None,  # a non-tensor: TypeError below
     )
-    if attn_mask is not None:
-        padding, implied = mask_key_padding(
-            attn_mask, batch=q.shape[0], heads=q.shape[1], q_len=q.shape[2], k_len=k.shape[2]
-        )
-        key_padding_mask = padding if key_padding_mask is None else key_padding_mask | padding
-        causal = causal or implied
-        if causal:
-            validate_qkv(q, k, v, causal=True, enable_gqa=enable_gqa)
-    bounds = None
-    if cu_seqlens is not None:
-        masked = key_padding_mask is not None or attn_mask is not None
-        bounds = validate_cu_seqlens(cu_seqlens, q, k, masked=masked)
+    key_padding_mask, causal, bounds = resolve_masks(
+        q, k, v, attn_mask=attn_mask, key_padding_mask=key_padding_mask, causal=causal,
+        enable_gqa=enable_gqa, cu_seqlens=cu_seqlens,
+    )  # fmt: skip
     check_positive_int("chunk_size", chunk_size)
     check_positive_int("block_size", block_size, optional=True)
     check_state_options(causal, initial_state, return_state)
