@@ -29,6 +29,7 @@ from torch import Tensor
 from performers.layers.local import local_attention
 from performers.layers.sdpa import sdpa_attention
 from performers.ops import favor_attention
+from performers.ops.checks import packed_boundaries
 
 __all__ = [
     "check_cu_seqlens",
@@ -41,18 +42,9 @@ __all__ = [
 
 
 def check_cu_seqlens(cu_seqlens: Tensor, total: int, name: str = "cu_seqlens") -> None:
-    """Raise unless ``cu_seqlens`` is an int ``(N + 1,)`` tensor rising strictly from 0 to ``total``."""
-    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.is_floating_point():
-        shape = tuple(cu_seqlens.shape) if isinstance(cu_seqlens, Tensor) else type(cu_seqlens).__name__
-        raise TypeError(f"{name} must be a 1-D integer tensor (N + 1,), got {shape}")
-    if cu_seqlens.dtype == torch.bool or cu_seqlens.numel() < 2:
-        raise ValueError(f"{name} must hold N + 1 >= 2 integer offsets, got {cu_seqlens.tolist()}")
-    offsets = cu_seqlens.tolist()
-    if offsets[0] != 0 or offsets[-1] != total or any(b <= a for a, b in itertools.pairwise(offsets)):
-        raise ValueError(
-            f"{name} must rise strictly from 0 to the packed length {total}, got {offsets[:8]}"
-            + (" ..." if len(offsets) > 8 else "")
-        )
+    """Raise unless ``cu_seqlens`` is an int ``(N + 1,)`` tensor rising strictly from 0 to ``total``
+    (:func:`performers.ops.checks.packed_boundaries`, the ops' own check)."""
+    packed_boundaries(cu_seqlens, total, name)
 
 
 def cu_seqlens_from_position_ids(position_ids: Tensor) -> Tensor | None:
@@ -100,8 +92,7 @@ def _check_packed(q: Tensor, k: Tensor, v: Tensor, cu_seqlens: Tensor) -> list[i
             f"packed attention is self-attention: q, k, v need one length T, got "
             f"{q.shape[2]}, {k.shape[2]}, {v.shape[2]}"
         )
-    check_cu_seqlens(cu_seqlens, q.shape[2])
-    return cu_seqlens.tolist()
+    return list(packed_boundaries(cu_seqlens, q.shape[2]))
 
 
 def _per_sequence(

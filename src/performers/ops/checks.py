@@ -15,6 +15,7 @@ __all__ = [
     "check_float",
     "check_positive_int",
     "check_state",
+    "packed_boundaries",
     "shape_str",
     "validate_cu_seqlens",
     "validate_devices",
@@ -87,6 +88,34 @@ def validate_qkv(q: Tensor, k: Tensor, v: Tensor, *, causal: bool, enable_gqa: b
         )
 
 
+def packed_boundaries(cu_seqlens: Tensor, total: int, name: str = "cu_seqlens") -> tuple[int, ...]:
+    """``cu_seqlens`` checked as the boundaries of ``total`` packed positions (typed errors naming
+    ``name``): a 1-D int32/int64 tensor ``(N+1,)`` rising strictly from 0 to ``total``. Returns
+    the boundaries as ints (read once; on a GPU this synchronizes). The one check of packed
+    boundaries, for the ops and for the layers and models that pack."""
+    if not isinstance(cu_seqlens, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(
+            f"{name} must have an integer dtype, torch.int32 or torch.int64, got {cu_seqlens.dtype}"
+        )
+    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
+        raise ValueError(
+            f"{name} must be 1-D of shape (N+1,) with N >= 1 sequences, got {shape_str(cu_seqlens)}"
+        )
+    bounds = tuple(int(b) for b in cu_seqlens.tolist())
+    if bounds[0] != 0 or bounds[-1] != total:
+        raise ValueError(
+            f"{name} must rise strictly from 0 to T: start at 0 and end at T = {total} (the packed "
+            f"length), got first {bounds[0]} and last {bounds[-1]}"
+        )
+    if any(b <= a for a, b in itertools.pairwise(bounds)):
+        raise ValueError(
+            f"{name} must rise strictly (strictly increasing, every sequence non-empty), got {list(bounds)}"
+        )
+    return bounds
+
+
 def validate_cu_seqlens(cu_seqlens: Tensor, q: Tensor, k: Tensor, *, masked: bool) -> tuple[int, ...]:
     """The boundaries of a packed batch, checked (typed errors naming ``cu_seqlens``).
 
@@ -95,15 +124,7 @@ def validate_cu_seqlens(cu_seqlens: Tensor, q: Tensor, k: Tensor, *, masked: boo
     ``cu_seqlens[i]:cu_seqlens[i+1]`` of ``q``, ``k``, ``v``, which are ``(1, H, T, D)`` (queries
     and keys of one length: each sequence attends within itself). ``masked``: a
     ``key_padding_mask`` or ``attn_mask`` was given as well, which packing replaces (refused).
-    Returns the boundaries as ints (read once; on a GPU this synchronizes)."""
-    if not isinstance(cu_seqlens, Tensor):
-        raise TypeError(f"cu_seqlens must be a torch.Tensor, got {type(cu_seqlens).__name__}")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"cu_seqlens must have dtype torch.int32 or torch.int64, got {cu_seqlens.dtype}")
-    if cu_seqlens.dim() != 1 or cu_seqlens.shape[0] < 2:
-        raise ValueError(
-            f"cu_seqlens must be 1-D of shape (N+1,) with N >= 1 sequences, got {shape_str(cu_seqlens)}"
-        )
+    Returns the boundaries as ints (:func:`packed_boundaries`)."""
     if q.shape[0] != 1:
         raise ValueError(
             f"with cu_seqlens, q, k and v hold the sequences back to back in one row: batch must be 1, "
@@ -119,18 +140,7 @@ def validate_cu_seqlens(cu_seqlens: Tensor, q: Tensor, k: Tensor, *, masked: boo
             "cu_seqlens cannot be combined with key_padding_mask or attn_mask: a packed batch has "
             "no padding (each sequence attends within itself; pass is_causal for the causal form)"
         )
-    bounds = tuple(int(b) for b in cu_seqlens.tolist())
-    total = q.shape[2]
-    if bounds[0] != 0 or bounds[-1] != total:
-        raise ValueError(
-            f"cu_seqlens must start at 0 and end at T = {total} (the packed length of q), "
-            f"got first {bounds[0]} and last {bounds[-1]}"
-        )
-    if any(b <= a for a, b in itertools.pairwise(bounds)):
-        raise ValueError(
-            f"cu_seqlens must be strictly increasing (every sequence non-empty), got {list(bounds)}"
-        )
-    return bounds
+    return packed_boundaries(cu_seqlens, q.shape[2])
 
 
 def validate_mask(mask: Tensor | None, batch: int, length: int) -> None:
