@@ -20,6 +20,11 @@ reads — while ``1 .. num_layers - 1`` are the un-normalized residual stream
 sees its prefix only), a masked one bidirectionally. A protein embedded alone gets the same
 vectors as in a padded batch (padding is masked out of attention).
 
+Proteins come as FASTA records, ``(id, sequence)`` pairs, a ``{id: sequence}`` dict or plain
+strings (ids ``seq1``, ``seq2``, ...): :func:`protein_pairs`, shared with the scoring jobs.
+:func:`embed_proteins` returns an :class:`Embeddings` dict, also ``(ids, array)`` or a pandas
+table. ``device=`` moves the model first (:func:`place_model`); results come back on the CPU.
+
 The model comes in through :class:`performers.jobs.protein_lm.ProteinLM` (this package's
 models are wrapped by :func:`~performers.jobs.protein_lm.as_protein_lm`).
 :func:`embed_proteins` is the one-layer, one-kind form. The helpers here
