@@ -102,7 +102,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_checkpoint_option(p, default=100)
     add_resume_option(p, may_change="--steps, --checkpoint-every, --threads")
     add_overwrite_option(p)
-    p.add_argument("--seed", type=int, default=0, help="data-order seed (and the projection seed unless --projection-seed is given)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="data-order seed (and the projection seed unless --projection-seed is given)",
+    )
     add_compute_options(p)
     add_favor_options(p)
     return p
