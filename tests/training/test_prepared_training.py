@@ -65,10 +65,11 @@ def test_train_on_fasta_files_prepares_a_cache_once_and_evaluates_per_protein(
     out = capsys.readouterr().out
     assert "no test split: evaluating on the validation records" in out
     (cached,) = (tmp_path / "cache" / "prepared").iterdir()
+    assert f"cached the prepared dataset in {cached}" in out  # the command says where
     manifest = json.loads((cached / "manifest.json").read_text())
     assert manifest["splits"]["train"]["records"] == 24
     assert main([*args[:-1], str(tmp_path / "again")]) == 0
-    assert f"using the prepared dataset {cached}" in capsys.readouterr().out
+    assert f"using the cached prepared dataset {cached}" in capsys.readouterr().out
     # evaluate on any FASTA, with one row per protein
     table = tmp_path / "rows.csv"
     assert (

@@ -16,7 +16,13 @@ from __future__ import annotations
 import argparse
 
 from performers.cli.favor_options import add_favor_options, favor_config_from_args
-from performers.cli.options import add_diagnosis_options, run_diagnosis
+from performers.cli.options import (
+    add_compute_options,
+    add_diagnosis_options,
+    check_output_dir,
+    compute_device,
+    run_diagnosis,
+)
 from performers.jobs.diagnose import DEFAULT_FEATURES, DEFAULT_KERNELS
 from performers.jobs.diagnose_report import format_summary
 
@@ -39,10 +45,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     check.add_argument("--check-limit", type=int, default=32, help="sentences of the sample")
     add_diagnosis_options(check, prefix="check-")
+    add_compute_options(parser)  # --device: where --check runs the model (converting is a copy)
     return parser
 
 
-def _check(args: argparse.Namespace, kernel: str, num_features: int | None) -> None:
+def _check(args: argparse.Namespace, kernel: str, num_features: int | None, device) -> None:
     """Print the diagnosis of ``args.model`` and the verdict on the chosen kernel and M."""
     features = sorted({*DEFAULT_FEATURES, *([num_features] if num_features else [])})
     kernels = list(dict.fromkeys([*args.check_kernels, *([kernel] if kernel in DEFAULT_KERNELS else [])]))
@@ -57,6 +64,7 @@ def _check(args: argparse.Namespace, kernel: str, num_features: int | None) -> N
         draws=args.check_draws,
         projection=args.check_projection,
         max_queries=16,
+        device=device,
     )
     print(format_summary(report))
     chosen = [h for h in report.heads if h.kernel == kernel]
@@ -69,13 +77,15 @@ def _check(args: argparse.Namespace, kernel: str, num_features: int | None) -> N
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "OUT")
+    device = compute_device(args)
     from performers.integrations.transformers import load_hf_model, performerize
 
     favor = favor_config_from_args(args)
     # UnsupportedModelError: a family the FAVOR attention does not support (before its weights load)
     model, tokenizer = load_hf_model(args.model, supported_only=True)
     if args.check:
-        _check(args, favor.kernel, favor.num_features)
+        _check(args, favor.kernel, favor.num_features, device)
     performerize(model, favor)
     model.save_pretrained(args.out)
     if tokenizer is not None:

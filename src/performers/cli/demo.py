@@ -8,9 +8,10 @@ import time
 
 from performers.cli.options import (
     add_training_options,
+    check_output_dir,
+    compute_device,
     data_from_args,
     model_config_from_args,
-    set_threads,
     training_config_from_args,
 )
 from performers.jobs import DEMO_MODEL, compare
@@ -20,12 +21,13 @@ HELP = "the main job: a FAVOR+ protein LM and its exact-softmax twin, trained an
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("demo", help=HELP, description=HELP)
-    add_training_options(parser, steps=150, out="runs/demo", favor=DEMO_MODEL.favor)
+    add_training_options(parser, steps=150, out="runs/demo", favor=DEMO_MODEL.favor, device=True)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    set_threads(args)
+    check_output_dir(args.out)
+    device = compute_device(args)
     start = time.perf_counter()
     report = compare(
         model_config_from_args(args),
@@ -34,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         corpus=data_from_args(args),
         train_limit=args.train_limit,
         test_limit=args.test_limit,
+        device=device,
     )
     print(report)
     print(

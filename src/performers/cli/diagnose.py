@@ -7,7 +7,14 @@ from __future__ import annotations
 import argparse
 
 from performers.cli.common import add_num_features_sweep, command_text
-from performers.cli.options import MINILM, add_diagnosis_options, run_diagnosis
+from performers.cli.options import (
+    MINILM,
+    add_compute_options,
+    add_diagnosis_options,
+    check_output_dir,
+    compute_device,
+    run_diagnosis,
+)
 from performers.jobs import write_diagnosis
 from performers.jobs.diagnose import DEFAULT_FEATURES
 from performers.jobs.diagnose_report import format_summary
@@ -33,10 +40,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--limit", type=int, default=64, help="first N proteins or sentences")
     parser.add_argument("--out", default=None, help="write diagnose.json, diagnose.md and diagnose.png here")
+    add_compute_options(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out)
+    device = compute_device(args)
     report = run_diagnosis(
         args.model,
         data=args.data,
@@ -47,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         draws=args.draws,
         projection=args.projection,
+        device=device,
     )
     print(format_summary(report))
     if args.out:

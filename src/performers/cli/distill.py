@@ -12,12 +12,15 @@ import argparse
 from performers.cli.common import add_hidden_alias, user_errors_named
 from performers.cli.favor_options import FAVOR_FIELDS, add_favor_options, favor_config_from_args
 from performers.cli.options import (
+    add_checkpoint_option,
+    add_compute_options,
     add_overwrite_option,
     add_resume_option,
+    check_output_dir,
     check_resume_overwrite,
+    compute_device,
     refusals_as_errors,
     run_fields,
-    set_threads,
 )
 
 HELP = "distil a Hugging Face model into its FAVOR+ version (hidden states, logits, task loss)"
@@ -96,21 +99,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="weight of the model's own loss (causal LM: next token)",
     )
     p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the logit KL")
-    p.add_argument("--checkpoint-every", type=int, default=100, help="checkpoint period in steps")
+    add_checkpoint_option(p, default=100)
     add_resume_option(p, may_change="--steps, --checkpoint-every, --threads")
     add_overwrite_option(p)
-    p.add_argument("--seed", type=int, default=0, help="data-order seed (and projection seed by default)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="data-order seed (and the projection seed unless --projection-seed is given)",
+    )
+    add_compute_options(p)
     add_favor_options(p)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    check_resume_overwrite(args)
+    check_output_dir(args.out)
+    device = compute_device(args)
     from performers.integrations.distill import DistillConfig
     from performers.jobs.distillation import distill_model
 
-    check_resume_overwrite(args)
-    set_threads(args)
     favor = favor_config_from_args(args)
     names = option_of(args.command_parser)
     with user_errors_named({k.removeprefix("distill."): v for k, v in names.items()}, "distill options"):
@@ -125,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             fasta=args.fasta,
             resume=args.resume,
             overwrite=args.overwrite,
+            device=device,
         )
     print(
         f"distilled {result['steps']} steps in {result['seconds']:.0f} s (loss {result['loss']:.4g}); "

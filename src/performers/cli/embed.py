@@ -13,7 +13,13 @@ from performers.cli.common import (
     option_names,
     user_errors_named,
 )
-from performers.cli.options import add_protein_model_options, check_output_file, load_model, read_records
+from performers.cli.options import (
+    add_protein_model_options,
+    check_output_file,
+    compute_device,
+    load_model,
+    read_records,
+)
 from performers.jobs.embedding import (
     INCLUDES,
     extract_representations,
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith((".npz", ".safetensors")):
         raise UsageError(f"--out {args.out}: must end in .npz or .safetensors")
     check_output_file(args.out)
+    compute_device(args)  # a --device or --threads the machine refuses, before reading anything
     truncation = _truncation(args)
     records = read_records(args.input)
     model, tokenizer = load_model(args)

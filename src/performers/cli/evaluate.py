@@ -8,7 +8,13 @@ from __future__ import annotations
 import argparse
 
 from performers.cli.common import UsageError
-from performers.cli.options import MODEL_HELP, check_output_file, model_source
+from performers.cli.options import (
+    MODEL_HELP,
+    add_compute_options,
+    check_output_file,
+    compute_device,
+    model_source,
+)
 from performers.jobs import evaluate_model, evaluate_per_sequence, load_trained, write_csv
 from performers.jobs.hf_protein_lm import evaluate_protein_lm, protein_lm_from_directory
 from performers.jobs.protein_evaluation import evaluation_proteins, protein_ids
@@ -49,6 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="CSV",
         help="also write one row per protein: id, length, tokens, loss, perplexity, accuracy",
     )
+    add_compute_options(parser)
     return parser
 
 
@@ -76,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise UsageError(f"--limit must be >= 0, got {args.limit}")
     check_output_file(args.per_sequence, "--per-sequence")
+    device = compute_device(args)
     if model_source(args.model) == "huggingface":
-        return _run_huggingface(args)
+        return _run_huggingface(args, device)
     model, tokenizer = load_trained(args.model, attention=args.attention)
+    model.to(device)  # the batches follow it
     task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
     max_length = max_length_of(model, args.max_length)
     sequences, what = evaluation_proteins(args.data, args.split, args.limit)
@@ -100,12 +109,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_huggingface(args: argparse.Namespace) -> int:
+def _run_huggingface(args: argparse.Namespace, device) -> int:
     """A Hugging Face protein model: :func:`~performers.jobs.hf_protein_lm.evaluate_protein_lm`
     on residue strings (15% of each protein's residues masked for ESM / ProtBert, every next
     token for ProtGPT2)."""
     try:
-        lm = protein_lm_from_directory(args.model, attention=args.attention)
+        lm = protein_lm_from_directory(args.model, attention=args.attention, device=device)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load the model: {error}") from None
     sequences, what = evaluation_proteins(args.data, args.split, args.limit)

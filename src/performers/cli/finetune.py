@@ -10,13 +10,13 @@ import argparse
 
 from performers.cli.common import UsageError, option_names, user_errors_named
 from performers.cli.options import (
-    add_device_option,
+    add_checkpoint_option,
     add_model_options,
     add_resume_option,
     add_run_options,
-    device_from_args,
+    check_output_dir,
+    compute_device,
     model_config_from_args,
-    set_threads,
     training_config_from_args,
 )
 from performers.jobs import finetune
@@ -37,7 +37,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "refused)",
     )
     parser.add_argument("--freeze", action="store_true", help="train the head only (a linear probe)")
-    add_device_option(parser)
     parser.add_argument(
         "--random-init",
         action="store_true",
@@ -72,11 +71,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--schedule", choices=SCHEDULES, default="constant", help="learning rate after warm-up"
     )
     group.add_argument("--eval-every", type=int, default=50, help="validation Q3 every N steps")
+    add_checkpoint_option(group)
     group.add_argument("--train-limit", type=int, default=None, help="use only the first N training proteins")
     group.add_argument("--test-limit", type=int, default=None, help="score only the first N test proteins")
     add_model_options(parser)  # the random-init encoder
-    add_run_options(parser, out="runs/finetune")
-    add_resume_option(parser, may_change="--steps, --eval-every, --threads")
+    add_run_options(parser, out="runs/finetune", device=True)
+    add_resume_option(parser, may_change="--steps, --eval-every, --checkpoint-every, --threads")
     return parser
 
 
@@ -100,7 +100,8 @@ def _splits(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    set_threads(args)
+    check_output_dir(args.out)
+    device = compute_device(args)
     splits = _splits(args)
     for name, data in splits.items():
         if len(data) == 0:
@@ -112,7 +113,6 @@ def run(args: argparse.Namespace) -> int:
     # The data's kind (token classes or a sequence target) is the task; the optimizer's
     # weight decay and gradient clipping are fine-tuning's own.
     training = training_config_from_args(args, task=splits["train"].kind, weight_decay=0.01, grad_clip=1.0)
-    device = device_from_args(args)
     result = finetune(
         encoder,
         training,

@@ -8,7 +8,7 @@ import argparse
 import torch
 
 from performers.cli.common import UsageError, option_names, user_errors_named
-from performers.cli.options import model_source
+from performers.cli.options import add_compute_options, compute_device, model_source
 from performers.jobs import load_trained
 from performers.jobs.hf_protein_lm import generate_proteins, protein_lm_from_directory
 from performers.models import PerformerForCausalLM
@@ -40,6 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         action="store_true",
         help="map characters outside the model's residues to <unk> instead of refusing the prompt",
     )
+    add_compute_options(parser)
     return parser
 
 
@@ -59,9 +60,9 @@ def encode_prompts(tokenizer: ProteinTokenizer, prompts: list[str], *, allow_unk
     return tokenizer.batch_encode(prompts, padding_side="left", unknown=unknown)
 
 
-def _run_huggingface(args: argparse.Namespace) -> int:
+def _run_huggingface(args: argparse.Namespace, device: torch.device) -> int:
     try:
-        lm = protein_lm_from_directory(args.model)
+        lm = protein_lm_from_directory(args.model, device=device)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load the model: {error}") from None
     if not lm.is_causal:
@@ -86,13 +87,16 @@ def _run_huggingface(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    device = compute_device(args)
     if model_source(args.model) == "huggingface":
-        return _run_huggingface(args)
+        return _run_huggingface(args, device)
     model, tokenizer = load_trained(args.model)
     if not isinstance(model, PerformerForCausalLM):
         raise UsageError(f"{args.model}: generation needs a causal LM (train with --task clm)")
+    model.to(device)
     ids, mask = encode_prompts(tokenizer, args.prompts, allow_unknown=args.allow_unknown)
-    ids, mask = ids[:, :-1], mask[:, :-1]  # drop <eos>: the model continues the prompt
+    # Drop <eos>: the model continues the prompt. Ids and the sampling generator live with the model.
+    ids, mask = ids[:, :-1].to(device), mask[:, :-1].to(device)
     with user_errors_named(option_names(args.command_parser)):  # --top-p 2: "--top-p: top_p must ..."
         tokens = model.generate(
             ids,
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             eos_token_id=tokenizer.eos_id,
             pad_token_id=tokenizer.pad_id,
-            generator=torch.Generator().manual_seed(args.seed),
+            generator=torch.Generator(device=device).manual_seed(args.seed),
         )
     for row in tokens:
         print(tokenizer.decode(row))

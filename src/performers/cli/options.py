@@ -15,6 +15,7 @@ Errors are raised, never printed (:mod:`performers.cli.common`).
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,10 +46,13 @@ from performers.training import (
 )
 
 __all__ = [
+    "CHECKPOINT_POLICY",
     "DTYPES",
     "MODEL_FIELDS",
     "MODEL_HELP",
     "TRAINING_FIELDS",
+    "add_checkpoint_option",
+    "add_compute_options",
     "add_crop_option",
     "add_data_options",
     "add_device_option",
@@ -59,8 +63,11 @@ __all__ = [
     "add_resume_option",
     "add_run_options",
     "add_training_options",
+    "check_output_dir",
     "check_output_file",
     "check_resume_overwrite",
+    "checkpoint_every_from_args",
+    "compute_device",
     "data_from_args",
     "device_from_args",
     "load_model",
@@ -147,10 +154,14 @@ def model_config_from_args(args: argparse.Namespace, *, attention: str = "favor"
         )
 
 
-def add_run_options(parser: argparse.ArgumentParser, *, out: str) -> None:
-    """``--seed``, ``--threads``, ``--out`` and ``--config`` (a JSON file of option values)."""
+def add_run_options(parser: argparse.ArgumentParser, *, out: str, device: bool = False) -> None:
+    """``--seed``, ``--threads`` (and ``--device`` when the command honours it:
+    :func:`add_compute_options`), ``--out`` and ``--config`` (a JSON file of option values)."""
     parser.add_argument("--seed", type=int, default=0, help="seed of weights, data order, masks, projections")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    if device:
+        add_compute_options(parser)
+    else:  # a benchmark that places its models itself
+        _add_threads_option(parser)
     parser.add_argument("--out", default=out, help="output directory")
     parser.add_argument(
         "--config",
@@ -168,6 +179,34 @@ def add_device_option(parser: argparse.ArgumentParser, *, default: str | None = 
         help="where the model runs: auto (CUDA when available, under torchrun each process's "
         "cuda:LOCAL_RANK; else the CPU), cpu, cuda, cuda:N (default: auto)",
     )
+
+
+def add_compute_options(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` and ``--device``: every command that runs a model takes both, spelled and
+    defaulted alike (:func:`compute_device` applies them)."""
+    _add_threads_option(parser)
+    add_device_option(parser)
+
+
+def _add_threads_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of torch (torch.set_num_threads; default: torch's, one per core)",
+    )
+
+
+def compute_device(args: argparse.Namespace) -> torch.device:
+    """Apply ``--threads`` and return ``--device`` as a device (what every computing command
+    does first).
+
+    Raises:
+        UsageError: ``--threads`` below 1, or a ``--device`` this machine cannot honour.
+    """
+    set_threads(args)
+    return device_from_args(args)
 
 
 def device_from_args(args: argparse.Namespace) -> torch.device:
@@ -243,9 +282,11 @@ def add_training_options(
     out: str,
     favor: FavorConfig | None = None,
     model: bool = True,
+    device: bool = False,
 ) -> None:
     """Everything a protein training run takes: model and FAVOR options (unless ``model`` is
-    False: the command loads its model), optimization, data and run options."""
+    False: the command loads its model), optimization, data and run options (``--device`` when
+    ``device``: the commands that train where it says)."""
     if model:
         add_model_options(parser, favor)
     group = parser.add_argument_group("training")
@@ -259,6 +300,7 @@ def add_training_options(
     group.add_argument("--warmup", type=int, default=20, help="linear warm-up steps before the decay")
     group.add_argument("--schedule", choices=SCHEDULES, default="cosine", help="learning rate after warm-up")
     group.add_argument("--eval-every", type=int, default=25, help="validation every N steps")
+    add_checkpoint_option(group)
     group.add_argument("--train-limit", type=int, default=None, help="use only the first N training proteins")
     group.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test proteins")
     group.add_argument("--bf16", action="store_true", help="bf16 autocast")
@@ -274,7 +316,41 @@ def add_training_options(
         help="train and evaluate on proteins joined into windows of exactly --max-length tokens",
     )
     add_data_options(parser)
-    add_run_options(parser, out=out)
+    add_run_options(parser, out=out, device=device)
+
+
+CHECKPOINT_POLICY = "max(--eval-every, --steps // 4): about four per run"
+
+
+def add_checkpoint_option(parser, *, default: int | None = None) -> None:
+    """``--checkpoint-every N``: the checkpoint period in steps (``train``, ``finetune``,
+    ``distill``); None (``train``, ``finetune``) is :func:`~performers.training.checkpoint_period`.
+    It may change on ``--resume`` (``training.checkpoint_every`` is in
+    :data:`~performers.training.SAFE_ON_RESUME`): the computation does not depend on it."""
+    policy = CHECKPOINT_POLICY if default is None else "%(default)s"
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=default,
+        metavar="N",
+        help=f"write a checkpoint every N steps, and at the last step (default: {policy}); "
+        "may change on --resume",
+    )
+
+
+def checkpoint_every_from_args(args: argparse.Namespace) -> int:
+    """``--checkpoint-every``, or the commands' policy
+    (:func:`~performers.training.checkpoint_period`) when not given.
+
+    Raises:
+        UsageError: a period below 1.
+    """
+    every = getattr(args, "checkpoint_every", None)
+    if every is None:
+        return checkpoint_period(args.steps, args.eval_every)
+    if every < 1:
+        raise UsageError(f"--checkpoint-every must be >= 1, got {every}")
+    return every
 
 
 def add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -285,6 +361,13 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--train", nargs="+", default=None, metavar="FASTA", help="training proteins")
     group.add_argument("--valid", nargs="+", default=None, metavar="FASTA", help="validation proteins")
     group.add_argument("--test", nargs="+", default=None, metavar="FASTA", help="test proteins (optional)")
+    group.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="where --train/--valid/--test FASTA files are prepared on first use and reused while "
+        "they are unchanged, under DIR/prepared/ (default: $PERFORMERS_CACHE, else ~/.cache/performers)",
+    )
     group.add_argument(
         "--verify-data",
         action="store_true",
@@ -332,22 +415,24 @@ def _corpus_from_args(args: argparse.Namespace) -> Path | None:
         return None
     if "train" not in files or "valid" not in files:
         raise UsageError("--train and --valid FASTA files are both needed")
+    root = getattr(args, "cache_dir", None)
     try:
-        return once_per_job(lambda: prepared_cache(files))
+        return once_per_job(lambda: prepared_cache(files, root=root))
     except ValueError as error:  # OSError and the typed input errors pass as they are
         raise UsageError(str(error)) from None
 
 
 def training_config_from_args(args: argparse.Namespace, **overrides) -> TrainingConfig:
     """The :class:`TrainingConfig` of the training options (:data:`TRAINING_FIELDS` whose option
-    the command has; checkpoints by :func:`~performers.training.checkpoint_period`;
+    the command has; checkpoints every ``--checkpoint-every`` steps, by default
+    :func:`~performers.training.checkpoint_period`;
     ``overrides`` win).
 
     Raises:
         UsageError: a value the training loop refuses, naming its option (``--steps: ...``).
     """
     values = {field: getattr(args, dest) for field, dest in TRAINING_FIELDS.items() if hasattr(args, dest)}
-    values["checkpoint_every"] = checkpoint_period(args.steps, args.eval_every)
+    values["checkpoint_every"] = checkpoint_every_from_args(args)
     values.update(overrides)
     fields = {field: dest for field, dest in TRAINING_FIELDS.items() if field not in overrides}
     names = options_named(args.command_parser, fields)
@@ -356,9 +441,17 @@ def training_config_from_args(args: argparse.Namespace, **overrides) -> Training
 
 
 def set_threads(args: argparse.Namespace) -> None:
-    """Apply ``--threads`` (when given)."""
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    """Apply ``--threads`` (when given).
+
+    Raises:
+        UsageError: ``--threads`` below 1.
+    """
+    threads = getattr(args, "threads", None)
+    if threads is None:
+        return
+    if threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
 
 
 # ---- embed and score: a trained model and a FASTA file ---------------------------------------
@@ -391,7 +484,7 @@ def add_protein_model_options(parser: argparse.ArgumentParser, *, input_help: st
         default=None,
         help="run the model's FAVOR+ or exact-softmax twin (same weights; default: as trained)",
     )
-    add_device_option(parser, default=None)
+    add_compute_options(parser)
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32", help="parameter and compute dtype"
     )
@@ -424,7 +517,7 @@ def model_source(path: str) -> str:
 
 def load_model(args: argparse.Namespace):
     """``(model, tokenizer)`` of ``args.model`` (twin ``--attention``) on ``--device`` in
-    ``--dtype``; for a Hugging Face protein model directory ``(ProteinLM, None)``
+    ``--dtype``, with ``--threads`` applied; for a Hugging Face protein model directory ``(ProteinLM, None)``
     (:func:`~performers.jobs.hf_protein_lm.protein_lm_from_directory`), which the embedding
     and scoring jobs take in place of a model and its tokenizer.
 
@@ -432,8 +525,8 @@ def load_model(args: argparse.Namespace):
         UsageError: a directory that cannot be loaded (``cannot load the model: ...``, naming
             the file), or a ``--device`` this machine lacks.
     """
+    device = compute_device(args)
     if model_source(args.model) == "huggingface":
-        device = device_from_args(args)
         try:
             lm = protein_lm_from_directory(
                 args.model, attention=args.attention, device=device, dtype=DTYPES[args.dtype]
@@ -445,13 +538,47 @@ def load_model(args: argparse.Namespace):
         model, tokenizer = load_trained(args.model, attention=args.attention)
     except (OSError, ValueError) as error:
         raise UsageError(f"cannot load the model: {error}") from None
-    return model.to(device=device_from_args(args), dtype=DTYPES[args.dtype]), tokenizer
+    return model.to(device=device, dtype=DTYPES[args.dtype]), tokenizer
 
 
 def check_output_file(path: str | None, option: str = "--out") -> None:
-    """Refuse an output file whose directory does not exist (before any work is done)."""
-    if path is not None and not Path(path).resolve().parent.is_dir():
-        raise UsageError(f"{option} {path}: no such directory {Path(path).parent}")
+    """Refuse an output file that could not be written, before any work is done: its directory
+    does not exist or is not writable, or a directory stands at its path. None: nothing to check.
+
+    Raises:
+        UsageError: naming ``option``, the path and what is wrong.
+    """
+    if path is None:
+        return
+    target = Path(path)
+    parent = target.resolve().parent
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: no such directory {target.parent}")
+    if target.is_dir():
+        raise UsageError(f"{option} {path}: is a directory (give a file name)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {target.parent} (permission denied)")
+
+
+def check_output_dir(path: str | None, option: str = "--out") -> None:
+    """Refuse an output directory that could not be made or written, before any work is done: a
+    file at its path or at one of its parents, or a nearest existing ancestor that is not
+    writable (a missing directory is fine: the command makes it). None: nothing to check.
+
+    Raises:
+        UsageError: naming ``option``, the path and what is wrong.
+    """
+    if path is None:
+        return
+    target = Path(path).resolve()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == target else f"cannot be made: {existing} is a file"
+        raise UsageError(f"{option} {path}: {what}, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: cannot write in {existing} (permission denied)")
 
 
 def read_records(path: str, option: str = "input") -> list[FastaRecord]:

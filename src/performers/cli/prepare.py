@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 
 from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
+from performers.cli.options import check_output_dir
 from performers.proteins.prepared import DEFAULT_SHARD_TOKENS, PreparedDatasetError, prepare, verify_prepared
 
 HELP = "FASTA (plain or gzip, one or many files) -> a prepared, memory-mapped dataset directory"
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return verify(args.verify)
     if not args.out:
         raise UsageError("--out is required (the dataset directory to create)")
+    check_output_dir(args.out)
     per_split = {split: getattr(args, split) for split in ("train", "valid", "test") if getattr(args, split)}
     if args.inputs and per_split:
         raise UsageError("give either INPUT files or --train/--valid/--test files, not both")

@@ -11,6 +11,7 @@ from performers.cli.options import (
     add_crop_option,
     add_protein_model_options,
     check_output_file,
+    compute_device,
     load_model,
     read_records,
 )
@@ -173,6 +174,7 @@ def _run_dms(args: argparse.Namespace, model, tokenizer, wildtype) -> int:
 def run(args: argparse.Namespace) -> int:
     _check_modes(args)
     check_output_file(args.out)
+    compute_device(args)  # a --device or --threads the machine refuses, before reading anything
     wildtype = None if args.wildtype is None else _read_wildtype(args.wildtype)
     records = None if args.input is None else read_records(args.input)
     model, tokenizer = load_model(args)

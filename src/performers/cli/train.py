@@ -19,17 +19,16 @@ from performers.cli.favor_options import FAVOR_FIELDS
 from performers.cli.options import (
     MODEL_FIELDS,
     TRAINING_FIELDS,
-    add_device_option,
     add_overwrite_option,
     add_resume_option,
     add_training_options,
+    check_output_dir,
     check_resume_overwrite,
+    compute_device,
     data_from_args,
-    device_from_args,
     model_config_from_args,
     refusals_as_errors,
     run_fields,
-    set_threads,
     training_config_from_args,
 )
 from performers.jobs.proteins import train_protein_model
@@ -61,7 +60,7 @@ def option_of(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("train", help=HELP, description=HELP)
-    add_training_options(parser, steps=1000, out="runs/train")
+    add_training_options(parser, steps=1000, out="runs/train", device=True)
     parser.add_argument(
         "--attention", choices=["favor", "exact"], default="favor", help="FAVOR+ or exact softmax attention"
     )
@@ -72,9 +71,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "(no protein attends to another) instead of padding each to the longest: the same "
         "examples and loss per real token, fewer padded tokens (metrics.jsonl: padding_fraction)",
     )
-    add_resume_option(parser, may_change="--steps, --eval-every, --workers, --threads")
+    add_resume_option(parser, may_change="--steps, --eval-every, --checkpoint-every, --workers, --threads")
     add_overwrite_option(parser)
-    add_device_option(parser)
     parser.add_argument(
         "--context-parallel",
         type=int,
@@ -96,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
             f"processes ({world}); run under torchrun --nproc_per_node with a multiple of it"
         )
     check_resume_overwrite(args)
-    device = device_from_args(args)
+    check_output_dir(args.out)
+    device = compute_device(args)
     with process_group(device):
-        set_threads(args)
         corpus = data_from_args(args)
         identity = training_data_identity(corpus, args.train_limit)
         training = training_config_from_args(args, data_identity=identity)

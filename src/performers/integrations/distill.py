@@ -59,12 +59,14 @@ from performers.training import (
     format_changes,
     latest_checkpoint,
     make_scheduler,
+    model_device,
     owned,
     preemption_signals,
     recorded_run,
     restore,
     save_checkpoint,
     start_fresh,
+    to_device,
 )
 from performers.utils import IGNORE_INDEX, InputError, sha256
 from performers.utils.validation import is_int
@@ -477,8 +479,9 @@ def _distill(
     started = time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc="distill", disable=not sys.stderr.isatty())
     last = config.steps if stop_at is None else min(stop_at, config.steps)
+    device = model_device(student)  # batches are made on the CPU
     while step < last:
-        batch = batches(step)
+        batch = to_device(batches(step), device)
         mask = batch.get("attention_mask")
         with torch.no_grad():
             teacher_out = teacher(

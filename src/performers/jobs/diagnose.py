@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -203,7 +203,7 @@ def diagnose(
     return DiagnosisReport({**(settings or {}), **options}, layer_info, rows, heads, recommendation)
 
 
-def _load_performers(path: Path, data: str | Path | None, limit: int, max_length: int | None):
+def _load_performers(path: Path, data: str | Path | None, limit: int, max_length: int | None, device):
     from performers.jobs.proteins import load_trained
     from performers.proteins import read_fasta
 
@@ -213,19 +213,20 @@ def _load_performers(path: Path, data: str | Path | None, limit: int, max_length
     if not records:
         raise DiagnoseError(f"--data {data}: no protein in the FASTA file")
     model, tokenizer = load_trained(path, attention="favor")  # the hooked module runs; output exact
+    model.to(device)
     limit_positions = model.config.max_position_embeddings
     length = min(max_length or limit_positions, limit_positions)
     input_ids, attention_mask = protein_batch(records, tokenizer, length)
-    layers = capture_performers(model, input_ids, attention_mask)
+    layers = capture_performers(model, input_ids.to(device), attention_mask.to(device))
     return layers, {"sequences": len(records), "max_length": length}
 
 
-def _load_hf(path: Path, data: str | Path | None, limit: int, max_length: int | None):
+def _load_hf(path: Path, data: str | Path | None, limit: int, max_length: int | None, device):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from performers.integrations.transformers import load_hf_model
 
     if data is not None and _is_fasta(data):
-        return _load_hf_proteins(path, data, limit, max_length)
+        return _load_hf_proteins(path, data, limit, max_length, device)
     if data is None:
         from performers.text import load_stsb
 
@@ -242,7 +243,8 @@ def _load_hf(path: Path, data: str | Path | None, limit: int, max_length: int | 
     batch = tokenizer(
         sentences, padding=True, truncation=True, max_length=max_length or 128, return_tensors="pt"
     )
-    layers = capture_hf(model, batch["input_ids"], batch["attention_mask"])
+    model.to(device)
+    layers = capture_hf(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
     return layers, {"sequences": len(sentences), "data_source": source, "max_length": max_length or 128}
 
 
@@ -258,7 +260,7 @@ def _is_fasta(data: str | Path) -> bool:
     return False
 
 
-def _load_hf_proteins(path: Path, data: str | Path, limit: int, max_length: int | None):
+def _load_hf_proteins(path: Path, data: str | Path, limit: int, max_length: int | None, device):
     """A Hugging Face protein model (ESM, ProtBert, ProtGPT2) on a FASTA file: its tokenizer's own
     layout (:meth:`~performers.jobs.protein_models.ProteinModel.encode`), each protein cropped to
     its first ``max_length - 2`` residues (default 128 tokens, as for text)."""
@@ -273,7 +275,8 @@ def _load_hf_proteins(path: Path, data: str | Path, limit: int, max_length: int 
     if length < 3:
         raise DiagnoseError(f"--max-length: expected >= 3 (<cls>, a residue, <eos>), got {length}")
     input_ids, attention_mask = loaded.encode([sequence[: length - 2] for sequence in records])
-    layers = capture_hf(loaded.model, input_ids, attention_mask)
+    loaded.model.to(device)
+    layers = capture_hf(loaded.model, input_ids.to(device), attention_mask.to(device))
     return layers, {"sequences": len(records), "data_source": str(data), "max_length": length}
 
 
@@ -283,6 +286,7 @@ def diagnose_model(
     data: str | Path | None = None,
     limit: int = 64,
     max_length: int | None = None,
+    device: str | torch.device = "cpu",
     **options: Any,
 ) -> DiagnosisReport:
     """:func:`diagnose` of a model directory on a data sample.
@@ -297,6 +301,8 @@ def diagnose_model(
         limit: the first ``limit`` proteins or sentences.
         max_length: tokens per sequence (proteins cropped at the start; default the model's
             maximum, 128 for a Hugging Face protein model; text truncated, default 128).
+        device: where the model runs to capture q/k/v; the error measurements then run on the
+            CPU in float64, as for a model run there.
         **options: of :func:`diagnose` (kernels, feature_counts, tolerance, draws, ...).
 
     Raises:
@@ -308,7 +314,12 @@ def diagnose_model(
         raise DiagnoseError(f"--limit: expected >= 1, got {limit}")
     kind = model_kind(path)
     load = _load_performers if kind == "performers" else _load_hf
-    layers, info = load(path, data, limit, max_length)
+    layers, info = load(path, data, limit, max_length, device)
+    # q/k/v measured on the CPU whatever ran the model (the projections are drawn there).
+    layers = [
+        replace(layer, q=layer.q.cpu(), k=layer.k.cpu(), v=layer.v.cpu(), padding=layer.padding.cpu())
+        for layer in layers
+    ]
     padding = layers[0].padding
     settings = {
         "model": str(model),

@@ -11,6 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from performers.integrations.distill import (
     DistillConfig,
     ProteinBatches,
@@ -66,6 +68,7 @@ def distill_model(
     fasta: str | os.PathLike | Iterable[FastaRecord | str] | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    device: str | torch.device | None = None,
 ) -> tuple[dict[str, Any], Path]:
     """Distil the softmax model saved in ``model`` into its FAVOR+ version (``favor``) and save
     the student and the tokenizer in ``out_dir/final``; returns ``(distill's result, final)``.
@@ -79,7 +82,8 @@ def distill_model(
     the texts or the protein sequences), so a resume on other data is refused. A causal LM
     (GPT-2, Llama) with a ``task_weight`` also learns the next token; a masked LM (ESM, ProtBert)
     learns the teacher's hidden states and output distributions at every position, without
-    masking. ``out_dir`` is owned until the student is saved.
+    masking. ``out_dir`` is owned until the student is saved. ``device``: where teacher and
+    student run (None: the CPU, where the teacher is loaded).
 
     Raises:
         FileNotFoundError: ``model`` has no ``config.json``; ``texts`` or ``fasta`` is missing.
@@ -92,6 +96,8 @@ def distill_model(
     if texts is not None and fasta is not None:
         raise InputError("give texts or fasta (proteins), not both")
     teacher, tokenizer = load_hf_model(model)
+    if device is not None:
+        teacher.to(device)  # the student, its copy, follows
     lines = read_texts(texts) if texts else None
     proteins = read_proteins(fasta) if fasta is not None else None
     if getattr(teacher.config, "favor_config", None) is not None:

@@ -20,6 +20,11 @@ reads — while ``1 .. num_layers - 1`` are the un-normalized residual stream
 sees its prefix only), a masked one bidirectionally. A protein embedded alone gets the same
 vectors as in a padded batch (padding is masked out of attention).
 
+Proteins come as FASTA records, ``(id, sequence)`` pairs, a ``{id: sequence}`` dict or plain
+strings (ids ``seq1``, ``seq2``, ...): :func:`protein_pairs`, shared with the scoring jobs.
+:func:`embed_proteins` returns an :class:`Embeddings` dict, also ``(ids, array)`` or a pandas
+table. ``device=`` moves the model first (:func:`place_model`); results come back on the CPU.
+
 The model comes in through :class:`performers.jobs.protein_lm.ProteinLM` (this package's
 models are wrapped by :func:`~performers.jobs.protein_lm.as_protein_lm`).
 :func:`embed_proteins` is the one-layer, one-kind form. The helpers here
@@ -29,10 +34,11 @@ shared with :mod:`performers.jobs.scoring`.
 
 from __future__ import annotations
 
+import reprlib
 import sys
 import time
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +55,9 @@ from performers.utils.validation import is_int
 __all__ = [
     "DEFAULT_MAX_TOKENS",
     "INCLUDES",
+    "PROTEIN_INPUTS",
     "SPECIAL_TOKENS_PER_PROTEIN",
+    "Embeddings",
     "Progress",
     "ProteinRecords",
     "crop_proteins",
@@ -57,6 +65,7 @@ __all__ = [
     "encoder_of",
     "extract_representations",
     "pad_encoded",
+    "place_model",
     "protein_pairs",
     "residue_limit",
     "resolve_layers",
@@ -72,22 +81,54 @@ SPECIAL_TOKENS_PER_PROTEIN = 2
 # What esm-extract's --include takes (besides contacts, which need attention maps FAVOR+ never forms).
 INCLUDES = ("mean", "per_tok", "bos")
 
-ProteinRecords = Iterable[FastaRecord | tuple[str, str]]
+# What the embedding and scoring functions take as proteins (protein_pairs).
+ProteinRecords = Iterable[FastaRecord | tuple[str, str] | str] | Mapping[str, str] | str
+PROTEIN_INPUTS = (
+    "FASTA records (read_fasta), (id, sequence) pairs, a {id: sequence} dict, or sequence strings"
+)
+
+
+def _describe(value: object) -> str:
+    """``int 5``: a value's type and a short repr, for messages about what was given."""
+    return f"{type(value).__name__} {reprlib.repr(value)}"
+
+
+def _pair(record: object, index: int) -> tuple[str, str]:
+    """``(id, sequence)`` of one item of the proteins given (``index`` counts from 0)."""
+    if isinstance(record, FastaRecord):
+        return record.id, record.sequence
+    if isinstance(record, str):
+        return f"seq{index + 1}", record  # a plain sequence: its id is its position
+    if isinstance(record, tuple | list) and len(record) == 2 and all(isinstance(x, str) for x in record):
+        return record[0], record[1]
+    raise TypeError(f"proteins must be {PROTEIN_INPUTS}; item {index + 1} is {_describe(record)}")
 
 
 def protein_pairs(records: ProteinRecords) -> list[tuple[str, str]]:
-    """``(id, sequence)`` of each record (a :class:`FastaRecord` or an ``(id, sequence)`` pair).
+    """``(id, sequence)`` of each protein given, in order. ``records`` may be
+
+    * :class:`FastaRecord` objects (as :func:`~performers.proteins.read_fasta` yields): the id is
+      the first word of the header;
+    * ``(id, sequence)`` pairs;
+    * a ``{id: sequence}`` dict (in its order);
+    * sequence strings, or one string: ids ``seq1``, ``seq2``, ... by position (a mix of forms
+      in one list is fine; generated ids count every item).
 
     Raises:
+        TypeError: anything else (a number, bytes, a dict of non-strings, a tuple of three...),
+            naming the accepted forms and what was given.
         ValueError: an id that appears twice (ids key the outputs), or an empty sequence.
     """
+    if isinstance(records, str):
+        records = [records]
+    elif isinstance(records, Mapping):
+        records = list(records.items())
+    elif isinstance(records, bytes | bytearray) or not isinstance(records, Iterable):
+        raise TypeError(f"proteins must be {PROTEIN_INPUTS}; got {_describe(records)}")
     pairs: list[tuple[str, str]] = []
     seen: dict[str, int] = {}
     for index, record in enumerate(records):
-        if isinstance(record, FastaRecord):
-            name, sequence = record.id, record.sequence
-        else:
-            name, sequence = record
+        name, sequence = _pair(record, index)
         if name in seen:
             raise ValueError(
                 f"protein id {name!r} appears twice (records {seen[name] + 1} and {index + 1}); "
@@ -98,6 +139,24 @@ def protein_pairs(records: ProteinRecords) -> list[tuple[str, str]]:
         seen[name] = index
         pairs.append((name, sequence))
     return pairs
+
+
+def place_model(model: nn.Module | ProteinLM, device: str | torch.device | None) -> None:
+    """Move ``model`` (one of this package's models, or a ProteinLM's ``model``) to ``device``,
+    in place; the jobs then put their inputs where it is. None: leave it where it is.
+
+    Raises:
+        TypeError: a ProteinLM without a ``model`` module to move (move it yourself, device=None).
+    """
+    if device is None:
+        return
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"device: cannot move a {type(model).__name__} (it has no .model module); move it "
+            "yourself and leave device=None"
+        )
+    module.to(device)
 
 
 def residue_limit(model: nn.Module) -> int | None:
@@ -309,6 +368,7 @@ def extract_representations(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     truncation_length: int | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict[str, dict[str, dict[int, Tensor]]]:
     """Representations of proteins as ``esm-extract`` gives them (see the module docstring).
 
@@ -317,13 +377,17 @@ def extract_representations(
             :class:`PerformerForMaskedLM`, :class:`PerformerForCausalLM` or
             :class:`PerformerModel` (run in eval mode without autograd; its mode is restored).
         tokenizer: the model's tokenizer (ignored for a ProteinLM, which has its own).
-        records: :class:`FastaRecord` objects or ``(id, sequence)`` pairs; ids must be unique.
+        records: the proteins: FASTA records, ``(id, sequence)`` pairs, a ``{id: sequence}``
+            dict or sequence strings (ids ``seq1``, ``seq2``, ...; :func:`protein_pairs`); ids
+            must be unique.
         repr_layers: layers, ``0`` (embeddings) .. ``num_layers``; negative ones count from the end.
         include: any of ``"mean"``, ``"per_tok"``, ``"bos"``.
         max_tokens: padded tokens per forward pass (a longer protein runs alone).
         truncation_length: keep each protein's first this many residues; default: whole
             proteins (one beyond the model's learned positions is an error naming it).
         progress: a progress bar over residues (stderr).
+        device: move the model there first (in place, :func:`place_model`); None: run it
+            where it is.
 
     Returns:
         ``{id: {kind: {layer: tensor}}}`` in input order, ``layer`` resolved to ``0 ..
@@ -331,9 +395,11 @@ def extract_representations(
         ``(L, E)`` for ``per_tok``.
 
     Raises:
+        TypeError: proteins in none of the accepted forms (:func:`protein_pairs`).
         ValueError: a repeated id, an empty sequence, a bad layer / ``include`` /
             ``max_tokens`` / ``truncation_length``, a protein too long for learned positions.
     """
+    place_model(model, device)
     lm = as_protein_lm(model, tokenizer)
     layers = resolve_layers(repr_layers, lm.num_layers)
     kinds = _check_include(include)
@@ -382,15 +448,19 @@ def embed_proteins(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     max_length: int | None = None,
     progress: bool = True,
-) -> dict[str, Tensor]:
+    device: str | torch.device | None = None,
+) -> Embeddings:
     """Embeddings of proteins from one layer, keyed by id, in input order
-    (:func:`extract_representations` of one layer and one kind).
+    (:func:`extract_representations` of one layer and one kind), as an :class:`Embeddings`
+    dict: ``.as_arrays()`` gives ``(ids, numpy array)``, ``.as_dataframe()`` a pandas table.
 
     Args:
         model: a :class:`PerformerForMaskedLM`, :class:`PerformerForCausalLM` or
             :class:`PerformerModel` (run in eval mode without autograd; its mode is restored).
         tokenizer: the model's :class:`ProteinTokenizer`.
-        records: :class:`FastaRecord` objects or ``(id, sequence)`` pairs; ids must be unique.
+        records: the proteins: FASTA records, ``(id, sequence)`` pairs, a ``{id: sequence}``
+            dict or sequence strings (ids ``seq1``, ``seq2``, ...; :func:`protein_pairs`); ids
+            must be unique.
         per_residue: return ``(L, E)`` per protein (one row per residue, specials excluded)
             instead of the mean over residues ``(E,)``.
         layer: ``0`` (embeddings) .. ``num_layers`` (default: the last, after the final
@@ -400,14 +470,17 @@ def embed_proteins(
             (its first ``max_length - 2`` residues); default: no cropping, and a protein beyond
             learned positions is an error naming it.
         progress: a progress bar over residues (stderr).
+        device: move the model there first (in place); None: run it where it is.
 
     Returns:
-        ``{id: (E,) or (L, E)}`` on the CPU, in the model's dtype.
+        ``{id: (E,) or (L, E)}`` on the CPU, in the model's dtype (an :class:`Embeddings`).
 
     Raises:
+        TypeError: proteins in none of the accepted forms (:func:`protein_pairs`).
         ValueError: a repeated id, an empty sequence, a bad ``layer`` / ``max_tokens`` /
             ``max_length``, a protein too long for learned positions.
     """
+    place_model(model, device)
     encoder, _ = encoder_of(model)
     num_layers = encoder.config.num_layers
     if layer is None:
@@ -425,7 +498,51 @@ def embed_proteins(
         max_tokens=max_tokens,
         progress=progress,
     )
-    return {name: result[kind][layer] for name, result in out.items()}
+    return Embeddings((name, result[kind][layer]) for name, result in out.items())
+
+
+class Embeddings(dict):
+    """``{id: tensor}`` in input order (a plain ``dict`` otherwise), as
+    :func:`embed_proteins` returns it, with two other views of the same vectors."""
+
+    def as_arrays(self) -> tuple[list[str], np.ndarray]:
+        """``(ids, array)``: the ids in order and the ``(N, E)`` numpy array of their vectors
+        (row ``i`` is ``ids[i]``'s; float32 for a bfloat16 model, numpy having no bfloat16).
+
+        Raises:
+            ValueError: per-residue embeddings (one ``(L, E)`` per protein, of different
+                lengths): take each ``embeddings[id].numpy()`` instead.
+        """
+        tensors = [tensor.detach().cpu() for tensor in self.values()]
+        if any(tensor.dim() != 1 for tensor in tensors):
+            raise ValueError(
+                "as_arrays() stacks one vector per protein; these are per-residue embeddings "
+                "(L, E) of different lengths: take embeddings[id].numpy() for each"
+            )
+        if not tensors:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        stacked = torch.stack(tensors)
+        if stacked.dtype == torch.bfloat16:
+            stacked = stacked.float()
+        return list(self), stacked.numpy()
+
+    def as_dataframe(self):
+        """A pandas ``DataFrame``: one row per protein (index ``id``, in order), one column per
+        dimension ``0 .. E-1`` (:meth:`as_arrays`' array).
+
+        Raises:
+            ImportError: pandas is not installed (:meth:`as_arrays` needs only numpy).
+            ValueError: per-residue embeddings, as :meth:`as_arrays`.
+        """
+        try:
+            import pandas
+        except ImportError:
+            raise ImportError(
+                "as_dataframe() needs pandas (pip install pandas); as_arrays() gives (ids, numpy "
+                "array) without it"
+            ) from None
+        ids, array = self.as_arrays()
+        return pandas.DataFrame(array, index=pandas.Index(ids, name="id"))
 
 
 def write_embeddings(

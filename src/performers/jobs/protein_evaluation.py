@@ -96,10 +96,14 @@ def evaluate_model(
     seed: int = 0,
     max_batches: int | None = None,
     concatenate: bool = False,
+    device: str | torch.device | None = None,
 ) -> dict[str, float]:
     """Accuracy and perplexity over masked positions (``task="mlm"``) or all next tokens
     (``"clm"``) of ``sequences``, on the fixed batches of
-    :func:`performers.proteins.evaluation_batches` (two evaluations of a model agree)."""
+    :func:`performers.proteins.evaluation_batches` (two evaluations of a model agree).
+    ``device``: move ``model`` there first (in place); None: where it is (the batches follow)."""
+    if device is not None:
+        model.to(device)
     batches = evaluation_batches(
         sequences,
         tokenizer,
@@ -125,14 +129,18 @@ def evaluate_per_sequence(
     batch_size: int = 16,
     mask_prob: float = 0.15,
     seed: int = 0,
+    device: str | torch.device | None = None,
 ) -> list[dict]:
     """One row per protein — ``id``, ``length`` (residues), ``tokens`` (positions scored),
     ``loss`` (mean NLL), ``perplexity``, ``accuracy`` — on the same fixed batches as
     :func:`evaluate_model` (proteins cropped at their start to ``max_length`` tokens; for MLM
     the same seeded masks). A protein with no scored position (MLM: none masked) gets NaN.
 
-    ``sequences``: residue strings or a prepared split; ``ids``: their FASTA ids, in order.
+    ``sequences``: residue strings or a prepared split; ``ids``: their FASTA ids, in order;
+    ``device``: as :func:`evaluate_model`.
     """
+    if device is not None:
+        model.to(device)
     batches = evaluation_batches(
         sequences,
         tokenizer,

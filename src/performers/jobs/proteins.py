@@ -314,11 +314,13 @@ def train_variants(
     train_limit: int | None = None,
     test_limit: int | None = None,
     evaluate: bool = True,
+    device: str | torch.device = "cpu",
 ) -> list[RunResult]:
     """Train every variant of ``model_config`` with the same initial weights, data order and masks.
 
     Each run is in a fresh spawned process so that its peak memory and speed do not depend on
     the run before; ``out_dir/<variant.directory>`` holds its checkpoints, metrics and model.
+    ``device``: where each trains (:func:`run_training`).
     """
     out_dir = Path(out_dir)
     context = multiprocessing.get_context("spawn")
@@ -334,6 +336,7 @@ def train_variants(
             train_limit=train_limit,
             test_limit=test_limit,
             evaluate=evaluate,
+            device=device,
             threads=torch.get_num_threads(),
         )
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -358,9 +361,10 @@ def compare(
     train_limit: int | None = None,
     test_limit: int | None = None,
     variants: tuple[Variant, ...] = DEMO_VARIANTS,
+    device: str | torch.device = "cpu",
 ) -> str:
-    """Train the variants (default: FAVOR+ and its exact-softmax twin) and return a markdown
-    report (also written to ``out_dir/report.md`` and ``report.json``)."""
+    """Train the variants (default: FAVOR+ and its exact-softmax twin) on ``device`` and return a
+    markdown report (also written to ``out_dir/report.md`` and ``report.json``)."""
     out_dir = Path(out_dir)
     training = training or TrainingConfig()
     results = train_variants(
@@ -371,6 +375,7 @@ def compare(
         corpus=corpus,
         train_limit=train_limit,
         test_limit=test_limit,
+        device=device,
     )
     dirs = {v.name: out_dir / v.directory for v in variants}
     base = unigram_baseline(corpus, train_limit, test_limit)

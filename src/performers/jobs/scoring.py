@@ -62,6 +62,7 @@ from performers.jobs.embedding import (
     crop_proteins,
     encoder_of,
     pad_encoded,
+    place_model,
     protein_pairs,
     token_batches,
     truncate_proteins,
@@ -260,6 +261,7 @@ def score_proteins(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     max_length: int | None = None,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> list[dict]:
     """Log-likelihood and perplexity of each protein (see the module docstring for what is
     summed); exact for a causal model (:class:`PerformerForCausalLM`), pseudo-log-likelihood
@@ -268,17 +270,24 @@ def score_proteins(
     Args:
         model: this package's language model (with its ``tokenizer``) or a
             :class:`~performers.jobs.protein_lm.ProteinLM`.
-        records: :class:`FastaRecord` objects or ``(id, sequence)`` pairs; ids must be unique.
+        records: the proteins: FASTA records, ``(id, sequence)`` pairs, a ``{id: sequence}``
+            dict or sequence strings (ids ``seq1``, ``seq2``, ...;
+            :func:`~performers.jobs.embedding.protein_pairs`); ids must be unique.
         max_tokens: padded tokens per forward pass.
         max_length: crop to this many tokens, ``<cls>`` and ``<eos>`` included (as
             :func:`~performers.jobs.embedding.embed_proteins`).
         progress: a progress bar over scored residues (stderr).
+        device: move the model there first (in place); None: run it where it is.
 
     Returns:
         One dict per protein, in input order: ``id``, ``length`` (residues scored),
         ``log_likelihood`` (natural log), ``perplexity``, ``terms`` (log-probabilities summed)
         and ``method`` (``"causal"`` or ``"pseudo"``).
+
+    Raises:
+        TypeError: proteins in none of the accepted forms, or a model that is no language model.
     """
+    place_model(model, device)
     if isinstance(model, nn.Module):
         _, is_causal = encoder_of(model)
         if not is_causal and not hasattr(model, "lm_head"):
@@ -739,15 +748,18 @@ def score_dms(
     strategy: str | None = None,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: bool = True,
+    device: str | torch.device | None = None,
 ) -> DmsScores:
     """Score every row of a ProteinGym DMS file (:func:`read_dms`, which takes ``mutation_col``,
     ``target_col``, ``offset`` and ``require_target``) with :func:`score_mutants`, and, when it
-    has targets, the Spearman correlation of the scores with them.
+    has targets, the Spearman correlation of the scores with them. ``device``: move the model
+    there first (in place); None: run it where it is.
 
     Raises:
         DmsError: as :func:`read_dms`.
         ValueError: as :func:`score_mutants`.
     """
+    place_model(model, device)
     lm = as_protein_lm(model, tokenizer)
     strategy = check_strategy(lm, strategy)
     assay = read_dms(

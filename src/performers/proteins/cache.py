@@ -1,11 +1,12 @@
 """Prepared datasets made on first use: FASTA files → a cached prepared directory.
 
 ``performers train --train FILE.fasta --valid FILE.fasta`` prepares the files once (see
-:func:`performers.proteins.prepared.prepare`) into ``$PERFORMERS_CACHE/prepared/<key>`` (default
-``~/.cache/performers``), where the key is a SHA-256 of the files' absolute paths, sizes and
-modification times and of the options: a later run on the same, unchanged files reuses it; a
-changed file gets a new one. Two processes preparing the same key at once are safe: the dataset
-appears by an atomic rename, and the loser of the race uses the winner's.
+:func:`performers.proteins.prepared.prepare`) into ``ROOT/prepared/<key>``, ``ROOT`` being
+``--cache-dir`` (``root``), else ``$PERFORMERS_CACHE``, else ``~/.cache/performers``, where the
+key is a SHA-256 of the files' absolute paths, sizes and modification times and of the options:
+a later run on the same, unchanged files reuses it; a changed file gets a new one. Two processes
+preparing the same key at once are safe: the dataset appears by an atomic rename, and the loser
+of the race uses the winner's.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def prepared_cache(
     log=print,
 ) -> Path:
     """The prepared dataset of ``{"train": [paths], "valid": [...], "test": [...]}``, made on first
-    use and reused while the files are unchanged. Returns its directory.
+    use under ``root`` (default :func:`cache_root`) and reused while the files are unchanged;
+    ``log`` says which and where. Returns its directory.
 
     Raises:
         FileNotFoundError: a file does not exist.
@@ -52,7 +54,7 @@ def prepared_cache(
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     directory = Path(root or cache_root()) / "prepared" / key
     if is_prepared(directory):
-        log(f"using the prepared dataset {directory}")
+        log(f"using the cached prepared dataset {directory} (the FASTA files are unchanged)")
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -60,4 +62,5 @@ def prepared_cache(
     except OSError:  # FileExistsError, or a rename onto a directory that appeared meanwhile
         if not is_prepared(directory):  # not another process's finished dataset
             raise
+    log(f"cached the prepared dataset in {directory} (reused while the FASTA files are unchanged)")
     return directory

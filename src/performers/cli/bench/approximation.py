@@ -35,9 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         nargs="+",
         default=["attention"],
         choices=SECTIONS,
-        help="what to measure: attention error on random q/k (default), kernel-value MSE per pair, "
-        "FAVOR++ variance reduction, attention error on trained protein models (--model), "
-        "RBF kernel approximation on scikit-learn's digits",
+        help="what to measure: attention (error on random q/k), kernel (kernel-value MSE per pair), "
+        "reduction (FAVOR++ variance reduction), proteins (attention error on trained protein models, "
+        "--model), sklearn (RBF kernel approximation on scikit-learn's digits)",
     )
     p.add_argument("--model", nargs="*", default=[], help="trained protein model directories (proteins)")
     p.add_argument("--proteins", type=int, default=16, help="test proteins fed to each model (proteins)")

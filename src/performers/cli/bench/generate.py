@@ -38,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--cache",
         choices=["synthetic", "prefill"],
         default="synthetic",
-        help="random caches of the right shape (default) or a real prompt pass",
+        help="synthetic: random caches of the right shape; prefill: a real prompt pass",
     )
     p.add_argument("--vocab-size", type=int, default=1000, help="vocabulary of the random model")
     p.add_argument("--d-model", type=int, default=512, help="model width")

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("gpu", help=HELP, description=HELP)
     p.add_argument("--out", default="docs/results/gpu", help="directory for gpu.json, gpu.md, gpu.png")
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (small sizes, for testing)")
+    p.add_argument("--device", default="cuda", help="cuda, or cpu (small sizes, for testing)")
     p.add_argument(
         "--lengths",
         type=int,
