@@ -432,7 +432,7 @@ def load_model(args: argparse.Namespace):
         UsageError: a directory that cannot be loaded (``cannot load the model: ...``, naming
             the file), or a ``--device`` this machine lacks.
     """
-    if model_source(args.model) == "huggingface":
+    if model_source(args.model) != "performers":  # Hugging Face, or a fine-tuned model's encoder
         device = device_from_args(args)
         try:
             lm = protein_lm_from_directory(
