@@ -143,7 +143,9 @@ def load_protein_model(path: str | Path) -> ProteinModel:
     """Load a protein model directory, this package's or a Hugging Face one (module docstring).
 
     Args:
-        path: a ``save_pretrained`` directory or a training run directory (its ``final/``).
+        path: a ``save_pretrained`` directory or a training run directory (its ``final/``),
+            including what ``performers finetune`` writes (a fine-tuned model's run directory or
+            its ``final/``).
 
     Returns:
         A :class:`ProteinModel` (model in eval mode, tokenizer, kind, source, family).
