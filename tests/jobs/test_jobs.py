@@ -41,11 +41,7 @@ def test_finetune_redraws_the_encoders_features_on_their_schedule(tmp_path):
     limits = {"train": 16, "valid": 4, "test": 4}
     splits = {s: load_shipped_task("secondary_structure", s, n) for s, n in limits.items()}
     result = finetune(encoder, training, **splits, out_dir=tmp_path, log=lambda _: None)
-    assert (
-        result["steps"] == 5
-        and 0 <= result["test"]["q3"] <= 1
-        and 0 <= result["valid"]["q3"] <= 1
-    )
+    assert result["steps"] == 5 and 0 <= result["test"]["q3"] <= 1 and 0 <= result["valid"]["q3"] <= 1
     assert int(favor.step_count) == 5 and int(favor.redraw_count) == 2  # steps 2 and 4
     assert not torch.equal(favor.projection, before)
     assert (tmp_path / "checkpoints" / "step-00000005").is_dir()
