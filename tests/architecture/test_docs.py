@@ -49,7 +49,9 @@ TINY = {
 
 # Pages whose commands form a chain the tests must keep covering, and what it writes.
 CHAINS = {
-    "proteins.md": ["prepare", "train", "evaluate", "embed", "embed", "score", "score", "score", "finetune"],
+    "proteins.md": (
+        "prepare train evaluate embed embed score score score finetune finetune predict predict".split()
+    ),
 }
 
 
@@ -185,6 +187,8 @@ def test_commands_run(page, tmp_path, monkeypatch, capsys):
         assert Path("runs/mine/effects.csv").read_text().count("\n") == 6
         assert Path("runs/mine/dms.csv").read_text().count("\n") == 6
         assert "spearman" in Path("runs/mine/dms.spearman.json").read_text()
+        assert Path("runs/mine-ss/predictions.csv").read_text().count("\n") == 41
+        assert '"q3"' in Path("runs/mine-ss/results.json").read_text()
 
 
 def _listed(argv: list[str], capsys) -> list[str]:

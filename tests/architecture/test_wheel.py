@@ -112,10 +112,13 @@ def test_the_demo_runs_from_the_installed_wheel_in_another_directory(wheel_env, 
         ["finetune", "--task", "gb1", "--steps", "1", "--batch-size", "2", "--train-limit", "4",
          "--test-limit", "2", "--max-length", "272", "--d-model", "16", "--layers", "1", "--heads", "2",
          "--num-features", "8"],
+        ["predict", "runs/finetune", str(proteins), "--out", "predictions.csv"],
     ]  # fmt: skip
     for command in commands:
         _run([str(wheel_env / "bin" / "performers"), *command], cwd=tmp_path, env=env)
     written_files = ("data/mine/manifest.json", "runs/mine/final/model.safetensors", "rows.csv",
-                     "embeddings.npz", "scores.csv", "runs/finetune/metrics.jsonl")  # fmt: skip
+                     "embeddings.npz", "scores.csv", "runs/finetune/metrics.jsonl",
+                     "runs/finetune/final/head.safetensors", "runs/finetune/results.json",
+                     "predictions.csv")  # fmt: skip
     for written in written_files:
         assert (tmp_path / written).is_file(), written

@@ -42,6 +42,7 @@ COMPUTE = {
     "diagnose": ["diagnose", "m"],
     "distill": ["distill", "m"],
     "convert": ["convert", "m", "out"],
+    "predict": ["predict", "m", "in.fa", "--out", "x.csv"],
 }
 NOT_COMPUTING = {"prepare", "bench"}  # tokenizes files / has its own per-benchmark options
 
@@ -298,6 +299,10 @@ OUTPUTS = {
     ),
     "embed": (["embed", "{mlm}", "{fasta}", "--out", "{tmp}/no/e.npz"], (performers.cli.embed, "load_model")),
     "score": (["score", "{mlm}", "{fasta}", "--out", "{tmp}/no/s.csv"], (performers.cli.score, "load_model")),
+    "predict": (
+        ["predict", "{mlm}", "{fasta}", "--out", "{tmp}/no/p.csv"],
+        (performers.cli.predict, "load_protein_model"),
+    ),
 }
 
 

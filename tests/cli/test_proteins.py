@@ -85,7 +85,9 @@ def test_finetune_secondary_structure_from_pretrained_and_random(tmp_path, capsy
     ]
     out = ["--out", str(tmp_path / "finetune")]
     assert main(["finetune", "--pretrained", str(tmp_path / "favor"), *small, *out]) == 0
-    assert "test Q3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test Q3" in printed and "(majority class" in printed and "final" in printed
+    assert (tmp_path / "finetune" / "final" / "head.safetensors").is_file()
     random_init = ["--d-model", "16", "--layers", "1", "--heads", "2", "--num-features", "8"]
     out = ["--out", str(tmp_path / "finetune-random")]  # a fresh run never lands on another's files
     assert main(["finetune", *small, *random_init, *out]) == 0
@@ -102,7 +104,9 @@ def test_finetune_random_init_control_has_the_pretrained_architecture_and_fresh_
 
     assert main(["train", *TINY, "--out", str(tmp_path)]) == 0
     seen = []
-    result = {"test": {"accuracy": 0.5, "tokens": 1}}
+    from performers.jobs.results_file import Metric
+
+    result = {"metrics": {"q3": Metric(0.5, 0.4, "majority class 'C' of the training split", True, 1)}}
     monkeypatch.setattr(command, "finetune", lambda encoder, *_, **__: seen.append(encoder) or result)
     for extra in ([], ["--random-init"]):
         assert main(["finetune", "--pretrained", str(tmp_path), "--steps", "1", *extra]) == 0

@@ -246,6 +246,30 @@ def test_finetune_a_hugging_face_backbone(models, tmp_path, capsys, cli_error):
     out = capsys.readouterr().out
     assert "ResidueLabels (4 train), encoder from" in out and "(Hugging Face esm)" in out
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+    # final/ is self-contained (the backbone's own files and tokenizer inside) and loads through the
+    # one loader; its predictions are those the model made of the test split when training ended.
+    final = tmp_path / "run" / "final"
+    assert {"vocab.txt", "config.json"} <= {p.name for p in (final / "encoder").iterdir()}
+    loaded = load_protein_model(tmp_path / "run")
+    assert (loaded.kind, loaded.source, loaded.family) == ("token_classifier", "finetuned", "esm")
+    assert loaded.backbone.source == "huggingface" and isinstance(loaded.model.encoder, HuggingFaceEncoder)
+    assert is_performerized(loaded.backbone.model)  # the converted backbone stays FAVOR+
+    test = [(name, seq) for i, (name, seq) in enumerate(records) if i % 4 == 0]
+    fasta = tmp_path / "test.fasta"
+    fasta.write_text("".join(f">{name}\n{seq}\n" for name, seq in test))
+    assert main(["predict", str(final), str(fasta), "--out", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv") as handle:
+        predicted = list(csv.DictReader(handle))
+    with open(tmp_path / "run" / "test_predictions.csv") as handle:
+        at_the_end = list(csv.DictReader(handle))
+    assert [(r["id"], r["labels"]) for r in predicted] == [(r["id"], r["labels"]) for r in at_the_end]
+    for row, end in zip(predicted, at_the_end, strict=True):
+        assert float(row["confidence"]) == pytest.approx(float(end["confidence"]), abs=1e-5)
+    assert '"accuracy"' in (tmp_path / "run" / "results.json").read_text()  # classes a/b: not Q3
+    assert main(["embed", str(final), str(fasta), "--out", str(tmp_path / "e.npz")]) == 0
+    cli_error(
+        ["score", str(final), str(fasta), "--out", str(tmp_path / "s.csv")], match="not a language model"
+    )
     cli_error(["finetune", "--pretrained", str(models["protgpt2"]), *sizes], match="several residues")
 
 

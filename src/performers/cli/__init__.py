@@ -2,7 +2,7 @@
 layer that parses, calls a documented function of a package below and prints.
 
 Commands: ``demo``, ``prepare``, ``train``, ``evaluate``, ``embed``, ``score``, ``generate``,
-``finetune`` (proteins), ``convert``, ``diagnose`` (FAVOR's error on a model's own attention),
+``finetune``, ``predict`` (proteins), ``convert``, ``diagnose`` (FAVOR's error on a model's own attention),
 ``distill`` (Hugging Face models), ``bench ...`` (measurements). Commands never import each
 other: what two share lives in :mod:`performers.cli.options` (option groups, model and FASTA
 loading), :mod:`performers.cli.favor_options` (the FAVOR options, declared once) and
@@ -48,6 +48,7 @@ from performers.cli import (
     evaluate,
     finetune,
     generate,
+    predict,
     prepare,
     score,
     train,
@@ -67,6 +68,7 @@ COMMANDS = (
     score,
     generate,
     finetune,
+    predict,
     convert,
     distill,
     diagnose,

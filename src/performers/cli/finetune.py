@@ -2,7 +2,9 @@
 labelled proteins in FLIP's conventions (:func:`performers.jobs.finetune`): per-residue
 classes (secondary structure, conservation, or your own label FASTA) or a sequence-level target
 (GB1 fitness, or your own ``TARGET=`` FASTA). ``--resume`` continues the run in ``--out``
-(e.g. one stopped by SIGTERM or SIGUSR1, :mod:`performers.training.signals`)."""
+(e.g. one stopped by SIGTERM or SIGUSR1, :mod:`performers.training.signals`). The run ends with
+``OUT/final/`` (the model ``performers predict`` runs), ``OUT/test_predictions.csv`` and
+``OUT/results.json`` (each test metric beside its baseline)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from performers.cli.options import (
 )
 from performers.jobs import finetune
 from performers.jobs.finetuning import finetuning_encoder, labelled_splits
+from performers.jobs.results_file import format_metric
 from performers.proteins import SHIPPED_TASKS
 from performers.training import SCHEDULES
 
@@ -113,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
     # The data's kind (token classes or a sequence target) is the task; the optimizer's
     # weight decay and gradient clipping are fine-tuning's own.
     training = training_config_from_args(args, task=splits["train"].kind, weight_decay=0.01, grad_clip=1.0)
+    details = {"encoder": source, "data": _data_description(args), "freeze_encoder": bool(args.freeze)}
     result = finetune(
         encoder,
         training,
@@ -121,16 +125,37 @@ def run(args: argparse.Namespace) -> int:
         freeze_encoder=args.freeze,
         resume=args.resume,
         device=device,
+        details=details,
     )
-    test = result["test"]
-    if "spearman" in test:
-        summary = f"test Spearman {test['spearman']:.4f}, MSE {test['mse']:.4g} over {test['count']} proteins"
-    else:
-        summary = f"test accuracy {100 * test['accuracy']:.2f}% over {test['tokens']} residues"
-        if args.task in (None, "secondary_structure") and not (args.sequences or args.targets):
-            summary = f"test Q3 {100 * test['accuracy']:.2f}%"
+    metrics = result["metrics"]
+    shown = {
+        "q3": ("Q3", True),
+        "accuracy": ("accuracy", True),
+        "spearman": ("Spearman", False),
+        "mse": ("MSE", False),
+    }
+    parts = [
+        format_metric(shown[name][0], metric, percent=shown[name][1]) for name, metric in metrics.items()
+    ]
+    count = next(iter(metrics.values())).count
+    unit = "proteins" if splits["train"].kind == "regression" else "residues"
     print(
-        f"{type(splits['train']).__name__} ({len(splits['train'])} train), encoder from {source}: {summary}"
+        f"{type(splits['train']).__name__} ({len(splits['train'])} train), encoder from {source}: "
+        f"test {', '.join(parts)} over {count} {unit}"
     )
-    print(f"wrote {args.out}/checkpoints and {args.out}/metrics.jsonl")
+    out = args.out
+    print(
+        f"wrote {out}/final (the model: performers predict {out} PROTEINS.fasta), "
+        f"{out}/test_predictions.csv, {out}/results.json, {out}/checkpoints and {out}/metrics.jsonl"
+    )
     return 0
+
+
+def _data_description(args: argparse.Namespace) -> dict:
+    """What the labelled data was, for results.json."""
+    if args.targets:
+        return {"targets": args.targets}
+    if args.sequences:
+        return {"sequences": args.sequences, "labels": args.labels, "mask": args.mask}
+    return {"task": args.task or "secondary_structure", "train_limit": args.train_limit,
+            "test_limit": args.test_limit}  # fmt: skip

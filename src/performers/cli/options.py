@@ -526,7 +526,7 @@ def load_model(args: argparse.Namespace):
             the file), or a ``--device`` this machine lacks.
     """
     device = compute_device(args)
-    if model_source(args.model) == "huggingface":
+    if model_source(args.model) != "performers":  # Hugging Face, or a fine-tuned model's encoder
         try:
             lm = protein_lm_from_directory(
                 args.model, attention=args.attention, device=device, dtype=DTYPES[args.dtype]

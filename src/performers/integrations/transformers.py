@@ -606,7 +606,9 @@ def performerize(model: nn.Module, config: FavorConfig | None = None) -> nn.Modu
     return model
 
 
-def load_hf_model(path: str | os.PathLike, *, supported_only: bool = False) -> tuple[nn.Module, Any]:
+def load_hf_model(
+    path: str | os.PathLike, *, supported_only: bool = False, **model_options: Any
+) -> tuple[nn.Module, Any]:
     """``(model, tokenizer or None)`` from a ``save_pretrained`` directory, offline, eval mode.
 
     The class is the one named in ``config.architectures`` (e.g. ``BertModel``,
@@ -614,7 +616,8 @@ def load_hf_model(path: str | os.PathLike, *, supported_only: bool = False) -> t
     by :func:`performerize` (its config holds ``favor_config``) loads with the ``"favor"``
     attention and its saved projections, also when it was saved before ``config.json``
     recorded ``attn_implementation``. ``supported_only``: refuse a family :func:`performerize`
-    does not support before loading its weights.
+    does not support before loading its weights. ``model_options`` go to the class's
+    ``from_pretrained`` (e.g. ``add_pooling_layer=False`` for a base model saved without one).
 
     Raises:
         FileNotFoundError: ``path`` has no ``config.json``.
@@ -640,7 +643,7 @@ def load_hf_model(path: str | os.PathLike, *, supported_only: bool = False) -> t
         )
     names = getattr(config, "architectures", None) or []
     cls = getattr(transformers, names[0], None) if names else None
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = dict(model_options)
     if getattr(config, "favor_config", None) is not None:
         favor_settings(config)  # refuses an incomplete favor_config before the weights load
         register()

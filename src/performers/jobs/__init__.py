@@ -1,6 +1,7 @@
 """The user's jobs, above the generic training loop: the protein main job and its demo,
 fine-tuning on labelled proteins (per-residue classes, sequence-level regression), embeddings
-and likelihood scores of trained models (zero-shot variant effects), one loader for protein model
+and likelihood scores of trained models (zero-shot variant effects), predictions of fine-tuned
+models (:func:`predict_proteins`), one loader for protein model
 directories (this package's or Hugging Face's: :func:`load_protein_model`, and
 :func:`protein_lm_from_directory` for embedding and scoring), and the diagnosis of
 FAVOR's error on a model's own attention (:func:`diagnose_model`). Each is a documented function
@@ -12,6 +13,7 @@ from performers.jobs.diagnose_report import write_report as write_diagnosis
 from performers.jobs.embedding import embed_proteins, extract_representations, write_embeddings
 from performers.jobs.finetuning import SequenceRegressor, TokenClassifier, evaluate_labelled, finetune
 from performers.jobs.hf_protein_lm import HuggingFaceProteinLM, protein_lm_from_directory
+from performers.jobs.prediction import Predictions, ProteinPrediction, predict_proteins, write_predictions
 from performers.jobs.protein_evaluation import (
     corpus_split,
     corpus_splits,
@@ -58,8 +60,10 @@ __all__ = [
     "Mutation",
     "NotAProteinModelError",
     "PerformerProteinLM",
+    "Predictions",
     "ProteinLM",
     "ProteinModel",
+    "ProteinPrediction",
     "ProteinVocabulary",
     "RunResult",
     "SequenceRegressor",
@@ -82,6 +86,7 @@ __all__ = [
     "load_protein_model",
     "load_trained",
     "parse_mutations",
+    "predict_proteins",
     "protein_evaluator",
     "protein_lm_from_directory",
     "protein_model_config",
@@ -97,4 +102,5 @@ __all__ = [
     "write_diagnosis",
     "write_dms_scores",
     "write_embeddings",
+    "write_predictions",
 ]

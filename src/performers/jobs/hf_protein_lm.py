@@ -48,8 +48,10 @@ from torch import Tensor
 
 from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM
 from performers.jobs.protein_models import (
+    NotALanguageModelError,
     NotAProteinModelError,
     ProteinModel,
+    finetuned_refusal,
     load_protein_model,
     protein_model_source,
 )
@@ -58,6 +60,7 @@ from performers.training import evaluation_mode, model_device
 from performers.utils import InputError
 
 __all__ = [
+    "FinetunedEncoderLM",
     "HuggingFaceProteinLM",
     "HuggingFaceVocabulary",
     "evaluate_protein_lm",
@@ -168,6 +171,52 @@ class HuggingFaceProteinLM:
         return out.hidden_states
 
 
+class FinetunedEncoderLM:
+    """The encoder of a fine-tuned model (``performers finetune``) as a
+    :class:`~performers.jobs.protein_lm.ProteinLM`: its hidden states are the encoder's (what
+    ``embed`` reads); :meth:`logits` refuses with :class:`NotALanguageModelError` (a classifier
+    has no language-model head). ``protein_model`` is the fine-tuned
+    :class:`~performers.jobs.protein_models.ProteinModel`."""
+
+    def __init__(self, encoder: ProteinLM, protein_model: ProteinModel) -> None:
+        self.encoder, self.protein_model = encoder, protein_model
+        self.model = encoder.model
+        self.tokenizer = encoder.tokenizer
+        self.num_layers = encoder.num_layers
+        self.is_causal = False
+        self.residue_limit = encoder.residue_limit
+        self.one_token_per_residue = True
+        self.hidden_size = getattr(encoder, "hidden_size", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.encoder.device
+
+    def logits(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        loaded = self.protein_model
+        raise NotALanguageModelError(
+            finetuned_refusal(loaded.path, loaded.details, "a masked or causal language model")
+        )
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor) -> Sequence[Tensor]:
+        return self.encoder.hidden_states(input_ids, attention_mask)
+
+
+def _finetuned_lm(path: str | Path, attention: str | None, device, dtype) -> FinetunedEncoderLM:
+    loaded = load_protein_model(path)
+    backbone = loaded.backbone
+    if backbone.source == "performers":
+        model = backbone.model
+        if attention is not None:  # the twin asked for, from the encoder's own files
+            model, _ = load_trained(backbone.path, attention=attention)
+        encoder: ProteinLM = PerformerProteinLM(model.to(device=device, dtype=dtype), backbone.tokenizer)
+    else:
+        _set_attention(backbone, attention)
+        backbone.model.to(device=device, dtype=dtype)
+        encoder = HuggingFaceProteinLM(backbone)
+    return FinetunedEncoderLM(encoder, loaded)
+
+
 def _set_attention(loaded: ProteinModel, attention: str | None) -> None:
     """``"favor"``: FAVOR+ (an unconverted model gets the default :class:`~performers.FavorConfig`);
     ``"exact"``: softmax attention (a converted model drops its projections); None: as saved."""
@@ -195,7 +244,8 @@ def protein_lm_from_directory(
 
     Args:
         path: a run or ``save_pretrained`` directory of this package, or a Hugging Face protein
-            model directory with its tokenizer.
+            model directory with its tokenizer; a fine-tuned model (``performers finetune``)
+            gives its encoder (:class:`FinetunedEncoderLM`, no logits).
         attention: ``"favor"`` or ``"exact"`` (this package's twin; a Hugging Face model is
             converted or switched back to softmax), None: as saved.
         device, dtype: where and in what dtype the parameters go (None: as loaded).
@@ -207,6 +257,8 @@ def protein_lm_from_directory(
     if protein_model_source(path) == "performers":  # from config.json alone: one load, the twin asked for
         model, tokenizer = load_trained(path, attention=attention)
         return PerformerProteinLM(model.to(device=device, dtype=dtype), tokenizer)
+    if protein_model_source(path) == "finetuned":
+        return _finetuned_lm(path, attention, device, dtype)
     loaded = load_protein_model(path)
     _set_attention(loaded, attention)
     loaded.model.to(device=device, dtype=dtype)

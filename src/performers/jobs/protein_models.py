@@ -16,10 +16,18 @@
   ``performerize(loaded.model, FavorConfig(...))`` switches it. Loading is offline (nothing is
   downloaded); this branch needs the ``[hf]`` extra.
 
+* **A fine-tuned model**: the ``final/`` directory ``performers finetune`` writes (or its run
+  directory): an encoder of either kind above and a per-residue classification or
+  sequence-level regression head (:mod:`performers.jobs.finetuned`). ``performers predict``
+  runs it; ``embed`` reads its encoder (:attr:`ProteinModel.backbone`); commands that need a
+  language model (``score``, ``evaluate``, ``generate``) refuse it
+  (:func:`refuse_finetuned`).
+
 It returns a :class:`ProteinModel`: the model (eval mode), its tokenizer, its kind
-(``"masked_lm"``, ``"causal_lm"`` or ``"encoder"``: hidden states only, a base model or a task
-head) and :meth:`ProteinModel.encode`, which turns protein strings into padded model inputs
-whatever the tokenizer's conventions. A directory that is neither is a
+(``"masked_lm"``, ``"causal_lm"``, ``"encoder"``: hidden states only, a base model or a task
+head, or a fine-tuned ``"token_classifier"`` / ``"sequence_regressor"``) and
+:meth:`ProteinModel.encode`, which turns protein strings into padded model inputs whatever the
+tokenizer's conventions. A directory that is neither is a
 :class:`NotAProteinModelError` (a :class:`~performers.ModelLoadError`, hence an
 :class:`~performers.utils.InputError`) naming it and saying why.
 """
@@ -36,13 +44,31 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from performers.jobs.finetuned import (
+    ENCODER_DIRECTORY,
+    HuggingFaceEncoder,
+    finetuned_from_config,
+    is_finetuned_config,
+)
 from performers.models import from_pretrained
 from performers.models.io import CONFIG_NAME, MODEL_CLASSES, ModelLoadError
 from performers.proteins import ProteinTokenizer
+from performers.utils import InputError
 
-__all__ = ["KINDS", "NotAProteinModelError", "ProteinModel", "load_protein_model", "protein_model_source"]
+__all__ = [
+    "FINETUNED_KINDS",
+    "KINDS",
+    "NotALanguageModelError",
+    "NotAProteinModelError",
+    "ProteinModel",
+    "load_protein_model",
+    "protein_model_source",
+    "refuse_finetuned",
+]
 
-KINDS = ("masked_lm", "causal_lm", "encoder")
+# What a fine-tuned model's head gives: classes per residue, or one value per protein.
+FINETUNED_KINDS = ("token_classifier", "sequence_regressor")
+KINDS = ("masked_lm", "causal_lm", "encoder", *FINETUNED_KINDS)
 # The 20 standard amino acids: a protein tokenizer must know each of them.
 _AMINO_ACIDS = "ACDEFGHIKLMNPQRSTVWY"
 _PERFORMER_KINDS = {"PerformerForMaskedLM": "masked_lm", "PerformerForCausalLM": "causal_lm"}
@@ -53,6 +79,12 @@ class NotAProteinModelError(ModelLoadError):
     model this package can run; the message names the directory and what is missing."""
 
 
+class NotALanguageModelError(InputError):
+    """A fine-tuned model (a classifier or regressor) given to a command that needs a language
+    model (``score``, ``evaluate``, ``generate``); the message names the directory and says
+    what runs it instead."""
+
+
 @dataclass(frozen=True)
 class ProteinModel:
     """A loaded protein model and what is needed to feed it.
@@ -61,12 +93,19 @@ class ProteinModel:
         model: the model, in eval mode.
         tokenizer: a :class:`~performers.proteins.ProteinTokenizer` (performers models) or the
             Hugging Face tokenizer saved with the model.
-        kind: ``"masked_lm"``, ``"causal_lm"`` or ``"encoder"`` (no language-model head).
-        source: ``"performers"`` or ``"huggingface"``.
-        family: ``"performer"``, or the Hugging Face ``model_type`` (``"esm"``, ``"bert"``, ...).
+        kind: ``"masked_lm"``, ``"causal_lm"``, ``"encoder"`` (no language-model head), or a
+            fine-tuned ``"token_classifier"`` / ``"sequence_regressor"``.
+        source: ``"performers"``, ``"huggingface"`` or ``"finetuned"`` (a model of
+            ``performers finetune``: it reads :class:`~performers.proteins.ProteinTokenizer`
+            ids whatever its encoder).
+        family: ``"performer"``, or the Hugging Face ``model_type`` (``"esm"``, ``"bert"``, ...);
+            for a fine-tuned model, its encoder's.
         path: the directory the files were read from (a run directory's ``final/``).
         residue_separator: what goes between residues before the Hugging Face tokenizer sees
             a protein: ``" "`` for ProtBert-style tokenizers, else ``""``.
+        backbone: a fine-tuned model's encoder as a protein model of kind ``"encoder"`` (what
+            ``embed`` reads); None for the others.
+        details: a fine-tuned model's ``config.json`` (its classes, metric, ...); else empty.
     """
 
     model: nn.Module = field(repr=False)
@@ -76,12 +115,14 @@ class ProteinModel:
     family: str
     path: Path
     residue_separator: str = ""
+    backbone: ProteinModel | None = field(default=None, repr=False)
+    details: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def encode(self, sequences: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Protein strings (any case) → right-padded ``(input_ids, attention_mask)`` ``(B, L)`` int64, with
         the special tokens the model was trained with (``<cls>``/``<eos>`` for ESM and
         performers models, ``[CLS]``/``[SEP]`` for BERT, none for GPT-2)."""
-        if self.source == "performers":
+        if self.source != "huggingface":  # a fine-tuned model reads ProteinTokenizer ids too
             return self.tokenizer.batch_encode(list(sequences))
         tokenizer = self.tokenizer
         # Upper-cased as ProteinTokenizer does: protein vocabularies hold capital letters only.
@@ -102,7 +143,9 @@ def load_protein_model(path: str | Path) -> ProteinModel:
     """Load a protein model directory, this package's or a Hugging Face one (module docstring).
 
     Args:
-        path: a ``save_pretrained`` directory or a training run directory (its ``final/``).
+        path: a ``save_pretrained`` directory or a training run directory (its ``final/``),
+            including what ``performers finetune`` writes (a fine-tuned model's run directory or
+            its ``final/``).
 
     Returns:
         A :class:`ProteinModel` (model in eval mode, tokenizer, kind, source, family).
@@ -118,12 +161,15 @@ def load_protein_model(path: str | Path) -> ProteinModel:
     directory, source, name = _resolve(path)
     if source == "performers":
         return _load_performers(directory, name)
+    if source == "finetuned":
+        return _load_finetuned(directory)
     return _load_huggingface(directory, name)
 
 
 def protein_model_source(path: str | Path) -> str:
-    """``"performers"`` or ``"huggingface"``: which loader :func:`load_protein_model` would use
-    for ``path``, read from its ``config.json`` alone (no weights are loaded).
+    """``"performers"``, ``"huggingface"`` or ``"finetuned"``: which loader
+    :func:`load_protein_model` would use for ``path``, read from its ``config.json`` alone (no
+    weights are loaded).
 
     Raises:
         FileNotFoundError, NotAProteinModelError: as :func:`load_protein_model`, for a directory
@@ -134,7 +180,8 @@ def protein_model_source(path: str | Path) -> str:
 
 def _resolve(path: str | Path) -> tuple[Path, str, str]:
     """``(directory, source, name)``: the directory holding ``config.json`` (a run's ``final/``),
-    ``"performers"`` or ``"huggingface"``, and the performers class or the HF ``model_type``."""
+    ``"performers"``, ``"huggingface"`` or ``"finetuned"``, and the performers class, the HF
+    ``model_type`` or the fine-tuned model's class."""
     directory = Path(path)
     if not directory.exists():
         raise FileNotFoundError(f"{directory}: no such model directory")
@@ -143,6 +190,8 @@ def _resolve(path: str | Path) -> tuple[Path, str, str]:
     config = _read_config(directory)
     architectures = config.get("architectures") or [None]
     architecture = architectures[0] if isinstance(architectures, list) and architectures else None
+    if is_finetuned_config(config):
+        return directory, "finetuned", str(architecture)
     if architecture in MODEL_CLASSES and "model_type" not in config:
         return directory, "performers", architecture
     if "model_type" in config:
@@ -209,8 +258,9 @@ def _residue_separator(tokenizer: Any, directory: Path) -> str:
     )
 
 
-def _load_huggingface(directory: Path, model_type: str) -> ProteinModel:
-    """Checks the family and the tokenizer before the weights load (an ESM-2 15B takes a while)."""
+def _load_huggingface(directory: Path, model_type: str, **model_options: Any) -> ProteinModel:
+    """Checks the family and the tokenizer before the weights load (an ESM-2 15B takes a while).
+    ``model_options`` go to the model class's ``from_pretrained`` (``add_pooling_layer``)."""
     from performers.integrations.transformers import SUPPORTED_ATTENTION_CLASSES, load_hf_model
 
     if model_type not in SUPPORTED_ATTENTION_CLASSES:
@@ -229,5 +279,71 @@ def _load_huggingface(directory: Path, model_type: str) -> ProteinModel:
             "directory with tokenizer.save_pretrained)"
         ) from None
     separator = _residue_separator(tokenizer, directory)
-    model, _ = load_hf_model(directory, supported_only=True)
+    model, _ = load_hf_model(directory, supported_only=True, **model_options)
     return ProteinModel(model, tokenizer, _kind_of(model), "huggingface", model_type, directory, separator)
+
+
+def refuse_finetuned(path: str | Path, needs: str = "a masked or causal language model") -> None:
+    """Raise :class:`NotALanguageModelError` when ``path`` holds a fine-tuned model (a command
+    that needs a language model was given a classifier or regressor); anything else passes
+    (its own loader names what is wrong with it)."""
+    try:
+        directory, source, _ = _resolve(path)
+    except (OSError, ValueError):
+        return
+    if source == "finetuned":
+        raise NotALanguageModelError(finetuned_refusal(directory, _read_config(directory), needs))
+
+
+def finetuned_refusal(directory: Path, config: dict[str, Any], needs: str) -> str:
+    """The one-line message of :func:`refuse_finetuned`."""
+    if config.get("task") == "tokens":
+        classes = config.get("classes") or []
+        what = f"a fine-tuned per-residue classifier (classes {'/'.join(map(str, classes))})"
+    else:
+        what = "a fine-tuned sequence-level regressor"
+    return (
+        f"{directory}: {what}, not a language model; this command needs {needs} "
+        "(performers predict runs it, performers embed reads its encoder)"
+    )
+
+
+def _load_finetuned(directory: Path) -> ProteinModel:
+    """A ``performers finetune`` model (:mod:`performers.jobs.finetuned`): its encoder loaded as
+    the protein model it is (``encoder/``), then the head."""
+    config = _read_config(directory)
+    encoder_info = config.get("encoder")
+    if not isinstance(encoder_info, dict) or encoder_info.get("source") not in ("performers", "huggingface"):
+        raise NotAProteinModelError(
+            f"{directory / CONFIG_NAME}: a fine-tuned model's config.json needs 'encoder' with "
+            f"'source' performers or huggingface, got {encoder_info!r}"
+        )
+    encoder_dir = directory / str(encoder_info.get("directory", ENCODER_DIRECTORY))
+    tokenizer_path = directory / "tokenizer.json"
+    if not tokenizer_path.is_file():
+        raise NotAProteinModelError(f"{directory}: a fine-tuned model without tokenizer.json")
+    tokenizer = ProteinTokenizer.load(tokenizer_path)
+    if encoder_info["source"] == "performers":
+        backbone = _load_performers(encoder_dir, _resolve(encoder_dir)[2])
+        encoder: nn.Module = backbone.model
+    else:
+        options = {"add_pooling_layer": False} if encoder_info.get("add_pooling_layer") is False else {}
+        backbone = _load_huggingface(encoder_dir, _resolve(encoder_dir)[2], **options)
+        table = encoder_info.get("vocabulary")
+        if not isinstance(table, list) or len(table) != len(tokenizer):
+            raise NotAProteinModelError(
+                f"{directory / CONFIG_NAME}: 'encoder.vocabulary' must map each of the {len(tokenizer)} "
+                f"tokenizer ids to the backbone's, got {table!r}"
+            )
+        encoder = HuggingFaceEncoder(
+            backbone.model,
+            table,
+            hidden_size=int(backbone.model.config.hidden_size),
+            source=str(encoder_dir),
+            hf_tokenizer=backbone.tokenizer,
+        )
+    model = finetuned_from_config(config, encoder, directory, tokenizer)
+    kind = "token_classifier" if config.get("task") == "tokens" else "sequence_regressor"
+    return ProteinModel(
+        model, tokenizer, kind, "finetuned", backbone.family, directory, backbone=backbone, details=config
+    )

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from performers.jobs.protein_evaluation import corpus_split, corpus_splits, protein_evaluator
+from performers.jobs.protein_models import refuse_finetuned
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, build_model, from_pretrained
 from performers.proteins import (
@@ -239,7 +240,12 @@ def load_trained(directory: str | Path, **overrides):
 
     ``overrides`` are config fields for :func:`performers.from_pretrained` (None values are
     ignored), e.g. ``attention="exact"``.
+
+    Raises:
+        NotALanguageModelError: a fine-tuned model (``performers finetune``'s ``final/``), which
+            ``evaluate`` and ``generate`` cannot run (one line saying what does).
     """
+    refuse_finetuned(directory)
     path = Path(directory)
     if (path / "final").is_dir():
         path = path / "final"
