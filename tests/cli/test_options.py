@@ -21,12 +21,14 @@ import performers.cli.distill
 import performers.cli.embed
 import performers.cli.evaluate
 import performers.cli.finetune
+import performers.cli.predict
 import performers.cli.prepare
 import performers.cli.score
 import performers.cli.train
 from performers import PerformerForCausalLM, PerformerForMaskedLM
 from performers.cli import build_parser, main
 from performers.cli.options import data_from_args
+from performers.jobs.results_file import Metric
 from tests.cli.test_errors import _model_dir
 from tests.cli.test_proteins import TINY_TRAIN
 
@@ -143,8 +145,10 @@ def test_the_training_commands_and_diagnose_pass_the_device_to_their_job(monkeyp
     assert main(["train", *compute, "--out", str(tmp_path / "t")]) == 0
     monkeypatch.setattr(performers.cli.demo, "compare", _record(calls, "report"))
     assert main(["demo", *compute, "--out", str(tmp_path / "d")]) == 0
-    test = {"spearman": 0.5, "mse": 1.0, "count": 2}
-    monkeypatch.setattr(performers.cli.finetune, "finetune", _record(calls, {"test": test}))
+    test = {"spearman": 0.5, "mse": 1.0, "proteins": 2}
+    metrics = {"spearman": Metric(0.5, None, "none", True, 2), "mse": Metric(1.0, 2.0, "mean", False, 2)}
+    result = {"test": test, "metrics": metrics}
+    monkeypatch.setattr(performers.cli.finetune, "finetune", _record(calls, result))
     finetune = ["finetune", "--task", "gb1", "--train-limit", "4", "--test-limit", "2"]
     small = ["--d-model", "16", "--layers", "1", "--heads", "2", "--num-features", "8"]
     assert main([*finetune, *small, *compute, "--out", str(tmp_path / "f")]) == 0
