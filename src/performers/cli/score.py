@@ -1,5 +1,7 @@
 """``performers score``: log-likelihoods of proteins and zero-shot variant effects
-(:func:`performers.jobs.scoring.score_proteins`, ``variant_effects`` and ``score_dms``)."""
+(:func:`performers.jobs.scoring.score_proteins`, ``variant_effects`` and ``score_dms``; mutant
+lists and saturation scans with :mod:`performers.jobs.variant_scan`, the heatmap with
+:func:`performers.jobs.heatmap.plot_saturation`)."""
 
 from __future__ import annotations
 

@@ -32,7 +32,9 @@ log-probabilities at a position, higher = more likely than the wild type:
 * ``log-likelihood-ratio`` — causal models: the exact ``LL(mutant) − LL(wild type)``.
 
 The first three need a masked model, the last a causal one. A mutant without substitutions (the
-wild type itself) scores exactly 0 under every strategy, without a forward pass.
+wild type itself) scores exactly 0 under every strategy, without a forward pass. Mutants are
+written ``V39A:D40G`` (:func:`parse_mutations`, :func:`apply_mutations`); lists of them and
+site-saturation scans are in :mod:`performers.jobs.variant_scan`.
 
 Whole proteins are scored as they are, without windows (FAVOR+ attention is linear in the
 length): a model with learned positions refuses a wild type longer than them (an error naming
