@@ -49,9 +49,10 @@ TINY = {
 
 # Pages whose commands form a chain the tests must keep covering, and what it writes.
 CHAINS = {
-    "proteins.md": (
-        "prepare train evaluate embed embed score score score finetune finetune predict predict".split()
-    ),
+    "proteins.md": [
+        *"prepare train evaluate embed embed".split(), *["score"] * 5,
+        *"finetune finetune predict predict".split(),
+    ],
 }
 
 
@@ -189,6 +190,10 @@ def test_commands_run(page, tmp_path, monkeypatch, capsys):
         assert "spearman" in Path("runs/mine/dms.spearman.json").read_text()
         assert Path("runs/mine-ss/predictions.csv").read_text().count("\n") == 41
         assert '"q3"' in Path("runs/mine-ss/results.json").read_text()
+        assert "BLOSUM62" in Path("runs/mine/results.json").read_text()  # the baseline beside it
+        assert Path("runs/mine/mutants.csv").read_text().count("\n") == 3
+        assert Path("runs/mine/scan.csv").read_text().count("\n") == 1 + 16 * 19
+        assert Path("runs/mine/scan.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def _listed(argv: list[str], capsys) -> list[str]:

@@ -54,6 +54,7 @@ CHECKED_IN = {
         "bench/test_proteins.py",
         "test_precision_trains_float32_and_bf16_per_seed_interleaved_and_reports_them",
     ),
+    "pll": ("bench/test_pll.py", "test_pll_bench_measures_both_schedules_and_writes_through_the_writer"),
     "packing": (
         "bench/test_packing.py",
         "test_tiny_packing_bench_trains_every_pair_fairly_through_the_writer",

@@ -1,10 +1,15 @@
 """``performers score``: log-likelihoods of proteins and zero-shot variant effects
-(:func:`performers.jobs.scoring.score_proteins`, ``variant_effects`` and ``score_dms``)."""
+(:func:`performers.jobs.scoring.score_proteins`, ``variant_effects`` and ``score_dms``; mutant
+lists and saturation scans with :mod:`performers.jobs.variant_scan`, the heatmap with
+:func:`performers.jobs.heatmap.plot_saturation`)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
 import time
+from pathlib import Path
 
 from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
 from performers.cli.options import (
@@ -15,25 +20,50 @@ from performers.cli.options import (
     load_model,
     read_records,
 )
-from performers.jobs.scoring import STRATEGIES, score_dms, score_proteins, variant_effects, write_dms_scores
+from performers.jobs.heatmap import plot_saturation
+from performers.jobs.protein_lm import as_protein_lm
+from performers.jobs.results_file import Metric, write_results
+from performers.jobs.scoring import (
+    STRATEGIES,
+    MutationError,
+    check_strategy,
+    score_dms,
+    score_proteins,
+    variant_effects,
+    write_dms_scores,
+)
+from performers.jobs.variant_scan import (
+    blosum62_spearman,
+    parse_mutants,
+    parse_positions,
+    read_mutants_file,
+    saturation_scan,
+    score_mutation_list,
+)
 from performers.models import PerformerForCausalLM
 from performers.utils import write_csv
 
-HELP = "per-sequence log-likelihood / perplexity, and variant effects (ProteinGym DMS files) -> CSV"
+HELP = (
+    "per-sequence log-likelihood / perplexity, and variant effects (mutant lists, saturation scans "
+    "with a heatmap, ProteinGym DMS files) -> CSV"
+)
 DESCRIPTION = f"""{HELP}.
 
-Three modes:
+Five modes:
 
   performers score MODEL proteins.fasta --out scores.csv
   performers score MODEL variants.fasta --wildtype WT.fasta --out effects.csv
   performers score MODEL --dms ASSAY.csv --wildtype WT.fasta --out scores.csv
+  performers score MODEL --wildtype WT.fasta --mutations A23G,L5P:L11W --out mutants.csv
+  performers score MODEL --wildtype WT.fasta --saturation [--positions 10-120] --out scan.csv
 
 Per sequence. A protein of n residues is encoded as [<cls>, residues..., <eos>]. Causal models:
 the exact log-likelihood, the sum of log p of the n residues and of the <eos> given their
 prefixes (n + 1 terms), one forward pass per protein. Masked models: the pseudo-log-likelihood,
 the sum over residues of log p(true residue) with that residue masked: n masked copies of n + 2
 tokens, i.e. n forward passes' worth of tokens per protein — O(n^2 * M * D) time per layer with
-FAVOR+ (O(n^3 * D) with exact attention), batched by --max-tokens. Columns:
+FAVOR+ (O(n^3 * D) with exact attention); the copies of all the proteins are packed into
+batches of --max-tokens padded tokens. Columns:
 id,length,log_likelihood,perplexity,terms,method (natural log; perplexity = exp(-LL / terms)).
 
 Variant effects (--wildtype), with ESM's strategies (--strategy), higher = more likely than the
@@ -52,7 +82,19 @@ the rows of a ProteinGym DMS CSV (--dms): --mutation-col holds A12G or A12G:D15E
 from the wild type's, or whose position lies outside it, is an error naming the line. The
 output is the CSV's rows with a score column; when --target-col is there, the Spearman
 correlation of score and target (over the rows with a target) is printed and written to
-OUT.spearman.json (beside the scores). Whole proteins are scored without windows (FAVOR+ is
+OUT.spearman.json and, beside it, results.json with its baseline: the Spearman of the BLOSUM62
+score (the sum of BLOSUM62[wt, mt] over a mutant's substitutions) on the same rows.
+
+Mutants without sequences: --mutations A23G,L5P:L11W (',' between mutants, ':' joining the
+substitutions of a multi-mutant; WT is the wild type) or --mutations-file FILE (the same, one or
+more per line, or a CSV with a --mutation-col column), numbered from --offset; a wrong wild-type
+letter or a position outside the wild type is an error naming the mutant. --saturation scores
+every substitution to the 20 standard amino acids (19 per position) at --positions (e.g. 10-120
+or 1-5,30; default all), with masked-marginals one masked forward pass per position (batched
+by --max-tokens). Columns: mutant,position,wildtype,mutant_aa,score. A saturation scan also
+draws its heatmap (positions x amino acids, diverging colours centred at 0, a dot on each wild
+type; long proteins in panels of 100 positions) to --heatmap, default OUT with .png (needs
+matplotlib). Whole proteins are scored without windows (FAVOR+ is
 linear in the length); a model with learned positions refuses a longer wild type, a rotary one
 takes any length (the exact twin at O(L^2) memory per pass; past its training length its scores
 are extrapolations).
@@ -69,7 +111,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "score", help=HELP, description=DESCRIPTION, formatter_class=RawHelpFormatter
     )
-    add_protein_model_options(parser, input_help="not with --dms")
+    add_protein_model_options(parser, input_help="not with --dms, --mutations or --saturation")
     parser.add_argument("--out", required=True, help="output CSV")
     parser.add_argument(
         "--wildtype",
@@ -91,7 +133,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "log-likelihood-ratio for a causal one)",
     )
     parser.add_argument(
-        "--mutation-col", default=None, help="--dms column of mutants such as A12G:D15E (default: mutant)"
+        "--mutation-col",
+        default=None,
+        help="--dms (or --mutations-file CSV) column of mutants such as A12G:D15E (default: mutant)",
     )
     parser.add_argument(
         "--target-col",
@@ -103,13 +147,78 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--offset",
         type=int,
         default=None,
-        help="--dms: the number of the wild type's first residue in the mutants (default: 1)",
+        help="--dms, --mutations, --saturation: the number of the wild type's first residue (default: 1)",
+    )
+    variants = parser.add_argument_group("mutants of --wildtype without sequences")
+    variants.add_argument(
+        "--mutations",
+        default=None,
+        metavar="A23G,L5P:L11W",
+        help="mutants to score: ',' between mutants, ':' joining a multi-mutant's substitutions",
+    )
+    variants.add_argument(
+        "--mutations-file",
+        default=None,
+        metavar="FILE",
+        help="mutants to score, as --mutations, one or more per line (or a CSV with --mutation-col)",
+    )
+    variants.add_argument(
+        "--saturation",
+        action="store_true",
+        help="score every single substitution (19 per position) and draw the heatmap",
+    )
+    variants.add_argument(
+        "--positions",
+        default=None,
+        metavar="10-120",
+        help="--saturation: the positions to scan, e.g. 10-120 or 1-5,30 (default: all)",
+    )
+    variants.add_argument(
+        "--heatmap",
+        default=None,
+        metavar="PATH.png",
+        help="--saturation: where the heatmap goes (default: --out with the suffix .png)",
     )
     add_crop_option(parser)
     return parser
 
 
+def _variant_mode(args: argparse.Namespace) -> str | None:
+    """``--mutations``, ``--mutations-file`` or ``--saturation`` when one is given."""
+    flags = {
+        "--mutations": args.mutations is not None,
+        "--mutations-file": args.mutations_file is not None,
+        "--saturation": args.saturation,
+    }
+    given = [name for name, on in flags.items() if on]
+    if len(given) > 1:
+        raise UsageError(
+            f"give one of --mutations, --mutations-file and --saturation, got {' and '.join(given)}"
+        )
+    return given[0] if given else None
+
+
 def _check_modes(args: argparse.Namespace) -> None:
+    mode = _variant_mode(args)
+    saturation_only = [f"--{name}" for name in ("positions", "heatmap") if getattr(args, name) is not None]
+    if saturation_only and mode != "--saturation":
+        raise UsageError(f"{', '.join(saturation_only)} belong to a saturation scan: add --saturation")
+    if mode is not None:
+        if args.wildtype is None:
+            raise UsageError(f"{mode} needs --wildtype WT.fasta (the sequence the mutants refer to)")
+        if args.input is not None or args.dms is not None:
+            other = args.input if args.input is not None else f"--dms {args.dms}"
+            raise UsageError(
+                f"{mode} scores mutants of --wildtype: give no FASTA input or --dms (got {other})"
+            )
+        if args.max_length is not None:
+            raise UsageError("--max-length cannot crop variants (mutations must keep their positions)")
+        if args.target_col is not None or (args.mutation_col is not None and mode != "--mutations-file"):
+            raise UsageError(
+                "--mutation-col and --target-col read a --dms file "
+                "(--mutation-col also a --mutations-file CSV)"
+            )
+        return
     dms_only = [f"--{name.replace('_', '-')}" for name in DMS_DEFAULTS if getattr(args, name) is not None]
     if args.dms is not None:
         if args.input is not None:
@@ -119,7 +228,8 @@ def _check_modes(args: argparse.Namespace) -> None:
     else:
         if args.input is None:
             raise UsageError(
-                "the following arguments are required: input (or --dms ASSAY.csv with --wildtype)"
+                "the following arguments are required: input (or --dms ASSAY.csv, --mutations, "
+                "--mutations-file or --saturation with --wildtype)"
             )
         if dms_only:
             raise UsageError(f"{', '.join(dms_only)} read a --dms file; give --dms ASSAY.csv")
@@ -164,11 +274,98 @@ def _run_dms(args: argparse.Namespace, model, tokenizer, wildtype) -> int:
         f"{args.out} in {seconds:.3f} s ({rows / seconds:.1f} variants/s)"
     )
     if result.spearman is not None:
+        baseline, baseline_count, results = _write_dms_results(args, result)
+        shown = "n/a" if baseline is None or math.isnan(baseline) else f"{baseline:.4f}"
         print(
             f"Spearman {result.spearman:.4f} between score and {result.assay.target_col} over "
-            f"{result.count} rows (written to {written[1]})"
+            f"{result.count} rows; BLOSUM62 baseline {shown} over {baseline_count} rows "
+            f"(written to {written[1]} and {results})"
         )
     return 0
+
+
+def _write_dms_results(args: argparse.Namespace, result) -> tuple[float, int, Path]:
+    """``results.json`` beside ``--out``: the model's Spearman and, as its baseline, that of the
+    BLOSUM62 sum on the rows with a target; returns the baseline, its row count and the path."""
+    baseline, baseline_count = blosum62_spearman(result.assay.mutants, result.assay.targets)
+    metric = Metric(result.spearman, baseline, "BLOSUM62 sum", higher_is_better=True, count=result.count)
+    path = write_results(
+        Path(args.out).parent / "results.json",
+        command="score",
+        metrics={"spearman": metric},
+        baseline_count=baseline_count,
+        strategy=result.strategy,
+        target_col=result.assay.target_col,
+        assay=str(args.dms),
+        model=str(args.model),
+        wildtype=str(args.wildtype),
+        scores=str(args.out),
+    )
+    return baseline, baseline_count, path
+
+
+def _read_mutants(args: argparse.Namespace, wildtype) -> list | None:
+    """The mutants of ``--mutations`` / ``--mutations-file``, or the positions of
+    ``--saturation``; checked against the wild type before the model is loaded."""
+    offset = 1 if args.offset is None else args.offset
+    sequence = wildtype.sequence.upper()
+    try:
+        if args.mutations is not None:
+            return parse_mutants(args.mutations, sequence, offset=offset)
+        if args.mutations_file is not None:
+            column = args.mutation_col or "mutant"
+            return read_mutants_file(args.mutations_file, sequence, offset=offset, column=column)
+        positions = "" if args.positions is None else args.positions
+        return parse_positions(positions, len(sequence), offset=offset) if positions else None
+    except MutationError as error:
+        option = (
+            "--positions" if args.saturation else "--mutations-file" if args.mutations_file else "--mutations"
+        )
+        raise UsageError(f"{option}: {error}") from None
+    except OSError as error:
+        raise UsageError(f"--mutations-file {args.mutations_file}: {error.strerror or error}") from None
+
+
+def _heatmap_path(args: argparse.Namespace) -> Path:
+    path = Path(args.out).with_suffix(".png") if args.heatmap is None else Path(args.heatmap)
+    check_output_file(str(path), "--heatmap")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("--saturation draws a heatmap with matplotlib: pip install 'performers[bench]'")
+    return path
+
+
+def _run_mutants(args: argparse.Namespace, mutants: list | None, wildtype) -> int:
+    """``--mutations`` / ``--mutations-file`` (``mutants``) or ``--saturation`` (``mutants``:
+    the positions, None for all): the CSV, and a scan's heatmap."""
+    heatmap = _heatmap_path(args) if args.saturation else None
+    model, tokenizer = load_model(args)
+    offset = 1 if args.offset is None else args.offset
+    options = {"strategy": args.strategy, "offset": offset, "max_tokens": args.max_tokens}
+    start = time.perf_counter()
+    with user_errors_named(option_names(args.command_parser)):
+        if args.saturation:
+            positions = None if mutants is None else [p + offset - 1 for p in mutants]
+            scan = saturation_scan(model, tokenizer, wildtype.sequence, positions=positions, **options)
+            rows, strategy = scan.to_rows(), scan.strategy
+        else:
+            strategy = check_strategy(as_protein_lm(model, tokenizer), args.strategy)
+            rows = score_mutation_list(model, tokenizer, wildtype.sequence, mutants, **options)
+    seconds = time.perf_counter() - start
+    write_csv(rows, args.out)
+    what = "substitutions (saturation scan)" if args.saturation else "mutant scores"
+    print(
+        f"wrote {len(rows)} {what} ({strategy}) against {wildtype.id} to {args.out} in {seconds:.3f} s "
+        f"({len(rows) / seconds:.1f} variants/s)"
+    )
+    if heatmap is not None:
+        print(
+            f"heatmap of {len(scan.positions)} positions x 20 amino acids: {plot_saturation(scan, heatmap)}"
+        )
+    return 0
+
+
+def _is_causal(model) -> bool:
+    return isinstance(model, PerformerForCausalLM) or getattr(model, "is_causal", False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -176,11 +373,13 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out)
     compute_device(args)  # a --device or --threads the machine refuses, before reading anything
     wildtype = None if args.wildtype is None else _read_wildtype(args.wildtype)
+    if _variant_mode(args) is not None:
+        return _run_mutants(args, _read_mutants(args, wildtype), wildtype)
     records = None if args.input is None else read_records(args.input)
     model, tokenizer = load_model(args)
     if args.dms is not None:
         return _run_dms(args, model, tokenizer, wildtype)
-    causal = isinstance(model, PerformerForCausalLM) or getattr(model, "is_causal", False)
+    causal = _is_causal(model)
     start = time.perf_counter()
     with user_errors_named(option_names(args.command_parser)):  # a protein or option the model refuses
         if wildtype is None:

@@ -9,8 +9,8 @@ Per-sequence scores (:func:`score_proteins`), for a protein of ``n`` residues en
 * **masked models** — the pseudo-log-likelihood ``Σ_{i=1}^{n} log p(r_i | x with r_i masked)``
   (Salazar et al. 2020): ``n`` masked copies of the protein, each with one residue replaced
   by ``<mask>``, i.e. ``n`` forward passes' worth of ``n + 2`` tokens per protein —
-  ``O(n²·M·D)`` per layer with FAVOR+ (``O(n³·D)`` with exact attention). The copies are
-  batched by the token budget.
+  ``O(n²·M·D)`` per layer with FAVOR+ (``O(n³·D)`` with exact attention). The copies of all
+  the proteins are packed into batches by the token budget (:mod:`performers.jobs.pseudo_likelihood`).
 
 Perplexity is ``exp(−log_likelihood / terms)``, ``terms`` being ``n + 1`` (causal) or ``n``
 (pseudo-perplexity). A causal model whose tokens span several residues (ProtGPT2's byte-pair
@@ -32,7 +32,9 @@ log-probabilities at a position, higher = more likely than the wild type:
 * ``log-likelihood-ratio`` — causal models: the exact ``LL(mutant) − LL(wild type)``.
 
 The first three need a masked model, the last a causal one. A mutant without substitutions (the
-wild type itself) scores exactly 0 under every strategy, without a forward pass.
+wild type itself) scores exactly 0 under every strategy, without a forward pass. Mutants are
+written ``V39A:D40G`` (:func:`parse_mutations`, :func:`apply_mutations`); lists of them and
+site-saturation scans are in :mod:`performers.jobs.variant_scan`.
 
 Whole proteins are scored as they are, without windows (FAVOR+ attention is linear in the
 length): a model with learned positions refuses a wild type longer than them (an error naming
@@ -68,6 +70,7 @@ from performers.jobs.embedding import (
     truncate_proteins,
 )
 from performers.jobs.protein_lm import ProteinLM, ProteinVocabulary, as_protein_lm
+from performers.jobs.pseudo_likelihood import pseudo_log_likelihoods
 from performers.proteins import FastaRecord
 from performers.training import spearman
 from performers.utils import InputError, atomic_write, write_csv
@@ -78,12 +81,16 @@ __all__ = [
     "DmsError",
     "DmsScores",
     "Mutation",
+    "MutationError",
+    "apply_mutations",
     "check_strategy",
     "dms_spearman",
     "find_mutations",
     "format_mutations",
+    "marginal_log_probs",
     "masked_log_probs",
     "parse_mutations",
+    "per_protein_pseudo_log_likelihoods",
     "read_dms",
     "score_dms",
     "score_mutants",
@@ -130,36 +137,81 @@ def format_mutations(mutations: Sequence[Mutation]) -> str:
     return ":".join(str(m) for m in mutations)
 
 
-def parse_mutations(text: str, wildtype: str | None = None) -> list[Mutation]:
+class MutationError(InputError):
+    """A mutation that is malformed or does not fit its wild type (the message names it)."""
+
+
+def parse_mutations(text: str, wildtype: str | None = None, *, offset: int = 1) -> list[Mutation]:
     """Parse ``"V39A:D40G"`` (also ``,``/``;``/space separated); empty text is no mutation.
 
-    With ``wildtype``, each position must exist and hold the stated wild-type residue.
+    ``offset`` is the number the text gives the wild type's first residue (as ``--offset`` and
+    ESM's ``--offset-idx``); the mutations returned are 1-based in the wild type. With
+    ``wildtype``, each position must exist and hold the stated wild-type residue.
 
     Raises:
-        ValueError: a malformed mutation or one that disagrees with ``wildtype``, naming it.
+        MutationError: a malformed mutation or one that disagrees with ``wildtype``, naming it.
     """
     mutations = []
     for word in text.replace(",", ":").replace(";", ":").replace(" ", ":").split(":"):
         if not word:
             continue
-        position = word[1:-1]
-        if len(word) < 3 or not word[0].isalpha() or not word[-1].isalpha() or not position.isdigit():
-            raise ValueError(
+        number = word[1:-1]
+        digits = number[1:] if number.startswith("-") else number
+        if len(word) < 3 or not word[0].isalpha() or not word[-1].isalpha() or not digits.isdigit():
+            raise MutationError(
                 f"mutation {word!r} is not of the form V39A (wild type, 1-based position, mutant)"
             )
-        mutation = Mutation(int(position), word[0].upper(), word[-1].upper())
+        mutation = Mutation(int(number) - offset + 1, word[0].upper(), word[-1].upper())
         if mutation.position < 1:
-            raise ValueError(f"mutation {word!r}: positions are 1-based")
+            first = "positions are 1-based" if offset == 1 else f"the first residue is number {offset}"
+            raise MutationError(f"mutation {word!r}: {first}")
         if wildtype is not None:
             if mutation.position > len(wildtype):
-                raise ValueError(f"mutation {word!r}: the wild type has {len(wildtype)} residues")
+                last = offset + len(wildtype) - 1
+                raise MutationError(
+                    f"mutation {word!r}: the wild type has {len(wildtype)} residues (numbered "
+                    f"{offset}..{last})"
+                )
             if wildtype[mutation.position - 1].upper() != mutation.wildtype:
-                raise ValueError(
+                raise MutationError(
                     f"mutation {word!r}: the wild type has {wildtype[mutation.position - 1]!r} "
-                    f"at position {mutation.position}"
+                    f"at position {number}"
                 )
         mutations.append(mutation)
     return mutations
+
+
+def apply_mutations(wildtype: str, mutations: str | Sequence[Mutation], *, offset: int = 1) -> str:
+    """The sequence of ``wildtype`` with ``mutations`` applied: a text such as ``"A23G:L5P"``
+    (numbered from ``offset``, as :func:`parse_mutations`) or :class:`Mutation` objects
+    (1-based). No mutation gives the wild type back.
+
+    Raises:
+        MutationError: a malformed mutation, a position outside the wild type, a wild-type letter
+            that is not the wild type's at that position, or a position mutated twice — the
+            message names the mutation.
+    """
+    if isinstance(mutations, str):
+        mutations = parse_mutations(mutations, wildtype, offset=offset)
+    residues = list(wildtype)
+    seen: set[int] = set()
+    for m in mutations:
+        name = f"{m.wildtype}{m.position + offset - 1}{m.mutant}"
+        if not 1 <= m.position <= len(wildtype):
+            raise MutationError(
+                f"mutation {name!r}: position {m.position + offset - 1} is outside the wild type "
+                f"(its {len(wildtype)} residues are numbered {offset}..{offset + len(wildtype) - 1})"
+            )
+        if wildtype[m.position - 1].upper() != m.wildtype.upper():
+            raise MutationError(
+                f"mutation {name!r}: the wild type has {wildtype[m.position - 1]!r} at position "
+                f"{m.position + offset - 1}, not {m.wildtype!r}"
+            )
+        if m.position in seen:
+            raise MutationError(f"mutation {name!r}: position {m.position + offset - 1} is mutated twice")
+        seen.add(m.position)
+        residues[m.position - 1] = m.mutant.upper()
+    return "".join(residues)
 
 
 def _log_softmax(logits: Tensor) -> Tensor:
@@ -242,7 +294,20 @@ def _encode(tokenizer: ProteinVocabulary, sequence: str) -> Tensor:
     return torch.tensor(tokenizer.encode(sequence), dtype=torch.long)
 
 
-def _pseudo_log_likelihoods(lm: ProteinLM, sequences, *, max_tokens, progress) -> list[float]:
+def per_protein_pseudo_log_likelihoods(
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
+    sequences: Sequence[str],
+    *,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: Progress | None = None,
+) -> list[float]:
+    """Pseudo-log-likelihoods one protein at a time: each protein's masked copies batched by
+    ``max_tokens``, never mixed with another protein's — how ``performers score`` ran until
+    :func:`~performers.jobs.pseudo_likelihood.pseudo_log_likelihoods` packed the copies of all
+    proteins together (same results up to float rounding); kept as the reference that
+    ``performers bench pll`` measures against. ``progress`` advances by one per residue."""
+    lm = as_protein_lm(model, tokenizer)
     results = []
     for sequence in sequences:  # one protein at a time: its n copies are never all in memory
         ids = _encode(lm.tokenizer, sequence)
@@ -306,7 +371,7 @@ def score_proteins(
         if is_causal:
             scores = sequence_log_likelihoods(lm, None, sequences, max_tokens=max_tokens, progress=bar)
         else:
-            scores = _pseudo_log_likelihoods(lm, sequences, max_tokens=max_tokens, progress=bar)
+            scores = pseudo_log_likelihoods(lm, None, sequences, max_tokens=max_tokens, progress=bar)
     finally:
         bar.close()
     rows = []
@@ -434,7 +499,7 @@ def _sequence_scores(lm, strategy, wildtype, mutants, *, max_tokens, progress) -
         passes = sum(map(len, sequences))
         bar = Progress(passes, desc="score", unit="passes", enabled=progress)
         try:
-            totals = _pseudo_log_likelihoods(lm, sequences, max_tokens=max_tokens, progress=bar)
+            totals = pseudo_log_likelihoods(lm, None, sequences, max_tokens=max_tokens, progress=bar)
         finally:
             bar.close()
     else:
@@ -486,26 +551,48 @@ def score_mutants(
     _check_mutants(wildtype, mutants)
     if strategy in ("pseudo-ppl", "log-likelihood-ratio"):
         return _sequence_scores(lm, strategy, wildtype, mutants, max_tokens=max_tokens, progress=progress)
-    wt_ids = _encode(lm.tokenizer, wildtype)
     positions = sorted({m.position - 1 for mutations in mutants for m in mutations})
     if not positions:
         return [0.0] * len(mutants)
+    tables = marginal_log_probs(
+        lm, None, wildtype, positions, strategy=strategy, max_tokens=max_tokens, progress=progress
+    )
+    return _marginal_scores(tables, lm.tokenizer, mutants)
+
+
+def marginal_log_probs(
+    model: nn.Module | ProteinLM,
+    tokenizer: ProteinVocabulary | None,
+    wildtype: str,
+    positions: Sequence[int],
+    *,
+    strategy: str = "masked-marginals",
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    progress: bool = True,
+) -> dict[int, Tensor]:
+    """The model's log-probabilities ``(V,)`` (at least float32, on the CPU) at each 0-based
+    residue position of ``wildtype`` in ``positions``: with that position masked on its own
+    (``masked-marginals``: one masked copy of the wild type per position, the copies batched by
+    ``max_tokens`` padded tokens) or from one unmasked pass (``wt-marginals``). The wild type is
+    taken as it is (checked by the callers)."""
+    lm = as_protein_lm(model, tokenizer)
+    if strategy not in ("masked-marginals", "wt-marginals"):
+        raise ValueError(f"strategy must be 'masked-marginals' or 'wt-marginals', got {strategy!r}")
+    wt_ids = _encode(lm.tokenizer, wildtype)
     if strategy == "wt-marginals":
         log_probs = _log_softmax(
             lm.logits(wt_ids[None].to(lm.device), torch.ones_like(wt_ids)[None].to(lm.device))
         )
-        tables = {p: log_probs[0, p + 1].cpu() for p in positions}  # residue p sits after <cls>
-    else:
-        # One masked copy of the wild type per mutated position, masked on its own (ESM).
-        bar = Progress(len(positions), desc="score", unit="passes", enabled=progress)
-        try:
-            rows = masked_log_probs(
-                lm, None, [(wt_ids, (p,)) for p in positions], max_tokens=max_tokens, progress=bar
-            )
-        finally:
-            bar.close()
-        tables = {p: row[0] for p, row in zip(positions, rows, strict=True)}
-    return _marginal_scores(tables, lm.tokenizer, mutants)
+        return {p: log_probs[0, p + 1].cpu() for p in positions}  # residue p sits after <cls>
+    # One masked copy of the wild type per position, masked on its own (ESM).
+    bar = Progress(len(positions), desc="score", unit="passes", enabled=progress)
+    try:
+        rows = masked_log_probs(
+            lm, None, [(wt_ids, (p,)) for p in positions], max_tokens=max_tokens, progress=bar
+        )
+    finally:
+        bar.close()
+    return {p: row[0] for p, row in zip(positions, rows, strict=True)}
 
 
 def variant_effects(

@@ -18,6 +18,7 @@ from performers.cli.bench import (
     loader,
     packing,
     paper,
+    pll,
     prepare,
     proteins,
     speed,
@@ -45,6 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         context_parallel,
         gpu,
         packing,
+        pll,
     )
     for module in modules:
         register(module.add_parser(bench), module.run)
