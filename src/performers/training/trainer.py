@@ -424,7 +424,7 @@ class Trainer:
             Preempted: a stop signal arrived; the checkpoint of the step reached is written.
             performers.utils.DiskWriteError: a checkpoint or metrics line could not be written
                 (on another process: its ``writer`` says which); earlier checkpoints are intact.
-            RankFailedError: another process of the job failed (it reports why).
+            performers.training.RankFailedError: another process of the job failed (it reports why).
         """
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
