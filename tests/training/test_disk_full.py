@@ -3,7 +3,9 @@ leaves the earlier ones byte-identical, removes its partial files and stops the 
 error naming the path and the bytes needed; the run resumes from the previous checkpoint.
 
 Full disks are simulated without root: an injected ENOSPC in the middle of a file, and a real
-``RLIMIT_FSIZE`` (with SIGXFSZ ignored, so the write fails with EFBIG) around one checkpoint.
+``RLIMIT_FSIZE`` (with SIGXFSZ ignored, so the write fails with EFBIG) around one checkpoint, or
+set from outside on rank 0 of a running two-process ``performers train`` job (both processes
+stop; tests/training/test_collective.py has the other writes of such a job).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import resource
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +28,7 @@ from performers.cli import main
 from performers.training import load_checkpoint, save_checkpoint
 from performers.utils import DiskWriteError
 from tests.cli.test_proteins import TINY
+from tests.training.test_signals import _ddp_job, _released, _start, _steps
 from tests.utils.test_files import file_size_limit  # noqa: F401  (a fixture)
 
 
@@ -147,3 +152,47 @@ def test_training_stops_on_a_failed_checkpoint_and_resumes_from_the_previous_one
     assert main([*args, "--resume"]) == 0
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4] and (out / "final" / "model.safetensors").is_file()
+
+
+def _complete_checkpoints(directory: Path) -> dict[str, bytes]:
+    """The files of the checkpoints renamed into place (not those being written)."""
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.glob("step-*/*"))}
+
+
+@pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="setting another process's limit is Linux's")
+def test_a_checkpoint_rank_0_cannot_write_stops_both_processes_of_a_ddp_run(tmp_path):
+    """``performers train`` as a two-process gloo job, checkpointing every 10 steps. Once the
+    first checkpoint is written, rank 0's process may write no file past 30 kB (a real
+    ``RLIMIT_FSIZE``, set from outside on that process alone): its next checkpoint (45 kB of
+    weights) is refused. Both processes stop, with the error naming the path and the bytes —
+    none is left waiting in the next step's all-reduce for a rank 0 that has stopped."""
+    out = tmp_path / "ddp"
+    job = _ddp_job()
+    larger = ("--d-model", "32", "--d-ff", "64", "--eval-every", "10")  # (the last value counts)
+    ranks = [_start(out, {**job, "RANK": str(r), "LOCAL_RANK": str(r)}, extra=larger) for r in range(2)]
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "step-00000010").exists():
+        assert all(p.poll() is None for p in ranks), "training ended early"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.01)
+    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.prlimit(ranks[0].pid, resource.RLIMIT_FSIZE, (30_000, hard))
+    before = _complete_checkpoints(out / "checkpoints")
+    errors = [process.communicate(timeout=120)[1] for process in ranks]  # (a hang fails here)
+    assert [p.returncode for p in ranks] == [2, 2], errors[0][-2000:] + errors[1][-2000:]
+    lines = [err.strip().splitlines()[-1] for err in errors]
+    checkpoints = re.escape(str(out / "checkpoints"))
+    refused = re.match(rf"performers train: error: {checkpoints}/step-000000(\d\d): cannot be", lines[0])
+    assert refused, lines[0]
+    path = out / "checkpoints" / f"step-000000{refused[1]}"
+    assert lines[0].startswith(
+        f"performers train: error: {path}: cannot be written (File too large): it needs about"
+    )
+    assert lines[1].startswith(
+        f"performers train: error: rank 0 could not write {path} (File too large): it needs"
+    )
+    after = _complete_checkpoints(out / "checkpoints")
+    assert before and all(after[name] == data for name, data in before.items())  # earlier ones intact
+    assert not path.exists() and not list((out / "checkpoints").glob(".*"))  # no temporaries
+    assert _steps(out)[-1] == int(refused[1])  # both stopped at the refused checkpoint's step
+    assert _released(out)

@@ -1,7 +1,8 @@
 """Preemption signals (SIGTERM, SIGINT, SIGUSR1) stop a run after the current optimizer step with
 a checkpoint, release the run directory and restore the caller's handlers; a resume continues
 exactly. In process (the signal sent to this process from inside a step) and through real
-``performers train`` processes, alone and as a two-process gloo DDP job."""
+``performers train`` processes, alone and as a two-process gloo job (data parallel, and context
+parallel)."""
 
 import json
 import os
@@ -266,21 +267,26 @@ def _run_ddp(out: Path, extra: tuple[str, ...] = ()) -> None:
 
 
 @pytest.mark.slow
-def test_a_ddp_run_stopped_by_sigterm_on_every_rank_resumes_equal_to_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("extra", [(), ("--context-parallel", "2")], ids=["ddp", "context-parallel"])
+def test_a_two_process_run_stopped_by_sigterm_on_every_rank_resumes_equal_to_an_uninterrupted_one(
+    tmp_path, extra
+):
     """SLURM's way: every task gets SIGTERM. Both ranks stop after the same step, and a two-process
-    ``--resume`` ends with the weights of an uninterrupted two-process run, tensor for tensor."""
-    out = tmp_path / "ddp"
+    ``--resume`` ends with the weights of an uninterrupted two-process run, tensor for tensor: data
+    parallel (DDP), and context parallel (each protein split over the two processes, which
+    exchange FAVOR's summaries inside every step: the signal still lands between steps)."""
+    out = tmp_path / "stopped"
     job = _ddp_job()
-    ranks = [_start(out, {**job, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(2)]
+    ranks = [_start(out, {**job, "RANK": str(r), "LOCAL_RANK": str(r)}, extra=extra) for r in range(2)]
     _wait_for_a_step(out, *ranks)
     for process in ranks:
         process.send_signal(signal.SIGTERM)
     errors = [process.communicate(timeout=120)[1] for process in ranks]
     assert [p.returncode for p in ranks] == [143, 143], errors[0][-2000:] + errors[1][-2000:]
     step = latest_checkpoint(out / "checkpoints").step
-    assert 1 <= step < 40 and _released(out)
-    _run_ddp(out, extra=("--resume",))
-    _run_ddp(tmp_path / "reference")
+    assert 1 <= step < 40 and _steps(out)[-1] == step and _released(out)
+    _run_ddp(out, extra=(*extra, "--resume"))
+    _run_ddp(tmp_path / "reference", extra=extra)
     resumed, _ = load_safetensors(out / "final" / "model.safetensors")
     reference, _ = load_safetensors(tmp_path / "reference" / "final" / "model.safetensors")
     _assert_same_weights(reference, resumed)

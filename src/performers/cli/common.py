@@ -25,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+from performers.training.collective import RankFailedError
 from performers.utils import InputError
 
 __all__ = [
@@ -59,6 +60,9 @@ class UsageError(InputError):
 USER_ERRORS: tuple[type[BaseException], ...] = (
     InputError,  # every typed input error of the library, ConfigError included
     OSError,  # a missing, unreadable or unwritable file (FileNotFoundError, PermissionError, ...)
+    # Another process of a torchrun job failed: that process prints its own error (with the
+    # traceback of a bug); this one says in one line that it stopped with it.
+    RankFailedError,
 )
 
 

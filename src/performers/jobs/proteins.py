@@ -29,7 +29,7 @@ from performers.proteins import (
     ProteinTokenizer,
     UnigramBaseline,
 )
-from performers.training import Trainer, TrainingConfig, owned, resolve_device, start_fresh
+from performers.training import Trainer, TrainingConfig, collectively, owned, resolve_device, start_fresh
 from performers.utils import peak_rss_reset, rss_kib
 
 __all__ = [
@@ -175,14 +175,18 @@ def run_training(
     peak = (rss_kib("VmHWM") - base) / 1024
     rate = trainer.tokens_seen / max(trainer.train_seconds, 1e-9)
     parameters = sum(p.numel() for p in model.parameters())
-    if trainer.rank != 0:  # under torchrun, rank 0 evaluates and saves
+    # Under torchrun rank 0 saves the model, every process learning whether it could (a full
+    # disk stops them all with the error, as in training), then evaluates it alone.
+    with collectively(trainer.device):
+        if trainer.rank == 0:
+            model.save_pretrained(out_dir / "final")
+            tokenizer.save(out_dir / "final" / "tokenizer.json")
+    if trainer.rank != 0:
         return RunResult(name, {}, seconds, rate, peak, parameters)
     if evaluate and len(test) == 0:  # a prepared dataset without a test split
         log(f"[{name}] no test split: evaluating on the validation records")
         test = valid
     test_metrics = protein_evaluator(tokenizer, test, training)(model) if evaluate else {}
-    model.save_pretrained(out_dir / "final")
-    tokenizer.save(out_dir / "final" / "tokenizer.json")
     return RunResult(name, test_metrics, seconds, rate, peak, parameters)
 
 
@@ -205,22 +209,29 @@ def train_protein_model(
     Rank 0 owns ``out_dir`` (:func:`~performers.training.owned`) from the start to the saved
     model. A fresh run (not ``resume``) refuses a directory holding an earlier run unless
     ``overwrite``, which moves that run aside (:func:`~performers.training.start_fresh`); the
-    other processes wait for it. Only rank 0's result has ``test`` metrics.
+    other processes wait for it. What rank 0 does alone — taking the lock, moving the earlier
+    run, writing checkpoints, metrics and ``final/`` — raises in every process when it fails
+    (:func:`~performers.training.collectively`). Only rank 0's result has ``test`` metrics.
 
     Raises:
         DirectoryLockedError, RunDirectoryError: ``out_dir`` is another run's, or holds an
             earlier run (without ``resume`` or ``overwrite``).
         ResumeMismatchError, CheckpointError: a resume with other options, or no usable checkpoint.
+        performers.utils.DiskWriteError: a checkpoint, metrics line or ``final/`` could not be
+            written (in every process; on the others, ``writer`` says which wrote).
+        performers.training.RankFailedError: another process of the job failed (it reports why).
     """
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     rank = dist.get_rank() if distributed else 0
-    with owned(out_dir) if rank == 0 else contextlib.nullcontext():
-        if not resume:  # an earlier run in out_dir: refused, or moved aside (overwrite)
-            start_fresh(out_dir, overwrite=overwrite, clear=rank == 0)
-        if distributed:
-            dist.barrier()  # the earlier run is moved before any process looks
+    with contextlib.ExitStack() as stack:
+        # Leaving the block together: the earlier run is moved before any process looks.
+        with collectively(resolve_device(device)):
+            if rank == 0:
+                stack.enter_context(owned(out_dir))
+            if not resume:  # an earlier run in out_dir: refused, or moved aside (overwrite)
+                start_fresh(out_dir, overwrite=overwrite, clear=rank == 0)
         return run_training(
             model_config,
             training,

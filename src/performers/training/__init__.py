@@ -2,7 +2,9 @@
 :class:`ExampleSource`, one optimizer, one learning-rate schedule, token-level evaluation, and
 atomic checkpoints with exact resume (shared by fine-tuning and distillation): a run directory
 belongs to one run at a time, a resume refuses options that would change the computation, and a
-stop signal (SIGTERM, SIGINT, SIGUSR1) ends a run cleanly with a checkpoint (:class:`Preempted`)."""
+stop signal (SIGTERM, SIGINT, SIGUSR1) ends a run cleanly with a checkpoint (:class:`Preempted`).
+In a ``torch.distributed`` job, what rank 0 does alone (the lock, metrics, checkpoints) fails in
+every process alike (:func:`collectively`)."""
 
 from performers.training.checkpoint import (
     Checkpoint,
@@ -14,6 +16,7 @@ from performers.training.checkpoint import (
     restore,
     save_checkpoint,
 )
+from performers.training.collective import RankFailedError, collectively
 from performers.training.data import ExampleSource, PackedCollate, RandomStreams
 from performers.training.devices import (
     model_device,
@@ -59,6 +62,7 @@ __all__ = [
     "Preempted",
     "PreemptionRequest",
     "RandomStreams",
+    "RankFailedError",
     "ResumeMismatchError",
     "RunDirectoryError",
     "Trainer",
@@ -66,6 +70,7 @@ __all__ = [
     "build_optimizer",
     "check_resume",
     "checkpoint_period",
+    "collectively",
     "describe_run",
     "evaluate_regression",
     "evaluate_tokens",

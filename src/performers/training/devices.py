@@ -17,6 +17,8 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
+from performers.training.collective import collectively
+
 T = TypeVar("T")
 
 __all__ = ["model_device", "once_per_job", "process_group", "resolve_device", "to_device"]
@@ -71,17 +73,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 def once_per_job(make: Callable[[], T]) -> T:
     """``make()`` in rank 0 first, then in the other processes of a ``torch.distributed`` job
     (which then find what rank 0 made, e.g. a prepared dataset in its cache); just ``make()`` in
-    a single process. Every process of the job must call it (it holds a barrier)."""
+    a single process. Every process of the job must call it (the others wait for rank 0). When
+    rank 0's ``make()`` raises, every process raises
+    (:func:`~performers.training.collective.collectively`), none waits."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return make()
-    if dist.get_rank() == 0:
-        result = make()
-        dist.barrier()
-        return result
-    dist.barrier()
-    return make()
+    made: list[T] = []
+    with collectively():
+        if dist.get_rank() == 0:
+            made.append(make())
+    return made[0] if made else make()
 
 
 @contextlib.contextmanager

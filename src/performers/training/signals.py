@@ -12,10 +12,12 @@ unless it follows the first within :data:`ECHO_SECONDS`: a launcher passing the 
 on to processes that got it already (``torchrun`` does) is not a second press. A second SIGTERM
 or SIGUSR1 changes nothing (the run is already stopping).
 
-Under ``torch.distributed`` the processes agree after every step (:func:`agreed_signal`, one
-all-reduce of one number): a signal delivered to any rank (a launcher that signals rank 0 only)
-or to every rank (SLURM signals all its tasks) stops all of them after the same step, and no
-rank leaves before the checkpoint is written.
+Under ``torch.distributed`` the processes agree after every step: each votes the signal it
+received, in the exchange that also shares the outcome of rank 0's metrics and checkpoint
+(:func:`~performers.training.collective.collectively`, one all-reduce of two numbers). A signal
+delivered to any rank (a launcher that signals rank 0 only) or to every rank (SLURM signals all
+its tasks) stops all of them after the same step, and no rank leaves before the checkpoint is
+written.
 
 The handlers are installed only while a run owns the process, only from the main thread (Python
 delivers signals there; elsewhere the process keeps its handlers), and the caller's handlers are
@@ -32,15 +34,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 __all__ = [
     "ECHO_SECONDS",
     "EXIT_STATUS",
     "SIGNALS",
     "Preempted",
     "PreemptionRequest",
-    "agreed_signal",
     "preemption_signals",
 ]
 
@@ -110,8 +109,8 @@ _active: PreemptionRequest | None = None  # the request of the outermost active 
 def preemption_signals() -> Iterator[PreemptionRequest]:
     """Inside: SIGTERM, SIGINT and SIGUSR1 set the yielded request's ``signum`` instead of ending
     the process; the previous handlers are restored on the way out. A signal the block did not
-    act on (one that came after the run's last check, e.g. during its final checkpoint: the block
-    ends normally) is then delivered again, to those handlers: deferred, never lost. Re-entrant
+    act on (one that came after the run's last check, which follows its final checkpoint: the
+    block ends normally) is then delivered again, to those handlers: deferred, never lost. Re-entrant
     (a nested block shares the outer one's request). From a thread other than the main one the
     handlers cannot be set: the request then never fires and signals keep their usual effect."""
     global _active
@@ -137,16 +136,3 @@ def preemption_signals() -> Iterator[PreemptionRequest]:
         _active = None
     if ended_normally and request.signum is not None:
         signal.raise_signal(request.signum)
-
-
-def agreed_signal(request: PreemptionRequest, device: torch.device) -> int | None:
-    """The stop signal every process acts on after this step: this process's own, or under
-    ``torch.distributed`` the highest signal number any process received (one all-reduce of one
-    number per step, on ``device``: the backend's device); None to go on."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return request.signum
-    flag = torch.tensor([request.signum or 0], dtype=torch.int64, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item()) or None

@@ -45,6 +45,7 @@ from performers.training.checkpoint import (
     restore,
     save_checkpoint,
 )
+from performers.training.collective import collectively
 from performers.training.data import ExampleSource, PackedCollate
 from performers.training.devices import model_device, to_device
 from performers.training.evaluation import logits_of
@@ -53,7 +54,7 @@ from performers.training.optim import build_optimizer
 from performers.training.run_config import check_resume, describe_run, format_changes, recorded_run
 from performers.training.run_directory import keep_metrics_through, owned, start_fresh
 from performers.training.schedule import SCHEDULES, make_scheduler
-from performers.training.signals import Preempted, PreemptionRequest, agreed_signal, preemption_signals
+from performers.training.signals import Preempted, PreemptionRequest, preemption_signals
 from performers.utils import IGNORE_INDEX, append_line
 
 __all__ = ["TASKS", "Trainer", "TrainingConfig"]
@@ -61,6 +62,11 @@ __all__ = ["TASKS", "Trainer", "TrainingConfig"]
 # Objectives: token-level ("clm": the label of position t is at t + 1, the next token), or one
 # real-valued target per sequence ("regression": the model returns (B,) predictions).
 TASKS = ("mlm", "clm", "tokens", "regression")
+
+
+def _signal_of(request: PreemptionRequest | None) -> int:
+    """This process's vote on stopping after the step: the stop signal it received (0: none)."""
+    return 0 if request is None else request.signum or 0
 
 
 @dataclass
@@ -386,8 +392,9 @@ class Trainer:
         self.step = checkpoint.step
         self.epoch, self.position = checkpoint.state["epoch"], checkpoint.state["position"]
         self._close_loader()  # batches restart from the restored position
-        if self.rank == 0:  # metrics written after this checkpoint by the interrupted run are dropped
-            keep_metrics_through(self.out_dir / "metrics.jsonl", self.step)
+        with collectively(self.device):  # (a failed rewrite stops every process)
+            if self.rank == 0:  # metrics written after this checkpoint by the interrupted run are dropped
+                keep_metrics_through(self.out_dir / "metrics.jsonl", self.step)
         self.log(f"resumed from {checkpoint.path} at step {self.step}")
         if safe:
             self.log(f"changed on resume: {format_changes(safe)}")
@@ -405,29 +412,38 @@ class Trainer:
         earlier run aside, and so does the default ``None``, with a warning
         (:func:`~performers.training.run_directory.start_fresh`). SIGTERM, SIGINT or SIGUSR1
         during the call stop the run after the current step with a checkpoint, every process
-        alike (:mod:`performers.training.signals`).
+        alike (:mod:`performers.training.signals`). What rank 0 does alone (the lock, moving an
+        earlier run aside, metrics, evaluation, checkpoints) raises in every process when it
+        fails there (:func:`~performers.training.collective.collectively`): a full disk stops
+        the whole job with the error naming the path, no process left waiting.
 
         Raises:
             performers.utils.DirectoryLockedError: another process is running in ``out_dir``.
             RunDirectoryError: a fresh run over an earlier one with ``overwrite=False``.
             ResumeMismatchError, NoUsableCheckpointError: see :meth:`resume`.
             Preempted: a stop signal arrived; the checkpoint of the step reached is written.
+            performers.utils.DiskWriteError: a checkpoint or metrics line could not be written
+                (on another process: its ``writer`` says which); earlier checkpoints are intact.
+            performers.training.RankFailedError: another process of the job failed (it reports why).
         """
         if resume and overwrite:
             raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        ownership = owned(self.out_dir, log=self.log) if self.rank == 0 else contextlib.nullcontext()
-        with ownership, preemption_signals() as request:  # the lock outlives the handlers
+        with contextlib.ExitStack() as stack:
+            with collectively(self.device):  # a directory locked by another run stops every process
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                if self.rank == 0:
+                    stack.enter_context(owned(self.out_dir, log=self.log))
+            request = stack.enter_context(preemption_signals())  # the lock outlives the handlers
             resumed = self.resume() if resume else False
             if not resumed and self.step == 0:
-                # Every process refuses alike; only rank 0 moves or clears files.
-                start_fresh(self.out_dir, overwrite=overwrite, clear=self.rank == 0, log=self.log)
+                # Every process refuses alike; only rank 0 moves or clears files (which may fail).
+                with collectively(self.device):
+                    start_fresh(self.out_dir, overwrite=overwrite, clear=self.rank == 0, log=self.log)
             return self._train(stop_at, request)
 
     def _train(self, stop_at: int | None, request: PreemptionRequest | None = None) -> dict[str, float]:
         """The loop of :meth:`fit`, from ``self.step``."""
         c = self.config
-        metrics_path = self.out_dir / "metrics.jsonl"
         self.model.train()
         start, tokens, stepping = time.perf_counter(), 0, 0.0  # stepping: time in training steps
         # A live bar on a terminal (rank 0); log lines otherwise (files, CI, other ranks).
@@ -440,7 +456,7 @@ class Trainer:
         )
         result: dict[str, float] = {}
         board = self._tensorboard() if self.rank == 0 else None
-        stopping = None  # the stop signal all processes agreed on (signals.agreed_signal)
+        stopping = None  # the stop signal all processes agreed on
         while self.step < min(c.max_steps, c.max_steps if stop_at is None else stop_at):
             step_start = time.perf_counter()
             loss_sum, step_tokens, step_positions = 0.0, 0, 0
@@ -468,52 +484,94 @@ class Trainer:
             step_seconds = time.perf_counter() - step_start
             self.train_seconds += step_seconds
             stepping += step_seconds
-            stopping = None if request is None else agreed_signal(request, self.device)
-            if self.rank != 0:  # evaluation, metrics, logs and checkpoints: rank 0 only
-                if stopping:
-                    break
-                continue
-            record = {
-                "step": self.step,
-                "loss": loss_sum,
-                "lr": self.scheduler.get_last_lr()[0],
-                "step_seconds": step_seconds,
-                "grad_norm": grad_norm,
-                # This process's share: real tokens per second of the step, and the share of the
-                # positions computed that were padding (what --pack reduces).
-                "tokens_per_second": step_tokens / max(step_seconds, 1e-9),
-                "padding_fraction": 1.0 - step_tokens / max(step_positions, 1),
-            }
-            if self.evaluate is not None and (self.step % c.eval_every == 0 or self.step == c.max_steps):
-                result = self.evaluate(self.model)
-                record.update({f"valid_{k}": v for k, v in result.items()})
-            append_line(metrics_path, json.dumps(record))  # a full disk: no torn line, an error
-            if board is not None:
-                for key, value in record.items():
-                    if key != "step":
-                        board.add_scalar(key, value, self.step)
-            elapsed = time.perf_counter() - start  # for the ETA: evaluations included
-            rate = tokens / max(stepping, 1e-9)  # training tokens/s: steps only
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.4f}", tok_s=f"{rate:.0f}")
-            if bar.disable and (self.step % c.log_every == 0 or self.step == c.max_steps):
-                eta = (c.max_steps - self.step) * elapsed / max(1, self.step)
-                self.log(
-                    f"step {self.step}/{c.max_steps} loss {loss_sum:.4f} {rate:.0f} tok/s ETA {eta:.0f}s"
-                )
-            if stopping or self.step % c.checkpoint_every == 0 or self.step in (c.max_steps, stop_at):
-                self._checkpoint()
+            # Evaluation, metrics, logs and checkpoints: rank 0 alone. Every process learns
+            # whether they failed (a full disk), so that none goes on to the next step's
+            # collectives to wait there for a rank 0 that has stopped: the job stops here.
+            # The same exchange agrees on a stop signal received by any process by now.
+            with collectively(self.device, vote=lambda: _signal_of(request)) as agreed:
+                if self.rank == 0:
+                    record = self._record(loss_sum, step_seconds, grad_norm, step_tokens, step_positions)
+                    evaluation = self._rank_zero_part(
+                        record,
+                        board,
+                        bar,
+                        rate=tokens / max(stepping, 1e-9),
+                        elapsed=time.perf_counter() - start,
+                        checkpoint=self._checkpoint_due(stop_at),
+                    )
+                    result = result if evaluation is None else evaluation
+            stopping = agreed.vote or None
             if stopping:
+                if not self._checkpoint_due(stop_at):  # (else written above)
+                    with collectively(self.device):
+                        if self.rank == 0:
+                            self._checkpoint()
                 break
         bar.close()
         self._close_loader()
         if board is not None:
             board.close()
-        if stopping:
-            if self.world > 1:
-                dist.barrier()  # no process leaves before rank 0 has written the checkpoint
+        if stopping:  # (rank 0's checkpoint is written: every process left its block after it)
             raise Preempted(stopping, self.step, self.out_dir / "checkpoints")
         return result
+
+    def _record(
+        self, loss: float, seconds: float, grad_norm: float, tokens: int, positions: int
+    ) -> dict[str, Any]:
+        """The metrics line of the step just made."""
+        return {
+            "step": self.step,
+            "loss": loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "step_seconds": seconds,
+            "grad_norm": grad_norm,
+            # This process's share: real tokens per second of the step, and the share of the
+            # positions computed that were padding (what --pack reduces).
+            "tokens_per_second": tokens / max(seconds, 1e-9),
+            "padding_fraction": 1.0 - tokens / max(positions, 1),
+        }
+
+    def _checkpoint_due(self, stop_at: int | None) -> bool:
+        """Whether the step just made is checkpointed: every ``checkpoint_every`` steps, the last
+        one and ``stop_at``."""
+        return self.step % self.config.checkpoint_every == 0 or self.step in (self.config.max_steps, stop_at)
+
+    def _rank_zero_part(
+        self, record: dict[str, Any], board, bar: tqdm, *, rate: float, elapsed: float, checkpoint: bool
+    ) -> dict[str, float] | None:
+        """What rank 0 alone does after a step: the evaluation when due (returned; None when
+        none was), the metrics line (``record``), TensorBoard scalars, progress, the checkpoint
+        when ``checkpoint``. ``rate``: training tokens/s (steps only); ``elapsed``: the run's
+        time so far, evaluations included (for the ETA)."""
+        evaluation = self._evaluate_into(record)
+        append_line(self.out_dir / "metrics.jsonl", json.dumps(record))  # a full disk: no torn line, an error
+        if board is not None:
+            for key, value in record.items():
+                if key != "step":
+                    board.add_scalar(key, value, self.step)
+        self._progress(bar, record["loss"], rate, elapsed)
+        if checkpoint:
+            self._checkpoint()
+        return evaluation
+
+    def _evaluate_into(self, record: dict[str, Any]) -> dict[str, float] | None:
+        """The evaluation of this step when one is due (every ``eval_every`` steps and the last),
+        its values added to ``record`` as ``valid_<name>``; None when none is due."""
+        c = self.config
+        if self.evaluate is None or not (self.step % c.eval_every == 0 or self.step == c.max_steps):
+            return None
+        result = self.evaluate(self.model)
+        record.update({f"valid_{k}": v for k, v in result.items()})
+        return result
+
+    def _progress(self, bar: tqdm, loss: float, rate: float, elapsed: float) -> None:
+        """Advance the progress bar (a terminal), or log a line every ``log_every`` steps."""
+        c = self.config
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:.0f}")
+        if bar.disable and (self.step % c.log_every == 0 or self.step == c.max_steps):
+            eta = (c.max_steps - self.step) * elapsed / max(1, self.step)
+            self.log(f"step {self.step}/{c.max_steps} loss {loss:.4f} {rate:.0f} tok/s ETA {eta:.0f}s")
 
     def _tensorboard(self):
         """A SummaryWriter for ``out_dir/tensorboard`` when asked for (or, by default, when

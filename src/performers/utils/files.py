@@ -74,22 +74,37 @@ class DiskWriteError(OSError):
         needed: the bytes the write needed (at least; None when unknown).
         free: the bytes free on the destination's file system (None when unknown).
         errno, strerror: those of the underlying error.
+        writer: None when this process made the write; else the process of a distributed job
+            that did (``"rank 0"``), whose failure this process stops with.
     """
 
-    def __init__(self, path: str | os.PathLike, code: int, reason: str, needed: int | None, free: int | None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        code: int,
+        reason: str,
+        needed: int | None,
+        free: int | None,
+        writer: str | None = None,
+    ):
         super().__init__(code, reason, str(path))
-        self.path, self.needed, self.free = Path(path), needed, free
+        self.path, self.needed, self.free, self.writer = Path(path), needed, free, writer
 
     def __str__(self) -> str:
         need = f"about {self.needed:,} bytes" if self.needed is not None else "an unknown number of bytes"
         free = f"{self.free:,} bytes are free there" if self.free is not None else "free space unknown"
+        what = (
+            f"{self.path}: cannot be written"
+            if self.writer is None
+            else f"{self.writer} could not write {self.path}"
+        )
         return (
-            f"{self.path}: cannot be written ({self.strerror}): it needs {need}, {free}; "
+            f"{what} ({self.strerror}): it needs {need}, {free}; "
             "earlier files are intact and the partial write was removed"
         )
 
     def __reduce__(self):  # pickled across processes (DataLoader workers, multiprocessing)
-        return type(self), (self.path, self.errno, self.strerror, self.needed, self.free)
+        return type(self), (self.path, self.errno, self.strerror, self.needed, self.free, self.writer)
 
 
 def _write_errno(error: BaseException) -> int | None:
