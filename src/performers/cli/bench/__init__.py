@@ -16,6 +16,7 @@ from performers.cli.bench import (
     generate,
     gpu,
     loader,
+    packed_ops,
     packing,
     paper,
     prepare,
@@ -45,6 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         context_parallel,
         gpu,
         packing,
+        packed_ops,
     )
     for module in modules:
         register(module.add_parser(bench), module.run)
