@@ -92,10 +92,11 @@ def _block_factors(
         same, at_end, at_query, reach = packed_chunk_masks(
             seq_ext[lo:hi].view(-1, chunk), seq_ext[hi : hi + 1]
         )
-        within.mul_(same)
-        to_end.mul_(at_end)
-        to_query.mul_(at_query)
-        carry.mul_(reach)
+        # masked_fill_, not a product with the bool masks (which would first copy them to floats).
+        within.masked_fill_(~same, 0.0)
+        to_end.masked_fill_(~at_end, 0.0)
+        to_query.masked_fill_(~at_query, 0.0)
+        carry.masked_fill_(~reach, 0.0)
     return within.to(low), to_end.to(low), to_query.to(low), carry
 
 
