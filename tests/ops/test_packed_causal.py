@@ -1,5 +1,6 @@
-"""The loop-free packed causal path (:mod:`performers.ops.causal.packed`) against the
-per-sequence loop (``_run_packed_loop``, the reference: one unpacked call per sequence).
+"""The loop-free packed paths (:mod:`performers.ops.causal.packed`, and bidirectionally
+:mod:`performers.ops.bidirectional.packed`) against the per-sequence loop
+(``_run_packed_loop``, the reference: one unpacked call per sequence).
 
 Outputs and gradients (q, k, v, the projection, and initial states) in float64, for layouts
 that put boundaries everywhere the chunked algorithm could leak across one: a sequence of one
@@ -54,10 +55,10 @@ def _inputs(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
     return [q, k, v, w]
 
 
-def _loop(q, k, v, w, path: str, **options):
+def _loop(q, k, v, w, path: str, is_causal: bool = True, **options):
     """The reference: one unpacked call per sequence (the function itself, imported before the
     fixture below replaces the module's name for it)."""
-    return _run_packed_loop(check_favor_call(q, k, v, w, is_causal=True, **options), path=path)
+    return _run_packed_loop(check_favor_call(q, k, v, w, is_causal=is_causal, **options), path=path)
 
 
 @pytest.fixture
@@ -176,3 +177,25 @@ def test_segment_cummax_restarts_at_each_segment() -> None:
         [torch.cummax(piece, dim=-1).values for piece in torch.split(x, [1, 9, 6, 20, 4], dim=-1)], dim=-1
     )
     torch.testing.assert_close(segment_cummax(x, seq), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize(
+    ("kernel", "path"), [("softmax", "fused"), ("softmax", "generic"), ("relu", "generic")]
+)
+def test_bidirectional_loop_free_equals_the_loop(kernel: str, path: str, layout: str, no_loop: None) -> None:
+    """Bidirectional packed calls (kernels without data-dependent parameters) run one key
+    summary per sequence (:mod:`performers.ops.bidirectional.packed`): the loop's outputs and
+    gradients, whichever path the loop takes per sequence."""
+    lengths = LAYOUTS[layout]
+    leaves = [t.requires_grad_() for t in _inputs(lengths, seed=11)]
+    options = {"kernel": kernel, "cu_seqlens": _cu(lengths), "chunk_size": CHUNK}
+    out = _favor_attention(*leaves, path=path, **options)
+    weight = torch.randn(out.shape, generator=generator(12), dtype=DT)
+    grads = torch.autograd.grad((out * weight).sum(), leaves)
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    expected = _loop(*ref_leaves, path, is_causal=False, **options)
+    torch.testing.assert_close(out, expected, rtol=TOL, atol=TOL)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), ref_leaves)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)

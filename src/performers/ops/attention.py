@@ -53,6 +53,7 @@ from torch import Tensor
 
 from performers.ops.bidirectional.favor import bidirectional_favor_attention
 from performers.ops.bidirectional.generic import bidirectional_linear_attention
+from performers.ops.bidirectional.packed import packed_bidirectional_favor_attention
 from performers.ops.call import (
     FavorCall,
     check_favor_call,
@@ -332,9 +333,10 @@ def favor_attention(
             sequence (decode one of them with ``state.select(i)``). Refused with
             ``key_padding_mask`` or ``attn_mask`` (packing replaces padding), with a batch other
             than 1, and for query and key lengths that differ. Every path and kernel serves it:
-            causal calls on the PyTorch paths in one pass over the row that restarts at each
-            sequence (no loop over sequences); bidirectional calls and the Triton kernels one
-            run per sequence (see :func:`_run_packed`).
+            on the PyTorch paths causal calls run in one pass over the row that restarts at
+            each sequence and bidirectional ones (kernels without data-dependent parameters)
+            from one key summary per sequence, with no loop over sequences; bidirectional
+            FAVOR++ and the Triton kernels run once per sequence (see :func:`_run_packed`).
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
@@ -511,14 +513,14 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     * Causal on the PyTorch paths: one pass over the row that restarts at each sequence
       (:func:`performers.ops.causal.favor.packed_causal_favor_attention`), no loop over
       sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out.
-    * Otherwise (bidirectional; Triton; a registered map whose parameters are not FAVOR++'s):
-      :func:`_run_packed_loop`, one call per sequence.
+    * Bidirectional on the PyTorch paths, kernels without data-dependent parameters: one key
+      summary per sequence (:mod:`performers.ops.bidirectional.packed`), no loop either.
+    * Otherwise (Triton; bidirectional FAVOR++; a registered map whose causal parameters are not
+      FAVOR++'s): :func:`_run_packed_loop`, one call per sequence.
     """
     bounds = call.cu_seqlens or ()  # set: _run sends only packed calls here
     if len(bounds) == 2:
         return _run(call.replace(cu_seqlens=None), path=path)
-    if not call.causal:
-        return _run_packed_loop(call, path=path)
     unavailable = _fused_unavailable(call.kernel, call.projection)
     if path == "fused" and unavailable is not None:
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
@@ -527,6 +529,12 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
         and triton_map_for(call.backend, call.kernel, call.projection, call.q, call.v) is not None
     ):
         return _run_packed_loop(call, path=path)  # the Triton kernels take one sequence at a time
+    if not call.causal:
+        if call.kernel.parameters is not None:  # FAVOR++'s bidirectional A pools whole sequences
+            return _run_packed_loop(call, path=path)
+        if torch.compiler.is_compiling():
+            return _own_contiguous(_packed_bidirectional_eagerly(call))
+        return packed_bidirectional_favor_attention(call)
     if not serves_kernel(call.kernel):
         return _run_packed_loop(call, path=path)  # parameters that may read a whole sequence
     fused = unavailable is None if path is None else path == "fused"
@@ -546,6 +554,13 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     if call.return_state:
         return out, result[1]._replace(kernel=call.kernel.name)
     return out
+
+
+@torch.compiler.disable
+def _packed_bidirectional_eagerly(call: FavorCall) -> Tensor:
+    """:func:`packed_bidirectional_favor_attention` outside a compiled graph (its gathers depend
+    on the boundaries, which a graph would specialize on)."""
+    return packed_bidirectional_favor_attention(call)
 
 
 @torch.compiler.disable

@@ -63,6 +63,7 @@ __all__ = [
     "packed_final_states",
     "packed_key_offsets",
     "packed_layout",
+    "packed_sequence_reads",
     "segment_cummax",
     "serves_kernel",
 ]
@@ -169,7 +170,7 @@ def _chunk_sequence_pairs(seq_chunks: Tensor, sequences: int) -> tuple[Tensor, T
     return chunk_index, low[chunk_index] + within
 
 
-def _packed_initial_read(
+def packed_sequence_reads(
     q_features: Tensor, states: Tensor, factor: Tensor, seq_chunks: Tensor, sequences: int
 ) -> Tensor:
     """``q'_i · S_{seq(i)} · factor_i`` for every position: ``q_features`` ``(1, H, n·C, M)``,
@@ -273,7 +274,7 @@ def packed_causal_linear_attention(
         # state's offset, so this factor is <= 1 for stabilized features).
         init_offset = initial_state.log_offset.to(kf.dtype)  # (N, H)
         factor = torch.exp(init_offset.t()[:, seq_chunks.flatten().clamp_max(n_seq - 1)].unsqueeze(0) - offs)
-        reads = reads + _packed_initial_read(qf, init, factor, seq_chunks, n_seq)
+        reads = reads + packed_sequence_reads(qf, init, factor, seq_chunks, n_seq)
     reads = reads[:, :, :length]
     out = guarded_divide(reads[..., :-1], reads[..., -1], eps)
     if not return_state:
