@@ -50,7 +50,7 @@ def packed_bidirectional_favor_attention(call: FavorCall) -> Tensor:
             shape = (*k_log.shape[:2], sequences, k_log.shape[-1])
             index = seq[None, None, :, None].expand_as(k_log)
             column = k_log.new_full(shape, -math.inf).scatter_reduce(2, index, k_log, "amax")
-            column = torch.nan_to_num(column, neginf=0.0)[:, :, seq]
+            column = torch.nan_to_num(column, neginf=0.0).index_select(2, seq)
             q_map = q_map._replace(log=q_map.log + column)
             k_map = k_map._replace(log=k_map.log - column)
         q_features, k_features = stabilize_queries(q_map), k_map.materialize()

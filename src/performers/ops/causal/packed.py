@@ -179,10 +179,13 @@ def packed_sequence_reads(
     n, chunk = seq_chunks.shape
     h, m, e = q_features.shape[1], q_features.shape[-1], states.shape[-1]
     chunks, seqs = _chunk_sequence_pairs(seq_chunks, sequences)
-    qc = q_features[0].reshape(h, n, chunk, m)[:, chunks]  # (H, K, C, M)
-    read = torch.matmul(qc, states[seqs].transpose(0, 1))  # (H, K, C, E)
+    # index_select, not advanced indexing: its backward is an index_add, not a slower index_put.
+    qc = q_features[0].reshape(h, n, chunk, m).index_select(1, chunks)  # (H, K, C, M)
+    read = torch.matmul(qc, states.index_select(0, seqs).transpose(0, 1))  # (H, K, C, E)
     # torch.where, not a product: the factor of another sequence's position may be inf.
-    weight = torch.where(seq_chunks[chunks] == seqs[:, None], factor[0].reshape(h, n, chunk)[:, chunks], 0.0)
+    weight = torch.where(
+        seq_chunks[chunks] == seqs[:, None], factor[0].reshape(h, n, chunk).index_select(1, chunks), 0.0
+    )
     read = read * weight.unsqueeze(-1)
     return read.new_zeros(h, n, chunk, e).index_add(1, chunks, read).reshape(1, h, n * chunk, e)
 
@@ -196,10 +199,12 @@ def packed_final_states(
     n, chunk = seq_chunks.shape
     h, m, e = k_features.shape[1], k_features.shape[-1], values_aug.shape[-1]
     chunks, seqs = _chunk_sequence_pairs(seq_chunks, sequences)
-    kc = k_features[0].reshape(h, n, chunk, m)[:, chunks]  # (H, K, C, M)
+    kc = k_features[0].reshape(h, n, chunk, m).index_select(1, chunks)  # (H, K, C, M)
     # torch.where, not a product: the weight of another sequence's position may be inf.
-    mask = torch.where(seq_chunks[chunks] == seqs[:, None], weight[0].reshape(h, n, chunk)[:, chunks], 0.0)
-    vc = values_aug[0].reshape(h, n, chunk, e)[:, chunks] * mask.unsqueeze(-1)
+    mask = torch.where(
+        seq_chunks[chunks] == seqs[:, None], weight[0].reshape(h, n, chunk).index_select(1, chunks), 0.0
+    )
+    vc = values_aug[0].reshape(h, n, chunk, e).index_select(1, chunks) * mask.unsqueeze(-1)
     sums = torch.matmul(kc.transpose(-2, -1), vc)  # (H, K, M, E)
     return sums.new_zeros(h, sequences, m, e).index_add(1, seqs, sums).transpose(0, 1)
 
