@@ -17,6 +17,7 @@ FAST_PATHS = {
     "performers.ops.causal.favor",
     "performers.ops.causal.fused",
     "performers.ops.causal.generic",
+    "performers.ops.causal.packed",
     "performers.ops.causal.recurrent",
     "performers.ops.generic_features",
 }

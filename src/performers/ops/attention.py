@@ -53,6 +53,7 @@ from torch import Tensor
 
 from performers.ops.bidirectional.favor import bidirectional_favor_attention
 from performers.ops.bidirectional.generic import bidirectional_linear_attention
+from performers.ops.bidirectional.packed import packed_bidirectional_favor_attention
 from performers.ops.call import (
     FavorCall,
     check_favor_call,
@@ -62,8 +63,9 @@ from performers.ops.call import (
     input_scale,
     resolve_masks,
 )
-from performers.ops.causal.favor import causal_favor_attention
+from performers.ops.causal.favor import causal_favor_attention, packed_causal_favor_attention
 from performers.ops.causal.generic import causal_linear_attention
+from performers.ops.causal.packed import packed_causal_linear_attention, packed_layout, serves_kernel
 from performers.ops.causal.recurrent import exp_attention_step, generic_attention_step
 from performers.ops.checks import (
     check_positive_int,
@@ -155,8 +157,17 @@ def linear_attention(
             input_dtype=q_features.dtype,
             device=q_features.device,
         )
+    if bounds is not None and causal:
+        # One pass over the row, restarting at each sequence (no loop over sequences).
+        groups = kv_groups(q_features, k_features)
+        if groups > 1:
+            k_features, v = (t.repeat_interleave(groups, dim=1) for t in (k_features, v))
+        return packed_causal_linear_attention(
+            q_features, k_features, v, layout=packed_layout(bounds, q_features.device),
+            chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, eps=eps,
+        )  # fmt: skip
     if bounds is not None:
-        # One call per sequence (checked above; see _run_packed): exact, no loop over positions.
+        # Bidirectional: one call per sequence (checked above; see _run_packed_loop), exact.
         results = [
             linear_attention(
                 q_features[:, :, start:end],
@@ -321,8 +332,11 @@ def favor_attention(
             ``initial_state`` and the returned state are ``(N, H, M', Dv)``, one row per
             sequence (decode one of them with ``state.select(i)``). Refused with
             ``key_padding_mask`` or ``attn_mask`` (packing replaces padding), with a batch other
-            than 1, and for query and key lengths that differ. Every path and kernel serves it
-            (one run per sequence: see :func:`_run_packed`).
+            than 1, and for query and key lengths that differ. Every path and kernel serves it:
+            on the PyTorch paths causal calls run in one pass over the row that restarts at
+            each sequence and bidirectional ones (kernels without data-dependent parameters)
+            from one key summary per sequence, with no loop over sequences; bidirectional
+            FAVOR++ and the Triton kernels run once per sequence (see :func:`_run_packed`).
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
@@ -493,18 +507,85 @@ def _run_direction(
 
 
 def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, FavorState]:
-    """A packed call (``cu_seqlens``): each sequence runs as its own call on the path the
-    unpacked call would take, and the outputs are concatenated back along the positions (the
-    states stacked along the batch).
+    """A packed call (``cu_seqlens``).
+
+    * One sequence: the unpacked call itself.
+    * Causal on the PyTorch paths: one pass over the row that restarts at each sequence
+      (:func:`performers.ops.causal.favor.packed_causal_favor_attention`), no loop over
+      sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out.
+    * Bidirectional on the PyTorch paths, kernels without data-dependent parameters: one key
+      summary per sequence (:mod:`performers.ops.bidirectional.packed`), no loop either.
+    * Otherwise (Triton; bidirectional FAVOR++; a registered map whose causal parameters are not
+      FAVOR++'s): :func:`_run_packed_loop`, one call per sequence.
+    """
+    bounds = call.cu_seqlens or ()  # set: _run sends only packed calls here
+    if len(bounds) == 2:
+        return _run(call.replace(cu_seqlens=None), path=path)
+    unavailable = _fused_unavailable(call.kernel, call.projection)
+    if path == "fused" and unavailable is not None:
+        raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
+    if (
+        path is None
+        and triton_map_for(call.backend, call.kernel, call.projection, call.q, call.v) is not None
+    ):
+        return _run_packed_loop(call, path=path)  # the Triton kernels take one sequence at a time
+    if not call.causal:
+        if call.kernel.parameters is not None:  # FAVOR++'s bidirectional A pools whole sequences
+            return _run_packed_loop(call, path=path)
+        if torch.compiler.is_compiling():
+            return _own_contiguous(_packed_bidirectional_eagerly(call))
+        return packed_bidirectional_favor_attention(call)
+    if not serves_kernel(call.kernel):
+        return _run_packed_loop(call, path=path)  # parameters that may read a whole sequence
+    fused = unavailable is None if path is None else path == "fused"
+    # Which keys carry a value, per query head, for the underflow report (before the repeat).
+    groups = kv_groups(call.q, call.k)
+    valued = (call.v != 0).any(dim=-1, keepdim=True).repeat_interleave(groups, dim=1)
+    if groups > 1:  # causal: every query head reads its key/value head's prefix (see _run)
+        call = call.replace(
+            k=call.k.repeat_interleave(groups, dim=1), v=call.v.repeat_interleave(groups, dim=1)
+        )
+    if torch.compiler.is_compiling():
+        result = _packed_causal_eagerly(call, fused=fused)
+    else:
+        result = packed_causal_favor_attention(call, fused=fused)
+    out = result[0] if call.return_state else result
+    warn_zero_rows(out, valued, None, call.initial_state, causal=True, stacklevel=5, cu_seqlens=bounds)
+    if call.return_state:
+        return out, result[1]._replace(kernel=call.kernel.name)
+    return out
+
+
+@torch.compiler.disable
+def _packed_bidirectional_eagerly(call: FavorCall) -> Tensor:
+    """:func:`packed_bidirectional_favor_attention` outside a compiled graph (its gathers depend
+    on the boundaries, which a graph would specialize on)."""
+    return packed_bidirectional_favor_attention(call)
+
+
+@torch.compiler.disable
+def _packed_causal_eagerly(call: FavorCall, *, fused: bool) -> Tensor | tuple[Tensor, FavorState]:
+    """:func:`packed_causal_favor_attention` outside a compiled graph (its chunk loops would be
+    unrolled per length; see :func:`_run_eagerly`)."""
+    result = packed_causal_favor_attention(call, fused=fused)
+    if isinstance(result, tuple):
+        return _own_contiguous(result[0]), result[1]
+    return _own_contiguous(result)
+
+
+def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, FavorState]:
+    """A packed call as one call per sequence on the path the unpacked call would take, the
+    outputs concatenated back along the positions (the states stacked along the batch).
 
     Exact by construction — per-sequence stabilizers, FAVOR++ parameters, causal resets and
     states — for every kernel, path and backend, and the gradients (double backward included)
     are those of the per-sequence calls. The loop is over sequences, never positions: every
     call still runs its path's vectorized algorithm over its positions. Its cost is one call's
-    fixed overhead per sequence (measured in the commit that added it; see the guide's
-    "Packed sequences" section).
+    fixed overhead per sequence (``performers bench packed-ops`` measures it). It serves
+    bidirectional calls and the Triton kernels, and is the reference the loop-free causal
+    path is tested against (``tests/ops/test_packed.py``).
     """
-    bounds = call.cu_seqlens or ()  # set: _run sends only packed calls here
+    bounds = call.cu_seqlens or ()
     outs: list[Tensor] = []
     states: list[FavorState] = []
     for i, (start, end) in enumerate(itertools.pairwise(bounds)):

@@ -16,6 +16,7 @@ from performers.cli.bench import (
     generate,
     gpu,
     loader,
+    packed_ops,
     packing,
     paper,
     pll,
@@ -47,6 +48,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         gpu,
         packing,
         pll,
+        packed_ops,
     )
     for module in modules:
         register(module.add_parser(bench), module.run)

@@ -9,6 +9,10 @@
 
 The one-position step (decoding) is :mod:`~performers.ops.causal.recurrent`. Every path is
 tested against :mod:`~performers.ops.causal.naive`.
+
+A packed row (``cu_seqlens``) runs without a loop over its sequences
+(:func:`packed_causal_favor_attention`, :mod:`~performers.ops.causal.packed`): on the fused
+path from empty states, else on the packed generic form (any kernel, states in and out).
 """
 
 from __future__ import annotations
@@ -21,6 +25,11 @@ from torch import Tensor
 from performers.ops.call import FavorCall
 from performers.ops.causal.fused import fused_causal_exp_attention
 from performers.ops.causal.generic import causal_linear_attention
+from performers.ops.causal.packed import (
+    packed_attention_features,
+    packed_causal_linear_attention,
+    packed_layout,
+)
 from performers.ops.generic_features import attention_features, state_params
 from performers.ops.numerics import accumulation_dtype
 from performers.ops.state import FavorState
@@ -28,7 +37,7 @@ from performers.ops.state import FavorState
 if TYPE_CHECKING:
     from performers.ops.triton.paths import TritonMap
 
-__all__ = ["causal_favor_attention"]
+__all__ = ["causal_favor_attention", "packed_causal_favor_attention"]
 
 
 def causal_favor_attention(
@@ -93,6 +102,48 @@ def causal_favor_attention(
             return_state=call.return_state,
             eps=call.eps,
         )
+    if call.return_state:
+        out, state = result
+        return out.to(out_dtype), state._replace(kernel_params=params)
+    return result.to(out_dtype)
+
+
+def packed_causal_favor_attention(call: FavorCall, *, fused: bool) -> Tensor | tuple[Tensor, FavorState]:
+    """Causal FAVOR attention of a packed call (``call.cu_seqlens``; ``(1, H, T, ·)`` inputs with
+    as many key/value heads as query heads) in one pass over the row, restarting at each
+    sequence (:mod:`performers.ops.causal.packed`): ``(1, H, T, Dv)`` in ``call.out_dtype``, and
+    the ``N`` final states if ``call.return_state``.
+
+    ``fused`` (an exponential kernel with a projection) runs the fused Function with
+    sequence masks when no state goes in or out — the training case; calls with states, and
+    every other kernel, run the packed generic form on materialized features (per-sequence
+    offsets, FAVOR++ parameters and states). The state's ``kernel`` name is the caller's to set.
+    """
+    bounds = call.cu_seqlens
+    if bounds is None:
+        raise ValueError("packed_causal_favor_attention takes a packed call (cu_seqlens)")
+    layout = packed_layout(bounds, call.q.device)
+    initial_state = call.initial_state
+    fused = fused and initial_state is None and not call.return_state
+    q, k, v = call.compute_inputs(fused)
+    out_dtype = call.out_dtype
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        if fused:
+            out, _, _ = fused_causal_exp_attention(
+                q, k, v, call.kernel.exp_form(call.projection.to(q.dtype)), scale=call.input_scale,
+                chunk_size=call.chunk_size, segment_chunks=call.segment_chunks, eps=call.eps, packed=layout,
+            )  # fmt: skip
+            return out.to(out_dtype)
+        dtype = q.dtype
+        q_features, k_features, offsets, params = packed_attention_features(
+            call.kernel, q, k, call.projection, call.input_scale, layout=layout,
+            initial_offset=None if initial_state is None else initial_state.log_offset,
+            params=state_params(call.kernel, initial_state, dtype),
+        )  # fmt: skip
+        result = packed_causal_linear_attention(
+            q_features, k_features, v, layout=layout, key_log_offsets=offsets, chunk_size=call.chunk_size,
+            initial_state=initial_state, return_state=call.return_state, eps=call.eps,
+        )  # fmt: skip
     if call.return_state:
         out, state = result
         return out.to(out_dtype), state._replace(kernel_params=params)

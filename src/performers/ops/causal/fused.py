@@ -16,6 +16,11 @@ Offsets (``m_j``, running maximum of the key log-features) are in units of ``P x
 internally; the returned state uses the units of :func:`performers.ops.features.stabilize_keys`
 (which include the map's constant ``c``), so states move freely between the two paths.
 
+Packed rows (``packed=``, :mod:`performers.ops.causal.packed`): the key offsets restart at each
+sequence and every factor that would cross a boundary — intra-chunk block, summary, carried
+state, a query's read of it — is masked to an exact 0, forward and backward alike (the masks
+are constants, so the backward's formulas are unchanged); no loop over sequences.
+
 Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
 recomputation instead (the features in the forward's offsets, then the chunked algorithm of
 :mod:`performers.ops.causal.generic`; :mod:`performers.ops.double_backward`).
@@ -30,6 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from performers.ops.causal.generic import causal_linear_attention
+from performers.ops.causal.packed import (
+    PackedLayout,
+    packed_chunk_masks,
+    packed_chunked_reads,
+    packed_key_offsets,
+)
 from performers.ops.checks import check_positive_int
 from performers.ops.double_backward import graph_backward, wants_graph
 from performers.ops.features import (
@@ -43,6 +54,7 @@ from performers.ops.features import (
 from performers.ops.numerics import (
     accumulation_dtype,
     chunk_rescale_factors,
+    guarded_divide,
     key_offsets,
     safe_reciprocal,
     state_carry_factors,
@@ -65,13 +77,52 @@ def _split(t: Tensor, chunk: int) -> Tensor:
     return t.reshape(b, h, length // chunk, chunk, *t.shape[3:])
 
 
+def _block_factors(
+    offs: Tensor, state_offset: Tensor, chunk: int, low: torch.dtype, seq_ext: Tensor | None, lo: int, hi: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(within, to_end, to_query, carry)`` of the chunks of positions ``lo:hi`` (see
+    :func:`~performers.ops.numerics.chunk_rescale_factors` and
+    :func:`~performers.ops.numerics.state_carry_factors`), the first three in ``low``. A packed
+    row (``seq_ext``: sequence ids, then the sentinel) masks every factor that would cross a
+    boundary (:func:`~performers.ops.causal.packed.packed_chunk_masks`): the same constants
+    forward and backward, so the backward below needs no other change."""
+    within, to_end, _, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
+    carry = state_carry_factors(offs[:, :, chunk - 1 :: chunk], state_offset)
+    if seq_ext is not None:
+        same, at_end, at_query, reach = packed_chunk_masks(
+            seq_ext[lo:hi].view(-1, chunk), seq_ext[hi : hi + 1]
+        )
+        # masked_fill_, not a product with the bool masks (which would first copy them to floats).
+        within.masked_fill_(~same, 0.0)
+        to_end.masked_fill_(~at_end, 0.0)
+        to_query.masked_fill_(~at_query, 0.0)
+        carry.masked_fill_(~reach, 0.0)
+    return within.to(low), to_end.to(low), to_query.to(low), carry
+
+
+def _packed_block_offsets(
+    log_k: Tensor, pad: Tensor | None, seq_ext: Tensor, lo: int, hi: int, running: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The key offsets of positions ``lo:hi`` of a packed row and the raw running maximum after
+    them: running maxima restarting at each sequence; the maximum carried from before ``lo``
+    (``running``) continues only the sequence that runs across ``lo``."""
+    per_position = log_k.detach().amax(dim=-1)
+    if pad is not None:
+        per_position = per_position.masked_fill(pad[..., 0], -math.inf)
+    seq = seq_ext[lo:hi]
+    before = seq_ext[lo - 1] if lo else seq.new_tensor(-1)
+    floor = torch.where(seq == before, running.unsqueeze(-1), -math.inf)
+    offsets, raw = packed_key_offsets(per_position, seq, floor)
+    return offsets, raw[..., -1]
+
+
 class _SegmentedCausalExpAttention(torch.autograd.Function):
     """Causal attention over segments of ``n`` chunks: vectorized inside a segment, streamed
     across segments. Per-segment tensors are ``O(n·C·(M + C))``; the state before every chunk
     is kept for backward (``(L/C)·M·(Dv+1)``); features are recomputed in backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, rows, initial, initial_offset, scale, norm, pad, chunk, segment, eps):
+    def forward(ctx, q, k, v, rows, initial, initial_offset, scale, norm, pad, chunk, segment, eps, seq_ext):
         # The inputs as given (the padded copies below are made without a graph): backward pads
         # again, and a differentiable recomputation needs them connected.
         inputs = (q, k, v, rows, initial)
@@ -116,9 +167,12 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             hi = min(lo + span, padded)
             pad_s = None if pad is None else pad[:, :, lo:hi]
             log_k = exp_log_features(k[:, :, lo:hi], scaled_rows, scaled_norm)
-            offs, running = key_offsets(
-                log_k, causal=True, pad=None if pad_s is None else pad_s[..., 0], start=running
-            )
+            if seq_ext is None:
+                offs, running = key_offsets(
+                    log_k, causal=True, pad=None if pad_s is None else pad_s[..., 0], start=running
+                )
+            else:
+                offs, running = _packed_block_offsets(log_k, pad_s, seq_ext, lo, hi, running)
             offs = offs.to(acc)
             offsets[:, :, lo:hi] = offs
             if state_offset is None:
@@ -128,8 +182,9 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 k_feat.masked_fill_(pad_s, 0.0)
             q_feat = exp_query_features(q[:, :, lo:hi], scaled_rows)
             v_aug = with_ones(v[:, :, lo:hi])
-            within, to_end, _, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
-            within, to_end, to_query = (t.to(q.dtype) for t in (within, to_end, to_query))
+            within, to_end, to_query, carry = _block_factors(
+                offs, state_offset, chunk, q.dtype, seq_ext, lo, hi
+            )
             qc, kc, vc = _split(q_feat, chunk), _split(k_feat, chunk), _split(v_aug, chunk)
             scores = torch.matmul(qc, kc.transpose(-2, -1)).mul_(within)
             if keep:
@@ -140,7 +195,6 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             n = summaries.shape[2]
             # The states entering each chunk and leaving the last, as one product (see
             # state_carry_factors): sources are the incoming state and the chunk summaries.
-            carry = state_carry_factors(offs[:, :, chunk - 1 :: chunk], state_offset)
             carried = torch.matmul(carry[..., 1:], summaries.flatten(-2))
             carried.addcmul_(carry[..., :1], state.flatten(-2).unsqueeze(2))
             carried = carried.view(b, h, n + 1, m, e)
@@ -155,7 +209,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             state_offset = offs[..., -1]
         ctx.save_for_backward(*inputs, offsets, states, inverse, out, blocks, initial_offset)
         ctx.pad, ctx.chunk, ctx.segment, ctx.length = pad, chunk, segment, length
-        ctx.scale, ctx.scaled_norm, ctx.eps = scale, scaled_norm, eps
+        ctx.scale, ctx.scaled_norm, ctx.eps, ctx.seq_ext = scale, scaled_norm, eps, seq_ext
         ctx.mark_non_differentiable(state_offset)
         return out[:, :, :length], state, state_offset
 
@@ -170,12 +224,12 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 real_pad = None if pad is None else pad[:, :, :length]
                 return _causal_graph(
                     q, k, v, rows, initial, initial_offset, offsets[:, :, :length], real_pad,
-                    scale, scaled_norm, chunk, ctx.eps,
+                    scale, scaled_norm, chunk, ctx.eps, ctx.seq_ext,
                 )  # fmt: skip
 
             inputs = (q, k, v, rows, initial)
             grads = graph_backward(inputs, ctx.needs_input_grad[:5], recompute, (grad_out, grad_state))
-            return (*grads, *(None,) * 7)
+            return (*grads, *(None,) * 8)
         padded = out.shape[2]
         if padded != length:
             grad_out = F.pad(grad_out, (0, 0, 0, padded - length))
@@ -208,8 +262,9 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
                 k_feat.masked_fill_(pad[:, :, lo:hi], 0.0)
             q_feat = exp_query_features(qb, scaled_rows)
             v_aug = with_ones(v[:, :, lo:hi])
-            within, to_end, _, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
-            within, to_end, to_query = (t.to(low) for t in (within, to_end, to_query))
+            within, to_end, to_query, carry = _block_factors(
+                offs, state_offset, chunk, low, ctx.seq_ext, lo, hi
+            )
             g = grad_out[:, :, lo:hi]
             inv = inverse[:, :, lo:hi]
             # out = num/den: ∂num = g/den, ∂den = -Σ g·out/den (0 where the guard was active).
@@ -228,7 +283,6 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             # The adjoint of the forward's one product: rows 1.. are the summaries' gradients,
             # row 0 the incoming state's (carried on to the previous segment).
             n = grad_prefix.shape[2]
-            carry = state_carry_factors(offs[:, :, chunk - 1 :: chunk], state_offset)
             adjoints = torch.cat([grad_prefix.to(acc).flatten(-2), adjoint.flatten(-2).unsqueeze(2)], dim=2)
             carried = torch.matmul(carry.transpose(-2, -1), adjoints).view(b, h, n + 1, *adjoint.shape[-2:])
             adjoint = carried[:, :, 0]
@@ -262,6 +316,7 @@ class _SegmentedCausalExpAttention(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -278,6 +333,7 @@ def _causal_graph(
     scaled_norm: float,
     chunk: int,
     eps: float,
+    seq_ext: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:class:`_SegmentedCausalExpAttention`'s ``(out, final state)`` in differentiable
     operations: features materialized in the forward's (detached) offsets, then the chunked
@@ -291,6 +347,13 @@ def _causal_graph(
     if pad is not None:  # -inf before exp: a padded key is an exact 0 with a zero gradient
         log_k = log_k.masked_fill(pad, -math.inf)
     k_features = torch.exp(log_k - offsets.unsqueeze(-1))
+    if seq_ext is not None:  # a packed row (from empty states): the masked chunked algorithm
+        length = q.shape[2]
+        tail = seq_ext.shape[0] - 1 - length
+        padded = [F.pad(t, (0, 0, 0, tail)) for t in (q_features, k_features, with_ones(v))]
+        reads = packed_chunked_reads(*padded, F.pad(offsets, (0, tail)), seq_ext, chunk)[:, :, :length]
+        empty = reads.new_zeros(*reads.shape[:2], k_features.shape[-1], reads.shape[-1]).detach()
+        return guarded_divide(reads[..., :-1], reads[..., -1], eps), empty
     state = None
     if initial is not None:
         state = FavorState(initial[..., :-1], initial[..., -1], initial_offset)
@@ -314,6 +377,7 @@ def fused_causal_exp_attention(
     eps: float | None = None,
     initial_state: Tensor | None = None,
     initial_offset: Tensor | None = None,
+    packed: PackedLayout | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Causal FAVOR attention with features ``exp(P(√s·x) - a·s‖x‖²/2 - c)``.
 
@@ -329,6 +393,9 @@ def fused_causal_exp_attention(
         initial_state: ``(B, H, M', Dv+1)``, the state of a preceding prefix (``[kv, normalizer]``,
             differentiable), or None for an empty one; initial_offset: its ``(B, H)`` log offset
             (:class:`~performers.ops.state.FavorState` units), given with it.
+        packed: the sequences of a packed row (``B = 1``; :mod:`performers.ops.causal.packed`):
+            attention restarts at each of them, from empty states (no ``initial_state`` or
+            ``key_padding_mask``); the returned final state is then meaningless (empty).
 
     Returns:
         ``(out (B, H, L, Dv), kv_aug (B, H, M', Dv+1), log_offset (B, H))``: the output and the
@@ -341,9 +408,26 @@ def fused_causal_exp_attention(
     pad = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
     eps = torch.finfo(q.dtype).tiny if eps is None else eps
     chunk = max(1, min(chunk_size, q.shape[2]))
+    seq_ext = None
+    if packed is not None:
+        if initial_state is not None or key_padding_mask is not None:
+            raise ValueError("a packed row runs from empty states, without key_padding_mask")
+        seq_ext = packed.padded_seq(-(-q.shape[2] // chunk) * chunk + 1)
     # Offsets inside the Function leave out the map's constant c (FavorState units include it).
     internal_offset = None if initial_offset is None else initial_offset.detach() + form.log_const
     out, final, offset = _SegmentedCausalExpAttention.apply(
-        q, k, v, form.rows, initial_state, internal_offset, scale, form.norm, pad, chunk, segment_chunks, eps
+        q,
+        k,
+        v,
+        form.rows,
+        initial_state,
+        internal_offset,
+        scale,
+        form.norm,
+        pad,
+        chunk,
+        segment_chunks,
+        eps,
+        seq_ext,
     )
     return out, final, offset - form.log_const

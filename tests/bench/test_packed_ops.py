@@ -1,0 +1,39 @@
+"""``performers bench packed-ops`` at tiny settings: every call timed, written by the results writer."""
+
+import pytest
+
+from performers.bench.packed_ops import PackedOpsSettings, corpus_like_lengths
+from performers.cli import main
+from tests.helpers.results import assert_written_by_the_results_writer
+
+TINY = ["--sequences", "3", "--median-length", "6", "--max-length", "12", "--heads", "1", "--head-dim", "4"]
+TINY += ["--num-features", "4", "--repeats", "2", "--threads", "1"]
+
+
+def test_tiny_packed_ops_bench_times_every_call_through_the_writer(tmp_path):
+    out = tmp_path / "packed_ops.json"
+    assert main(["bench", "packed-ops", *TINY, "--out", str(out)]) == 0
+    record = assert_written_by_the_results_writer(out)
+    lengths = record["lengths"]
+    assert len(lengths) == 3 and all(1 <= n <= 12 for n in lengths)
+    rows = {(r["direction"], r["pass"]): r for r in record["rows"]}
+    assert set(rows) == {(d, p) for d in ("bidirectional", "causal") for p in ("forward", "forward+backward")}
+    for r in rows.values():
+        assert all(len(r["all_seconds"][v]) == 2 for v in ("batched", "packed", "loop"))
+        assert r["overhead"]["packed"] == pytest.approx(r["seconds"]["packed"] / r["seconds"]["batched"] - 1)
+    report = (tmp_path / "packed_ops.md").read_text()
+    assert "| causal | forward+backward |" in report and "Bar (a packed call within 10 %" in report
+
+
+def test_default_lengths_are_protein_like():
+    lengths = corpus_like_lengths(PackedOpsSettings())
+    assert len(lengths) == 64 and max(lengths) <= 1024
+    assert 200 <= sorted(lengths)[32] <= 340  # the shipped corpus's median is 269
+
+
+def test_bad_options_are_one_error_line(capsys):
+    assert main(["bench", "packed-ops", *TINY, "--repeats", "0"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("performers bench packed-ops: error: --repeats must be >= 1") and err.count("\n") == 1
+    )

@@ -1,0 +1,201 @@
+"""The loop-free packed paths (:mod:`performers.ops.causal.packed`, and bidirectionally
+:mod:`performers.ops.bidirectional.packed`) against the per-sequence loop
+(``_run_packed_loop``, the reference: one unpacked call per sequence).
+
+Outputs and gradients (q, k, v, the projection, and initial states) in float64, for layouts
+that put boundaries everywhere the chunked algorithm could leak across one: a sequence of one
+position, a long sequence among short ones (its large keys must not set the others'
+stabilizer), boundaries exactly on chunk edges, several boundaries inside one chunk, and
+sequences spanning several of the fused path's segments (``segment_chunks=2``). Tolerance: every
+path sums a few hundred terms of size <= 1 per sequence, so 1e-10 leaves ~10⁵ ulps while one
+key leaking across a boundary moves an output by ~1e-2.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from performers import favor_attention, favor_attention_step, orthogonal_projection
+from performers.ops import FavorState
+from performers.ops import attention as attention_module
+from performers.ops.attention import _favor_attention, _run_packed_loop
+from performers.ops.call import check_favor_call
+from performers.ops.causal.packed import segment_cummax
+from tests.helpers.numerics import generator
+
+DT = torch.float64
+H, D, M = 2, 4, 8
+TOL = 1e-10
+CHUNK = 8
+LAYOUTS = {
+    "mixed": [1, 37, 100, 5, 24],
+    "chunk-edges": [8, 16, 8, 24],  # every boundary on a chunk edge (CHUNK = 8)
+    "within-one-chunk": [3, 1, 2, 1, 9, 20],  # four boundaries inside the first chunk
+}
+PATHS = [("softmax", "fused"), ("softmax", "generic"), ("favor++", "generic"), ("relu", "generic")]
+
+
+def _cu(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+
+
+def _inputs(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
+    g = generator(seed)
+    t = sum(lengths)
+    q = 0.7 * torch.randn(1, H, t, D, generator=g, dtype=DT)
+    k = 0.7 * torch.randn(1, H, t, D, generator=g, dtype=DT)
+    longest = max(range(len(lengths)), key=lambda i: lengths[i])
+    start = sum(lengths[:longest])
+    k[:, :, start : start + lengths[longest]] *= 3.0
+    v = torch.randn(1, H, t, D, generator=g, dtype=DT)
+    w = orthogonal_projection(M, D, generator=generator(seed + 1), dtype=DT)
+    return [q, k, v, w]
+
+
+def _loop(q, k, v, w, path: str, is_causal: bool = True, **options):
+    """The reference: one unpacked call per sequence (the function itself, imported before the
+    fixture below replaces the module's name for it)."""
+    return _run_packed_loop(check_favor_call(q, k, v, w, is_causal=is_causal, **options), path=path)
+
+
+@pytest.fixture
+def no_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packed causal call must not fall back to the per-sequence loop."""
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("the packed causal call ran the per-sequence loop")
+
+    monkeypatch.setattr(attention_module, "_run_packed_loop", refuse)
+
+
+def _state_fields(state: FavorState) -> list[torch.Tensor]:
+    return [t for t in state[:4] if t is not None]
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize(("kernel", "path"), PATHS)
+def test_loop_free_equals_the_loop(kernel: str, path: str, layout: str, no_loop: None) -> None:
+    lengths = LAYOUTS[layout]
+    leaves = [t.requires_grad_() for t in _inputs(lengths)]
+    options = {"kernel": kernel, "cu_seqlens": _cu(lengths), "chunk_size": CHUNK, "segment_chunks": 2}
+    out = _favor_attention(*leaves, is_causal=True, path=path, **options)
+    weight = torch.randn(out.shape, generator=generator(5), dtype=DT)
+    grads = torch.autograd.grad((out * weight).sum(), leaves)
+
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    expected = _loop(*ref_leaves, path, **options)
+    torch.testing.assert_close(out, expected, rtol=TOL, atol=TOL)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), ref_leaves)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize(("kernel", "path"), PATHS)
+def test_states_in_and_out(kernel: str, path: str, no_loop: None) -> None:
+    """N states in (differentiable), N states out: as the loop gives them, gradients included."""
+    lengths = LAYOUTS["mixed"]
+    prefix = [2, 9, 1, 17, 4]
+    qp, kp, vp, w = _inputs(prefix, seed=3)
+    options = {"kernel": kernel, "chunk_size": CHUNK}
+    _, start = favor_attention(
+        qp, kp, vp, w, is_causal=True, cu_seqlens=_cu(prefix), return_state=True, **options
+    )
+    q, k, v, _ = _inputs(lengths, seed=4)
+
+    def run(run_packed, leaves):
+        q, k, v, w, kv, normalizer = leaves
+        initial = start._replace(kv=kv, normalizer=normalizer)
+        return run_packed(q, k, v, w, initial)
+
+    def loop_free(q, k, v, w, initial):
+        call = {"initial_state": initial, "return_state": True, "cu_seqlens": _cu(lengths)}
+        return _favor_attention(q, k, v, w, is_causal=True, path=path, **options, **call)
+
+    def loop(q, k, v, w, initial):
+        call = {"initial_state": initial, "return_state": True, "cu_seqlens": _cu(lengths)}
+        return _loop(q, k, v, w, path, **options, **call)
+
+    base = [q, k, v, w, start.kv, start.normalizer]
+    results = []
+    for run_packed in (loop_free, loop):
+        leaves = [t.detach().clone().requires_grad_() for t in base]
+        out, final = run(run_packed, leaves)
+        assert final.kv.shape == (len(lengths), H, M, D) and final.kernel == kernel
+        g = generator(6)
+        loss = (out * torch.randn(out.shape, generator=g, dtype=DT)).sum()
+        loss = loss + sum(
+            (f * torch.randn(f.shape, generator=g, dtype=DT)).sum() for f in (final.kv, final.normalizer)
+        )
+        results.append((out, final, torch.autograd.grad(loss, leaves)))
+    (out, final, grads), (expected, expected_final, expected_grads) = results
+    torch.testing.assert_close(out, expected, rtol=TOL, atol=TOL)
+    for got, want in zip(_state_fields(final), _state_fields(expected_final), strict=True):
+        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "favor++"])
+def test_decode_after_a_packed_prefill_equals_decode_after_that_sequence_alone(
+    kernel: str, no_loop: None
+) -> None:
+    lengths = LAYOUTS["within-one-chunk"]
+    q, k, v, w = _inputs(lengths, seed=7)
+    options = {"kernel": kernel, "chunk_size": CHUNK}
+    _, states = favor_attention(
+        q, k, v, w, is_causal=True, cu_seqlens=_cu(lengths), return_state=True, **options
+    )
+    step = [torch.randn(1, H, 1, D, generator=generator(8), dtype=DT) for _ in range(3)]
+    for i in (1, 3, 5):  # sequences inside the first chunk, and the one running past it
+        a, b = sum(lengths[:i]), sum(lengths[: i + 1])
+        _, alone = favor_attention(
+            q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], w, is_causal=True, return_state=True, **options
+        )
+        got, _ = favor_attention_step(*step, states.select(i), w, kernel=kernel)
+        want, _ = favor_attention_step(*step, alone, w, kernel=kernel)
+        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+
+
+def test_single_sequence_and_one_position_sequences(no_loop: None) -> None:
+    """One sequence is the unpacked call; sequences of one position read only themselves."""
+    q, k, v, w = _inputs([5, 1, 1, 1, 3])
+    out = favor_attention(q, k, v, w, is_causal=True, cu_seqlens=_cu([5, 1, 1, 1, 3]), chunk_size=4)
+    torch.testing.assert_close(out[:, :, 5:8], v[:, :, 5:8], rtol=TOL, atol=TOL)
+    whole = favor_attention(q, k, v, w, is_causal=True, cu_seqlens=_cu([11]))
+    torch.testing.assert_close(whole, favor_attention(q, k, v, w, is_causal=True), rtol=0, atol=0)
+
+
+def test_segment_cummax_restarts_at_each_segment() -> None:
+    g = generator(9)
+    x = torch.randint(-3, 4, (2, 3, 40), generator=g).to(DT)  # ties
+    x[0, 0, 7] = -torch.inf
+    seq = torch.repeat_interleave(torch.arange(5), torch.tensor([1, 9, 6, 20, 4]))
+    expected = torch.cat(
+        [torch.cummax(piece, dim=-1).values for piece in torch.split(x, [1, 9, 6, 20, 4], dim=-1)], dim=-1
+    )
+    torch.testing.assert_close(segment_cummax(x, seq), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize(
+    ("kernel", "path"), [("softmax", "fused"), ("softmax", "generic"), ("relu", "generic")]
+)
+def test_bidirectional_loop_free_equals_the_loop(kernel: str, path: str, layout: str, no_loop: None) -> None:
+    """Bidirectional packed calls (kernels without data-dependent parameters) run one key
+    summary per sequence (:mod:`performers.ops.bidirectional.packed`): the loop's outputs and
+    gradients, whichever path the loop takes per sequence."""
+    lengths = LAYOUTS[layout]
+    leaves = [t.requires_grad_() for t in _inputs(lengths, seed=11)]
+    options = {"kernel": kernel, "cu_seqlens": _cu(lengths), "chunk_size": CHUNK}
+    out = _favor_attention(*leaves, path=path, **options)
+    weight = torch.randn(out.shape, generator=generator(12), dtype=DT)
+    grads = torch.autograd.grad((out * weight).sum(), leaves)
+    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
+    expected = _loop(*ref_leaves, path, is_causal=False, **options)
+    torch.testing.assert_close(out, expected, rtol=TOL, atol=TOL)
+    expected_grads = torch.autograd.grad((expected * weight).sum(), ref_leaves)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
