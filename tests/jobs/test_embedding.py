@@ -176,8 +176,8 @@ def test_files_round_trip(tmp_path, suffix, per_residue):
 
 def test_errors_name_the_protein():
     model = tiny_model("mlm", max_positions=12)  # learned positions: at most 10 residues
-    with pytest.raises(ValueError, match=r"'P1' has 14 residues.*at most 10"):
-        embed_proteins(model, TOKENIZER, PROTEINS, progress=False)
+    whole = embed_proteins(model, TOKENIZER, PROTEINS, per_residue=True, progress=False)
+    assert whole.crop.cropped == ("P1", "P3") and whole["P1"].shape == (10, 16)  # the rule: cropped, counted
     cropped = embed_proteins(model, TOKENIZER, PROTEINS, max_length=12, per_residue=True, progress=False)
     assert cropped["P1"].shape == (10, 16) and cropped["P2"].shape == (3, 16)
     uncropped = embed_proteins(
@@ -336,8 +336,8 @@ def test_every_kind_alone_equals_in_a_padded_batch(task):
 def test_truncation_length_keeps_the_first_residues():
     model = tiny_model("mlm", max_positions=12)  # learned positions: at most 10 residues
     kinds = dict(include=["per_tok"], progress=False)
-    with pytest.raises(ValueError, match=r"'P1' has 14 residues.*at most 10.*truncation_length"):
-        extract_representations(model, TOKENIZER, PROTEINS, **kinds)
+    whole = extract_representations(model, TOKENIZER, PROTEINS, **kinds)
+    assert whole.crop.cropped == ("P1", "P3") and whole["P1"]["per_tok"][2].shape[0] == 10
     out = extract_representations(model, TOKENIZER, PROTEINS, truncation_length=5, **kinds)
     assert [out[name]["per_tok"][2].shape[0] for name, _ in PROTEINS] == [5, 3, 5, 4]
     short = extract_representations(model, TOKENIZER, [("P1", PROTEINS[0][1][:5])], **kinds)
