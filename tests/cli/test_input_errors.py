@@ -100,7 +100,7 @@ def test_evaluate_refuses_a_max_length_beyond_the_learned_positions(tmp_path, ca
     directory = _model_dir(tmp_path, PerformerForMaskedLM, max_length=24)
     assert main(["evaluate", str(directory), "--limit", "4", "--max-length", "64"]) == 2
     line = _one_line_error(capsys, "evaluate")
-    assert "--max-length 64 exceeds the model's maximum length 24" in line
+    assert "--max-length: max_length 64 exceeds the model's maximum length 24" in line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -176,8 +176,8 @@ def test_files_round_trip(tmp_path, suffix, per_residue):
 
 def test_errors_name_the_protein():
     model = tiny_model("mlm", max_positions=12)  # learned positions: at most 10 residues
-    with pytest.raises(ValueError, match=r"'P1' has 14 residues.*at most 10"):
-        embed_proteins(model, TOKENIZER, PROTEINS, progress=False)
+    whole = embed_proteins(model, TOKENIZER, PROTEINS, per_residue=True, progress=False)
+    assert whole.crop.cropped == ("P1", "P3") and whole["P1"].shape == (10, 16)  # the rule: cropped, counted
     cropped = embed_proteins(model, TOKENIZER, PROTEINS, max_length=12, per_residue=True, progress=False)
     assert cropped["P1"].shape == (10, 16) and cropped["P2"].shape == (3, 16)
     uncropped = embed_proteins(
@@ -225,7 +225,10 @@ def test_cli_writes_embeddings_and_says_what_it_wrote(tmp_path, capsys):
     args = ["--per-residue", "--layer", "1", "--attention", "exact", "--max-length", "8"]
     assert main(["embed", str(directory), str(fasta), "--out", str(out), *args]) == 0
     printed = capsys.readouterr().out
-    assert "truncated 2 protein(s) to their first 6 residues" in printed and "layer(s) 1 of 2" in printed
+    assert (
+        "cropped 2 of 4 proteins to 6 residues (max_length 8): P1, P3" in printed
+        and "layer(s) 1 of 2" in printed
+    )
     model.set_attention("exact")
     expected = embed_proteins(
         model, TOKENIZER, PROTEINS, per_residue=True, layer=1, max_length=8, progress=False
@@ -240,7 +243,10 @@ def test_cli_errors(tmp_path, cli_error):
     directory = save_model(tiny_model("mlm", max_positions=12).float(), tmp_path / "model")
     fasta = write_fasta(tmp_path / "in.fasta", PROTEINS)
     out = str(tmp_path / "e.npz")
-    cli_error(["embed", str(directory), str(fasta), "--out", out], match=r"'P1' has 14 residues.*at most 10")
+    cli_error(
+        ["embed", str(directory), str(fasta), "--out", out, "--max-length", "13"],
+        match="--max-length: max_length 13 exceeds the model's maximum length 12",
+    )
     repeated = write_fasta(tmp_path / "rep.fasta", [*PROTEINS, ("P3", "MKV")])
     cli_error(
         ["embed", str(directory), str(repeated), "--out", out, "--max-length", "12"],
@@ -336,8 +342,8 @@ def test_every_kind_alone_equals_in_a_padded_batch(task):
 def test_truncation_length_keeps_the_first_residues():
     model = tiny_model("mlm", max_positions=12)  # learned positions: at most 10 residues
     kinds = dict(include=["per_tok"], progress=False)
-    with pytest.raises(ValueError, match=r"'P1' has 14 residues.*at most 10.*truncation_length"):
-        extract_representations(model, TOKENIZER, PROTEINS, **kinds)
+    whole = extract_representations(model, TOKENIZER, PROTEINS, **kinds)
+    assert whole.crop.cropped == ("P1", "P3") and whole["P1"]["per_tok"][2].shape[0] == 10
     out = extract_representations(model, TOKENIZER, PROTEINS, truncation_length=5, **kinds)
     assert [out[name]["per_tok"][2].shape[0] for name, _ in PROTEINS] == [5, 3, 5, 4]
     short = extract_representations(model, TOKENIZER, [("P1", PROTEINS[0][1][:5])], **kinds)
@@ -372,7 +378,7 @@ def test_cli_writes_several_layers_and_kinds(tmp_path, capsys, cli_error):
     out = tmp_path / "cut.npz"
     assert main(["embed", str(directory), str(fasta), "--out", str(out), "--truncation-length", "4",
                  "--include", "per_tok"]) == 0  # fmt: skip
-    assert "truncated 2 protein(s) to their first 4 residues" in capsys.readouterr().out
+    assert "cropped 2 of 4 proteins to 4 residues (truncation_length 4): P1, P3" in capsys.readouterr().out
     with np.load(out) as data:
         assert data["P1"].shape == (4, 16) and data["P2"].shape == (3, 16)
     base = ["embed", str(directory), str(fasta), "--out", str(tmp_path / "e.npz")]

@@ -156,13 +156,20 @@ def test_evaluate_counts_what_it_scores(name, models, fasta, tmp_path, capsys):
     per_sequence = tmp_path / "rows.csv"
     argv = ["evaluate", str(models[name]), "--data", str(fasta), "--per-sequence", str(per_sequence)]
     assert main(argv) == 0
-    line = capsys.readouterr().out.splitlines()[0]
+    out = capsys.readouterr().out
+    line = out.splitlines()[0]
     accuracy = float(line.split("accuracy ")[1].split("%")[0])
     perplexity = float(line.split("perplexity ")[1].split(" ")[0])
     tokens = int(line.split(" over ")[1].split(" ")[0])
     assert 0 <= accuracy <= 100 and math.isfinite(perplexity) and perplexity > 1
     rows = list(csv.DictReader(per_sequence.open()))
-    assert [row["id"] for row in rows] == list(PROTEINS) and sum(int(r["tokens"]) for r in rows) == tokens
+    names = [row["id"] for row in rows]
+    assert sum(int(r["tokens"]) for r in rows) == tokens and all(int(r["tokens"]) for r in rows)
+    if name == "performer":  # BERT masking: a short protein may draw no mask — listed, not a NaN row
+        assert names == [p for p in PROTEINS if p in names]
+        assert len(names) == len(PROTEINS) or f"skipped {len(PROTEINS) - len(names)} of 2 proteins" in out
+    else:
+        assert names == list(PROTEINS)
     if name in MASKED:  # exactly max(1, round(15% of n)) residues masked per protein
         assert tokens == sum(max(1, round(0.15 * len(s))) for s in PROTEINS.values())
     elif name == "protgpt2":  # every next token: its BPE tokens and <|endoftext|>

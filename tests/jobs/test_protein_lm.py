@@ -81,4 +81,4 @@ def test_per_sequence_scores_of_a_protein_lm_equal_those_of_the_model():
     model = tiny_model("mlm")
     direct = score_proteins(model, TOKENIZER, PROTEINS, max_length=8, progress=False)
     wrapped = score_proteins(as_protein_lm(model, TOKENIZER), None, PROTEINS, max_length=8, progress=False)
-    assert wrapped == direct and direct[0]["length"] == 6
+    assert wrapped == direct and direct[0]["scored_length"] == 6

@@ -84,11 +84,14 @@ def test_pseudo_log_likelihood_equals_a_naive_masking_loop(attention):
 
 def test_cropping_and_the_position_limit():
     model = tiny_model("clm", max_positions=12)
-    with pytest.raises(ValueError, match=r"'P1' has 14 residues.*at most 10"):
-        score_proteins(model, TOKENIZER, PROTEINS, progress=False)
-    rows = score_proteins(model, TOKENIZER, PROTEINS, max_length=12, progress=False)
-    assert rows[0]["length"] == 10
+    # The one cropping rule: beyond the learned positions a protein is cropped, and counted.
+    rows = score_proteins(model, TOKENIZER, PROTEINS, progress=False)
+    assert rows.crop.cropped == ("P1", "P3") and rows.crop.limit == 10
+    assert (rows[0]["length"], rows[0]["scored_length"]) == (14, 10)
     assert rows[0]["log_likelihood"] == pytest.approx(naive_causal_log_likelihood(model, PROTEINS[0][1][:10]))
+    asked = score_proteins(model, TOKENIZER, PROTEINS, max_length=8, progress=False)
+    assert asked.crop.cropped == ("P1", "P3") and asked[0]["scored_length"] == 6
+    assert asked.crop.reason == "max_length 8" and asked[1]["scored_length"] == 3
 
 
 @torch.no_grad()
@@ -185,7 +188,15 @@ def test_cli_scores_and_variant_effects(tmp_path, capsys, task):
     kind = "pseudo-log-likelihoods" if task == "mlm" else "log-likelihoods (exact"
     assert "wrote 4 " in printed and kind in printed and "proteins/s" in printed
     rows = read_csv(out)
-    assert list(rows[0]) == ["id", "length", "log_likelihood", "perplexity", "terms", "method"]
+    assert list(rows[0]) == [
+        "id",
+        "length",
+        "scored_length",
+        "log_likelihood",
+        "perplexity",
+        "terms",
+        "method",
+    ]
     expected = score_proteins(model.double(), TOKENIZER, PROTEINS, progress=False)
     for row, reference in zip(rows, expected, strict=True):
         assert row["id"] == reference["id"]

@@ -14,18 +14,19 @@ from performers.cli.common import (
     user_errors_named,
 )
 from performers.cli.options import (
+    add_crop_option,
     add_protein_model_options,
     check_output_file,
     compute_device,
     load_model,
     read_records,
 )
+from performers.jobs.cropping import crop_to_rule
 from performers.jobs.embedding import (
     INCLUDES,
     extract_representations,
     protein_pairs,
     resolve_layers,
-    truncate_proteins,
     write_embeddings,
 )
 from performers.jobs.protein_lm import as_protein_lm
@@ -44,8 +45,10 @@ encoded as [<cls>, residues..., <eos>] (a ProtGPT2-style model: its byte-pair to
 two <|endoftext|>; mean is then over its tokens, and per_tok, which needs one token per residue,
 is refused); proteins are sorted by length and batched by a budget
 of padded tokens (a protein embedded alone gets the same vectors as in a padded batch).
-Nothing is cut unless --truncation-length N keeps each protein's first N residues; FAVOR+ keeps
-the cost of a protein linear in its length.
+Proteins are read whole (FAVOR+ keeps the cost of a protein linear in its length) under the one
+cropping rule of every command: cut only when asked (--max-length N tokens, i.e. the first N-2
+residues; or esm-extract's --truncation-length R residues, the same as --max-length R+2) or
+where a model's learned positions end (rotary models: never); a line counts the cropped proteins.
 
 Output keys: the FASTA id (the first word of each header) when one layer and one kind are
 asked for; otherwise ID/KIND/LAYER for each (e.g. P12345/mean/6, the layer counted from 0 as
@@ -85,13 +88,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--truncation-length",
         type=int,
         default=None,
-        metavar="N",
-        help="keep each protein's first N residues (default: whole proteins; a model with learned "
-        "positions then refuses longer ones)",
+        metavar="R",
+        help="keep each protein's first R residues (esm-extract's spelling of --max-length R+2); "
+        "default: the one cropping rule, as --max-length",
     )
     add_hidden_alias(parser, "--truncation_seq_length", truncation)  # esm-extract's
-    # The earlier crop, in tokens with <cls> and <eos>: --max-length N keeps N - 2 residues.
-    parser.add_argument("--max-length", type=int, default=None, help=argparse.SUPPRESS)
+    add_crop_option(parser)
     return parser
 
 
@@ -135,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
     kinds = list(dict.fromkeys(args.include))
     with user_errors_named(option_names(args.command_parser)):  # a protein or option the model refuses
         layers = resolve_layers(args.repr_layers, lm.num_layers)
-        pairs, truncated = truncate_proteins(protein_pairs(records), lm.residue_limit, truncation)
+        # The one cropping rule (docs/guides/proteins.md): asked for, or the learned positions.
+        asked = {"max_length": args.max_length, "truncation_length": args.truncation_length}
+        pairs, crop = crop_to_rule(protein_pairs(records), lm.residue_limit, **asked)
         start = time.perf_counter()
         embeddings = extract_representations(
             lm, None, pairs, repr_layers=layers, include=kinds, max_tokens=args.max_tokens
@@ -149,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
             "num_layers": str(lm.num_layers),
             "model": str(args.model),
             "truncation_length": str(truncation),
+            "crop_limit": str(crop.limit),  # residues kept at most (None: whole proteins)
+            "cropped": str(len(crop.cropped)),
         }
         write_embeddings(tensors, args.out, metadata=metadata)
     residues = sum(len(sequence) for _, sequence in pairs)
@@ -159,8 +165,8 @@ def run(args: argparse.Namespace) -> int:
         "per_tok": f"per_tok (L, {width}) with L {min(lengths)}..{max(lengths)}",
         "bos": f"bos ({width},)",
     }
-    if truncated:
-        print(f"truncated {truncated} protein(s) to their first {truncation} residues (--truncation-length)")
+    for line in crop.messages():
+        print(line)
     layer_text = ", ".join(_describe_layer(layer, lm.num_layers) for layer in layers)
     keys = "keyed by FASTA id" if metadata["keys"] == "id" else "keys ID/KIND/LAYER"
     print(

@@ -1,26 +1,41 @@
 """``performers evaluate``: accuracy and perplexity of a trained model on the shipped corpus, a
-FASTA file or a prepared dataset, in aggregate and per protein
-(:func:`performers.jobs.protein_evaluation.evaluation_proteins`,
-:func:`performers.jobs.evaluate_model`, :func:`~performers.jobs.evaluate_per_sequence`)."""
+FASTA file or a prepared dataset, in aggregate and per protein, each beside the unigram
+baseline of a training split (:func:`performers.jobs.protein_evaluation.evaluate_proteins`,
+:func:`~performers.jobs.hf_protein_lm.evaluate_protein_lm` for a Hugging Face model,
+:func:`~performers.jobs.protein_evaluation.unigram_metrics`). Proteins are cropped only by the
+one rule of every command (:mod:`performers.jobs.cropping`)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from performers.cli.common import UsageError
+from performers.cli.common import UsageError, option_names, user_errors_named
 from performers.cli.options import (
     MODEL_HELP,
     add_compute_options,
+    add_crop_option,
     check_output_file,
     compute_device,
     model_source,
 )
-from performers.jobs import evaluate_model, evaluate_per_sequence, load_trained, write_csv
+from performers.jobs import load_trained, write_csv
 from performers.jobs.hf_protein_lm import evaluate_protein_lm, protein_lm_from_directory
-from performers.jobs.protein_evaluation import evaluation_proteins, protein_ids
+from performers.jobs.protein_evaluation import (
+    evaluate_proteins,
+    evaluation_proteins,
+    protein_ids,
+    training_unigram,
+    unigram_metrics,
+)
+from performers.jobs.results_file import format_metric, read_results, write_results
 from performers.models import PerformerForCausalLM
 
 HELP = "accuracy and perplexity of a trained model (shipped corpus, a FASTA file or a prepared dataset)"
+RESULTS_HELP = (
+    "write the metrics, each beside its unigram baseline, as JSON (the results.json schema); "
+    "default: beside --per-sequence CSV as CSV-STEM.results.json, else not written"
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -35,12 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--split", choices=["train", "valid", "test"], default="test", help="split of the corpus or dataset"
     )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="tokens per protein (crop at start); default the model's own maximum (max_position_embeddings)",
-    )
+    add_crop_option(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="proteins per forward pass")
     parser.add_argument("--limit", type=int, default=None, help="first N proteins")
     parser.add_argument(
@@ -53,28 +63,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--per-sequence",
         default=None,
         metavar="CSV",
-        help="also write one row per protein: id, length, tokens, loss, perplexity, accuracy",
+        help="also write one row per protein: id, length, scored_length, tokens, loss, perplexity, "
+        "accuracy (proteins with nothing to score are listed on the terminal, not written)",
     )
+    parser.add_argument("--results", default=None, metavar="JSON", help=RESULTS_HELP)
     add_compute_options(parser)
     return parser
 
 
-def max_length_of(model, requested: int | None) -> int:
-    """Tokens per protein: ``requested``, or the model's own maximum when None. A model with
-    learned positions cannot read more than ``max_position_embeddings`` tokens: asking for more
-    is a UsageError naming both numbers (not an index error in the middle of evaluation)."""
-    config = model.config
-    limit = config.max_position_embeddings
-    if requested is None:
-        return limit
-    if requested < 3:
-        raise UsageError(f"--max-length must be >= 3 (<cls>, a residue, <eos>), got {requested}")
-    if config.position == "learned" and requested > limit:
-        raise UsageError(
-            f"--max-length {requested} exceeds the model's maximum length {limit} "
-            "(max_position_embeddings of its learned positions); omit --max-length to use it"
-        )
-    return requested
+def results_path(args: argparse.Namespace) -> Path | None:
+    """Where the results go: ``--results``, else beside ``--per-sequence``; refused when the file
+    holds another command's results (``performers train``'s ``results.json`` is never replaced)."""
+    if args.results is not None:
+        path = Path(args.results)
+    elif args.per_sequence is not None:
+        path = Path(args.per_sequence).with_suffix(".results.json")
+    else:
+        return None
+    check_output_file(str(path), "--results")
+    if path.is_file():
+        try:
+            command = read_results(path).get("command")
+        except (ValueError, AttributeError):
+            command = "unknown"
+        if command != "evaluate":
+            raise UsageError(
+                f"--results {path}: holds the results of another command ({command}); "
+                "give another file with --results"
+            )
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,67 +100,60 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise UsageError(f"--limit must be >= 0, got {args.limit}")
     check_output_file(args.per_sequence, "--per-sequence")
+    results = results_path(args)
     device = compute_device(args)
-    if model_source(args.model) == "huggingface":
-        return _run_huggingface(args, device)
-    model, tokenizer = load_trained(args.model, attention=args.attention)
-    model.to(device)  # the batches follow it
-    task = "clm" if isinstance(model, PerformerForCausalLM) else "mlm"
-    max_length = max_length_of(model, args.max_length)
+    huggingface = model_source(args.model) == "huggingface"
+    if huggingface:
+        try:
+            lm = protein_lm_from_directory(args.model, attention=args.attention, device=device)
+        except (OSError, ValueError) as error:
+            raise UsageError(f"cannot load the model: {error}") from None
+        causal = lm.is_causal
+    else:
+        model, tokenizer = load_trained(args.model, attention=args.attention)
+        model.to(device)  # the batches follow it
+        causal = isinstance(model, PerformerForCausalLM)
     sequences, what = evaluation_proteins(args.data, args.split, args.limit)
     if len(sequences) == 0:
         raise UsageError(f"{what}: no protein to evaluate")
-    options = {"task": task, "max_length": max_length, "batch_size": args.batch_size}
-    result = evaluate_model(model, tokenizer, sequences, **options)
-    scored = "masked positions" if task == "mlm" else "next tokens"
+    ids = protein_ids(args.data, args.split, len(sequences))
+    options = {"max_length": args.max_length, "batch_size": args.batch_size}
+    with user_errors_named(option_names(args.command_parser)):  # e.g. a --max-length the model refuses
+        if huggingface:
+            if not all(isinstance(sequence, str) for sequence in sequences):
+                raise UsageError(
+                    f"--data {args.data}: a Hugging Face model reads residue strings; give a FASTA "
+                    "file (or the shipped corpus), not a prepared dataset"
+                )
+            evaluation = evaluate_protein_lm(lm, list(sequences), ids, **options)
+        else:
+            evaluation = evaluate_proteins(model, tokenizer, sequences, ids, **options)
+    unigram, name = training_unigram(args.model, args.data)
+    metrics = unigram_metrics(evaluation, unigram, name)
+    summary = evaluation.summary
+    scored = "next tokens" if causal else "masked positions"
     print(
-        f"{what}: accuracy {100 * result['accuracy']:.2f}%, perplexity {result['perplexity']:.2f} "
-        f"over {result['tokens']} {scored} of {len(sequences)} proteins"
+        f"{what}: {format_metric('accuracy', metrics['accuracy'], percent=True)}, "
+        f"{format_metric('perplexity', metrics['perplexity'])} "
+        f"over {summary['tokens']} {scored} of {len(sequences)} proteins"
     )
+    for line in evaluation.crop.messages():  # the one cropping rule (docs/guides/proteins.md)
+        print(line)
     if args.per_sequence:
-        ids = protein_ids(args.data, args.split, len(sequences))
-        path = write_csv(
-            evaluate_per_sequence(model, tokenizer, sequences, ids, **options), args.per_sequence
+        path = write_csv(evaluation.rows, args.per_sequence)
+        print(f"wrote {path} ({len(evaluation.rows)} proteins)")
+    if results is not None:
+        write_results(
+            results,
+            command="evaluate",
+            metrics=metrics,
+            model=str(args.model),
+            data=what,
+            task="clm" if causal else "mlm",
+            scored=scored,
+            proteins=len(sequences),
+            crop=evaluation.crop.to_dict(),
+            max_length=args.max_length,
         )
-        print(f"wrote {path} ({len(sequences)} proteins)")
-    return 0
-
-
-def _run_huggingface(args: argparse.Namespace, device) -> int:
-    """A Hugging Face protein model: :func:`~performers.jobs.hf_protein_lm.evaluate_protein_lm`
-    on residue strings (15% of each protein's residues masked for ESM / ProtBert, every next
-    token for ProtGPT2)."""
-    try:
-        lm = protein_lm_from_directory(args.model, attention=args.attention, device=device)
-    except (OSError, ValueError) as error:
-        raise UsageError(f"cannot load the model: {error}") from None
-    sequences, what = evaluation_proteins(args.data, args.split, args.limit)
-    if len(sequences) == 0:
-        raise UsageError(f"{what}: no protein to evaluate")
-    if not all(isinstance(sequence, str) for sequence in sequences):
-        raise UsageError(
-            f"--data {args.data}: a Hugging Face model reads residue strings; give a FASTA file "
-            "(or the shipped corpus), not a prepared dataset"
-        )
-    if args.max_length is not None and args.max_length < 3:
-        raise UsageError(f"--max-length must be >= 3 (<cls>, a residue, <eos>), got {args.max_length}")
-    limit = None if lm.residue_limit is None else lm.residue_limit + 2
-    if args.max_length is not None and limit is not None and args.max_length > limit:
-        raise UsageError(
-            f"--max-length {args.max_length} exceeds the model's maximum length {limit} (its learned "
-            "positions); omit --max-length to use it"
-        )
-    max_length = args.max_length or limit
-    ids = protein_ids(args.data, args.split, len(sequences)) if args.per_sequence else None
-    result, rows = evaluate_protein_lm(
-        lm, list(sequences), ids, max_length=max_length, batch_size=args.batch_size
-    )
-    scored = "next tokens" if lm.is_causal else "masked positions"
-    print(
-        f"{what}: accuracy {100 * result['accuracy']:.2f}%, perplexity {result['perplexity']:.2f} "
-        f"over {result['tokens']} {scored} of {len(sequences)} proteins"
-    )
-    if args.per_sequence:
-        path = write_csv(rows, args.per_sequence)
-        print(f"wrote {path} ({len(sequences)} proteins)")
+        print(f"wrote {results}")
     return 0

@@ -490,15 +490,17 @@ def add_protein_model_options(parser: argparse.ArgumentParser, *, input_help: st
     )
 
 
-def add_crop_option(parser: argparse.ArgumentParser) -> None:
-    """``--max-length``: crop each protein (``embed``, ``score``)."""
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help="crop each protein to this many tokens including <cls> and <eos> (keeps its first N-2 "
-        "residues); default: no cropping (a model with learned positions then refuses longer proteins)",
-    )
+CROP_HELP = (
+    "crop each protein to N tokens including <cls> and <eos> (keeps its first N-2 residues); "
+    "default: whole proteins, cropped only where the model's learned positions end (rotary: "
+    "never), and counted when it happens — the one cropping rule of docs/guides/proteins.md"
+)
+
+
+def add_crop_option(parser: argparse.ArgumentParser, **kwargs) -> argparse.Action:
+    """``--max-length N``: the one cropping rule (:mod:`performers.jobs.cropping`) of
+    ``evaluate``, ``embed`` and ``score``."""
+    return parser.add_argument("--max-length", type=int, default=None, metavar="N", help=CROP_HELP, **kwargs)
 
 
 def model_source(path: str) -> str:

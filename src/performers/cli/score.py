@@ -64,7 +64,8 @@ the sum over residues of log p(true residue) with that residue masked: n masked 
 tokens, i.e. n forward passes' worth of tokens per protein — O(n^2 * M * D) time per layer with
 FAVOR+ (O(n^3 * D) with exact attention); the copies of all the proteins are packed into
 batches of --max-tokens padded tokens. Columns:
-id,length,log_likelihood,perplexity,terms,method (natural log; perplexity = exp(-LL / terms)).
+id,length,scored_length,log_likelihood,perplexity,terms,method (natural log; perplexity =
+exp(-LL / terms); length: the protein's residues, scored_length: those scored).
 
 Variant effects (--wildtype), with ESM's strategies (--strategy), higher = more likely than the
 wild type; a multi-mutant's substitutions (i, wt -> mt):
@@ -95,9 +96,11 @@ by --max-tokens). Columns: mutant,position,wildtype,mutant_aa,score. A saturatio
 draws its heatmap (positions x amino acids, diverging colours centred at 0, a dot on each wild
 type; long proteins in panels of 100 positions) to --heatmap, default OUT with .png (needs
 matplotlib). Whole proteins are scored without windows (FAVOR+ is
-linear in the length); a model with learned positions refuses a longer wild type, a rotary one
-takes any length (the exact twin at O(L^2) memory per pass; past its training length its scores
-are extrapolations).
+linear in the length), cropped only by the one rule of every command (--max-length, or a
+model's learned positions; counted when it happens). Variants are never cropped (a mutation's
+position needs the whole wild type): a model with learned positions refuses a longer wild type,
+a rotary one takes any length (the exact twin at O(L^2) memory per pass; past its training
+length its scores are extrapolations).
 
 A Hugging Face protein model directory works as well: ESM and ProtBert are masked models (every
 strategy above), a ProtGPT2-style GPT-2 a causal one whose byte-pair tokens span several
@@ -393,13 +396,10 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     write_csv(rows, args.out)
     if wildtype is None:
-        residues = sum(row["length"] for row in rows)
+        residues = sum(row["scored_length"] for row in rows)
         what = "log-likelihoods (exact, causal)" if causal else "pseudo-log-likelihoods (masked)"
-        cropped = sum(len(r.sequence) > row["length"] for r, row in zip(records, rows, strict=True))
-        if cropped:
-            print(
-                f"cropped {cropped} protein(s) to their first {args.max_length - 2} residues (--max-length)"
-            )
+        for line in rows.crop.messages():  # the one cropping rule (docs/guides/proteins.md)
+            print(line)
     else:
         residues = len(wildtype.sequence) * len(rows)
         what = f"variant scores against {wildtype.id} ({rows[0]['method']})"

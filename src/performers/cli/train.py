@@ -32,6 +32,7 @@ from performers.cli.options import (
     training_config_from_args,
 )
 from performers.jobs.proteins import train_protein_model
+from performers.jobs.results_file import format_metric
 from performers.proteins import training_data_identity
 from performers.training import process_group
 
@@ -115,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
             )
     if not result.test:  # a rank other than 0
         return 0
+    metrics = result.extra["metrics"]
+    print(
+        f"test {format_metric('accuracy', metrics['accuracy'], percent=True)}, "
+        f"{format_metric('perplexity', metrics['perplexity'])}; written to {result.extra['results']}"
+    )
+    # The last line, as before: what scripts read.
     print(
         f"test accuracy {100 * result.test['accuracy']:.2f}%, perplexity {result.test['perplexity']:.2f}, "
         f"{result.tokens_per_second:,.0f} tokens/s; model saved to {args.out}/final"

@@ -9,6 +9,7 @@ FAVOR's error on a model's own attention (:func:`diagnose_model`). Each is a doc
 the CLI calls. The measurements of ``performers bench`` (the paper's tables and wider evidence)
 live in :mod:`performers.bench`."""
 
+from performers.jobs.cropping import CropReport
 from performers.jobs.diagnose import DiagnoseError, DiagnosisReport, diagnose, diagnose_model
 from performers.jobs.diagnose_report import write_report as write_diagnosis
 from performers.jobs.embedding import embed_proteins, extract_representations, write_embeddings
@@ -17,10 +18,12 @@ from performers.jobs.heatmap import plot_saturation
 from performers.jobs.hf_protein_lm import HuggingFaceProteinLM, protein_lm_from_directory
 from performers.jobs.prediction import Predictions, ProteinPrediction, predict_proteins, write_predictions
 from performers.jobs.protein_evaluation import (
+    ProteinEvaluation,
     corpus_split,
     corpus_splits,
     evaluate_model,
     evaluate_per_sequence,
+    evaluate_proteins,
     protein_evaluator,
 )
 from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM, ProteinVocabulary, as_protein_lm
@@ -66,6 +69,7 @@ __all__ = [
     "DEMO_MODEL",
     "DEMO_VARIANTS",
     "TABLE2_VARIANTS",
+    "CropReport",
     "DiagnoseError",
     "DiagnosisReport",
     "HuggingFaceProteinLM",
@@ -74,6 +78,7 @@ __all__ = [
     "NotAProteinModelError",
     "PerformerProteinLM",
     "Predictions",
+    "ProteinEvaluation",
     "ProteinLM",
     "ProteinModel",
     "ProteinPrediction",
@@ -95,6 +100,7 @@ __all__ = [
     "evaluate_labelled",
     "evaluate_model",
     "evaluate_per_sequence",
+    "evaluate_proteins",
     "extract_representations",
     "find_mutations",
     "finetune",

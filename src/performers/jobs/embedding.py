@@ -2,8 +2,10 @@
 
 :func:`extract_representations` runs the model over proteins batched by a *token budget*:
 proteins are sorted by length (longest first) and each batch is filled while
-``rows × longest`` — padded tokens included — stays within ``max_tokens``. Nothing is truncated
-unless ``truncation_length`` is given. Each protein is encoded as ``[<cls>, residues..., <eos>]``;
+``rows × longest`` — padded tokens included — stays within ``max_tokens``. Proteins are cropped
+by the one rule of :mod:`performers.jobs.cropping` (only when asked — ``truncation_length``,
+``max_length`` — or beyond a model's learned positions; counted in the result's ``.crop``).
+Each protein is encoded as ``[<cls>, residues..., <eos>]``;
 it returns, for each requested layer, any of
 
 * ``"mean"``: the mean over the residues only (``<cls>``, ``<eos>`` and padding never enter it;
@@ -46,6 +48,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from performers.jobs.cropping import ReportedDict, crop_to_rule, model_residue_limit
 from performers.jobs.protein_lm import ProteinLM, ProteinVocabulary, as_protein_lm
 from performers.models import PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
 from performers.proteins import FastaRecord, ProteinTokenizer
@@ -163,49 +166,27 @@ def residue_limit(model: nn.Module) -> int | None:
     """Most residues one protein may have in ``model`` (None: no limit, rotary positions).
 
     Learned positions stop at ``max_position_embeddings``, two of which ``<cls>`` and ``<eos>``
-    take.
+    take (:func:`performers.jobs.cropping.model_residue_limit`).
     """
-    config = model.config
-    if config.position != "learned":
-        return None
-    return config.max_position_embeddings - SPECIAL_TOKENS_PER_PROTEIN
+    return model_residue_limit(model)
 
 
 def crop_proteins(
     pairs: Sequence[tuple[str, str]], model: nn.Module, max_length: int | None
 ) -> tuple[list[tuple[str, str]], int]:
-    """Crop to ``max_length`` tokens (``<cls>`` and ``<eos>`` included: the first
-    ``max_length - 2`` residues are kept) and check the model's position limit.
+    """The proteins as the cropping rule (:mod:`performers.jobs.cropping`) has ``model`` read
+    them: cropped to ``max_length`` tokens (``<cls>`` and ``<eos>`` included: the first
+    ``max_length - 2`` residues are kept) when given, else to the model's learned positions.
 
     Returns:
-        ``(pairs, cropped)``: the (possibly cropped) proteins and how many were cropped.
+        ``(pairs, cropped)``: the (possibly cropped) proteins and how many were cropped (the
+        whole report: :func:`~performers.jobs.cropping.crop_to_rule`).
 
     Raises:
-        ValueError: ``max_length`` below 3 or beyond the learned positions, or (without
-            ``max_length``) a protein longer than the learned positions allow, naming it.
+        ValueError: ``max_length`` below 3 or beyond the learned positions.
     """
-    limit = residue_limit(model)
-    if max_length is None:
-        if limit is not None:
-            for name, sequence in pairs:
-                if len(sequence) > limit:
-                    raise ValueError(
-                        f"protein {name!r} has {len(sequence)} residues, but the model's learned "
-                        f"positions allow at most {limit} (max_position_embeddings "
-                        f"{model.config.max_position_embeddings} minus <cls> and <eos>); give "
-                        "max_length (--max-length) to crop"
-                    )
-        return list(pairs), 0
-    if not is_int(max_length) or max_length < 3:
-        raise ValueError(f"max_length must be an int >= 3 (<cls>, one residue, <eos>), got {max_length!r}")
-    if limit is not None and max_length > model.config.max_position_embeddings:
-        raise ValueError(
-            f"max_length {max_length} exceeds the model's max_position_embeddings "
-            f"{model.config.max_position_embeddings} (learned positions)"
-        )
-    keep = max_length - SPECIAL_TOKENS_PER_PROTEIN
-    cropped = sum(len(sequence) > keep for _, sequence in pairs)
-    return [(name, sequence[:keep]) for name, sequence in pairs], cropped
+    pairs, report = crop_to_rule(pairs, residue_limit(model), max_length=max_length)
+    return pairs, len(report.cropped)
 
 
 def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -285,35 +266,18 @@ def truncate_proteins(
     pairs: Sequence[tuple[str, str]], limit: int | None, truncation_length: int | None
 ) -> tuple[list[tuple[str, str]], int]:
     """Keep the first ``truncation_length`` residues of each protein (ESM's
-    ``truncation_seq_length``), and check the model's position limit ``limit`` (residues; None:
-    no limit).
+    ``truncation_seq_length``), or, without it, the first ``limit`` (the model's learned
+    positions, in residues; None: no limit) — the cropping rule of
+    :mod:`performers.jobs.cropping` in residues.
 
     Returns:
         ``(pairs, truncated)``: the (possibly shortened) proteins and how many were shortened.
 
     Raises:
-        ValueError: ``truncation_length`` below 1 or beyond ``limit``, or (without it) a protein
-            longer than ``limit``, naming it.
+        ValueError: ``truncation_length`` below 1 or beyond ``limit``.
     """
-    if truncation_length is None:
-        if limit is not None:
-            for name, sequence in pairs:
-                if len(sequence) > limit:
-                    raise ValueError(
-                        f"protein {name!r} has {len(sequence)} residues, but the model's learned "
-                        f"positions allow at most {limit} (<cls> and <eos> take two); give "
-                        "truncation_length (--truncation-length) to keep its first residues"
-                    )
-        return list(pairs), 0
-    if not is_int(truncation_length) or truncation_length < 1:
-        raise ValueError(f"truncation_length must be an int >= 1 (residues), got {truncation_length!r}")
-    if limit is not None and truncation_length > limit:
-        raise ValueError(
-            f"truncation_length {truncation_length} exceeds the {limit} residues the model's "
-            "learned positions allow"
-        )
-    truncated = sum(len(sequence) > truncation_length for _, sequence in pairs)
-    return [(name, sequence[:truncation_length]) for name, sequence in pairs], truncated
+    pairs, report = crop_to_rule(pairs, limit, truncation_length=truncation_length)
+    return pairs, len(report.cropped)
 
 
 def resolve_layers(repr_layers: Sequence[int], num_layers: int) -> list[int]:
@@ -367,6 +331,7 @@ def extract_representations(
     include: Sequence[str] = ("mean",),
     max_tokens: int = DEFAULT_MAX_TOKENS,
     truncation_length: int | None = None,
+    max_length: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
 ) -> dict[str, dict[str, dict[int, Tensor]]]:
@@ -383,8 +348,11 @@ def extract_representations(
         repr_layers: layers, ``0`` (embeddings) .. ``num_layers``; negative ones count from the end.
         include: any of ``"mean"``, ``"per_tok"``, ``"bos"``.
         max_tokens: padded tokens per forward pass (a longer protein runs alone).
-        truncation_length: keep each protein's first this many residues; default: whole
-            proteins (one beyond the model's learned positions is an error naming it).
+        truncation_length: keep each protein's first this many residues (ESM's
+            ``truncation_seq_length``); or
+        max_length: the same in tokens, ``<cls>`` and ``<eos>`` included (``max_length - 2``
+            residues). Neither: whole proteins, but at most the model's learned positions
+            (:mod:`performers.jobs.cropping`).
         progress: a progress bar over residues (stderr).
         device: move the model there first (in place, :func:`place_model`); None: run it
             where it is.
@@ -392,12 +360,14 @@ def extract_representations(
     Returns:
         ``{id: {kind: {layer: tensor}}}`` in input order, ``layer`` resolved to ``0 ..
         num_layers``; tensors on the CPU in the model's dtype: ``(E,)`` for ``mean`` and ``bos``,
-        ``(L, E)`` for ``per_tok``.
+        ``(L, E)`` for ``per_tok``. Its ``.crop`` (:class:`~performers.jobs.cropping.CropReport`)
+        says which proteins were cropped, and to how many residues.
 
     Raises:
         TypeError: proteins in none of the accepted forms (:func:`protein_pairs`).
         ValueError: a repeated id, an empty sequence, a bad layer / ``include`` /
-            ``max_tokens`` / ``truncation_length``, a protein too long for learned positions.
+            ``max_tokens`` / ``truncation_length`` / ``max_length`` (or both), a crop longer
+            than the learned positions.
     """
     place_model(model, device)
     lm = as_protein_lm(model, tokenizer)
@@ -408,7 +378,9 @@ def extract_representations(
             "include 'per_tok' needs one token per residue, but this model's tokens span several "
             "residues (byte-pair tokens, as ProtGPT2's); ask for 'mean' (over its tokens) or 'bos'"
         )
-    pairs, _ = truncate_proteins(protein_pairs(records), lm.residue_limit, truncation_length)
+    pairs, crop = crop_to_rule(
+        protein_pairs(records), lm.residue_limit, max_length=max_length, truncation_length=truncation_length
+    )
     lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for _, sequence in pairs]
     batches = token_batches(lengths, max_tokens)
     device = lm.device
@@ -435,7 +407,9 @@ def extract_representations(
             bar.update(sum(len(pairs[i][1]) for i in batch))
     finally:
         bar.close()
-    return {name: result for (name, _), result in zip(pairs, results, strict=True)}
+    out = ReportedDict((name, result) for (name, _), result in zip(pairs, results, strict=True))
+    out.crop = crop
+    return out
 
 
 def embed_proteins(
@@ -467,18 +441,19 @@ def embed_proteins(
             LayerNorm); see the module docstring.
         max_tokens: padded tokens per forward pass (a longer protein runs alone).
         max_length: crop each protein to this many tokens including ``<cls>`` and ``<eos>``
-            (its first ``max_length - 2`` residues); default: no cropping, and a protein beyond
-            learned positions is an error naming it.
+            (its first ``max_length - 2`` residues); default: whole proteins, but at most the
+            model's learned positions (:mod:`performers.jobs.cropping`).
         progress: a progress bar over residues (stderr).
         device: move the model there first (in place); None: run it where it is.
 
     Returns:
-        ``{id: (E,) or (L, E)}`` on the CPU, in the model's dtype (an :class:`Embeddings`).
+        ``{id: (E,) or (L, E)}`` on the CPU, in the model's dtype (an :class:`Embeddings`);
+        its ``.crop`` says which proteins were cropped.
 
     Raises:
         TypeError: proteins in none of the accepted forms (:func:`protein_pairs`).
         ValueError: a repeated id, an empty sequence, a bad ``layer`` / ``max_tokens`` /
-            ``max_length``, a protein too long for learned positions.
+            ``max_length``, a ``max_length`` beyond the learned positions.
     """
     place_model(model, device)
     encoder, _ = encoder_of(model)
@@ -487,23 +462,25 @@ def embed_proteins(
         layer = num_layers
     if not is_int(layer) or not 0 <= layer <= num_layers:
         raise ValueError(f"layer must be an int in 0..{num_layers} (0 = embeddings), got {layer!r}")
-    pairs, _ = crop_proteins(protein_pairs(records), encoder, max_length)
     kind = "per_tok" if per_residue else "mean"
     out = extract_representations(
         model,
         tokenizer,
-        pairs,
+        records,
         repr_layers=[layer],
         include=[kind],
         max_tokens=max_tokens,
+        max_length=max_length,
         progress=progress,
     )
-    return Embeddings((name, result[kind][layer]) for name, result in out.items())
+    embeddings = Embeddings((name, result[kind][layer]) for name, result in out.items())
+    embeddings.crop = out.crop
+    return embeddings
 
 
-class Embeddings(dict):
-    """``{id: tensor}`` in input order (a plain ``dict`` otherwise), as
-    :func:`embed_proteins` returns it, with two other views of the same vectors."""
+class Embeddings(ReportedDict):
+    """``{id: tensor}`` in input order (a plain ``dict`` otherwise, with ``.crop``: which proteins
+    were cropped), as :func:`embed_proteins` returns it, with two other views of the same vectors."""
 
     def as_arrays(self) -> tuple[list[str], np.ndarray]:
         """``(ids, array)``: the ids in order and the ``(N, E)`` numpy array of their vectors

@@ -46,6 +46,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from performers.jobs.cropping import crop_to_rule
+from performers.jobs.protein_evaluation import ProteinEvaluation
 from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM
 from performers.jobs.protein_models import (
     NotALanguageModelError,
@@ -56,6 +58,7 @@ from performers.jobs.protein_models import (
     protein_model_source,
 )
 from performers.jobs.proteins import load_trained
+from performers.proteins.data import item_generator
 from performers.training import evaluation_mode, model_device
 from performers.utils import InputError
 
@@ -281,50 +284,66 @@ def evaluate_protein_lm(
     batch_size: int = 16,
     mask_prob: float = 0.15,
     seed: int = 0,
-) -> tuple[dict[str, float], list[dict]]:
+) -> ProteinEvaluation:
     """Accuracy and perplexity of a :class:`~performers.jobs.protein_lm.ProteinLM` on proteins,
     in aggregate and per protein (``performers evaluate`` of a Hugging Face model).
 
     A masked model: exactly ``max(1, round(mask_prob · n))`` of each protein's ``n`` residues,
-    drawn by a permutation seeded with ``seed`` (two evaluations agree), are replaced by
-    ``<mask>`` and predicted. A causal model: every next token, ``<eos>`` included (its own
-    tokens: byte-pair tokens for ProtGPT2). Proteins are cropped to their first
-    ``max_length - 2`` residues.
+    drawn by a permutation seeded with ``seed`` and the protein's own residues (two evaluations
+    agree, and a protein's masks do not depend on the others), are replaced by ``<mask>`` and
+    predicted. A causal model: every next token, ``<eos>`` included (its own tokens: byte-pair
+    tokens for ProtGPT2). Proteins are read whole, cropped only by the one rule of
+    :mod:`performers.jobs.cropping`: to ``max_length - 2`` residues when given, else at the
+    model's learned positions (rotary ESM: never).
 
     Returns:
-        ``(summary, rows)``: ``summary`` with ``accuracy``, ``perplexity`` (``exp`` of the mean
-        NLL), ``loss`` and ``tokens`` (positions scored); one row per protein with ``id``,
-        ``length``, ``tokens``, ``loss``, ``perplexity`` and ``accuracy``.
+        A :class:`~performers.jobs.protein_evaluation.ProteinEvaluation` (it unpacks as
+        ``summary, rows``): ``summary`` with ``accuracy``, ``perplexity`` (``exp`` of the mean
+        NLL), ``loss``, ``tokens`` (positions scored) and ``proteins``; one row per protein with
+        ``id``, ``length``, ``scored_length``, ``tokens``, ``loss``, ``perplexity`` and
+        ``accuracy``; ``crop`` counting the cropped proteins.
 
     Raises:
-        ValueError: a masked model whose tokens span several residues, ``max_length`` below 3,
-            ``batch_size`` below 1.
+        ValueError: a masked model whose tokens span several residues, ``max_length`` below 3
+            or beyond the learned positions, ``batch_size`` below 1.
     """
-    if max_length is not None and max_length < 3:
-        raise ValueError(f"max_length must be >= 3 (<cls>, a residue, <eos>), got {max_length}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not lm.is_causal and not getattr(lm, "one_token_per_residue", True):
         raise ValueError("a masked model evaluates masked residues: its tokens must be one per residue")
-    keep = None if max_length is None else max_length - _SPECIALS
-    proteins = [s.upper()[:keep] for s in sequences]
-    names = list(ids) if ids is not None else [str(i) for i in range(len(proteins))]
-    generator = torch.Generator().manual_seed(seed)
+    names = list(ids) if ids is not None else [str(i) for i in range(len(sequences))]
+    pairs, crop = crop_to_rule(
+        list(zip(names, [s.upper() for s in sequences], strict=True)), lm.residue_limit, max_length=max_length
+    )
+    proteins = [s for _, s in pairs]
     rows: list[dict] = []
     for start in range(0, len(proteins), batch_size):
         batch = proteins[start : start + batch_size]
-        rows += _evaluate_batch(lm, batch, names[start : start + batch_size], mask_prob, generator)
-    tokens = sum(row["tokens"] for row in rows)
-    nll = sum(row["loss"] * row["tokens"] for row in rows)
-    correct = sum(row["accuracy"] * row["tokens"] for row in rows)
-    loss = nll / max(tokens, 1)
-    accuracy = correct / max(tokens, 1)
-    summary = {"accuracy": accuracy, "perplexity": math.exp(loss), "loss": loss, "tokens": tokens}
-    return summary, rows
+        rows += _evaluate_batch(lm, batch, names[start : start + batch_size], mask_prob, seed)
+    for row, sequence in zip(rows, sequences, strict=True):
+        row["length"] = len(sequence)
+    skipped = [row["id"] for row in rows if row["tokens"] == 0]  # an empty protein, masked
+    if skipped:
+        crop = crop.skipping(skipped, "no residue to mask")
+    kept = [(row, protein) for row, protein in zip(rows, proteins, strict=True) if row["tokens"]]
+    if not kept:
+        raise ValueError(f"no position to score in {len(proteins)} proteins")
+    tokens = sum(row["tokens"] for row, _ in kept)
+    nll = sum(row["loss"] * row["tokens"] for row, _ in kept)
+    correct = sum(row["accuracy"] * row["tokens"] for row, _ in kept)
+    loss = nll / tokens
+    summary = {
+        "accuracy": correct / tokens,
+        "perplexity": math.exp(loss),
+        "loss": loss,
+        "tokens": tokens,
+        "proteins": len(kept),
+    }
+    return ProteinEvaluation(summary, [row for row, _ in kept], crop, [protein for _, protein in kept])
 
 
 def _evaluate_batch(
-    lm: ProteinLM, batch: list[str], names: list[str], mask_prob: float, generator: torch.Generator
+    lm: ProteinLM, batch: list[str], names: list[str], mask_prob: float, seed: int
 ) -> list[dict]:
     from performers.jobs.embedding import pad_encoded
 
@@ -334,7 +353,10 @@ def _evaluate_batch(
     else:
         scored = torch.zeros_like(ids, dtype=torch.bool)
         for row, protein in enumerate(batch):
+            if not protein:
+                continue
             count = max(1, round(mask_prob * len(protein)))
+            generator = item_generator(seed, protein)  # this protein's masks, whatever its neighbours
             scored[row, torch.randperm(len(protein), generator=generator)[:count] + 1] = True  # after <cls>
         inputs, targets = ids.masked_fill(scored, lm.tokenizer.mask_id), ids
     logits = lm.logits(inputs.to(lm.device), mask.to(lm.device)).cpu()
@@ -347,15 +369,16 @@ def _evaluate_batch(
     for row, (name, protein) in enumerate(zip(names, batch, strict=True)):
         where = scored[row]
         tokens = int(where.sum())
-        loss = float(nll[row][where].mean())
+        loss = float(nll[row][where].mean()) if tokens else math.nan
         rows.append(
             {
                 "id": name,
                 "length": len(protein),
+                "scored_length": len(protein),
                 "tokens": tokens,
                 "loss": loss,
                 "perplexity": math.exp(loss),
-                "accuracy": float(hits[row][where].float().mean()),
+                "accuracy": float(hits[row][where].float().mean()) if tokens else math.nan,
             }
         )
     return rows

@@ -20,8 +20,15 @@ from pathlib import Path
 
 import torch
 
-from performers.jobs.protein_evaluation import corpus_split, corpus_splits, protein_evaluator
+from performers.jobs.protein_evaluation import (
+    corpus_split,
+    corpus_splits,
+    protein_evaluator,
+    protein_lengths,
+    residues_as_scored,
+)
 from performers.jobs.protein_models import refuse_finetuned
+from performers.jobs.results_file import Metric, write_results
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, build_model, from_pretrained
 from performers.proteins import (
@@ -47,6 +54,7 @@ __all__ = [
     "train_protein_model",
     "train_variants",
     "unigram_baseline",
+    "write_training_results",
 ]
 
 
@@ -146,9 +154,11 @@ def run_training(
 
     The model is ``build_model(model_config, training.task)`` initialized after
     ``torch.manual_seed(training.seed)`` (so two configs that differ only in attention start
-    from the same weights). ``out_dir`` gets ``checkpoints/``, ``metrics.jsonl`` and ``final/``
-    (the trained model and its ``tokenizer.json``). ``tokens_per_second`` counts the non-padding
-    tokens of the training batches over the time spent in training steps (forward, backward,
+    from the same weights). ``out_dir`` gets ``checkpoints/``, ``metrics.jsonl``, ``final/``
+    (the trained model and its ``tokenizer.json``) and ``results.json`` (the test metrics beside
+    the unigram baseline of the training split, :func:`write_training_results`; also the
+    result's ``extra["metrics"]``). ``tokens_per_second`` counts the non-padding tokens of the
+    training batches over the time spent in training steps (forward, backward,
     optimizer), without evaluation or checkpoints; ``peak_extra_mib`` is the growth of the
     process's peak resident memory during the run. ``corpus`` defaults to the shipped one.
     ``device``: where the model trains and is evaluated (``"cuda"``, ``"auto"``: see
@@ -183,11 +193,55 @@ def run_training(
             tokenizer.save(out_dir / "final" / "tokenizer.json")
     if trainer.rank != 0:
         return RunResult(name, {}, seconds, rate, peak, parameters)
+    split = "test"
     if evaluate and len(test) == 0:  # a prepared dataset without a test split
         log(f"[{name}] no test split: evaluating on the validation records")
-        test = valid
+        test, split = valid, "valid"
     test_metrics = protein_evaluator(tokenizer, test, training)(model) if evaluate else {}
-    return RunResult(name, test_metrics, seconds, rate, peak, parameters)
+    extra = {}
+    if evaluate:
+        metrics = write_training_results(out_dir, train, test, split, test_metrics, training, tokenizer)
+        extra = {"metrics": metrics, "results": str(out_dir / "results.json")}
+    return RunResult(name, test_metrics, seconds, rate, peak, parameters, extra)
+
+
+def write_training_results(
+    out_dir: Path,
+    train,
+    test,
+    split: str,
+    test_metrics: dict,
+    training: TrainingConfig,
+    tokenizer: ProteinTokenizer,
+) -> dict[str, Metric]:
+    """``out_dir/results.json`` of a training run: the test metrics, each beside the unigram of
+    the training split (``train``'s residue frequencies, :class:`UnigramBaseline`) on the same
+    test residues as the model read them (each protein's first ``max_length - 2``: the run's
+    evaluation crop; whole proteins when ``concatenate``). The unigram itself is kept
+    (``"unigram"``), so that ``performers evaluate`` of this run compares with it."""
+    unigram = UnigramBaseline(train, tokenizer)
+    lengths = protein_lengths(test)
+    keep = lengths if training.concatenate else [min(n, training.max_length - 2) for n in lengths]
+    base = unigram.evaluate(residues_as_scored(test, range(len(lengths)), keep, tokenizer))
+    name, count = "unigram (training split)", int(test_metrics["tokens"])
+    metrics = {
+        "accuracy": Metric(test_metrics["accuracy"], base["accuracy"], name, True, count),
+        "perplexity": Metric(test_metrics["perplexity"], base["perplexity"], name, False, count),
+    }
+    cropped = sum(n > k for n, k in zip(lengths, keep, strict=True))
+    write_results(
+        out_dir / "results.json",
+        command="train",
+        metrics=metrics,
+        split=split,
+        task=training.task,
+        proteins=len(lengths),
+        cropped=cropped,
+        max_length=training.max_length,
+        model="final",
+        unigram=unigram.to_dict(),
+    )
+    return metrics
 
 
 def train_protein_model(

@@ -36,11 +36,13 @@ wild type itself) scores exactly 0 under every strategy, without a forward pass.
 written ``V39A:D40G`` (:func:`parse_mutations`, :func:`apply_mutations`); lists of them and
 site-saturation scans are in :mod:`performers.jobs.variant_scan`.
 
-Whole proteins are scored as they are, without windows (FAVOR+ attention is linear in the
-length): a model with learned positions refuses a wild type longer than them (an error naming
-it), a rotary model takes any length — its exact-attention twin at ``O(L²)`` memory per pass,
-and past the length it was trained on its scores are extrapolations (ESM's own scripts would
-window or crop; nothing is cropped here).
+Proteins are scored whole, without windows (FAVOR+ attention is linear in the length), under
+the one cropping rule of :mod:`performers.jobs.cropping`: :func:`score_proteins` crops only when
+asked (``max_length``) or at a model's learned positions, and counts it (``length`` and
+``scored_length`` per row). Variants are never cropped — a mutation's position means something
+only in the whole wild type — so a model with learned positions refuses a wild type longer than
+them (an error naming it). A rotary model takes any length — its exact-attention twin at
+``O(L²)`` memory per pass, and past the length it was trained on its scores are extrapolations.
 """
 
 from __future__ import annotations
@@ -56,18 +58,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from performers.jobs.cropping import ReportedRows, crop_to_rule
 from performers.jobs.embedding import (
     DEFAULT_MAX_TOKENS,
     SPECIAL_TOKENS_PER_PROTEIN,
     Progress,
     ProteinRecords,
-    crop_proteins,
     encoder_of,
     pad_encoded,
     place_model,
     protein_pairs,
     token_batches,
-    truncate_proteins,
 )
 from performers.jobs.protein_lm import ProteinLM, ProteinVocabulary, as_protein_lm
 from performers.jobs.pseudo_likelihood import pseudo_log_likelihoods
@@ -339,15 +340,18 @@ def score_proteins(
             dict or sequence strings (ids ``seq1``, ``seq2``, ...;
             :func:`~performers.jobs.embedding.protein_pairs`); ids must be unique.
         max_tokens: padded tokens per forward pass.
-        max_length: crop to this many tokens, ``<cls>`` and ``<eos>`` included (as
-            :func:`~performers.jobs.embedding.embed_proteins`).
+        max_length: crop to this many tokens, ``<cls>`` and ``<eos>`` included (its first
+            ``max_length - 2`` residues); default: whole proteins, but at most the model's
+            learned positions — the one rule of :mod:`performers.jobs.cropping`.
         progress: a progress bar over scored residues (stderr).
         device: move the model there first (in place); None: run it where it is.
 
     Returns:
-        One dict per protein, in input order: ``id``, ``length`` (residues scored),
-        ``log_likelihood`` (natural log), ``perplexity``, ``terms`` (log-probabilities summed)
-        and ``method`` (``"causal"`` or ``"pseudo"``).
+        One dict per protein, in input order: ``id``, ``length`` (the protein's residues),
+        ``scored_length`` (residues scored, after any crop), ``log_likelihood`` (natural log),
+        ``perplexity``, ``terms`` (log-probabilities summed) and ``method`` (``"causal"`` or
+        ``"pseudo"``). The list's ``.crop`` (:class:`~performers.jobs.cropping.CropReport`) says
+        which proteins were cropped.
 
     Raises:
         TypeError: proteins in none of the accepted forms, or a model that is no language model.
@@ -357,11 +361,10 @@ def score_proteins(
         _, is_causal = encoder_of(model)
         if not is_causal and not hasattr(model, "lm_head"):
             raise TypeError("scoring needs a language model (PerformerForMaskedLM or PerformerForCausalLM)")
-        pairs, _ = crop_proteins(protein_pairs(records), model, max_length)
-    else:  # a ProteinLM: the same crop, in residues
-        keep = None if max_length is None else max_length - SPECIAL_TOKENS_PER_PROTEIN
-        pairs, _ = truncate_proteins(protein_pairs(records), model.residue_limit, keep)
     lm = as_protein_lm(model, tokenizer)
+    whole = protein_pairs(records)
+    # The one cropping rule (performers.jobs.cropping): max_length if given, else the learned positions.
+    pairs, crop = crop_to_rule(whole, lm.residue_limit, max_length=max_length)
     is_causal = lm.is_causal
     if not is_causal:
         _check_one_token_per_residue(lm, "a pseudo-log-likelihood")
@@ -374,14 +377,16 @@ def score_proteins(
             scores = pseudo_log_likelihoods(lm, None, sequences, max_tokens=max_tokens, progress=bar)
     finally:
         bar.close()
-    rows = []
-    for (name, sequence), score in zip(pairs, scores, strict=True):
+    rows = ReportedRows()
+    rows.crop = crop
+    for (name, sequence), (_, protein), score in zip(pairs, whole, scores, strict=True):
         # A causal model predicts every token after <cls>: n + 1 with one token per residue.
         terms = len(lm.tokenizer.encode(sequence)) - 1 if is_causal else len(sequence)
         rows.append(
             {
                 "id": name,
-                "length": len(sequence),
+                "length": len(protein),
+                "scored_length": len(sequence),
                 "log_likelihood": score,
                 "perplexity": math.exp(-score / terms),
                 "terms": terms,

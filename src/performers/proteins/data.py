@@ -9,6 +9,7 @@ run) sees the same crops and masks. Nothing here knows models or training loops.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from collections import Counter
@@ -38,6 +39,7 @@ __all__ = [
     "default_corpus",
     "evaluation_batches",
     "first_records",
+    "item_generator",
     "pad_batch",
     "read_split",
     "split_of",
@@ -303,6 +305,21 @@ class UnigramBaseline:
         self.probabilities = {c: (counts[c] + 1) / total for c in letters}
         self.most_frequent = max(letters, key=lambda c: counts[c])
 
+    def to_dict(self) -> dict:
+        """``{"probabilities": {letter: p}, "most_frequent": letter}`` (JSON-able; see
+        :meth:`from_dict`): what ``results.json`` keeps so that a later evaluation of the model
+        compares it with the unigram of its own training split."""
+        return {"probabilities": dict(self.probabilities), "most_frequent": self.most_frequent}
+
+    @classmethod
+    def from_dict(cls, data: dict, tokenizer: ProteinTokenizer) -> UnigramBaseline:
+        """The baseline :meth:`to_dict` described."""
+        baseline = cls.__new__(cls)
+        baseline.tokenizer = tokenizer
+        baseline.probabilities = {str(c): float(p) for c, p in data["probabilities"].items()}
+        baseline.most_frequent = str(data["most_frequent"])
+        return baseline
+
     def evaluate(self, sequences) -> dict[str, float]:
         correct = n = 0
         nll = 0.0
@@ -467,8 +484,10 @@ def evaluation_batches(
     ``input_ids``, ``attention_mask``, ``labels``.
 
     Proteins are cropped at their start to ``max_length`` tokens (or, with ``concatenate``,
-    joined and cut into windows of ``max_length``), and MLM masks come from a generator seeded
-    with ``seed + 3`` every time, so two evaluations of the same model see the same batches.
+    joined and cut into windows of ``max_length``). MLM masks are drawn per protein (window)
+    from a generator seeded by ``seed`` and the protein's own tokens (:func:`item_generator`):
+    two evaluations of the same model see the same batches, and a protein gets the same masks
+    whatever the batch size, the proteins beside it or how those are cropped.
 
     Raises:
         ValueError: the sequences give no example of ``max_length`` tokens.
@@ -478,8 +497,29 @@ def evaluation_batches(
     data = _dataset(sequences, tokenizer, max_length, concatenate=concatenate, random_crop=False)
     if len(data) == 0:
         raise ValueError(f"the evaluation sequences give no window of {max_length} tokens")
-    collate = _collator(task, tokenizer, mask_prob, torch.Generator().manual_seed(seed + 3))
+    collate = _collator(task, tokenizer, mask_prob, None)
     for b, start in enumerate(range(0, len(data), batch_size)):
         if max_batches is not None and b >= max_batches:
             break
-        yield collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+        items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
+        if task == "clm":  # nothing random
+            yield collate(items)
+            continue
+        # One generator per item: a protein's masks never depend on its neighbours' lengths.
+        parts = [
+            MaskedLMCollator(tokenizer, mask_prob, generator=item_generator(seed, item))([item])
+            for item in items
+        ]
+        yield pad_batch(parts, tokenizer.pad_id)
+
+
+def item_generator(seed: int, item: Tensor | str) -> torch.Generator:
+    """A generator seeded by ``seed`` and an item's content (token ids, or a residue string):
+    the random choices made for one protein (its evaluation masks) depend on that protein
+    alone — not on its position, its batch or the other proteins evaluated with it."""
+    if isinstance(item, str):
+        data = item.encode()
+    else:
+        data = np.ascontiguousarray(item.detach().cpu().numpy().astype(np.int64)).tobytes()
+    digest = hashlib.blake2b(data, digest_size=8, key=int(seed).to_bytes(8, "little", signed=True))
+    return torch.Generator().manual_seed(int.from_bytes(digest.digest(), "little"))
