@@ -22,6 +22,7 @@ from performers import favor_attention, favor_attention_step, orthogonal_project
 from performers.ops import FavorState
 from performers.ops import attention as attention_module
 from performers.ops.attention import _favor_attention, _run_packed_loop
+from performers.ops.bidirectional.packed import packed_bidirectional_favor_attention
 from performers.ops.call import check_favor_call
 from performers.ops.causal.packed import segment_cummax
 from tests.helpers.numerics import generator
@@ -183,14 +184,15 @@ def test_segment_cummax_restarts_at_each_segment() -> None:
 @pytest.mark.parametrize(
     ("kernel", "path"), [("softmax", "fused"), ("softmax", "generic"), ("relu", "generic")]
 )
-def test_bidirectional_loop_free_equals_the_loop(kernel: str, path: str, layout: str, no_loop: None) -> None:
-    """Bidirectional packed calls (kernels without data-dependent parameters) run one key
-    summary per sequence (:mod:`performers.ops.bidirectional.packed`): the loop's outputs and
-    gradients, whichever path the loop takes per sequence."""
+def test_bidirectional_loop_free_equals_the_loop(kernel: str, path: str, layout: str) -> None:
+    """The loop-free bidirectional form (one key summary per sequence,
+    :mod:`performers.ops.bidirectional.packed`; not dispatched — the loop measured faster on CPU,
+    docs/results/packed_ops.md): the loop's outputs and gradients, whichever path the loop takes
+    per sequence."""
     lengths = LAYOUTS[layout]
     leaves = [t.requires_grad_() for t in _inputs(lengths, seed=11)]
     options = {"kernel": kernel, "cu_seqlens": _cu(lengths), "chunk_size": CHUNK}
-    out = _favor_attention(*leaves, path=path, **options)
+    out = packed_bidirectional_favor_attention(check_favor_call(*leaves, is_causal=False, **options))
     weight = torch.randn(out.shape, generator=generator(12), dtype=DT)
     grads = torch.autograd.grad((out * weight).sum(), leaves)
     ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]

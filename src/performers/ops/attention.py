@@ -53,7 +53,6 @@ from torch import Tensor
 
 from performers.ops.bidirectional.favor import bidirectional_favor_attention
 from performers.ops.bidirectional.generic import bidirectional_linear_attention
-from performers.ops.bidirectional.packed import packed_bidirectional_favor_attention
 from performers.ops.call import (
     FavorCall,
     check_favor_call,
@@ -513,10 +512,11 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     * Causal on the PyTorch paths: one pass over the row that restarts at each sequence
       (:func:`performers.ops.causal.favor.packed_causal_favor_attention`), no loop over
       sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out.
-    * Bidirectional on the PyTorch paths, kernels without data-dependent parameters: one key
-      summary per sequence (:mod:`performers.ops.bidirectional.packed`), no loop either.
-    * Otherwise (Triton; bidirectional FAVOR++; a registered map whose causal parameters are not
-      FAVOR++'s): :func:`_run_packed_loop`, one call per sequence.
+    * Otherwise (bidirectional; Triton; a registered map whose causal parameters are not
+      FAVOR++'s): :func:`_run_packed_loop`, one call per sequence. Bidirectional calls take the
+      loop on purpose: it measured faster than the loop-free per-sequence summaries of
+      :mod:`performers.ops.bidirectional.packed` (kept, tested against the loop, as the basis
+      of a fused packed Function).
     """
     bounds = call.cu_seqlens or ()  # set: _run sends only packed calls here
     if len(bounds) == 2:
@@ -530,11 +530,11 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     ):
         return _run_packed_loop(call, path=path)  # the Triton kernels take one sequence at a time
     if not call.causal:
-        if call.kernel.parameters is not None:  # FAVOR++'s bidirectional A pools whole sequences
-            return _run_packed_loop(call, path=path)
-        if torch.compiler.is_compiling():
-            return _own_contiguous(_packed_bidirectional_eagerly(call))
-        return packed_bidirectional_favor_attention(call)
+        # One call per sequence: measured faster than the loop-free summaries of
+        # performers.ops.bidirectional.packed on CPU (1.19 s vs 0.27 s forward, 2.03 s vs 0.86 s
+        # forward+backward at N = 64, docs/results/packed_ops.md) — those materialize and
+        # gather every feature, while each call here runs the fused bidirectional Function.
+        return _run_packed_loop(call, path=path)
     if not serves_kernel(call.kernel):
         return _run_packed_loop(call, path=path)  # parameters that may read a whole sequence
     fused = unavailable is None if path is None else path == "fused"
@@ -554,13 +554,6 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     if call.return_state:
         return out, result[1]._replace(kernel=call.kernel.name)
     return out
-
-
-@torch.compiler.disable
-def _packed_bidirectional_eagerly(call: FavorCall) -> Tensor:
-    """:func:`packed_bidirectional_favor_attention` outside a compiled graph (its gathers depend
-    on the boundaries, which a graph would specialize on)."""
-    return packed_bidirectional_favor_attention(call)
 
 
 @torch.compiler.disable
@@ -588,12 +581,14 @@ def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tupl
     bounds = call.cu_seqlens or ()
     outs: list[Tensor] = []
     states: list[FavorState] = []
-    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+    # split, not one slice per sequence: a slice's backward writes its gradient into a zero
+    # tensor of the whole row (N row-sized fills and adds, most of a packed backward at N = 64);
+    # split's backward is one concatenation.
+    sizes = [end - start for start, end in itertools.pairwise(bounds)]
+    pieces = zip(*(t.split(sizes, dim=2) for t in (call.q, call.k, call.v)), strict=True)
+    for i, (q, k, v) in enumerate(pieces):
         state = None if call.initial_state is None else call.initial_state.select(i)
-        one = call.replace(
-            q=call.q[:, :, start:end], k=call.k[:, :, start:end], v=call.v[:, :, start:end],
-            initial_state=state, cu_seqlens=None,
-        )  # fmt: skip
+        one = call.replace(q=q, k=k, v=v, initial_state=state, cu_seqlens=None)
         result = _run(one, path=path, report=False)
         if call.return_state:
             outs.append(result[0])
