@@ -78,11 +78,13 @@ def _refused_on_rank_0(results: list[dict], case: str, path: Path) -> None:
     assert "earlier files are intact" in one["message"]
 
 
+@pytest.mark.slow  # a spawned 2-process gloo job (make test-slow)
 def test_a_block_that_succeeds_everywhere_gives_every_process_the_largest_vote(job):
     _, results = job
     assert [r["vote"] for r in results] == [{"returned": 15}, {"returned": 15}]
 
 
+@pytest.mark.slow  # a spawned 2-process gloo job (make test-slow)
 def test_a_write_refused_on_rank_0_raises_in_both_naming_the_path_and_the_bytes(job):
     out, results = job
     path = out / "refused" / "report.bin"
@@ -91,6 +93,7 @@ def test_a_write_refused_on_rank_0_raises_in_both_naming_the_path_and_the_bytes(
     assert list(path.parent.iterdir()) == []  # no temporary file left
 
 
+@pytest.mark.slow  # a spawned 2-process gloo job (make test-slow)
 def test_an_error_on_another_rank_is_named_and_each_failing_rank_raises_its_own(job):
     _, (zero, one) = job
     assert one["rank_1_fails"] == {"raised": "ValueError", "message": "bad value on rank 1", "writer": None}
@@ -106,6 +109,7 @@ def test_an_error_on_another_rank_is_named_and_each_failing_rank_raises_its_own(
     )
 
 
+@pytest.mark.slow  # a spawned 2-process gloo job (make test-slow)
 def test_a_run_directory_locked_by_another_process_stops_both(job):
     _, (zero, one) = job
     assert zero["locked"]["raised"] == "DirectoryLockedError", zero["locked"]
@@ -113,6 +117,7 @@ def test_a_run_directory_locked_by_another_process_stops_both(job):
     assert one["locked"]["message"].startswith("rank 0 failed (DirectoryLockedError: ")
 
 
+@pytest.mark.slow  # a spawned 2-process gloo job (make test-slow)
 def test_a_metrics_line_rank_0_cannot_write_stops_both_at_that_step(job):
     out, results = job
     run = out / "metrics"
@@ -122,6 +127,7 @@ def test_a_metrics_line_rank_0_cannot_write_stops_both_at_that_step(job):
     assert _released(run)
 
 
+@pytest.mark.slow  # a spawned 2-process gloo job (make test-slow)
 def test_a_checkpoint_rank_0_cannot_write_stops_both_and_the_earlier_one_is_intact(job):
     out, results = job
     run = out / "checkpoint"
@@ -134,6 +140,7 @@ def test_a_checkpoint_rank_0_cannot_write_stops_both_and_the_earlier_one_is_inta
     assert _released(run)
 
 
+@pytest.mark.slow  # a spawned 2-process gloo job (make test-slow)
 def test_a_final_model_rank_0_cannot_write_stops_both(job):
     out, results = job
     run = out / "final-run"

@@ -159,6 +159,7 @@ def _complete_checkpoints(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.glob("step-*/*"))}
 
 
+@pytest.mark.slow  # a real 2-process performers train (make test-slow)
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="setting another process's limit is Linux's")
 def test_a_checkpoint_rank_0_cannot_write_stops_both_processes_of_a_ddp_run(tmp_path):
     """``performers train`` as a two-process gloo job, checkpointing every 10 steps. Once the
