@@ -1,6 +1,8 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from performers.cli import main
 
 TINY = [
@@ -129,6 +131,7 @@ def test_config_file_sets_options_and_the_command_line_wins(tmp_path, capsys, cl
     assert "unknown option(s) stepz" in cli_error(["train", "--config", str(config)])
 
 
+@pytest.mark.slow  # three multi-process performers train runs (make test-slow)
 def test_two_processes_data_or_context_parallel_match_one_process_with_the_same_global_batch(tmp_path):
     import shutil
     import subprocess
