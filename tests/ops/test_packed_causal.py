@@ -1,5 +1,4 @@
-"""The loop-free packed paths (:mod:`performers.ops.causal.packed`, and bidirectionally
-:mod:`performers.ops.bidirectional.packed`) against the per-sequence loop
+"""The loop-free packed causal path (:mod:`performers.ops.causal.packed`) against the per-sequence loop
 (``_run_packed_loop``, the reference: one unpacked call per sequence).
 
 Outputs and gradients (q, k, v, the projection, and initial states) in float64, for layouts
@@ -22,7 +21,6 @@ from performers import favor_attention, favor_attention_step, orthogonal_project
 from performers.ops import FavorState
 from performers.ops import attention as attention_module
 from performers.ops.attention import _favor_attention, _run_packed_loop
-from performers.ops.bidirectional.packed import packed_bidirectional_favor_attention
 from performers.ops.call import check_favor_call
 from performers.ops.causal.packed import segment_cummax
 from tests.helpers.numerics import generator
@@ -178,26 +176,3 @@ def test_segment_cummax_restarts_at_each_segment() -> None:
         [torch.cummax(piece, dim=-1).values for piece in torch.split(x, [1, 9, 6, 20, 4], dim=-1)], dim=-1
     )
     torch.testing.assert_close(segment_cummax(x, seq), expected, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize(
-    ("kernel", "path"), [("softmax", "fused"), ("softmax", "generic"), ("relu", "generic")]
-)
-def test_bidirectional_loop_free_equals_the_loop(kernel: str, path: str, layout: str) -> None:
-    """The loop-free bidirectional form (one key summary per sequence,
-    :mod:`performers.ops.bidirectional.packed`; not dispatched — the loop measured faster on CPU,
-    docs/results/packed_ops.md): the loop's outputs and gradients, whichever path the loop takes
-    per sequence."""
-    lengths = LAYOUTS[layout]
-    leaves = [t.requires_grad_() for t in _inputs(lengths, seed=11)]
-    options = {"kernel": kernel, "cu_seqlens": _cu(lengths), "chunk_size": CHUNK}
-    out = packed_bidirectional_favor_attention(check_favor_call(*leaves, is_causal=False, **options))
-    weight = torch.randn(out.shape, generator=generator(12), dtype=DT)
-    grads = torch.autograd.grad((out * weight).sum(), leaves)
-    ref_leaves = [t.detach().clone().requires_grad_() for t in leaves]
-    expected = _loop(*ref_leaves, path, is_causal=False, **options)
-    torch.testing.assert_close(out, expected, rtol=TOL, atol=TOL)
-    expected_grads = torch.autograd.grad((expected * weight).sum(), ref_leaves)
-    for got, want in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
