@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from performers.jobs.cropping import crop_to_rule, model_residue_limit
 from performers.jobs.embedding import (
     DEFAULT_MAX_TOKENS,
     SPECIAL_TOKENS_PER_PROTEIN,
@@ -42,11 +43,9 @@ from performers.jobs.embedding import (
 from performers.jobs.finetuned import HuggingFaceEncoder, SequenceRegressor, TokenClassifier
 from performers.jobs.hf_protein_lm import _residue_limit as hf_residue_limit
 from performers.jobs.protein_models import FINETUNED_KINDS, ProteinModel, load_protein_model
-from performers.models import PerformerModel
 from performers.proteins import ProteinTokenizer
 from performers.training import evaluation_mode, model_device
 from performers.utils import InputError, write_csv
-from performers.utils.validation import is_int
 
 __all__ = [
     "PER_RESIDUE_FORMATS",
@@ -177,24 +176,10 @@ def _finetuned_module(model: Any) -> tuple[TokenClassifier | SequenceRegressor, 
 def _residue_limit(module: TokenClassifier | SequenceRegressor) -> int | None:
     """Most residues the encoder's positions allow (None: no limit, rotary positions)."""
     encoder = module.encoder
-    if isinstance(encoder, PerformerModel):
-        config = encoder.config
-        if config.position != "learned":
-            return None
-        return config.max_position_embeddings - SPECIAL_TOKENS_PER_PROTEIN
     if isinstance(encoder, HuggingFaceEncoder):
         backbone_config = encoder.backbone.config
         return hf_residue_limit(backbone_config, str(getattr(backbone_config, "model_type", "")))
-    return None
-
-
-def _kept_residues(limit: int | None, max_length: int | None) -> int | None:
-    if max_length is None:
-        return limit
-    if not is_int(max_length) or max_length < 3:
-        raise ValueError(f"max_length must be an int >= 3 (<cls>, one residue, <eos>), got {max_length!r}")
-    keep = max_length - SPECIAL_TOKENS_PER_PROTEIN
-    return keep if limit is None else min(keep, limit)
+    return model_residue_limit(encoder)
 
 
 def predict_proteins(
@@ -228,7 +213,8 @@ def predict_proteins(
     Raises:
         NotAFinetunedModelError: a model directory without a classification or regression head.
         NotAProteinModelError, FileNotFoundError: a directory that is no protein model.
-        ValueError: an id that appears twice, an empty protein, ``max_length`` below 3,
+        ValueError: an id that appears twice, an empty protein, ``max_length`` below 3 or beyond
+            the learned positions (the cropping rule),
             ``max_tokens`` below 1.
     """
     module, saved_tokenizer = _finetuned_module(model)
@@ -236,9 +222,10 @@ def predict_proteins(
     if device is not None:
         module.to(device)
     pairs = protein_pairs(records)
-    keep = _kept_residues(_residue_limit(module), max_length)
-    kept = [sequence if keep is None else sequence[:keep] for _, sequence in pairs]
-    cropped = sum(len(k) < len(s) for k, (_, s) in zip(kept, pairs, strict=True))
+    # The one cropping rule of every command (performers.jobs.cropping).
+    kept_pairs, crop = crop_to_rule(pairs, _residue_limit(module), max_length=max_length)
+    kept = [sequence for _, sequence in kept_pairs]
+    cropped = len(crop.cropped)
     lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for sequence in kept]
     results: list[ProteinPrediction | None] = [None] * len(pairs)
     regression = isinstance(module, SequenceRegressor)
@@ -258,7 +245,7 @@ def predict_proteins(
                 labels = [classes[k] for k in probabilities.argmax(-1).tolist()]
                 results[index] = ProteinPrediction(name, sequence, n, labels, probabilities)
     task = "regression" if regression else "tokens"
-    return Predictions(task, classes, list(results), cropped, keep if cropped else None)
+    return Predictions(task, classes, list(results), cropped, crop.limit if cropped else None)
 
 
 def write_predictions(predictions: Predictions, path: str | Path, *, per_residue: str = "string") -> Path:
