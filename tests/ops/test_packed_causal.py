@@ -12,21 +12,19 @@ key leaking across a boundary moves an output by ~1e-2.
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 import torch
 
-from performers import favor_attention, favor_attention_step, orthogonal_projection
+from performers import favor_attention, favor_attention_step
 from performers.ops import FavorState
 from performers.ops import attention as attention_module
 from performers.ops.attention import _favor_attention, _run_packed_loop
 from performers.ops.call import check_favor_call
 from performers.ops.causal.packed import segment_cummax
 from tests.helpers.numerics import generator
+from tests.ops.test_packed import D, H, M, _cu, _inputs
 
 DT = torch.float64
-H, D, M = 2, 4, 8
 TOL = 1e-10
 CHUNK = 8
 LAYOUTS = {
@@ -35,23 +33,6 @@ LAYOUTS = {
     "within-one-chunk": [3, 1, 2, 1, 9, 20],  # four boundaries inside the first chunk
 }
 PATHS = [("softmax", "fused"), ("softmax", "generic"), ("favor++", "generic"), ("relu", "generic")]
-
-
-def _cu(lengths: list[int]) -> torch.Tensor:
-    return torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
-
-
-def _inputs(lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
-    g = generator(seed)
-    t = sum(lengths)
-    q = 0.7 * torch.randn(1, H, t, D, generator=g, dtype=DT)
-    k = 0.7 * torch.randn(1, H, t, D, generator=g, dtype=DT)
-    longest = max(range(len(lengths)), key=lambda i: lengths[i])
-    start = sum(lengths[:longest])
-    k[:, :, start : start + lengths[longest]] *= 3.0
-    v = torch.randn(1, H, t, D, generator=g, dtype=DT)
-    w = orthogonal_projection(M, D, generator=generator(seed + 1), dtype=DT)
-    return [q, k, v, w]
 
 
 def _loop(q, k, v, w, path: str, is_causal: bool = True, **options):
