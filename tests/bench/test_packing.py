@@ -88,6 +88,7 @@ def test_tiny_packing_bench_trains_every_pair_fairly_through_the_writer(tmp_path
             assert run["padding_fraction"] == pytest.approx(sum(expected) / 3)
             assert max(expected) > 0.1  # mixed lengths: the comparison has padding to remove
             packed = runs[crop, attention, "packed"]
+            assert packed["padding_fraction"] == 0  # one row, the proteins end to end
             # The same proteins: the same real tokens after each step, the same step-1 loss.
             assert [c[0] for c in packed["curve"]] == [c[0] for c in run["curve"]]
             assert packed["curve"][0][1] == pytest.approx(run["curve"][0][1], rel=1e-5)

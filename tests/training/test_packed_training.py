@@ -7,6 +7,7 @@ rounding of a different summation order), resume bit for bit, and report less pa
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -90,52 +91,54 @@ def test_packed_training_follows_unpacked_step_for_step(tmp_path, task, lengths)
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12, msg=name)
 
 
-def test_padding_fraction_is_reported_and_packing_lowers_it(tmp_path):
+def test_padding_fraction_is_reported_and_packing_removes_it(tmp_path):
     # Mixed lengths (one long protein pads a whole unpacked batch), 8 proteins a step.
     train = proteins(16, 3, 28)
     _, plain = run(tmp_path / "plain", "mlm", train, batch_size=8, max_steps=2)
     _, packed = run(tmp_path / "packed", "mlm", train, batch_size=8, max_steps=2, pack=True)
-    for a, b in zip(plain, packed, strict=True):
-        assert 0 < b["padding_fraction"] < a["padding_fraction"] < 1
-        assert b["tokens_per_second"] > 0
-    # The packed fraction is that of the rows the collate builds for the step's examples.
+    # The unpacked fraction is that of the step's examples padded to the longest.
     data = LanguageModelExamples(train, TOK, task="mlm", max_length=32)
-    first = next(batch_loader(data, batch_size=8, seed=0, pack=PackedCollate(32, pad_id=TOK.pad_id)))
+    first = next(batch_loader(data, batch_size=8, seed=0))
     real, positions = int(first["attention_mask"].sum()), first["input_ids"].numel()
-    assert packed[0]["padding_fraction"] == pytest.approx(1 - real / positions)
+    assert plain[0]["padding_fraction"] == pytest.approx(1 - real / positions)
+    for a, b in zip(plain, packed, strict=True):
+        assert 0 < a["padding_fraction"] < 1 and b["padding_fraction"] == 0
+        assert b["tokens_per_second"] > 0
 
 
-def test_packed_rows_hold_what_the_lengths_say():
+def test_a_packed_row_holds_the_examples_end_to_end_without_padding():
     data = LanguageModelExamples(proteins(8, 3, 14), TOK, task="mlm", max_length=32)
-    collate = PackedCollate(32, pad_id=TOK.pad_id)
+    collate = PackedCollate(32)
     from performers.training import RandomStreams
 
     examples = [data.example(i, RandomStreams(0, 0, i)) for i in range(8)]
     lengths = [e["input_ids"].shape[1] for e in examples]
+    assert len(set(lengths)) > 1  # mixed lengths: padded, this batch would hold padding
     batch = collate(examples)
-    rows = collate.rows(lengths)
-    assert len(rows) > 1 and max(len(r) for r in rows) > 1  # packing happened
-    assert [n for row in rows for n in row] == lengths and all(sum(r) <= 32 for r in rows)
-    assert batch["input_ids"].shape == (1, 32 * len(rows))
-    assert int(batch["attention_mask"].sum()) == sum(lengths)
+    assert batch["input_ids"].shape == (1, sum(lengths))
+    assert bool(batch["attention_mask"].all())
+    assert batch["cu_seqlens"].dtype == torch.int32
     offsets = batch["cu_seqlens"].tolist()
-    assert offsets[0] == 0 and offsets[-1] == 32 * len(rows)
-    # The examples sit in order, whole, each between two offsets; tails are padding only.
-    real = batch["attention_mask"][0].bool()
-    torch.testing.assert_close(batch["input_ids"][0][real], torch.cat([e["input_ids"][0] for e in examples]))
-    torch.testing.assert_close(batch["labels"][0][real], torch.cat([e["labels"][0] for e in examples]))
-    assert (batch["labels"][0][~real] == IGNORE_INDEX).all()
-    assert set(offsets[1:]) >= {32 * (r + 1) for r in range(len(rows))}  # no segment crosses a row
-    causal = PackedCollate(32, pad_id=TOK.pad_id, causal=True)(examples)
-    starts = torch.tensor(offsets[:-1])[real[torch.tensor(offsets[:-1])]]
-    assert (causal["labels"][0, starts] == IGNORE_INDEX).all()
-    with pytest.raises(ValueError, match="does not fit a packed row"):
+    assert offsets == [sum(lengths[:i]) for i in range(len(lengths) + 1)]
+    # The examples sit in order, whole, each between two offsets.
+    for (start, end), example in zip(itertools.pairwise(offsets), examples, strict=True):
+        torch.testing.assert_close(batch["input_ids"][0, start:end], example["input_ids"][0].long())
+        torch.testing.assert_close(batch["labels"][0, start:end], example["labels"][0].long())
+    causal = PackedCollate(32, causal=True)(examples)
+    # No example's first token is predicted from the example before it.
+    assert (causal["labels"][0, offsets[:-1]] == IGNORE_INDEX).all()
+    rest = torch.ones(sum(lengths), dtype=torch.bool)
+    rest[offsets[:-1]] = False
+    torch.testing.assert_close(causal["labels"][0, rest], batch["labels"][0, rest])
+    with pytest.raises(ValueError, match="longer than the packed batches' max_length 8"):
         PackedCollate(8)(examples)
+    with pytest.raises(ValueError, match="at least one example"):
+        collate([])
 
 
 def test_packed_batches_are_the_same_with_loader_workers():
     data = LanguageModelExamples(proteins(12, 3, 14), TOK, task="clm", max_length=32)
-    pack = PackedCollate(32, pad_id=TOK.pad_id, causal=True)
+    pack = PackedCollate(32, causal=True)
     alone = batch_loader(data, batch_size=4, seed=3, epoch=0, position=4, pack=pack)
     workers = batch_loader(data, batch_size=4, seed=3, epoch=0, position=4, pack=pack, num_workers=1)
     for _ in range(3):  # crosses into the next epoch

@@ -2,7 +2,7 @@
 — real tokens/s, padding fraction, peak memory and the loss per real token.
 
 For every crop (``max_length``) and attention, a padded run (each step's proteins padded to the
-longest) and a packed run (the same proteins laid end to end in rows of ``max_length``) train
+longest) and a packed run (the same proteins laid end to end in one row, no padding) train
 the same model from the same initial weights on the same example stream for the same number of
 steps: ``batch_size`` counts proteins, so both see the same proteins and the same real tokens.
 The two runs of a pair alternate their order from pair to pair (A/B, B/A, ...), so a drift of

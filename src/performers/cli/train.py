@@ -68,9 +68,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--pack",
         action="store_true",
-        help="lay each step's --batch-size proteins end to end in rows of --max-length tokens "
-        "(no protein attends to another) instead of padding each to the longest: the same "
-        "examples and loss per real token, fewer padded tokens (metrics.jsonl: padding_fraction)",
+        help="lay each step's --batch-size proteins (each cropped to --max-length) end to end in "
+        "one row (no protein attends to another) instead of padding each to the longest: the "
+        "same examples and loss per real token, no padded tokens (metrics.jsonl: padding_fraction)",
     )
     add_resume_option(parser, may_change="--steps, --eval-every, --checkpoint-every, --workers, --threads")
     add_overwrite_option(parser)

@@ -101,8 +101,11 @@ def _per_sequence(
     offsets = _check_packed(q, k, v, cu_seqlens)
     if len(offsets) == 2:
         return attend(q, k, v)
-    parts = [attend(q[:, :, a:b], k[:, :, a:b], v[:, :, a:b]) for a, b in itertools.pairwise(offsets)]
-    return torch.cat(parts, dim=2)
+    # split, not a slice per sequence: a slice's backward fills a zero tensor of the whole row
+    # per sequence; split's backward is one concatenation.
+    sizes = [b - a for a, b in itertools.pairwise(offsets)]
+    pieces = zip(*(t.split(sizes, dim=2) for t in (q, k, v)), strict=True)
+    return torch.cat([attend(q_, k_, v_) for q_, k_, v_ in pieces], dim=2)
 
 
 def packed_favor_attention(
@@ -121,8 +124,8 @@ def packed_favor_attention(
     Returns:
         ``(1, H, T, Dv)``, equal to each sequence attended alone.
 
-    One call of the op with ``cu_seqlens`` (which runs each sequence on the path an unpacked
-    call would take; see :func:`performers.ops.favor_attention`).
+    One call of the op with ``cu_seqlens`` (how each path serves packed input:
+    :func:`performers.ops.favor_attention`).
     """
     for name in ("key_padding_mask", "attn_mask", "initial_state", "return_state"):
         value = options.get(name)

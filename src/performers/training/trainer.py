@@ -100,9 +100,9 @@ class TrainingConfig:
     # concatenated long-sequence setting, e.g. max_length = 8192).
     concatenate: bool = False
     # True: each step's batch_size examples (the same examples as unpacked) are laid end to end
-    # in rows of max_length tokens, no example attending to another, instead of each padded to
-    # the longest; batch_size still counts examples (the rows per step vary), so packed and
-    # unpacked runs see the same examples and the same loss per real token.
+    # in one row, no example attending to another, instead of each padded to the longest;
+    # batch_size still counts examples (the row's length varies), so packed and unpacked runs
+    # see the same examples and the same loss per real token.
     pack: bool = False
     # TensorBoard event files in out_dir/tensorboard: True, False, or None = when installed.
     tensorboard: bool | None = None
@@ -275,7 +275,7 @@ class Trainer:
         c = self.config
         if not c.pack:
             return None
-        return PackedCollate(c.max_length, pad_id=getattr(self.data, "pad_id", 0), causal=c.causal)
+        return PackedCollate(c.max_length, causal=c.causal)
 
     def _close_loader(self) -> None:
         self._batches = None  # stops the loader's worker processes
