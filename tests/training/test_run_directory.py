@@ -102,6 +102,7 @@ def test_overwrite_moves_only_the_earlier_run_aside(tmp_path):
     (out / "checkpoints" / "step-00000004").mkdir(parents=True)
     (out / "final").mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    (out / "results.json").write_text("{}")
     (out / "notes.txt").write_text("mine")
     with pytest.raises(RunDirectoryError, match=r"checkpoints step-00000004, final/"):
         start_fresh(out, overwrite=False)
@@ -109,7 +110,7 @@ def test_overwrite_moves_only_the_earlier_run_aside(tmp_path):
     lines = []
     start_fresh(out, overwrite=True, log=lines.append)
     (old,) = tmp_path.glob("run.old-*")
-    assert sorted(p.name for p in old.iterdir()) == ["checkpoints", "final", "metrics.jsonl"]
+    assert sorted(p.name for p in old.iterdir()) == ["checkpoints", "final", "metrics.jsonl", "results.json"]
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     assert lines == [f"{out}: moved the earlier run to {old}"]
     (out / "final").mkdir()

@@ -40,8 +40,10 @@ __all__ = [
     "start_fresh",
 ]
 
-# What a run writes into its directory: the files of "a run" that overwrite moves aside.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "final")
+# What a run writes into its directory: the files of "a run" that overwrite moves aside. The
+# results a finished run's job writes (results.json, the fine-tuned model's test predictions)
+# go too: left behind, they would sit beside a new run's files as if that run had written them.
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tensorboard", "final", "results.json", "test_predictions.csv")
 
 
 class RunDirectoryError(InputError):
