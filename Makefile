@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 # busy one, so a few long tests at the end do not leave a core idle), one torch thread per worker.
 test: $(VENV)/.installed
 	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
 	$(VENV)/bin/lint-imports
 	$(MKDOCS) --site-dir site
 	$(PY) -m pytest -q -n auto --dist worksteal -m "not slow"
@@ -40,6 +41,7 @@ docs: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
 	$(VENV)/bin/lint-imports
 
 clean:

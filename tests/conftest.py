@@ -13,6 +13,7 @@ if not torch.cuda.is_available():
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
+
 @pytest.fixture(autouse=True)
 def _seed_and_restore_threads():
     # Some code under test sets the thread count (benchmarks, the CLI): restore it, since

@@ -50,7 +50,8 @@ TINY = {
 # Pages whose commands form a chain the tests must keep covering, and what it writes.
 CHAINS = {
     "proteins.md": [
-        *"prepare train evaluate embed embed".split(), *["score"] * 5,
+        *"prepare train evaluate embed embed".split(),
+        *["score"] * 5,
         *"finetune finetune predict predict".split(),
     ],
 }

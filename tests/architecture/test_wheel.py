@@ -92,8 +92,16 @@ def test_the_wheel_installs_the_package_and_its_data(wheel_env, tmp_path):
 def test_the_demo_runs_from_the_installed_wheel_in_another_directory(wheel_env, tmp_path):
     env = {**os.environ, "PYTHONPATH": ""}
     _run(
-        [str(wheel_env / "bin" / "performers"), "demo", "--steps", "2", "--threads", "1",
-         "--test-limit", "16"],
+        [
+            str(wheel_env / "bin" / "performers"),
+            "demo",
+            "--steps",
+            "2",
+            "--threads",
+            "1",
+            "--test-limit",
+            "16",
+        ],
         cwd=tmp_path,
         env=env,
     )

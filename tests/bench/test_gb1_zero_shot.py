@@ -1,6 +1,5 @@
 """Zero-shot GB1: model scores, the BLOSUM62 baseline and random scores against fitness."""
 
-
 import torch
 
 from performers import FavorConfig

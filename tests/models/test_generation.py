@@ -1,6 +1,5 @@
 """Generation from the recurrent state (FAVOR+) or a KV cache (exact) equals full recomputation."""
 
-
 import pytest
 import torch
 
