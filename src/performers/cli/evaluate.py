@@ -15,6 +15,7 @@ from performers.cli.options import (
     MODEL_HELP,
     add_compute_options,
     add_crop_option,
+    add_pack_option,
     check_output_file,
     compute_device,
     model_source,
@@ -32,6 +33,11 @@ from performers.jobs.results_file import format_metric, read_results, write_resu
 from performers.models import PerformerForCausalLM
 
 HELP = "accuracy and perplexity of a trained model (shipped corpus, a FASTA file or a prepared dataset)"
+PACK_HELP = (
+    "run each batch of --batch-size proteins packed end to end in one row (no padding computed; the "
+    "same proteins and masks, so the same numbers up to float rounding), or padded (--no-pack); "
+    "default: pack with a performers model, pad a Hugging Face one (--pack refuses it)"
+)
 RESULTS_HELP = (
     "write the metrics, each beside its unigram baseline, as JSON (the results.json schema); "
     "default: beside --per-sequence CSV as CSV-STEM.results.json, else not written"
@@ -67,6 +73,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "accuracy (proteins with nothing to score are listed on the terminal, not written)",
     )
     parser.add_argument("--results", default=None, metavar="JSON", help=RESULTS_HELP)
+    add_pack_option(parser, PACK_HELP)
     add_compute_options(parser)
     return parser
 
@@ -103,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     results = results_path(args)
     device = compute_device(args)
     huggingface = model_source(args.model) == "huggingface"
+    if huggingface and args.pack:
+        raise UsageError(
+            "--pack: a Hugging Face model is evaluated on padded batches (only performers models take "
+            "packed input); drop --pack"
+        )
     if huggingface:
         try:
             lm = protein_lm_from_directory(args.model, attention=args.attention, device=device)
@@ -127,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             evaluation = evaluate_protein_lm(lm, list(sequences), ids, **options)
         else:
-            evaluation = evaluate_proteins(model, tokenizer, sequences, ids, **options)
+            evaluation = evaluate_proteins(model, tokenizer, sequences, ids, pack=args.pack, **options)
     unigram, name = training_unigram(args.model, args.data)
     metrics = unigram_metrics(evaluation, unigram, name)
     summary = evaluation.summary
