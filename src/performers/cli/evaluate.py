@@ -8,6 +8,7 @@ one rule of every command (:mod:`performers.jobs.cropping`)."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from performers.cli.common import UsageError, option_names, user_errors_named
@@ -130,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{what}: no protein to evaluate")
     ids = protein_ids(args.data, args.split, len(sequences))
     options = {"max_length": args.max_length, "batch_size": args.batch_size}
+    start = time.perf_counter()  # the evaluation alone: not loading, nor the unigram baseline
     with user_errors_named(option_names(args.command_parser)):  # e.g. a --max-length the model refuses
         if huggingface:
             if not all(isinstance(sequence, str) for sequence in sequences):
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             evaluation = evaluate_protein_lm(lm, list(sequences), ids, **options)
         else:
             evaluation = evaluate_proteins(model, tokenizer, sequences, ids, pack=args.pack, **options)
+    seconds = time.perf_counter() - start
     unigram, name = training_unigram(args.model, args.data)
     metrics = unigram_metrics(evaluation, unigram, name)
     summary = evaluation.summary
@@ -147,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{what}: {format_metric('accuracy', metrics['accuracy'], percent=True)}, "
         f"{format_metric('perplexity', metrics['perplexity'])} "
-        f"over {summary['tokens']} {scored} of {len(sequences)} proteins"
+        f"over {summary['tokens']} {scored} of {len(sequences)} proteins in {seconds:.3f} s "
+        f"({len(sequences) / seconds:.1f} proteins/s)"
     )
     for line in evaluation.crop.messages():  # the one cropping rule (docs/guides/proteins.md)
         print(line)
