@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from performers.jobs.cropping import ReportedDict, crop_to_rule, model_residue_limit
-from performers.jobs.packing import cu_seqlens_of, packed_batches, packed_hidden_states, resolve_pack
+from performers.jobs.packing import encode_packed, packed_batches, packed_hidden_states, resolve_pack
 from performers.jobs.protein_lm import ProteinLM, ProteinVocabulary, as_protein_lm
 from performers.models import PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
 from performers.proteins import FastaRecord, ProteinTokenizer
@@ -320,14 +320,6 @@ def pad_encoded(tokenizer: ProteinVocabulary, sequences: Sequence[str]) -> tuple
     return ids, mask
 
 
-def _packed_encoded(tokenizer: ProteinVocabulary, sequences: Sequence[str]) -> tuple[Tensor, Tensor]:
-    """``[<cls>, residues..., <eos>]`` of each sequence, end to end in one row: ``(input_ids
-    (1, T), cu_seqlens (N + 1,))``, int64 ids, int32 offsets."""
-    encoded = [tokenizer.encode(sequence) for sequence in sequences]
-    ids = torch.tensor([token for tokens in encoded for token in tokens], dtype=torch.long)
-    return ids[None], cu_seqlens_of([len(tokens) for tokens in encoded])
-
-
 def _check_include(include: Sequence[str]) -> list[str]:
     if isinstance(include, str) or not include or any(kind not in INCLUDES for kind in include):
         raise ValueError(f"include must be a non-empty sequence of {', '.join(INCLUDES)}, got {include!r}")
@@ -411,7 +403,7 @@ def extract_representations(
             sequences = [pairs[i][1] for i in batch]
             if packed:
                 # One row, the proteins end to end: protein k's tokens start at cu_seqlens[k].
-                ids, cu_seqlens = _packed_encoded(lm.tokenizer, sequences)
+                ids, cu_seqlens = encode_packed(lm.tokenizer, sequences)
                 hidden_states = packed_hidden_states(lm, ids.to(device), cu_seqlens.to(device))
                 spans = [(0, int(cu_seqlens[k]), int(cu_seqlens[k + 1])) for k in range(len(batch))]
             else:

@@ -10,6 +10,7 @@ batch, up to float rounding.
 
 * :func:`packed_batches` — the one batching rule: proteins in input order, a row closed when one
   more protein would pass ``max_tokens`` *real* tokens (a longer protein gets a row alone).
+* :func:`encode_packed` — proteins encoded end to end, with their ``cu_seqlens``.
 * :func:`pack_rows` / :func:`unpack_rows` — a padded batch to its packed row and a packed
   output back to the padded layout (``evaluate`` keeps its batches and masks, and its
   metrics read the padded layout).
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM
+from performers.jobs.protein_lm import PerformerProteinLM, ProteinLM, ProteinVocabulary
 from performers.models import PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
 from performers.training import evaluation_mode
 from performers.utils import InputError
@@ -35,6 +36,7 @@ from performers.utils.validation import is_int
 __all__ = [
     "PackingError",
     "cu_seqlens_of",
+    "encode_packed",
     "pack_rows",
     "packed_batches",
     "packed_hidden_states",
@@ -106,6 +108,14 @@ def cu_seqlens_of(lengths: Sequence[int], device: torch.device | str | None = No
     for length in lengths:
         offsets.append(offsets[-1] + int(length))
     return torch.tensor(offsets, dtype=torch.int32, device=device)
+
+
+def encode_packed(tokenizer: ProteinVocabulary, sequences: Sequence[str]) -> tuple[Tensor, Tensor]:
+    """``[<cls>, residues..., <eos>]`` of each sequence, end to end in one row: ``(input_ids
+    (1, T) int64, cu_seqlens (N + 1,) int32)``, on the CPU."""
+    encoded = [tokenizer.encode(sequence) for sequence in sequences]
+    ids = torch.tensor([token for tokens in encoded for token in tokens], dtype=torch.long)
+    return ids[None], cu_seqlens_of([len(tokens) for tokens in encoded])
 
 
 def segment_ids(cu_seqlens: Tensor) -> Tensor:

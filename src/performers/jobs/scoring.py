@@ -73,7 +73,7 @@ from performers.jobs.embedding import (
     protein_pairs,
     token_batches,
 )
-from performers.jobs.packing import cu_seqlens_of, packed_batches, packed_logits, resolve_pack, segment_ids
+from performers.jobs.packing import encode_packed, packed_batches, packed_logits, resolve_pack, segment_ids
 from performers.jobs.protein_lm import ProteinLM, ProteinVocabulary, as_protein_lm
 from performers.jobs.pseudo_likelihood import pseudo_log_likelihoods
 from performers.proteins import FastaRecord
@@ -269,11 +269,9 @@ def sequence_log_likelihoods(
 
 def _packed_log_likelihoods(lm: ProteinLM, sequences: Sequence[str]) -> list[float]:
     """:func:`sequence_log_likelihoods` of ``sequences`` in one packed row."""
-    encoded = [lm.tokenizer.encode(sequence) for sequence in sequences]
-    ids = torch.tensor([token for tokens in encoded for token in tokens], dtype=torch.long, device=lm.device)
-    cu_seqlens = cu_seqlens_of([len(tokens) for tokens in encoded], device=lm.device)
-    log_probs = _log_softmax(packed_logits(lm, ids[None], cu_seqlens)[0, :-1])  # t predicts t + 1
-    picked = log_probs.gather(-1, ids[1:, None])[:, 0]  # (T - 1,)
+    ids, cu_seqlens = (t.to(lm.device) for t in encode_packed(lm.tokenizer, sequences))
+    log_probs = _log_softmax(packed_logits(lm, ids, cu_seqlens)[0, :-1])  # t predicts t + 1
+    picked = log_probs.gather(-1, ids[0, 1:, None])[:, 0]  # (T - 1,)
     # A protein's first token (<cls>) is given, not predicted from the protein before it.
     picked[cu_seqlens[1:-1].long() - 1] = 0.0
     sums = torch.zeros(len(sequences), dtype=picked.dtype, device=picked.device)
