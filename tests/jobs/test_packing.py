@@ -141,6 +141,18 @@ def test_packed_embeddings_equal_padded_for_every_kind_and_layer(task, attention
         assert packed[name]["per_tok"][2].shape == (len(sequence), 16)
 
 
+def test_float32_packed_embeddings_agree_within_float32_rounding():
+    torch.set_num_threads(1)
+    model = tiny_model().float()
+    options = {"repr_layers": [0, -1], "include": ["mean", "per_tok", "bos"], "max_tokens": MAX_TOKENS}
+    packed = extract_representations(model, TOKENIZER, PROTEINS, progress=False, **options)
+    padded = extract_representations(model, TOKENIZER, PROTEINS, progress=False, pack=False, **options)
+    for name, _ in PROTEINS:
+        for kind in ("mean", "per_tok", "bos"):
+            assert_close(packed[name][kind][2], padded[name][kind][2])
+            assert torch.equal(packed[name][kind][0], padded[name][kind][0])  # no attention yet
+
+
 def test_a_foreign_model_embeds_padded_under_pack_none_and_refuses_pack_true():
     lm = PerformerProteinLM(tiny_model(), TOKENIZER)
     foreign = ForeignLM(lm)
