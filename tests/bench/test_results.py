@@ -59,6 +59,10 @@ CHECKED_IN = {
         "bench/test_packing.py",
         "test_tiny_packing_bench_trains_every_pair_fairly_through_the_writer",
     ),
+    "packed-jobs": (
+        "bench/test_packed_jobs.py",
+        "test_tiny_packed_jobs_bench_times_packed_and_padded_through_the_writer",
+    ),
     "packed-ops": (
         "bench/test_packed_ops.py",
         "test_tiny_packed_ops_bench_times_every_call_through_the_writer",

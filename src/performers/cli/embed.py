@@ -15,6 +15,7 @@ from performers.cli.common import (
 )
 from performers.cli.options import (
     add_crop_option,
+    add_pack_option,
     add_protein_model_options,
     check_output_file,
     compute_device,
@@ -43,8 +44,10 @@ stream), --include what to keep of each: mean (over the residues only, never <cl
 padding), per_tok (L x d_model, one row per residue) and bos (the <cls> vector). Each protein is
 encoded as [<cls>, residues..., <eos>] (a ProtGPT2-style model: its byte-pair tokens between
 two <|endoftext|>; mean is then over its tokens, and per_tok, which needs one token per residue,
-is refused); proteins are sorted by length and batched by a budget
-of padded tokens (a protein embedded alone gets the same vectors as in a padded batch).
+is refused); a performers model's proteins are packed end to end in rows of --max-tokens real
+tokens (--no-pack: sorted by length and padded, --max-tokens padded tokens per batch; a Hugging
+Face model always pads); a protein embedded alone gets the same vectors as in a packed row or
+a padded batch, up to float rounding.
 Proteins are read whole (FAVOR+ keeps the cost of a protein linear in its length) under the one
 cropping rule of every command: cut only when asked (--max-length N tokens, i.e. the first N-2
 residues; or esm-extract's --truncation-length R residues, the same as --max-length R+2) or
@@ -94,6 +97,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     add_hidden_alias(parser, "--truncation_seq_length", truncation)  # esm-extract's
     add_crop_option(parser)
+    add_pack_option(parser)
     return parser
 
 
@@ -142,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         pairs, crop = crop_to_rule(protein_pairs(records), lm.residue_limit, **asked)
         start = time.perf_counter()
         embeddings = extract_representations(
-            lm, None, pairs, repr_layers=layers, include=kinds, max_tokens=args.max_tokens
+            lm, None, pairs, repr_layers=layers, include=kinds, max_tokens=args.max_tokens, pack=args.pack
         )
         seconds = time.perf_counter() - start
         tensors = _keys(embeddings, layers, kinds)

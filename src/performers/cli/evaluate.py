@@ -8,6 +8,7 @@ one rule of every command (:mod:`performers.jobs.cropping`)."""
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from performers.cli.common import UsageError, option_names, user_errors_named
@@ -15,6 +16,7 @@ from performers.cli.options import (
     MODEL_HELP,
     add_compute_options,
     add_crop_option,
+    add_pack_option,
     check_output_file,
     compute_device,
     model_source,
@@ -32,6 +34,11 @@ from performers.jobs.results_file import format_metric, read_results, write_resu
 from performers.models import PerformerForCausalLM
 
 HELP = "accuracy and perplexity of a trained model (shipped corpus, a FASTA file or a prepared dataset)"
+PACK_HELP = (
+    "run each batch of --batch-size proteins packed end to end in one row (no padding computed; the "
+    "same proteins and masks, so the same numbers up to float rounding), or padded (--no-pack); "
+    "default: pack with a performers model, pad a Hugging Face one (--pack refuses it)"
+)
 RESULTS_HELP = (
     "write the metrics, each beside its unigram baseline, as JSON (the results.json schema); "
     "default: beside --per-sequence CSV as CSV-STEM.results.json, else not written"
@@ -67,6 +74,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "accuracy (proteins with nothing to score are listed on the terminal, not written)",
     )
     parser.add_argument("--results", default=None, metavar="JSON", help=RESULTS_HELP)
+    add_pack_option(parser, PACK_HELP)
     add_compute_options(parser)
     return parser
 
@@ -103,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
     results = results_path(args)
     device = compute_device(args)
     huggingface = model_source(args.model) == "huggingface"
+    if huggingface and args.pack:
+        raise UsageError(
+            "--pack: a Hugging Face model is evaluated on padded batches (only performers models take "
+            "packed input); drop --pack"
+        )
     if huggingface:
         try:
             lm = protein_lm_from_directory(args.model, attention=args.attention, device=device)
@@ -118,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{what}: no protein to evaluate")
     ids = protein_ids(args.data, args.split, len(sequences))
     options = {"max_length": args.max_length, "batch_size": args.batch_size}
+    start = time.perf_counter()  # the evaluation alone: not loading, nor the unigram baseline
     with user_errors_named(option_names(args.command_parser)):  # e.g. a --max-length the model refuses
         if huggingface:
             if not all(isinstance(sequence, str) for sequence in sequences):
@@ -127,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
                 )
             evaluation = evaluate_protein_lm(lm, list(sequences), ids, **options)
         else:
-            evaluation = evaluate_proteins(model, tokenizer, sequences, ids, **options)
+            evaluation = evaluate_proteins(model, tokenizer, sequences, ids, pack=args.pack, **options)
+    seconds = time.perf_counter() - start
     unigram, name = training_unigram(args.model, args.data)
     metrics = unigram_metrics(evaluation, unigram, name)
     summary = evaluation.summary
@@ -135,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{what}: {format_metric('accuracy', metrics['accuracy'], percent=True)}, "
         f"{format_metric('perplexity', metrics['perplexity'])} "
-        f"over {summary['tokens']} {scored} of {len(sequences)} proteins"
+        f"over {summary['tokens']} {scored} of {len(sequences)} proteins in {seconds:.3f} s "
+        f"({len(sequences) / seconds:.1f} proteins/s)"
     )
     for line in evaluation.crop.messages():  # the one cropping rule (docs/guides/proteins.md)
         print(line)

@@ -476,7 +476,8 @@ def add_protein_model_options(parser: argparse.ArgumentParser, *, input_help: st
         "--max-tokens",
         type=int,
         default=DEFAULT_MAX_TOKENS,
-        help="padded tokens per forward pass (sequences sorted by length; a longer protein runs alone)",
+        help="tokens per forward pass: real tokens of a packed row (--pack), else padded tokens of a "
+        "batch sorted by length; a longer protein runs alone",
     )
     parser.add_argument(
         "--attention",
@@ -501,6 +502,19 @@ def add_crop_option(parser: argparse.ArgumentParser, **kwargs) -> argparse.Actio
     """``--max-length N``: the one cropping rule (:mod:`performers.jobs.cropping`) of
     ``evaluate``, ``embed`` and ``score``."""
     return parser.add_argument("--max-length", type=int, default=None, metavar="N", help=CROP_HELP, **kwargs)
+
+
+PACK_HELP = (
+    "lay the proteins end to end in rows of --max-tokens real tokens (packed: no padding computed, "
+    "the same results up to float rounding) or pad each batch (--no-pack); default: pack "
+    "with a performers model, pad a Hugging Face one (--pack refuses it)"
+)
+
+
+def add_pack_option(parser: argparse.ArgumentParser, help: str = PACK_HELP) -> argparse.Action:
+    """``--pack/--no-pack`` of ``embed``, ``score`` and ``evaluate`` (``pack=`` of their jobs,
+    :mod:`performers.jobs.packing`): unset is None, pack when the model can."""
+    return parser.add_argument("--pack", action=argparse.BooleanOptionalAction, default=None, help=help)
 
 
 def model_source(path: str) -> str:

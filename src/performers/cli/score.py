@@ -14,6 +14,7 @@ from pathlib import Path
 from performers.cli.common import RawHelpFormatter, UsageError, option_names, user_errors_named
 from performers.cli.options import (
     add_crop_option,
+    add_pack_option,
     add_protein_model_options,
     check_output_file,
     compute_device,
@@ -107,6 +108,12 @@ strategy above), a ProtGPT2-style GPT-2 a causal one whose byte-pair tokens span
 residues: its log-likelihood sums over its own tokens (terms = tokens + 1) and the masked
 strategies, which mask one residue at a time, are refused."""
 
+PACK_HELP = (
+    "per-sequence log-likelihoods of a causal performers model: the proteins end to end in rows of "
+    "--max-tokens real tokens (the default), or padded batches (--no-pack); a Hugging Face "
+    "model always pads (--pack refuses it). Pseudo-log-likelihoods and variant scores never "
+    "pack: their batches are copies of proteins of one length, with little or no padding"
+)
 DMS_DEFAULTS = {"mutation_col": "mutant", "target_col": "DMS_score", "offset": 1}
 
 
@@ -183,6 +190,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="--saturation: where the heatmap goes (default: --out with the suffix .png)",
     )
     add_crop_option(parser)
+    add_pack_option(parser, PACK_HELP)
     return parser
 
 
@@ -203,6 +211,11 @@ def _variant_mode(args: argparse.Namespace) -> str | None:
 
 def _check_modes(args: argparse.Namespace) -> None:
     mode = _variant_mode(args)
+    if args.pack and (mode is not None or args.wildtype is not None):
+        raise UsageError(
+            "--pack: variant scores never pack (every pass holds the wild type or a mutant of its "
+            "length, so their batches have no padding to save); drop --pack"
+        )
     saturation_only = [f"--{name}" for name in ("positions", "heatmap") if getattr(args, name) is not None]
     if saturation_only and mode != "--saturation":
         raise UsageError(f"{', '.join(saturation_only)} belong to a saturation scan: add --saturation")
@@ -387,7 +400,12 @@ def run(args: argparse.Namespace) -> int:
     with user_errors_named(option_names(args.command_parser)):  # a protein or option the model refuses
         if wildtype is None:
             rows = score_proteins(
-                model, tokenizer, records, max_tokens=args.max_tokens, max_length=args.max_length
+                model,
+                tokenizer,
+                records,
+                max_tokens=args.max_tokens,
+                max_length=args.max_length,
+                pack=args.pack,
             )
         else:
             rows = variant_effects(

@@ -1,8 +1,10 @@
 """Protein embeddings from a trained model, in the conventions of ESM's ``esm-extract``.
 
 :func:`extract_representations` runs the model over proteins batched by a *token budget*:
-proteins are sorted by length (longest first) and each batch is filled while
-``rows × longest`` — padded tokens included — stays within ``max_tokens``. Proteins are cropped
+with this package's models, packed (:mod:`performers.jobs.packing`: proteins end to end in one
+row of at most ``max_tokens`` real tokens, no padding computed); otherwise (``pack=False``, or
+a Hugging Face model) padded — proteins sorted by length (longest first), each batch filled
+while ``rows × longest`` — padded tokens included — stays within ``max_tokens``. Proteins are cropped
 by the one rule of :mod:`performers.jobs.cropping` (only when asked — ``truncation_length``,
 ``max_length`` — or beyond a model's learned positions; counted in the result's ``.crop``).
 Each protein is encoded as ``[<cls>, residues..., <eos>]``;
@@ -20,7 +22,8 @@ reads — while ``1 .. num_layers - 1`` are the un-normalized residual stream
 (:class:`performers.models.PerformerModelOutput`). Negative indices count from the end
 (``-1`` is ``num_layers``), as in ``esm-extract``. A causal model is run causally (each residue
 sees its prefix only), a masked one bidirectionally. A protein embedded alone gets the same
-vectors as in a padded batch (padding is masked out of attention).
+vectors as in a padded batch (padding is masked out of attention) or a packed row (attention
+stops at each protein's boundaries, positions restart), up to float rounding.
 
 Proteins come as FASTA records, ``(id, sequence)`` pairs, a ``{id: sequence}`` dict or plain
 strings (ids ``seq1``, ``seq2``, ...): :func:`protein_pairs`, shared with the scoring jobs.
@@ -49,6 +52,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from performers.jobs.cropping import ReportedDict, crop_to_rule, model_residue_limit
+from performers.jobs.packing import encode_packed, packed_batches, packed_hidden_states, resolve_pack
 from performers.jobs.protein_lm import ProteinLM, ProteinVocabulary, as_protein_lm
 from performers.models import PerformerForCausalLM, PerformerForMaskedLM, PerformerModel
 from performers.proteins import FastaRecord, ProteinTokenizer
@@ -334,6 +338,7 @@ def extract_representations(
     max_length: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    pack: bool | None = None,
 ) -> dict[str, dict[str, dict[int, Tensor]]]:
     """Representations of proteins as ``esm-extract`` gives them (see the module docstring).
 
@@ -347,7 +352,8 @@ def extract_representations(
             must be unique.
         repr_layers: layers, ``0`` (embeddings) .. ``num_layers``; negative ones count from the end.
         include: any of ``"mean"``, ``"per_tok"``, ``"bos"``.
-        max_tokens: padded tokens per forward pass (a longer protein runs alone).
+        max_tokens: tokens per forward pass — padded ones, or real ones when packed (a
+            longer protein runs alone).
         truncation_length: keep each protein's first this many residues (ESM's
             ``truncation_seq_length``); or
         max_length: the same in tokens, ``<cls>`` and ``<eos>`` included (``max_length - 2``
@@ -356,6 +362,10 @@ def extract_representations(
         progress: a progress bar over residues (stderr).
         device: move the model there first (in place, :func:`place_model`); None: run it
             where it is.
+        pack: lay the proteins end to end in rows of at most ``max_tokens`` real tokens
+            (:mod:`performers.jobs.packing`; the same vectors up to float rounding, no padding
+            computed); None: pack when the model takes packed input (this package's models,
+            not a Hugging Face one); False: the padded batches.
 
     Returns:
         ``{id: {kind: {layer: tensor}}}`` in input order, ``layer`` resolved to ``0 ..
@@ -368,6 +378,7 @@ def extract_representations(
         ValueError: a repeated id, an empty sequence, a bad layer / ``include`` /
             ``max_tokens`` / ``truncation_length`` / ``max_length`` (or both), a crop longer
             than the learned positions.
+        PackingError: ``pack=True`` for a model that does not take packed input.
     """
     place_model(model, device)
     lm = as_protein_lm(model, tokenizer)
@@ -381,21 +392,30 @@ def extract_representations(
     pairs, crop = crop_to_rule(
         protein_pairs(records), lm.residue_limit, max_length=max_length, truncation_length=truncation_length
     )
+    packed = resolve_pack(pack, lm)
     lengths = [len(sequence) + SPECIAL_TOKENS_PER_PROTEIN for _, sequence in pairs]
-    batches = token_batches(lengths, max_tokens)
+    batches = packed_batches(lengths, max_tokens) if packed else token_batches(lengths, max_tokens)
     device = lm.device
     results: list[dict[str, dict[int, Tensor]]] = [{kind: {} for kind in kinds} for _ in pairs]
     bar = Progress(sum(len(s) for _, s in pairs), desc="embed", unit="residues", enabled=progress)
     try:
         for batch in batches:
-            ids, mask = pad_encoded(lm.tokenizer, [pairs[i][1] for i in batch])
-            hidden_states = lm.hidden_states(ids.to(device), mask.to(device))
+            sequences = [pairs[i][1] for i in batch]
+            if packed:
+                # One row, the proteins end to end: protein k's tokens start at cu_seqlens[k].
+                ids, cu_seqlens = encode_packed(lm.tokenizer, sequences)
+                hidden_states = packed_hidden_states(lm, ids.to(device), cu_seqlens.to(device))
+                spans = [(0, int(cu_seqlens[k]), int(cu_seqlens[k + 1])) for k in range(len(batch))]
+            else:
+                ids, mask = pad_encoded(lm.tokenizer, sequences)
+                hidden_states = lm.hidden_states(ids.to(device), mask.to(device))
+                spans = [(row, 0, int(mask[row].sum())) for row in range(len(batch))]
             for layer in layers:
                 hidden = hidden_states[layer]
-                for row, index in enumerate(batch):
-                    # The protein's tokens sit after <cls>, before <eos> and the padding: one
-                    # per residue (positions 1..n), or fewer when a token spans several residues.
-                    residues = hidden[row, 1 : int(mask[row].sum()) - 1]
+                for (row, start, end), index in zip(spans, batch, strict=True):
+                    # The protein's tokens sit after <cls>, before <eos> (and any padding): one
+                    # per residue, or fewer when a token spans several residues.
+                    residues = hidden[row, start + 1 : end - 1]
                     out = results[index]
                     # clone: a view would keep the whole batch's hidden states alive.
                     if "mean" in out:
@@ -403,7 +423,7 @@ def extract_representations(
                     if "per_tok" in out:
                         out["per_tok"][layer] = residues.clone().cpu()
                     if "bos" in out:
-                        out["bos"][layer] = hidden[row, 0].clone().cpu()
+                        out["bos"][layer] = hidden[row, start].clone().cpu()
             bar.update(sum(len(pairs[i][1]) for i in batch))
     finally:
         bar.close()
@@ -423,6 +443,7 @@ def embed_proteins(
     max_length: int | None = None,
     progress: bool = True,
     device: str | torch.device | None = None,
+    pack: bool | None = None,
 ) -> Embeddings:
     """Embeddings of proteins from one layer, keyed by id, in input order
     (:func:`extract_representations` of one layer and one kind), as an :class:`Embeddings`
@@ -445,6 +466,9 @@ def embed_proteins(
             model's learned positions (:mod:`performers.jobs.cropping`).
         progress: a progress bar over residues (stderr).
         device: move the model there first (in place); None: run it where it is.
+        pack: proteins end to end in rows of ``max_tokens`` real tokens (None: yes, this
+            package's models all take packed input; False: padded batches); see
+            :func:`extract_representations`.
 
     Returns:
         ``{id: (E,) or (L, E)}`` on the CPU, in the model's dtype (an :class:`Embeddings`);
@@ -472,6 +496,7 @@ def embed_proteins(
         max_tokens=max_tokens,
         max_length=max_length,
         progress=progress,
+        pack=pack,
     )
     embeddings = Embeddings((name, result[kind][layer]) for name, result in out.items())
     embeddings.crop = out.crop

@@ -5,7 +5,9 @@ prepared dataset.
 :func:`evaluate_proteins` is what ``performers evaluate`` runs: proteins are cropped only by the
 one rule of :mod:`performers.jobs.cropping` (asked for, or the model's learned positions; a
 rotary model reads every protein whole), each protein's masks are its own
-(:func:`performers.proteins.data.item_generator`), and a protein with nothing to score is
+(:func:`performers.proteins.data.item_generator`), a batch's proteins run packed end to end
+with this package's models (:mod:`performers.jobs.packing`; the same batches and masks as
+padded, so the same numbers), and a protein with nothing to score is
 skipped and listed (never a row of NaN). :func:`unigram_metrics` puts the unigram baseline of
 a training split beside each number (``results.json``, :mod:`performers.jobs.results_file`).
 """
@@ -27,6 +29,7 @@ from performers.jobs.cropping import (
     crop_plan,
     model_residue_limit,
 )
+from performers.jobs.packing import pack_rows, resolve_pack, unpack_rows
 from performers.jobs.results_file import Metric, read_results
 from performers.models import PerformerForCausalLM
 from performers.proteins import (
@@ -217,6 +220,7 @@ def evaluate_proteins(
     mask_prob: float = 0.15,
     seed: int = 0,
     device: str | torch.device | None = None,
+    pack: bool | None = None,
 ) -> ProteinEvaluation:
     """Accuracy and perplexity of this package's language model on proteins, in aggregate and
     per protein (``performers evaluate``): over masked positions (``task="mlm"``; each residue
@@ -230,6 +234,10 @@ def evaluate_proteins(
         max_length: crop to this many tokens (``<cls>``, ``<eos>`` included); default: whole
             proteins, cropped only at the model's learned positions (:mod:`performers.jobs.cropping`).
         device: move ``model`` there first (in place); None: where it is (the batches follow).
+        pack: run each batch packed — its proteins end to end in one row, no padding computed
+            (:mod:`performers.jobs.packing`): the same proteins per batch and the same masks,
+            so the same numbers up to float rounding. None: pack when the model takes packed
+            input (this package's models); False: the padded batches.
 
     Returns:
         A :class:`ProteinEvaluation`; proteins with no scored position (a short protein none of
@@ -237,7 +245,9 @@ def evaluate_proteins(
 
     Raises:
         ValueError: no protein, a bad or too large ``max_length``, or no position scored at all.
+        PackingError: ``pack=True`` for a model that does not take packed input.
     """
+    pack = resolve_pack(pack, model)
     if device is not None:
         model.to(device)
     if task is None:
@@ -267,7 +277,7 @@ def evaluate_proteins(
     index = 0
     with evaluation_mode(model):
         for batch in model_batches(model, batches):
-            logits = logits_of(model(batch["input_ids"], batch["attention_mask"]))
+            logits = _batch_logits(model, batch, pack)
             # One copy per batch to the CPU, not one wait per row.
             metrics = row_token_metrics(logits, batch["labels"], causal=task == "clm")
             correct, counted, nll = (t.cpu() for t in metrics)
@@ -306,6 +316,16 @@ def evaluate_proteins(
     )
 
 
+def _batch_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], pack: bool) -> torch.Tensor:
+    """``(B, L, V)`` logits of a padded evaluation batch: from the padded batch, or from its
+    proteins packed end to end in one row (``pack``) and put back in the padded layout, where
+    the metrics read them (zeros at the padding, which has no label)."""
+    if not pack:
+        return logits_of(model(batch["input_ids"], batch["attention_mask"]))
+    ids, cu_seqlens = pack_rows(batch["input_ids"], batch["attention_mask"])
+    return unpack_rows(logits_of(model(ids, cu_seqlens=cu_seqlens)), batch["attention_mask"])
+
+
 def evaluate_per_sequence(
     model: torch.nn.Module,
     tokenizer: ProteinTokenizer,
@@ -318,6 +338,7 @@ def evaluate_per_sequence(
     mask_prob: float = 0.15,
     seed: int = 0,
     device: str | torch.device | None = None,
+    pack: bool | None = None,
 ) -> list[dict]:
     """The rows of :func:`evaluate_proteins` — one per scored protein: ``id``, ``length`` (its
     residues), ``scored_length`` (after any crop), ``tokens`` (positions scored), ``loss``
@@ -325,7 +346,7 @@ def evaluate_per_sequence(
     those skipped with nothing to score (none gets a row of NaN).
 
     ``sequences``: residue strings or a prepared split; ``ids``: their FASTA ids, in order;
-    ``device``: as :func:`evaluate_model`.
+    ``device``: as :func:`evaluate_model`; ``pack``: as :func:`evaluate_proteins`.
     """
     evaluation = evaluate_proteins(
         model,
@@ -338,6 +359,7 @@ def evaluate_per_sequence(
         mask_prob=mask_prob,
         seed=seed,
         device=device,
+        pack=pack,
     )
     rows = ReportedRows(evaluation.rows)
     rows.crop = evaluation.crop

@@ -16,6 +16,7 @@ from performers.cli.bench import (
     generate,
     gpu,
     loader,
+    packed_jobs,
     packed_ops,
     packing,
     paper,
@@ -49,6 +50,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         packing,
         pll,
         packed_ops,
+        packed_jobs,
     )
     for module in modules:
         register(module.add_parser(bench), module.run)
