@@ -247,3 +247,25 @@ def test_evaluating_a_foreign_module_with_pack_true_is_refused():
         evaluate_proteins(Wrapped(), TOKENIZER, ["MKV", "WW"], pack=True)
     evaluation = evaluate_proteins(Wrapped(), TOKENIZER, ["MKVLAAGIVG", "WWYQKT"], mask_prob=0.5)
     assert evaluation.summary["proteins"] >= 1  # pack=None: padded, as before
+
+
+@pytest.mark.parametrize("task", ["mlm", "clm"])
+def test_the_trainers_validation_runs_packed_with_the_padded_numbers(task, monkeypatch):
+    # evaluate_model is the trainer's validation and test metric (fixed batches of a run's crop).
+    torch.set_num_threads(1)
+    from performers.jobs import protein_evaluation
+    from performers.jobs.protein_evaluation import evaluate_model
+
+    model = tiny_model(task)
+    sequences = [s for _, s in PROTEINS]
+    options = {"task": task, "max_length": 16, "batch_size": 4, "mask_prob": 0.5, "seed": 3}
+    calls = _spy(monkeypatch, protein_evaluation, "pack_rows")
+    packed = evaluate_model(model, TOKENIZER, sequences, **options)
+    assert len(calls) == 2  # the fixed batches of four and two proteins, each packed
+    padded = evaluate_model(model, TOKENIZER, sequences, pack=False, **options)
+    assert len(calls) == 2
+    assert packed["tokens"] == padded["tokens"] and packed["accuracy"] == padded["accuracy"]
+    perplexity = torch.tensor(padded["perplexity"])
+    assert abs(packed["perplexity"] - padded["perplexity"]) <= tolerance(torch.float64, perplexity)
+    with pytest.raises(PackingError, match="does not take packed input"):
+        evaluate_model(torch.nn.Linear(2, 2), TOKENIZER, sequences, pack=True, **options)

@@ -128,6 +128,7 @@ def evaluate_model(
     max_batches: int | None = None,
     concatenate: bool = False,
     device: str | torch.device | None = None,
+    pack: bool | None = None,
 ) -> dict[str, float]:
     """Accuracy and perplexity over masked positions (``task="mlm"``) or all next tokens
     (``"clm"``) of ``sequences``, on the fixed batches of
@@ -135,9 +136,17 @@ def evaluate_model(
     trainer's validation and test metric, on proteins cropped to the run's ``max_length``
     window. :func:`evaluate_proteins` is the command's evaluation (whole proteins under the
     cropping rule, per protein, with what was cropped or skipped).
-    ``device``: move ``model`` there first (in place); None: where it is (the batches follow)."""
+    ``device``: move ``model`` there first (in place); None: where it is (the batches follow).
+    ``pack``: as :func:`evaluate_proteins` — each batch's proteins run end to end in one row
+    (the same batches and masks, the same numbers up to float rounding); None packs this
+    package's models. Concatenated windows (``concatenate``) have no padding and run as they are.
+
+    Raises:
+        PackingError: ``pack=True`` for a model that does not take packed input."""
     if device is not None:
         model.to(device)
+    if resolve_pack(pack, model) and not concatenate:
+        model = _PackedBatches(model)
     batches = evaluation_batches(
         sequences,
         tokenizer,
@@ -314,6 +323,18 @@ def evaluate_proteins(
         crop,
         residues_as_scored(sequences, scored, keep, tokenizer),
     )
+
+
+class _PackedBatches(torch.nn.Module):
+    """``model`` called as a padded batch's model (``(input_ids, attention_mask)`` → logits
+    ``(B, L, V)``) that runs the batch's proteins packed (:func:`_batch_logits`)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return _batch_logits(self.model, {"input_ids": input_ids, "attention_mask": attention_mask}, True)
 
 
 def _batch_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor], pack: bool) -> torch.Tensor:
