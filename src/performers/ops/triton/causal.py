@@ -389,7 +389,7 @@ class _TritonCausal(torch.autograd.Function):
             key_max = torch.empty(bh, length, **acc)
             row_pass[(triton.cdiv(length, chunk), bh)](
                 kf, rows_c, key_max, 0, 0, kf, pad_arg, heads, kf, kf, kf, kf, kf, kf, kf,
-                length, m, d, dv, half_norm, 0.0,
+                length, m, d, dv, half_norm, 0.0, kf,
                 MODE=ROW_MAX.value, HAS_PAD=has_pad, HAS_COL=False, **row_meta,
             )  # fmt: skip
             offsets, _ = key_offsets(key_max[..., None], causal=True, start=start)
