@@ -335,8 +335,8 @@ def favor_attention(
             on the PyTorch paths causal calls run in one pass over the row that restarts at
             each sequence and bidirectional ones (kernels without data-dependent parameters)
             from one key summary per sequence, with no loop over sequences; bidirectional
-            FAVOR++ and the causal Triton kernels run once per sequence, the bidirectional
-            Triton kernels once per pass for all sequences (see :func:`_run_packed`).
+            FAVOR++ runs once per sequence, the Triton kernels once per pass for all sequences
+            (see :func:`_run_packed`).
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
@@ -513,9 +513,9 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     * Causal on the PyTorch paths: one pass over the row that restarts at each sequence
       (:func:`performers.ops.causal.favor.packed_causal_favor_attention`), no loop over
       sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out.
-    * Bidirectional on the Triton kernels: :func:`_run_packed_triton`, one launch per pass for
-      every sequence (varlen kernels; causal Triton calls take the loop).
-    * Otherwise (bidirectional; causal Triton; a registered map whose causal parameters are not
+    * The Triton kernels: :func:`_run_packed_triton`, one launch per pass for every sequence
+      (varlen kernels; causal: per-sequence states in and out).
+    * Otherwise (bidirectional; a registered map whose causal parameters are not
       FAVOR++'s): :func:`_run_packed_loop`, one call per sequence. Bidirectional calls take the
       loop on purpose: it measured 2–4× faster on CPU than a loop-free form that summed one
       key summary per sequence from materialized features (docs/guides/attention.md).
@@ -532,9 +532,18 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     if triton_map is not None:
         from performers.ops.triton.paths import packed_reason
 
-        if packed_reason(bounds, call.q, call.v, causal=call.causal) is None:
-            return _run_packed_triton(call, triton_map)
-        return _run_packed_loop(call, path=path)  # the causal Triton kernels: one sequence at a time
+        if packed_reason(bounds, call.q, call.v, causal=call.causal) is not None:
+            return _run_packed_loop(call, path=path)  # (more sequences than a grid axis holds)
+        result = _run_packed_triton(call, triton_map)
+        if call.causal:  # one underflow check of the whole row (see _run_packed_loop)
+            out = result[0] if call.return_state else result
+            valued = (
+                (call.v != 0).any(dim=-1, keepdim=True).repeat_interleave(kv_groups(call.q, call.k), dim=1)
+            )
+            warn_zero_rows(
+                out, valued, None, call.initial_state, causal=True, stacklevel=5, cu_seqlens=bounds
+            )
+        return result
     if not call.causal:
         # One call per sequence (the fused bidirectional Function each): measured faster on CPU
         # than a loop-free form summing per-sequence key summaries from materialized features
@@ -562,19 +571,24 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
 
 
 @torch.compiler.disable
-def _run_packed_triton(call: FavorCall, triton_map: TritonMap) -> Tensor:
-    """A packed bidirectional call on the varlen Triton kernels: one launch per pass for all
-    sequences (outside a compiled graph, as :func:`_run_eagerly`). Grouped key/value heads are
-    repeated (the grouped-rows form of :func:`_run` would interleave the sequences)."""
+def _run_packed_triton(call: FavorCall, triton_map: TritonMap) -> Tensor | tuple[Tensor, FavorState]:
+    """A packed call on the varlen Triton kernels: one launch per pass for all sequences, states
+    ``(N, H, ·)`` in and out (outside a compiled graph, as :func:`_run_eagerly`). Grouped
+    key/value heads are repeated (the grouped-rows form of :func:`_run` would interleave the
+    sequences; causal calls repeat them anyway)."""
     from performers.ops.triton.paths import triton_attention
 
     groups = kv_groups(call.q, call.k)
     k, v = (t.repeat_interleave(groups, dim=1) if groups > 1 else t for t in (call.k, call.v))
-    out = triton_attention(
-        call.q, k, v, triton_map, causal=False, scale=call.input_scale, key_padding_mask=None,
-        initial_state=None, return_state=False, eps=call.eps, cu_seqlens=call.cu_seqlens,
+    result = triton_attention(
+        call.q, k, v, triton_map, causal=call.causal, scale=call.input_scale, key_padding_mask=None,
+        initial_state=call.initial_state, return_state=call.return_state, eps=call.eps,
+        cu_seqlens=call.cu_seqlens,
     )  # fmt: skip
-    return _own_contiguous(out.to(call.out_dtype))
+    if call.return_state:
+        out, state = result
+        return _own_contiguous(out.to(call.out_dtype)), state._replace(kernel=call.kernel.name)
+    return _own_contiguous(result.to(call.out_dtype))
 
 
 @torch.compiler.disable

@@ -27,6 +27,10 @@ Backward recomputes every feature tile (queries from their stored row maxima) in
 storing ``L×M`` features: on a GPU the recomputation is cheaper than the memory traffic.
 The gradient of ``P`` is written per batch·head and summed on the host (deterministic, no atomics).
 
+Packed rows (``cu_seqlens``, ``IS_VARLEN``): each program reads its tile's or segment's bounds
+and sequence from a host-built table (:class:`PackedTables`), so one launch per pass serves
+every sequence with its own per-feature key maxima and summary (``(N·B·H, M, Dv)``).
+
 Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
 recomputation of what the kernels compute (:func:`graph_features`, the forward's offsets;
 :mod:`performers.ops.double_backward`) instead of launching the backward kernels.
@@ -266,7 +270,10 @@ class PackedTables:
     one launch serves every sequence and no program crosses a boundary (FlashAttention's varlen
     convention, the boundaries read on the device).
 
-    * ``rows``: one row per tile of ``tile`` positions of each sequence (the row passes);
+    * ``rows``: one row per tile of ``tile`` positions of each sequence (the row passes; the
+      causal kernels' chunks);
+    * ``sequences_rows``: per sequence, its first and end row of ``rows`` (and its index): the
+      chunks a causal state program runs through;
     * ``segments``: ``per_sequence`` rows per sequence, its positions cut every ``span`` (the
       reductions; a sequence shorter than the longest gets empty segments, ``start == end``,
       whose sums are 0 and maxima −inf) — so the host combines a sequence's partial sums from
@@ -277,14 +284,21 @@ class PackedTables:
         self.sequences = len(pairs)
         self.per_sequence = max(triton.cdiv(end - start, span) for start, end in pairs)
         rows = [(s, end, n) for n, (start, end) in enumerate(pairs) for s in range(start, end, tile)]
+        self.position_sequence = [n for n, (start, end) in enumerate(pairs) for _ in range(start, end)]
+        self.chunk_starts = [row[0] for row in rows]  # (host copies for the causal offsets)
+        self.chunk_sequence = [row[2] for row in rows]
+        counts = [triton.cdiv(end - start, tile) for start, end in pairs]
+        firsts = [0, *itertools.accumulate(counts)]
+        self.first_chunks = firsts[:-1]
+        chunk_ranges = [(firsts[n], firsts[n + 1], n) for n in range(len(pairs))]
         segments = [
             (min(start + j * span, end), min(start + (j + 1) * span, end), n)
             for n, (start, end) in enumerate(pairs)
             for j in range(self.per_sequence)
         ]
-        # One host-to-device copy for both tables.
-        both = torch.tensor(rows + segments, dtype=torch.int32).to(device)
-        self.rows, self.segments = both[: len(rows)], both[len(rows) :]
+        # One host-to-device copy for the tables.
+        tables = torch.tensor(rows + segments + chunk_ranges, dtype=torch.int32).to(device)
+        self.rows, self.segments, self.sequence_rows = tables.split([len(rows), len(segments), len(pairs)])
 
 
 class _Launch:

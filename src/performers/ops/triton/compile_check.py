@@ -46,11 +46,17 @@ def _variants():
         b.feature_pass,
         {"MODE": b.KEY_PARAMS.value, "HAS_PAD": False, "HAS_COL": True, "BL": 64, "IS_VARLEN": True},
     )
-    yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": True, "BC": 64}
-    yield causal.output_pass, {"HAS_PAD": True, "BC": 64}
-    yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64}
-    yield causal.input_grad_pass, {"HAS_PAD": True, "BC": 64}
-    yield causal.param_grad_pass, {"HAS_PAD": True, "BC": 64}
+    unpacked = {"IS_VARLEN": False}
+    yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": True, "BC": 64, **unpacked}
+    yield causal.output_pass, {"HAS_PAD": True, "BC": 64, **unpacked}
+    yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64, **unpacked}
+    yield causal.input_grad_pass, {"HAS_PAD": True, "BC": 64, **unpacked}
+    yield causal.param_grad_pass, {"HAS_PAD": True, "BC": 64, **unpacked}
+    # Packed: the state passes run through a sequence's chunks from a table (forward and in
+    # reverse), the chunk passes read their bounds (output_pass and param_grad_pass as these).
+    yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": False, "BC": 64, "IS_VARLEN": True}
+    yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64, "IS_VARLEN": True}
+    yield causal.input_grad_pass, {"HAS_PAD": False, "BC": 64, "IS_VARLEN": True}
     yield decode.step_kernel, {}
 
 
@@ -101,7 +107,7 @@ def compile_all(
                 signature[name] = "fp32"
             elif name == "pad_ptr":
                 signature[name] = "*i8"
-            elif name == "table_ptr":
+            elif name in ("table_ptr", "seqs_ptr"):
                 signature[name] = "*i32"
             else:
                 signature[name] = pointer if name in _INPUTS else buffer

@@ -90,17 +90,15 @@ MAX_BATCH_HEADS = 65535
 
 def packed_reason(bounds: tuple[int, ...], q: Tensor, v: Tensor, *, causal: bool) -> str | None:
     """Why a packed call (``cu_seqlens`` boundaries ``bounds``) cannot run as one launch per
-    pass (None: it can; else it runs one call per sequence): the causal kernels take one
-    sequence at a time, and the reductions' grid holds a sequence's segments along an axis of
-    at most :data:`MAX_BATCH_HEADS` programs."""
-    if causal:
-        return "the causal Triton kernels take one sequence at a time"
+    pass (None: it can; else it runs one call per sequence): the grids hold the sequences
+    (causal state passes) or their segments (bidirectional reductions) along an axis of at most
+    :data:`MAX_BATCH_HEADS` programs."""
     from performers.ops.triton.launch import Blocks
 
     dtype = torch.promote_types(q.dtype, v.dtype)
     blocks = Blocks.for_dims(q.shape[-1], v.shape[-1], dtype)
     longest = max(end - start for start, end in itertools.pairwise(bounds))
-    segments = (len(bounds) - 1) * blocks.splits(longest)
+    segments = (len(bounds) - 1) * (1 if causal else blocks.splits(longest))
     if segments > MAX_BATCH_HEADS:
         return f"{segments:,} sequence segments exceed the {MAX_BATCH_HEADS:,} programs of a CUDA grid axis"
     return None
@@ -160,8 +158,8 @@ def triton_attention(
     cu_seqlens: tuple[int, ...] | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """Bidirectional or causal attention on the Triton kernels; the output in float32 (float64
-    for float64 inputs), states in :class:`FavorState` units. ``cu_seqlens``: a packed
-    bidirectional call's boundaries (every pass one launch for all its sequences)."""
+    for float64 inputs), states in :class:`FavorState` units. ``cu_seqlens``: a packed call's
+    boundaries (every pass one launch for all its sequences; states ``(N, H, ·)``)."""
     from performers.ops.triton.bidirectional import triton_bidirectional_attention
     from performers.ops.triton.causal import triton_causal_attention
 
@@ -174,8 +172,6 @@ def triton_attention(
     with torch.autocast(device_type=q.device.type, enabled=False):
         if not causal:
             return triton_bidirectional_attention(q, k, v, fm.rows, cu_seqlens=cu_seqlens, **options)
-        if cu_seqlens is not None:
-            raise ValueError("cu_seqlens: the causal Triton kernels take one sequence at a time")
         if initial_state is not None:
             # FavorState offsets include the map's constant c; the kernels' units do not.
             options.update(
@@ -183,7 +179,9 @@ def triton_attention(
                 initial_normalizer=initial_state.normalizer,
                 initial_offset=initial_state.log_offset + fm.log_const,
             )
-        out, kv, normalizer, offset = triton_causal_attention(q, k, v, fm.rows, **options)
+        out, kv, normalizer, offset = triton_causal_attention(
+            q, k, v, fm.rows, cu_seqlens=cu_seqlens, **options
+        )
     return (out, FavorState(kv, normalizer, offset - fm.log_const)) if return_state else out
 
 
