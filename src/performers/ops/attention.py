@@ -610,8 +610,8 @@ def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tupl
     are those of the per-sequence calls. The loop is over sequences, never positions: every
     call still runs its path's vectorized algorithm over its positions. Its cost is one call's
     fixed overhead per sequence (``performers bench packed-ops`` measures it). It serves
-    bidirectional calls and the Triton kernels, and is the reference the loop-free causal
-    path is tested against (``tests/ops/test_packed.py``).
+    bidirectional calls (and Triton calls of more sequences than a grid axis holds), and is the
+    reference the loop-free paths are tested against (``tests/ops/test_packed.py``).
     """
     bounds = call.cu_seqlens or ()
     outs: list[Tensor] = []

@@ -277,28 +277,44 @@ class PackedTables:
     * ``segments``: ``per_sequence`` rows per sequence, its positions cut every ``span`` (the
       reductions; a sequence shorter than the longest gets empty segments, ``start == end``,
       whose sums are 0 and maxima −inf) — so the host combines a sequence's partial sums from
-      a ``(N, per_sequence)`` view, in a fixed order (deterministic)."""
+      a ``(N, per_sequence)`` view, in a fixed order (deterministic);
+    * for the causal offsets: ``chunk_last``, ``chunk_first`` (per chunk: its last position,
+      whether it opens its sequence), ``position_sequence``, ``lasts`` (each sequence's last
+      position).
+
+    All are made on the host from the boundaries and moved in one copy."""
 
     def __init__(self, bounds: tuple[int, ...], tile: int, span: int, device: torch.device) -> None:
-        pairs = list(itertools.pairwise(bounds))
-        self.sequences = len(pairs)
-        self.per_sequence = max(triton.cdiv(end - start, span) for start, end in pairs)
-        rows = [(s, end, n) for n, (start, end) in enumerate(pairs) for s in range(start, end, tile)]
-        self.position_sequence = [n for n, (start, end) in enumerate(pairs) for _ in range(start, end)]
-        self.chunk_starts = [row[0] for row in rows]  # (host copies for the causal offsets)
-        self.chunk_sequence = [row[2] for row in rows]
-        counts = [triton.cdiv(end - start, tile) for start, end in pairs]
-        firsts = [0, *itertools.accumulate(counts)]
-        self.first_chunks = firsts[:-1]
-        chunk_ranges = [(firsts[n], firsts[n + 1], n) for n in range(len(pairs))]
-        segments = [
-            (min(start + j * span, end), min(start + (j + 1) * span, end), n)
-            for n, (start, end) in enumerate(pairs)
-            for j in range(self.per_sequence)
+        starts, ends = torch.tensor(bounds[:-1]), torch.tensor(bounds[1:])
+        lengths, sequence = ends - starts, torch.arange(len(bounds) - 1)
+        self.sequences = len(bounds) - 1
+        counts = (lengths + tile - 1) // tile  # tiles (causal chunks) per sequence
+        firsts = torch.cumsum(counts, 0) - counts
+        tile_sequence = torch.repeat_interleave(sequence, counts)
+        within = torch.arange(tile_sequence.shape[0]) - firsts[tile_sequence]
+        tile_starts = starts[tile_sequence] + within * tile
+        rows = torch.stack([tile_starts, ends[tile_sequence], tile_sequence], dim=1)
+        self.per_sequence = int(((lengths + span - 1) // span).max())
+        cuts = starts[:, None] + torch.arange(self.per_sequence + 1) * span
+        cuts = torch.minimum(cuts, ends[:, None])
+        owner = sequence[:, None].expand(-1, self.per_sequence)
+        segments = torch.stack([cuts[:, :-1], cuts[:, 1:], owner], dim=-1).reshape(-1, 3)
+        chunk_ranges = torch.stack([firsts, firsts + counts, sequence], dim=1)
+        # Host-side views of the layout for the causal offsets: each chunk's last position and
+        # whether it opens its sequence, each position's sequence, each sequence's last position.
+        causal = [
+            torch.minimum(tile_starts + tile, ends[tile_sequence]) - 1,
+            (within == 0).long(),
+            torch.repeat_interleave(sequence, lengths),
+            ends - 1,
         ]
-        # One host-to-device copy for the tables.
-        tables = torch.tensor(rows + segments + chunk_ranges, dtype=torch.int32).to(device)
-        self.rows, self.segments, self.sequence_rows = tables.split([len(rows), len(segments), len(pairs)])
+        parts = [rows, segments, chunk_ranges, *causal]
+        # One host-to-device copy for all of them (int32: positions of one row fit).
+        flat = torch.cat([part.flatten() for part in parts]).to(torch.int32).to(device)
+        pieces = flat.split([part.numel() for part in parts])
+        self.rows, self.segments, self.sequence_rows = (p.view(-1, 3) for p in pieces[:3])
+        self.chunk_last, first, self.position_sequence, self.lasts = (p.long() for p in pieces[3:])
+        self.chunk_first = first.bool()
 
 
 class _Launch:

@@ -458,7 +458,7 @@ class _TritonCausal(torch.autograd.Function):
             first = offsets[:, 0] if start is None else start
             befores = torch.cat([first[:, None], ends[:, :-1]], dim=1).contiguous()
         else:
-            ends, befores = _packed_chunk_offsets(offsets, packed, bounds, chunk, start)
+            ends, befores = _packed_chunk_offsets(offsets, packed, start)
         ends = ends.contiguous()
         states_s = torch.empty(bh, n, m, dv, **acc)
         states_z = torch.empty(bh, n, m, **acc)
@@ -499,8 +499,7 @@ class _TritonCausal(torch.autograd.Function):
         if packed is None:
             final_offset = offsets[:, -1].clone()
         else:
-            lasts = torch.tensor(bounds[1:], device=q.device) - 1
-            final_offset = offsets[:, lasts].t().contiguous()
+            final_offset = offsets[:, packed.lasts].t().contiguous()
         ctx.mark_non_differentiable(final_offset)
         states = (-1, heads)  # (B, H), or (N, H) packed (B = 1)
         return (
@@ -605,30 +604,24 @@ def _packed_offsets(key_max: Tensor, packed: PackedTables, start: Tensor | None)
     """Causal key offsets ``(B·H, T)`` of a packed row from its keys' row maxima: running maxima
     that restart at each sequence, at least the offset ``start`` (``(N·B·H,)``) of the state a
     sequence continues (as :func:`~performers.ops.numerics.key_offsets` per sequence)."""
-    seq = torch.tensor(packed.position_sequence, device=key_max.device)
+    seq = packed.position_sequence
     floor = None if start is None else start.reshape(packed.sequences, -1).t()[:, seq]
     return packed_key_offsets(key_max, seq, floor)
 
 
 def _packed_chunk_offsets(
-    offsets: Tensor, packed: PackedTables, bounds: tuple[int, ...], chunk: int, start: Tensor | None
+    offsets: Tensor, packed: PackedTables, start: Tensor | None
 ) -> tuple[Tensor, Tensor]:
     """Each chunk's offsets ``(B·H, chunks)``: at its last position (``ends``) and of the state
     entering it (``befores``): the previous chunk's end inside a sequence, and at a sequence's
     first chunk the offset of its initial state, else of its first key."""
-    device = offsets.device
-    chunk_starts = torch.tensor(packed.chunk_starts, device=device)
-    sequence = torch.tensor(packed.chunk_sequence, device=device)
-    seq_ends = torch.tensor(bounds[1:], device=device)[sequence]
-    ends = offsets[:, torch.minimum(chunk_starts + chunk, seq_ends) - 1]
-    first = torch.zeros(len(packed.chunk_starts), dtype=torch.bool)
-    first[packed.first_chunks] = True
+    ends = offsets[:, packed.chunk_last]
     if start is None:
-        entering = offsets[:, chunk_starts]
+        entering = offsets[:, packed.rows[:, 0].long()]
     else:
-        entering = start.reshape(packed.sequences, -1).t()[:, sequence]
+        entering = start.reshape(packed.sequences, -1).t()[:, packed.rows[:, 2].long()]
     previous = torch.cat([ends[:, :1], ends[:, :-1]], dim=1)
-    befores = torch.where(first.to(device), entering.to(ends.dtype), previous)
+    befores = torch.where(packed.chunk_first, entering.to(ends.dtype), previous)
     return ends, befores.contiguous()
 
 
