@@ -106,14 +106,17 @@ def test_one_sequence_as_cu_seqlens_equals_the_unpacked_kernels() -> None:
         torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
 
 
-def test_packed_triton_with_grouped_key_value_heads() -> None:
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_packed_triton_with_grouped_key_value_heads(is_causal: bool) -> None:
     """Grouped key/value heads (GQA) packed: equal to the naive per-sequence reference."""
     lengths = [3, 7]
     q, k, v, w = _two_head_inputs(lengths, seed=4)
     k, v = k[:, :1], v[:, :1]  # 2 query heads over 1 key/value head
-    out = favor_attention(q, k, v, w, cu_seqlens=_cu(lengths), backend="triton", enable_gqa=True)
+    out = favor_attention(
+        q, k, v, w, cu_seqlens=_cu(lengths), backend="triton", enable_gqa=True, is_causal=is_causal
+    )
     expected = _per_sequence(
-        lambda a, b, c: naive_favor_attention(a, b.expand_as(a), c.expand_as(a), w),
+        lambda a, b, c: naive_favor_attention(a, b.expand_as(a), c.expand_as(a), w, is_causal=is_causal),
         (q, k, v),
         lengths,
     )
