@@ -335,7 +335,8 @@ def favor_attention(
             on the PyTorch paths causal calls run in one pass over the row that restarts at
             each sequence and bidirectional ones (kernels without data-dependent parameters)
             from one key summary per sequence, with no loop over sequences; bidirectional
-            FAVOR++ and the Triton kernels run once per sequence (see :func:`_run_packed`).
+            FAVOR++ runs once per sequence, the Triton kernels once per pass for all sequences
+            (see :func:`_run_packed`).
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
@@ -512,7 +513,9 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     * Causal on the PyTorch paths: one pass over the row that restarts at each sequence
       (:func:`performers.ops.causal.favor.packed_causal_favor_attention`), no loop over
       sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out.
-    * Otherwise (bidirectional; Triton; a registered map whose causal parameters are not
+    * The Triton kernels: :func:`_run_packed_triton`, one launch per pass for every sequence
+      (varlen kernels; causal: per-sequence states in and out).
+    * Otherwise (bidirectional; a registered map whose causal parameters are not
       FAVOR++'s): :func:`_run_packed_loop`, one call per sequence. Bidirectional calls take the
       loop on purpose: it measured 2–4× faster on CPU than a loop-free form that summed one
       key summary per sequence from materialized features (docs/guides/attention.md).
@@ -523,11 +526,24 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     unavailable = _fused_unavailable(call.kernel, call.projection)
     if path == "fused" and unavailable is not None:
         raise ValueError(f"path='fused' cannot serve these inputs: {unavailable}")
-    if (
-        path is None
-        and triton_map_for(call.backend, call.kernel, call.projection, call.q, call.v) is not None
-    ):
-        return _run_packed_loop(call, path=path)  # the Triton kernels take one sequence at a time
+    triton_map = None
+    if path is None:
+        triton_map = triton_map_for(call.backend, call.kernel, call.projection, call.q, call.v)
+    if triton_map is not None:
+        from performers.ops.triton.paths import packed_reason
+
+        if packed_reason(bounds, call.q, call.v, causal=call.causal) is not None:
+            return _run_packed_loop(call, path=path)  # (more sequences than a grid axis holds)
+        result = _run_packed_triton(call, triton_map)
+        if call.causal:  # one underflow check of the whole row (see _run_packed_loop)
+            out = result[0] if call.return_state else result
+            valued = (
+                (call.v != 0).any(dim=-1, keepdim=True).repeat_interleave(kv_groups(call.q, call.k), dim=1)
+            )
+            warn_zero_rows(
+                out, valued, None, call.initial_state, causal=True, stacklevel=5, cu_seqlens=bounds
+            )
+        return result
     if not call.causal:
         # One call per sequence (the fused bidirectional Function each): measured faster on CPU
         # than a loop-free form summing per-sequence key summaries from materialized features
@@ -555,6 +571,27 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
 
 
 @torch.compiler.disable
+def _run_packed_triton(call: FavorCall, triton_map: TritonMap) -> Tensor | tuple[Tensor, FavorState]:
+    """A packed call on the varlen Triton kernels: one launch per pass for all sequences, states
+    ``(N, H, ·)`` in and out (outside a compiled graph, as :func:`_run_eagerly`). Grouped
+    key/value heads are repeated (the grouped-rows form of :func:`_run` would interleave the
+    sequences; causal calls repeat them anyway)."""
+    from performers.ops.triton.paths import triton_attention
+
+    groups = kv_groups(call.q, call.k)
+    k, v = (t.repeat_interleave(groups, dim=1) if groups > 1 else t for t in (call.k, call.v))
+    result = triton_attention(
+        call.q, k, v, triton_map, causal=call.causal, scale=call.input_scale, key_padding_mask=None,
+        initial_state=call.initial_state, return_state=call.return_state, eps=call.eps,
+        cu_seqlens=call.cu_seqlens,
+    )  # fmt: skip
+    if call.return_state:
+        out, state = result
+        return _own_contiguous(out.to(call.out_dtype)), state._replace(kernel=call.kernel.name)
+    return _own_contiguous(result.to(call.out_dtype))
+
+
+@torch.compiler.disable
 def _packed_causal_eagerly(call: FavorCall, *, fused: bool) -> Tensor | tuple[Tensor, FavorState]:
     """:func:`packed_causal_favor_attention` outside a compiled graph (its chunk loops would be
     unrolled per length; see :func:`_run_eagerly`)."""
@@ -573,8 +610,8 @@ def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tupl
     are those of the per-sequence calls. The loop is over sequences, never positions: every
     call still runs its path's vectorized algorithm over its positions. Its cost is one call's
     fixed overhead per sequence (``performers bench packed-ops`` measures it). It serves
-    bidirectional calls and the Triton kernels, and is the reference the loop-free causal
-    path is tested against (``tests/ops/test_packed.py``).
+    bidirectional calls (and Triton calls of more sequences than a grid axis holds), and is the
+    reference the loop-free paths are tested against (``tests/ops/test_packed.py``).
     """
     bounds = call.cu_seqlens or ()
     outs: list[Tensor] = []

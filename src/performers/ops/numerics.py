@@ -25,7 +25,9 @@ __all__ = [
     "chunk_rescale_factors",
     "guarded_divide",
     "key_offsets",
+    "packed_key_offsets",
     "safe_reciprocal",
+    "segment_cummax",
     "state_carry_factors",
     "with_ones",
 ]
@@ -95,6 +97,38 @@ def key_offsets(
         offsets = torch.maximum(offsets, start[..., None])
     last = offsets[..., -1]
     return torch.where(torch.isfinite(offsets), offsets, torch.zeros_like(offsets)), last
+
+
+def segment_cummax(x: Tensor, seq: Tensor) -> Tensor:
+    """The running maximum of ``x`` ``(..., L)`` along its last dimension, restarting wherever the
+    non-decreasing ids ``seq`` ``(L,)`` change — without a loop over segments.
+
+    Each value is replaced by its rank among all ``L`` values and lifted by ``seq · L``: every
+    lifted rank of a later segment exceeds every one of an earlier segment, so one cumulative
+    maximum of the lifted ranks restarts at each segment, and the rank maps back to the exact
+    value (ties resolve to equal values)."""
+    length = x.shape[-1]
+    ordered, order = torch.sort(x, dim=-1)
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(length, device=x.device).expand_as(order))
+    lift = (seq - seq[0]) * length
+    top = torch.cummax(rank + lift, dim=-1).values - lift
+    return ordered.gather(-1, top)
+
+
+def packed_key_offsets(
+    per_position: Tensor, seq: Tensor, floor: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """Causal key offsets of a packed row: the running maximum of ``per_position`` ``(B, H, L)``
+    (each key's largest log-feature, detached) restarting at each sequence of ``seq`` ``(L,)``,
+    at least ``floor`` ``(B, H, L)`` (the offset of the state a sequence continues, or None).
+
+    Returns ``(offsets, raw)`` as :func:`performers.ops.numerics.key_offsets` does: offsets with
+    the placeholder 0 where no key was seen yet, and the raw running maxima."""
+    raw = segment_cummax(per_position.detach(), seq)
+    if floor is not None:
+        raw = torch.maximum(raw, floor)
+    return torch.where(torch.isfinite(raw), raw, torch.zeros_like(raw)), raw
 
 
 def chunk_rescale_factors(

@@ -52,7 +52,13 @@ from performers.ops.features import (
     stabilized_exp_features,
 )
 from performers.ops.kernels import Kernel
-from performers.ops.numerics import chunk_rescale_factors, guarded_divide, with_ones
+from performers.ops.numerics import (  # (the offsets live beside key_offsets: the Triton kernels share them)
+    chunk_rescale_factors,
+    guarded_divide,
+    packed_key_offsets,
+    segment_cummax,
+    with_ones,
+)
 from performers.ops.state import DEFAULT_CHUNK_SIZE, FavorState
 
 __all__ = [
@@ -101,38 +107,6 @@ def packed_layout(bounds: tuple[int, ...], device: torch.device) -> PackedLayout
     starts = torch.tensor(bounds[:-1], dtype=torch.int64)
     lasts = torch.tensor(bounds[1:], dtype=torch.int64) - 1
     return PackedLayout(bounds, seq.to(device), starts.to(device), lasts.to(device))
-
-
-def segment_cummax(x: Tensor, seq: Tensor) -> Tensor:
-    """The running maximum of ``x`` ``(..., L)`` along its last dimension, restarting wherever the
-    non-decreasing ids ``seq`` ``(L,)`` change — without a loop over segments.
-
-    Each value is replaced by its rank among all ``L`` values and lifted by ``seq · L``: every
-    lifted rank of a later segment exceeds every one of an earlier segment, so one cumulative
-    maximum of the lifted ranks restarts at each segment, and the rank maps back to the exact
-    value (ties resolve to equal values)."""
-    length = x.shape[-1]
-    ordered, order = torch.sort(x, dim=-1)
-    rank = torch.empty_like(order)
-    rank.scatter_(-1, order, torch.arange(length, device=x.device).expand_as(order))
-    lift = (seq - seq[0]) * length
-    top = torch.cummax(rank + lift, dim=-1).values - lift
-    return ordered.gather(-1, top)
-
-
-def packed_key_offsets(
-    per_position: Tensor, seq: Tensor, floor: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """Causal key offsets of a packed row: the running maximum of ``per_position`` ``(B, H, L)``
-    (each key's largest log-feature, detached) restarting at each sequence of ``seq`` ``(L,)``,
-    at least ``floor`` ``(B, H, L)`` (the offset of the state a sequence continues, or None).
-
-    Returns ``(offsets, raw)`` as :func:`performers.ops.numerics.key_offsets` does: offsets with
-    the placeholder 0 where no key was seen yet, and the raw running maxima."""
-    raw = segment_cummax(per_position.detach(), seq)
-    if floor is not None:
-        raw = torch.maximum(raw, floor)
-    return torch.where(torch.isfinite(raw), raw, torch.zeros_like(raw)), raw
 
 
 def packed_chunk_masks(seq_chunks: Tensor, after: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -20,11 +20,18 @@ of the offset at the end of chunk ``c − 1``. Four kernels:
 Memory is ``O(L·(D + Dv) + (L/C)·M·Dv)``: no ``L×M`` tensor exists in forward or backward.
 The chunk length is the kernel's tile (``Blocks.rows``); results do not depend on it.
 
+Packed rows (``cu_seqlens``, ``IS_VARLEN``): chunks stop at each boundary (a table of their
+bounds, :class:`~performers.ops.triton.bidirectional.PackedTables`), key offsets restart per
+sequence, and the state passes run one program per (feature tile, batch·head, sequence) through
+that sequence's chunks, from and to its own state: every pass is one launch for all sequences.
+
 Second derivatives: a backward run with ``create_graph=True`` differentiates a PyTorch
 recomputation of the same chunked algorithm instead (:mod:`performers.ops.double_backward`).
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +44,12 @@ from performers.ops.numerics import (
     accumulation_dtype,
     chunk_rescale_factors,
     key_offsets,
+    packed_key_offsets,
     safe_reciprocal,
     state_carry_factors,
     with_ones,
 )
-from performers.ops.triton.bidirectional import ROW_MAX, graph_features, row_pass
+from performers.ops.triton.bidirectional import ROW_MAX, PackedTables, graph_features, row_pass
 from performers.ops.triton.launch import (
     Blocks,
     activation_code,
@@ -63,6 +71,36 @@ from performers.ops.triton.tiles import (
 )
 
 __all__ = ["triton_causal_attention"]
+
+
+@triton.jit
+def chunk_bounds(table_ptr, c, L, BC: tl.constexpr, IS_VARLEN: tl.constexpr):
+    """Chunk ``c``'s first position and the end its positions stop at: ``c·BC`` and ``L``, or
+    for a packed call (``IS_VARLEN``) row ``c`` of the host's chunk table (``(start, end of its
+    sequence, sequence)``, :class:`~performers.ops.triton.bidirectional.PackedTables`): chunks
+    never cross a boundary, so a chunk's state is its sequence's."""
+    l0 = c * BC
+    end = L
+    if IS_VARLEN:
+        l0 = tl.load(table_ptr + 3 * c)
+        end = tl.load(table_ptr + 3 * c + 1)
+    return l0, end
+
+
+@triton.jit
+def sequence_chunks(seqs_ptr, N, bh, IS_VARLEN: tl.constexpr):
+    """The chunks ``c_lo .. c_hi`` a state program runs through and the row of its initial and
+    final states: all ``N`` and ``bh``, or for a packed call sequence ``program_id(2)``'s (from
+    the host's ``(first chunk, end chunk, sequence)`` table) and row ``sequence·B·H + bh``."""
+    c_lo = 0
+    c_hi = N
+    row = bh
+    if IS_VARLEN:
+        sequence = tl.program_id(2)
+        c_lo = tl.load(seqs_ptr + 3 * sequence)
+        c_hi = tl.load(seqs_ptr + 3 * sequence + 1)
+        row = sequence.to(tl.int64) * tl.num_programs(1) + bh
+    return c_lo, c_hi, row
 
 
 @triton.jit
@@ -116,22 +154,22 @@ def _grad_logs(
 @triton.jit
 def _backward_chunk(
     q_ptr, k_ptr, v_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, gn_ptr, gd_ptr,
-    bh, heads, c, L, D, DV, N,
+    bh, heads, c, l0, end, L, D, DV, N,
     HAS_PAD: tl.constexpr, BC: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
     ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
 ):  # fmt: skip
-    """What both backward kernels read of chunk ``c``: its positions and masks, q, k, v, the
-    output's gradients (``gn``, ``gd``), the offsets and query maxima, the rescaling factors
-    to the query and to the chunk's end, and the masked ``∂scores`` block with ``within``."""
-    l0 = c * BC
-    rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
-    xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
-    xk = load_rows(k_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
-    v = load_rows(v_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
-    gn = load_rows(gn_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
-    gd = load_vector(gd_ptr + bh * L, l0, L, BC, ACC, 0.0)
-    m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
-    top = load_vector(qmax_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    """What both backward kernels read of chunk ``c`` (positions ``l0 ..`` before ``end``): its
+    positions and masks, q, k, v, the output's gradients (``gn``, ``gd``), the offsets and
+    query maxima, the rescaling factors to the query and to the chunk's end, and the masked
+    ``∂scores`` block with ``within``."""
+    rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, end, HAS_PAD, BC)
+    xq = load_rows(q_ptr + bh * L * D, l0, end, D, BC, BD, ACC)
+    xk = load_rows(k_ptr + bh * L * D, l0, end, D, BC, BD, ACC)
+    v = load_rows(v_ptr + bh * L * DV, l0, end, DV, BC, BV, ACC)
+    gn = load_rows(gn_ptr + bh * L * DV, l0, end, DV, BC, BV, ACC)
+    gd = load_vector(gd_ptr + bh * L, l0, end, BC, ACC, 0.0)
+    m = load_vector(off_ptr + bh * L, l0, end, BC, ACC, 0.0)
+    top = load_vector(qmax_ptr + bh * L, l0, end, BC, ACC, 0.0)
     to_query = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - m, 0.0))
     to_end = tl.exp(tl.minimum(m - tl.load(end_ptr + bh * N + c).to(ACC), 0.0))
     grad_scores, within = _grad_scores(gn, gd, v, m, rows, real, LOW, IN)
@@ -142,58 +180,60 @@ def _backward_chunk(
 def state_pass(
     k_ptr, v_ptr, p_ptr, end_ptr, before_ptr, pad_ptr, heads,
     init_s_ptr, init_z_ptr, states_s_ptr, states_z_ptr, final_s_ptr, final_z_ptr,
-    L, M, D, DV, N, half_norm,
+    L, M, D, DV, N, half_norm, table_ptr, seqs_ptr,
     HAS_INIT: tl.constexpr, HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
     BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr, IS_VARLEN: tl.constexpr = False,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
     bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: (B·H)·L·D may exceed 2³¹
+    c_lo, c_hi, state = sequence_chunks(seqs_ptr, N, bh, IS_VARLEN)
     cols = m0 + tl.arange(0, BM)
     p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
     if HAS_INIT:
-        s = load_rows(init_s_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
-        z = load_vector(init_z_ptr + bh * M, m0, M, BM, ACC, 0.0)
+        s = load_rows(init_s_ptr + state * M * DV, m0, M, DV, BM, BV, ACC)
+        z = load_vector(init_z_ptr + state * M, m0, M, BM, ACC, 0.0)
     else:
         s = tl.zeros((BM, BV), ACC)
         z = tl.zeros((BM,), ACC)
-    for c in range(0, N):
+    for c in range(c_lo, c_hi):
         store_rows(states_s_ptr + (bh * N + c) * M * DV, s, m0, M, DV, BM, BV)
         store_vector(states_z_ptr + (bh * N + c) * M, z, m0, M, BM)
         end = tl.load(end_ptr + bh * N + c).to(ACC)
         decay = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - end, 0.0))
-        _, _, real = _chunk_rows(pad_ptr, bh, heads, c * BC, L, HAS_PAD, BC)
-        x = load_rows(k_ptr + bh * L * D, c * BC, L, D, BC, BD, ACC)
+        l0, stop = chunk_bounds(table_ptr, c, L, BC, IS_VARLEN)
+        _, _, real = _chunk_rows(pad_ptr, bh, heads, l0, stop, HAS_PAD, BC)
+        x = load_rows(k_ptr + bh * L * D, l0, stop, D, BC, BD, ACC)
         # Keys in units of the chunk's last offset (≥ their own): exp(log − m_end) ≤ 1.
         keep = real[:, None] & (cols[None, :] < M)
         f, _ = _features(
             x, p, half_norm * tl.sum(x * x, 1), tl.zeros((BC,), ACC) + end, keep, ACT, FEPS, LOW, IN
         )
-        v = load_rows(v_ptr + bh * L * DV, c * BC, L, DV, BC, BV, ACC)
+        v = load_rows(v_ptr + bh * L * DV, l0, stop, DV, BC, BV, ACC)
         s = s * decay + mm(tl.trans(f), v, LOW, IN)
         z = z * decay + tl.sum(f, 0)
-    store_rows(final_s_ptr + bh * M * DV, s, m0, M, DV, BM, BV)
-    store_vector(final_z_ptr + bh * M, z, m0, M, BM)
+    store_rows(final_s_ptr + state * M * DV, s, m0, M, DV, BM, BV)
+    store_vector(final_z_ptr + state * M, z, m0, M, BM)
 
 
 @triton.jit
 def output_pass(
     q_ptr, k_ptr, v_ptr, p_ptr, off_ptr, before_ptr, pad_ptr, heads,
     states_s_ptr, states_z_ptr, out_ptr, inv_ptr, qmax_ptr,
-    L, M, D, DV, N, half_norm, eps,
+    L, M, D, DV, N, half_norm, eps, table_ptr,
     HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
     BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr, IS_VARLEN: tl.constexpr = False,
 ):  # fmt: skip
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    l0 = c * BC
-    rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, L, HAS_PAD, BC)
-    xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
-    xk = load_rows(k_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
+    l0, end = chunk_bounds(table_ptr, c, L, BC, IS_VARLEN)
+    rows, exists, real = _chunk_rows(pad_ptr, bh, heads, l0, end, HAS_PAD, BC)
+    xq = load_rows(q_ptr + bh * L * D, l0, end, D, BC, BD, ACC)
+    xk = load_rows(k_ptr + bh * L * D, l0, end, D, BC, BD, ACC)
     norm_k = half_norm * tl.sum(xk * xk, 1)
     zero = tl.zeros((BC,), ACC)
-    m = load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0)
+    m = load_vector(off_ptr + bh * L, l0, end, BC, ACC, 0.0)
     # A query's stabilizer, its row maximum, is found while the features stream (flash-attention
     # style): the partial sums are rescaled whenever it grows, so each feature tile is computed
     # once. Generalized kernels are not stabilized (offset 0).
@@ -221,72 +261,73 @@ def output_pass(
     causal = (rows[None, :] <= rows[:, None]) & real[None, :]
     scores = scores * tl.where(causal, tl.exp(tl.minimum(m[None, :] - m[:, None], 0.0)), 0.0)
     to_query = tl.exp(tl.minimum(tl.load(before_ptr + bh * N + c).to(ACC) - m, 0.0))
-    v = load_rows(v_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC)
+    v = load_rows(v_ptr + bh * L * DV, l0, end, DV, BC, BV, ACC)
     num = mm(scores, v, LOW, IN) + to_query[:, None] * inter_num
     den = tl.sum(scores, 1) + to_query * inter_den
     inverse = tl.where(tl.abs(den) < eps, 0.0, 1.0 / tl.where(tl.abs(den) < eps, 1.0, den))
-    store_rows(out_ptr + bh * L * DV, num * inverse[:, None], l0, L, DV, BC, BV)
-    store_vector(inv_ptr + bh * L, inverse, l0, L, BC)
-    store_vector(qmax_ptr + bh * L, offset, l0, L, BC)
+    store_rows(out_ptr + bh * L * DV, num * inverse[:, None], l0, end, DV, BC, BV)
+    store_vector(inv_ptr + bh * L, inverse, l0, end, BC)
+    store_vector(qmax_ptr + bh * L, offset, l0, end, BC)
 
 
 @triton.jit
 def adjoint_pass(
     q_ptr, p_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, gn_ptr, gd_ptr,
     final_gs_ptr, final_gz_ptr, adj_s_ptr, adj_z_ptr, init_gs_ptr, init_gz_ptr,
-    L, M, D, DV, N,
+    L, M, D, DV, N, table_ptr, seqs_ptr,
     HAS_FINAL_GRAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
     BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr, IS_VARLEN: tl.constexpr = False,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
     bh = tl.program_id(1).to(tl.int64)
+    c_lo, c_hi, state = sequence_chunks(seqs_ptr, N, bh, IS_VARLEN)
     cols = m0 + tl.arange(0, BM)
     p = load_rows(p_ptr, m0, M, D, BM, BD, ACC)
     # g: ∂loss/∂(state after the chunk being visited), starting from the final state's gradient.
     if HAS_FINAL_GRAD:
-        g = load_rows(final_gs_ptr + bh * M * DV, m0, M, DV, BM, BV, ACC)
-        gz = load_vector(final_gz_ptr + bh * M, m0, M, BM, ACC, 0.0)
+        g = load_rows(final_gs_ptr + state * M * DV, m0, M, DV, BM, BV, ACC)
+        gz = load_vector(final_gz_ptr + state * M, m0, M, BM, ACC, 0.0)
     else:
         g = tl.zeros((BM, BV), ACC)
         gz = tl.zeros((BM,), ACC)
     zero = tl.zeros((BC,), ACC)
-    for i in range(0, N):
-        c = N - 1 - i
+    for i in range(0, c_hi - c_lo):
+        c = c_hi - 1 - i
         store_rows(adj_s_ptr + (bh * N + c) * M * DV, g, m0, M, DV, BM, BV)
         store_vector(adj_z_ptr + (bh * N + c) * M, gz, m0, M, BM)
         before = tl.load(before_ptr + bh * N + c).to(ACC)
         decay = tl.exp(tl.minimum(before - tl.load(end_ptr + bh * N + c).to(ACC), 0.0))
-        l0 = c * BC
+        l0, end = chunk_bounds(table_ptr, c, L, BC, IS_VARLEN)
         rows = l0 + tl.arange(0, BC)
-        exists = rows < L
-        xq = load_rows(q_ptr + bh * L * D, l0, L, D, BC, BD, ACC)
-        top = load_vector(qmax_ptr + bh * L, l0, L, BC, ACC, 0.0)
+        exists = rows < end
+        xq = load_rows(q_ptr + bh * L * D, l0, end, D, BC, BD, ACC)
+        top = load_vector(qmax_ptr + bh * L, l0, end, BC, ACC, 0.0)
         fq, _ = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
-        to_query = tl.exp(tl.minimum(before - load_vector(off_ptr + bh * L, l0, L, BC, ACC, 0.0), 0.0))
-        gn = load_rows(gn_ptr + bh * L * DV, l0, L, DV, BC, BV, ACC) * to_query[:, None]
-        gd = load_vector(gd_ptr + bh * L, l0, L, BC, ACC, 0.0) * to_query
+        to_query = tl.exp(tl.minimum(before - load_vector(off_ptr + bh * L, l0, end, BC, ACC, 0.0), 0.0))
+        gn = load_rows(gn_ptr + bh * L * DV, l0, end, DV, BC, BV, ACC) * to_query[:, None]
+        gd = load_vector(gd_ptr + bh * L, l0, end, BC, ACC, 0.0) * to_query
         g = g * decay + mm(tl.trans(fq), gn, LOW, IN)
         gz = gz * decay + tl.sum(fq * gd[:, None], 0)
-    store_rows(init_gs_ptr + bh * M * DV, g, m0, M, DV, BM, BV)
-    store_vector(init_gz_ptr + bh * M, gz, m0, M, BM)
+    store_rows(init_gs_ptr + state * M * DV, g, m0, M, DV, BM, BV)
+    store_vector(init_gz_ptr + state * M, gz, m0, M, BM)
 
 
 @triton.jit
 def input_grad_pass(
     q_ptr, k_ptr, v_ptr, p_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, heads,
     states_s_ptr, states_z_ptr, adj_s_ptr, adj_z_ptr, gn_ptr, gd_ptr, gq_ptr, gk_ptr, gv_ptr,
-    L, M, D, DV, N, half_norm,
+    L, M, D, DV, N, half_norm, table_ptr,
     HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
     BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr, IS_VARLEN: tl.constexpr = False,
 ):  # fmt: skip
     c = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
-    l0 = c * BC
+    l0, end = chunk_bounds(table_ptr, c, L, BC, IS_VARLEN)
     _rows, exists, real, xq, xk, v, gn, gd, m, top, to_query, to_end, grad_scores, within = _backward_chunk(
         q_ptr, k_ptr, v_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, gn_ptr, gd_ptr,
-        bh, heads, c, L, D, DV, N, HAS_PAD, BC, BD, BV, ACC, LOW, IN,
+        bh, heads, c, l0, end, L, D, DV, N, HAS_PAD, BC, BD, BV, ACC, LOW, IN,
     )  # fmt: skip
     norm_k = half_norm * tl.sum(xk * xk, 1)
     zero = tl.zeros((BC,), ACC)
@@ -318,19 +359,19 @@ def input_grad_pass(
         row_sum_k += tl.sum(grad_log_k, 1)
         grad_v += to_end[:, None] * mm(fk, g, LOW, IN)
     grad_k -= (2.0 * half_norm) * row_sum_k[:, None] * xk
-    store_rows(gq_ptr + bh * L * D, grad_q, l0, L, D, BC, BD)
-    store_rows(gk_ptr + bh * L * D, grad_k, l0, L, D, BC, BD)
-    store_rows(gv_ptr + bh * L * DV, grad_v, l0, L, DV, BC, BV)
+    store_rows(gq_ptr + bh * L * D, grad_q, l0, end, D, BC, BD)
+    store_rows(gk_ptr + bh * L * D, grad_k, l0, end, D, BC, BD)
+    store_rows(gv_ptr + bh * L * DV, grad_v, l0, end, DV, BC, BV)
 
 
 @triton.jit
 def param_grad_pass(
     q_ptr, k_ptr, v_ptr, p_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, heads,
     states_s_ptr, states_z_ptr, adj_s_ptr, adj_z_ptr, gn_ptr, gd_ptr, gp_ptr,
-    L, M, D, DV, N, half_norm, span_chunks,
+    L, M, D, DV, N, half_norm, span_chunks, table_ptr,
     HAS_PAD: tl.constexpr, ACT: tl.constexpr, FEPS: tl.constexpr,
     BC: tl.constexpr, BM: tl.constexpr, BD: tl.constexpr, BV: tl.constexpr,
-    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr,
+    ACC: tl.constexpr, LOW: tl.constexpr, IN: tl.constexpr, IS_VARLEN: tl.constexpr = False,
 ):  # fmt: skip
     m0 = tl.program_id(0) * BM
     bh = tl.program_id(1).to(tl.int64)
@@ -342,9 +383,10 @@ def param_grad_pass(
     zero = tl.zeros((BC,), ACC)
     grad_p = tl.zeros((BM, BD), ACC)
     for c in range(split * span_chunks, tl.minimum(split * span_chunks + span_chunks, N)):
+        l0, end = chunk_bounds(table_ptr, c, L, BC, IS_VARLEN)
         chunk = _backward_chunk(
             q_ptr, k_ptr, v_ptr, qmax_ptr, off_ptr, end_ptr, before_ptr, pad_ptr, gn_ptr, gd_ptr,
-            bh, heads, c, L, D, DV, N, HAS_PAD, BC, BD, BV, ACC, LOW, IN,
+            bh, heads, c, l0, end, L, D, DV, N, HAS_PAD, BC, BD, BV, ACC, LOW, IN,
         )  # fmt: skip
         _rows, exists, real, xq, xk, v, gn, gd, m, top, to_query, to_end, grad_scores, _within = chunk
         fq, slope_q = _features(xq, p, zero, top, exists[:, None] & (cols[None, :] < M), ACT, FEPS, LOW, IN)
@@ -363,7 +405,9 @@ def param_grad_pass(
 
 class _TritonCausal(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, rows, init_s, init_z, init_offset, half_norm, pad, eps, blocks, act, feps):
+    def forward(
+        ctx, q, k, v, rows, init_s, init_z, init_offset, half_norm, pad, eps, blocks, act, feps, bounds
+    ):
         batch, heads, length, d = q.shape
         dv, m = v.shape[-1], rows.shape[0]
         bh = batch * heads
@@ -376,51 +420,66 @@ class _TritonCausal(torch.autograd.Function):
             BV=pow2(dv),
             ACT=act,
             FEPS=feps,
+            IS_VARLEN=bounds is not None,
             **compute_types(q.dtype),
         )
         chunk = meta["BC"]
         row_meta = {**{key: value for key, value in meta.items() if key != "BC"}, "BL": chunk}
-        n = triton.cdiv(length, chunk)
+        # Packed: chunks that stop at each boundary (a table the kernels read), one state per
+        # (sequence, batch·head) in and out.
+        packed = None if bounds is None else PackedTables(bounds, chunk, blocks.span, q.device)
+        n = triton.cdiv(length, chunk) if packed is None else packed.rows.shape[0]
+        sequences = 1 if packed is None else packed.sequences
+        fallback = q.new_empty(0)  # (table arguments of unpacked launches, never read)
+        table = fallback if packed is None else packed.rows
+        seqs = fallback if packed is None else packed.sequence_rows
         qf, kf, vf, rows_c = flat(q), flat(k), flat(v), rows.contiguous()
         pad_arg = pad if pad is not None else qf
         has_pad = pad is not None
-        start = None if init_offset is None else init_offset.reshape(bh).to(acc_dtype)
+        start = None if init_offset is None else init_offset.reshape(-1).to(acc_dtype)
         if act == EXP.value:
             key_max = torch.empty(bh, length, **acc)
-            row_pass[(triton.cdiv(length, chunk), bh)](
+            row_pass[(n, bh)](
                 kf, rows_c, key_max, 0, 0, kf, pad_arg, heads, kf, kf, kf, kf, kf, kf, kf,
-                length, m, d, dv, half_norm, 0.0,
+                length, m, d, dv, half_norm, 0.0, table,
                 MODE=ROW_MAX.value, HAS_PAD=has_pad, HAS_COL=False, **row_meta,
             )  # fmt: skip
-            offsets, _ = key_offsets(key_max[..., None], causal=True, start=start)
+            if packed is None:
+                offsets, _ = key_offsets(key_max[..., None], causal=True, start=start)
+            else:
+                offsets, _ = _packed_offsets(key_max, packed, start)
             offsets = offsets.contiguous()
         else:
             # Generalized kernels are not stabilized: every offset is 0 (the wrapper brings an
             # initial state to those units).
             offsets = torch.zeros(bh, length, **acc)
-        ends = offsets[:, torch.clamp(torch.arange(1, n + 1, device=q.device) * chunk, max=length) - 1]
-        first = offsets[:, 0] if start is None else start
-        befores = torch.cat([first[:, None], ends[:, :-1]], dim=1).contiguous()
+        if packed is None:
+            ends = offsets[:, torch.clamp(torch.arange(1, n + 1, device=q.device) * chunk, max=length) - 1]
+            first = offsets[:, 0] if start is None else start
+            befores = torch.cat([first[:, None], ends[:, :-1]], dim=1).contiguous()
+        else:
+            ends, befores = _packed_chunk_offsets(offsets, packed, start)
         ends = ends.contiguous()
         states_s = torch.empty(bh, n, m, dv, **acc)
         states_z = torch.empty(bh, n, m, **acc)
-        final_s = torch.empty(bh, m, dv, **acc)
-        final_z = torch.empty(bh, m, **acc)
+        final_s = torch.empty(sequences * bh, m, dv, **acc)
+        final_z = torch.empty(sequences * bh, m, **acc)
         has_init = init_s is not None
-        init_s_arg = init_s.reshape(bh, m, dv).to(acc_dtype).contiguous() if has_init else final_s
-        init_z_arg = init_z.reshape(bh, m).to(acc_dtype).contiguous() if has_init else final_z
+        init_s_arg = init_s.reshape(-1, m, dv).to(acc_dtype).contiguous() if has_init else final_s
+        init_z_arg = init_z.reshape(-1, m).to(acc_dtype).contiguous() if has_init else final_z
         features_grid = (triton.cdiv(m, meta["BM"]), bh)
-        state_pass[features_grid](
+        state_grid = features_grid if packed is None else (*features_grid, sequences)
+        state_pass[state_grid](
             kf, vf, rows_c, ends, befores, pad_arg, heads, init_s_arg, init_z_arg,
             states_s, states_z, final_s, final_z,
-            length, m, d, dv, n, half_norm, HAS_INIT=has_init, HAS_PAD=has_pad, **meta,
+            length, m, d, dv, n, half_norm, table, seqs, HAS_INIT=has_init, HAS_PAD=has_pad, **meta,
         )  # fmt: skip
         out = torch.empty(bh, length, dv, **acc)
         inverse = torch.empty(bh, length, **acc)
         query_max = torch.empty(bh, length, **acc)
         output_pass[(n, bh)](
             qf, kf, vf, rows_c, offsets, befores, pad_arg, heads, states_s, states_z, out, inverse, query_max,
-            length, m, d, dv, n, half_norm, eps, HAS_PAD=has_pad, **meta,
+            length, m, d, dv, n, half_norm, eps, table, HAS_PAD=has_pad, **meta,
         )  # fmt: skip
         # The inputs as given (their flat copies above are made without a graph): a
         # differentiable recomputation needs them connected.
@@ -429,21 +488,25 @@ class _TritonCausal(torch.autograd.Function):
             inverse, query_max, pad,
         )  # fmt: skip
         ctx.blocks, ctx.eps, ctx.act, ctx.feps = blocks, eps, act, feps
+        ctx.bounds, ctx.table, ctx.seqs, ctx.sequences = bounds, table, seqs, sequences
         ctx.shape, ctx.meta, ctx.half_norm, ctx.has_init = (
             (batch, heads, length, d, dv, m, n),
             meta,
             half_norm,
             has_init,
         )
-        # The final state is in units of the last position's (finite) offset.
-        final_offset = offsets[:, -1].clone()
+        # The final state is in units of the last position's (finite) offset (of each sequence).
+        if packed is None:
+            final_offset = offsets[:, -1].clone()
+        else:
+            final_offset = offsets[:, packed.lasts].t().contiguous()
         ctx.mark_non_differentiable(final_offset)
-        shape = (batch, heads)
+        states = (-1, heads)  # (B, H), or (N, H) packed (B = 1)
         return (
-            out.reshape(*shape, length, dv),
-            final_s.reshape(*shape, m, dv),
-            final_z.reshape(*shape, m),
-            final_offset.reshape(shape),
+            out.reshape(batch, heads, length, dv),
+            final_s.reshape(*states, m, dv),
+            final_z.reshape(*states, m),
+            final_offset.reshape(states),
         )
 
     @staticmethod
@@ -457,36 +520,41 @@ class _TritonCausal(torch.autograd.Function):
             def recompute(q, k, v, rows, init_s, init_z) -> tuple[Tensor, Tensor, Tensor]:
                 return _causal_graph(
                     q, k, v, rows, init_s, init_z, init_offset, offsets, pad, half_norm, ctx.act, ctx.feps,
-                    ctx.eps, meta["BC"],
+                    ctx.eps, meta["BC"], ctx.bounds,
                 )  # fmt: skip
 
             inputs = (q, k, v, rows, init_s, init_z)
             grads = graph_backward(
                 inputs, ctx.needs_input_grad[:6], recompute, (grad_out, grad_final_s, grad_final_z)
             )
-            return (*grads, *(None,) * 7)
+            return (*grads, *(None,) * 8)
         qf, kf, vf, rows = flat(q), flat(k), flat(v), rows.contiguous()
         bh = batch * heads
+        table, seqs, states = ctx.table, ctx.seqs, ctx.sequences * bh
         acc = dict(device=qf.device, dtype=out.dtype)
         grad_num = (flat(grad_out).to(out.dtype) * inverse[..., None]).contiguous()
         grad_den = -(grad_num * out).sum(-1).contiguous()
         has_final = grad_final_s is not None or grad_final_z is not None
         final_gs = (
-            torch.zeros(bh, m, dv, **acc)
+            torch.zeros(states, m, dv, **acc)
             if grad_final_s is None
-            else grad_final_s.reshape(bh, m, dv).to(out.dtype)
+            else grad_final_s.reshape(states, m, dv).to(out.dtype)
         ).contiguous()
         final_gz = (
-            torch.zeros(bh, m, **acc) if grad_final_z is None else grad_final_z.reshape(bh, m).to(out.dtype)
+            torch.zeros(states, m, **acc)
+            if grad_final_z is None
+            else grad_final_z.reshape(states, m).to(out.dtype)
         ).contiguous()
         adj_s = torch.empty_like(states_s)
         adj_z = torch.empty_like(states_z)
-        init_gs = torch.empty(bh, m, dv, **acc)
-        init_gz = torch.empty(bh, m, **acc)
+        init_gs = torch.empty(states, m, dv, **acc)
+        init_gz = torch.empty(states, m, **acc)
         features_grid = (triton.cdiv(m, meta["BM"]), bh)
-        adjoint_pass[features_grid](
+        state_grid = features_grid if ctx.bounds is None else (*features_grid, ctx.sequences)
+        adjoint_pass[state_grid](
             qf, rows, query_max, offsets, ends, befores, grad_num, grad_den, final_gs, final_gz,
-            adj_s, adj_z, init_gs, init_gz, length, m, d, dv, n, HAS_FINAL_GRAD=has_final, **meta,
+            adj_s, adj_z, init_gs, init_gz, length, m, d, dv, n, table, seqs,
+            HAS_FINAL_GRAD=has_final, **meta,
         )  # fmt: skip
         pad_arg = pad if pad is not None else qf
         grad_q = torch.empty(bh, length, d, **acc)
@@ -510,14 +578,15 @@ class _TritonCausal(torch.autograd.Function):
         )
         input_grad_pass[(n, bh)](
             *common, grad_num, grad_den, grad_q, grad_k, grad_v,
-            length, m, d, dv, n, half_norm, HAS_PAD=pad is not None, **meta,
+            length, m, d, dv, n, half_norm, table, HAS_PAD=pad is not None, **meta,
         )  # fmt: skip
         blocks = ctx.blocks
-        splits = blocks.splits(length)
+        span_chunks = blocks.span // blocks.rows
+        splits = triton.cdiv(n, span_chunks)  # (unpacked: blocks.splits(length))
         grad_p = torch.empty(splits, bh, m, d, **acc)
         param_grad_pass[(*features_grid, splits)](
             *common, grad_num, grad_den, grad_p,
-            length, m, d, dv, n, half_norm, blocks.span // blocks.rows, HAS_PAD=pad is not None, **meta,
+            length, m, d, dv, n, half_norm, span_chunks, table, HAS_PAD=pad is not None, **meta,
         )  # fmt: skip
         shape = (batch, heads)
         return (
@@ -525,27 +594,65 @@ class _TritonCausal(torch.autograd.Function):
             grad_k.reshape(*shape, length, d),
             grad_v.reshape(*shape, length, dv),
             grad_p.sum((0, 1)),
-            init_gs.reshape(*shape, m, dv) if ctx.has_init else None,
-            init_gz.reshape(*shape, m) if ctx.has_init else None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
+            init_gs.reshape(-1, heads, m, dv) if ctx.has_init else None,
+            init_gz.reshape(-1, heads, m) if ctx.has_init else None,
+            *(None,) * 8,
         )
+
+
+def _packed_offsets(key_max: Tensor, packed: PackedTables, start: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Causal key offsets ``(B·H, T)`` of a packed row from its keys' row maxima: running maxima
+    that restart at each sequence, at least the offset ``start`` (``(N·B·H,)``) of the state a
+    sequence continues (as :func:`~performers.ops.numerics.key_offsets` per sequence)."""
+    seq = packed.position_sequence
+    floor = None if start is None else start.reshape(packed.sequences, -1).t()[:, seq]
+    return packed_key_offsets(key_max, seq, floor)
+
+
+def _packed_chunk_offsets(
+    offsets: Tensor, packed: PackedTables, start: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Each chunk's offsets ``(B·H, chunks)``: at its last position (``ends``) and of the state
+    entering it (``befores``): the previous chunk's end inside a sequence, and at a sequence's
+    first chunk the offset of its initial state, else of its first key."""
+    ends = offsets[:, packed.chunk_last]
+    if start is None:
+        entering = offsets[:, packed.rows[:, 0].long()]
+    else:
+        entering = start.reshape(packed.sequences, -1).t()[:, packed.rows[:, 2].long()]
+    previous = torch.cat([ends[:, :1], ends[:, :-1]], dim=1)
+    befores = torch.where(packed.chunk_first, entering.to(ends.dtype), previous)
+    return ends, befores.contiguous()
 
 
 def _causal_graph(
     q: Tensor, k: Tensor, v: Tensor, rows: Tensor, init_s: Tensor | None, init_z: Tensor | None,
     init_offset: Tensor | None, offsets: Tensor, pad: Tensor | None, half_norm: float, act: int,
-    feature_eps: float, eps: float, chunk: int,
+    feature_eps: float, eps: float, chunk: int, bounds: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """:class:`_TritonCausal`'s ``(out, kv, normalizer)`` in differentiable PyTorch operations:
     the kernels' features in the forward's (detached) offsets ``(B·H, L)`` (all 0 for the
     generalized kernels), then the chunked algorithm of the kernels with every chunk state
-    from one product (:func:`~performers.ops.numerics.state_carry_factors`)."""
+    from one product (:func:`~performers.ops.numerics.state_carry_factors`); a packed call
+    (``bounds``) as one recomputation per sequence, its states stacked along the batch."""
+    if bounds is not None:
+        sizes = [end - start for start, end in itertools.pairwise(bounds)]
+        results = []
+        for i, (qi, ki, vi, off) in enumerate(
+            zip(*(t.split(sizes, dim=2) for t in (q, k, v)), offsets.split(sizes, dim=1), strict=True)
+        ):
+            inits = (
+                (None,) * 3
+                if init_s is None
+                else (init_s[i : i + 1], init_z[i : i + 1], init_offset[i : i + 1])
+            )
+            results.append(
+                _causal_graph(
+                    qi, ki, vi, rows, *inits, off.contiguous(), pad, half_norm, act, feature_eps, eps, chunk
+                )
+            )
+        out, kv, normalizer = zip(*results, strict=True)
+        return torch.cat(out, dim=2), torch.cat(kv, dim=0), torch.cat(normalizer, dim=0)
     acc = accumulation_dtype(q.dtype)
     q, k, v, rows = (t.to(acc) for t in (q, k, v, rows))
     b, h, length = q.shape[:3]
@@ -601,6 +708,7 @@ def triton_causal_attention(
     initial_normalizer: Tensor | None = None,
     initial_offset: Tensor | None = None,
     blocks: Blocks | None = None,
+    cu_seqlens: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Causal FAVOR attention (Triton, chunked) with features ``exp(P(√s·x) − a·s‖x‖²/2 − c)``
     (``activation="exp"``) or ``f(P(√s·x)) + feature_eps`` (``"relu"``, ``"elu"``, ``"abs"``,
@@ -617,6 +725,10 @@ def triton_causal_attention(
             initial_offset ``(B, H)``: the state of a preceding prefix in the units of
             ``P x̃ − a‖x̃‖²/2`` (without the map's constant ``c``), or None.
         blocks: tile sizes; ``blocks.rows`` is the chunk length.
+        cu_seqlens: a packed batch's boundaries ``(0, …, L)`` as ints (checked by the caller):
+            ``q``, ``k``, ``v`` are ``(1, H, L, ·)`` holding N sequences back to back, each
+            causal within itself from its own state (initial and final states ``(N, H, ·)``,
+            offsets ``(N, H)``), every pass one launch for all sequences. No padding then.
 
     Returns:
         ``(out (B, H, L, Dv), kv (B, H, M', Dv), normalizer (B, H, M'), log_offset (B, H))``:
@@ -643,7 +755,8 @@ def triton_causal_attention(
         offset = torch.zeros_like(factor)
     half_norm = 0.5 * norm * scale * scale if act == EXP.value else 0.0
     blocks = blocks or Blocks.for_dims(q.shape[-1], v.shape[-1], q.dtype)
+    bounds = None if cu_seqlens is None else tuple(int(b) for b in cu_seqlens)
     return _TritonCausal.apply(
         q, k, v, scaled_rows, initial_kv, initial_normalizer, offset, half_norm, pad, eps, blocks, act,
-        float(feature_eps),
+        float(feature_eps), bounds,
     )  # fmt: skip

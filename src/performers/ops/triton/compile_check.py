@@ -32,15 +32,31 @@ def _variants():
     b = bidirectional
     for mode in (b.READOUT, b.QUERY_GRAD, b.KEY_GRAD, b.ROW_MAX):
         options = {"MODE": mode.value, "HAS_PAD": True, "HAS_COL": mode.value != b.ROW_MAX.value, "BL": 64}
-        yield b.row_pass, options
+        yield b.row_pass, {**options, "IS_VARLEN": False}
     for mode in (b.SUMMARY, b.QUERY_PARAMS, b.KEY_PARAMS):
         options = {"MODE": mode.value, "HAS_PAD": True, "HAS_COL": mode.value != b.SUMMARY.value, "BL": 64}
-        yield b.feature_pass, options
-    yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": True, "BC": 64}
-    yield causal.output_pass, {"HAS_PAD": True, "BC": 64}
-    yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64}
-    yield causal.input_grad_pass, {"HAS_PAD": True, "BC": 64}
-    yield causal.param_grad_pass, {"HAS_PAD": True, "BC": 64}
+        yield b.feature_pass, {**options, "IS_VARLEN": False}
+    # The packed (varlen) forms: programs read their bounds and summary row from a table. One
+    # mode of each pass that reads every per-sequence operand (offsets, S, z; bounds, segments).
+    yield (
+        b.row_pass,
+        {"MODE": b.QUERY_GRAD.value, "HAS_PAD": False, "HAS_COL": True, "BL": 64, "IS_VARLEN": True},
+    )
+    yield (
+        b.feature_pass,
+        {"MODE": b.KEY_PARAMS.value, "HAS_PAD": False, "HAS_COL": True, "BL": 64, "IS_VARLEN": True},
+    )
+    unpacked = {"IS_VARLEN": False}
+    yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": True, "BC": 64, **unpacked}
+    yield causal.output_pass, {"HAS_PAD": True, "BC": 64, **unpacked}
+    yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64, **unpacked}
+    yield causal.input_grad_pass, {"HAS_PAD": True, "BC": 64, **unpacked}
+    yield causal.param_grad_pass, {"HAS_PAD": True, "BC": 64, **unpacked}
+    # Packed: the state passes run through a sequence's chunks from a table (forward and in
+    # reverse), the chunk passes read their bounds (output_pass and param_grad_pass as these).
+    yield causal.state_pass, {"HAS_INIT": True, "HAS_PAD": False, "BC": 64, "IS_VARLEN": True}
+    yield causal.adjoint_pass, {"HAS_FINAL_GRAD": True, "BC": 64, "IS_VARLEN": True}
+    yield causal.input_grad_pass, {"HAS_PAD": False, "BC": 64, "IS_VARLEN": True}
     yield decode.step_kernel, {}
 
 
@@ -91,6 +107,8 @@ def compile_all(
                 signature[name] = "fp32"
             elif name == "pad_ptr":
                 signature[name] = "*i8"
+            elif name in ("table_ptr", "seqs_ptr"):
+                signature[name] = "*i32"
             else:
                 signature[name] = pointer if name in _INPUTS else buffer
         start = time.perf_counter()

@@ -4,6 +4,7 @@ units. The kernel modules (and ``triton``) are imported only when a kernel runs.
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "SHARED_KIB",
     "TritonMap",
     "float64_reason",
+    "packed_reason",
     "shared_memory_reason",
     "triton_attention",
     "triton_map",
@@ -86,6 +88,22 @@ def float64_reason(installed: tuple[int, int] | None) -> str | None:
 MAX_BATCH_HEADS = 65535
 
 
+def packed_reason(bounds: tuple[int, ...], q: Tensor, v: Tensor, *, causal: bool) -> str | None:
+    """Why a packed call (``cu_seqlens`` boundaries ``bounds``) cannot run as one launch per
+    pass (None: it can; else it runs one call per sequence): the grids hold the sequences
+    (causal state passes) or their segments (bidirectional reductions) along an axis of at most
+    :data:`MAX_BATCH_HEADS` programs."""
+    from performers.ops.triton.launch import Blocks
+
+    dtype = torch.promote_types(q.dtype, v.dtype)
+    blocks = Blocks.for_dims(q.shape[-1], v.shape[-1], dtype)
+    longest = max(end - start for start, end in itertools.pairwise(bounds))
+    segments = (len(bounds) - 1) * (1 if causal else blocks.splits(longest))
+    if segments > MAX_BATCH_HEADS:
+        return f"{segments:,} sequence segments exceed the {MAX_BATCH_HEADS:,} programs of a CUDA grid axis"
+    return None
+
+
 def triton_map(
     kernel: Kernel, projection: Tensor | None, q: Tensor, v: Tensor, *, step: bool = False
 ) -> TritonMap | str:
@@ -137,9 +155,11 @@ def triton_attention(
     initial_state: FavorState | None,
     return_state: bool,
     eps: float | None,
+    cu_seqlens: tuple[int, ...] | None = None,
 ) -> Tensor | tuple[Tensor, FavorState]:
     """Bidirectional or causal attention on the Triton kernels; the output in float32 (float64
-    for float64 inputs), states in :class:`FavorState` units."""
+    for float64 inputs), states in :class:`FavorState` units. ``cu_seqlens``: a packed call's
+    boundaries (every pass one launch for all its sequences; states ``(N, H, ·)``)."""
     from performers.ops.triton.bidirectional import triton_bidirectional_attention
     from performers.ops.triton.causal import triton_causal_attention
 
@@ -151,7 +171,7 @@ def triton_attention(
     )  # fmt: skip
     with torch.autocast(device_type=q.device.type, enabled=False):
         if not causal:
-            return triton_bidirectional_attention(q, k, v, fm.rows, **options)
+            return triton_bidirectional_attention(q, k, v, fm.rows, cu_seqlens=cu_seqlens, **options)
         if initial_state is not None:
             # FavorState offsets include the map's constant c; the kernels' units do not.
             options.update(
@@ -159,7 +179,9 @@ def triton_attention(
                 initial_normalizer=initial_state.normalizer,
                 initial_offset=initial_state.log_offset + fm.log_const,
             )
-        out, kv, normalizer, offset = triton_causal_attention(q, k, v, fm.rows, **options)
+        out, kv, normalizer, offset = triton_causal_attention(
+            q, k, v, fm.rows, cu_seqlens=cu_seqlens, **options
+        )
     return (out, FavorState(kv, normalizer, offset - fm.log_const)) if return_state else out
 
 
