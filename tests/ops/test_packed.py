@@ -253,7 +253,8 @@ def test_packed_layout_errors() -> None:
 
 
 def test_triton_packed_under_the_interpreter() -> None:
-    """Triton serves packed calls (one launch per pass for all sequences), exponential and generalized maps."""
+    """Triton serves packed calls (one launch per pass for all sequences), exponential and
+    generalized maps."""
     pytest.importorskip("triton")
     lengths = [1, 6, 3]
     q, k, v, w = _inputs(lengths, seed=10)
