@@ -51,7 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from performers.ops.bidirectional.favor import bidirectional_favor_attention
+from performers.ops.bidirectional.favor import (
+    bidirectional_favor_attention,
+    packed_bidirectional_favor_attention,
+)
 from performers.ops.bidirectional.generic import bidirectional_linear_attention
 from performers.ops.call import (
     FavorCall,
@@ -528,14 +531,19 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
         and triton_map_for(call.backend, call.kernel, call.projection, call.q, call.v) is not None
     ):
         return _run_packed_loop(call, path=path)  # the Triton kernels take one sequence at a time
+    fused = unavailable is None if path is None else path == "fused"
+    if not call.causal and fused:
+        # The whole row in two fused Functions (one summary per sequence, no per-sequence nodes).
+        if torch.compiler.is_compiling():
+            return _packed_bidirectional_eagerly(call)
+        return packed_bidirectional_favor_attention(call)
     if not call.causal:
-        # One call per sequence (the fused bidirectional Function each): measured faster on CPU
-        # than a loop-free form summing per-sequence key summaries from materialized features
-        # (1.19 s vs 0.27 s forward, 2.03 s vs 0.86 s forward+backward at N = 64).
+        # Generic kernels: one call per sequence. A loop-free form summing per-sequence key
+        # summaries from materialized features measured slower on CPU (1.19 s vs 0.27 s
+        # forward, 2.03 s vs 0.86 s forward+backward at N = 64).
         return _run_packed_loop(call, path=path)
     if not serves_kernel(call.kernel):
         return _run_packed_loop(call, path=path)  # parameters that may read a whole sequence
-    fused = unavailable is None if path is None else path == "fused"
     # Which keys carry a value, per query head, for the underflow report (before the repeat).
     groups = kv_groups(call.q, call.k)
     valued = (call.v != 0).any(dim=-1, keepdim=True).repeat_interleave(groups, dim=1)
@@ -562,6 +570,13 @@ def _packed_causal_eagerly(call: FavorCall, *, fused: bool) -> Tensor | tuple[Te
     if isinstance(result, tuple):
         return _own_contiguous(result[0]), result[1]
     return _own_contiguous(result)
+
+
+@torch.compiler.disable
+def _packed_bidirectional_eagerly(call: FavorCall) -> Tensor:
+    """:func:`packed_bidirectional_favor_attention` outside a compiled graph (its loops over
+    sequences and blocks would be unrolled per layout; see :func:`_run_eagerly`)."""
+    return _own_contiguous(packed_bidirectional_favor_attention(call))
 
 
 def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, FavorState]:
