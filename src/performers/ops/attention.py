@@ -336,9 +336,9 @@ def favor_attention(
             ``key_padding_mask`` or ``attn_mask`` (packing replaces padding), with a batch other
             than 1, and for query and key lengths that differ. Every path and kernel serves it:
             on the PyTorch paths causal calls run in one pass over the row that restarts at
-            each sequence and bidirectional ones (kernels without data-dependent parameters)
-            from one key summary per sequence, with no loop over sequences; bidirectional
-            FAVOR++ and the Triton kernels run once per sequence (see :func:`_run_packed`).
+            each sequence, and bidirectional calls on the fused path in two autograd Functions
+            over the whole row (one key summary per sequence); other bidirectional kernels and
+            the Triton kernels run one call per sequence (see :func:`_run_packed`).
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
@@ -512,13 +512,22 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     """A packed call (``cu_seqlens``).
 
     * One sequence: the unpacked call itself.
+    * Bidirectional on the fused path (exponential kernels with a projection, PyTorch backend):
+      the whole row in two autograd Functions
+      (:func:`performers.ops.bidirectional.favor.packed_bidirectional_favor_attention`): one key
+      summary and one set of per-feature key maxima per sequence, each query block read
+      against its sequence's summary; loops over sequences and blocks of positions inside the
+      Functions' forward and backward, two graph nodes whatever ``N``. Grouped query heads
+      included; second derivatives by recomputation, as the unpacked fused Functions.
     * Causal on the PyTorch paths: one pass over the row that restarts at each sequence
       (:func:`performers.ops.causal.favor.packed_causal_favor_attention`), no loop over
       sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out.
-    * Otherwise (bidirectional; Triton; a registered map whose causal parameters are not
-      FAVOR++'s): :func:`_run_packed_loop`, one call per sequence. Bidirectional calls take the
-      loop on purpose: it measured 2–4× faster on CPU than a loop-free form that summed one
-      key summary per sequence from materialized features (docs/guides/attention.md).
+    * Otherwise — bidirectional kernels off the fused path (FAVOR++, ``relu``, the
+      trigonometric maps, callables), the Triton kernels, a registered map whose causal
+      parameters are not FAVOR++'s —: :func:`_run_packed_loop`, one call per sequence. The
+      generic bidirectional path differentiates each kernel's feature map by autograd, and
+      summing one key summary per sequence from materialized features in autograd measured
+      2–4× slower on CPU than this loop (docs/guides/attention.md).
     """
     bounds = call.cu_seqlens or ()  # set: _run sends only packed calls here
     if len(bounds) == 2:
@@ -538,9 +547,10 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
             return _packed_bidirectional_eagerly(call)
         return packed_bidirectional_favor_attention(call)
     if not call.causal:
-        # Generic kernels: one call per sequence. A loop-free form summing per-sequence key
-        # summaries from materialized features measured slower on CPU (1.19 s vs 0.27 s
-        # forward, 2.03 s vs 0.86 s forward+backward at N = 64).
+        # Kernels off the fused path: one call per sequence. A loop-free form summing
+        # per-sequence key summaries from materialized features (autograd) measured slower on
+        # CPU than the loop (1.19 s vs 0.27 s forward, 2.03 s vs 0.86 s forward+backward at
+        # N = 64, softmax).
         return _run_packed_loop(call, path=path)
     if not serves_kernel(call.kernel):
         return _run_packed_loop(call, path=path)  # parameters that may read a whole sequence
@@ -588,8 +598,9 @@ def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tupl
     are those of the per-sequence calls. The loop is over sequences, never positions: every
     call still runs its path's vectorized algorithm over its positions. Its cost is one call's
     fixed overhead per sequence (``performers bench packed-ops`` measures it). It serves
-    bidirectional calls and the Triton kernels, and is the reference the loop-free causal
-    path is tested against (``tests/ops/test_packed.py``).
+    bidirectional calls off the fused path and the Triton kernels, and is the reference the
+    loop-free causal path and the fused packed bidirectional Functions are tested against
+    (``tests/ops/test_packed_causal.py``, ``tests/ops/test_packed_bidirectional.py``).
     """
     bounds = call.cu_seqlens or ()
     outs: list[Tensor] = []
