@@ -280,7 +280,8 @@ def packed_fused_bidirectional_exp_attention(
         q = q.reshape(kv_heads, groups, *q.shape[2:])
         k, v = k.transpose(0, 1), v.transpose(0, 1)
     m = form.rows.shape[0]
-    # The unpacked call's default block sizes (one feature block of about 2^19 elements).
+    # Default blocks sized as the unpacked call sizes them: one feature block of each stage
+    # (keys: Hkv heads, queries: H) holds about 2^19 elements.
     key_block = _block_size(block_size, kv_heads, m)
     query_block = _block_size(block_size, heads, m)
     eps = torch.finfo(q.dtype).tiny if eps is None else eps
