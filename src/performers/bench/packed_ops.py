@@ -8,10 +8,10 @@ causal:
 * ``batched``: one unpacked call on the whole row, ignoring the boundaries — the same positions
   and the same work with no per-sequence bookkeeping: the lower bound of a packed call;
 * ``packed``: :func:`performers.favor_attention` with ``cu_seqlens`` — what layers run
-  (causal: one pass over the row restarting at each sequence; bidirectional: one call per
-  sequence);
-* ``loop``: one unpacked call per sequence (``_run_packed_loop``, the reference the loop-free
-  path is tested against).
+  (causal: one pass over the row restarting at each sequence; bidirectional: the two fused
+  packed Functions over the whole row, :mod:`performers.ops.bidirectional.packed`);
+* ``loop``: one unpacked call per sequence (``_run_packed_loop``, the reference both packed
+  forms are tested against).
 
 The overhead of a variant is its median time over ``batched``'s, less one; issue 28's bar is
 10 % at ``N = 64``. The three calls of a repeat run back to back in a rotating order, so a drift

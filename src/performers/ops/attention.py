@@ -51,7 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from performers.ops.bidirectional.favor import bidirectional_favor_attention
+from performers.ops.bidirectional.favor import (
+    bidirectional_favor_attention,
+    packed_bidirectional_favor_attention,
+)
 from performers.ops.bidirectional.generic import bidirectional_linear_attention
 from performers.ops.call import (
     FavorCall,
@@ -333,10 +336,10 @@ def favor_attention(
             ``key_padding_mask`` or ``attn_mask`` (packing replaces padding), with a batch other
             than 1, and for query and key lengths that differ. Every path and kernel serves it:
             on the PyTorch paths causal calls run in one pass over the row that restarts at
-            each sequence and bidirectional ones (kernels without data-dependent parameters)
-            from one key summary per sequence, with no loop over sequences; bidirectional
-            FAVOR++ runs once per sequence, the Triton kernels once per pass for all sequences
-            (see :func:`_run_packed`).
+            each sequence, and bidirectional calls on the fused path in two autograd Functions
+            over the whole row (one key summary per sequence); other bidirectional kernels run
+            one call per sequence, the Triton kernels once per pass for all sequences (see
+            :func:`_run_packed`).
 
     Returns:
         ``(B, H, Lq, Dv)`` in the dtype of the inputs (float32 inputs under bfloat16 autocast
@@ -510,15 +513,24 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
     """A packed call (``cu_seqlens``).
 
     * One sequence: the unpacked call itself.
+    * Bidirectional on the fused path (exponential kernels with a projection, PyTorch backend):
+      the whole row in two autograd Functions
+      (:func:`performers.ops.bidirectional.favor.packed_bidirectional_favor_attention`): one key
+      summary and one set of per-feature key maxima per sequence, each query block read
+      against its sequence's summary; loops over sequences and blocks of positions inside the
+      Functions' forward and backward, two graph nodes whatever ``N``. Grouped query heads
+      included; second derivatives by recomputation, as the unpacked fused Functions.
     * Causal on the PyTorch paths: one pass over the row that restarts at each sequence
       (:func:`performers.ops.causal.favor.packed_causal_favor_attention`), no loop over
       sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out.
     * The Triton kernels: :func:`_run_packed_triton`, one launch per pass for every sequence
       (varlen kernels; causal: per-sequence states in and out).
-    * Otherwise (bidirectional; a registered map whose causal parameters are not
-      FAVOR++'s): :func:`_run_packed_loop`, one call per sequence. Bidirectional calls take the
-      loop on purpose: it measured 2–4× faster on CPU than a loop-free form that summed one
-      key summary per sequence from materialized features (docs/guides/attention.md).
+    * Otherwise — bidirectional kernels off the fused path (FAVOR++, ``relu``, the
+      trigonometric maps, callables), a registered map whose causal parameters are not
+      FAVOR++'s —: :func:`_run_packed_loop`, one call per sequence. The generic bidirectional
+      path differentiates each kernel's feature map by autograd, and summing one key summary
+      per sequence from materialized features in autograd measured 2–4× slower on CPU than
+      this loop (docs/guides/attention.md).
     """
     bounds = call.cu_seqlens or ()  # set: _run sends only packed calls here
     if len(bounds) == 2:
@@ -544,14 +556,20 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
                 out, valued, None, call.initial_state, causal=True, stacklevel=5, cu_seqlens=bounds
             )
         return result
+    fused = unavailable is None if path is None else path == "fused"
+    if not call.causal and fused:
+        # The whole row in two fused Functions (one summary per sequence, no per-sequence nodes).
+        if torch.compiler.is_compiling():
+            return _packed_bidirectional_eagerly(call)
+        return packed_bidirectional_favor_attention(call)
     if not call.causal:
-        # One call per sequence (the fused bidirectional Function each): measured faster on CPU
-        # than a loop-free form summing per-sequence key summaries from materialized features
-        # (1.19 s vs 0.27 s forward, 2.03 s vs 0.86 s forward+backward at N = 64).
+        # Kernels off the fused path: one call per sequence. A loop-free form summing
+        # per-sequence key summaries from materialized features (autograd) measured slower on
+        # CPU than the loop (1.19 s vs 0.27 s forward, 2.03 s vs 0.86 s forward+backward at
+        # N = 64, softmax).
         return _run_packed_loop(call, path=path)
     if not serves_kernel(call.kernel):
         return _run_packed_loop(call, path=path)  # parameters that may read a whole sequence
-    fused = unavailable is None if path is None else path == "fused"
     # Which keys carry a value, per query head, for the underflow report (before the repeat).
     groups = kv_groups(call.q, call.k)
     valued = (call.v != 0).any(dim=-1, keepdim=True).repeat_interleave(groups, dim=1)
@@ -601,6 +619,13 @@ def _packed_causal_eagerly(call: FavorCall, *, fused: bool) -> Tensor | tuple[Te
     return _own_contiguous(result)
 
 
+@torch.compiler.disable
+def _packed_bidirectional_eagerly(call: FavorCall) -> Tensor:
+    """:func:`packed_bidirectional_favor_attention` outside a compiled graph (its loops over
+    sequences and blocks would be unrolled per layout; see :func:`_run_eagerly`)."""
+    return _own_contiguous(packed_bidirectional_favor_attention(call))
+
+
 def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Tensor, FavorState]:
     """A packed call as one call per sequence on the path the unpacked call would take, the
     outputs concatenated back along the positions (the states stacked along the batch).
@@ -610,8 +635,11 @@ def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tupl
     are those of the per-sequence calls. The loop is over sequences, never positions: every
     call still runs its path's vectorized algorithm over its positions. Its cost is one call's
     fixed overhead per sequence (``performers bench packed-ops`` measures it). It serves
-    bidirectional calls (and Triton calls of more sequences than a grid axis holds), and is the
-    reference the loop-free paths are tested against (``tests/ops/test_packed.py``).
+    bidirectional calls off the fused path (and Triton calls of more sequences than a grid
+    axis holds), and is the reference the loop-free causal path, the fused packed
+    bidirectional Functions and the varlen Triton kernels are tested against
+    (``tests/ops/test_packed_causal.py``, ``tests/ops/test_packed_bidirectional.py``,
+    ``tests/ops/test_triton_packed.py``).
     """
     bounds = call.cu_seqlens or ()
     outs: list[Tensor] = []

@@ -6,6 +6,10 @@
 * generic (:mod:`~performers.ops.bidirectional.generic`): any kernel, on features from
   :mod:`performers.ops.generic_features`.
 
+A packed call (``cu_seqlens``) on the fused path runs :func:`packed_bidirectional_favor_attention`
+(:mod:`~performers.ops.bidirectional.packed`: the whole row in two Functions); the others run one
+call per sequence (:func:`performers.ops.attention._run_packed_loop`).
+
 Every one is tested against :mod:`~performers.ops.bidirectional.naive`.
 """
 
@@ -18,13 +22,14 @@ from torch import Tensor
 
 from performers.ops.bidirectional.fused import fused_bidirectional_exp_attention
 from performers.ops.bidirectional.generic import bidirectional_linear_attention
+from performers.ops.bidirectional.packed import packed_fused_bidirectional_exp_attention
 from performers.ops.call import FavorCall
 from performers.ops.generic_features import attention_features, state_params
 
 if TYPE_CHECKING:
     from performers.ops.triton.paths import TritonMap
 
-__all__ = ["bidirectional_favor_attention"]
+__all__ = ["bidirectional_favor_attention", "packed_bidirectional_favor_attention"]
 
 
 def bidirectional_favor_attention(call: FavorCall, *, fused: bool, triton_map: TritonMap | None) -> Tensor:
@@ -65,3 +70,23 @@ def bidirectional_favor_attention(call: FavorCall, *, fused: bool, triton_map: T
             params=state_params(call.kernel, None, q.dtype),
         )
         return bidirectional_linear_attention(q_features, k_features, v, call.eps).to(call.out_dtype)
+
+
+def packed_bidirectional_favor_attention(call: FavorCall) -> Tensor:
+    """``(1, H, T, Dv)`` in ``call.out_dtype`` for a packed call (``call.cu_seqlens``) of a
+    kernel with an exponential form and a projection, on the fused path: every sequence
+    attends within itself (:mod:`performers.ops.bidirectional.packed`)."""
+    q, k, v = call.compute_inputs(True)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        out = packed_fused_bidirectional_exp_attention(
+            q,
+            k,
+            v,
+            call.kernel.exp_form(call.projection.to(q.dtype)),
+            bounds=call.cu_seqlens,
+            scale=call.input_scale,
+            block_size=call.block_size,
+            eps=call.eps,
+            recompute_features=call.recompute_features,
+        )
+    return out.to(call.out_dtype)
