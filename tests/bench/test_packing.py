@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import random
 import statistics
 
@@ -18,12 +19,16 @@ from tests.helpers.results import assert_written_by_the_results_writer
 RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 SIZES = ["--d-model", "16", "--layers", "1", "--heads", "2", "--d-ff", "32", "--num-features", "8"]
 RUN = [*SIZES, "--steps", "3", "--batch-size", "4", "--dropout", "0", "--threads", "1", "--workers", "0"]
-RUN += ["--warmup-steps", "1", "--tail", "2", "--crops", "32", "64"]
+RUN += ["--warmup-steps", "1", "--tail", "2", "--memory-steps", "2", "--crops", "32", "64"]
+
+
+CALLS: list[tuple[str, int, str | None]] = []  # (directory, steps, MALLOC_MMAP_THRESHOLD_) per run
 
 
 def _in_process(variants, model_config, training, *, out_dir, evaluate, **data):
     """train_variants without the fresh process per run (seconds each here): the same training."""
     (variant,) = variants
+    CALLS.append((variant.directory, training.max_steps, os.environ.get("MALLOC_MMAP_THRESHOLD_")))
     kwargs = dict(
         training=training, out_dir=out_dir / variant.directory, evaluate=evaluate, log=lambda _: None
     )
@@ -58,6 +63,7 @@ def _padded_fractions(corpus, crop: int, steps: int) -> list[float]:
 
 def test_tiny_packing_bench_trains_every_pair_fairly_through_the_writer(tmp_path, fasta):
     out = tmp_path / "out"
+    CALLS.clear()
     args = ["bench", "packing", *RUN, "--train", str(fasta), "--valid", str(fasta), "--out", str(out)]
     assert main(args) == 0
     record = assert_written_by_the_results_writer(out / "packing.json")
@@ -98,6 +104,16 @@ def test_tiny_packing_bench_trains_every_pair_fairly_through_the_writer(tmp_path
     report = (out / "packing.md").read_text()
     assert "| 64 | exact | packed |" in report and "not measured (crop 1024 not in --crops)" in report
     assert (out / "packing.png").exists()
+    # Each timed run (3 steps, the allocator as it is) is followed by its memory run (2 steps,
+    # allocations returned to the OS), in the same interleaved order; the environment is restored.
+    expected_calls = []
+    for crop, attention, layout in keys:
+        expected_calls += [
+            (f"{attention}-{crop}-{layout}", 3, None),
+            (f"{attention}-{crop}-{layout}-memory", 2, "65536"),
+        ]
+    assert CALLS == expected_calls and "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    assert record["memory_steps"] == 2 and "timed run's growth" in report
 
 
 @pytest.mark.parametrize(
@@ -107,6 +123,7 @@ def test_tiny_packing_bench_trains_every_pair_fairly_through_the_writer(tmp_path
         (["--crops", "2"], "--crops: each must be >= 3"),
         (["--max-length", "64"], "--max-length 64: give the crops to compare as --crops"),
         (["--tail", "0"], "--tail must be >= 1"),
+        (["--memory-steps", "0"], "--memory-steps must be >= 1"),
         (["--concatenate"], "--concatenate: packing lays whole proteins in rows"),
     ],
 )

@@ -10,15 +10,24 @@ the machine's load does not favour one layout; each run is in a fresh process
 (:func:`~performers.jobs.proteins.train_variants`), which also makes its peak memory its own.
 
 Speed: the median of the steps' real (non-padding) tokens/s, the first ``warmup_steps`` steps
-left out. Loss: the training loss is the mean over labelled tokens (next tokens, or masked
-residues), the same per-token loss in both layouts; the final loss is its mean over the last
-``tail`` steps, and the curve is loss against real tokens seen.
+left out. Memory: a separate run of each pair's first ``memory_steps`` steps (fresh processes,
+the same batches) with glibc told to return every allocation of 64 KiB or more to the OS
+(``MALLOC_MMAP_THRESHOLD_``, as :mod:`performers.bench.speed` does), so its peak resident memory
+is the working set; the timed run's own peak growth is kept too (``rss_growth_mib``) — it
+includes what the allocator keeps for reuse, which grows with how much the step's shapes vary
+(a packed row's length changes every step) rather than with the memory a step needs. Loss: the
+training loss is the mean over labelled tokens (next tokens, or masked residues), the same
+per-token loss in both layouts; the final loss is its mean over the last ``tail`` steps, and
+the curve is loss against real tokens seen.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import statistics
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -43,10 +52,11 @@ class PackingRun:
     layout: str  # "padded" or "packed"
     tokens_per_second: float  # median real tokens/s of the steps after the warm-up
     padding_fraction: float  # mean over the steps of the share of computed positions that pad
-    peak_extra_mib: float  # growth of the run's process's peak resident memory
+    peak_extra_mib: float  # peak resident growth of the memory run (working set, see above)
     final_loss: float  # mean training loss (per labelled token) of the last `tail` steps
     steps: int
     curve: list[list[float]]  # [real tokens seen, training loss] after each step
+    rss_growth_mib: float = float("nan")  # the timed run's peak resident growth (allocator reuse in)
 
 
 def read_packing_run(
@@ -71,6 +81,21 @@ def read_packing_run(
         steps=len(records),
         curve=curve,
     )
+
+
+@contextlib.contextmanager
+def _allocations_returned_to_the_os() -> Iterator[None]:
+    """glibc in the processes spawned inside returns allocations of 64 KiB or more to the OS, so
+    their peak resident memory is their working set (the variable is read at process start)."""
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
 
 
 def _pair_order(index: int) -> tuple[str, ...]:
@@ -133,6 +158,19 @@ def _target_lines(speedups: dict[str, float], attentions: tuple[str, ...]) -> li
     return lines
 
 
+def _train(attention: str, crop: int, layout: str, directory: str, model, config, out_dir: Path, data):
+    """One run in a fresh process (:func:`~performers.jobs.proteins.train_variants`)."""
+    (result,) = train_variants(
+        (Variant(f"{attention} crop {crop} {layout}", directory, attention=attention),),
+        model,
+        config,
+        out_dir=out_dir,
+        evaluate=False,
+        **data,
+    )
+    return result
+
+
 def packing_comparison(
     model_config: PerformerConfig,
     training: TrainingConfig,
@@ -142,6 +180,7 @@ def packing_comparison(
     attentions: tuple[str, ...] = ATTENTIONS,
     warmup_steps: int = 1,
     tail: int = 20,
+    memory_steps: int = 20,
     corpus: str | Path | None = None,
     train_limit: int | None = None,
     test_limit: int | None = None,
@@ -150,12 +189,13 @@ def packing_comparison(
     and ``packing.png`` (loss per real token against real tokens seen). Returns the markdown.
 
     ``training.max_length``, ``pack`` and the model's attention and position table are set per
-    run; nothing else differs between the two runs of a pair.
+    run; nothing else differs between the two runs of a pair. ``memory_steps``: steps of each
+    memory run (at most ``training.max_steps``; see the module docstring).
 
     Raises:
         ValueError: no crops or attentions, an unknown attention, a crop below 3,
             ``warmup_steps`` not below ``training.max_steps`` (no timed step would be left),
-            ``tail`` below 1, or ``training.concatenate``.
+            ``tail`` or ``memory_steps`` below 1, or ``training.concatenate``.
     """
     if not crops or not attentions:
         raise ValueError(f"crops and attentions must not be empty, got {list(crops)} and {list(attentions)}")
@@ -172,9 +212,12 @@ def packing_comparison(
         raise ValueError("concatenate: packing lays whole proteins in rows; windows have no padding to pack")
     if tail < 1:
         raise ValueError(f"tail must be >= 1, got {tail}")
+    if memory_steps < 1:
+        raise ValueError(f"memory_steps must be >= 1, got {memory_steps}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs: list[PackingRun] = []
+    data = {"corpus": corpus, "train_limit": train_limit, "test_limit": test_limit}
     pair = 0
     for crop in crops:
         model = replace(model_config, max_position_embeddings=crop)
@@ -182,27 +225,16 @@ def packing_comparison(
             for layout in _pair_order(pair):
                 directory = f"{attention}-{crop}-{layout}"
                 config = replace(training, max_length=crop, pack=layout == "packed", eval_every=10**9)
-                (result,) = train_variants(
-                    (Variant(f"{attention} crop {crop} {layout}", directory, attention=attention),),
-                    model,
-                    config,
-                    out_dir=out_dir,
-                    corpus=corpus,
-                    train_limit=train_limit,
-                    test_limit=test_limit,
-                    evaluate=False,
-                )
-                runs.append(
-                    read_packing_run(
-                        out_dir / directory,
-                        crop,
-                        attention,
-                        layout,
-                        result.peak_extra_mib,
-                        warmup_steps,
-                        tail,
+                timed = _train(attention, crop, layout, directory, model, config, out_dir, data)
+                run = read_packing_run(out_dir / directory, crop, attention, layout, 0.0, warmup_steps, tail)
+                run.rss_growth_mib = timed.peak_extra_mib
+                with _allocations_returned_to_the_os():
+                    memory_config = replace(config, max_steps=min(memory_steps, config.max_steps))
+                    memory = _train(
+                        attention, crop, layout, f"{directory}-memory", model, memory_config, out_dir, data
                     )
-                )
+                run.peak_extra_mib = memory.peak_extra_mib
+                runs.append(run)
             pair += 1
     speedups = _speedups(runs)
     _plot(runs, crops, attentions, out_dir / "packing.png")
@@ -210,17 +242,21 @@ def packing_comparison(
         f"{'Masked' if training.task == 'mlm' else 'Causal'} protein LM, {training.max_steps} steps of "
         f"batch {training.batch_size} proteins; {model_sizes(model_config)}. Real tokens/s: median "
         f"over the steps after the first {warmup_steps}; final loss: mean training loss per labelled "
-        f"token of the last {tail} steps. Peak memory: growth of the run's peak resident memory.",
+        f"token of the last {tail} steps. Peak memory: growth of the peak resident memory of a "
+        f"separate run of the first {memory_steps} steps with allocations of 64 KiB or more returned "
+        "to the OS (the working set); timed run's growth: the same of the timed run, the "
+        "allocator's reuse included.",
         "",
-        "| crop | attention | layout | real tokens/s | padding fraction | peak extra memory (MiB) "
-        "| final loss | packed / padded |",
-        "|---:|---|---|---:|---:|---:|---:|---:|",
+        "| crop | attention | layout | real tokens/s | padding fraction | peak memory (MiB) "
+        "| timed run's growth (MiB) | final loss | packed / padded |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in runs:
         ratio = f"{speedups[f'{r.attention}@{r.crop}']:.2f}×" if r.layout == "packed" else "—"
         lines.append(
             f"| {r.crop} | {r.attention} | {r.layout} | {r.tokens_per_second:,.0f} "
-            f"| {r.padding_fraction:.3f} | {r.peak_extra_mib:,.0f} | {r.final_loss:.4f} | {ratio} |"
+            f"| {r.padding_fraction:.3f} | {r.peak_extra_mib:,.0f} | {r.rss_growth_mib:,.0f} "
+            f"| {r.final_loss:.4f} | {ratio} |"
         )
     lines += ["", *_target_lines(speedups, attentions)]
     report = "\n".join(lines) + "\n"
@@ -231,6 +267,7 @@ def packing_comparison(
         "attentions": list(attentions),
         "warmup_steps": warmup_steps,
         "tail": tail,
+        "memory_steps": memory_steps,
         "runs": [asdict(r) for r in runs],
         "speedups": speedups,
         "target": {"crop": TARGET_CROP, "speedup": TARGET_SPEEDUP},

@@ -39,6 +39,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "--warmup-steps", type=int, default=5, help="first steps left out of the median tokens/s"
     )
     parser.add_argument("--tail", type=int, default=20, help="final loss: mean over the last N steps")
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        default=20,
+        help="steps of each run's separate peak-memory run (allocations returned to the OS)",
+    )
     return parser
 
 
@@ -58,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.tail < 1:
         raise UsageError(f"--tail must be >= 1, got {args.tail}")
+    if args.memory_steps < 1:
+        raise UsageError(f"--memory-steps must be >= 1, got {args.memory_steps}")
     set_threads(args)
     args.max_length = max(args.crops)  # the model and training options are checked at the longest
     start = time.perf_counter()
@@ -69,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         attentions=tuple(dict.fromkeys(args.attention)),
         warmup_steps=args.warmup_steps,
         tail=args.tail,
+        memory_steps=args.memory_steps,
         corpus=data_from_args(args),
         train_limit=args.train_limit,
         test_limit=args.test_limit,
