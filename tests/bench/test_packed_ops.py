@@ -37,3 +37,23 @@ def test_bad_options_are_one_error_line(capsys):
     assert (
         err.startswith("performers bench packed-ops: error: --repeats must be >= 1") and err.count("\n") == 1
     )
+
+
+def test_the_kernel_option_times_that_feature_map(tmp_path, monkeypatch):
+    # The generic maps (FAVOR++, relu, ...) take other paths than softmax: each call is made
+    # with the kernel asked for, and the report names it.
+    from performers.bench import packed_ops
+
+    kernels = []
+    real = packed_ops.favor_attention
+
+    def spy(*args, **kwargs):
+        kernels.append(kwargs["kernel"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(packed_ops, "favor_attention", spy)
+    out = tmp_path / "relu.json"
+    assert main(["bench", "packed-ops", *TINY, "--kernel", "relu", "--out", str(out)]) == 0
+    assert kernels and set(kernels) == {"relu"}
+    assert assert_written_by_the_results_writer(out)["settings"]["kernel"] == "relu"
+    assert "kernel relu" in (tmp_path / "relu.md").read_text()

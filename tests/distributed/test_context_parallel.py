@@ -35,6 +35,8 @@ def test_two_processes_with_a_one_token_shard(tmp_path):
     run(2, [12, 1], ALL, tmp_path)
 
 
+# Multi-process (make test-slow, which CI runs): make test stays within its 10 minutes.
+@pytest.mark.slow
 def test_four_processes_with_unequal_shards(tmp_path):
     run(4, [5, 1, 4, 3], ALL, tmp_path)
 
@@ -60,7 +62,12 @@ def _spawn_training(world: int, context: int, tmp_path: Path) -> dict:
     return torch.load(tmp_path / "runs" / "parameters.pt")
 
 
-@pytest.mark.parametrize("world,context", [(2, 2), (4, 2)], ids=["context-2", "data-2-x-context-2"])
+# Four processes (data 2 × context 2) in make test-slow, which CI runs.
+@pytest.mark.parametrize(
+    "world,context",
+    [(2, 2), pytest.param(4, 2, marks=pytest.mark.slow)],
+    ids=["context-2", "data-2-x-context-2"],
+)
 def test_context_parallel_training_equals_one_process(tmp_path, world, context):
     """Masked and causal LMs, padded crops and full windows, learned and rotary positions: the
     parameters after 6 steps (with two redraws) equal one process on the same global batches,

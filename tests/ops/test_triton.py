@@ -425,17 +425,14 @@ def test_backend_choice_and_errors(monkeypatch):
     favor_attention(q, k, v, w)
 
 
-# One configuration in make test (a kernel change that cannot lower shows at once); the other
-# four (each a minute or more of one core) in make test-slow, which CI runs.
-SLOW = pytest.mark.slow
-
-
+# Each configuration compiles every kernel (up to a minute or more of one core with a cold
+# triton cache): make test-slow, which CI runs.
+@pytest.mark.slow
 @pytest.mark.compile
 @pytest.mark.parametrize(
     "dim, activation, dtype",
-    [(64, "exp", "bfloat16"), pytest.param(128, "exp", "bfloat16", marks=SLOW),
-     pytest.param(64, "elu", "bfloat16", marks=SLOW), pytest.param(128, "exp", "float32", marks=SLOW),
-     pytest.param(64, "exp", "float64", marks=SLOW)],
+    [(64, "exp", "bfloat16"), (128, "exp", "bfloat16"), (64, "elu", "bfloat16"), (128, "exp", "float32"),
+     (64, "exp", "float64")],
 )  # fmt: skip
 def test_kernels_compile_for_sm90_without_a_gpu_within_shared_memory(dim, activation, dtype):
     """Every kernel and mode lowers to a cubin for sm_90 (the compiler enforces typing rules the

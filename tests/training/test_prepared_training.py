@@ -96,6 +96,8 @@ def test_train_on_fasta_files_prepares_a_cache_once_and_evaluates_per_protein(
     cli_error(["train", *small, "--train", str(train)], match="are both needed")
 
 
+# Multi-process (make test-slow, which CI runs): make test stays within its 10 minutes.
+@pytest.mark.slow
 def test_two_process_ddp_on_a_prepared_dataset_equals_one_process(tmp_path, corpus):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     args = [*TINY, "--task", "mlm", "--dropout", "0", "--threads", "1", "--data", str(corpus)]

@@ -232,6 +232,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Multi-process (make test-slow, which CI runs): make test stays within its 10 minutes.
+@pytest.mark.slow
 def test_sigterm_to_one_process_of_a_two_process_ddp_run_stops_both_after_the_same_step(tmp_path):
     """Rank 1 alone gets the signal (a launcher that signals one process, and not the one that
     writes checkpoints): the ranks agree, rank 0 writes the checkpoint, both exit 143. (SLURM

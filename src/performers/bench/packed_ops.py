@@ -41,6 +41,7 @@ from performers.bench.results import write_results
 from performers.ops import favor_attention, orthogonal_projection
 from performers.ops.attention import _run_packed_loop
 from performers.ops.call import check_favor_call
+from performers.ops.kernels import get_kernel
 
 __all__ = ["TARGET_OVERHEAD", "PackedOpsSettings", "corpus_like_lengths", "run_packed_ops_bench"]
 
@@ -63,6 +64,7 @@ class PackedOpsSettings:
     features: int = 128
     repeats: int = 4  # the default run fits ~3 minutes on 2 cores (estimated; see the docstring)
     seed: int = 0
+    kernel: str = "softmax"  # any registered kernel name (FAVOR++, relu, ... take other paths)
 
 
 def corpus_like_lengths(settings: PackedOpsSettings) -> list[int]:
@@ -76,16 +78,23 @@ def corpus_like_lengths(settings: PackedOpsSettings) -> list[int]:
 
 
 def _calls(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, cu: torch.Tensor, causal: bool
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    cu: torch.Tensor,
+    causal: bool,
+    kernel: str = "softmax",
 ) -> dict[str, Callable[[], torch.Tensor]]:
     def batched() -> torch.Tensor:
-        return favor_attention(q, k, v, w, is_causal=causal)
+        return favor_attention(q, k, v, w, is_causal=causal, kernel=kernel)
 
     def packed() -> torch.Tensor:
-        return favor_attention(q, k, v, w, is_causal=causal, cu_seqlens=cu)
+        return favor_attention(q, k, v, w, is_causal=causal, kernel=kernel, cu_seqlens=cu)
 
     def loop() -> torch.Tensor:
-        return _run_packed_loop(check_favor_call(q, k, v, w, is_causal=causal, cu_seqlens=cu), path=None)
+        call = check_favor_call(q, k, v, w, is_causal=causal, kernel=kernel, cu_seqlens=cu)
+        return _run_packed_loop(call, path=None)
 
     return {"batched": batched, "packed": packed, "loop": loop}
 
@@ -110,7 +119,7 @@ def _measure(settings: PackedOpsSettings, lengths: list[int]) -> list[dict]:
     cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
     rows = []
     for direction in DIRECTIONS:
-        calls = _calls(q, k, v, w, cu, direction == "causal")
+        calls = _calls(q, k, v, w, cu, direction == "causal", settings.kernel)
         for name in PASSES:
             backward = name == "forward+backward"
             for fn in calls.values():  # warm-up: allocator, thread pool, first-call paths
@@ -139,7 +148,8 @@ def _report(rows: list[dict], settings: PackedOpsSettings, lengths: list[int], t
     lines = [
         f"N = {len(lengths)} sequences, T = {sum(lengths)} tokens (lengths median "
         f"{statistics.median(lengths):.0f}, mean {statistics.fmean(lengths):.0f}, max {max(lengths)}); "
-        f"H = {settings.heads}, head dim {settings.head_dim}, M = {settings.features}; float32, "
+        f"H = {settings.heads}, head dim {settings.head_dim}, M = {settings.features}, kernel "
+        f"{settings.kernel}; float32, "
         f"{threads} threads; median of {settings.repeats} repeats.",
         "",
         "| direction | pass | batched (ms) | packed (ms) | loop (ms) | packed overhead | loop overhead |",
@@ -171,6 +181,7 @@ def run_packed_ops_bench(
         ValueError: fewer than one sequence, repeat or feature, or a median length below 1.
     """
     settings = settings or PackedOpsSettings()
+    get_kernel(settings.kernel)  # an unknown name fails here, before any timing
     for name in ("sequences", "repeats", "median_length", "max_length", "heads", "head_dim", "features"):
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(settings, name)}")

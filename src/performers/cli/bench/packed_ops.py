@@ -7,6 +7,7 @@ import argparse
 
 from performers.bench.packed_ops import PackedOpsSettings, run_packed_ops_bench
 from performers.cli.common import UsageError, command_text
+from performers.ops.kernels import KERNELS
 
 HELP = "packed attention ops (cu_seqlens) vs one unpacked call and a per-sequence loop"
 
@@ -27,6 +28,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--num-features", type=int, default=_DEFAULTS.features, help="random features (M)")
     parser.add_argument(
         "--repeats", type=int, default=_DEFAULTS.repeats, help="timed repeats per call (median)"
+    )
+    parser.add_argument(
+        "--kernel",
+        choices=sorted(KERNELS),
+        default=_DEFAULTS.kernel,
+        help="feature map (softmax takes the fused paths; favor++, relu, trig, ... the generic ones)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--out", default="runs/packed_ops.json", help="JSON output (markdown next to it)")
@@ -55,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         head_dim=args.head_dim,
         features=args.num_features,
         repeats=args.repeats,
+        kernel=args.kernel,
     )
     print(run_packed_ops_bench(args.out, settings=settings, threads=args.threads, command=command_text(args)))
     print(f"wrote {args.out} and its .md")
