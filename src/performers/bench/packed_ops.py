@@ -41,10 +41,17 @@ from performers.bench.results import write_results
 from performers.ops import favor_attention, orthogonal_projection
 from performers.ops.attention import _run_packed_loop
 from performers.ops.call import check_favor_call
-from performers.ops.kernels import get_kernel
+from performers.ops.kernels import KERNELS, get_kernel
 
-__all__ = ["TARGET_OVERHEAD", "PackedOpsSettings", "corpus_like_lengths", "run_packed_ops_bench"]
+__all__ = [
+    "KERNEL_NAMES",
+    "TARGET_OVERHEAD",
+    "PackedOpsSettings",
+    "corpus_like_lengths",
+    "run_packed_ops_bench",
+]
 
+KERNEL_NAMES = tuple(sorted(KERNELS))  # the registered feature maps (--kernel)
 TARGET_OVERHEAD = 0.10  # issue 28: a loop over sequences only where it costs < 10 % at N = 64
 VARIANTS = ("batched", "packed", "loop")
 PASSES = ("forward", "forward+backward")

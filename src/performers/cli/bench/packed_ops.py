@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from performers.bench.packed_ops import PackedOpsSettings, run_packed_ops_bench
+from performers.bench.packed_ops import KERNEL_NAMES, PackedOpsSettings, run_packed_ops_bench
 from performers.cli.common import UsageError, command_text
-from performers.ops.kernels import KERNELS
 
 HELP = "packed attention ops (cu_seqlens) vs one unpacked call and a per-sequence loop"
 
@@ -31,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--kernel",
-        choices=sorted(KERNELS),
+        choices=KERNEL_NAMES,
         default=_DEFAULTS.kernel,
         help="feature map (softmax takes the fused paths; favor++, relu, trig, ... the generic ones)",
     )
