@@ -1,5 +1,7 @@
 """``performers bench packed-ops`` at tiny settings: every call timed, written by the results writer."""
 
+import os
+
 import pytest
 
 from performers.bench.packed_ops import PackedOpsSettings, corpus_like_lengths
@@ -10,7 +12,9 @@ TINY = ["--sequences", "3", "--median-length", "6", "--max-length", "12", "--hea
 TINY += ["--num-features", "4", "--repeats", "2", "--threads", "1"]
 
 
-def test_tiny_packed_ops_bench_times_every_call_through_the_writer(tmp_path):
+def test_tiny_packed_ops_bench_times_every_call_through_the_writer(tmp_path, monkeypatch):
+    for name in [name for name in os.environ if name.startswith("MALLOC_")]:
+        monkeypatch.delenv(name)
     out = tmp_path / "packed_ops.json"
     assert main(["bench", "packed-ops", *TINY, "--out", str(out)]) == 0
     record = assert_written_by_the_results_writer(out)
@@ -19,10 +23,26 @@ def test_tiny_packed_ops_bench_times_every_call_through_the_writer(tmp_path):
     rows = {(r["direction"], r["pass"]): r for r in record["rows"]}
     assert set(rows) == {(d, p) for d in ("bidirectional", "causal") for p in ("forward", "forward+backward")}
     for r in rows.values():
-        assert all(len(r["all_seconds"][v]) == 2 for v in ("batched", "packed", "loop"))
-        assert r["overhead"]["packed"] == pytest.approx(r["seconds"]["packed"] / r["seconds"]["batched"] - 1)
+        times = r["all_seconds"]
+        assert all(len(times[v]) == 2 for v in ("batched", "packed", "loop"))
+        for variant in ("packed", "loop"):
+            # Each repeat's variant over the batched call of the same repeat; the median and range.
+            paired = [t / b - 1 for t, b in zip(times[variant], times["batched"], strict=True)]
+            assert r["overhead"][variant] == pytest.approx(sum(paired) / 2)
+            assert r["overhead_range"][variant] == pytest.approx([min(paired), max(paired)])
     report = (tmp_path / "packed_ops.md").read_text()
     assert "| causal | forward+backward |" in report and "Bar (a packed call within 10 %" in report
+    assert record["allocator"] == {} and "no `MALLOC_*` variable set" in report
+
+
+def test_the_allocator_settings_are_recorded(tmp_path, monkeypatch):
+    # A run with freed memory kept by the C library times the batched call differently
+    # (docs/results/packing.md): the record says which allocator settings it ran under.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4294967296")
+    out = tmp_path / "packed_ops.json"
+    assert main(["bench", "packed-ops", *TINY, "--out", str(out)]) == 0
+    assert assert_written_by_the_results_writer(out)["allocator"] == {"MALLOC_MMAP_THRESHOLD_": "4294967296"}
+    assert "`MALLOC_MMAP_THRESHOLD_=4294967296`" in (tmp_path / "packed_ops.md").read_text()
 
 
 def test_default_lengths_are_protein_like():

@@ -157,3 +157,66 @@ def test_segment_cummax_restarts_at_each_segment() -> None:
         [torch.cummax(piece, dim=-1).values for piece in torch.split(x, [1, 9, 6, 20, 4], dim=-1)], dim=-1
     )
     torch.testing.assert_close(segment_cummax(x, seq), expected, rtol=0, atol=0)
+
+
+# softmax takes the packed generic form only with states (without: the fused path, ungrouped).
+GROUPED = [("softmax", True), ("favor++", True), ("favor++", False), ("relu", True), ("relu", False)]
+
+
+@pytest.mark.parametrize(("kernel", "states"), GROUPED)
+def test_groups_of_whole_sequences_equal_the_loop(
+    kernel: str, states: bool, no_loop: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The packed generic form runs a long row as groups of whole sequences (features of the
+    whole row would be fresh pages from the OS each call): outputs, N states out and the
+    gradients of q, k, v, the projection and the N states in are the loop's."""
+    from performers.ops.causal import favor as causal_favor
+
+    # H·40·M elements: groups of at most 40 positions — [1, 37], [100] (longer, alone), [5, 24].
+    monkeypatch.setattr(causal_favor, "PACKED_GROUP_ELEMENTS", H * 40 * M)
+    layouts = []
+    real_layout = causal_favor.packed_layout
+    monkeypatch.setattr(causal_favor, "packed_layout", lambda b, d: layouts.append(b) or real_layout(b, d))
+    lengths = LAYOUTS["mixed"]
+    prefix = [2, 9, 1, 17, 4]
+    qp, kp, vp, w = _inputs(prefix, seed=3)
+    options = {"kernel": kernel, "chunk_size": CHUNK, "return_state": states, "cu_seqlens": _cu(lengths)}
+    _, start = favor_attention(
+        qp,
+        kp,
+        vp,
+        w,
+        is_causal=True,
+        cu_seqlens=_cu(prefix),
+        return_state=True,
+        kernel=kernel,
+        chunk_size=CHUNK,
+    )
+    base = [*_inputs(lengths, seed=4)[:3], w, start.kv, start.normalizer]
+    results = []
+    for grouped in (True, False):
+        leaves = [t.detach().clone().requires_grad_() for t in base]
+        q, k, v, w_, kv, normalizer = leaves
+        initial = start._replace(kv=kv, normalizer=normalizer) if states else None
+        layouts.clear()
+        if grouped:
+            result = _favor_attention(q, k, v, w_, is_causal=True, initial_state=initial, **options)
+            assert layouts == [(0, 1, 38), (0, 100), (0, 5, 29)]  # one sub-row per group
+        else:
+            result = _loop(q, k, v, w_, "generic", initial_state=initial, **options)
+        out, final = result if states else (result, None)
+        g = generator(6)
+        loss = (out * torch.randn(out.shape, generator=g, dtype=DT)).sum()
+        if states:
+            loss = loss + sum(
+                (f * torch.randn(f.shape, generator=g, dtype=DT)).sum() for f in _state_fields(final)
+            )
+        results.append((out, final, torch.autograd.grad(loss, leaves if states else leaves[:4])))
+    (out, final, grads), (expected, expected_final, expected_grads) = results
+    torch.testing.assert_close(out, expected, rtol=TOL, atol=TOL)
+    if states:
+        assert final.kv.shape == (len(lengths), H, M, D) and final.kernel == kernel
+        for got, want in zip(_state_fields(final), _state_fields(expected_final), strict=True):
+            torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)

@@ -13,21 +13,34 @@ causal:
 * ``loop``: one unpacked call per sequence (``_run_packed_loop``, the reference both packed
   forms are tested against).
 
-The overhead of a variant is its median time over ``batched``'s, less one; issue 28's bar is
-10 % at ``N = 64``. The three calls of a repeat run back to back in a rotating order, so a drift
-of the machine's load does not favour one of them. Lengths: a log-normal draw with the shipped
-corpus's median (269 residues; its mean, 313, is the draw's mean within a few %), cut at 1024
-(the longest crop trained), from a fixed seed.
+The three calls of a repeat run back to back in a rotating order, so a drift of the machine's
+load does not favour one of them, and each repeat gives a paired overhead (its variant's time
+over its ``batched`` time, less one). The overhead reported is the median of the paired
+overheads, beside their lowest and highest (on a shared 2-core virtual machine single repeats
+spread by ±10 % and more, which is why the default is 8 repeats); issue 28's bar is 10 % at
+``N = 64``.
 
-Run time: the per-sequence loop dominates (measured on a loaded 2-core machine at a quarter of
-the default size: the loop 2–6× the batched call); the defaults are sized to stay within about
-3 minutes on 2 quiet cores — an estimate from that smaller run, not a measurement.
+The C library's allocator matters on CPU: glibc hands an allocation above its mmap threshold
+(which grows to at most 32 MiB) fresh pages from the OS every time. The generic maps' ``batched``
+call materializes the features of the whole row (80 MiB each at the defaults) and faulting
+those pages in cost it up to 3× its time (``relu``, ``favor++``), while the per-sequence calls
+stay below the threshold and reuse the heap; the fused softmax path works in blocks of 2 MiB
+and is not affected. The record keeps the ``MALLOC_*`` variables the run saw (``allocator``),
+so a run with ``MALLOC_MMAP_THRESHOLD_`` raised — every call reusing freed memory — can be
+told apart.
+
+Lengths: a log-normal draw with the shipped corpus's median (269 residues; its mean, 313, is
+the draw's mean within a few %), cut at 1024 (the longest crop trained), from a fixed seed.
+
+Run time at the defaults, 2 quiet cores: about 2–3 minutes (4 repeats took 41 s with ``relu``,
+78 s with ``favor++``).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
 import random
 import statistics
 import time
@@ -69,7 +82,7 @@ class PackedOpsSettings:
     heads: int = 8
     head_dim: int = 16
     features: int = 128
-    repeats: int = 4  # the default run fits ~3 minutes on 2 cores (estimated; see the docstring)
+    repeats: int = 8  # paired repeats per call (see the docstring for the spread)
     seed: int = 0
     kernel: str = "softmax"  # any registered kernel name (FAVOR++, relu, ... take other paths)
 
@@ -137,36 +150,60 @@ def _measure(settings: PackedOpsSettings, lengths: list[int]) -> list[dict]:
                 for variant in order:
                     times[variant].append(_seconds(calls[variant], backward, inputs))
             median = {variant: statistics.median(times[variant]) for variant in VARIANTS}
+            paired = {
+                variant: [t / b - 1.0 for t, b in zip(times[variant], times["batched"], strict=True)]
+                for variant in ("packed", "loop")
+            }
             rows.append(
                 {
                     "direction": direction,
                     "pass": name,
                     "seconds": median,
                     "all_seconds": times,
-                    "overhead": {
-                        variant: median[variant] / median["batched"] - 1.0 for variant in ("packed", "loop")
+                    "overhead": {variant: statistics.median(paired[variant]) for variant in paired},
+                    "overhead_range": {
+                        variant: [min(paired[variant]), max(paired[variant])] for variant in paired
                     },
                 }
             )
     return rows
 
 
-def _report(rows: list[dict], settings: PackedOpsSettings, lengths: list[int], threads: int) -> str:
+def _overhead(row: dict, variant: str) -> str:
+    low, high = row["overhead_range"][variant]
+    return f"{100 * row['overhead'][variant]:+.1f} % ({100 * low:+.0f} … {100 * high:+.0f})"
+
+
+def _allocator_settings() -> dict[str, str]:
+    """The glibc allocator variables of this process (``MALLOC_MMAP_THRESHOLD_``, ...)."""
+    return {name: value for name, value in sorted(os.environ.items()) if name.startswith("MALLOC_")}
+
+
+def _allocator_line(allocator: dict[str, str]) -> str:
+    if not allocator:
+        return "the C library's defaults (no `MALLOC_*` variable set)"
+    return ", ".join(f"`{name}={value}`" for name, value in allocator.items())
+
+
+def _report(
+    rows: list[dict], settings: PackedOpsSettings, lengths: list[int], threads: int, allocator: dict[str, str]
+) -> str:
     lines = [
         f"N = {len(lengths)} sequences, T = {sum(lengths)} tokens (lengths median "
         f"{statistics.median(lengths):.0f}, mean {statistics.fmean(lengths):.0f}, max {max(lengths)}); "
         f"H = {settings.heads}, head dim {settings.head_dim}, M = {settings.features}, kernel "
         f"{settings.kernel}; float32, "
-        f"{threads} threads; median of {settings.repeats} repeats.",
+        f"{threads} threads; median of {settings.repeats} repeats; overheads: median of the repeats' "
+        "paired overheads (lowest … highest).",
         "",
         "| direction | pass | batched (ms) | packed (ms) | loop (ms) | packed overhead | loop overhead |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        s, o = r["seconds"], r["overhead"]
+        s = r["seconds"]
         lines.append(
             f"| {r['direction']} | {r['pass']} | {1e3 * s['batched']:,.1f} | {1e3 * s['packed']:,.1f} "
-            f"| {1e3 * s['loop']:,.1f} | {100 * o['packed']:+.1f} % | {100 * o['loop']:+.1f} % |"
+            f"| {1e3 * s['loop']:,.1f} | {_overhead(r, 'packed')} | {_overhead(r, 'loop')} |"
         )
     worst = max(r["overhead"]["packed"] for r in rows)
     verdict = "met" if worst < TARGET_OVERHEAD else "missed"
@@ -174,6 +211,7 @@ def _report(rows: list[dict], settings: PackedOpsSettings, lengths: list[int], t
         "",
         f"- Bar (a packed call within {100 * TARGET_OVERHEAD:.0f} % of the batched call): **{verdict}** "
         f"(worst packed overhead {100 * worst:+.1f} %).",
+        f"- Allocator: {_allocator_line(allocator)}.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -195,7 +233,8 @@ def run_packed_ops_bench(
     torch.set_num_threads(threads)
     lengths = corpus_like_lengths(settings)
     rows = _measure(settings, lengths)
-    report = _report(rows, settings, lengths, threads)
+    allocator = _allocator_settings()
+    report = _report(rows, settings, lengths, threads, allocator)
     record = {
         "command": command,
         "settings": asdict(settings),
@@ -203,6 +242,7 @@ def run_packed_ops_bench(
         "lengths": lengths,
         "rows": rows,
         "target_overhead": TARGET_OVERHEAD,
+        "allocator": allocator,
     }
     write_results(Path(out), record, report)
     return report

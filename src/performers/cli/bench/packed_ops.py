@@ -26,7 +26,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--head-dim", type=int, default=_DEFAULTS.head_dim, help="head dimension (D)")
     parser.add_argument("--num-features", type=int, default=_DEFAULTS.features, help="random features (M)")
     parser.add_argument(
-        "--repeats", type=int, default=_DEFAULTS.repeats, help="timed repeats per call (median)"
+        "--repeats", type=int, default=_DEFAULTS.repeats, help="timed repeats per call (paired)"
     )
     parser.add_argument(
         "--kernel",

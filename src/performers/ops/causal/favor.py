@@ -29,6 +29,7 @@ from performers.ops.causal.packed import (
     packed_attention_features,
     packed_causal_linear_attention,
     packed_layout,
+    sequence_groups,
 )
 from performers.ops.generic_features import attention_features, state_params
 from performers.ops.numerics import accumulation_dtype
@@ -122,9 +123,13 @@ def packed_causal_favor_attention(call: FavorCall, *, fused: bool) -> Tensor | t
     bounds = call.cu_seqlens
     if bounds is None:
         raise ValueError("packed_causal_favor_attention takes a packed call (cu_seqlens)")
-    layout = packed_layout(bounds, call.q.device)
     initial_state = call.initial_state
     fused = fused and initial_state is None and not call.return_state
+    if not fused:
+        groups = sequence_groups(bounds, _group_tokens(call))
+        if len(groups) > 1:
+            return _packed_in_groups(call, groups)
+    layout = packed_layout(bounds, call.q.device)
     q, k, v = call.compute_inputs(fused)
     out_dtype = call.out_dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
@@ -148,3 +153,51 @@ def packed_causal_favor_attention(call: FavorCall, *, fused: bool) -> Tensor | t
         out, state = result
         return out.to(out_dtype), state._replace(kernel_params=params)
     return result.to(out_dtype)
+
+
+# The packed generic form materializes features of the whole row, (1, H, T, M'): past glibc's
+# mmap threshold (at most 32 MiB) every such allocation is fresh pages from the OS, and at
+# T = 20,217, H = 8, M' = 128 faulting them in made a packed call 2.4–2.8× slower than the same
+# sequences in groups of 2,048 positions (FAVOR++ and relu, forward and forward+backward, CPU,
+# docs/results/packing.md). Groups of whole sequences keep each group's features near 8 MiB.
+PACKED_GROUP_ELEMENTS = 1 << 21
+
+
+def _group_tokens(call: FavorCall) -> int:
+    """Positions per group of :func:`sequence_groups`: ``H·positions·M'`` near
+    :data:`PACKED_GROUP_ELEMENTS` (``M'`` the projection's rows, else the head dimension)."""
+    features = call.projection.shape[0] if call.projection is not None else call.q.shape[-1]
+    return max(1, PACKED_GROUP_ELEMENTS // (call.q.shape[1] * features))
+
+
+def _packed_in_groups(call: FavorCall, groups: list[tuple[int, int]]) -> Tensor | tuple[Tensor, FavorState]:
+    """:func:`packed_causal_favor_attention` on each group of whole sequences (sequences
+    ``[a, b)``, a sub-row of their own), outputs concatenated along the positions and states
+    along the sequences: the same numbers, since no sequence reads across a group's edge."""
+    bounds = call.cu_seqlens or ()
+    sizes = [bounds[b] - bounds[a] for a, b in groups]
+    # split, not slices: the backward of a slice fills a zero tensor of the whole row.
+    pieces = zip(*(t.split(sizes, dim=2) for t in (call.q, call.k, call.v)), strict=True)
+    outs: list[Tensor] = []
+    states: list[FavorState] = []
+    for (a, b), (q, k, v) in zip(groups, pieces, strict=True):
+        initial = None
+        if call.initial_state is not None:
+            initial = FavorState(
+                *(t[a:b] if isinstance(t, Tensor) else t for t in call.initial_state[:4]),
+                kernel=call.initial_state.kernel,
+            )
+        group = call.replace(
+            q=q, k=k, v=v, initial_state=initial, cu_seqlens=tuple(x - bounds[a] for x in bounds[a : b + 1])
+        )
+        result = packed_causal_favor_attention(group, fused=False)
+        if call.return_state:
+            outs.append(result[0])
+            states.append(result[1])
+        else:
+            outs.append(result)
+    out = torch.cat(outs, dim=2)
+    if not call.return_state:
+        return out
+    fields = [None if states[0][f] is None else torch.cat([s[f] for s in states]) for f in range(4)]
+    return out, FavorState(*fields, kernel=states[0].kernel)

@@ -71,6 +71,7 @@ __all__ = [
     "packed_layout",
     "packed_sequence_reads",
     "segment_cummax",
+    "sequence_groups",
     "serves_kernel",
 ]
 
@@ -98,6 +99,24 @@ class PackedLayout:
     def padded_seq(self, length: int) -> Tensor:
         """``seq`` extended with the sentinel ``N`` to ``length`` positions."""
         return F.pad(self.seq, (0, length - self.seq.shape[0]), value=self.sequences)
+
+
+def sequence_groups(bounds: tuple[int, ...], max_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive runs of whole sequences, ``[(a, b), …]`` (sequences ``a`` to ``b - 1``), each
+    holding at most ``max_tokens`` positions unless it is one sequence longer than that; in
+    order, covering every sequence once.
+
+    >>> sequence_groups((0, 3, 5, 9, 10), 5)
+    [(0, 2), (2, 4)]
+    """
+    groups: list[tuple[int, int]] = []
+    first = 0
+    for last in range(1, len(bounds) - 1):
+        if bounds[last + 1] - bounds[first] > max_tokens:
+            groups.append((first, last))
+            first = last
+    groups.append((first, len(bounds) - 1))
+    return groups
 
 
 def packed_layout(bounds: tuple[int, ...], device: torch.device) -> PackedLayout:
