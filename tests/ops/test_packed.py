@@ -158,6 +158,12 @@ def test_decode_after_packed_prefill_equals_decode_after_that_sequence_alone() -
     torch.testing.assert_close(states.select(-1).kv, states.kv[-1:], rtol=0, atol=0)
     with pytest.raises(IndexError):
         states.select(len(LENGTHS))
+    # rows(a, b) holds sequences a..b-1; cat joins states back in order, kernel name kept.
+    joined = FavorState.cat([states.rows(0, 2), states.select(2), states.rows(3, len(LENGTHS))])
+    assert joined.kernel == states.kernel == "softmax"
+    for got, want in zip(joined[:4], states[:4], strict=True):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("causal", [False, True])

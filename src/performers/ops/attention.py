@@ -63,6 +63,8 @@ from performers.ops.call import (
     check_state_options,
     compute_dtype,
     input_scale,
+    join_pieces,
+    packed_pieces,
     resolve_masks,
 )
 from performers.ops.causal.favor import causal_favor_attention, packed_causal_favor_attention
@@ -184,9 +186,7 @@ def linear_attention(
             )
             for i, (start, end) in enumerate(itertools.pairwise(bounds))
         ]
-        if not return_state:
-            return torch.cat(results, dim=2)
-        return torch.cat([r[0] for r in results], dim=2), _stack_states([r[1] for r in results])
+        return join_pieces(results, return_state=return_state)
     if key_padding_mask is not None:
         k_features = k_features.masked_fill(key_padding_mask[:, None, :, None], 0.0)
     groups = kv_groups(q_features, k_features)
@@ -642,38 +642,17 @@ def _run_packed_loop(call: FavorCall, *, path: PathName | None) -> Tensor | tupl
     ``tests/ops/test_triton_packed.py``).
     """
     bounds = call.cu_seqlens or ()
-    outs: list[Tensor] = []
-    states: list[FavorState] = []
-    # split, not one slice per sequence: a slice's backward writes its gradient into a zero
-    # tensor of the whole row (N row-sized fills and adds, most of a packed backward at N = 64);
-    # split's backward is one concatenation.
-    sizes = [end - start for start, end in itertools.pairwise(bounds)]
-    pieces = zip(*(t.split(sizes, dim=2) for t in (call.q, call.k, call.v)), strict=True)
-    for i, (q, k, v) in enumerate(pieces):
-        state = None if call.initial_state is None else call.initial_state.select(i)
-        one = call.replace(q=q, k=k, v=v, initial_state=state, cu_seqlens=None)
-        result = _run(one, path=path, report=False)
-        if call.return_state:
-            outs.append(result[0])
-            states.append(result[1])
-        else:
-            outs.append(result)
-    out = torch.cat(outs, dim=2)
+    pieces = packed_pieces(call, [(i, i + 1) for i in range(len(bounds) - 1)], unpack_single=True)
+    result = join_pieces(
+        [_run(one, path=path, report=False) for one in pieces], return_state=call.return_state
+    )
+    out = result[0] if call.return_state else result
     if call.causal:
         # One underflow check of the whole row (per sequence it would cost a sync each).
         # (Which keys carry a value, per query head: grouped key/value heads repeated.)
         valued = (call.v != 0).any(dim=-1, keepdim=True).repeat_interleave(kv_groups(call.q, call.k), dim=1)
         warn_zero_rows(out, valued, None, call.initial_state, causal=True, stacklevel=5, cu_seqlens=bounds)
-    if not call.return_state:
-        return out
-    return out, _stack_states(states)
-
-
-def _stack_states(states: list[FavorState]) -> FavorState:
-    """One :class:`FavorState` whose batch row ``i`` is ``states[i]`` (rows of one batch each)."""
-    first = states[0]
-    fields = [None if first[f] is None else torch.cat([s[f] for s in states], dim=0) for f in range(4)]
-    return FavorState(*fields, kernel=first.kernel)
+    return result
 
 
 def favor_attention_step(

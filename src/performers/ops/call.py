@@ -38,6 +38,8 @@ __all__ = [
     "check_state_options",
     "compute_dtype",
     "input_scale",
+    "join_pieces",
+    "packed_pieces",
     "resolve_masks",
     "state_dtype",
 ]
@@ -257,3 +259,34 @@ def check_favor_call(
         initial_state=initial_state, return_state=return_state, eps=eps, backend=backend,
         recompute_features=recompute_features, segment_chunks=segment_chunks, cu_seqlens=bounds,
     )  # fmt: skip
+
+
+def packed_pieces(call: FavorCall, groups: list[tuple[int, int]], *, unpack_single: bool) -> list[FavorCall]:
+    """The sub-calls of a packed call for consecutive groups of its whole sequences
+    ``[(a, b), …]`` (sequences ``a`` to ``b - 1``, in order, covering the row): ``q``, ``k``,
+    ``v`` split along the positions, ``initial_state`` rows ``a:b``, ``cu_seqlens`` rebased to
+    the piece — None for a piece of one sequence when ``unpack_single`` (an unpacked call).
+
+    One ``split`` of each input, not a slice per piece: the backward of a slice writes its
+    gradient into a zero tensor of the whole row (``N`` row-sized fills and adds, most of a
+    packed backward at N = 64); split's backward is one concatenation.
+    """
+    bounds = call.cu_seqlens or ()
+    sizes = [bounds[b] - bounds[a] for a, b in groups]
+    pieces = zip(*(t.split(sizes, dim=2) for t in (call.q, call.k, call.v)), strict=True)
+    calls = []
+    for (a, b), (q, k, v) in zip(groups, pieces, strict=True):
+        rebased = None if unpack_single and b - a == 1 else tuple(x - bounds[a] for x in bounds[a : b + 1])
+        state = None if call.initial_state is None else call.initial_state.rows(a, b)
+        calls.append(call.replace(q=q, k=k, v=v, initial_state=state, cu_seqlens=rebased))
+    return calls
+
+
+def join_pieces(
+    results: list[Tensor] | list[tuple[Tensor, FavorState]], *, return_state: bool
+) -> Tensor | tuple[Tensor, FavorState]:
+    """The results of :func:`packed_pieces`' calls as one: outputs concatenated along the
+    positions, states along the sequences."""
+    if not return_state:
+        return torch.cat(results, dim=2)
+    return torch.cat([r[0] for r in results], dim=2), FavorState.cat([r[1] for r in results])

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "SEGMENT_CHUNKS", "FavorState"]
@@ -47,6 +49,19 @@ class FavorState(NamedTuple):
     log_offset: Tensor
     kernel_params: Tensor | None = None
     kernel: str | None = None
+
+    def rows(self, start: int, stop: int) -> FavorState:
+        """The states of batch rows (or packed sequences) ``start`` to ``stop - 1``."""
+        return FavorState(
+            *(t[start:stop] if isinstance(t, Tensor) else t for t in self[:4]), kernel=self.kernel
+        )
+
+    @staticmethod
+    def cat(states: Sequence[FavorState]) -> FavorState:
+        """One state holding the rows of ``states`` in order (one kernel; the first's name)."""
+        first = states[0]
+        fields = [None if first[f] is None else torch.cat([s[f] for s in states]) for f in range(4)]
+        return FavorState(*fields, kernel=first.kernel)
 
     def select(self, index: int) -> FavorState:
         """The state of batch row (or packed sequence, see ``cu_seqlens``) ``index``, with a

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from performers.ops.call import FavorCall
+from performers.ops.call import FavorCall, join_pieces, packed_pieces
 from performers.ops.causal.fused import fused_causal_exp_attention
 from performers.ops.causal.generic import causal_linear_attention
 from performers.ops.causal.packed import (
@@ -174,30 +174,6 @@ def _packed_in_groups(call: FavorCall, groups: list[tuple[int, int]]) -> Tensor 
     """:func:`packed_causal_favor_attention` on each group of whole sequences (sequences
     ``[a, b)``, a sub-row of their own), outputs concatenated along the positions and states
     along the sequences: the same numbers, since no sequence reads across a group's edge."""
-    bounds = call.cu_seqlens or ()
-    sizes = [bounds[b] - bounds[a] for a, b in groups]
-    # split, not slices: the backward of a slice fills a zero tensor of the whole row.
-    pieces = zip(*(t.split(sizes, dim=2) for t in (call.q, call.k, call.v)), strict=True)
-    outs: list[Tensor] = []
-    states: list[FavorState] = []
-    for (a, b), (q, k, v) in zip(groups, pieces, strict=True):
-        initial = None
-        if call.initial_state is not None:
-            initial = FavorState(
-                *(t[a:b] if isinstance(t, Tensor) else t for t in call.initial_state[:4]),
-                kernel=call.initial_state.kernel,
-            )
-        group = call.replace(
-            q=q, k=k, v=v, initial_state=initial, cu_seqlens=tuple(x - bounds[a] for x in bounds[a : b + 1])
-        )
-        result = packed_causal_favor_attention(group, fused=False)
-        if call.return_state:
-            outs.append(result[0])
-            states.append(result[1])
-        else:
-            outs.append(result)
-    out = torch.cat(outs, dim=2)
-    if not call.return_state:
-        return out
-    fields = [None if states[0][f] is None else torch.cat([s[f] for s in states]) for f in range(4)]
-    return out, FavorState(*fields, kernel=states[0].kernel)
+    pieces = packed_pieces(call, groups, unpack_single=False)
+    results = [packed_causal_favor_attention(piece, fused=False) for piece in pieces]
+    return join_pieces(results, return_state=call.return_state)
