@@ -522,7 +522,9 @@ def _run_packed(call: FavorCall, *, path: PathName | None) -> Tensor | tuple[Ten
       included; second derivatives by recomputation, as the unpacked fused Functions.
     * Causal on the PyTorch paths: one pass over the row that restarts at each sequence
       (:func:`performers.ops.causal.favor.packed_causal_favor_attention`), no loop over
-      sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out.
+      sequences — per-sequence stabilizers, FAVOR++ parameters, states in and out; its generic
+      form (states, maps off the fused path) takes a long row as a few groups of whole
+      sequences, each with about 2²¹ feature elements.
     * The Triton kernels: :func:`_run_packed_triton`, one launch per pass for every sequence
       (varlen kernels; causal: per-sequence states in and out).
     * Otherwise — bidirectional kernels off the fused path (FAVOR++, ``relu``, the

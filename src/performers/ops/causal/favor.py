@@ -118,7 +118,10 @@ def packed_causal_favor_attention(call: FavorCall, *, fused: bool) -> Tensor | t
     ``fused`` (an exponential kernel with a projection) runs the fused Function with
     sequence masks when no state goes in or out — the training case; calls with states, and
     every other kernel, run the packed generic form on materialized features (per-sequence
-    offsets, FAVOR++ parameters and states). The state's ``kernel`` name is the caller's to set.
+    offsets, FAVOR++ parameters and states), on groups of whole sequences of about
+    :data:`PACKED_GROUP_ELEMENTS` feature elements each when the row is longer
+    (:func:`~performers.ops.causal.packed.sequence_groups`). The state's ``kernel`` name is the
+    caller's to set.
     """
     bounds = call.cu_seqlens
     if bounds is None:
