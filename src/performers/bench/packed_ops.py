@@ -17,13 +17,13 @@ The three calls of a repeat run back to back in a rotating order, so a drift of 
 load does not favour one of them, and each repeat gives a paired overhead (its variant's time
 over its ``batched`` time, less one). The overhead reported is the median of the paired
 overheads, beside their lowest and highest (on a shared 2-core virtual machine single repeats
-spread by ±10 % and more, which is why the default is 8 repeats); issue 28's bar is 10 % at
+spread by ±30 %, which is why the default is 8 repeats); issue 28's bar is 10 % at
 ``N = 64``.
 
 The C library's allocator matters on CPU: glibc hands an allocation above its mmap threshold
 (which grows to at most 32 MiB) fresh pages from the OS every time. The generic maps' ``batched``
 call materializes the features of the whole row (80 MiB each at the defaults) and faulting
-those pages in cost it up to 3× its time (``relu``, ``favor++``), while the per-sequence calls
+those pages in cost it up to 5× its time (``relu``, ``favor++``), while the per-sequence calls
 stay below the threshold and reuse the heap; the fused softmax path works in blocks of 2 MiB
 and is not affected. The record keeps the ``MALLOC_*`` variables the run saw (``allocator``),
 so a run with ``MALLOC_MMAP_THRESHOLD_`` raised — every call reusing freed memory — can be

@@ -160,8 +160,8 @@ def packed_causal_favor_attention(call: FavorCall, *, fused: bool) -> Tensor | t
 
 # The packed generic form materializes features of the whole row, (1, H, T, M'): past glibc's
 # mmap threshold (at most 32 MiB) every such allocation is fresh pages from the OS, and at
-# T = 20,217, H = 8, M' = 128 faulting them in made a packed call 2.4–2.8× slower than the same
-# sequences in groups of 2,048 positions (FAVOR++ and relu, forward and forward+backward, CPU,
+# T = 20,217, H = 8, M' = 128 faulting them in made a packed call 1.7–2.6× slower than the same
+# sequences in groups of 2,048 positions (relu and FAVOR++, forward and forward+backward, CPU,
 # docs/results/packing.md). Groups of whole sequences keep each group's features near 8 MiB.
 PACKED_GROUP_ELEMENTS = 1 << 21
 
