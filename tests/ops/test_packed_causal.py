@@ -220,3 +220,22 @@ def test_groups_of_whole_sequences_equal_the_loop(
             torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
     for got, want in zip(grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=TOL, atol=TOL)
+
+
+def test_groups_have_second_derivatives(no_loop: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gradgradcheck through the grouped form (split, per-group calls, cat), FAVOR++; first
+    derivatives of q, k, v are compared with the loop above. Second derivatives in the values
+    only: each numerical input costs a forward and a differentiable backward (q, k, v: 11 s)."""
+    from performers.ops.causal import favor as causal_favor
+
+    monkeypatch.setattr(causal_favor, "PACKED_GROUP_ELEMENTS", H * 3 * M)  # groups [2], [1, 2]
+    lengths = [2, 1, 2]
+    q, k, v, w = _inputs([5], seed=9)
+    q, k = 0.5 * q, 0.5 * k
+
+    def attend(v):
+        return favor_attention(
+            q, k, v, w, is_causal=True, kernel="favor++", cu_seqlens=_cu(lengths), chunk_size=4
+        )
+
+    assert torch.autograd.gradgradcheck(attend, (v.detach().requires_grad_(),))
