@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from performers import distributed
-from performers.bench.environment import environment
+from performers.bench.environment import allocations_returned_to_the_os, environment
 from performers.bench.results import write_results
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, PerformerForCausalLM
@@ -180,20 +180,13 @@ def _worker(rank: int, spec: Spec, store: str, out_dir: str) -> None:
 def measure(spec: Spec) -> Point:
     """Run one point in ``spec.world`` fresh processes (see the module docstring)."""
     point = Point(spec)
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"  # inherited by the spawned processes
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with allocations_returned_to_the_os(), tempfile.TemporaryDirectory() as tmp:
             mp.spawn(_worker, args=(spec, f"{tmp}/store", tmp), nprocs=spec.world, join=True)
             ranks = [json.loads(Path(tmp, f"{r}.json").read_text()) for r in range(spec.world)]
     except Exception as error:  # a process killed (e.g. out of memory)
         point.error = f"{type(error).__name__}: {error}"[:300]
         return point
-    finally:
-        if saved is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
     errors = [r["error"] for r in ranks if "error" in r]
     if errors:
         point.error = errors[0]

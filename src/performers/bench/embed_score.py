@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 
+from performers.bench.environment import WORKING_SET_ALLOCATOR
 from performers.bench.results import write_results
 from performers.layers import FavorConfig
 from performers.models import PerformerConfig, build_model
@@ -144,7 +145,7 @@ def run_command(
 
     Raises ``RuntimeError`` with the last line of stderr when it fails, ``TimeoutError``."""
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env["MALLOC_MMAP_THRESHOLD_"] = "65536"  # the peak RSS is then the working set, not allocator reuse
+    env.update(WORKING_SET_ALLOCATOR)  # the peak RSS is then the working set, not allocator reuse
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=out, stderr=err, env=env)
         deadline = time.monotonic() + timeout

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import random
 import statistics
 import time
@@ -50,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from performers.bench.environment import allocator_settings
 from performers.bench.results import write_results
 from performers.ops import favor_attention, orthogonal_projection
 from performers.ops.attention import _run_packed_loop
@@ -174,11 +174,6 @@ def _overhead(row: dict, variant: str) -> str:
     return f"{100 * row['overhead'][variant]:+.1f} % ({100 * low:+.0f} … {100 * high:+.0f})"
 
 
-def _allocator_settings() -> dict[str, str]:
-    """The glibc allocator variables of this process (``MALLOC_MMAP_THRESHOLD_``, ...)."""
-    return {name: value for name, value in sorted(os.environ.items()) if name.startswith("MALLOC_")}
-
-
 def _allocator_line(allocator: dict[str, str]) -> str:
     if not allocator:
         return "the C library's defaults (no `MALLOC_*` variable set)"
@@ -233,7 +228,7 @@ def run_packed_ops_bench(
     torch.set_num_threads(threads)
     lengths = corpus_like_lengths(settings)
     rows = _measure(settings, lengths)
-    allocator = _allocator_settings()
+    allocator = allocator_settings()
     report = _report(rows, settings, lengths, threads, allocator)
     record = {
         "command": command,

@@ -23,14 +23,12 @@ the curve is loss against real tokens seen.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import statistics
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from performers.bench.environment import allocations_returned_to_the_os
 from performers.bench.protein_report import model_sizes
 from performers.bench.results import write_results
 from performers.jobs.proteins import Variant, train_variants
@@ -81,21 +79,6 @@ def read_packing_run(
         steps=len(records),
         curve=curve,
     )
-
-
-@contextlib.contextmanager
-def _allocations_returned_to_the_os() -> Iterator[None]:
-    """glibc in the processes spawned inside returns allocations of 64 KiB or more to the OS, so
-    their peak resident memory is their working set (the variable is read at process start)."""
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = "65536"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
 
 
 def _pair_order(index: int) -> tuple[str, ...]:
@@ -226,15 +209,15 @@ def packing_comparison(
                 directory = f"{attention}-{crop}-{layout}"
                 config = replace(training, max_length=crop, pack=layout == "packed", eval_every=10**9)
                 timed = _train(attention, crop, layout, directory, model, config, out_dir, data)
-                run = read_packing_run(out_dir / directory, crop, attention, layout, 0.0, warmup_steps, tail)
-                run.rss_growth_mib = timed.peak_extra_mib
-                with _allocations_returned_to_the_os():
+                with allocations_returned_to_the_os():
                     memory_config = replace(config, max_steps=min(memory_steps, config.max_steps))
                     memory = _train(
                         attention, crop, layout, f"{directory}-memory", model, memory_config, out_dir, data
                     )
-                run.peak_extra_mib = memory.peak_extra_mib
-                runs.append(run)
+                run = read_packing_run(
+                    out_dir / directory, crop, attention, layout, memory.peak_extra_mib, warmup_steps, tail
+                )
+                runs.append(replace(run, rss_growth_mib=timed.peak_extra_mib))
             pair += 1
     speedups = _speedups(runs)
     _plot(runs, crops, attentions, out_dir / "packing.png")

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from performers.bench.environment import WORKING_SET_ALLOCATOR
 from performers.bench.results import write_results
 from performers.proteins import default_corpus, read_fasta
 from performers.utils import peak_rss_reset, rss_kib
@@ -151,7 +152,7 @@ def measure(inputs: list[str | os.PathLike], *, workdir: str | os.PathLike | Non
     """
     with tempfile.TemporaryDirectory(dir=workdir, prefix="prepare-bench-") as scratch:
         spec = {"inputs": [str(p) for p in inputs], "out_dir": str(Path(scratch) / "prepared"), **options}
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        env = dict(os.environ, **WORKING_SET_ALLOCATOR)
         done = subprocess.run(
             [sys.executable, "-m", "performers.bench.prepare", "--worker", json.dumps(spec)],
             capture_output=True,

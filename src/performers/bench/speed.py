@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from performers.bench.environment import WORKING_SET_ALLOCATOR
 from performers.bench.results import write_results
 from performers.bench.speed_points import CAUSAL, METHODS, Point, Spec, points_from_json
 from performers.bench.speed_report import markdown, plot, point_key
@@ -242,7 +243,7 @@ def _subprocess(spec: Spec, timeout: float) -> Point:
     env = dict(os.environ)
     env["OMP_NUM_THREADS"] = str(spec.threads)
     if spec.measure == "memory":
-        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        env.update(WORKING_SET_ALLOCATOR)
     cmd = [sys.executable, "-m", "performers.bench.speed", "--worker", json.dumps(asdict(spec))]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, check=False)
