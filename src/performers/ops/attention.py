@@ -171,12 +171,15 @@ def linear_attention(
             chunk_size=chunk_size, initial_state=initial_state, return_state=return_state, eps=eps,
         )  # fmt: skip
     if bounds is not None:
-        # Bidirectional: one call per sequence (checked above; see _run_packed_loop), exact.
+        # Bidirectional: one call per sequence (checked above; see _run_packed_loop), exact; one
+        # split per input, as packed_pieces does (a slice's backward fills a row-sized zero tensor).
+        sizes = [end - start for start, end in itertools.pairwise(bounds)]
+        pieces = zip(*(t.split(sizes, dim=2) for t in (q_features, k_features, v)), strict=True)
         results = [
             linear_attention(
-                q_features[:, :, start:end],
-                k_features[:, :, start:end],
-                v[:, :, start:end],
+                q_piece,
+                k_piece,
+                v_piece,
                 is_causal=causal,
                 enable_gqa=enable_gqa,
                 chunk_size=chunk_size,
@@ -184,7 +187,7 @@ def linear_attention(
                 initial_state=None if initial_state is None else initial_state.select(i),
                 return_state=return_state,
             )
-            for i, (start, end) in enumerate(itertools.pairwise(bounds))
+            for i, (q_piece, k_piece, v_piece) in enumerate(pieces)
         ]
         return join_pieces(results, return_state=return_state)
     if key_padding_mask is not None:
