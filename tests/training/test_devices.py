@@ -60,3 +60,39 @@ def test_training_commands_refuse_a_cuda_device_this_machine_lacks(tmp_path, com
     assert result.returncode != 0
     expected = f"performers {command}: error: --device: device 'cuda': this machine has no CUDA device"
     assert expected in result.stderr
+
+
+def test_a_failed_block_frees_its_frames_before_the_process_group_is_left(tmp_path, monkeypatch):
+    """What a failed job's frames hold (in a real job, the DDP wrapper whose reducer holds the
+    group) is freed before ``destroy_process_group``: left to the traceback, it would be freed
+    after, as the group's last holder, with the GIL held — a deadlock with gloo's threads."""
+    import weakref
+
+    import torch.distributed as dist
+
+    from performers.training import process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun job's process (its group joined above)
+    alive_when_leaving, real_destroy = [], dist.destroy_process_group
+
+    def destroy_process_group():
+        alive_when_leaving.append(held() is not None)
+        real_destroy()
+
+    monkeypatch.setattr(dist, "destroy_process_group", destroy_process_group)
+
+    class Wrapper:  # (stands for DistributedDataParallel)
+        pass
+
+    def job():
+        nonlocal held
+        wrapper = Wrapper()
+        held = weakref.ref(wrapper)
+        raise ValueError("rank 0 could not write")
+
+    held = None
+    with pytest.raises(ValueError, match="could not write"):
+        with process_group(torch.device("cpu")):
+            job()
+    assert alive_when_leaving == [False] and not dist.is_initialized()

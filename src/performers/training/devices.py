@@ -93,7 +93,10 @@ def process_group(device: torch.device) -> Iterator[int]:
 
     A CUDA ``device`` becomes the process's current device (NCCL and the default stream use it).
     Under ``torchrun`` (``WORLD_SIZE`` > 1) the process joins the default process group — nccl
-    on CUDA, gloo on the CPU — unless it has already, and leaves it on the way out."""
+    on CUDA, gloo on the CPU — unless it has already, and leaves it on the way out.
+
+    When the block raises, what its finished frames hold (a ``DistributedDataParallel`` wrapper,
+    the trainer) is freed *before* the group is left: see :func:`_free_before_leaving`."""
     import torch.distributed as dist
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -103,6 +106,32 @@ def process_group(device: torch.device) -> Iterator[int]:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
         yield dist.get_rank() if distributed else 0
+    except BaseException as error:
+        if distributed:
+            _free_before_leaving(error)
+        raise
     finally:
         if distributed:
             dist.destroy_process_group()
+
+
+def _free_before_leaving(error: BaseException) -> None:
+    """Free the locals of the finished frames ``error`` carries, while the process group lives.
+
+    Why: a ``DistributedDataParallel`` wrapper's reducer holds the process group. Left to the
+    exception's traceback, it would be freed after :func:`process_group` has left the group, by
+    the error handler, as the last holder: the group's destructor would then run on a thread
+    that holds the GIL, and wait for gloo's worker threads — one of which may be releasing the
+    tensors of the job's last exchange and needs the GIL (a deadlock: a process that printed its
+    error and never exits). Freed here, the reducer drops a reference the group's registry still
+    shares; the group is then destroyed by ``destroy_process_group``, whose Python objects
+    release the GIL in their destructors."""
+    import gc
+    import traceback
+
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:  # the chain too (raise ... from ...)
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+    gc.collect()  # (a wrapper inside a reference cycle)
