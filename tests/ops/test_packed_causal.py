@@ -159,16 +159,21 @@ def test_segment_cummax_restarts_at_each_segment() -> None:
     torch.testing.assert_close(segment_cummax(x, seq), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("lengths", [[1], [70], [1] * 9, [3, 64, 1, 2, 65, 1, 33], [129, 1, 2]])
-def test_segment_cummax_equals_a_running_maximum_per_segment(lengths: list[int]) -> None:
+def test_segment_cummax_equals_a_running_maximum_per_segment(lengths: list[int], dtype: torch.dtype) -> None:
     """One segment, one-position segments, long and short ones mixed, ids that skip values;
-    ties and -inf among the values."""
+    ties, ±inf, -0.0 and values of both signs, in every dtype (float64 takes the ranks)."""
     g = generator(11)
-    x = torch.randint(-5, 6, (2, 3, sum(lengths)), generator=g).to(DT)
+    x = (torch.randn(2, 3, sum(lengths), generator=g, dtype=torch.float64) * 300).round().to(dtype)
     x[torch.rand(x.shape, generator=g) < 0.1] = -torch.inf
+    x[torch.rand(x.shape, generator=g) < 0.02] = torch.inf
+    x[torch.rand(x.shape, generator=g) < 0.05] = -0.0
     seq = torch.repeat_interleave(torch.arange(len(lengths)) * 3 + 7, torch.tensor(lengths))
-    expected = torch.cat([torch.cummax(piece, dim=-1).values for piece in torch.split(x, lengths, dim=-1)], -1)
-    assert torch.equal(segment_cummax(x, seq), expected)
+    pieces = torch.split(x, lengths, dim=-1)
+    expected = torch.cat([torch.cummax(piece, dim=-1).values for piece in pieces], dim=-1)
+    got = segment_cummax(x, seq)
+    assert got.dtype == dtype and torch.equal(got, expected)
 
 
 # softmax takes the packed generic form only with states (without: the fused path, ungrouped).

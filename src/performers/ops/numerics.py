@@ -103,10 +103,25 @@ def segment_cummax(x: Tensor, seq: Tensor) -> Tensor:
     """The running maximum of ``x`` ``(..., L)`` along its last dimension, restarting wherever the
     non-decreasing ids ``seq`` ``(L,)`` change — without a loop over segments.
 
-    Each value is replaced by its rank among all ``L`` values and lifted by ``seq · L``: every
-    lifted rank of a later segment exceeds every one of an earlier segment, so one cumulative
-    maximum of the lifted ranks restarts at each segment, and the rank maps back to the exact
-    value (ties resolve to equal values)."""
+    Float32 and narrower: each value's bits as an integer in the same order (a negative float's
+    magnitude bits count down), lifted by ``seq · 2³²`` in int64, so that one cumulative maximum
+    restarts at each segment; the low 32 bits are the exact value. Float64 values do not leave
+    room for the lift: each is replaced by its rank among the ``L`` values (a sort) instead.
+    Exact either way: a maximum is one of its arguments."""
+    if x.dtype == torch.float64:
+        return _segment_cummax_of_ranks(x, seq)
+    bits = x.float().view(torch.int32).to(torch.int64)  # (float16/bfloat16: exact in float32)
+    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31  # in [0, 2³²), float order
+    lift = (seq - seq[0]).to(torch.int64) * 2**32
+    top = torch.cummax(ordered + lift, dim=-1).values - lift - 2**31
+    top = torch.where(top < 0, top ^ 0x7FFFFFFF, top)
+    return top.to(torch.int32).view(torch.float32).to(x.dtype)
+
+
+def _segment_cummax_of_ranks(x: Tensor, seq: Tensor) -> Tensor:
+    """:func:`segment_cummax` for any dtype: each value is replaced by its rank among all ``L``
+    values and lifted by ``seq · L``; the rank of the running maximum maps back to its value
+    (ties resolve to equal values)."""
     length = x.shape[-1]
     ordered, order = torch.sort(x, dim=-1)
     rank = torch.empty_like(order)
@@ -132,13 +147,16 @@ def packed_key_offsets(
 
 
 def chunk_rescale_factors(
-    chunk_offsets: Tensor, state_offset: Tensor
+    chunk_offsets: Tensor, state_offset: Tensor, pairs: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The rescaling factors of the chunked causal algorithm with key offsets, all ``≤ 1``.
 
     Args:
         chunk_offsets: ``(B, H, N, C)`` key offsets ``m_j`` (non-decreasing along positions).
         state_offset: ``(B, H)`` offset of the state entering the first chunk.
+        pairs: ``(N, C, C)`` bool, the (query, key) pairs of each chunk ``within`` keeps
+            (default: the causal triangle ``j ≤ i``); a packed row passes the triangle's pairs
+            that lie in one sequence, so that ``within`` is masked in the same pass.
 
     Returns:
         ``within`` ``(B, H, N, C, C)``: ``exp(m_j - m_i)`` for key ``j ≤ i`` in a chunk, 0 above
@@ -148,9 +166,10 @@ def chunk_rescale_factors(
         clamped at 0: leading padded keys carry a placeholder offset and zero features.
     """
     c = chunk_offsets.shape[-1]
-    causal_mask = torch.ones(c, c, dtype=torch.bool, device=chunk_offsets.device).tril()
+    if pairs is None:
+        pairs = torch.ones(c, c, dtype=torch.bool, device=chunk_offsets.device).tril()
     diff = chunk_offsets.unsqueeze(-2) - chunk_offsets.unsqueeze(-1)
-    within = torch.exp(diff.clamp_max(0.0)).mul_(causal_mask)
+    within = torch.exp(diff.clamp_max(0.0)).mul_(pairs)
     chunk_end = chunk_offsets[..., -1]
     before = torch.cat([state_offset.unsqueeze(-1), chunk_end[..., :-1]], dim=-1)
     to_end = torch.exp((chunk_offsets - chunk_end.unsqueeze(-1)).clamp_max(0.0)).unsqueeze(-1)
