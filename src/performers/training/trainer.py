@@ -21,6 +21,7 @@ attention exchanges ``O(M·D)`` summaries per layer, :mod:`performers.distribute
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import sys
 import time
@@ -62,6 +63,16 @@ __all__ = ["TASKS", "Trainer", "TrainingConfig"]
 # Objectives: token-level ("clm": the label of position t is at t + 1, the next token), or one
 # real-valued target per sequence ("regression": the model returns (B,) predictions).
 TASKS = ("mlm", "clm", "tokens", "regression")
+
+
+def _no_buffer_broadcast_in_forward() -> dict[str, bool]:
+    """DDP's option for "no buffer broadcast in each forward": ``forward_sync_buffers=False`` where
+    this torch has it (its older spelling, ``broadcast_buffers``, warns there), else
+    ``broadcast_buffers=False``."""
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    if "forward_sync_buffers" in parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def _signal_of(request: PreemptionRequest | None) -> int:
@@ -215,10 +226,12 @@ class Trainer:
                 f"batch_size {config.batch_size} (global) must be divisible by {self.data_world} "
                 "data-parallel processes"
             )
-        # One GPU per process: DDP's buckets live there (device_ids None on the CPU).
+        # One GPU per process: DDP's buckets live there (device_ids None on the CPU). Buffers (the
+        # FAVOR projections and their redraw counters) are rank 0's once, at the start, and never
+        # broadcast in a forward: every process redraws its own, from the same seed and step.
         device_ids = [self.device] if self.device.type == "cuda" else None
         self.train_model = (
-            DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+            DistributedDataParallel(model, device_ids=device_ids, **_no_buffer_broadcast_in_forward())
             if self.world > 1
             else model
         )
