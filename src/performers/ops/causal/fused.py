@@ -86,19 +86,19 @@ def _block_factors(
     row (``seq_ext``: sequence ids, then the sentinel) masks every factor that would cross a
     boundary (:func:`~performers.ops.causal.packed.packed_chunk_masks`): the same constants
     forward and backward, so the backward below needs no other change."""
-    if seq_ext is None:
-        within, to_end, _, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset)
-        carry = state_carry_factors(offs[:, :, chunk - 1 :: chunk], state_offset)
-        return within.to(low), to_end.to(low), to_query.to(low), carry
-    same, at_end, at_query, reach = packed_chunk_masks(seq_ext[lo:hi].view(-1, chunk), seq_ext[hi : hi + 1])
-    # The causal pairs of one sequence, masked in the pass that makes `within` (the largest factor).
-    pairs = same.logical_and_(torch.ones_like(same[0]).tril_())
+    pairs = None
+    if seq_ext is not None:
+        # The causal pairs of one sequence mask `within` (the largest factor) as it is made.
+        pairs, at_end, at_query, reach = packed_chunk_masks(
+            seq_ext[lo:hi].view(-1, chunk), seq_ext[hi : hi + 1]
+        )
     within, to_end, _, to_query = chunk_rescale_factors(_split(offs, chunk), state_offset, pairs)
     carry = state_carry_factors(offs[:, :, chunk - 1 :: chunk], state_offset)
-    # masked_fill_, not a product with the bool masks (which would first copy them to floats).
-    to_end.masked_fill_(~at_end, 0.0)
-    to_query.masked_fill_(~at_query, 0.0)
-    carry.masked_fill_(~reach, 0.0)
+    if seq_ext is not None:
+        # masked_fill_, not a product with the bool masks (which would first copy them to floats).
+        to_end.masked_fill_(~at_end, 0.0)
+        to_query.masked_fill_(~at_query, 0.0)
+        carry.masked_fill_(~reach, 0.0)
     return within.to(low), to_end.to(low), to_query.to(low), carry
 
 

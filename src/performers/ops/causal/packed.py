@@ -136,21 +136,23 @@ def packed_chunk_masks(seq_chunks: Tensor, after: Tensor) -> tuple[Tensor, Tenso
         after: the sequence id of the position after the last chunk (a 1-element tensor; the
             sentinel past the row's end).
 
-    Returns (bool): ``same`` ``(n, C, C)`` — query ``i`` and key ``j`` of a chunk are of one
-    sequence (the causal triangle is the caller's); ``to_end`` ``(n, C, 1)`` — key ``j`` belongs
-    in the chunk's summary, i.e. to ``S_{c+1}``, the sequence the next chunk's state holds;
-    ``to_query`` ``(n, C, 1)`` — query ``i`` reads the state entering its chunk (it belongs to
-    ``S_c``); ``carry`` ``(n+1, n+1)`` — for the sources ``[incoming state, summaries…]`` of
-    :func:`performers.ops.numerics.state_carry_factors`, source ``i`` reaches the state entering
-    chunk ``j`` (row ``n``: after the last), i.e. their sequences agree.
+    Returns (bool): ``pairs`` ``(n, C, C)`` — key ``j`` is at or before query ``i`` in a chunk
+    and of its sequence (the ``pairs`` of :func:`chunk_rescale_factors`); ``to_end``
+    ``(n, C, 1)`` — key ``j`` belongs in the chunk's summary, i.e. to ``S_{c+1}``, the sequence
+    the next chunk's state holds; ``to_query`` ``(n, C, 1)`` — query ``i`` reads the state
+    entering its chunk (it belongs to ``S_c``); ``carry`` ``(n+1, n+1)`` — for the sources
+    ``[incoming state, summaries…]`` of :func:`performers.ops.numerics.state_carry_factors`,
+    source ``i`` reaches the state entering chunk ``j`` (row ``n``: after the last), i.e. their
+    sequences agree.
     """
     first = seq_chunks[:, 0]
     slots = torch.cat([first, after.reshape(1)])
-    same = seq_chunks.unsqueeze(-1) == seq_chunks.unsqueeze(-2)
+    pairs = seq_chunks.unsqueeze(-1) == seq_chunks.unsqueeze(-2)
+    pairs.logical_and_(torch.ones_like(pairs[0]).tril_())
     to_end = (seq_chunks == slots[1:, None]).unsqueeze(-1)
     to_query = (seq_chunks == first[:, None]).unsqueeze(-1)
     carry = slots.unsqueeze(-1) == slots.unsqueeze(-2)
-    return same, to_end, to_query, carry
+    return pairs, to_end, to_query, carry
 
 
 def _chunk_sequence_pairs(seq_chunks: Tensor, sequences: int) -> tuple[Tensor, Tensor]:
@@ -218,11 +220,11 @@ def packed_chunked_reads(
     qc, kc = q_features.reshape(b, h, n, chunk, m), k_features.reshape(b, h, n, chunk, m)
     vc = values_aug.reshape(b, h, n, chunk, e)
     oc = offsets.reshape(b, h, n, chunk)
-    same, at_end, at_query, carry = packed_chunk_masks(seq_ext[:-1].reshape(n, chunk), seq_ext[-1:])
-    within, to_end, decay, to_query = chunk_rescale_factors(oc, oc[..., 0, 0])
+    pairs, at_end, at_query, carry = packed_chunk_masks(seq_ext[:-1].reshape(n, chunk), seq_ext[-1:])
+    within, to_end, decay, to_query = chunk_rescale_factors(oc, oc[..., 0, 0], pairs)
     # State c → c+1 carries only within one sequence (the sub-diagonal of `carry`).
     decay = decay * torch.diagonal(carry, offset=-1)
-    scores = torch.matmul(qc, kc.transpose(-2, -1)) * (within * same)
+    scores = torch.matmul(qc, kc.transpose(-2, -1)) * within
     summaries = torch.matmul(kc.transpose(-2, -1), vc * (to_end * at_end))
     prefix, _ = decayed_prefix_scan(summaries, decay, summaries.new_zeros(b, h, m, e))
     reads = torch.matmul(qc, prefix) * (to_query * at_query) + torch.matmul(scores, vc)
